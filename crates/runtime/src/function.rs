@@ -1,0 +1,185 @@
+//! The traits user code implements: sources, sinks and keyed process functions, with the
+//! contexts the runtime hands them.
+
+use crate::UserError;
+use serde::de::DeserializeOwned;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use weir_state::{KeyedScope, KeyedStateBackend, StateRegistry, ValueState};
+use weir_types::{OperatorUid, SubtaskIndex};
+
+/// Where a source or sink instance runs.
+#[derive(Clone, Debug)]
+pub struct SourceContext {
+    /// The operator's uid.
+    pub uid: OperatorUid,
+    /// Which subtask.
+    pub subtask: SubtaskIndex,
+    /// Of how many.
+    pub parallelism: u32,
+    /// Set when the job is cancelled; a reader that blocks should check it.
+    pub cancelled: Arc<AtomicBool>,
+}
+
+/// Where a sink instance runs (same facts as a source's).
+pub type SinkContext = SourceContext;
+
+/// What a [`SourceReader::poll`] call found.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum SourcePoll {
+    /// More records may follow at once.
+    More,
+    /// Nothing to read now; poll again after about this long (rate limit, idle socket).
+    Idle(Duration),
+    /// The input is exhausted; no record follows.
+    Finished,
+}
+
+/// A source: creates one reader per subtask.
+pub trait Source<T>: Send + Sync + 'static {
+    /// Display name (`generator`, `file`, `socket`).
+    fn name(&self) -> String;
+    /// Whether the source can run with parallelism above 1 (a socket cannot).
+    fn parallel(&self) -> bool {
+        true
+    }
+    /// Opens the reader of one subtask. Errors name the input that cannot be read.
+    fn create_reader(&self, ctx: &SourceContext) -> Result<Box<dyn SourceReader<T>>, UserError>;
+}
+
+/// One subtask's reader. Called from the task thread only; it may block briefly (bounded),
+/// never indefinitely.
+pub trait SourceReader<T>: Send {
+    /// Appends up to `max` records to `out` and says whether more follow.
+    fn poll(&mut self, out: &mut Vec<T>, max: usize) -> Result<SourcePoll, UserError>;
+}
+
+/// A sink: creates one writer per subtask.
+pub trait Sink<T>: Send + Sync + 'static {
+    /// Display name (`print`, `file`, `blackhole`).
+    fn name(&self) -> String;
+    /// Opens the writer of one subtask.
+    fn create_writer(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter<T>>, UserError>;
+}
+
+/// One subtask's writer.
+pub trait SinkWriter<T>: Send {
+    /// Writes one batch of records, in order.
+    fn write_batch(&mut self, batch: Vec<T>) -> Result<(), UserError>;
+    /// Called once at end of input: make everything written visible. A writer dropped without
+    /// `finish` (the job failed) must not make partial output look complete.
+    fn finish(&mut self) -> Result<(), UserError>;
+}
+
+/// Output of a user function: records collected here go downstream after the call returns.
+pub struct Collector<T> {
+    pub(crate) buf: Vec<T>,
+}
+
+impl<T> Collector<T> {
+    pub(crate) fn new() -> Self {
+        Self { buf: Vec::new() }
+    }
+
+    /// Emits one record.
+    pub fn collect(&mut self, record: T) {
+        self.buf.push(record);
+    }
+}
+
+/// What a keyed process function sees for one record: the current key, and (through `Deref`)
+/// the [`KeyedScope`] that state handles read and write.
+pub struct KeyedContext<'a, K> {
+    pub(crate) key: &'a K,
+    pub(crate) scope: KeyedScope<'a>,
+}
+
+impl<K> KeyedContext<'_, K> {
+    /// The current record's key.
+    pub fn key(&self) -> &K {
+        self.key
+    }
+}
+
+impl<'a, K> Deref for KeyedContext<'a, K> {
+    type Target = KeyedScope<'a>;
+    fn deref(&self) -> &Self::Target {
+        &self.scope
+    }
+}
+
+impl<'a, K> DerefMut for KeyedContext<'a, K> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.scope
+    }
+}
+
+/// What a keyed process function sees at end of input: the whole state of its subtask.
+pub struct EndOfInputContext<'a> {
+    pub(crate) backend: &'a mut dyn KeyedStateBackend,
+}
+
+impl EndOfInputContext<'_> {
+    /// Visits every key that has a value in `state`, in key-group order.
+    pub fn for_each_key<K: DeserializeOwned, T: serde::Serialize + DeserializeOwned>(
+        &mut self,
+        state: &ValueState<T>,
+        mut f: impl FnMut(K, T) -> Result<(), UserError>,
+    ) -> Result<(), UserError> {
+        let mut failure: Option<UserError> = None;
+        let name = state.name().to_string();
+        let result = state.for_each_key(self.backend, &mut |key_bytes, value| {
+            let key: K = postcard::from_bytes(key_bytes).map_err(|e| weir_state::StateError::Codec {
+                state: name.clone(),
+                op: "decode",
+                detail: format!("key: {e}"),
+            })?;
+            if let Err(e) = f(key, value) {
+                failure = Some(e);
+                return Err(weir_state::StateError::Backend {
+                    backend: "scan",
+                    op: "visit".into(),
+                    detail: "stopped by the visitor".into(),
+                });
+            }
+            Ok(())
+        });
+        match (failure, result) {
+            (Some(e), _) => Err(e),
+            (None, r) => Ok(r?),
+        }
+    }
+
+    /// The backend itself, for scans beyond value states.
+    pub fn backend(&mut self) -> &mut dyn KeyedStateBackend {
+        self.backend
+    }
+}
+
+/// A function over a keyed stream with access to the current key's state, as Flink's
+/// `KeyedProcessFunction`. One clone runs per subtask.
+///
+/// States are declared in [`open`](Self::open) and used per record through the context.
+pub trait KeyedProcessFunction<K, IN, OUT>: Clone + Send + 'static {
+    /// Declares the function's states. Called once per subtask before the first record.
+    fn open(&mut self, states: &mut StateRegistry<'_>) -> Result<(), UserError>;
+
+    /// Handles one record of the current key.
+    fn process_element(
+        &mut self,
+        value: IN,
+        ctx: &mut KeyedContext<'_, K>,
+        out: &mut Collector<OUT>,
+    ) -> Result<(), UserError>;
+
+    /// Called once when every input has ended, before the end of input is passed downstream.
+    fn end_of_input(
+        &mut self,
+        _ctx: &mut EndOfInputContext<'_>,
+        _out: &mut Collector<OUT>,
+    ) -> Result<(), UserError> {
+        Ok(())
+    }
+}

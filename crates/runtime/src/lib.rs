@@ -1,0 +1,46 @@
+//! The dataflow runtime: the typed DataStream API, operators, the task mailbox loop, channels
+//! and partitioners, and the in-process executor behind `weir local`.
+//!
+//! Must not depend on RocksDB (state backends arrive as a [`weir_state::StateBackendFactory`]),
+//! on the network crates, or on the job manager.
+//!
+//! Key types: [`StreamEnvironment`] → [`DataStream`] / [`KeyedStream`] build a
+//! [`JobDefinition`]; [`LocalExecutor`] runs it. User code plugs in through [`Source`],
+//! [`Sink`] and [`KeyedProcessFunction`].
+//!
+//! How a job runs (see [`task`] for the loop itself):
+//! 1. The builder records a [`weir_graph::StreamGraph`] (pure description) plus, per node and
+//!    per edge, a typed factory. Types are erased only at factory boundaries, once per task,
+//!    never per record.
+//! 2. The executor resolves the graph into a JobGraph (chains) and an ExecutionGraph (subtasks),
+//!    creates one bounded channel per (upstream subtask, downstream subtask) pair of every
+//!    edge, and starts one thread per subtask.
+//! 3. Each thread assembles its chain tail-first — sink or network writer, then each operator
+//!    wrapping the next — and runs the mailbox loop: a source task polls its reader; any other
+//!    task selects over its input channels. Records move in batches; watermarks and end of
+//!    input travel in-band on the same channels.
+//! 4. A bounded channel that is full blocks its producer: that is backpressure, and it reaches
+//!    the sources, so memory stays bounded.
+//! 5. Errors: an operator error fails its task with the operator uid and subtask; its channels
+//!    close, which fails its neighbours as "lost"; the executor reports the root cause.
+
+#![warn(missing_docs)]
+
+mod api;
+mod channel;
+mod error;
+mod executor;
+mod function;
+mod link;
+mod metrics;
+mod operators;
+pub mod task;
+
+pub use api::{DataStream, DataStreamSink, JobDefinition, KeyedStream, StreamEnvironment};
+pub use error::{JobError, TaskError, UserError};
+pub use executor::{JobReport, LocalExecutor, Plan, RuntimeOptions};
+pub use function::{
+    Collector, EndOfInputContext, KeyedContext, KeyedProcessFunction, Sink, SinkContext,
+    SinkWriter, Source, SourceContext, SourcePoll, SourceReader,
+};
+pub use metrics::JobMetrics;

@@ -1,0 +1,278 @@
+//! The built-in operators, each a [`Link`] that wraps the next link of its chain.
+
+use crate::error::chain;
+use crate::function::{Collector, EndOfInputContext, KeyedContext, KeyedProcessFunction, SinkWriter};
+use crate::link::Link;
+use crate::metrics::JobMetrics;
+use crate::{TaskError, UserError};
+use serde::Serialize;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use weir_state::{KeyedScope, KeyedStateBackend};
+use weir_types::{key_group_for_key_bytes, KeyGroupRange, SubtaskIndex, Watermark};
+
+/// Who an operator is, for error messages.
+#[derive(Clone, Debug)]
+pub(crate) struct OpIdent {
+    pub uid: String,
+    pub subtask: SubtaskIndex,
+    pub parallelism: u32,
+}
+
+impl OpIdent {
+    pub(crate) fn fail(&self, message: String) -> TaskError {
+        TaskError::Operator {
+            uid: self.uid.clone(),
+            subtask: self.subtask,
+            parallelism: self.parallelism,
+            message,
+        }
+    }
+
+    pub(crate) fn user(&self, err: UserError) -> TaskError {
+        self.fail(chain(&*err))
+    }
+}
+
+/// Serialises a key as state and partitioning see it (postcard).
+pub(crate) fn encode_key<K: Serialize>(key: &K, buf: &mut Vec<u8>) -> Result<(), String> {
+    let taken = std::mem::take(buf);
+    *buf = postcard::to_extend(key, taken).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+macro_rules! forward_events {
+    () => {
+        fn watermark(&mut self, wm: Watermark) -> Result<(), TaskError> {
+            self.next.watermark(wm)
+        }
+        fn end_of_input(&mut self) -> Result<(), TaskError> {
+            self.next.end_of_input()
+        }
+        fn flush(&mut self, force: bool) -> Result<(), TaskError> {
+            self.next.flush(force)
+        }
+    };
+}
+
+/// `map`.
+pub(crate) struct MapOp<IN, OUT, F> {
+    pub f: Arc<F>,
+    pub next: Box<dyn Link<OUT>>,
+    pub _t: PhantomData<fn(IN)>,
+}
+
+impl<IN, OUT, F> Link<IN> for MapOp<IN, OUT, F>
+where
+    F: Fn(IN) -> OUT + Send + Sync,
+    OUT: Send,
+{
+    fn push(&mut self, record: IN) -> Result<(), TaskError> {
+        self.next.push((self.f)(record))
+    }
+    fn push_batch(&mut self, batch: Vec<IN>) -> Result<(), TaskError> {
+        let f = &self.f;
+        self.next.push_batch(batch.into_iter().map(|r| f(r)).collect())
+    }
+    forward_events!();
+}
+
+/// `filter`.
+pub(crate) struct FilterOp<T, F> {
+    pub f: Arc<F>,
+    pub next: Box<dyn Link<T>>,
+}
+
+impl<T, F> Link<T> for FilterOp<T, F>
+where
+    F: Fn(&T) -> bool + Send + Sync,
+    T: Send,
+{
+    fn push(&mut self, record: T) -> Result<(), TaskError> {
+        if (self.f)(&record) {
+            self.next.push(record)?;
+        }
+        Ok(())
+    }
+    fn push_batch(&mut self, mut batch: Vec<T>) -> Result<(), TaskError> {
+        let f = &self.f;
+        batch.retain(|r| f(r));
+        self.next.push_batch(batch)
+    }
+    forward_events!();
+}
+
+/// `flat_map`.
+pub(crate) struct FlatMapOp<IN, OUT, F> {
+    pub f: Arc<F>,
+    pub next: Box<dyn Link<OUT>>,
+    pub _t: PhantomData<fn(IN)>,
+}
+
+impl<IN, OUT, I, F> Link<IN> for FlatMapOp<IN, OUT, F>
+where
+    F: Fn(IN) -> I + Send + Sync,
+    I: IntoIterator<Item = OUT>,
+    OUT: Send,
+{
+    fn push(&mut self, record: IN) -> Result<(), TaskError> {
+        for o in (self.f)(record) {
+            self.next.push(o)?;
+        }
+        Ok(())
+    }
+    fn push_batch(&mut self, batch: Vec<IN>) -> Result<(), TaskError> {
+        let f = &self.f;
+        let out: Vec<OUT> = batch.into_iter().flat_map(|r| f(r)).collect();
+        self.next.push_batch(out)
+    }
+    forward_events!();
+}
+
+/// A keyed process function over its subtask's state backend.
+pub(crate) struct KeyedProcessOp<K, IN, OUT, F> {
+    pub ident: OpIdent,
+    pub key_fn: Arc<dyn Fn(&IN) -> K + Send + Sync>,
+    pub f: F,
+    pub backend: Box<dyn KeyedStateBackend>,
+    pub max_parallelism: u32,
+    pub key_groups: KeyGroupRange,
+    pub key_buf: Vec<u8>,
+    pub scratch: Vec<u8>,
+    pub out: Collector<OUT>,
+    pub next: Box<dyn Link<OUT>>,
+    pub metrics: Arc<JobMetrics>,
+}
+
+impl<K, IN, OUT, F> KeyedProcessOp<K, IN, OUT, F>
+where
+    K: Serialize + Send,
+    IN: Send,
+    OUT: Send,
+    F: KeyedProcessFunction<K, IN, OUT>,
+{
+    fn drain_out(&mut self) -> Result<(), TaskError> {
+        if self.out.buf.len() == 1 {
+            let r = self.out.buf.pop().expect("one record");
+            return self.next.push(r);
+        }
+        if !self.out.buf.is_empty() {
+            let batch = std::mem::take(&mut self.out.buf);
+            self.next.push_batch(batch)?;
+        }
+        Ok(())
+    }
+
+    fn process(&mut self, record: IN) -> Result<(), TaskError> {
+        let key = (self.key_fn)(&record);
+        self.key_buf.clear();
+        encode_key(&key, &mut self.key_buf).map_err(|e| self.ident.fail(format!("cannot serialise the key: {e}")))?;
+        let kg = key_group_for_key_bytes(&self.key_buf, self.max_parallelism);
+        if !self.key_groups.contains(kg) {
+            // The partitioner routes by the same function: a foreign key group is a bug.
+            return Err(TaskError::Invariant {
+                uid: self.ident.uid.clone(),
+                subtask: self.ident.subtask,
+                detail: format!("received a record of {kg}, outside the owned range {}", self.key_groups),
+            });
+        }
+        let scope = KeyedScope::new(&mut *self.backend, kg, &self.key_buf, &mut self.scratch);
+        let mut ctx = KeyedContext { key: &key, scope };
+        self.f
+            .process_element(record, &mut ctx, &mut self.out)
+            .map_err(|e| self.ident.user(e))
+    }
+}
+
+impl<K, IN, OUT, F> Link<IN> for KeyedProcessOp<K, IN, OUT, F>
+where
+    K: Serialize + Send,
+    IN: Send,
+    OUT: Send,
+    F: KeyedProcessFunction<K, IN, OUT>,
+{
+    fn push(&mut self, record: IN) -> Result<(), TaskError> {
+        self.process(record)?;
+        self.drain_out()
+    }
+
+    fn push_batch(&mut self, batch: Vec<IN>) -> Result<(), TaskError> {
+        for r in batch {
+            self.process(r)?;
+            if self.out.buf.len() >= 1024 {
+                self.drain_out()?;
+            }
+        }
+        self.drain_out()
+    }
+
+    fn watermark(&mut self, wm: Watermark) -> Result<(), TaskError> {
+        self.next.watermark(wm)
+    }
+
+    fn end_of_input(&mut self) -> Result<(), TaskError> {
+        let mut ctx = EndOfInputContext { backend: &mut *self.backend };
+        self.f.end_of_input(&mut ctx, &mut self.out).map_err(|e| self.ident.user(e))?;
+        self.drain_out()?;
+        self.backend.flush().map_err(|e| self.ident.fail(chain(&e)))?;
+        let bytes = self.backend.size_bytes().map_err(|e| self.ident.fail(chain(&e)))?;
+        JobMetrics::add(&self.metrics.state_bytes, bytes);
+        self.next.end_of_input()
+    }
+
+    fn flush(&mut self, force: bool) -> Result<(), TaskError> {
+        self.next.flush(force)
+    }
+}
+
+/// The end of a chain that writes to a sink.
+pub(crate) struct SinkOp<T> {
+    pub ident: OpIdent,
+    pub writer: Box<dyn SinkWriter<T>>,
+    pub pending: Vec<T>,
+    pub batch_size: usize,
+    pub metrics: Arc<JobMetrics>,
+}
+
+impl<T: Send> SinkOp<T> {
+    fn write(&mut self, batch: Vec<T>) -> Result<(), TaskError> {
+        JobMetrics::add(&self.metrics.sink_records, batch.len() as u64);
+        self.writer.write_batch(batch).map_err(|e| self.ident.user(e))
+    }
+
+    fn write_pending(&mut self) -> Result<(), TaskError> {
+        if !self.pending.is_empty() {
+            let batch = std::mem::take(&mut self.pending);
+            self.write(batch)?;
+        }
+        Ok(())
+    }
+}
+
+impl<T: Send> Link<T> for SinkOp<T> {
+    fn push(&mut self, record: T) -> Result<(), TaskError> {
+        self.pending.push(record);
+        if self.pending.len() >= self.batch_size {
+            self.write_pending()?;
+        }
+        Ok(())
+    }
+
+    fn push_batch(&mut self, batch: Vec<T>) -> Result<(), TaskError> {
+        self.write_pending()?;
+        self.write(batch)
+    }
+
+    fn watermark(&mut self, _wm: Watermark) -> Result<(), TaskError> {
+        Ok(())
+    }
+
+    fn end_of_input(&mut self) -> Result<(), TaskError> {
+        self.write_pending()?;
+        self.writer.finish().map_err(|e| self.ident.user(e))
+    }
+
+    fn flush(&mut self, _force: bool) -> Result<(), TaskError> {
+        self.write_pending()
+    }
+}

@@ -1,0 +1,37 @@
+//! What travels on a stream channel: record batches and in-band control events.
+//!
+//! Barriers and watermarks travel in the same channel as records, so a consumer sees them in
+//! exactly the order the producer emitted them; a producer flushes its record buffer before
+//! emitting either.
+
+use crate::CheckpointId;
+use serde::{Deserialize, Serialize};
+
+/// An event-time watermark: no record with a timestamp `<=` this value follows on the channel.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Watermark(pub i64);
+
+impl Watermark {
+    /// The watermark a finished input holds: nothing can follow it.
+    pub const MAX: Watermark = Watermark(i64::MAX);
+}
+
+/// A checkpoint barrier, injected at the sources by the checkpoint coordinator.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Barrier {
+    /// The checkpoint the barrier belongs to.
+    pub checkpoint: CheckpointId,
+}
+
+/// One message on a channel between two tasks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamElement<T> {
+    /// A batch of records, in order.
+    Batch(Vec<T>),
+    /// An event-time watermark.
+    Watermark(Watermark),
+    /// A checkpoint barrier.
+    Barrier(Barrier),
+    /// The producer has finished; it sends nothing after this.
+    EndOfInput,
+}
