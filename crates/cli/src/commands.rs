@@ -1,0 +1,352 @@
+//! Argument parsing and the commands.
+
+use crate::catalog::Catalog;
+use crate::config::{Config, StateBackendKind};
+use crate::params::Params;
+use crate::render;
+use crate::rss::peak_rss_bytes;
+use clap::{Args, Parser, Subcommand};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use weir_graph::ParallelismSettings;
+use weir_runtime::{JobDefinition, JobReport, LocalExecutor, Plan, RuntimeOptions};
+use weir_state::{HeapStateBackendFactory, StateBackendFactory};
+use weir_state_rocksdb::RocksDbStateBackendFactory;
+
+#[derive(Parser, Debug)]
+#[command(name = "weir", version, about = "Weir: stateful stream processing whose keyed state survives crashes")]
+struct Cli {
+    /// Configuration file (default: ./weir.toml when it exists).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Overrides a configuration key, as in Flink's CLI (repeatable).
+    #[arg(short = 'D', global = true, value_name = "KEY=VALUE")]
+    define: Vec<String>,
+    /// More log output (-v info, -vv debug); WEIR_LOG=<filter> for full control.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Lists the jobs this binary can run, with their parameters.
+    Jobs {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints every configuration key with its effective value and help.
+    Config,
+    /// Prints a job's StreamGraph, JobGraph and ExecutionGraph.
+    Plan {
+        #[command(flatten)]
+        job: JobArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Runs a job inside this process until it finishes.
+    Local {
+        #[command(flatten)]
+        job: JobArgs,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Print the result summary as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Runs a benchmark workload and reports throughput, peak memory and state size.
+    Bench {
+        /// The workload.
+        #[arg(value_parser = ["keyed-agg"])]
+        workload: String,
+        /// Parallelism.
+        #[arg(short = 'p', long = "parallelism")]
+        parallelism: Option<u32>,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Distinct keys.
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        /// Records to generate.
+        #[arg(long, default_value_t = 20_000_000)]
+        records: u64,
+        /// Generator seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct JobArgs {
+    /// The job's name (see `weir jobs`).
+    job: String,
+    /// Parallelism (beats parallelism.default; loses to job and operator settings).
+    #[arg(short = 'p', long = "parallelism")]
+    parallelism: Option<u32>,
+    /// A job parameter (repeatable).
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct StateArgs {
+    /// Keyed state backend (overrides state.backend).
+    #[arg(long, value_name = "rocksdb|heap")]
+    state_backend: Option<String>,
+    /// Directory for RocksDB instances (overrides state.backend.rocksdb.localdir).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+/// A command's failure: bad input (exit 2) or a job that failed while running (exit 1).
+enum Failure {
+    Usage(String),
+    Job(String),
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Usage(e.to_string())
+    }
+}
+
+pub(crate) fn run(catalog: Catalog, args: Vec<OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    init_logging(cli.verbose);
+    match dispatch(&catalog, cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Job(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
+    let mut defines = cli.define.clone();
+    let state_args = match &cli.command {
+        Command::Local { state, .. } | Command::Bench { state, .. } => Some(state),
+        _ => None,
+    };
+    if let Some(s) = state_args {
+        if let Some(b) = &s.state_backend {
+            defines.push(format!("state.backend={b}"));
+        }
+        if let Some(d) = &s.state_dir {
+            defines.push(format!("state.backend.rocksdb.localdir={}", d.display()));
+        }
+    }
+    let config = Config::load(cli.config.as_deref(), std::env::vars(), &defines)?;
+    match cli.command {
+        Command::Jobs { json } => {
+            list_jobs(catalog, json);
+            Ok(())
+        }
+        Command::Config => {
+            for (key, value, help) in config.describe() {
+                println!("{key} = {value}\n    {help}");
+            }
+            Ok(())
+        }
+        Command::Plan { job, json } => {
+            let (_, plan) = build_and_plan(catalog, &config, &job.job, job.parallelism, &job.params)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&render::plan_json(&plan)).expect("plan serialises"));
+            } else {
+                print!("{}", render::plan_text(&plan));
+            }
+            Ok(())
+        }
+        Command::Local { job, json, .. } => {
+            let (def, plan) = build_and_plan(catalog, &config, &job.job, job.parallelism, &job.params)?;
+            let report = execute(&config, &def, &plan)?;
+            let rate = report.source_records as f64 / report.duration.as_secs_f64().max(1e-9);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "job": job.job,
+                        "status": "FINISHED",
+                        "duration_s": report.duration.as_secs_f64(),
+                        "source_records": report.source_records,
+                        "sink_records": report.sink_records,
+                        "state_bytes": report.state_bytes,
+                        "tasks": report.tasks,
+                    })
+                );
+            } else {
+                eprintln!(
+                    "job '{}' finished in {:.3} s: {} records read ({:.0}/s), {} records written, {} tasks, keyed state {}",
+                    job.job,
+                    report.duration.as_secs_f64(),
+                    report.source_records,
+                    rate,
+                    report.sink_records,
+                    report.tasks,
+                    human_bytes(report.state_bytes)
+                );
+            }
+            Ok(())
+        }
+        Command::Bench { workload, parallelism, keys, records, seed, json, .. } => {
+            let params = vec![format!("keys={keys}"), format!("records={records}"), format!("seed={seed}")];
+            let (def, plan) = build_and_plan(catalog, &config, &workload, parallelism, &params)?;
+            let p = plan.job.vertices.iter().map(|v| v.parallelism).max().unwrap_or(1);
+            let report = execute(&config, &def, &plan)?;
+            let secs = report.duration.as_secs_f64().max(1e-9);
+            let rate = report.source_records as f64 / secs;
+            let rss = peak_rss_bytes().unwrap_or(0);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "workload": workload,
+                        "state_backend": config.state_backend.as_str(),
+                        "parallelism": p,
+                        "keys": keys,
+                        "records": report.source_records,
+                        "duration_s": secs,
+                        "records_per_s": rate,
+                        "peak_rss_bytes": rss,
+                        "state_bytes": report.state_bytes,
+                        "managed_memory_bytes": config.managed_memory_bytes,
+                    })
+                );
+            } else {
+                println!("workload        {workload} (p={p}, state backend {})", config.state_backend.as_str());
+                println!("records         {} over {} keys in {:.2} s", report.source_records, keys, secs);
+                println!("throughput      {:.0} records/s", rate);
+                println!("peak RSS        {}", human_bytes(rss));
+                println!("state size      {}", human_bytes(report.state_bytes));
+                println!("memory budget   {} (taskmanager.memory.managed.size)", human_bytes(config.managed_memory_bytes));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn list_jobs(catalog: &Catalog, json: bool) {
+    if json {
+        let jobs: Vec<_> = catalog
+            .jobs()
+            .iter()
+            .map(|j| {
+                serde_json::json!({
+                    "name": j.name,
+                    "description": j.description,
+                    "params": j.params.iter().map(|p| serde_json::json!({"name": p.name, "help": p.help})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(jobs));
+        return;
+    }
+    for j in catalog.jobs() {
+        println!("{:<12} {}", j.name, j.description);
+        for p in &j.params {
+            println!("    --param {:<10} {}", format!("{}=…", p.name), p.help);
+        }
+    }
+}
+
+fn build_and_plan(
+    catalog: &Catalog,
+    config: &Config,
+    job: &str,
+    parallelism: Option<u32>,
+    params: &[String],
+) -> Result<(JobDefinition, Plan), Failure> {
+    let spec = catalog.get(job).ok_or_else(|| {
+        let known: Vec<&str> = catalog.jobs().iter().map(|j| j.name).collect();
+        Failure::Usage(format!("unknown job '{job}' (known: {})", known.join(", ")))
+    })?;
+    let params = Params::parse(job, params)?;
+    let def = catalog.build(spec, &params)?;
+    let plan = def.plan(ParallelismSettings { config_default: config.parallelism_default, cli: parallelism })?;
+    Ok((def, plan))
+}
+
+/// Checks that `dir` exists or can be created, and that a file can be written in it.
+fn check_writable_dir(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("state dir '{}' cannot be created: {e}", dir.display()))?;
+    let probe = dir.join(format!(".weir-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"probe").map_err(|e| format!("state dir '{}' is not writable: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+fn execute(config: &Config, def: &JobDefinition, plan: &Plan) -> Result<JobReport, Failure> {
+    let backend: Arc<dyn StateBackendFactory> = match config.state_backend {
+        StateBackendKind::Heap => Arc::new(HeapStateBackendFactory::new()),
+        StateBackendKind::RocksDb => {
+            check_writable_dir(&config.state_dir).map_err(Failure::Usage)?;
+            Arc::new(
+                RocksDbStateBackendFactory::new(&config.state_dir, config.managed_memory_bytes)
+                    .map_err(|e| Failure::Usage(e.to_string()))?,
+            )
+        }
+    };
+    let options = RuntimeOptions {
+        batch_size: config.batch_size,
+        channel_capacity: config.channel_capacity,
+        buffer_timeout: config.buffer_timeout,
+    };
+    let executor = LocalExecutor::new(options, backend);
+    let cancel = executor.cancel_flag();
+    let _ = ctrlc::set_handler(move || {
+        if cancel.swap(true, Ordering::SeqCst) {
+            // A second Ctrl-C: stop at once.
+            std::process::exit(130);
+        }
+        eprintln!("cancelling (Ctrl-C again to stop at once)");
+    });
+    tracing::info!(job = %plan.stream.job_name, tasks = plan.execution.subtasks.len(), backend = config.state_backend.as_str(), "starting job");
+    executor
+        .execute(def, plan)
+        .map_err(|e| Failure::Job(format!("job '{}' failed: {e}", plan.stream.job_name)))
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}

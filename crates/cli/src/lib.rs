@@ -1,0 +1,36 @@
+//! The commands behind `weir …`: argument parsing, configuration (`weir.toml`, environment,
+//! `-D key=value`), the job [`Catalog`], and the `plan`, `local` and `bench` commands.
+//!
+//! The crate is a library so that a user crate can register its own jobs in a [`Catalog`] and
+//! reuse the whole CLI through [`main`]; the `weir` binary of the root package is exactly that,
+//! with the example jobs. It must not depend on the root `weir` package.
+//!
+//! Exit codes: 0 success, 1 the job failed while running, 2 bad input (an unknown job, flag,
+//! `--param` or config key, a bad value, an unreadable input, an unwritable directory) — always
+//! with a one-line message naming what is wrong.
+
+#![warn(missing_docs)]
+
+mod catalog;
+mod commands;
+mod config;
+mod params;
+mod render;
+mod rss;
+
+pub use catalog::{Catalog, JobSpec, ParamSpec};
+pub use config::{Config, ConfigError, StateBackendKind};
+pub use params::{ParamError, Params};
+pub use rss::peak_rss_bytes;
+
+use std::process::ExitCode;
+
+/// Runs the CLI with `std::env::args()` over `catalog`, and returns the process exit code.
+pub fn main(catalog: Catalog) -> ExitCode {
+    commands::run(catalog, std::env::args_os().collect())
+}
+
+/// Runs the CLI with explicit arguments (the first is the program name).
+pub fn run_with_args(catalog: Catalog, args: Vec<std::ffi::OsString>) -> ExitCode {
+    commands::run(catalog, args)
+}

@@ -1,0 +1,74 @@
+//! `word-count`: lines → words → key_by(word) → running count in ValueState → `word<TAB>count`
+//! updates to a file sink (or stdout).
+
+use crate::jobs::check_output_dir;
+use std::path::PathBuf;
+use weir_cli::{JobSpec, ParamError, ParamSpec, Params};
+use weir_connectors::{FileLinesSource, FileSink, PrintSink};
+use weir_runtime::{Collector, JobDefinition, KeyedContext, KeyedProcessFunction, StreamEnvironment, UserError};
+use weir_state::{StateRegistry, ValueState};
+
+/// Keeps each word's running count and emits `word<TAB>count` on every occurrence.
+#[derive(Clone, Default)]
+pub struct WordCounter {
+    count: Option<ValueState<u64>>,
+}
+
+impl KeyedProcessFunction<String, String, String> for WordCounter {
+    fn open(&mut self, states: &mut StateRegistry<'_>) -> Result<(), UserError> {
+        self.count = Some(states.value_state("count")?);
+        Ok(())
+    }
+
+    fn process_element(&mut self, word: String, ctx: &mut KeyedContext<'_, String>, out: &mut Collector<String>) -> Result<(), UserError> {
+        let state = self.count.as_ref().ok_or("WordCounter used before open")?;
+        let count = state.get(ctx)?.unwrap_or(0) + 1;
+        state.update(ctx, &count)?;
+        out.collect(format!("{word}\t{count}"));
+        Ok(())
+    }
+}
+
+/// Builds `word-count` over `input` (a file or directory), writing to `output` (a directory)
+/// or, when `None`, to stdout.
+pub fn word_count(input: PathBuf, output: Option<PathBuf>) -> Result<JobDefinition, UserError> {
+    let env = StreamEnvironment::new("word-count");
+    let source = FileLinesSource::new(input)?;
+    let counts = env
+        .add_source(source)
+        .uid("source")
+        .flat_map(|line: String| line.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .uid("tokenize")
+        .name("Tokenize")
+        .key_by(|word: &String| word.clone())
+        .process(WordCounter::default())
+        .uid("count")
+        .name("Count");
+    match output {
+        Some(dir) => counts.sink_to(FileSink::new(dir)).uid("sink"),
+        None => counts.sink_to(PrintSink::new()).uid("sink"),
+    };
+    Ok(env.build())
+}
+
+/// The catalog entry of `word-count`.
+pub fn word_count_spec() -> JobSpec {
+    JobSpec {
+        name: "word-count",
+        description: "counts words of text files: word<TAB>count updates",
+        params: vec![
+            ParamSpec { name: "input", help: "a text file or a directory of them (required)" },
+            ParamSpec { name: "output", help: "output directory of part files (default: stdout)" },
+        ],
+        build: build_from_params,
+    }
+}
+
+fn build_from_params(params: &Params) -> Result<JobDefinition, ParamError> {
+    let input: PathBuf = params.require("input")?;
+    let output: Option<PathBuf> = params.get("output")?;
+    if let Some(dir) = &output {
+        check_output_dir(params, "output", dir)?;
+    }
+    word_count(input, output).map_err(|e| params.invalid("input", e.to_string()))
+}
