@@ -292,7 +292,11 @@ fn build_and_plan(
     })?;
     let params = Params::parse(job, params)?;
     let def = catalog.build(spec, &params)?;
-    let plan = def.plan(ParallelismSettings { config_default: config.parallelism_default, cli: parallelism })?;
+    let plan = def.plan(ParallelismSettings {
+        config_default: config.parallelism_default,
+        cli: parallelism,
+        config_max_parallelism: config.max_parallelism,
+    })?;
     Ok((def, plan))
 }
 

@@ -33,6 +33,9 @@ impl StateBackendKind {
 pub struct Config {
     /// `parallelism.default`.
     pub parallelism_default: u32,
+    /// `pipeline.max-parallelism`: the number of key groups of jobs that set none (`None`: derived
+    /// from the largest parallelism, as in Flink).
+    pub max_parallelism: Option<u32>,
     /// `state.backend`.
     pub state_backend: StateBackendKind,
     /// `state.backend.rocksdb.localdir`: where RocksDB instances live while a job runs.
@@ -103,6 +106,24 @@ pub static KEYS: &[KeySpec] = &[
         help: "parallelism of operators when neither the operator, the job nor -p sets one",
         apply: |c, v| {
             c.parallelism_default = parse_positive(v)? as u32;
+            Ok(())
+        },
+    },
+    KeySpec {
+        key: "pipeline.max-parallelism",
+        default: || "auto".into(),
+        help: "number of key groups when the job sets none: 1..32768, or auto (from the largest parallelism)",
+        apply: |c, v| {
+            c.max_parallelism = match v.trim() {
+                "auto" | "-1" => None,
+                other => {
+                    let n = parse_positive(other)?;
+                    if n > 32768 {
+                        return Err("must be at most 32768".into());
+                    }
+                    Some(n as u32)
+                }
+            };
             Ok(())
         },
     },
@@ -227,6 +248,7 @@ impl Config {
     fn defaults() -> Config {
         let mut c = Config {
             parallelism_default: 1,
+            max_parallelism: None,
             state_backend: StateBackendKind::RocksDb,
             state_dir: PathBuf::new(),
             managed_memory_bytes: 0,
@@ -248,6 +270,7 @@ impl Config {
     fn value_of(&self, key: &str) -> String {
         match key {
             "parallelism.default" => self.parallelism_default.to_string(),
+            "pipeline.max-parallelism" => self.max_parallelism.map_or("auto".into(), |m| m.to_string()),
             "state.backend" => self.state_backend.as_str().to_string(),
             "state.backend.rocksdb.localdir" => self.state_dir.display().to_string(),
             "taskmanager.memory.managed.size" => format!("{}mb", self.managed_memory_bytes >> 20),

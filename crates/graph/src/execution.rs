@@ -98,7 +98,7 @@ mod tests {
     #[test]
     fn source_and_flat_map_chain_and_the_hash_edge_breaks_the_chain() {
         let mut g = word_count();
-        g.resolve(ParallelismSettings { config_default: 1, cli: Some(2) }).unwrap();
+        g.resolve(ParallelismSettings { config_default: 1, cli: Some(2), config_max_parallelism: None }).unwrap();
         let job = JobGraph::from_stream_graph(&g);
         assert_eq!(job.vertices.len(), 2);
         assert_eq!(job.vertices[0].uids, vec!["source", "split"]);
@@ -118,7 +118,7 @@ mod tests {
         let mut g = word_count();
         g.nodes[3].parallelism = Some(1);
         g.job_parallelism = Some(3);
-        g.resolve(ParallelismSettings { config_default: 4, cli: Some(2) }).unwrap();
+        g.resolve(ParallelismSettings { config_default: 4, cli: Some(2), config_max_parallelism: None }).unwrap();
         let ps: Vec<u32> = g.nodes.iter().map(|n| n.resolved_parallelism).collect();
         assert_eq!(ps, vec![3, 3, 3, 1]);
         // The parallelism change turned the unspecified edge into rebalance, breaking the chain.
@@ -129,10 +129,10 @@ mod tests {
     #[test]
     fn the_cli_parallelism_beats_the_config_default() {
         let mut g = word_count();
-        g.resolve(ParallelismSettings { config_default: 4, cli: Some(2) }).unwrap();
+        g.resolve(ParallelismSettings { config_default: 4, cli: Some(2), config_max_parallelism: None }).unwrap();
         assert!(g.nodes.iter().all(|n| n.resolved_parallelism == 2));
         let mut g = word_count();
-        g.resolve(ParallelismSettings { config_default: 4, cli: None }).unwrap();
+        g.resolve(ParallelismSettings { config_default: 4, cli: None, config_max_parallelism: None }).unwrap();
         assert!(g.nodes.iter().all(|n| n.resolved_parallelism == 4));
     }
 
@@ -156,11 +156,11 @@ mod tests {
     #[test]
     fn parallelism_zero_and_above_max_parallelism_are_rejected() {
         let mut g = word_count();
-        let err = g.resolve(ParallelismSettings { config_default: 1, cli: Some(0) }).unwrap_err();
+        let err = g.resolve(ParallelismSettings { config_default: 1, cli: Some(0), config_max_parallelism: None }).unwrap_err();
         assert!(matches!(err, GraphError::BadParallelism { parallelism: 0, .. }), "{err}");
         let mut g = word_count();
-        g.max_parallelism = Some(4);
-        let err = g.resolve(ParallelismSettings { config_default: 1, cli: Some(5) }).unwrap_err();
+        let settings = ParallelismSettings { config_default: 1, cli: Some(5), config_max_parallelism: Some(4) };
+        let err = g.resolve(settings).unwrap_err();
         assert!(err.to_string().contains("-p: parallelism 5 is invalid"), "{err}");
     }
 
@@ -168,7 +168,7 @@ mod tests {
     fn a_non_parallel_source_runs_with_parallelism_one() {
         let mut g = word_count();
         g.nodes[0].kind = NodeKind::Source { parallel: false };
-        g.resolve(ParallelismSettings { config_default: 1, cli: Some(2) }).unwrap();
+        g.resolve(ParallelismSettings { config_default: 1, cli: Some(2), config_max_parallelism: None }).unwrap();
         assert_eq!(g.nodes[0].resolved_parallelism, 1);
         assert_eq!(g.edges[0].partitioning, Some(Partitioning::Rebalance));
     }

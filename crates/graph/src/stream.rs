@@ -88,6 +88,8 @@ pub struct ParallelismSettings {
     pub config_default: u32,
     /// `weir run -p N` / `weir local -p N`.
     pub cli: Option<u32>,
+    /// `pipeline.max-parallelism` from the configuration: used when the job sets none.
+    pub config_max_parallelism: Option<u32>,
 }
 
 /// What the user wrote: operators and edges, before chaining.
@@ -137,6 +139,9 @@ impl StreamGraph {
                     return Err(GraphError::UnknownNode(id));
                 }
             }
+        }
+        if self.max_parallelism.is_none() {
+            self.max_parallelism = settings.config_max_parallelism;
         }
         if let Some(m) = self.max_parallelism {
             if m == 0 || m > MAX_MAX_PARALLELISM {

@@ -36,7 +36,7 @@ mod metrics;
 mod operators;
 pub mod task;
 
-pub use api::{DataStream, DataStreamSink, JobDefinition, KeyedStream, StreamEnvironment};
+pub use api::{Data, DataStream, DataStreamSink, JobDefinition, KeyedStream, StreamEnvironment};
 pub use error::{JobError, TaskError, UserError};
 pub use executor::{JobReport, LocalExecutor, Plan, RuntimeOptions};
 pub use function::{

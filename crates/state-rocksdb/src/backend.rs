@@ -1,0 +1,733 @@
+//! [`RocksDbStateBackend`]: one RocksDB instance behind a write-back cache.
+
+use crate::{backend_error, BACKEND_NAME};
+use rocksdb::{ColumnFamily, Options, ReadOptions, WriteBatch, WriteOptions, DB};
+use rustc_hash::FxHashMap;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use weir_state::encoding::{decode_state_key_checked, encode_prefix, encode_state_key};
+use weir_state::{
+    KeyedStateBackend, StateDescriptor, StateEntry, StateError, StateId, StateKey, StateKind,
+};
+use weir_types::KeyGroupRange;
+
+/// What one cached entry costs beyond its key and value bytes: the map slot, two boxes, the
+/// allocator's headers and the table's slack.
+const ENTRY_OVERHEAD_BYTES: usize = 96;
+
+/// The bytes a cached entry is charged against the write-back budget.
+fn entry_bytes(key_len: usize, value_len: usize) -> usize {
+    key_len + value_len + ENTRY_OVERHEAD_BYTES
+}
+
+/// One cached cell: its value as of the last read or write (`None`: absent, or deleted), and
+/// whether RocksDB has yet to see it.
+///
+/// Invariant: a clean entry equals what RocksDB holds at that key.
+#[derive(Debug)]
+struct Entry {
+    value: Option<Box<[u8]>>,
+    dirty: bool,
+}
+
+/// The cached cells of one state, by encoded key. Map states keep theirs ordered, so the cells
+/// under one prefix (one key's map) are a range and `prefix_for_each`/`delete_prefix` never
+/// walk the whole cache; the other kinds only need point lookups, which a hash map does faster.
+#[derive(Debug)]
+enum Cells {
+    Hashed(FxHashMap<Box<[u8]>, Entry>),
+    Ordered(BTreeMap<Box<[u8]>, Entry>),
+}
+
+impl Cells {
+    fn for_kind(kind: StateKind) -> Self {
+        if kind.has_user_keys() {
+            Cells::Ordered(BTreeMap::new())
+        } else {
+            Cells::Hashed(FxHashMap::default())
+        }
+    }
+
+    fn contains(&self, key: &[u8]) -> bool {
+        match self {
+            Cells::Hashed(m) => m.contains_key(key),
+            Cells::Ordered(m) => m.contains_key(key),
+        }
+    }
+
+    fn get(&self, key: &[u8]) -> Option<&Entry> {
+        match self {
+            Cells::Hashed(m) => m.get(key),
+            Cells::Ordered(m) => m.get(key),
+        }
+    }
+
+    fn get_mut(&mut self, key: &[u8]) -> Option<&mut Entry> {
+        match self {
+            Cells::Hashed(m) => m.get_mut(key),
+            Cells::Ordered(m) => m.get_mut(key),
+        }
+    }
+
+    /// Inserts an entry for a key that is not cached yet.
+    fn insert_new(&mut self, key: Box<[u8]>, entry: Entry) -> &mut Entry {
+        match self {
+            Cells::Hashed(m) => m.entry(key).or_insert(entry),
+            Cells::Ordered(m) => m.entry(key).or_insert(entry),
+        }
+    }
+
+    fn clear(&mut self) {
+        match self {
+            Cells::Hashed(m) => m.clear(),
+            Cells::Ordered(m) => m.clear(),
+        }
+    }
+
+    fn for_each(&self, mut f: impl FnMut(&[u8], &Entry)) {
+        match self {
+            Cells::Hashed(m) => m.iter().for_each(|(k, e)| f(k, e)),
+            Cells::Ordered(m) => m.iter().for_each(|(k, e)| f(k, e)),
+        }
+    }
+
+    fn for_each_mut(&mut self, mut f: impl FnMut(&[u8], &mut Entry)) {
+        match self {
+            Cells::Hashed(m) => m.iter_mut().for_each(|(k, e)| f(k, e)),
+            Cells::Ordered(m) => m.iter_mut().for_each(|(k, e)| f(k, e)),
+        }
+    }
+}
+
+/// The cached entries of an ordered map whose keys start with `prefix`.
+fn range_under<'a>(
+    map: &'a BTreeMap<Box<[u8]>, Entry>,
+    prefix: &'a [u8],
+) -> impl Iterator<Item = (&'a Box<[u8]>, &'a Entry)> + 'a {
+    map.range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+        .take_while(move |(k, _)| k.starts_with(prefix))
+}
+
+/// Visits one entry: `f(key, value)`; an error stops the visit.
+type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StateError> + 'a;
+
+/// The smallest byte string greater than every string starting with `prefix`, if any.
+fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut out = prefix.to_vec();
+    while let Some(last) = out.pop() {
+        if last < u8::MAX {
+            out.push(last + 1);
+            return Some(out);
+        }
+    }
+    None
+}
+
+/// Read options bounding an iterator to the keys that start with `prefix`.
+fn prefix_read_options(prefix: &[u8]) -> ReadOptions {
+    let mut options = ReadOptions::default();
+    options.set_iterate_lower_bound(prefix.to_vec());
+    if let Some(upper) = prefix_successor(prefix) {
+        options.set_iterate_upper_bound(upper);
+    }
+    options
+}
+
+/// The column family of the state named `name`.
+fn column_family<'a>(db: &'a DB, name: &str) -> Result<&'a ColumnFamily, StateError> {
+    db.cf_handle(name).ok_or_else(|| {
+        backend_error(
+            format!("find the column family of state '{name}'"),
+            "it is not open",
+        )
+    })
+}
+
+/// One declared state's cache.
+#[derive(Debug)]
+struct Slot {
+    cells: Cells,
+    /// How many of `cells` are dirty.
+    dirty: usize,
+}
+
+/// The instance directory; removed when dropped (after the DB, which is declared before it in
+/// [`RocksDbStateBackend`] and so closed first).
+#[derive(Debug)]
+pub(crate) struct InstanceDir(PathBuf);
+
+impl InstanceDir {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        Self(path)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for InstanceDir {
+    fn drop(&mut self) {
+        match std::fs::remove_dir_all(&self.0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(
+                path = %self.0.display(),
+                error = %e,
+                "cannot remove a RocksDB state directory"
+            ),
+        }
+    }
+}
+
+/// Keyed state of one operator subtask in its own RocksDB instance, behind a write-back cache.
+///
+/// The write-back cache is what makes per-record state access fast: RocksDB does ~370K
+/// get+put pairs per second, a hash map tens of millions. It holds, per state, clean entries
+/// (values read from RocksDB, including cached absence) and dirty ones (writes RocksDB has not
+/// seen yet), charged `key + value + 96` bytes each against the backend's share of the managed
+/// memory ([`write_back_budget_bytes`](Self::write_back_budget_bytes)).
+///
+/// 1. [`get`](KeyedStateBackend::get): a cached entry answers; a miss reads RocksDB
+///    (`get_pinned`) and caches the result, present or absent, as clean.
+/// 2. [`put`](KeyedStateBackend::put) / [`delete`](KeyedStateBackend::delete): write the value
+///    (or a tombstone) into the cache as dirty; RocksDB is not touched.
+/// 3. Before an entry would take the cache over budget, it **spills**: every dirty entry goes to
+///    RocksDB in one `WriteBatch` (WAL off), then the whole cache is dropped. A failed write is
+///    returned as the operation's error, and the cache is left as it was.
+/// 4. [`flush`](KeyedStateBackend::flush) writes the dirty entries the same way but keeps them,
+///    now clean. [`prefix_for_each`](KeyedStateBackend::prefix_for_each) and
+///    [`scan`](KeyedStateBackend::scan) first write the dirty entries they would read (the
+///    prefix's, or the state's), then iterate RocksDB;
+///    [`delete_prefix`](KeyedStateBackend::delete_prefix) drops the prefix's cached entries and
+///    deletes its keys in RocksDB.
+///
+/// So a clean entry always equals RocksDB's value, and every read sees the latest write.
+pub struct RocksDbStateBackend {
+    // Field order matters: `db` must close before `dir` removes the directory.
+    db: DB,
+    range: KeyGroupRange,
+    descriptors: Vec<StateDescriptor>,
+    slots: Vec<Slot>,
+    cf_options: Options,
+    write_options: WriteOptions,
+    read_options: ReadOptions,
+    /// Reused for encoding keys.
+    scratch: Vec<u8>,
+    cached_bytes: usize,
+    budget_bytes: usize,
+    spills: u64,
+    dir: InstanceDir,
+}
+
+impl std::fmt::Debug for RocksDbStateBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksDbStateBackend")
+            .field("path", &self.dir.path())
+            .field("range", &self.range)
+            .field("descriptors", &self.descriptors)
+            .field("cached_bytes", &self.cached_bytes)
+            .field("budget_bytes", &self.budget_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RocksDbStateBackend {
+    pub(crate) fn new(
+        db: DB,
+        dir: InstanceDir,
+        cf_options: Options,
+        range: KeyGroupRange,
+        budget_bytes: usize,
+    ) -> Self {
+        let mut write_options = WriteOptions::default();
+        write_options.disable_wal(true);
+        Self {
+            db,
+            range,
+            descriptors: Vec::new(),
+            slots: Vec::new(),
+            cf_options,
+            write_options,
+            read_options: ReadOptions::default(),
+            scratch: Vec::with_capacity(64),
+            cached_bytes: 0,
+            budget_bytes,
+            spills: 0,
+            dir,
+        }
+    }
+
+    /// The instance's directory (removed when the backend is dropped).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Bytes the write-back cache is charged for now.
+    pub fn write_back_cache_bytes(&self) -> usize {
+        self.cached_bytes
+    }
+
+    /// The write-back cache's budget: this backend's share of the managed memory.
+    pub fn write_back_budget_bytes(&self) -> usize {
+        self.budget_bytes
+    }
+
+    /// How many times the write-back cache has spilled to RocksDB and been dropped.
+    pub fn spill_count(&self) -> u64 {
+        self.spills
+    }
+
+    /// Checks that `state` is known and `key` lies in the owned range; returns the state's
+    /// index.
+    fn check(&self, state: StateId, key: &StateKey<'_>) -> Result<usize, StateError> {
+        let idx = state.0 as usize;
+        if idx >= self.slots.len() {
+            return Err(StateError::UnknownState(state.0));
+        }
+        if !self.range.contains(key.key_group) {
+            return Err(StateError::KeyGroupOutOfRange {
+                key_group: key.key_group,
+                range: self.range,
+            });
+        }
+        Ok(idx)
+    }
+
+    /// [`check`](Self::check)s, refuses a user key on a non-map state, and encodes the full key
+    /// into `self.scratch`.
+    fn prepare(&mut self, state: StateId, key: &StateKey<'_>) -> Result<usize, StateError> {
+        let idx = self.check(state, key)?;
+        let descriptor = &self.descriptors[idx];
+        if !descriptor.kind.has_user_keys() && !key.user_key.is_empty() {
+            return Err(StateError::MalformedKey {
+                state: descriptor.name.clone(),
+                detail: "a user key was given for a state that is not a map state".into(),
+            });
+        }
+        self.scratch.clear();
+        encode_state_key(&mut self.scratch, key);
+        Ok(idx)
+    }
+
+    /// Spills if an entry of `size` bytes would take the cache over budget.
+    fn make_room(&mut self, size: usize) -> Result<(), StateError> {
+        if self.cached_bytes > 0 && self.cached_bytes + size > self.budget_bytes {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    /// Writes every dirty entry to RocksDB and drops the whole cache.
+    fn spill(&mut self) -> Result<(), StateError> {
+        let written = self.write_dirty(None)?;
+        tracing::debug!(
+            path = %self.dir.path().display(),
+            cached_bytes = self.cached_bytes,
+            written,
+            "write-back cache spilled"
+        );
+        for slot in &mut self.slots {
+            slot.cells.clear();
+            slot.dirty = 0;
+        }
+        self.cached_bytes = 0;
+        self.spills += 1;
+        Ok(())
+    }
+
+    /// Writes the dirty entries of every state (or only of state `only`) to RocksDB in one
+    /// batch, leaving them marked dirty; returns how many were written.
+    fn write_dirty(&self, only: Option<usize>) -> Result<usize, StateError> {
+        let mut batch = WriteBatch::default();
+        for (idx, slot) in self.slots.iter().enumerate() {
+            if slot.dirty == 0 || only.is_some_and(|o| o != idx) {
+                continue;
+            }
+            let cf = column_family(&self.db, &self.descriptors[idx].name)?;
+            slot.cells.for_each(|key, entry| {
+                if entry.dirty {
+                    match &entry.value {
+                        Some(value) => batch.put_cf(cf, key, value),
+                        None => batch.delete_cf(cf, key),
+                    }
+                }
+            });
+        }
+        self.write(batch)
+    }
+
+    /// Writes `batch` (WAL off); returns how many operations it held.
+    fn write(&self, batch: WriteBatch) -> Result<usize, StateError> {
+        let n = batch.len();
+        if n > 0 {
+            self.db.write_opt(batch, &self.write_options).map_err(|e| {
+                backend_error(format!("write a batch to {}", self.dir.path().display()), e)
+            })?;
+        }
+        Ok(n)
+    }
+
+    /// Marks the entries of every state (or only of state `only`) clean.
+    fn mark_clean(&mut self, only: Option<usize>) {
+        for (idx, slot) in self.slots.iter_mut().enumerate() {
+            if slot.dirty == 0 || only.is_some_and(|o| o != idx) {
+                continue;
+            }
+            slot.cells.for_each_mut(|_, entry| entry.dirty = false);
+            slot.dirty = 0;
+        }
+    }
+
+    /// Makes RocksDB hold every write to state `idx` under `prefix`: the range of an ordered
+    /// cache, or the whole state for a hashed one.
+    fn flush_prefix(&mut self, idx: usize, prefix: &[u8]) -> Result<(), StateError> {
+        let slot = &self.slots[idx];
+        if slot.dirty == 0 {
+            return Ok(());
+        }
+        let Cells::Ordered(map) = &slot.cells else {
+            self.write_dirty(Some(idx))?;
+            self.mark_clean(Some(idx));
+            return Ok(());
+        };
+        let cf = column_family(&self.db, &self.descriptors[idx].name)?;
+        let mut batch = WriteBatch::default();
+        for (key, entry) in range_under(map, prefix) {
+            if entry.dirty {
+                match &entry.value {
+                    Some(value) => batch.put_cf(cf, key, value),
+                    None => batch.delete_cf(cf, key),
+                }
+            }
+        }
+        if self.write(batch)? == 0 {
+            return Ok(());
+        }
+        let slot = &mut self.slots[idx];
+        if let Cells::Ordered(map) = &mut slot.cells {
+            let upper = prefix_successor(prefix);
+            let upper = match &upper {
+                Some(u) => Bound::Excluded(&u[..]),
+                None => Bound::Unbounded,
+            };
+            for (_, entry) in map.range_mut::<[u8], _>((Bound::Included(prefix), upper)) {
+                if entry.dirty {
+                    entry.dirty = false;
+                    slot.dirty -= 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Visits RocksDB's entries of state `idx` whose keys start with `prefix` (all of them when
+    /// it is empty), in key order: `f(key, value)`.
+    fn iterate(&self, idx: usize, prefix: &[u8], f: &mut Visitor<'_>) -> Result<(), StateError> {
+        let name = &self.descriptors[idx].name;
+        let cf = column_family(&self.db, name)?;
+        let mut it = self.db.raw_iterator_cf_opt(cf, prefix_read_options(prefix));
+        it.seek(prefix);
+        while let Some((key, value)) = it.item() {
+            f(key, value)?;
+            it.next();
+        }
+        it.status()
+            .map_err(|e| backend_error(format!("iterate state '{name}'"), e))
+    }
+
+    /// The cells under `prefix` (an encoded cell prefix) of map state `idx`: dropped from the
+    /// cache and deleted in RocksDB.
+    fn delete_map_prefix(&mut self, idx: usize, prefix: &[u8]) -> Result<(), StateError> {
+        let slot = &mut self.slots[idx];
+        match &mut slot.cells {
+            Cells::Ordered(map) => {
+                let doomed: Vec<Box<[u8]>> =
+                    range_under(map, prefix).map(|(k, _)| k.clone()).collect();
+                for key in doomed {
+                    if let Some(entry) = map.remove(&key) {
+                        let value_len = entry.value.as_deref().map_or(0, <[u8]>::len);
+                        self.cached_bytes -= entry_bytes(key.len(), value_len);
+                        if entry.dirty {
+                            slot.dirty -= 1;
+                        }
+                    }
+                }
+            }
+            Cells::Hashed(map) => {
+                let (mut bytes, mut dirty) = (0, 0);
+                map.retain(|key, entry| {
+                    let keep = !key.starts_with(prefix);
+                    if !keep {
+                        bytes +=
+                            entry_bytes(key.len(), entry.value.as_deref().map_or(0, <[u8]>::len));
+                        dirty += usize::from(entry.dirty);
+                    }
+                    keep
+                });
+                self.cached_bytes -= bytes;
+                slot.dirty -= dirty;
+            }
+        }
+        // Every dirty entry under the prefix is gone from the cache, so RocksDB is the truth
+        // for it: delete what it holds.
+        let cf = column_family(&self.db, &self.descriptors[idx].name)?;
+        let mut batch = WriteBatch::default();
+        self.iterate(idx, prefix, &mut |key, _| {
+            batch.delete_cf(cf, key);
+            Ok(())
+        })?;
+        self.write(batch)?;
+        Ok(())
+    }
+}
+
+impl KeyedStateBackend for RocksDbStateBackend {
+    fn name(&self) -> &'static str {
+        BACKEND_NAME
+    }
+
+    fn key_group_range(&self) -> KeyGroupRange {
+        self.range
+    }
+
+    fn register(&mut self, descriptor: &StateDescriptor) -> Result<StateId, StateError> {
+        if let Some(idx) = self
+            .descriptors
+            .iter()
+            .position(|d| d.name == descriptor.name)
+        {
+            let existing = self.descriptors[idx].kind;
+            if existing != descriptor.kind {
+                return Err(StateError::KindMismatch {
+                    name: descriptor.name.clone(),
+                    existing,
+                    requested: descriptor.kind,
+                });
+            }
+            return Ok(StateId(idx as u32));
+        }
+        let id = u32::try_from(self.descriptors.len()).map_err(|_| {
+            backend_error(
+                format!("register state '{}'", descriptor.name),
+                "too many states",
+            )
+        })?;
+        // The default column family is always open (and otherwise unused).
+        if descriptor.name != rocksdb::DEFAULT_COLUMN_FAMILY_NAME {
+            self.db
+                .create_cf(&descriptor.name, &self.cf_options)
+                .map_err(|e| {
+                    backend_error(
+                        format!(
+                            "create the column family of state '{}' in {}",
+                            descriptor.name,
+                            self.dir.path().display()
+                        ),
+                        e,
+                    )
+                })?;
+        }
+        self.descriptors.push(descriptor.clone());
+        self.slots.push(Slot {
+            cells: Cells::for_kind(descriptor.kind),
+            dirty: 0,
+        });
+        Ok(StateId(id))
+    }
+
+    fn descriptors(&self) -> &[StateDescriptor] {
+        &self.descriptors
+    }
+
+    fn get(&mut self, state: StateId, key: &StateKey<'_>) -> Result<Option<&[u8]>, StateError> {
+        let idx = self.prepare(state, key)?;
+        if self.slots[idx].cells.contains(&self.scratch) {
+            let entry = self.slots[idx].cells.get(&self.scratch);
+            return Ok(entry.and_then(|e| e.value.as_deref()));
+        }
+        let name = &self.descriptors[idx].name;
+        let cf = column_family(&self.db, name)?;
+        let loaded: Option<Box<[u8]>> = self
+            .db
+            .get_pinned_cf_opt(cf, &self.scratch, &self.read_options)
+            .map_err(|e| backend_error(format!("get from state '{name}'"), e))?
+            .map(|v| Box::from(&*v));
+        let size = entry_bytes(self.scratch.len(), loaded.as_deref().map_or(0, <[u8]>::len));
+        self.make_room(size)?;
+        self.cached_bytes += size;
+        let key = Box::from(&self.scratch[..]);
+        let entry = self.slots[idx].cells.insert_new(
+            key,
+            Entry {
+                value: loaded,
+                dirty: false,
+            },
+        );
+        Ok(entry.value.as_deref())
+    }
+
+    fn put(&mut self, state: StateId, key: &StateKey<'_>, value: &[u8]) -> Result<(), StateError> {
+        let idx = self.prepare(state, key)?;
+        let slot = &mut self.slots[idx];
+        if let Some(entry) = slot.cells.get_mut(&self.scratch) {
+            let old_len = entry.value.as_deref().map_or(0, <[u8]>::len);
+            match &mut entry.value {
+                Some(old) if old.len() == value.len() => old.copy_from_slice(value),
+                other => *other = Some(value.into()),
+            }
+            if !entry.dirty {
+                entry.dirty = true;
+                slot.dirty += 1;
+            }
+            self.cached_bytes = self.cached_bytes + value.len() - old_len;
+            if self.cached_bytes > self.budget_bytes {
+                self.spill()?;
+            }
+            return Ok(());
+        }
+        self.make_room(entry_bytes(self.scratch.len(), value.len()))?;
+        self.cached_bytes += entry_bytes(self.scratch.len(), value.len());
+        let slot = &mut self.slots[idx];
+        slot.cells.insert_new(
+            Box::from(&self.scratch[..]),
+            Entry {
+                value: Some(value.into()),
+                dirty: true,
+            },
+        );
+        slot.dirty += 1;
+        Ok(())
+    }
+
+    fn delete(&mut self, state: StateId, key: &StateKey<'_>) -> Result<(), StateError> {
+        let idx = self.prepare(state, key)?;
+        let slot = &mut self.slots[idx];
+        if let Some(entry) = slot.cells.get_mut(&self.scratch) {
+            // Already absent (clean) or deleted (dirty tombstone): nothing to do.
+            if let Some(old) = entry.value.take() {
+                self.cached_bytes -= old.len();
+                if !entry.dirty {
+                    entry.dirty = true;
+                    slot.dirty += 1;
+                }
+            }
+            return Ok(());
+        }
+        self.make_room(entry_bytes(self.scratch.len(), 0))?;
+        self.cached_bytes += entry_bytes(self.scratch.len(), 0);
+        let slot = &mut self.slots[idx];
+        slot.cells.insert_new(
+            Box::from(&self.scratch[..]),
+            Entry {
+                value: None,
+                dirty: true,
+            },
+        );
+        slot.dirty += 1;
+        Ok(())
+    }
+
+    fn prefix_for_each(
+        &mut self,
+        state: StateId,
+        prefix: &StateKey<'_>,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        let idx = self.check(state, prefix)?;
+        let cell = StateKey {
+            user_key: &[],
+            ..*prefix
+        };
+        if !self.descriptors[idx].kind.has_user_keys() {
+            // One cell per prefix: a point read.
+            return match self.get(state, &cell)? {
+                Some(value) => f(&[], value),
+                None => Ok(()),
+            };
+        }
+        let mut encoded = Vec::with_capacity(32);
+        encode_prefix(&mut encoded, &cell);
+        self.flush_prefix(idx, &encoded)?;
+        let skip = encoded.len();
+        self.iterate(idx, &encoded, &mut |key, value| f(&key[skip..], value))
+    }
+
+    fn delete_prefix(&mut self, state: StateId, prefix: &StateKey<'_>) -> Result<(), StateError> {
+        let idx = self.check(state, prefix)?;
+        let cell = StateKey {
+            user_key: &[],
+            ..*prefix
+        };
+        if !self.descriptors[idx].kind.has_user_keys() {
+            return self.delete(state, &cell);
+        }
+        let mut encoded = Vec::with_capacity(32);
+        encode_prefix(&mut encoded, &cell);
+        self.delete_map_prefix(idx, &encoded)
+    }
+
+    fn scan(
+        &mut self,
+        state: StateId,
+        f: &mut dyn FnMut(&StateEntry<'_>) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        let idx = state.0 as usize;
+        if idx >= self.slots.len() {
+            return Err(StateError::UnknownState(state.0));
+        }
+        self.write_dirty(Some(idx))?;
+        self.mark_clean(Some(idx));
+        let name = &self.descriptors[idx].name;
+        self.iterate(idx, &[], &mut |key, value| {
+            let key = decode_state_key_checked(name, key)?;
+            f(&StateEntry { key, value })
+        })
+    }
+
+    fn flush(&mut self) -> Result<(), StateError> {
+        self.write_dirty(None)?;
+        self.mark_clean(None);
+        Ok(())
+    }
+
+    fn size_bytes(&mut self) -> Result<u64, StateError> {
+        self.flush()?;
+        let mut total = 0u64;
+        let default = rocksdb::DEFAULT_COLUMN_FAMILY_NAME;
+        let default_is_a_state = self.descriptors.iter().any(|d| d.name == default);
+        let names = self
+            .descriptors
+            .iter()
+            .map(|d| d.name.as_str())
+            .chain((!default_is_a_state).then_some(default));
+        for name in names {
+            let cf = column_family(&self.db, name)?;
+            for property in [
+                rocksdb::properties::TOTAL_SST_FILES_SIZE,
+                rocksdb::properties::CUR_SIZE_ALL_MEM_TABLES,
+            ] {
+                let value = self
+                    .db
+                    .property_int_value_cf(cf, property)
+                    .map_err(|e| backend_error(format!("read the size of state '{name}'"), e))?;
+                total += value.unwrap_or(0);
+            }
+        }
+        Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_successor_bounds_exactly_the_prefixed_keys() {
+        assert_eq!(prefix_successor(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_successor(&[1, 0xff, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_successor(&[0xff, 0xff]), None);
+        assert_eq!(prefix_successor(b""), None);
+    }
+}

@@ -1,0 +1,230 @@
+//! The per-process factory: state directory, memory plan, shared block cache and write buffer
+//! manager, and the options every instance opens with.
+
+use crate::backend::{InstanceDir, RocksDbStateBackend};
+use crate::{backend_error, BACKEND_NAME};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options,
+    WriteBufferManager, DB,
+};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use weir_state::{BackendScope, KeyedStateBackend, StateBackendFactory, StateError};
+
+/// Smallest and largest memtable size per column family.
+const MIN_WRITE_BUFFER_BYTES: usize = 256 << 10;
+const MAX_WRITE_BUFFER_BYTES: usize = 64 << 20;
+
+/// Bloom filter bits per key (about 1% false positives).
+const BLOOM_BITS_PER_KEY: f64 = 10.0;
+
+/// Numbers instance directories uniquely within this process.
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(0);
+
+/// How the managed memory budget is split. See the [crate docs](crate#memory).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct MemoryPlan {
+    /// The whole per-process budget.
+    pub managed_memory_bytes: u64,
+    /// The shared block cache's capacity: half the budget.
+    pub block_cache_bytes: usize,
+    /// The memtable limit of the write buffer manager, charged to the block cache: half of it.
+    pub write_buffer_manager_bytes: usize,
+    /// Memtable size per column family: an eighth of the block cache, within 256 KiB..=64 MiB.
+    pub write_buffer_bytes: usize,
+    /// What is left for the backends' write-back caches, shared equally among the process's
+    /// keyed subtasks.
+    pub write_back_bytes: usize,
+}
+
+impl MemoryPlan {
+    /// The plan for a budget of `managed_memory_bytes`.
+    pub fn for_budget(managed_memory_bytes: u64) -> Self {
+        let total = usize::try_from(managed_memory_bytes).unwrap_or(usize::MAX);
+        let block_cache_bytes = total / 2;
+        Self {
+            managed_memory_bytes,
+            block_cache_bytes,
+            write_buffer_manager_bytes: block_cache_bytes / 2,
+            write_buffer_bytes: (block_cache_bytes / 8)
+                .clamp(MIN_WRITE_BUFFER_BYTES, MAX_WRITE_BUFFER_BYTES),
+            write_back_bytes: total - block_cache_bytes,
+        }
+    }
+
+    /// One backend's write-back cache budget when `keyed_subtasks` share the process.
+    pub fn write_back_bytes_per_backend(&self, keyed_subtasks: u32) -> usize {
+        self.write_back_bytes / keyed_subtasks.max(1) as usize
+    }
+}
+
+/// Creates a [`RocksDbStateBackend`] per keyed operator subtask; one per process, shared by
+/// every task (it is `Send + Sync`).
+pub struct RocksDbStateBackendFactory {
+    state_dir: PathBuf,
+    plan: MemoryPlan,
+    /// Shared by every instance: data, index and filter blocks, and the memtables' charge.
+    cache: Cache,
+    /// Bounds the memtables of every instance together; charged to `cache`.
+    write_buffers: WriteBufferManager,
+}
+
+impl std::fmt::Debug for RocksDbStateBackendFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksDbStateBackendFactory")
+            .field("state_dir", &self.state_dir)
+            .field("plan", &self.plan)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RocksDbStateBackendFactory {
+    /// A factory keeping instances under `state_dir` (created if missing) within
+    /// `managed_memory_bytes`, the process's memory budget for keyed state (see
+    /// [`MemoryPlan`]). A directory that cannot be created is a [`StateError::Backend`] naming
+    /// it.
+    pub fn new(
+        state_dir: impl Into<PathBuf>,
+        managed_memory_bytes: u64,
+    ) -> Result<Self, StateError> {
+        let state_dir = state_dir.into();
+        std::fs::create_dir_all(&state_dir).map_err(|e| {
+            backend_error(format!("create state directory {}", state_dir.display()), e)
+        })?;
+        let plan = MemoryPlan::for_budget(managed_memory_bytes);
+        let cache = Cache::new_lru_cache(plan.block_cache_bytes);
+        let write_buffers = WriteBufferManager::new_write_buffer_manager_with_cache(
+            plan.write_buffer_manager_bytes,
+            false,
+            cache.clone(),
+        );
+        Ok(Self {
+            state_dir,
+            plan,
+            cache,
+            write_buffers,
+        })
+    }
+
+    /// The root directory of every instance.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// How the memory budget is split.
+    pub fn memory_plan(&self) -> MemoryPlan {
+        self.plan
+    }
+
+    /// Bytes currently held by the shared block cache (blocks and memtable charges).
+    pub fn block_cache_usage_bytes(&self) -> usize {
+        self.cache.get_usage()
+    }
+
+    /// Opens a fresh, empty backend for `scope`: the concrete type, for tests and benchmarks.
+    pub fn open(&self, scope: &BackendScope) -> Result<RocksDbStateBackend, StateError> {
+        let dir = self.create_instance_dir(scope)?;
+        let cf_options = self.column_family_options();
+        let mut db_options = cf_options.clone();
+        db_options.create_if_missing(true);
+        db_options.set_write_buffer_manager(&self.write_buffers);
+        db_options.set_keep_log_file_num(2);
+        let default_cf =
+            ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, cf_options.clone());
+        let db = DB::open_cf_descriptors(&db_options, dir.path(), [default_cf])
+            .map_err(|e| backend_error(format!("open {}", dir.path().display()), e))?;
+        tracing::debug!(
+            path = %dir.path().display(),
+            operator = %scope.operator_uid,
+            subtask = scope.subtask.get(),
+            "opened RocksDB state backend"
+        );
+        let write_back_bytes = self
+            .plan
+            .write_back_bytes_per_backend(scope.keyed_subtasks_in_process);
+        Ok(RocksDbStateBackend::new(
+            db,
+            dir,
+            cf_options,
+            scope.key_group_range,
+            write_back_bytes,
+        ))
+    }
+
+    /// Options for every column family: the shared block cache with index and filter blocks in
+    /// it, bloom filters, LZ4, and the planned memtable size.
+    fn column_family_options(&self) -> Options {
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&self.cache);
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        table.set_bloom_filter(BLOOM_BITS_PER_KEY, false);
+        let mut options = Options::default();
+        options.set_block_based_table_factory(&table);
+        options.set_write_buffer_size(self.plan.write_buffer_bytes);
+        options.set_compression_type(DBCompressionType::Lz4);
+        options
+    }
+
+    /// Creates `<state_dir>/<operator_uid>/subtask-<i>-<pid>-<n>`, a directory no other instance
+    /// uses (an existing one, left by a crashed process with the same pid, is skipped).
+    fn create_instance_dir(&self, scope: &BackendScope) -> Result<InstanceDir, StateError> {
+        let parent = self.state_dir.join(scope.operator_uid.as_str());
+        std::fs::create_dir_all(&parent)
+            .map_err(|e| backend_error(format!("create directory {}", parent.display()), e))?;
+        loop {
+            let n = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
+            let name = format!("subtask-{}-{}-{n}", scope.subtask.get(), std::process::id());
+            let path = parent.join(name);
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Ok(InstanceDir::new(path)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(backend_error(
+                        format!("create directory {}", path.display()),
+                        e,
+                    ))
+                }
+            }
+        }
+    }
+}
+
+impl StateBackendFactory for RocksDbStateBackendFactory {
+    fn name(&self) -> &'static str {
+        BACKEND_NAME
+    }
+
+    fn create(&self, scope: &BackendScope) -> Result<Box<dyn KeyedStateBackend>, StateError> {
+        Ok(Box::new(self.open(scope)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_the_budget_goes_to_rocksdb_and_half_to_the_write_back_caches() {
+        let plan = MemoryPlan::for_budget(512 << 20);
+        assert_eq!(plan.block_cache_bytes, 256 << 20);
+        assert_eq!(plan.write_buffer_manager_bytes, 128 << 20);
+        assert_eq!(plan.write_buffer_bytes, 32 << 20);
+        assert_eq!(plan.write_back_bytes, 256 << 20);
+        assert_eq!(plan.write_back_bytes_per_backend(4), 64 << 20);
+        assert_eq!(plan.write_back_bytes_per_backend(0), 256 << 20);
+    }
+
+    #[test]
+    fn the_memtable_size_stays_within_its_bounds() {
+        assert_eq!(
+            MemoryPlan::for_budget(1 << 20).write_buffer_bytes,
+            MIN_WRITE_BUFFER_BYTES
+        );
+        assert_eq!(
+            MemoryPlan::for_budget(16 << 30).write_buffer_bytes,
+            MAX_WRITE_BUFFER_BYTES
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! The backend contract.
+
+use crate::StateError;
+use weir_types::{KeyGroup, KeyGroupRange, OperatorUid, SubtaskIndex};
+
+/// The kinds of keyed state. A state's kind is declared up front and never changes.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum StateKind {
+    /// One value per key and namespace.
+    Value,
+    /// A list per key and namespace, stored as one value (see [`crate::ListState`]).
+    List,
+    /// A map per key and namespace: one entry per user key.
+    Map,
+    /// One value per key and namespace, combined with a reduce function on add.
+    Reducing,
+}
+
+impl StateKind {
+    /// Whether entries of this kind carry a user key (map states) or not (all the others,
+    /// which store exactly one cell per key and namespace, with an empty user key).
+    pub fn has_user_keys(self) -> bool {
+        matches!(self, StateKind::Map)
+    }
+}
+
+/// A state's declaration: its name (unique within the operator) and kind.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StateDescriptor {
+    /// Name, unique within one operator; also the RocksDB column family name.
+    pub name: String,
+    /// What the state holds.
+    pub kind: StateKind,
+}
+
+/// The id a backend hands out for a registered state, `0..` in registration order.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StateId(pub u32);
+
+/// The address of one state cell: `key group ‖ key ‖ namespace ‖ user key`.
+///
+/// `key` is the serialised key, `namespace` the serialised namespace (empty when there is
+/// none, e.g. outside windows), `user_key` the serialised map key (empty for non-map states).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct StateKey<'a> {
+    /// The key group of `key`.
+    pub key_group: KeyGroup,
+    /// Serialised key.
+    pub key: &'a [u8],
+    /// Serialised namespace; empty for none.
+    pub namespace: &'a [u8],
+    /// Serialised map key; empty for non-map states.
+    pub user_key: &'a [u8],
+}
+
+/// One entry seen by [`KeyedStateBackend::scan`].
+#[derive(Copy, Clone, Debug)]
+pub struct StateEntry<'a> {
+    /// Where the entry lives.
+    pub key: StateKey<'a>,
+    /// Its stored bytes.
+    pub value: &'a [u8],
+}
+
+/// Storage for the keyed state of one operator subtask.
+///
+/// What an implementation must guarantee:
+/// - **Read-your-writes**: a `get` sees every earlier `put`/`delete` of this backend, whatever
+///   it buffers internally (RocksDB's write-back cache, for instance).
+/// - **Isolation between states**: entries of one [`StateId`] are never visible through another.
+/// - **Ordered iteration**: [`prefix_for_each`](Self::prefix_for_each) and
+///   [`scan`](Self::scan) visit entries in ascending order of their encoded key bytes
+///   ([`crate::encoding::encode_state_key`]); `scan` therefore goes key group by key group.
+/// - **Range ownership**: a key whose key group lies outside
+///   [`key_group_range`](Self::key_group_range) is refused with
+///   [`StateError::KeyGroupOutOfRange`], never stored.
+/// - **Flush**: after [`flush`](Self::flush) returns, everything written so far is in the
+///   backend's underlying store, so a snapshot taken then sees exactly the state that per-record
+///   reads and writes would give.
+///
+/// A backend is used by one task thread at a time (hence `Send`, not `Sync`).
+pub trait KeyedStateBackend: Send {
+    /// Short name for messages and metrics: `heap`, `rocksdb`.
+    fn name(&self) -> &'static str;
+
+    /// The key groups this backend owns.
+    fn key_group_range(&self) -> KeyGroupRange;
+
+    /// Declares a state, or returns the id of the same-named state declared before.
+    /// Declaring a known name with another kind is [`StateError::KindMismatch`].
+    fn register(&mut self, descriptor: &StateDescriptor) -> Result<StateId, StateError>;
+
+    /// The declared states, indexed by [`StateId`].
+    fn descriptors(&self) -> &[StateDescriptor];
+
+    /// The bytes stored at `key`, if any.
+    fn get(&mut self, state: StateId, key: &StateKey<'_>) -> Result<Option<&[u8]>, StateError>;
+
+    /// Stores `value` at `key`, replacing what was there.
+    fn put(&mut self, state: StateId, key: &StateKey<'_>, value: &[u8]) -> Result<(), StateError>;
+
+    /// Removes the entry at `key`; removing a missing entry is not an error.
+    fn delete(&mut self, state: StateId, key: &StateKey<'_>) -> Result<(), StateError>;
+
+    /// Visits every entry whose key group, key and namespace equal `prefix`'s (its `user_key`
+    /// is ignored), in ascending user-key order: `f(user_key, value)`.
+    fn prefix_for_each(
+        &mut self,
+        state: StateId,
+        prefix: &StateKey<'_>,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StateError>,
+    ) -> Result<(), StateError>;
+
+    /// Removes every entry under `prefix` (key group, key and namespace; user key ignored).
+    fn delete_prefix(&mut self, state: StateId, prefix: &StateKey<'_>) -> Result<(), StateError>;
+
+    /// Visits every entry of `state`, in ascending encoded-key order.
+    fn scan(
+        &mut self,
+        state: StateId,
+        f: &mut dyn FnMut(&StateEntry<'_>) -> Result<(), StateError>,
+    ) -> Result<(), StateError>;
+
+    /// Writes everything buffered into the underlying store (see the trait docs).
+    fn flush(&mut self) -> Result<(), StateError>;
+
+    /// Approximate bytes the state occupies in the backend's store (after a flush: on disk for
+    /// RocksDB, in memory for the heap backend).
+    fn size_bytes(&mut self) -> Result<u64, StateError>;
+}
+
+/// Where a backend instance is created: which operator subtask, which key groups.
+#[derive(Clone, Debug)]
+pub struct BackendScope {
+    /// The keyed operator's uid.
+    pub operator_uid: OperatorUid,
+    /// The subtask this backend serves.
+    pub subtask: SubtaskIndex,
+    /// The operator's parallelism.
+    pub parallelism: u32,
+    /// The job's max parallelism (number of key groups).
+    pub max_parallelism: u32,
+    /// The key groups this subtask owns.
+    pub key_group_range: KeyGroupRange,
+    /// How many keyed subtasks this process runs in all: backends that share a memory budget
+    /// (RocksDB) give each instance its share.
+    pub keyed_subtasks_in_process: u32,
+}
+
+/// Creates one backend per keyed operator subtask. Shared by every task of a process.
+pub trait StateBackendFactory: Send + Sync {
+    /// Short name: `heap`, `rocksdb`.
+    fn name(&self) -> &'static str;
+
+    /// Opens a fresh, empty backend for `scope`.
+    fn create(&self, scope: &BackendScope) -> Result<Box<dyn KeyedStateBackend>, StateError>;
+}

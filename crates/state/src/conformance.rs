@@ -1,0 +1,1423 @@
+//! The conformance suite every [`KeyedStateBackend`] must pass: one check per guarantee written
+//! in the trait's docs, plus the typed handles of [`crate::handles`] round-tripping through it.
+//!
+//! Each check is a `pub fn` that takes a [`BackendFactory`] (a closure that opens a fresh, empty
+//! backend owning a given key-group range) and panics on failure, naming the backend. Run them
+//! all with [`run_all`], or — better, so each shows up by name — expand
+//! [`conformance_tests!`](crate::conformance_tests) inside a test module:
+//!
+//! ```ignore
+//! #[cfg(test)]
+//! mod tests {
+//!     weir_state::conformance_tests!(|range| Box::new(MyBackend::new(range)));
+//! }
+//! ```
+//!
+//! The suite lives in the library (not behind `cfg(test)`) so other backend crates can run it.
+//! Some checks write [`MANY_KEYS`] keys so that a backend with a bounded write-back cache (the
+//! RocksDB backend) must spill it mid-way; give such a backend a small memory budget.
+
+use crate::encoding::encode_state_key;
+use crate::{
+    KeyedScope, KeyedStateBackend, StateDescriptor, StateError, StateId, StateKey, StateKind,
+    StateRegistry,
+};
+use weir_types::{KeyGroup, KeyGroupRange};
+
+/// Opens a fresh, empty backend owning the given key groups.
+pub type BackendFactory = dyn Fn(KeyGroupRange) -> Box<dyn KeyedStateBackend>;
+
+/// One check of the suite.
+pub type Check = fn(&BackendFactory);
+
+/// How many keys the "many keys" checks write: enough to overflow a write-back cache of a few
+/// MiB, so a caching backend has to spill while reads and writes go on.
+pub const MANY_KEYS: u32 = 60_000;
+
+/// Every check, by name, in the order [`run_all`] runs them.
+pub const ALL: &[(&str, Check)] = &[
+    (
+        "the_backend_reports_its_name_and_key_group_range",
+        the_backend_reports_its_name_and_key_group_range,
+    ),
+    (
+        "a_get_of_a_missing_key_is_none",
+        a_get_of_a_missing_key_is_none,
+    ),
+    ("a_get_sees_the_latest_put", a_get_sees_the_latest_put),
+    (
+        "a_get_sees_the_latest_put_after_a_flush",
+        a_get_sees_the_latest_put_after_a_flush,
+    ),
+    (
+        "a_put_replaces_the_previous_value",
+        a_put_replaces_the_previous_value,
+    ),
+    (
+        "an_empty_value_is_stored_and_differs_from_a_missing_one",
+        an_empty_value_is_stored_and_differs_from_a_missing_one,
+    ),
+    (
+        "a_deleted_key_reads_as_missing",
+        a_deleted_key_reads_as_missing,
+    ),
+    (
+        "deleting_a_missing_key_is_not_an_error",
+        deleting_a_missing_key_is_not_an_error,
+    ),
+    (
+        "reads_see_writes_across_many_keys",
+        reads_see_writes_across_many_keys,
+    ),
+    (
+        "reads_see_overwrites_and_deletes_across_many_keys",
+        reads_see_overwrites_and_deletes_across_many_keys,
+    ),
+    (
+        "states_never_see_each_others_entries",
+        states_never_see_each_others_entries,
+    ),
+    (
+        "namespaces_never_see_each_others_entries",
+        namespaces_never_see_each_others_entries,
+    ),
+    (
+        "keys_whose_bytes_prefix_each_other_are_distinct",
+        keys_whose_bytes_prefix_each_other_are_distinct,
+    ),
+    (
+        "the_same_key_in_two_key_groups_is_two_entries",
+        the_same_key_in_two_key_groups_is_two_entries,
+    ),
+    (
+        "prefix_for_each_visits_user_keys_in_ascending_order",
+        prefix_for_each_visits_user_keys_in_ascending_order,
+    ),
+    (
+        "prefix_for_each_visits_exactly_the_given_prefix",
+        prefix_for_each_visits_exactly_the_given_prefix,
+    ),
+    (
+        "prefix_for_each_sees_unflushed_writes_and_deletes",
+        prefix_for_each_sees_unflushed_writes_and_deletes,
+    ),
+    (
+        "prefix_for_each_returns_the_visitors_error",
+        prefix_for_each_returns_the_visitors_error,
+    ),
+    (
+        "prefix_for_each_on_a_value_state_visits_its_one_cell",
+        prefix_for_each_on_a_value_state_visits_its_one_cell,
+    ),
+    (
+        "delete_prefix_removes_exactly_that_prefix",
+        delete_prefix_removes_exactly_that_prefix,
+    ),
+    (
+        "delete_prefix_removes_entries_already_read_or_flushed",
+        delete_prefix_removes_entries_already_read_or_flushed,
+    ),
+    (
+        "scan_visits_entries_in_ascending_encoded_key_order_across_key_groups",
+        scan_visits_entries_in_ascending_encoded_key_order_across_key_groups,
+    ),
+    (
+        "scan_sees_unflushed_writes_and_deletes",
+        scan_sees_unflushed_writes_and_deletes,
+    ),
+    (
+        "scan_of_an_empty_state_visits_nothing",
+        scan_of_an_empty_state_visits_nothing,
+    ),
+    (
+        "a_key_group_outside_the_range_is_refused_and_never_stored",
+        a_key_group_outside_the_range_is_refused_and_never_stored,
+    ),
+    (
+        "registering_the_same_name_and_kind_returns_the_same_id",
+        registering_the_same_name_and_kind_returns_the_same_id,
+    ),
+    (
+        "registering_a_known_name_with_another_kind_is_a_kind_mismatch",
+        registering_a_known_name_with_another_kind_is_a_kind_mismatch,
+    ),
+    (
+        "descriptors_are_listed_in_registration_order",
+        descriptors_are_listed_in_registration_order,
+    ),
+    (
+        "an_unknown_state_id_is_refused",
+        an_unknown_state_id_is_refused,
+    ),
+    (
+        "a_user_key_on_a_non_map_state_is_refused",
+        a_user_key_on_a_non_map_state_is_refused,
+    ),
+    (
+        "a_flush_changes_nothing_that_reads_see",
+        a_flush_changes_nothing_that_reads_see,
+    ),
+    (
+        "size_bytes_accounts_for_the_state_written",
+        size_bytes_accounts_for_the_state_written,
+    ),
+    (
+        "value_state_round_trips_through_the_typed_handle",
+        value_state_round_trips_through_the_typed_handle,
+    ),
+    (
+        "list_state_round_trips_through_the_typed_handle",
+        list_state_round_trips_through_the_typed_handle,
+    ),
+    (
+        "map_state_round_trips_through_the_typed_handle",
+        map_state_round_trips_through_the_typed_handle,
+    ),
+    (
+        "reducing_state_round_trips_through_the_typed_handle",
+        reducing_state_round_trips_through_the_typed_handle,
+    ),
+    (
+        "typed_handles_keep_keys_and_namespaces_apart",
+        typed_handles_keep_keys_and_namespaces_apart,
+    ),
+];
+
+/// Runs every check in [`ALL`] against backends from `factory`; panics at the first failure.
+pub fn run_all(factory: &BackendFactory) {
+    for (_, check) in ALL {
+        check(factory);
+    }
+}
+
+/// Expands to one `#[test]` per conformance check, each named after the check, running it on
+/// backends made by `$factory` (an expression usable as a [`BackendFactory`], typically a
+/// closure `|range| Box::new(..)`), plus a test that the expansion covers [`ALL`].
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:expr) => {
+        $crate::conformance_tests!(@each ($factory)
+            the_backend_reports_its_name_and_key_group_range,
+            a_get_of_a_missing_key_is_none,
+            a_get_sees_the_latest_put,
+            a_get_sees_the_latest_put_after_a_flush,
+            a_put_replaces_the_previous_value,
+            an_empty_value_is_stored_and_differs_from_a_missing_one,
+            a_deleted_key_reads_as_missing,
+            deleting_a_missing_key_is_not_an_error,
+            reads_see_writes_across_many_keys,
+            reads_see_overwrites_and_deletes_across_many_keys,
+            states_never_see_each_others_entries,
+            namespaces_never_see_each_others_entries,
+            keys_whose_bytes_prefix_each_other_are_distinct,
+            the_same_key_in_two_key_groups_is_two_entries,
+            prefix_for_each_visits_user_keys_in_ascending_order,
+            prefix_for_each_visits_exactly_the_given_prefix,
+            prefix_for_each_sees_unflushed_writes_and_deletes,
+            prefix_for_each_returns_the_visitors_error,
+            prefix_for_each_on_a_value_state_visits_its_one_cell,
+            delete_prefix_removes_exactly_that_prefix,
+            delete_prefix_removes_entries_already_read_or_flushed,
+            scan_visits_entries_in_ascending_encoded_key_order_across_key_groups,
+            scan_sees_unflushed_writes_and_deletes,
+            scan_of_an_empty_state_visits_nothing,
+            a_key_group_outside_the_range_is_refused_and_never_stored,
+            registering_the_same_name_and_kind_returns_the_same_id,
+            registering_a_known_name_with_another_kind_is_a_kind_mismatch,
+            descriptors_are_listed_in_registration_order,
+            an_unknown_state_id_is_refused,
+            a_user_key_on_a_non_map_state_is_refused,
+            a_flush_changes_nothing_that_reads_see,
+            size_bytes_accounts_for_the_state_written,
+            value_state_round_trips_through_the_typed_handle,
+            list_state_round_trips_through_the_typed_handle,
+            map_state_round_trips_through_the_typed_handle,
+            reducing_state_round_trips_through_the_typed_handle,
+            typed_handles_keep_keys_and_namespaces_apart,
+        );
+    };
+    (@each ($factory:expr) $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::conformance::$name(&$factory);
+            }
+        )*
+
+        #[test]
+        fn the_conformance_tests_cover_every_check() {
+            let expanded: ::std::vec::Vec<&str> = ::std::vec![$(stringify!($name)),*];
+            let all: ::std::vec::Vec<&str> =
+                $crate::conformance::ALL.iter().map(|(name, _)| *name).collect();
+            assert_eq!(expanded, all);
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// The key groups every check's backend owns: neither the first nor the last, so keys on both
+/// sides of the range can be refused.
+const RANGE: KeyGroupRange = KeyGroupRange { start: 10, end: 19 };
+
+fn open(factory: &BackendFactory) -> Box<dyn KeyedStateBackend> {
+    factory(RANGE)
+}
+
+fn register(b: &mut dyn KeyedStateBackend, name: &str, kind: StateKind) -> StateId {
+    let name = name.to_string();
+    b.register(&StateDescriptor { name, kind })
+        .unwrap_or_else(|e| panic!("{}: register: {e}", b.name()))
+}
+
+fn cell(kg: u16, key: &[u8]) -> StateKey<'_> {
+    StateKey {
+        key_group: KeyGroup(kg),
+        key,
+        namespace: b"",
+        user_key: b"",
+    }
+}
+
+fn in_ns<'a>(kg: u16, key: &'a [u8], namespace: &'a [u8]) -> StateKey<'a> {
+    StateKey {
+        key_group: KeyGroup(kg),
+        key,
+        namespace,
+        user_key: b"",
+    }
+}
+
+fn entry<'a>(kg: u16, key: &'a [u8], namespace: &'a [u8], user_key: &'a [u8]) -> StateKey<'a> {
+    StateKey {
+        key_group: KeyGroup(kg),
+        key,
+        namespace,
+        user_key,
+    }
+}
+
+fn get(b: &mut dyn KeyedStateBackend, s: StateId, k: &StateKey<'_>) -> Option<Vec<u8>> {
+    let name = b.name();
+    b.get(s, k)
+        .unwrap_or_else(|e| panic!("{name}: get {k:?}: {e}"))
+        .map(<[u8]>::to_vec)
+}
+
+fn put(b: &mut dyn KeyedStateBackend, s: StateId, k: &StateKey<'_>, v: &[u8]) {
+    let name = b.name();
+    b.put(s, k, v)
+        .unwrap_or_else(|e| panic!("{name}: put {k:?}: {e}"));
+}
+
+fn delete(b: &mut dyn KeyedStateBackend, s: StateId, k: &StateKey<'_>) {
+    let name = b.name();
+    b.delete(s, k)
+        .unwrap_or_else(|e| panic!("{name}: delete {k:?}: {e}"));
+}
+
+fn flush(b: &mut dyn KeyedStateBackend) {
+    let name = b.name();
+    b.flush().unwrap_or_else(|e| panic!("{name}: flush: {e}"));
+}
+
+/// `(user_key, value)` pairs under `prefix`, in visiting order.
+fn under(
+    b: &mut dyn KeyedStateBackend,
+    s: StateId,
+    prefix: &StateKey<'_>,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let name = b.name();
+    let mut out = Vec::new();
+    b.prefix_for_each(s, prefix, &mut |uk, v| {
+        out.push((uk.to_vec(), v.to_vec()));
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{name}: prefix_for_each {prefix:?}: {e}"));
+    out
+}
+
+/// `(encoded key, value)` pairs of `s`, in visiting order.
+fn scanned(b: &mut dyn KeyedStateBackend, s: StateId) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let name = b.name();
+    let mut out = Vec::new();
+    b.scan(s, &mut |e| {
+        let mut k = Vec::new();
+        encode_state_key(&mut k, &e.key);
+        out.push((k, e.value.to_vec()));
+        Ok(())
+    })
+    .unwrap_or_else(|e| panic!("{name}: scan: {e}"));
+    out
+}
+
+fn encoded(k: &StateKey<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_state_key(&mut out, k);
+    out
+}
+
+/// A small deterministic generator (SplitMix64), so checks need no `rand`.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The key group the many-keys checks put key `i` in.
+fn kg_of(i: u32) -> u16 {
+    RANGE.start + (i % RANGE.len()) as u16
+}
+
+/// A value for key `i` in round `round`, of varying length (8..40 bytes).
+fn value_of(i: u32, round: u32) -> Vec<u8> {
+    let len = 8 + (i.wrapping_mul(7).wrapping_add(round) % 32) as usize;
+    let mut v = Vec::with_capacity(len);
+    let seed = (u64::from(i) << 32) | u64::from(round);
+    let mut rng = Rng(seed);
+    while v.len() < len {
+        v.extend_from_slice(&rng.next().to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+fn is_out_of_range(r: Result<(), StateError>) -> bool {
+    matches!(r, Err(StateError::KeyGroupOutOfRange { .. }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Basics
+// ---------------------------------------------------------------------------------------------
+
+/// `name()` is non-empty and `key_group_range()` is the range the backend was opened with.
+pub fn the_backend_reports_its_name_and_key_group_range(factory: &BackendFactory) {
+    let b = open(factory);
+    assert!(!b.name().is_empty());
+    assert_eq!(b.key_group_range(), RANGE, "{}", b.name());
+}
+
+/// A key never written reads as `None`.
+pub fn a_get_of_a_missing_key_is_none(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let s = register(&mut *b, "s", StateKind::Value);
+    assert_eq!(get(&mut *b, s, &cell(10, b"nobody")), None, "{}", b.name());
+    // Twice: a cached absence must still read as absence.
+    assert_eq!(get(&mut *b, s, &cell(10, b"nobody")), None, "{}", b.name());
+}
+
+/// Read-your-writes without any flush.
+pub fn a_get_sees_the_latest_put(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let s = register(&mut *b, "s", StateKind::Value);
+    put(&mut *b, s, &cell(11, b"k"), b"v1");
+    assert_eq!(
+        get(&mut *b, s, &cell(11, b"k")).as_deref(),
+        Some(&b"v1"[..])
+    );
+    put(&mut *b, s, &cell(11, b"k"), b"v2");
+    assert_eq!(
+        get(&mut *b, s, &cell(11, b"k")).as_deref(),
+        Some(&b"v2"[..])
+    );
+}
+
+/// Read-your-writes across a flush, and writes after the flush win over flushed ones.
+pub fn a_get_sees_the_latest_put_after_a_flush(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let s = register(&mut *b, "s", StateKind::Value);
+    put(&mut *b, s, &cell(12, b"k"), b"before");
+    flush(&mut *b);
+    assert_eq!(
+        get(&mut *b, s, &cell(12, b"k")).as_deref(),
+        Some(&b"before"[..])
+    );
+    put(&mut *b, s, &cell(12, b"k"), b"after");
+    assert_eq!(
+        get(&mut *b, s, &cell(12, b"k")).as_deref(),
+        Some(&b"after"[..])
+    );
+    flush(&mut *b);
+    assert_eq!(
+        get(&mut *b, s, &cell(12, b"k")).as_deref(),
+        Some(&b"after"[..])
+    );
+}
+
+/// A put replaces the value whatever the lengths of the old and new values.
+pub fn a_put_replaces_the_previous_value(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let s = register(&mut *b, "s", StateKind::Value);
+    let k = cell(13, b"k");
+    for v in [&b"same"[..], b"SAME", b"much longer than before", b"x", b""] {
+        put(&mut *b, s, &k, v);
+        assert_eq!(get(&mut *b, s, &k).as_deref(), Some(v), "{}", b.name());
+    }
+}
+
+/// An empty value is a value: it reads back as `Some(&[])`, not as missing, before and after a
+/// flush.
+pub fn an_empty_value_is_stored_and_differs_from_a_missing_one(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let s = register(&mut *b, "s", StateKind::Value);
+    put(&mut *b, s, &cell(10, b"k"), b"");
+    assert_eq!(get(&mut *b, s, &cell(10, b"k")), Some(Vec::new()));
+    flush(&mut *b);
+    assert_eq!(get(&mut *b, s, &cell(10, b"k")), Some(Vec::new()));
+    assert_eq!(scanned(&mut *b, s).len(), 1, "{}", b.name());
+}
+
+/// A delete hides the value, before and after a flush, and a later put brings a value back.
+pub fn a_deleted_key_reads_as_missing(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let s = register(&mut *b, "s", StateKind::Value);
+    let k = cell(14, b"k");
+    put(&mut *b, s, &k, b"v");
+    delete(&mut *b, s, &k);
+    assert_eq!(get(&mut *b, s, &k), None, "{}: unflushed delete", b.name());
+    put(&mut *b, s, &k, b"v");
+    flush(&mut *b);
+    delete(&mut *b, s, &k);
+    assert_eq!(
+        get(&mut *b, s, &k),
+        None,
+        "{}: delete of a flushed value",
+        b.name()
+    );
+    flush(&mut *b);
+    assert_eq!(get(&mut *b, s, &k), None, "{}: flushed delete", b.name());
+    put(&mut *b, s, &k, b"again");
+    assert_eq!(get(&mut *b, s, &k).as_deref(), Some(&b"again"[..]));
+}
+
+/// Deleting what was never written (or was already deleted) succeeds and changes nothing.
+pub fn deleting_a_missing_key_is_not_an_error(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let s = register(&mut *b, "s", StateKind::Value);
+    let m = register(&mut *b, "m", StateKind::Map);
+    delete(&mut *b, s, &cell(15, b"never"));
+    delete(&mut *b, s, &cell(15, b"never"));
+    delete(&mut *b, m, &entry(15, b"never", b"", b"uk"));
+    flush(&mut *b);
+    assert_eq!(get(&mut *b, s, &cell(15, b"never")), None);
+    assert!(scanned(&mut *b, s).is_empty(), "{}", b.name());
+    assert!(scanned(&mut *b, m).is_empty(), "{}", b.name());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Many keys: forces a bounded write-back cache to spill mid-way
+// ---------------------------------------------------------------------------------------------
+
+/// Read-your-writes over [`MANY_KEYS`] keys: each key is read (missing), written, and read back
+/// at the end, before and after a flush.
+pub fn reads_see_writes_across_many_keys(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let s = register(&mut *b, "counts", StateKind::Value);
+    for i in 0..MANY_KEYS {
+        let k = i.to_be_bytes();
+        assert_eq!(
+            get(&mut *b, s, &cell(kg_of(i), &k)),
+            None,
+            "{}: key {i}",
+            b.name()
+        );
+        put(&mut *b, s, &cell(kg_of(i), &k), &value_of(i, 0));
+    }
+    for pass in ["unflushed", "flushed"] {
+        for i in 0..MANY_KEYS {
+            let k = i.to_be_bytes();
+            let got = get(&mut *b, s, &cell(kg_of(i), &k));
+            assert_eq!(got, Some(value_of(i, 0)), "{}: key {i} ({pass})", b.name());
+        }
+        flush(&mut *b);
+    }
+    assert_eq!(
+        scanned(&mut *b, s).len(),
+        MANY_KEYS as usize,
+        "{}",
+        b.name()
+    );
+}
+
+/// Read-modify-write over [`MANY_KEYS`] keys in a shuffled order, with every third key deleted,
+/// across spills and flushes: the last write (or delete) of each key is what reads see.
+pub fn reads_see_overwrites_and_deletes_across_many_keys(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let s = register(&mut *b, "sums", StateKind::Value);
+    let other = register(&mut *b, "other", StateKind::Value);
+    for i in 0..MANY_KEYS {
+        put(
+            &mut *b,
+            s,
+            &cell(kg_of(i), &i.to_be_bytes()),
+            &value_of(i, 0),
+        );
+    }
+    flush(&mut *b);
+    let mut rng = Rng(7);
+    let mut round = vec![0u32; MANY_KEYS as usize];
+    let mut deleted = vec![false; MANY_KEYS as usize];
+    for step in 0..2 * MANY_KEYS {
+        let i = rng.below(u64::from(MANY_KEYS)) as u32;
+        let k = i.to_be_bytes();
+        let key = cell(kg_of(i), &k);
+        let want = (!deleted[i as usize]).then(|| value_of(i, round[i as usize]));
+        assert_eq!(
+            get(&mut *b, s, &key),
+            want,
+            "{}: key {i} at step {step}",
+            b.name()
+        );
+        if i % 3 == 0 && step % 2 == 0 {
+            delete(&mut *b, s, &key);
+            deleted[i as usize] = true;
+        } else {
+            round[i as usize] += 1;
+            deleted[i as usize] = false;
+            put(&mut *b, s, &key, &value_of(i, round[i as usize]));
+        }
+        if step == MANY_KEYS {
+            flush(&mut *b);
+        }
+    }
+    for i in 0..MANY_KEYS {
+        let k = i.to_be_bytes();
+        let want = (!deleted[i as usize]).then(|| value_of(i, round[i as usize]));
+        assert_eq!(
+            get(&mut *b, s, &cell(kg_of(i), &k)),
+            want,
+            "{}: key {i}",
+            b.name()
+        );
+    }
+    let live = deleted.iter().filter(|d| !**d).count();
+    assert_eq!(scanned(&mut *b, s).len(), live, "{}", b.name());
+    assert!(scanned(&mut *b, other).is_empty(), "{}", b.name());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Isolation
+// ---------------------------------------------------------------------------------------------
+
+/// Two states with the same key never see each other's entries, in point reads, deletes,
+/// prefix iteration or scans.
+pub fn states_never_see_each_others_entries(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let a = register(&mut *b, "a", StateKind::Value);
+    let c = register(&mut *b, "c", StateKind::Value);
+    let m1 = register(&mut *b, "m1", StateKind::Map);
+    let m2 = register(&mut *b, "m2", StateKind::Map);
+    put(&mut *b, a, &cell(16, b"k"), b"from a");
+    assert_eq!(get(&mut *b, c, &cell(16, b"k")), None, "{}", b.name());
+    put(&mut *b, c, &cell(16, b"k"), b"from c");
+    put(&mut *b, m1, &entry(16, b"k", b"", b"u"), b"from m1");
+    flush(&mut *b);
+    put(&mut *b, m2, &entry(16, b"k", b"", b"w"), b"from m2");
+    assert_eq!(
+        get(&mut *b, a, &cell(16, b"k")).as_deref(),
+        Some(&b"from a"[..])
+    );
+    assert_eq!(
+        get(&mut *b, c, &cell(16, b"k")).as_deref(),
+        Some(&b"from c"[..])
+    );
+    delete(&mut *b, a, &cell(16, b"k"));
+    assert_eq!(
+        get(&mut *b, c, &cell(16, b"k")).as_deref(),
+        Some(&b"from c"[..])
+    );
+    assert_eq!(
+        under(&mut *b, m1, &cell(16, b"k")),
+        vec![(b"u".to_vec(), b"from m1".to_vec())]
+    );
+    assert_eq!(
+        under(&mut *b, m2, &cell(16, b"k")),
+        vec![(b"w".to_vec(), b"from m2".to_vec())]
+    );
+    b.delete_prefix(m1, &cell(16, b"k")).expect("delete_prefix");
+    assert_eq!(under(&mut *b, m2, &cell(16, b"k")).len(), 1, "{}", b.name());
+    assert!(scanned(&mut *b, a).is_empty(), "{}", b.name());
+    assert_eq!(scanned(&mut *b, c).len(), 1, "{}", b.name());
+    assert!(scanned(&mut *b, m1).is_empty(), "{}", b.name());
+    assert_eq!(scanned(&mut *b, m2).len(), 1, "{}", b.name());
+}
+
+/// The same key in two namespaces is two cells.
+pub fn namespaces_never_see_each_others_entries(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let s = register(&mut *b, "s", StateKind::Value);
+    let m = register(&mut *b, "m", StateKind::Map);
+    put(&mut *b, s, &in_ns(17, b"k", b"w1"), b"one");
+    put(&mut *b, s, &in_ns(17, b"k", b"w2"), b"two");
+    assert_eq!(get(&mut *b, s, &in_ns(17, b"k", b"")), None, "{}", b.name());
+    assert_eq!(
+        get(&mut *b, s, &in_ns(17, b"k", b"w1")).as_deref(),
+        Some(&b"one"[..])
+    );
+    delete(&mut *b, s, &in_ns(17, b"k", b"w1"));
+    assert_eq!(
+        get(&mut *b, s, &in_ns(17, b"k", b"w2")).as_deref(),
+        Some(&b"two"[..])
+    );
+
+    put(&mut *b, m, &entry(17, b"k", b"w1", b"u"), b"one");
+    put(&mut *b, m, &entry(17, b"k", b"w2", b"u"), b"two");
+    assert_eq!(
+        under(&mut *b, m, &in_ns(17, b"k", b"w1")),
+        vec![(b"u".to_vec(), b"one".to_vec())]
+    );
+    b.delete_prefix(m, &in_ns(17, b"k", b"w1"))
+        .expect("delete_prefix");
+    assert_eq!(
+        under(&mut *b, m, &in_ns(17, b"k", b"w2")),
+        vec![(b"u".to_vec(), b"two".to_vec())],
+        "{}",
+        b.name()
+    );
+}
+
+/// Keys, namespaces and user keys whose bytes are prefixes of one another (`a` / `ab`, key `ab`
+/// vs key `a` in namespace `b`, user key `` vs `\0`) are all distinct entries.
+pub fn keys_whose_bytes_prefix_each_other_are_distinct(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let s = register(&mut *b, "s", StateKind::Value);
+    let m = register(&mut *b, "m", StateKind::Map);
+    let cells = [
+        in_ns(18, b"a", b""),
+        in_ns(18, b"ab", b""),
+        in_ns(18, b"a", b"b"),
+        in_ns(18, b"", b"ab"),
+        in_ns(18, b"", b""),
+        in_ns(18, b"a\0", b""),
+    ];
+    for (i, c) in cells.iter().enumerate() {
+        put(&mut *b, s, c, &[i as u8]);
+    }
+    for (i, c) in cells.iter().enumerate() {
+        assert_eq!(
+            get(&mut *b, s, c),
+            Some(vec![i as u8]),
+            "{}: {c:?}",
+            b.name()
+        );
+    }
+    delete(&mut *b, s, &cells[0]);
+    for (i, c) in cells.iter().enumerate().skip(1) {
+        assert_eq!(
+            get(&mut *b, s, c),
+            Some(vec![i as u8]),
+            "{}: {c:?}",
+            b.name()
+        );
+    }
+
+    let user_keys: [&[u8]; 4] = [b"", b"\0", b"x", b"xy"];
+    for (i, uk) in user_keys.iter().enumerate() {
+        put(&mut *b, m, &entry(18, b"a", b"", uk), &[i as u8]);
+    }
+    for (i, uk) in user_keys.iter().enumerate() {
+        let got = get(&mut *b, m, &entry(18, b"a", b"", uk));
+        assert_eq!(got, Some(vec![i as u8]), "{}: user key {uk:?}", b.name());
+    }
+    assert!(
+        under(&mut *b, m, &cell(18, b"ab")).is_empty(),
+        "{}",
+        b.name()
+    );
+    assert!(
+        under(&mut *b, m, &in_ns(18, b"a", b"b")).is_empty(),
+        "{}",
+        b.name()
+    );
+}
+
+/// The same key bytes in two key groups are two entries.
+pub fn the_same_key_in_two_key_groups_is_two_entries(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let s = register(&mut *b, "s", StateKind::Value);
+    put(&mut *b, s, &cell(10, b"k"), b"ten");
+    put(&mut *b, s, &cell(19, b"k"), b"nineteen");
+    flush(&mut *b);
+    assert_eq!(
+        get(&mut *b, s, &cell(10, b"k")).as_deref(),
+        Some(&b"ten"[..])
+    );
+    assert_eq!(
+        get(&mut *b, s, &cell(19, b"k")).as_deref(),
+        Some(&b"nineteen"[..])
+    );
+    delete(&mut *b, s, &cell(10, b"k"));
+    assert_eq!(
+        get(&mut *b, s, &cell(19, b"k")).as_deref(),
+        Some(&b"nineteen"[..])
+    );
+    assert_eq!(get(&mut *b, s, &cell(11, b"k")), None, "{}", b.name());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prefix iteration and deletion
+// ---------------------------------------------------------------------------------------------
+
+/// `prefix_for_each` visits a map's entries in ascending user-key bytes, whatever the insertion
+/// order.
+pub fn prefix_for_each_visits_user_keys_in_ascending_order(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let m = register(&mut *b, "m", StateKind::Map);
+    let mut rng = Rng(42);
+    let mut want: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for i in 0..500u32 {
+        let len = 1 + rng.below(6) as usize;
+        let uk: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let v = i.to_le_bytes().to_vec();
+        want.retain(|(k, _)| *k != uk);
+        want.push((uk.clone(), v.clone()));
+        put(&mut *b, m, &entry(11, b"key", b"ns", &uk), &v);
+        if i == 250 {
+            flush(&mut *b);
+        }
+    }
+    want.sort();
+    assert_eq!(
+        under(&mut *b, m, &in_ns(11, b"key", b"ns")),
+        want,
+        "{}",
+        b.name()
+    );
+    flush(&mut *b);
+    assert_eq!(
+        under(&mut *b, m, &in_ns(11, b"key", b"ns")),
+        want,
+        "{}",
+        b.name()
+    );
+}
+
+/// `prefix_for_each` visits exactly the entries whose key group, key and namespace equal the
+/// prefix's (the prefix's own user key is ignored): not longer keys, not other namespaces, not
+/// neighbouring key groups.
+pub fn prefix_for_each_visits_exactly_the_given_prefix(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let m = register(&mut *b, "m", StateKind::Map);
+    let neighbours = [
+        entry(12, b"ab", b"", b"1"),
+        entry(12, b"a", b"x", b"2"),
+        entry(12, b"", b"a", b"3"),
+        entry(11, b"a", b"", b"4"),
+        entry(13, b"a", b"", b"5"),
+        entry(12, b"a\0", b"", b"6"),
+    ];
+    for n in &neighbours {
+        put(&mut *b, m, n, b"neighbour");
+    }
+    put(&mut *b, m, &entry(12, b"a", b"", b"u1"), b"v1");
+    flush(&mut *b);
+    put(&mut *b, m, &entry(12, b"a", b"", b"u2"), b"v2");
+    let want = vec![
+        (b"u1".to_vec(), b"v1".to_vec()),
+        (b"u2".to_vec(), b"v2".to_vec()),
+    ];
+    assert_eq!(under(&mut *b, m, &cell(12, b"a")), want, "{}", b.name());
+    let with_user_key = entry(12, b"a", b"", b"u2");
+    assert_eq!(
+        under(&mut *b, m, &with_user_key),
+        want,
+        "{}: user key of prefix",
+        b.name()
+    );
+    assert!(under(&mut *b, m, &cell(12, b"nobody")).is_empty());
+}
+
+/// `prefix_for_each` sees puts and deletes that were never flushed, mixed with flushed entries.
+pub fn prefix_for_each_sees_unflushed_writes_and_deletes(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let m = register(&mut *b, "m", StateKind::Map);
+    for uk in [b"a", b"b", b"c"] {
+        put(&mut *b, m, &entry(13, b"k", b"", uk), b"old");
+    }
+    flush(&mut *b);
+    delete(&mut *b, m, &entry(13, b"k", b"", b"b"));
+    put(&mut *b, m, &entry(13, b"k", b"", b"c"), b"new");
+    put(&mut *b, m, &entry(13, b"k", b"", b"d"), b"new");
+    let want = vec![
+        (b"a".to_vec(), b"old".to_vec()),
+        (b"c".to_vec(), b"new".to_vec()),
+        (b"d".to_vec(), b"new".to_vec()),
+    ];
+    assert_eq!(under(&mut *b, m, &cell(13, b"k")), want, "{}", b.name());
+    // Point reads still agree afterwards.
+    assert_eq!(get(&mut *b, m, &entry(13, b"k", b"", b"b")), None);
+    assert_eq!(
+        get(&mut *b, m, &entry(13, b"k", b"", b"c")).as_deref(),
+        Some(&b"new"[..])
+    );
+}
+
+/// An error returned by the visitor stops the iteration and is returned as is.
+pub fn prefix_for_each_returns_the_visitors_error(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let m = register(&mut *b, "m", StateKind::Map);
+    for uk in [b"a", b"b", b"c"] {
+        put(&mut *b, m, &entry(14, b"k", b"", uk), b"v");
+    }
+    let mut seen = 0;
+    let r = b.prefix_for_each(m, &cell(14, b"k"), &mut |_, _| {
+        seen += 1;
+        Err(StateError::UnknownState(999))
+    });
+    assert!(
+        matches!(r, Err(StateError::UnknownState(999))),
+        "{}: {r:?}",
+        b.name()
+    );
+    assert_eq!(seen, 1, "{}: the visitor ran after its error", b.name());
+    let r = b.scan(m, &mut |_| Err(StateError::UnknownState(998)));
+    assert!(
+        matches!(r, Err(StateError::UnknownState(998))),
+        "{}: {r:?}",
+        b.name()
+    );
+}
+
+/// On a value state, `prefix_for_each` visits the one cell of the prefix, with an empty user key.
+pub fn prefix_for_each_on_a_value_state_visits_its_one_cell(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let s = register(&mut *b, "s", StateKind::Value);
+    put(&mut *b, s, &cell(15, b"k"), b"v");
+    put(&mut *b, s, &cell(15, b"kk"), b"other");
+    assert_eq!(
+        under(&mut *b, s, &cell(15, b"k")),
+        vec![(Vec::new(), b"v".to_vec())]
+    );
+    b.delete_prefix(s, &cell(15, b"k")).expect("delete_prefix");
+    assert_eq!(get(&mut *b, s, &cell(15, b"k")), None, "{}", b.name());
+    assert_eq!(
+        get(&mut *b, s, &cell(15, b"kk")).as_deref(),
+        Some(&b"other"[..])
+    );
+}
+
+/// `delete_prefix` removes every entry under the prefix, flushed or not, and nothing else.
+pub fn delete_prefix_removes_exactly_that_prefix(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let m = register(&mut *b, "m", StateKind::Map);
+    let neighbours = [
+        entry(16, b"ab", b"", b"1"),
+        entry(16, b"a", b"x", b"2"),
+        entry(15, b"a", b"", b"3"),
+        entry(17, b"a", b"", b"4"),
+    ];
+    for n in &neighbours {
+        put(&mut *b, m, n, b"neighbour");
+    }
+    for i in 0..100u32 {
+        put(
+            &mut *b,
+            m,
+            &entry(16, b"a", b"", &i.to_be_bytes()),
+            b"doomed",
+        );
+        if i == 50 {
+            flush(&mut *b);
+        }
+    }
+    b.delete_prefix(m, &entry(16, b"a", b"", b"ignored user key"))
+        .expect("delete_prefix");
+    assert!(
+        under(&mut *b, m, &cell(16, b"a")).is_empty(),
+        "{}",
+        b.name()
+    );
+    for i in 0..100u32 {
+        let got = get(&mut *b, m, &entry(16, b"a", b"", &i.to_be_bytes()));
+        assert_eq!(got, None, "{}: user key {i}", b.name());
+    }
+    for n in &neighbours {
+        assert_eq!(
+            get(&mut *b, m, n).as_deref(),
+            Some(&b"neighbour"[..]),
+            "{}: {n:?}",
+            b.name()
+        );
+    }
+    assert_eq!(scanned(&mut *b, m).len(), neighbours.len(), "{}", b.name());
+    // Writing under the prefix again works.
+    put(&mut *b, m, &entry(16, b"a", b"", b"new"), b"v");
+    assert_eq!(
+        under(&mut *b, m, &cell(16, b"a")),
+        vec![(b"new".to_vec(), b"v".to_vec())]
+    );
+}
+
+/// Entries that were read (and so may be cached) or flushed before a `delete_prefix` read as
+/// missing afterwards, also after a flush.
+pub fn delete_prefix_removes_entries_already_read_or_flushed(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let m = register(&mut *b, "m", StateKind::Map);
+    for i in 0..20u32 {
+        put(&mut *b, m, &entry(17, b"k", b"w", &i.to_be_bytes()), b"v");
+    }
+    flush(&mut *b);
+    for i in 0..20u32 {
+        let got = get(&mut *b, m, &entry(17, b"k", b"w", &i.to_be_bytes()));
+        assert_eq!(got.as_deref(), Some(&b"v"[..]));
+    }
+    put(&mut *b, m, &entry(17, b"k", b"w", b"unflushed"), b"v");
+    b.delete_prefix(m, &in_ns(17, b"k", b"w"))
+        .expect("delete_prefix");
+    for pass in ["before flush", "after flush"] {
+        for i in 0..20u32 {
+            let got = get(&mut *b, m, &entry(17, b"k", b"w", &i.to_be_bytes()));
+            assert_eq!(got, None, "{}: user key {i} {pass}", b.name());
+        }
+        assert_eq!(get(&mut *b, m, &entry(17, b"k", b"w", b"unflushed")), None);
+        flush(&mut *b);
+    }
+    assert!(scanned(&mut *b, m).is_empty(), "{}", b.name());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scans
+// ---------------------------------------------------------------------------------------------
+
+/// `scan` visits every entry of a state once, in ascending encoded-key order, so key group by
+/// key group, with decoded keys and the right values.
+pub fn scan_visits_entries_in_ascending_encoded_key_order_across_key_groups(
+    factory: &BackendFactory,
+) {
+    let mut b = open(factory);
+    let m = register(&mut *b, "m", StateKind::Map);
+    let s = register(&mut *b, "s", StateKind::Value);
+    let mut rng = Rng(3);
+    let mut want_m = std::collections::BTreeMap::new();
+    let mut want_s = std::collections::BTreeMap::new();
+    for i in 0..3000u32 {
+        let kg = RANGE.start + rng.below(u64::from(RANGE.len())) as u16;
+        let key: Vec<u8> = (0..rng.below(4)).map(|_| rng.next() as u8 % 4).collect();
+        let ns: Vec<u8> = (0..rng.below(3)).map(|_| rng.next() as u8 % 3).collect();
+        let uk: Vec<u8> = (0..rng.below(4)).map(|_| rng.next() as u8).collect();
+        let v = i.to_be_bytes().to_vec();
+        put(&mut *b, m, &entry(kg, &key, &ns, &uk), &v);
+        want_m.insert(encoded(&entry(kg, &key, &ns, &uk)), v.clone());
+        put(&mut *b, s, &in_ns(kg, &key, &ns), &v);
+        want_s.insert(encoded(&in_ns(kg, &key, &ns)), v);
+        if i % 1000 == 999 {
+            flush(&mut *b);
+        }
+    }
+    let got = scanned(&mut *b, m);
+    assert_eq!(
+        got,
+        want_m.into_iter().collect::<Vec<_>>(),
+        "{}: map state",
+        b.name()
+    );
+    let got = scanned(&mut *b, s);
+    assert_eq!(
+        got,
+        want_s.into_iter().collect::<Vec<_>>(),
+        "{}: value state",
+        b.name()
+    );
+
+    // Decoded keys carry the key group first: the visit never goes back to a lower one.
+    let mut last = 0u16;
+    b.scan(m, &mut |e| {
+        assert!(e.key.key_group.0 >= last);
+        assert!(RANGE.contains(e.key.key_group));
+        last = e.key.key_group.0;
+        Ok(())
+    })
+    .expect("scan");
+}
+
+/// `scan` sees puts and deletes that were never flushed.
+pub fn scan_sees_unflushed_writes_and_deletes(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let s = register(&mut *b, "s", StateKind::Value);
+    put(&mut *b, s, &cell(10, b"a"), b"flushed");
+    put(&mut *b, s, &cell(10, b"b"), b"flushed");
+    flush(&mut *b);
+    delete(&mut *b, s, &cell(10, b"a"));
+    put(&mut *b, s, &cell(10, b"b"), b"rewritten");
+    put(&mut *b, s, &cell(19, b"c"), b"new");
+    let want = vec![
+        (encoded(&cell(10, b"b")), b"rewritten".to_vec()),
+        (encoded(&cell(19, b"c")), b"new".to_vec()),
+    ];
+    assert_eq!(scanned(&mut *b, s), want, "{}", b.name());
+}
+
+/// A state with nothing in it scans as empty, also after writes and deletes cancel out.
+pub fn scan_of_an_empty_state_visits_nothing(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let s = register(&mut *b, "s", StateKind::Value);
+    assert!(scanned(&mut *b, s).is_empty());
+    put(&mut *b, s, &cell(10, b"a"), b"v");
+    delete(&mut *b, s, &cell(10, b"a"));
+    assert!(scanned(&mut *b, s).is_empty(), "{}", b.name());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Range ownership, registration
+// ---------------------------------------------------------------------------------------------
+
+/// Every keyed operation refuses a key group outside the range with
+/// [`StateError::KeyGroupOutOfRange`], and nothing is stored.
+pub fn a_key_group_outside_the_range_is_refused_and_never_stored(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let s = register(&mut *b, "s", StateKind::Value);
+    let m = register(&mut *b, "m", StateKind::Map);
+    for kg in [0, RANGE.start - 1, RANGE.end + 1, u16::MAX] {
+        let k = cell(kg, b"k");
+        let name = b.name();
+        assert!(is_out_of_range(b.put(s, &k, b"v")), "{name}: put in {kg}");
+        assert!(
+            is_out_of_range(b.put(m, &entry(kg, b"k", b"", b"u"), b"v")),
+            "{name}"
+        );
+        assert!(
+            is_out_of_range(b.get(s, &k).map(|_| ())),
+            "{name}: get in {kg}"
+        );
+        assert!(is_out_of_range(b.delete(s, &k)), "{name}: delete in {kg}");
+        let r = b.prefix_for_each(m, &k, &mut |_, _| Ok(()));
+        assert!(is_out_of_range(r), "{name}: prefix_for_each in {kg}");
+        assert!(
+            is_out_of_range(b.delete_prefix(m, &k)),
+            "{name}: delete_prefix in {kg}"
+        );
+    }
+    flush(&mut *b);
+    assert!(scanned(&mut *b, s).is_empty(), "{}", b.name());
+    assert!(scanned(&mut *b, m).is_empty(), "{}", b.name());
+    // The edges of the range are inside it.
+    put(&mut *b, s, &cell(RANGE.start, b"k"), b"first");
+    put(&mut *b, s, &cell(RANGE.end, b"k"), b"last");
+    assert_eq!(scanned(&mut *b, s).len(), 2, "{}", b.name());
+}
+
+/// Registering a name again with the same kind returns the first id and adds no descriptor.
+pub fn registering_the_same_name_and_kind_returns_the_same_id(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let a = register(&mut *b, "a", StateKind::Value);
+    let m = register(&mut *b, "m", StateKind::Map);
+    put(&mut *b, a, &cell(10, b"k"), b"v");
+    assert_eq!(register(&mut *b, "a", StateKind::Value), a, "{}", b.name());
+    assert_eq!(register(&mut *b, "m", StateKind::Map), m, "{}", b.name());
+    assert_eq!(b.descriptors().len(), 2, "{}", b.name());
+    // Re-registering does not reset the state.
+    assert_eq!(get(&mut *b, a, &cell(10, b"k")).as_deref(), Some(&b"v"[..]));
+}
+
+/// Registering a known name with another kind is [`StateError::KindMismatch`] naming both kinds.
+pub fn registering_a_known_name_with_another_kind_is_a_kind_mismatch(factory: &BackendFactory) {
+    let mut b = open(factory);
+    register(&mut *b, "a", StateKind::Value);
+    let r = b.register(&StateDescriptor {
+        name: "a".into(),
+        kind: StateKind::Map,
+    });
+    match r {
+        Err(StateError::KindMismatch {
+            name,
+            existing,
+            requested,
+        }) => {
+            assert_eq!(name, "a");
+            assert_eq!(existing, StateKind::Value);
+            assert_eq!(requested, StateKind::Map);
+        }
+        other => panic!("{}: expected KindMismatch, got {other:?}", b.name()),
+    }
+    assert_eq!(b.descriptors().len(), 1, "{}", b.name());
+}
+
+/// `descriptors()` lists the states in registration order, indexed by their [`StateId`].
+pub fn descriptors_are_listed_in_registration_order(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let kinds = [
+        ("window-contents", StateKind::List),
+        ("count", StateKind::Value),
+        ("by-user", StateKind::Map),
+        ("sum", StateKind::Reducing),
+        ("default", StateKind::Value),
+    ];
+    for (i, (name, kind)) in kinds.iter().enumerate() {
+        assert_eq!(
+            register(&mut *b, name, *kind),
+            StateId(i as u32),
+            "{}",
+            b.name()
+        );
+    }
+    let got: Vec<(String, StateKind)> = b
+        .descriptors()
+        .iter()
+        .map(|d| (d.name.clone(), d.kind))
+        .collect();
+    let want: Vec<(String, StateKind)> = kinds.iter().map(|(n, k)| (n.to_string(), *k)).collect();
+    assert_eq!(got, want, "{}", b.name());
+    // Every one of them is usable, and they stay apart.
+    for i in 0..kinds.len() as u32 {
+        put(&mut *b, StateId(i), &cell(10, b"k"), &i.to_be_bytes());
+    }
+    for i in 0..kinds.len() as u32 {
+        let got = get(&mut *b, StateId(i), &cell(10, b"k"));
+        assert_eq!(got, Some(i.to_be_bytes().to_vec()), "{}", b.name());
+    }
+}
+
+/// A [`StateId`] the backend never handed out is [`StateError::UnknownState`].
+pub fn an_unknown_state_id_is_refused(factory: &BackendFactory) {
+    let mut b = open(factory);
+    register(&mut *b, "s", StateKind::Value);
+    let bad = StateId(7);
+    let k = cell(10, b"k");
+    let name = b.name();
+    let unknown = |r: Result<(), StateError>| matches!(r, Err(StateError::UnknownState(7)));
+    assert!(unknown(b.get(bad, &k).map(|_| ())), "{name}: get");
+    assert!(unknown(b.put(bad, &k, b"v")), "{name}: put");
+    assert!(unknown(b.delete(bad, &k)), "{name}: delete");
+    assert!(
+        unknown(b.prefix_for_each(bad, &k, &mut |_, _| Ok(()))),
+        "{name}"
+    );
+    assert!(unknown(b.delete_prefix(bad, &k)), "{name}: delete_prefix");
+    assert!(unknown(b.scan(bad, &mut |_| Ok(()))), "{name}: scan");
+}
+
+/// Value, list and reducing states have no user keys: a put, get or delete with one is refused
+/// as a [`StateError::MalformedKey`] naming the state, rather than silently stored apart.
+pub fn a_user_key_on_a_non_map_state_is_refused(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let s = register(&mut *b, "plain", StateKind::Value);
+    let k = entry(10, b"k", b"", b"uk");
+    let name = b.name();
+    let refused = |r: Result<(), StateError>| matches!(r, Err(StateError::MalformedKey { ref state, .. }) if state == "plain");
+    assert!(refused(b.put(s, &k, b"v")), "{name}: put");
+    assert!(refused(b.get(s, &k).map(|_| ())), "{name}: get");
+    assert!(refused(b.delete(s, &k)), "{name}: delete");
+    assert!(scanned(&mut *b, s).is_empty(), "{name}");
+}
+
+/// A flush changes nothing that `get`, `prefix_for_each` or `scan` return.
+pub fn a_flush_changes_nothing_that_reads_see(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let s = register(&mut *b, "s", StateKind::Value);
+    let m = register(&mut *b, "m", StateKind::Map);
+    for i in 0..200u32 {
+        let k = i.to_be_bytes();
+        put(&mut *b, s, &cell(kg_of(i), &k), &value_of(i, 1));
+        put(&mut *b, m, &entry(kg_of(i), &k, b"", b"u"), &value_of(i, 2));
+        if i % 4 == 0 {
+            delete(&mut *b, s, &cell(kg_of(i), &k));
+        }
+    }
+    let before = (
+        scanned(&mut *b, s),
+        scanned(&mut *b, m),
+        under(&mut *b, m, &cell(10, &0u32.to_be_bytes())),
+    );
+    flush(&mut *b);
+    flush(&mut *b);
+    let after = (
+        scanned(&mut *b, s),
+        scanned(&mut *b, m),
+        under(&mut *b, m, &cell(10, &0u32.to_be_bytes())),
+    );
+    assert_eq!(before, after, "{}", b.name());
+    assert_eq!(before.0.len(), 150, "{}", b.name());
+}
+
+/// `size_bytes` grows as state is written and is not smaller than about half of the raw bytes
+/// held (values compress a little at most: they are pseudo-random).
+pub fn size_bytes_accounts_for_the_state_written(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let s = register(&mut *b, "s", StateKind::Value);
+    let name = b.name();
+    let empty = b
+        .size_bytes()
+        .unwrap_or_else(|e| panic!("{name}: size_bytes: {e}"));
+    let mut raw = 0u64;
+    let mut rng = Rng(11);
+    for i in 0..20_000u32 {
+        let k = i.to_be_bytes();
+        let v: Vec<u8> = (0..16).flat_map(|_| rng.next().to_le_bytes()).collect();
+        raw += (k.len() + v.len()) as u64;
+        put(&mut *b, s, &cell(kg_of(i), &k), &v);
+    }
+    let full = b
+        .size_bytes()
+        .unwrap_or_else(|e| panic!("{name}: size_bytes: {e}"));
+    assert!(full > empty, "{name}: {empty} -> {full}");
+    assert!(
+        full >= raw / 2,
+        "{name}: {full} bytes reported for {raw} raw bytes"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed handles
+// ---------------------------------------------------------------------------------------------
+
+/// [`crate::ValueState`]: get (none), update, get, clear, and `for_each_key` over all keys.
+pub fn value_state_round_trips_through_the_typed_handle(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let state = StateRegistry::new(&mut *b)
+        .value_state::<(u64, String)>("pair")
+        .expect("register");
+    let mut scratch = Vec::new();
+    let mut scope = KeyedScope::new(&mut *b, KeyGroup(12), b"alice", &mut scratch);
+    assert_eq!(state.get(&mut scope).expect("get"), None);
+    state
+        .update(&mut scope, &(7, "seven".into()))
+        .expect("update");
+    assert_eq!(
+        state.get(&mut scope).expect("get"),
+        Some((7, "seven".into()))
+    );
+    let mut scope = KeyedScope::new(&mut *b, KeyGroup(13), b"bob", &mut scratch);
+    state
+        .update(&mut scope, &(8, "eight".into()))
+        .expect("update");
+    let mut seen = Vec::new();
+    state
+        .for_each_key(&mut *b, &mut |k, v| {
+            seen.push((k.to_vec(), v));
+            Ok(())
+        })
+        .expect("for_each_key");
+    assert_eq!(
+        seen,
+        vec![
+            (b"alice".to_vec(), (7, "seven".to_string())),
+            (b"bob".to_vec(), (8, "eight".to_string())),
+        ]
+    );
+    let mut scope = KeyedScope::new(&mut *b, KeyGroup(12), b"alice", &mut scratch);
+    state.clear(&mut scope).expect("clear");
+    assert_eq!(state.get(&mut scope).expect("get"), None);
+}
+
+/// [`crate::ListState`]: add appends in order, update replaces, an empty update or clear empties.
+pub fn list_state_round_trips_through_the_typed_handle(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let list = StateRegistry::new(&mut *b)
+        .list_state::<String>("events")
+        .expect("register");
+    let mut scratch = Vec::new();
+    let mut scope = KeyedScope::new(&mut *b, KeyGroup(14), b"k", &mut scratch);
+    assert!(list.get(&mut scope).expect("get").is_empty());
+    for e in ["a", "bb", "", "dddd"] {
+        list.add(&mut scope, &e.to_string()).expect("add");
+    }
+    assert_eq!(
+        list.get(&mut scope).expect("get"),
+        vec!["a", "bb", "", "dddd"]
+    );
+    list.update(&mut scope, &["x".to_string()]).expect("update");
+    assert_eq!(list.get(&mut scope).expect("get"), vec!["x"]);
+    list.update(&mut scope, &[]).expect("update");
+    assert!(list.get(&mut scope).expect("get").is_empty());
+    list.add(&mut scope, &"y".to_string()).expect("add");
+    list.clear(&mut scope).expect("clear");
+    assert!(list.get(&mut scope).expect("get").is_empty());
+}
+
+/// [`crate::MapState`]: insert, get, contains, remove, entries in encoded-key order, is_empty,
+/// clear.
+pub fn map_state_round_trips_through_the_typed_handle(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let map = StateRegistry::new(&mut *b)
+        .map_state::<u32, String>("by-id")
+        .expect("register");
+    let mut scratch = Vec::new();
+    let mut scope = KeyedScope::new(&mut *b, KeyGroup(15), b"k", &mut scratch);
+    assert!(map.is_empty(&mut scope).expect("is_empty"));
+    for id in [3u32, 1, 2, 200] {
+        map.insert(&mut scope, &id, &format!("v{id}"))
+            .expect("insert");
+    }
+    assert_eq!(
+        map.get(&mut scope, &2).expect("get"),
+        Some("v2".to_string())
+    );
+    assert_eq!(map.get(&mut scope, &9).expect("get"), None);
+    assert!(map.contains(&mut scope, &200).expect("contains"));
+    map.remove(&mut scope, &3).expect("remove");
+    assert!(!map.contains(&mut scope, &3).expect("contains"));
+    // postcard varints: 1, 2 and 200 encode as [1], [2], [200, 1]; bytewise order is 1, 2, 200.
+    let entries = map.entries(&mut scope).expect("entries");
+    assert_eq!(
+        entries,
+        vec![
+            (1, "v1".to_string()),
+            (2, "v2".to_string()),
+            (200, "v200".to_string())
+        ]
+    );
+    assert!(!map.is_empty(&mut scope).expect("is_empty"));
+    map.clear(&mut scope).expect("clear");
+    assert!(map.is_empty(&mut scope).expect("is_empty"));
+    assert_eq!(map.get(&mut scope, &1).expect("get"), None);
+}
+
+/// [`crate::ReducingState`]: the first add stores, later adds combine, clear removes.
+pub fn reducing_state_round_trips_through_the_typed_handle(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let sum = StateRegistry::new(&mut *b)
+        .reducing_state::<(u64, u64), _>("count-and-sum", |a, b| (a.0 + b.0, a.1 + b.1))
+        .expect("register");
+    let mut scratch = Vec::new();
+    let mut scope = KeyedScope::new(&mut *b, KeyGroup(16), b"k", &mut scratch);
+    assert_eq!(sum.get(&mut scope).expect("get"), None);
+    for v in 1..=100u64 {
+        sum.add(&mut scope, (1, v)).expect("add");
+    }
+    assert_eq!(sum.get(&mut scope).expect("get"), Some((100, 5050)));
+    sum.clear(&mut scope).expect("clear");
+    assert_eq!(sum.get(&mut scope).expect("get"), None);
+}
+
+/// Handles only see the scope's key and namespace: two keys and two windows of one key hold
+/// separate values.
+pub fn typed_handles_keep_keys_and_namespaces_apart(factory: &BackendFactory) {
+    let mut b = open(factory);
+    let count = StateRegistry::new(&mut *b)
+        .value_state::<u64>("count")
+        .expect("register");
+    let mut scratch = Vec::new();
+    let cases: [(&[u8], &[u8], u64); 4] = [
+        (b"k1", b"", 1),
+        (b"k1", b"window-0", 2),
+        (b"k1", b"window-1", 3),
+        (b"k2", b"window-0", 4),
+    ];
+    for (key, ns, v) in cases {
+        let mut scope =
+            KeyedScope::new(&mut *b, KeyGroup(17), key, &mut scratch).with_namespace(ns);
+        count.update(&mut scope, &v).expect("update");
+    }
+    flush(&mut *b);
+    for (key, ns, v) in cases {
+        let mut scope =
+            KeyedScope::new(&mut *b, KeyGroup(17), key, &mut scratch).with_namespace(ns);
+        assert_eq!(
+            count.get(&mut scope).expect("get"),
+            Some(v),
+            "{key:?} {ns:?}"
+        );
+    }
+}

@@ -1,0 +1,30 @@
+//! Keyed state: the [`KeyedStateBackend`] trait every backend implements, the key layout, the
+//! typed state handles user functions hold ([`ValueState`], [`ListState`], [`MapState`],
+//! [`ReducingState`]), the in-memory [`HeapStateBackend`], and the [`conformance`] suite every
+//! backend must pass.
+//!
+//! This crate must not depend on RocksDB (only `weir-state-rocksdb` links it: `cargo tree -p
+//! weir-state` shows no rocksdb), nor on the runtime, tokio or any network crate.
+//!
+//! Layering: the backend trait speaks bytes — a [`StateKey`] is `key group ‖ key ‖ namespace ‖
+//! user key` — and the typed handles in [`handles`] turn user values into those bytes with
+//! postcard. Backends therefore never see user types, and one conformance suite covers them all.
+
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod conformance;
+pub mod encoding;
+pub mod error;
+pub mod handles;
+pub mod heap;
+
+pub use backend::{
+    BackendScope, KeyedStateBackend, StateBackendFactory, StateDescriptor, StateEntry, StateId,
+    StateKey, StateKind,
+};
+pub use error::StateError;
+pub use handles::{
+    KeyedScope, ListState, MapState, ReducingState, StateRegistry, ValueState,
+};
+pub use heap::{HeapStateBackend, HeapStateBackendFactory};
