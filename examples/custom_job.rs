@@ -15,7 +15,7 @@ fn even_squares(params: &Params) -> Result<JobDefinition, ParamError> {
     let env = StreamEnvironment::new("even-squares");
     env.add_source(GeneratorSource::new(7, 1000).records(records))
         .uid("numbers")
-        .filter(|r: &GeneratedRecord| r.value % 2 == 0)
+        .filter(|r: &GeneratedRecord| r.value.is_multiple_of(2))
         .uid("evens")
         .map(|r: GeneratedRecord| format!("{}^2 = {}", r.value, r.value * r.value))
         .uid("square")
@@ -28,7 +28,10 @@ fn main() -> ExitCode {
     let catalog = weir::jobs::catalog().register(JobSpec {
         name: "even-squares",
         description: "squares of the even generated values, printed",
-        params: vec![ParamSpec { name: "records", help: "records to generate (default 100)" }],
+        params: vec![ParamSpec {
+            name: "records",
+            help: "records to generate (default 100)",
+        }],
         build: even_squares,
     });
     weir::cli::main(catalog)

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir::connectors::{GeneratedRecord, GeneratorSource};
 use weir::state::HeapStateBackendFactory;
-use weir::{LocalExecutor, RuntimeOptions, Sink, SinkContext, SinkWriter, StreamEnvironment, UserError};
+use weir::{
+    LocalExecutor, RuntimeOptions, Sink, SinkContext, SinkWriter, StreamEnvironment, UserError,
+};
 
 /// Counts what it receives, sleeps per batch, and stops the job after `stop_after`.
 struct SlowSink {
@@ -25,7 +27,10 @@ impl Sink<GeneratedRecord> for SlowSink {
     fn name(&self) -> String {
         "slow".into()
     }
-    fn create_writer(&self, _ctx: &SinkContext) -> Result<Box<dyn SinkWriter<GeneratedRecord>>, UserError> {
+    fn create_writer(
+        &self,
+        _ctx: &SinkContext,
+    ) -> Result<Box<dyn SinkWriter<GeneratedRecord>>, UserError> {
         Ok(Box::new(SlowWriter {
             received: self.received.clone(),
             stop: self.stop.clone(),
@@ -37,7 +42,8 @@ impl Sink<GeneratedRecord> for SlowSink {
 impl SinkWriter<GeneratedRecord> for SlowWriter {
     fn write_batch(&mut self, batch: Vec<GeneratedRecord>) -> Result<(), UserError> {
         std::thread::sleep(Duration::from_millis(2));
-        self.received.fetch_add(batch.len() as u64, Ordering::SeqCst);
+        self.received
+            .fetch_add(batch.len() as u64, Ordering::SeqCst);
         if Instant::now() > self.deadline {
             self.stop.store(true, Ordering::SeqCst);
         }
@@ -51,7 +57,11 @@ impl SinkWriter<GeneratedRecord> for SlowWriter {
 #[test]
 fn a_slow_sink_slows_an_unbounded_source_and_keeps_records_in_flight_bounded() {
     let received = Arc::new(AtomicU64::new(0));
-    let options = RuntimeOptions { batch_size: 256, channel_capacity: 4, buffer_timeout: Duration::from_millis(50) };
+    let options = RuntimeOptions {
+        batch_size: 256,
+        channel_capacity: 4,
+        buffer_timeout: Duration::from_millis(50),
+    };
     let executor = LocalExecutor::new(options.clone(), Arc::new(HeapStateBackendFactory::new()));
     let env = StreamEnvironment::new("backpressure");
     env.add_source(GeneratorSource::new(1, 1000)) // unbounded
@@ -60,7 +70,11 @@ fn a_slow_sink_slows_an_unbounded_source_and_keeps_records_in_flight_bounded() {
         .map(|r: GeneratedRecord| r)
         .uid("identity")
         .rebalance()
-        .sink_to(SlowSink { received: received.clone(), stop: executor.cancel_flag(), stop_after: Duration::from_secs(3) })
+        .sink_to(SlowSink {
+            received: received.clone(),
+            stop: executor.cancel_flag(),
+            stop_after: Duration::from_secs(3),
+        })
         .uid("slow")
         .parallelism(1);
     let job = env.build();
@@ -85,7 +99,10 @@ fn a_slow_sink_slows_an_unbounded_source_and_keeps_records_in_flight_bounded() {
     let result = executor.execute(&job, &plan);
     sampler_stop.store(true, Ordering::SeqCst);
     let max_in_flight = sampler.join().unwrap();
-    assert!(result.is_err(), "the unbounded job ends only by cancellation");
+    assert!(
+        result.is_err(),
+        "the unbounded job ends only by cancellation"
+    );
 
     // Upper bound, in batches: per source subtask (one channel each) the batch it just polled,
     // its output buffer, the batch blocked in `send`, and `capacity` batches in the channel;
@@ -95,9 +112,18 @@ fn a_slow_sink_slows_an_unbounded_source_and_keeps_records_in_flight_bounded() {
     let sources = 2u64;
     let bound = (sources * (options.channel_capacity as u64 + 3) + 2 + 1) * b;
     let emitted = metrics.source_records.load(Ordering::SeqCst);
-    assert!(received.load(Ordering::SeqCst) > 10 * b, "the sink made progress");
-    assert!(max_in_flight <= bound, "in flight {max_in_flight} > bound {bound}");
+    assert!(
+        received.load(Ordering::SeqCst) > 10 * b,
+        "the sink made progress"
+    );
+    assert!(
+        max_in_flight <= bound,
+        "in flight {max_in_flight} > bound {bound}"
+    );
     // Without backpressure a generator makes millions of records per second; with it, the
     // source runs at the sink's pace (~256 records per 2 ms ≈ 128K/s at most).
-    assert!(emitted < 3 * 200_000 + bound, "the source was slowed down: emitted {emitted}");
+    assert!(
+        emitted < 3 * 200_000 + bound,
+        "the source was slowed down: emitted {emitted}"
+    );
 }

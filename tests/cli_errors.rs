@@ -10,8 +10,15 @@ const T: Duration = Duration::from_secs(60);
 fn fails_with(args: &[&str], needle: &str) {
     let o = weir(args, T);
     let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "exit code of {args:?}; stderr: {err}");
-    assert!(err.contains(needle), "stderr of {args:?} should name {needle:?}: {err}");
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "exit code of {args:?}; stderr: {err}"
+    );
+    assert!(
+        err.contains(needle),
+        "stderr of {args:?} should name {needle:?}: {err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
 
@@ -22,24 +29,43 @@ fn an_unknown_job_is_named() {
 
 #[test]
 fn an_unknown_param_is_named_with_the_known_ones() {
-    fails_with(&["local", "keyed-agg", "--param", "kyes=3"], "unknown --param 'kyes' for job 'keyed-agg'");
+    fails_with(
+        &["local", "keyed-agg", "--param", "kyes=3"],
+        "unknown --param 'kyes' for job 'keyed-agg'",
+    );
 }
 
 #[test]
 fn a_malformed_param_is_named() {
-    fails_with(&["local", "keyed-agg", "--param", "keys"], "malformed --param 'keys'");
-    fails_with(&["local", "keyed-agg", "--param", "keys=many"], "--param keys=many");
+    fails_with(
+        &["local", "keyed-agg", "--param", "keys"],
+        "malformed --param 'keys'",
+    );
+    fails_with(
+        &["local", "keyed-agg", "--param", "keys=many"],
+        "--param keys=many",
+    );
 }
 
 #[test]
 fn parallelism_zero_is_rejected() {
-    fails_with(&["local", "keyed-agg", "-p", "0"], "parallelism 0 is invalid");
+    fails_with(
+        &["local", "keyed-agg", "-p", "0"],
+        "parallelism 0 is invalid",
+    );
 }
 
 #[test]
 fn parallelism_above_the_max_parallelism_is_rejected() {
     fails_with(
-        &["local", "keyed-agg", "-p", "9", "-D", "pipeline.max-parallelism=8"],
+        &[
+            "local",
+            "keyed-agg",
+            "-p",
+            "9",
+            "-D",
+            "pipeline.max-parallelism=8",
+        ],
         "parallelism 9 is invalid; it must be between 1 and the max parallelism 8",
     );
 }
@@ -50,7 +76,14 @@ fn an_unreadable_input_path_is_named() {
     let out = dir.path().join("out");
     let missing = dir.path().join("missing.txt");
     fails_with(
-        &["local", "word-count", "--param", &format!("input={}", missing.display()), "--param", &format!("output={}", out.display())],
+        &[
+            "local",
+            "word-count",
+            "--param",
+            &format!("input={}", missing.display()),
+            "--param",
+            &format!("output={}", out.display()),
+        ],
         &missing.display().to_string(),
     );
     assert!(!out.exists(), "nothing is created in the output dir");
@@ -65,12 +98,20 @@ fn a_state_dir_that_is_not_writable_is_named() {
     let out = dir.path().join("out");
     fails_with(
         &[
-            "local", "keyed-agg", "--param", &format!("output={}", out.display()),
-            "--state-dir", &state.display().to_string(),
+            "local",
+            "keyed-agg",
+            "--param",
+            &format!("output={}", out.display()),
+            "--state-dir",
+            &state.display().to_string(),
         ],
         &state.display().to_string(),
     );
-    assert!(tree(&out).is_empty(), "nothing half-written: {:?}", tree(&out));
+    assert!(
+        tree(&out).is_empty(),
+        "nothing half-written: {:?}",
+        tree(&out)
+    );
 }
 
 #[test]
@@ -78,17 +119,31 @@ fn an_output_path_that_is_a_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a-file");
     std::fs::write(&file, "x").unwrap();
-    fails_with(&["local", "keyed-agg", "--param", &format!("output={}", file.display())], "exists and is not a directory");
+    fails_with(
+        &[
+            "local",
+            "keyed-agg",
+            "--param",
+            &format!("output={}", file.display()),
+        ],
+        "exists and is not a directory",
+    );
 }
 
 #[test]
 fn an_unknown_config_key_is_named() {
-    fails_with(&["local", "keyed-agg", "-D", "state.backnd=heap"], "unknown configuration key 'state.backnd'");
+    fails_with(
+        &["local", "keyed-agg", "-D", "state.backnd=heap"],
+        "unknown configuration key 'state.backnd'",
+    );
 }
 
 #[test]
 fn a_bad_config_value_is_named() {
-    fails_with(&["local", "keyed-agg", "--state-backend", "leveldb"], "configuration key 'state.backend'");
+    fails_with(
+        &["local", "keyed-agg", "--state-backend", "leveldb"],
+        "configuration key 'state.backend'",
+    );
 }
 
 #[test]
@@ -99,8 +154,19 @@ fn a_failing_job_exits_one_naming_the_operator_and_subtask() {
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();
     std::fs::write(input.join("a.txt"), [0xffu8, 0xfe, b'\n']).unwrap();
-    let o = weir(&["local", "word-count", "--param", &format!("input={}", input.display())], T);
+    let o = weir(
+        &[
+            "local",
+            "word-count",
+            "--param",
+            &format!("input={}", input.display()),
+        ],
+        T,
+    );
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("operator 'source' subtask 0/1 failed"), "{err}");
+    assert!(
+        err.contains("operator 'source' subtask 0/1 failed"),
+        "{err}"
+    );
 }

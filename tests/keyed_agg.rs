@@ -24,7 +24,11 @@ fn parse(lines: &[String]) -> BTreeMap<u64, (u64, u64)> {
     for l in lines {
         let f: Vec<u64> = l.split('\t').map(|x| x.parse().expect("number")).collect();
         assert_eq!(f.len(), 3, "key<TAB>count<TAB>sum: {l:?}");
-        assert!(m.insert(f[0], (f[1], f[2])).is_none(), "key {} emitted twice", f[0]);
+        assert!(
+            m.insert(f[0], (f[1], f[2])).is_none(),
+            "key {} emitted twice",
+            f[0]
+        );
     }
     m
 }
@@ -39,18 +43,30 @@ fn keyed_agg_final_state_is_the_same_at_every_parallelism_and_on_both_backends()
             let out = dir.path().join("out");
             let o = weir(
                 &[
-                    "local", "keyed-agg", "-p", p,
-                    "--param", &format!("keys={keys}"),
-                    "--param", &format!("records={records}"),
-                    "--param", &format!("seed={seed}"),
-                    "--param", &format!("output={}", out.display()),
-                    "--state-backend", backend,
-                    "--state-dir", &dir.path().join("state").display().to_string(),
+                    "local",
+                    "keyed-agg",
+                    "-p",
+                    p,
+                    "--param",
+                    &format!("keys={keys}"),
+                    "--param",
+                    &format!("records={records}"),
+                    "--param",
+                    &format!("seed={seed}"),
+                    "--param",
+                    &format!("output={}", out.display()),
+                    "--state-backend",
+                    backend,
+                    "--state-dir",
+                    &dir.path().join("state").display().to_string(),
                 ],
                 Duration::from_secs(120),
             );
             assert!(o.status.success(), "{backend} p={p}: {}", stderr(&o));
-            assert!(parse(&read_parts(&out)) == want, "{backend} p={p}: final state differs");
+            assert!(
+                parse(&read_parts(&out)) == want,
+                "{backend} p={p}: final state differs"
+            );
         }
     }
 }
@@ -63,10 +79,22 @@ fn keyed_agg_updates_end_with_each_keys_final_value() {
     let out = dir.path().join("out");
     let o = weir(
         &[
-            "local", "keyed-agg", "-p", "2", "--param", "emit=updates",
-            "--param", &format!("keys={keys}"), "--param", &format!("records={records}"),
-            "--param", &format!("seed={seed}"), "--param", &format!("output={}", out.display()),
-            "--state-dir", &dir.path().join("state").display().to_string(),
+            "local",
+            "keyed-agg",
+            "-p",
+            "2",
+            "--param",
+            "emit=updates",
+            "--param",
+            &format!("keys={keys}"),
+            "--param",
+            &format!("records={records}"),
+            "--param",
+            &format!("seed={seed}"),
+            "--param",
+            &format!("output={}", out.display()),
+            "--state-dir",
+            &dir.path().join("state").display().to_string(),
         ],
         Duration::from_secs(120),
     );

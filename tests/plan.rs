@@ -10,12 +10,26 @@ fn plan_chains_source_and_flat_map_and_puts_a_hash_edge_before_the_keyed_operato
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.txt");
     std::fs::write(&input, "a b\n").unwrap();
-    let o = weir(&["plan", "word-count", "-p", "3", "--param", &format!("input={}", input.display()), "--json"], Duration::from_secs(60));
+    let o = weir(
+        &[
+            "plan",
+            "word-count",
+            "-p",
+            "3",
+            "--param",
+            &format!("input={}", input.display()),
+            "--json",
+        ],
+        Duration::from_secs(60),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let vertices = plan["job_graph"]["vertices"].as_array().unwrap();
     assert_eq!(vertices.len(), 2);
-    assert_eq!(vertices[0]["uids"], serde_json::json!(["source", "tokenize"]));
+    assert_eq!(
+        vertices[0]["uids"],
+        serde_json::json!(["source", "tokenize"])
+    );
     assert_eq!(vertices[1]["uids"], serde_json::json!(["count", "sink"]));
     assert_eq!(vertices[1]["keyed"], true);
     let edges = plan["job_graph"]["edges"].as_array().unwrap();
@@ -24,9 +38,22 @@ fn plan_chains_source_and_flat_map_and_puts_a_hash_edge_before_the_keyed_operato
     assert_eq!(plan["slots_needed"], 3);
     let subtasks = plan["execution_graph"]["subtasks"].as_array().unwrap();
     assert_eq!(subtasks.len(), 6);
-    assert_eq!(subtasks[3]["key_groups"], serde_json::json!({"start": 0, "end": 42}));
+    assert_eq!(
+        subtasks[3]["key_groups"],
+        serde_json::json!({"start": 0, "end": 42})
+    );
 
-    let text = weir(&["plan", "word-count", "-p", "3", "--param", &format!("input={}", input.display())], Duration::from_secs(60));
+    let text = weir(
+        &[
+            "plan",
+            "word-count",
+            "-p",
+            "3",
+            "--param",
+            &format!("input={}", input.display()),
+        ],
+        Duration::from_secs(60),
+    );
     let text = String::from_utf8(text.stdout).unwrap();
     assert!(text.contains("Source: file -> Tokenize"), "{text}");
     assert!(text.contains("--hash--> vertex-1"), "{text}");
@@ -36,7 +63,18 @@ fn plan_chains_source_and_flat_map_and_puts_a_hash_edge_before_the_keyed_operato
 #[test]
 fn an_operator_parallelism_beats_the_cli_and_breaks_the_chain() {
     // The custom example job is not in this binary; use keyed-agg with a config default and -p.
-    let o = weir(&["plan", "keyed-agg", "-p", "2", "-D", "parallelism.default=4", "--json"], Duration::from_secs(60));
+    let o = weir(
+        &[
+            "plan",
+            "keyed-agg",
+            "-p",
+            "2",
+            "-D",
+            "parallelism.default=4",
+            "--json",
+        ],
+        Duration::from_secs(60),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     for v in plan["job_graph"]["vertices"].as_array().unwrap() {

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use weir::connectors::{record_at, CollectSink, GeneratedRecord, GeneratorSource};
 use weir::state::{RocksDbStateBackendFactory, StateRegistry, ValueState};
-use weir::{Collector, EndOfInputContext, KeyedContext, KeyedProcessFunction, LocalExecutor, RuntimeOptions, StreamEnvironment, UserError};
+use weir::{
+    Collector, EndOfInputContext, KeyedContext, KeyedProcessFunction, LocalExecutor,
+    RuntimeOptions, StreamEnvironment, UserError,
+};
 
 const VALUE_BYTES: usize = 200;
 
@@ -17,11 +20,15 @@ struct Grow {
 }
 
 fn block(r: &GeneratedRecord) -> Vec<u8> {
-    (0..VALUE_BYTES).map(|i| (r.seq as usize + i) as u8 ^ r.value as u8).collect()
+    (0..VALUE_BYTES)
+        .map(|i| (r.seq as usize + i) as u8 ^ r.value as u8)
+        .collect()
 }
 
 fn checksum(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
 }
 
 impl KeyedProcessFunction<u64, GeneratedRecord, (u64, usize, u64)> for Grow {
@@ -29,14 +36,23 @@ impl KeyedProcessFunction<u64, GeneratedRecord, (u64, usize, u64)> for Grow {
         self.blob = Some(states.value_state("blob")?);
         Ok(())
     }
-    fn process_element(&mut self, r: GeneratedRecord, ctx: &mut KeyedContext<'_, u64>, _out: &mut Collector<(u64, usize, u64)>) -> Result<(), UserError> {
+    fn process_element(
+        &mut self,
+        r: GeneratedRecord,
+        ctx: &mut KeyedContext<'_, u64>,
+        _out: &mut Collector<(u64, usize, u64)>,
+    ) -> Result<(), UserError> {
         let s = self.blob.as_ref().unwrap();
         let mut v = s.get(ctx)?.unwrap_or_default();
         v.extend(block(&r));
         s.update(ctx, &v)?;
         Ok(())
     }
-    fn end_of_input(&mut self, ctx: &mut EndOfInputContext<'_>, out: &mut Collector<(u64, usize, u64)>) -> Result<(), UserError> {
+    fn end_of_input(
+        &mut self,
+        ctx: &mut EndOfInputContext<'_>,
+        out: &mut Collector<(u64, usize, u64)>,
+    ) -> Result<(), UserError> {
         ctx.for_each_key(self.blob.as_ref().unwrap(), |k: u64, v: Vec<u8>| {
             out.collect((k, v.len(), checksum(&v)));
             Ok(())
@@ -63,19 +79,36 @@ fn keyed_state_four_times_the_rocksdb_memory_budget_runs_and_is_exact() {
         .sink_to(sink)
         .uid("collect");
     let job = env.build();
-    let plan = job.plan(weir::graph::ParallelismSettings { config_default: 2, ..Default::default() }).unwrap();
+    let plan = job
+        .plan(weir::graph::ParallelismSettings {
+            config_default: 2,
+            ..Default::default()
+        })
+        .unwrap();
     let report = executor.execute(&job, &plan).unwrap();
 
     let raw_bytes = records * VALUE_BYTES as u64;
-    assert!(raw_bytes > 4 * budget, "the workload is larger than the budget");
-    assert!(report.state_bytes > 2 * budget, "state on disk {} vs budget {budget}", report.state_bytes);
+    assert!(
+        raw_bytes > 4 * budget,
+        "the workload is larger than the budget"
+    );
+    assert!(
+        report.state_bytes > 2 * budget,
+        "state on disk {} vs budget {budget}",
+        report.state_bytes
+    );
 
     let mut want: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     for seq in 0..records {
         let r = record_at(seed, keys, seq);
         want.entry(r.key).or_default().extend(block(&r));
     }
-    let got: BTreeMap<u64, (usize, u64)> = handle.lock().unwrap().iter().map(|(k, l, c)| (*k, (*l, *c))).collect();
+    let got: BTreeMap<u64, (usize, u64)> = handle
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, l, c)| (*k, (*l, *c)))
+        .collect();
     assert_eq!(got.len(), want.len());
     for (k, v) in &want {
         assert_eq!(got.get(k), Some(&(v.len(), checksum(v))), "key {k}");

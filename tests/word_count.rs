@@ -10,7 +10,10 @@ use std::time::Duration;
 fn counts_by_coreutils(input: &std::path::Path) -> BTreeMap<String, u64> {
     let out = Command::new("sh")
         .arg("-c")
-        .arg(format!("tr -s ' ' '\\n' < '{}' | sort | uniq -c", input.display()))
+        .arg(format!(
+            "tr -s ' ' '\\n' < '{}' | sort | uniq -c",
+            input.display()
+        ))
         .output()
         .expect("run tr | sort | uniq -c");
     assert!(out.status.success());
@@ -30,16 +33,26 @@ fn word_count_matches_coreutils(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("input.txt");
     write_text(&input, 400_000, 20_000, 7); // ~10 MB
-    assert!(std::fs::metadata(&input).unwrap().len() > 5 << 20, "input is multi-megabyte");
+    assert!(
+        std::fs::metadata(&input).unwrap().len() > 5 << 20,
+        "input is multi-megabyte"
+    );
     let output = dir.path().join("out");
     let state = dir.path().join("state");
     let o = weir(
         &[
-            "local", "word-count", "-p", "2",
-            "--param", &format!("input={}", input.display()),
-            "--param", &format!("output={}", output.display()),
-            "--state-backend", backend,
-            "--state-dir", &state.display().to_string(),
+            "local",
+            "word-count",
+            "-p",
+            "2",
+            "--param",
+            &format!("input={}", input.display()),
+            "--param",
+            &format!("output={}", output.display()),
+            "--state-backend",
+            backend,
+            "--state-dir",
+            &state.display().to_string(),
         ],
         Duration::from_secs(300),
     );

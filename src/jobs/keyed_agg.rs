@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use weir_cli::{JobSpec, ParamError, ParamSpec, Params};
 use weir_connectors::{BlackholeSink, FileSink, GeneratedRecord, GeneratorSource};
 use weir_runtime::{
-    Collector, EndOfInputContext, JobDefinition, KeyedContext, KeyedProcessFunction, StreamEnvironment, UserError,
+    Collector, EndOfInputContext, JobDefinition, KeyedContext, KeyedProcessFunction,
+    StreamEnvironment, UserError,
 };
 use weir_state::{StateRegistry, ValueState};
 
@@ -21,7 +22,10 @@ pub struct CountSum {
 impl CountSum {
     /// A new aggregate; `emit_updates` emits a line per record instead of per key at the end.
     pub fn new(emit_updates: bool) -> Self {
-        Self { emit_updates, agg: None }
+        Self {
+            emit_updates,
+            agg: None,
+        }
     }
 }
 
@@ -31,7 +35,12 @@ impl KeyedProcessFunction<u64, GeneratedRecord, String> for CountSum {
         Ok(())
     }
 
-    fn process_element(&mut self, r: GeneratedRecord, ctx: &mut KeyedContext<'_, u64>, out: &mut Collector<String>) -> Result<(), UserError> {
+    fn process_element(
+        &mut self,
+        r: GeneratedRecord,
+        ctx: &mut KeyedContext<'_, u64>,
+        out: &mut Collector<String>,
+    ) -> Result<(), UserError> {
         let state = self.agg.as_ref().ok_or("CountSum used before open")?;
         let (count, sum) = state.get(ctx)?.unwrap_or((0, 0));
         let next = (count + 1, sum + r.value);
@@ -42,7 +51,11 @@ impl KeyedProcessFunction<u64, GeneratedRecord, String> for CountSum {
         Ok(())
     }
 
-    fn end_of_input(&mut self, ctx: &mut EndOfInputContext<'_>, out: &mut Collector<String>) -> Result<(), UserError> {
+    fn end_of_input(
+        &mut self,
+        ctx: &mut EndOfInputContext<'_>,
+        out: &mut Collector<String>,
+    ) -> Result<(), UserError> {
         if self.emit_updates {
             return Ok(());
         }
@@ -99,12 +112,30 @@ pub fn keyed_agg_spec() -> JobSpec {
         name: "keyed-agg",
         description: "per-key count and sum over generated records: key<TAB>count<TAB>sum",
         params: vec![
-            ParamSpec { name: "keys", help: "distinct keys (default 1000)" },
-            ParamSpec { name: "records", help: "records to generate (default 1000000)" },
-            ParamSpec { name: "seed", help: "generator seed (default 42)" },
-            ParamSpec { name: "rate", help: "records per second over all sources (default: unlimited)" },
-            ParamSpec { name: "output", help: "output directory of part files (default: blackhole)" },
-            ParamSpec { name: "emit", help: "final (one line per key at the end, default) | updates (one per record)" },
+            ParamSpec {
+                name: "keys",
+                help: "distinct keys (default 1000)",
+            },
+            ParamSpec {
+                name: "records",
+                help: "records to generate (default 1000000)",
+            },
+            ParamSpec {
+                name: "seed",
+                help: "generator seed (default 42)",
+            },
+            ParamSpec {
+                name: "rate",
+                help: "records per second over all sources (default: unlimited)",
+            },
+            ParamSpec {
+                name: "output",
+                help: "output directory of part files (default: blackhole)",
+            },
+            ParamSpec {
+                name: "emit",
+                help: "final (one line per key at the end, default) | updates (one per record)",
+            },
         ],
         build: build_from_params,
     }

@@ -12,7 +12,9 @@ use weir_cli::{Catalog, ParamError, Params};
 
 /// The catalog of the `weir` binary: `word-count` and `keyed-agg`.
 pub fn catalog() -> Catalog {
-    Catalog::new().register(word_count_spec()).register(keyed_agg_spec())
+    Catalog::new()
+        .register(word_count_spec())
+        .register(keyed_agg_spec())
 }
 
 /// Checks, without creating anything, that `dir` can hold a job's output: it is a writable
@@ -21,7 +23,10 @@ pub fn catalog() -> Catalog {
 pub(crate) fn check_output_dir(params: &Params, key: &str, dir: &Path) -> Result<(), ParamError> {
     let mut probe_dir: PathBuf = dir.to_path_buf();
     if dir.exists() && !dir.is_dir() {
-        return Err(params.invalid(key, format!("'{}' exists and is not a directory", dir.display())));
+        return Err(params.invalid(
+            key,
+            format!("'{}' exists and is not a directory", dir.display()),
+        ));
     }
     while !probe_dir.exists() {
         probe_dir = match probe_dir.parent() {
@@ -30,8 +35,12 @@ pub(crate) fn check_output_dir(params: &Params, key: &str, dir: &Path) -> Result
         };
     }
     let probe = probe_dir.join(format!(".weir-write-check-{}", std::process::id()));
-    std::fs::write(&probe, b"ok")
-        .map_err(|e| params.invalid(key, format!("output directory '{}' is not writable: {e}", dir.display())))?;
+    std::fs::write(&probe, b"ok").map_err(|e| {
+        params.invalid(
+            key,
+            format!("output directory '{}' is not writable: {e}", dir.display()),
+        )
+    })?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }

@@ -5,7 +5,9 @@ use crate::jobs::check_output_dir;
 use std::path::PathBuf;
 use weir_cli::{JobSpec, ParamError, ParamSpec, Params};
 use weir_connectors::{FileLinesSource, FileSink, PrintSink};
-use weir_runtime::{Collector, JobDefinition, KeyedContext, KeyedProcessFunction, StreamEnvironment, UserError};
+use weir_runtime::{
+    Collector, JobDefinition, KeyedContext, KeyedProcessFunction, StreamEnvironment, UserError,
+};
 use weir_state::{StateRegistry, ValueState};
 
 /// Keeps each word's running count and emits `word<TAB>count` on every occurrence.
@@ -20,7 +22,12 @@ impl KeyedProcessFunction<String, String, String> for WordCounter {
         Ok(())
     }
 
-    fn process_element(&mut self, word: String, ctx: &mut KeyedContext<'_, String>, out: &mut Collector<String>) -> Result<(), UserError> {
+    fn process_element(
+        &mut self,
+        word: String,
+        ctx: &mut KeyedContext<'_, String>,
+        out: &mut Collector<String>,
+    ) -> Result<(), UserError> {
         let state = self.count.as_ref().ok_or("WordCounter used before open")?;
         let count = state.get(ctx)?.unwrap_or(0) + 1;
         state.update(ctx, &count)?;
@@ -37,7 +44,11 @@ pub fn word_count(input: PathBuf, output: Option<PathBuf>) -> Result<JobDefiniti
     let counts = env
         .add_source(source)
         .uid("source")
-        .flat_map(|line: String| line.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .flat_map(|line: String| {
+            line.split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
         .uid("tokenize")
         .name("Tokenize")
         .key_by(|word: &String| word.clone())
@@ -57,8 +68,14 @@ pub fn word_count_spec() -> JobSpec {
         name: "word-count",
         description: "counts words of text files: word<TAB>count updates",
         params: vec![
-            ParamSpec { name: "input", help: "a text file or a directory of them (required)" },
-            ParamSpec { name: "output", help: "output directory of part files (default: stdout)" },
+            ParamSpec {
+                name: "input",
+                help: "a text file or a directory of them (required)",
+            },
+            ParamSpec {
+                name: "output",
+                help: "output directory of part files (default: stdout)",
+            },
         ],
         build: build_from_params,
     }

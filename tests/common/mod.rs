@@ -41,7 +41,9 @@ pub fn stderr(o: &Output) -> String {
 /// Writes `lines` lines of words drawn (deterministically) from a vocabulary of `vocab` words,
 /// single-space separated, some lines empty.
 pub fn write_text(path: &Path, lines: usize, vocab: usize, seed: u64) {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = || {
         x ^= x << 13;
         x ^= x >> 7;
@@ -51,7 +53,9 @@ pub fn write_text(path: &Path, lines: usize, vocab: usize, seed: u64) {
     let mut text = String::new();
     for _ in 0..lines {
         let n = (next() % 13) as usize;
-        let words: Vec<String> = (0..n).map(|_| format!("w{}", next() % vocab as u64)).collect();
+        let words: Vec<String> = (0..n)
+            .map(|_| format!("w{}", next() % vocab as u64))
+            .collect();
         text.push_str(&words.join(" "));
         text.push('\n');
     }
@@ -63,12 +67,21 @@ pub fn read_parts(dir: &Path) -> Vec<String> {
     let mut names: Vec<_> = std::fs::read_dir(dir)
         .expect("read output dir")
         .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("part-")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("part-"))
+        })
         .collect();
     names.sort();
     names
         .iter()
-        .flat_map(|p| std::fs::read_to_string(p).expect("read part").lines().map(str::to_string).collect::<Vec<_>>())
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .expect("read part")
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -76,7 +89,9 @@ pub fn read_parts(dir: &Path) -> Vec<String> {
 pub fn final_counts(lines: &[String]) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     for l in lines {
-        let (w, c) = l.split_once('\t').unwrap_or_else(|| panic!("not word<TAB>count: {l:?}"));
+        let (w, c) = l
+            .split_once('\t')
+            .unwrap_or_else(|| panic!("not word<TAB>count: {l:?}"));
         let c: u64 = c.parse().expect("count");
         let e = out.entry(w.to_string()).or_insert(0);
         *e = (*e).max(c);
@@ -92,7 +107,11 @@ pub fn tree(dir: &Path) -> Vec<String> {
             let p = e.path();
             out.push(p.strip_prefix(dir).unwrap().display().to_string());
             if p.is_dir() {
-                out.extend(tree(&p).into_iter().map(|c| format!("{}/{c}", p.file_name().unwrap().to_string_lossy())));
+                out.extend(
+                    tree(&p)
+                        .into_iter()
+                        .map(|c| format!("{}/{c}", p.file_name().unwrap().to_string_lossy())),
+                );
             }
         }
     }

@@ -64,7 +64,12 @@ impl Catalog {
                 return Err(ParamError::Unknown {
                     key: key.to_string(),
                     job: job.name.to_string(),
-                    known: job.params.iter().map(|p| p.name).collect::<Vec<_>>().join(", "),
+                    known: job
+                        .params
+                        .iter()
+                        .map(|p| p.name)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 });
             }
         }

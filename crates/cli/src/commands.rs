@@ -17,7 +17,11 @@ use weir_state::{HeapStateBackendFactory, StateBackendFactory};
 use weir_state_rocksdb::RocksDbStateBackendFactory;
 
 #[derive(Parser, Debug)]
-#[command(name = "weir", version, about = "Weir: stateful stream processing whose keyed state survives crashes")]
+#[command(
+    name = "weir",
+    version,
+    about = "Weir: stateful stream processing whose keyed state survives crashes"
+)]
 struct Cli {
     /// Configuration file (default: ./weir.toml when it exists).
     #[arg(long, global = true, value_name = "FILE")]
@@ -149,7 +153,10 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
@@ -179,16 +186,22 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Plan { job, json } => {
-            let (_, plan) = build_and_plan(catalog, &config, &job.job, job.parallelism, &job.params)?;
+            let (_, plan) =
+                build_and_plan(catalog, &config, &job.job, job.parallelism, &job.params)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&render::plan_json(&plan)).expect("plan serialises"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&render::plan_json(&plan))
+                        .expect("plan serialises")
+                );
             } else {
                 print!("{}", render::plan_text(&plan));
             }
             Ok(())
         }
         Command::Local { job, json, .. } => {
-            let (def, plan) = build_and_plan(catalog, &config, &job.job, job.parallelism, &job.params)?;
+            let (def, plan) =
+                build_and_plan(catalog, &config, &job.job, job.parallelism, &job.params)?;
             let report = execute(&config, &def, &plan)?;
             let rate = report.source_records as f64 / report.duration.as_secs_f64().max(1e-9);
             if json {
@@ -218,10 +231,28 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Bench { workload, parallelism, keys, records, seed, json, .. } => {
-            let params = vec![format!("keys={keys}"), format!("records={records}"), format!("seed={seed}")];
+        Command::Bench {
+            workload,
+            parallelism,
+            keys,
+            records,
+            seed,
+            json,
+            ..
+        } => {
+            let params = vec![
+                format!("keys={keys}"),
+                format!("records={records}"),
+                format!("seed={seed}"),
+            ];
             let (def, plan) = build_and_plan(catalog, &config, &workload, parallelism, &params)?;
-            let p = plan.job.vertices.iter().map(|v| v.parallelism).max().unwrap_or(1);
+            let p = plan
+                .job
+                .vertices
+                .iter()
+                .map(|v| v.parallelism)
+                .max()
+                .unwrap_or(1);
             let report = execute(&config, &def, &plan)?;
             let secs = report.duration.as_secs_f64().max(1e-9);
             let rate = report.source_records as f64 / secs;
@@ -243,12 +274,21 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                     })
                 );
             } else {
-                println!("workload        {workload} (p={p}, state backend {})", config.state_backend.as_str());
-                println!("records         {} over {} keys in {:.2} s", report.source_records, keys, secs);
+                println!(
+                    "workload        {workload} (p={p}, state backend {})",
+                    config.state_backend.as_str()
+                );
+                println!(
+                    "records         {} over {} keys in {:.2} s",
+                    report.source_records, keys, secs
+                );
                 println!("throughput      {:.0} records/s", rate);
                 println!("peak RSS        {}", human_bytes(rss));
                 println!("state size      {}", human_bytes(report.state_bytes));
-                println!("memory budget   {} (taskmanager.memory.managed.size)", human_bytes(config.managed_memory_bytes));
+                println!(
+                    "memory budget   {} (taskmanager.memory.managed.size)",
+                    human_bytes(config.managed_memory_bytes)
+                );
             }
             Ok(())
         }
@@ -302,9 +342,11 @@ fn build_and_plan(
 
 /// Checks that `dir` exists or can be created, and that a file can be written in it.
 fn check_writable_dir(dir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("state dir '{}' cannot be created: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("state dir '{}' cannot be created: {e}", dir.display()))?;
     let probe = dir.join(format!(".weir-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"probe").map_err(|e| format!("state dir '{}' is not writable: {e}", dir.display()))?;
+    std::fs::write(&probe, b"probe")
+        .map_err(|e| format!("state dir '{}' is not writable: {e}", dir.display()))?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }

@@ -211,7 +211,9 @@ pub fn parse_memory_size(v: &str) -> Result<u64, String> {
     let s = v.trim().to_ascii_lowercase();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| "expected a size such as 256mb".to_string())?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| "expected a size such as 256mb".to_string())?;
     let mult: u64 = match unit.trim() {
         "" | "b" | "bytes" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -229,7 +231,9 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
     let s = v.trim().to_ascii_lowercase();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| "expected a duration such as 100ms or 1s".to_string())?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| "expected a duration such as 100ms or 1s".to_string())?;
     Ok(match unit.trim() {
         "" | "ms" | "milli" | "millis" => Duration::from_millis(n),
         "s" | "sec" | "secs" | "second" | "seconds" => Duration::from_secs(n),
@@ -264,13 +268,17 @@ impl Config {
 
     /// Every key with its effective value and help, in declaration order.
     pub fn describe(&self) -> Vec<(&'static str, String, &'static str)> {
-        KEYS.iter().map(|k| (k.key, self.value_of(k.key), k.help)).collect()
+        KEYS.iter()
+            .map(|k| (k.key, self.value_of(k.key), k.help))
+            .collect()
     }
 
     fn value_of(&self, key: &str) -> String {
         match key {
             "parallelism.default" => self.parallelism_default.to_string(),
-            "pipeline.max-parallelism" => self.max_parallelism.map_or("auto".into(), |m| m.to_string()),
+            "pipeline.max-parallelism" => self
+                .max_parallelism
+                .map_or("auto".into(), |m| m.to_string()),
             "state.backend" => self.state_backend.as_str().to_string(),
             "state.backend.rocksdb.localdir" => self.state_dir.display().to_string(),
             "taskmanager.memory.managed.size" => format!("{}mb", self.managed_memory_bytes >> 20),
@@ -282,10 +290,13 @@ impl Config {
     }
 
     fn set(&mut self, key: &str, value: &str, origin: &str) -> Result<(), ConfigError> {
-        let spec = KEYS.iter().find(|k| k.key == key).ok_or_else(|| ConfigError::UnknownKey {
-            key: key.to_string(),
-            origin: origin.to_string(),
-        })?;
+        let spec = KEYS
+            .iter()
+            .find(|k| k.key == key)
+            .ok_or_else(|| ConfigError::UnknownKey {
+                key: key.to_string(),
+                origin: origin.to_string(),
+            })?;
         (spec.apply)(self, value).map_err(|reason| ConfigError::BadValue {
             key: key.to_string(),
             value: value.to_string(),
@@ -309,11 +320,16 @@ impl Config {
         };
         if let Some(path) = file {
             let origin = path.display().to_string();
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| ConfigError::File { path: origin.clone(), detail: e.to_string() })?;
-            let table: toml::Table = text
-                .parse()
-                .map_err(|e: toml::de::Error| ConfigError::File { path: origin.clone(), detail: e.message().to_string() })?;
+            let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::File {
+                path: origin.clone(),
+                detail: e.to_string(),
+            })?;
+            let table: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::File {
+                        path: origin.clone(),
+                        detail: e.message().to_string(),
+                    })?;
             let mut flat = Vec::new();
             flatten("", &toml::Value::Table(table), &mut flat);
             for (k, v) in flat {
@@ -328,7 +344,9 @@ impl Config {
             }
         }
         for o in overrides {
-            let (k, v) = o.split_once('=').ok_or_else(|| ConfigError::MalformedOverride(o.clone()))?;
+            let (k, v) = o
+                .split_once('=')
+                .ok_or_else(|| ConfigError::MalformedOverride(o.clone()))?;
             c.set(k.trim(), v.trim(), &format!("-D {}", k.trim()))?;
         }
         Ok(c)
@@ -339,7 +357,11 @@ fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) {
     match value {
         toml::Value::Table(t) => {
             for (k, v) in t {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&key, v, out);
             }
         }
@@ -358,7 +380,10 @@ mod tests {
         let file = dir.path().join("weir.toml");
         std::fs::write(&file, "parallelism.default = 3\n[taskmanager.network]\nbatch-size = 7\n\"channel-capacity\" = 2\n").unwrap();
         let c = Config::load(Some(&file), vec![], &[]).unwrap();
-        assert_eq!((c.parallelism_default, c.batch_size, c.channel_capacity), (3, 7, 2));
+        assert_eq!(
+            (c.parallelism_default, c.batch_size, c.channel_capacity),
+            (3, 7, 2)
+        );
         let env = vec![("WEIR_PARALLELISM_DEFAULT".to_string(), "4".to_string())];
         let c = Config::load(Some(&file), env.clone(), &[]).unwrap();
         assert_eq!(c.parallelism_default, 4);
@@ -372,12 +397,23 @@ mod tests {
         let file = dir.path().join("weir.toml");
         std::fs::write(&file, "state.backnd = \"heap\"\n").unwrap();
         let err = Config::load(Some(&file), vec![], &[]).unwrap_err();
-        assert_eq!(err.to_string(), format!("unknown configuration key 'state.backnd' (from {})", file.display()));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "unknown configuration key 'state.backnd' (from {})",
+                file.display()
+            )
+        );
     }
 
     #[test]
     fn a_bad_value_names_the_key_the_value_and_the_flag() {
-        let err = Config::load(None, vec![], &["taskmanager.memory.managed.size=lots".into()]).unwrap_err();
+        let err = Config::load(
+            None,
+            vec![],
+            &["taskmanager.memory.managed.size=lots".into()],
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "configuration key 'taskmanager.memory.managed.size' (from -D taskmanager.memory.managed.size): bad value 'lots': expected a size such as 256mb"

@@ -57,14 +57,20 @@ impl Params {
                 .ok_or_else(|| ParamError::Malformed(item.clone()))?;
             values.insert(k.trim().to_string(), v.to_string());
         }
-        Ok(Self { job: job.to_string(), values })
+        Ok(Self {
+            job: job.to_string(),
+            values,
+        })
     }
 
     /// Parameters built in code (tests, benchmarks).
     pub fn from_pairs(job: &str, pairs: &[(&str, &str)]) -> Self {
         Self {
             job: job.to_string(),
-            values: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            values: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 
@@ -90,11 +96,14 @@ impl Params {
     {
         match self.values.get(key) {
             None => Ok(None),
-            Some(v) => v.parse().map(Some).map_err(|e: T::Err| ParamError::Invalid {
-                key: key.to_string(),
-                value: v.clone(),
-                reason: e.to_string(),
-            }),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|e: T::Err| ParamError::Invalid {
+                    key: key.to_string(),
+                    value: v.clone(),
+                    reason: e.to_string(),
+                }),
         }
     }
 
@@ -111,7 +120,10 @@ impl Params {
     where
         T::Err: std::fmt::Display,
     {
-        self.get(key)?.ok_or_else(|| ParamError::Missing { job: self.job.clone(), key: key.to_string() })
+        self.get(key)?.ok_or_else(|| ParamError::Missing {
+            job: self.job.clone(),
+            key: key.to_string(),
+        })
     }
 
     /// An [`ParamError::Invalid`] for `key`'s value.
@@ -131,13 +143,19 @@ mod tests {
     #[test]
     fn a_param_without_equals_is_malformed() {
         let err = Params::parse("j", &["keys".into()]).unwrap_err();
-        assert_eq!(err.to_string(), "malformed --param 'keys': expected key=value");
+        assert_eq!(
+            err.to_string(),
+            "malformed --param 'keys': expected key=value"
+        );
     }
 
     #[test]
     fn a_bad_number_names_the_key_and_value() {
         let p = Params::parse("j", &["keys=ten".into()]).unwrap();
         let err = p.get::<u64>("keys").unwrap_err();
-        assert_eq!(err.to_string(), "--param keys=ten: invalid digit found in string");
+        assert_eq!(
+            err.to_string(),
+            "--param keys=ten: invalid digit found in string"
+        );
     }
 }

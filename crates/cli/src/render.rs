@@ -40,10 +40,18 @@ pub fn plan_text(plan: &Plan) -> String {
             n.name,
             n.resolved_parallelism,
             kind,
-            if inputs.is_empty() { String::new() } else { format!("  <- {}", inputs.join(", ")) }
+            if inputs.is_empty() {
+                String::new()
+            } else {
+                format!("  <- {}", inputs.join(", "))
+            }
         );
     }
-    let _ = writeln!(s, "\nJobGraph ({} vertices; forward edges of equal parallelism are chained)", plan.job.vertices.len());
+    let _ = writeln!(
+        s,
+        "\nJobGraph ({} vertices; forward edges of equal parallelism are chained)",
+        plan.job.vertices.len()
+    );
     for v in &plan.job.vertices {
         let _ = writeln!(
             s,
@@ -73,7 +81,11 @@ pub fn plan_text(plan: &Plan) -> String {
             st.subtask.0,
             st.parallelism,
             st.slot,
-            if keyed { format!("  key groups {}", st.key_groups) } else { String::new() }
+            if keyed {
+                format!("  key groups {}", st.key_groups)
+            } else {
+                String::new()
+            }
         );
     }
     s

@@ -45,8 +45,16 @@ impl ExecutionGraph {
                 });
             }
         }
-        let slots_needed = job.vertices.iter().map(|v| v.parallelism).max().unwrap_or(0);
-        ExecutionGraph { subtasks, slots_needed }
+        let slots_needed = job
+            .vertices
+            .iter()
+            .map(|v| v.parallelism)
+            .max()
+            .unwrap_or(0);
+        ExecutionGraph {
+            subtasks,
+            slots_needed,
+        }
     }
 
     /// The subtasks of `vertex`.
@@ -72,7 +80,11 @@ mod tests {
     }
 
     fn edge(a: u32, b: u32, p: Option<Partitioning>) -> StreamEdge {
-        StreamEdge { source: NodeId(a), target: NodeId(b), partitioning: p }
+        StreamEdge {
+            source: NodeId(a),
+            target: NodeId(b),
+            partitioning: p,
+        }
     }
 
     fn word_count() -> StreamGraph {
@@ -98,7 +110,12 @@ mod tests {
     #[test]
     fn source_and_flat_map_chain_and_the_hash_edge_breaks_the_chain() {
         let mut g = word_count();
-        g.resolve(ParallelismSettings { config_default: 1, cli: Some(2), config_max_parallelism: None }).unwrap();
+        g.resolve(ParallelismSettings {
+            config_default: 1,
+            cli: Some(2),
+            config_max_parallelism: None,
+        })
+        .unwrap();
         let job = JobGraph::from_stream_graph(&g);
         assert_eq!(job.vertices.len(), 2);
         assert_eq!(job.vertices[0].uids, vec!["source", "split"]);
@@ -118,7 +135,12 @@ mod tests {
         let mut g = word_count();
         g.nodes[3].parallelism = Some(1);
         g.job_parallelism = Some(3);
-        g.resolve(ParallelismSettings { config_default: 4, cli: Some(2), config_max_parallelism: None }).unwrap();
+        g.resolve(ParallelismSettings {
+            config_default: 4,
+            cli: Some(2),
+            config_max_parallelism: None,
+        })
+        .unwrap();
         let ps: Vec<u32> = g.nodes.iter().map(|n| n.resolved_parallelism).collect();
         assert_eq!(ps, vec![3, 3, 3, 1]);
         // The parallelism change turned the unspecified edge into rebalance, breaking the chain.
@@ -129,10 +151,20 @@ mod tests {
     #[test]
     fn the_cli_parallelism_beats_the_config_default() {
         let mut g = word_count();
-        g.resolve(ParallelismSettings { config_default: 4, cli: Some(2), config_max_parallelism: None }).unwrap();
+        g.resolve(ParallelismSettings {
+            config_default: 4,
+            cli: Some(2),
+            config_max_parallelism: None,
+        })
+        .unwrap();
         assert!(g.nodes.iter().all(|n| n.resolved_parallelism == 2));
         let mut g = word_count();
-        g.resolve(ParallelismSettings { config_default: 4, cli: None, config_max_parallelism: None }).unwrap();
+        g.resolve(ParallelismSettings {
+            config_default: 4,
+            cli: None,
+            config_max_parallelism: None,
+        })
+        .unwrap();
         assert!(g.nodes.iter().all(|n| n.resolved_parallelism == 4));
     }
 
@@ -141,7 +173,10 @@ mod tests {
         let mut g = word_count();
         g.nodes[1].uid = None;
         let err = g.resolve(ParallelismSettings::default()).unwrap_err();
-        assert_eq!(err.to_string(), "operator 'split' (node-1) has no uid: call .uid(\"…\") on it");
+        assert_eq!(
+            err.to_string(),
+            "operator 'split' (node-1) has no uid: call .uid(\"…\") on it"
+        );
     }
 
     #[test]
@@ -150,25 +185,49 @@ mod tests {
         g.nodes[3].uid = Some("count".into());
         g.nodes[3].name = "Sink: print".into();
         let err = g.resolve(ParallelismSettings::default()).unwrap_err();
-        assert_eq!(err.to_string(), "duplicate operator uid 'count': used by 'count' and 'Sink: print'");
+        assert_eq!(
+            err.to_string(),
+            "duplicate operator uid 'count': used by 'count' and 'Sink: print'"
+        );
     }
 
     #[test]
     fn parallelism_zero_and_above_max_parallelism_are_rejected() {
         let mut g = word_count();
-        let err = g.resolve(ParallelismSettings { config_default: 1, cli: Some(0), config_max_parallelism: None }).unwrap_err();
-        assert!(matches!(err, GraphError::BadParallelism { parallelism: 0, .. }), "{err}");
+        let err = g
+            .resolve(ParallelismSettings {
+                config_default: 1,
+                cli: Some(0),
+                config_max_parallelism: None,
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, GraphError::BadParallelism { parallelism: 0, .. }),
+            "{err}"
+        );
         let mut g = word_count();
-        let settings = ParallelismSettings { config_default: 1, cli: Some(5), config_max_parallelism: Some(4) };
+        let settings = ParallelismSettings {
+            config_default: 1,
+            cli: Some(5),
+            config_max_parallelism: Some(4),
+        };
         let err = g.resolve(settings).unwrap_err();
-        assert!(err.to_string().contains("-p: parallelism 5 is invalid"), "{err}");
+        assert!(
+            err.to_string().contains("-p: parallelism 5 is invalid"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_non_parallel_source_runs_with_parallelism_one() {
         let mut g = word_count();
         g.nodes[0].kind = NodeKind::Source { parallel: false };
-        g.resolve(ParallelismSettings { config_default: 1, cli: Some(2), config_max_parallelism: None }).unwrap();
+        g.resolve(ParallelismSettings {
+            config_default: 1,
+            cli: Some(2),
+            config_max_parallelism: None,
+        })
+        .unwrap();
         assert_eq!(g.nodes[0].resolved_parallelism, 1);
         assert_eq!(g.edges[0].partitioning, Some(Partitioning::Rebalance));
     }

@@ -78,7 +78,9 @@ impl JobGraph {
                         nodes: Vec::new(),
                         uids: Vec::new(),
                         parallelism: node.resolved_parallelism,
-                        keyed: inputs.iter().any(|e| e.partitioning == Some(Partitioning::Hash)),
+                        keyed: inputs
+                            .iter()
+                            .any(|e| e.partitioning == Some(Partitioning::Hash)),
                     });
                     v
                 }
@@ -100,7 +102,10 @@ impl JobGraph {
             .edges
             .iter()
             .filter_map(|e| {
-                let (s, t) = (vertex_of[e.source.0 as usize]?, vertex_of[e.target.0 as usize]?);
+                let (s, t) = (
+                    vertex_of[e.source.0 as usize]?,
+                    vertex_of[e.target.0 as usize]?,
+                );
                 (s != t).then(|| JobEdge {
                     source: s,
                     target: t,

@@ -27,7 +27,7 @@ mod stream;
 pub use execution::{ExecutionGraph, ExecutionVertex};
 pub use job::{JobEdge, JobGraph, JobVertex};
 pub use stream::{
-    NodeKind, Partitioning, ParallelismSettings, StreamEdge, StreamGraph, StreamNode,
+    NodeKind, ParallelismSettings, Partitioning, StreamEdge, StreamGraph, StreamNode,
 };
 
 /// Why a graph cannot be built or run.

@@ -128,9 +128,16 @@ impl StreamGraph {
 
     /// Checks the graph and fixes parallelism, max parallelism and edge partitioning (see the
     /// crate docs). Returns the validated uids by node.
-    pub fn resolve(&mut self, settings: ParallelismSettings) -> Result<Vec<OperatorUid>, GraphError> {
+    pub fn resolve(
+        &mut self,
+        settings: ParallelismSettings,
+    ) -> Result<Vec<OperatorUid>, GraphError> {
         let uids = self.check_uids()?;
-        if !self.nodes.iter().any(|n| matches!(n.kind, NodeKind::Source { .. })) {
+        if !self
+            .nodes
+            .iter()
+            .any(|n| matches!(n.kind, NodeKind::Source { .. }))
+        {
             return Err(GraphError::NoSource);
         }
         for e in &self.edges {
@@ -152,12 +159,18 @@ impl StreamGraph {
         let (base, base_what) = match (self.job_parallelism, settings.cli) {
             (Some(p), _) => (p, "job parallelism".to_string()),
             (None, Some(p)) => (p, "-p".to_string()),
-            (None, None) => (settings.config_default.max(1), "parallelism.default".to_string()),
+            (None, None) => (
+                settings.config_default.max(1),
+                "parallelism.default".to_string(),
+            ),
         };
         let mut whats = Vec::with_capacity(self.nodes.len());
         for node in &mut self.nodes {
             let (p, what) = match node.parallelism {
-                Some(p) => (p, format!("operator '{}'", node.uid.as_deref().unwrap_or(&node.name))),
+                Some(p) => (
+                    p,
+                    format!("operator '{}'", node.uid.as_deref().unwrap_or(&node.name)),
+                ),
                 None => (base, base_what.clone()),
             };
             let p = match node.kind {
@@ -174,8 +187,15 @@ impl StreamGraph {
             whats.push(what);
         }
         // 2. Max parallelism: job setting, else Flink's default from the largest parallelism.
-        let largest = self.nodes.iter().map(|n| n.resolved_parallelism).max().unwrap_or(1);
-        let max_p = self.max_parallelism.unwrap_or_else(|| default_max_parallelism(largest));
+        let largest = self
+            .nodes
+            .iter()
+            .map(|n| n.resolved_parallelism)
+            .max()
+            .unwrap_or(1);
+        let max_p = self
+            .max_parallelism
+            .unwrap_or_else(|| default_max_parallelism(largest));
         for (node, what) in self.nodes.iter().zip(&whats) {
             let p = node.resolved_parallelism;
             if p == 0 || p > max_p {
@@ -243,7 +263,11 @@ impl StreamGraph {
         for e in &self.edges {
             *indegree.entry(e.target).or_default() += 1;
         }
-        let mut ready: Vec<NodeId> = indegree.iter().filter(|(_, d)| **d == 0).map(|(n, _)| *n).collect();
+        let mut ready: Vec<NodeId> = indegree
+            .iter()
+            .filter(|(_, d)| **d == 0)
+            .map(|(n, _)| *n)
+            .collect();
         ready.reverse();
         let mut out = Vec::with_capacity(self.nodes.len());
         while let Some(n) = ready.pop() {

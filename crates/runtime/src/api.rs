@@ -38,13 +38,24 @@ pub(crate) trait ErasedOperator: Send + Sync {
     /// Builds the operator over `outputs`; returns a `Box<dyn Link<IN>>`.
     fn build(&self, ctx: &SubtaskCtx, outputs: Vec<AnyBox>) -> Result<AnyBox, TaskError>;
     /// Runs the input loop: `inputs` are `Receiver<StreamElement<IN>>`, `head` from `build`.
-    fn run_inputs(&self, ctx: &SubtaskCtx, inputs: Vec<AnyBox>, head: AnyBox) -> Result<(), TaskError>;
+    fn run_inputs(
+        &self,
+        ctx: &SubtaskCtx,
+        inputs: Vec<AnyBox>,
+        head: AnyBox,
+    ) -> Result<(), TaskError>;
 }
 
 pub(crate) trait ErasedEdge: Send + Sync {
     /// The channels of the edge: (per upstream subtask `Vec<Sender>`, per downstream subtask
     /// receivers, each `Receiver<StreamElement<T>>`).
-    fn channels(&self, n_up: usize, n_down: usize, forward: bool, capacity: usize) -> (Vec<AnyBox>, Vec<Vec<AnyBox>>);
+    fn channels(
+        &self,
+        n_up: usize,
+        n_down: usize,
+        forward: bool,
+        capacity: usize,
+    ) -> (Vec<AnyBox>, Vec<Vec<AnyBox>>);
     /// The writer of one upstream subtask over its senders; returns a `Box<dyn Link<T>>`.
     fn writer(&self, ctx: &SubtaskCtx, senders: AnyBox, partitioning: Partitioning) -> AnyBox;
 }
@@ -80,8 +91,9 @@ impl<T: Data> ErasedSource for SourceNode<T> {
     }
 }
 
-type MakeLink<IN, OUT> =
-    Arc<dyn Fn(&SubtaskCtx, Box<dyn Link<OUT>>) -> Result<Box<dyn Link<IN>>, TaskError> + Send + Sync>;
+type MakeLink<IN, OUT> = Arc<
+    dyn Fn(&SubtaskCtx, Box<dyn Link<OUT>>) -> Result<Box<dyn Link<IN>>, TaskError> + Send + Sync,
+>;
 
 struct OperatorNode<IN, OUT> {
     make: MakeLink<IN, OUT>,
@@ -94,7 +106,12 @@ impl<IN: Data, OUT: Data> ErasedOperator for OperatorNode<IN, OUT> {
         Ok(Box::new(link))
     }
 
-    fn run_inputs(&self, ctx: &SubtaskCtx, inputs: Vec<AnyBox>, head: AnyBox) -> Result<(), TaskError> {
+    fn run_inputs(
+        &self,
+        ctx: &SubtaskCtx,
+        inputs: Vec<AnyBox>,
+        head: AnyBox,
+    ) -> Result<(), TaskError> {
         let ident = ctx.ident();
         let inputs: Vec<Receiver<StreamElement<IN>>> = inputs
             .into_iter()
@@ -110,7 +127,13 @@ struct EdgeNode<T> {
 }
 
 impl<T: Data> ErasedEdge for EdgeNode<T> {
-    fn channels(&self, n_up: usize, n_down: usize, forward: bool, capacity: usize) -> (Vec<AnyBox>, Vec<Vec<AnyBox>>) {
+    fn channels(
+        &self,
+        n_up: usize,
+        n_down: usize,
+        forward: bool,
+        capacity: usize,
+    ) -> (Vec<AnyBox>, Vec<Vec<AnyBox>>) {
         let (senders, receivers) = make_channels::<T>(n_up, n_down, forward, capacity);
         (
             senders.into_iter().map(|s| Box::new(s) as AnyBox).collect(),
@@ -122,11 +145,15 @@ impl<T: Data> ErasedEdge for EdgeNode<T> {
     }
 
     fn writer(&self, ctx: &SubtaskCtx, senders: AnyBox, partitioning: Partitioning) -> AnyBox {
-        let senders: Vec<Sender<StreamElement<T>>> = *senders.downcast().expect("senders of the edge type");
+        let senders: Vec<Sender<StreamElement<T>>> =
+            *senders.downcast().expect("senders of the edge type");
         let router = match partitioning {
             Partitioning::Forward => Router::Forward,
             Partitioning::Hash => Router::Hash {
-                key_bytes: self.key_bytes.clone().expect("a hash edge has a key selector"),
+                key_bytes: self
+                    .key_bytes
+                    .clone()
+                    .expect("a hash edge has a key selector"),
                 max_parallelism: ctx.max_parallelism,
             },
             Partitioning::Rebalance => Router::Rebalance,
@@ -219,10 +246,19 @@ impl StreamEnvironment {
     /// Adds a source.
     pub fn add_source<T: Data>(&self, source: impl Source<T>) -> DataStream<T> {
         let name = format!("Source: {}", source.name());
-        let kind = NodeKind::Source { parallel: source.parallel() };
-        let rt = NodeRuntime::Source(Arc::new(SourceNode { source: Arc::new(source) }));
+        let kind = NodeKind::Source {
+            parallel: source.parallel(),
+        };
+        let rt = NodeRuntime::Source(Arc::new(SourceNode {
+            source: Arc::new(source),
+        }));
         let node = add_node::<T>(&self.b, None, name, kind, rt);
-        DataStream { b: self.b.clone(), node, partitioning: None, _t: PhantomData }
+        DataStream {
+            b: self.b.clone(),
+            node,
+            partitioning: None,
+            _t: PhantomData,
+        }
     }
 
     /// Finishes building. Uids and parallelism are checked when the job is planned.
@@ -237,7 +273,11 @@ impl StreamEnvironment {
                     edges: std::mem::take(&mut b.edges),
                 }
             });
-        JobDefinition { graph: b.graph, nodes: b.nodes, edges: b.edges }
+        JobDefinition {
+            graph: b.graph,
+            nodes: b.nodes,
+            edges: b.edges,
+        }
     }
 }
 
@@ -277,7 +317,11 @@ fn add_node<T: Data>(
             NextEdge::Explicit(p) => (Some(p), None),
             NextEdge::Hash(k) => (Some(Partitioning::Hash), Some(k)),
         };
-        b.graph.edges.push(StreamEdge { source: input.node, target: id, partitioning });
+        b.graph.edges.push(StreamEdge {
+            source: input.node,
+            target: id,
+            partitioning,
+        });
         b.edges.push(Arc::new(EdgeNode { key_bytes }));
     }
     id
@@ -322,44 +366,85 @@ impl<T: Data> DataStream<T> {
             Some(NextEdge::Explicit(p)) => NextEdge::Explicit(*p),
             Some(NextEdge::Hash(k)) => NextEdge::Hash(k.clone()),
         };
-        Input { node: self.node, edge }
+        Input {
+            node: self.node,
+            edge,
+        }
     }
 
-    fn then<OUT: Data>(&self, name: &str, kind: NodeKind, make: MakeLink<T, OUT>) -> DataStream<OUT> {
+    fn then<OUT: Data>(
+        &self,
+        name: &str,
+        kind: NodeKind,
+        make: MakeLink<T, OUT>,
+    ) -> DataStream<OUT> {
         let rt = NodeRuntime::Operator(Arc::new(OperatorNode { make }));
         let node = add_node(&self.b, Some(self.input()), name.to_string(), kind, rt);
-        DataStream { b: self.b.clone(), node, partitioning: None, _t: PhantomData }
+        DataStream {
+            b: self.b.clone(),
+            node,
+            partitioning: None,
+            _t: PhantomData,
+        }
     }
 
     fn with_partitioning(&self, p: NextEdge<T>) -> Self {
-        DataStream { b: self.b.clone(), node: self.node, partitioning: Some(p), _t: PhantomData }
+        DataStream {
+            b: self.b.clone(),
+            node: self.node,
+            partitioning: Some(p),
+            _t: PhantomData,
+        }
     }
 
     /// Applies `f` to every record.
     pub fn map<OUT: Data>(&self, f: impl Fn(T) -> OUT + Send + Sync + 'static) -> DataStream<OUT> {
         let f = Arc::new(f);
-        self.then("Map", NodeKind::Operator, Arc::new(move |_ctx, next| {
-            Ok(Box::new(MapOp { f: f.clone(), next, _t: PhantomData }) as Box<dyn Link<T>>)
-        }))
+        self.then(
+            "Map",
+            NodeKind::Operator,
+            Arc::new(move |_ctx, next| {
+                Ok(Box::new(MapOp {
+                    f: f.clone(),
+                    next,
+                    _t: PhantomData,
+                }) as Box<dyn Link<T>>)
+            }),
+        )
     }
 
     /// Keeps the records for which `f` is true.
     pub fn filter(&self, f: impl Fn(&T) -> bool + Send + Sync + 'static) -> DataStream<T> {
         let f = Arc::new(f);
-        self.then("Filter", NodeKind::Operator, Arc::new(move |_ctx, next| {
-            Ok(Box::new(FilterOp { f: f.clone(), next }) as Box<dyn Link<T>>)
-        }))
+        self.then(
+            "Filter",
+            NodeKind::Operator,
+            Arc::new(move |_ctx, next| {
+                Ok(Box::new(FilterOp { f: f.clone(), next }) as Box<dyn Link<T>>)
+            }),
+        )
     }
 
     /// Replaces every record with the records `f` returns (zero or more).
-    pub fn flat_map<OUT: Data, I>(&self, f: impl Fn(T) -> I + Send + Sync + 'static) -> DataStream<OUT>
+    pub fn flat_map<OUT: Data, I>(
+        &self,
+        f: impl Fn(T) -> I + Send + Sync + 'static,
+    ) -> DataStream<OUT>
     where
         I: IntoIterator<Item = OUT> + 'static,
     {
         let f = Arc::new(f);
-        self.then("FlatMap", NodeKind::Operator, Arc::new(move |_ctx, next| {
-            Ok(Box::new(FlatMapOp { f: f.clone(), next, _t: PhantomData }) as Box<dyn Link<T>>)
-        }))
+        self.then(
+            "FlatMap",
+            NodeKind::Operator,
+            Arc::new(move |_ctx, next| {
+                Ok(Box::new(FlatMapOp {
+                    f: f.clone(),
+                    next,
+                    _t: PhantomData,
+                }) as Box<dyn Link<T>>)
+            }),
+        )
     }
 
     /// Distributes records round robin over the next operator's subtasks.
@@ -391,7 +476,10 @@ impl<T: Data> DataStream<T> {
         let key: Arc<dyn Fn(&T) -> K + Send + Sync> = Arc::new(key);
         let k2 = key.clone();
         let key_bytes: KeyBytesFn<T> = Arc::new(move |r, buf| encode_key(&k2(r), buf));
-        KeyedStream { stream: self.with_partitioning(NextEdge::Hash(key_bytes)), key }
+        KeyedStream {
+            stream: self.with_partitioning(NextEdge::Hash(key_bytes)),
+            key,
+        }
     }
 
     /// Writes the stream to `sink`.
@@ -429,17 +517,23 @@ pub struct DataStreamSink {
 impl DataStreamSink {
     /// Sets the sink's uid.
     pub fn uid(self, uid: &str) -> Self {
-        Self { inner: self.inner.uid(uid) }
+        Self {
+            inner: self.inner.uid(uid),
+        }
     }
 
     /// Sets the sink's display name.
     pub fn name(self, name: &str) -> Self {
-        Self { inner: self.inner.name(name) }
+        Self {
+            inner: self.inner.name(name),
+        }
     }
 
     /// Sets the sink's parallelism.
     pub fn parallelism(self, parallelism: u32) -> Self {
-        Self { inner: self.inner.parallelism(parallelism) }
+        Self {
+            inner: self.inner.parallelism(parallelism),
+        }
     }
 }
 
@@ -467,7 +561,8 @@ where
                 .create(&ctx.backend_scope())
                 .map_err(|e| ident.fail(crate::error::chain(&e)))?;
             let mut f = f.clone();
-            f.open(&mut StateRegistry::new(&mut *backend)).map_err(|e| ident.user(e))?;
+            f.open(&mut StateRegistry::new(&mut *backend))
+                .map_err(|e| ident.user(e))?;
             Ok(Box::new(KeyedProcessOp {
                 ident,
                 key_fn: key_fn.clone(),
@@ -482,7 +577,8 @@ where
                 metrics: ctx.metrics.clone(),
             }) as Box<dyn Link<T>>)
         });
-        self.stream.then("KeyedProcess", NodeKind::KeyedOperator, make)
+        self.stream
+            .then("KeyedProcess", NodeKind::KeyedOperator, make)
     }
 
     /// Folds every key's records with `f`, emitting the key's new value per record (Flink's
@@ -491,7 +587,11 @@ where
     where
         T: Serialize + DeserializeOwned,
     {
-        self.process(ReduceFn { f: Arc::new(f), state: None }).name("Reduce")
+        self.process(ReduceFn {
+            f: Arc::new(f),
+            state: None,
+        })
+        .name("Reduce")
     }
 
     /// Emits `(key, running sum of field(record))` per record. The sum lives in a ValueState
@@ -501,7 +601,12 @@ where
         N: Data + Serialize + DeserializeOwned + std::ops::Add<Output = N> + Default,
         K: Clone + Sync,
     {
-        self.process(SumFn { field: Arc::new(field), state: None, _k: PhantomData }).name("Sum")
+        self.process(SumFn {
+            field: Arc::new(field),
+            state: None,
+            _k: PhantomData,
+        })
+        .name("Sum")
     }
 }
 
@@ -512,7 +617,10 @@ struct ReduceFn<T> {
 
 impl<T> Clone for ReduceFn<T> {
     fn clone(&self) -> Self {
-        Self { f: self.f.clone(), state: self.state.clone() }
+        Self {
+            f: self.f.clone(),
+            state: self.state.clone(),
+        }
     }
 }
 
@@ -525,7 +633,12 @@ where
         Ok(())
     }
 
-    fn process_element(&mut self, value: T, ctx: &mut KeyedContext<'_, K>, out: &mut Collector<T>) -> Result<(), UserError> {
+    fn process_element(
+        &mut self,
+        value: T,
+        ctx: &mut KeyedContext<'_, K>,
+        out: &mut Collector<T>,
+    ) -> Result<(), UserError> {
         let state = self.state.as_ref().expect("opened");
         let next = match state.get(ctx)? {
             Some(acc) => (self.f)(acc, value),
@@ -545,7 +658,11 @@ struct SumFn<T, K, N> {
 
 impl<T, K, N> Clone for SumFn<T, K, N> {
     fn clone(&self) -> Self {
-        Self { field: self.field.clone(), state: self.state.clone(), _k: PhantomData }
+        Self {
+            field: self.field.clone(),
+            state: self.state.clone(),
+            _k: PhantomData,
+        }
     }
 }
 
@@ -560,7 +677,12 @@ where
         Ok(())
     }
 
-    fn process_element(&mut self, value: T, ctx: &mut KeyedContext<'_, K>, out: &mut Collector<(K, N)>) -> Result<(), UserError> {
+    fn process_element(
+        &mut self,
+        value: T,
+        ctx: &mut KeyedContext<'_, K>,
+        out: &mut Collector<(K, N)>,
+    ) -> Result<(), UserError> {
         let state = self.state.as_ref().expect("opened");
         let next = state.get(ctx)?.unwrap_or_default() + (self.field)(&value);
         state.update(ctx, &next)?;

@@ -11,7 +11,9 @@ use crate::TaskError;
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weir_types::{key_group_for_key_bytes, subtask_for_key_group, StreamElement, SubtaskIndex, Watermark};
+use weir_types::{
+    key_group_for_key_bytes, subtask_for_key_group, StreamElement, SubtaskIndex, Watermark,
+};
 
 /// Serialises a record's key into the buffer (the bytes the key group is computed from).
 pub(crate) type KeyBytesFn<T> = Arc<dyn Fn(&T, &mut Vec<u8>) -> Result<(), String> + Send + Sync>;
@@ -43,9 +45,13 @@ pub(crate) fn make_channels<T>(
     n_down: usize,
     forward: bool,
     capacity: usize,
-) -> (Vec<Vec<Sender<StreamElement<T>>>>, Vec<Vec<Receiver<StreamElement<T>>>>) {
+) -> (
+    Vec<Vec<Sender<StreamElement<T>>>>,
+    Vec<Vec<Receiver<StreamElement<T>>>>,
+) {
     let mut senders: Vec<Vec<Sender<StreamElement<T>>>> = (0..n_up).map(|_| Vec::new()).collect();
-    let mut receivers: Vec<Vec<Receiver<StreamElement<T>>>> = (0..n_down).map(|_| Vec::new()).collect();
+    let mut receivers: Vec<Vec<Receiver<StreamElement<T>>>> =
+        (0..n_down).map(|_| Vec::new()).collect();
     for (up, s) in senders.iter_mut().enumerate() {
         for (down, r) in receivers.iter_mut().enumerate() {
             if forward && up != down {
@@ -107,14 +113,20 @@ impl<T: Clone + Send> RecordWriter<T> {
     }
 
     fn send(&mut self, target: usize) -> Result<(), TaskError> {
-        let batch = std::mem::replace(&mut self.buffers[target], Vec::with_capacity(self.batch_size));
+        let batch = std::mem::replace(
+            &mut self.buffers[target],
+            Vec::with_capacity(self.batch_size),
+        );
         self.senders[target]
             .send(StreamElement::Batch(batch))
             .map_err(|_| self.lost())
     }
 
     fn lost(&self) -> TaskError {
-        TaskError::DownstreamLost { uid: self.uid.clone(), subtask: self.subtask }
+        TaskError::DownstreamLost {
+            uid: self.uid.clone(),
+            subtask: self.subtask,
+        }
     }
 
     fn buffer(&mut self, target: usize, record: T) -> Result<(), TaskError> {
@@ -138,10 +150,11 @@ impl<T: Clone + Send> RecordWriter<T> {
     fn broadcast_event(&mut self, event: StreamElement<T>) -> Result<(), TaskError> {
         self.flush_all()?;
         for s in &self.senders {
-            s.send(event.clone()).map_err(|_| TaskError::DownstreamLost {
-                uid: self.uid.clone(),
-                subtask: self.subtask,
-            })?;
+            s.send(event.clone())
+                .map_err(|_| TaskError::DownstreamLost {
+                    uid: self.uid.clone(),
+                    subtask: self.subtask,
+                })?;
         }
         Ok(())
     }
@@ -152,7 +165,10 @@ impl<T: Clone + Send> Link<T> for RecordWriter<T> {
         let n = self.senders.len();
         let target = match &self.router {
             Router::Forward => 0,
-            Router::Hash { key_bytes, max_parallelism } => {
+            Router::Hash {
+                key_bytes,
+                max_parallelism,
+            } => {
                 self.key_buf.clear();
                 key_bytes(&record, &mut self.key_buf).map_err(|message| TaskError::Operator {
                     uid: self.uid.clone(),
@@ -211,14 +227,26 @@ mod tests {
     #[test]
     fn a_watermark_never_overtakes_buffered_records() {
         let (mut tx, rx) = make_channels::<u32>(1, 1, true, 16);
-        let mut w = RecordWriter::new("u".into(), SubtaskIndex(0), 1, tx.remove(0), Router::Forward, 100, Duration::from_secs(60));
+        let mut w = RecordWriter::new(
+            "u".into(),
+            SubtaskIndex(0),
+            1,
+            tx.remove(0),
+            Router::Forward,
+            100,
+            Duration::from_secs(60),
+        );
         w.push(1).unwrap();
         w.push(2).unwrap();
         w.watermark(Watermark(5)).unwrap();
         w.end_of_input().unwrap();
         assert_eq!(
             drain(&rx[0][0]),
-            vec![StreamElement::Batch(vec![1, 2]), StreamElement::Watermark(Watermark(5)), StreamElement::EndOfInput]
+            vec![
+                StreamElement::Batch(vec![1, 2]),
+                StreamElement::Watermark(Watermark(5)),
+                StreamElement::EndOfInput
+            ]
         );
     }
 
@@ -229,18 +257,33 @@ mod tests {
             buf.extend_from_slice(&r.to_le_bytes());
             Ok(())
         });
-        let mut w = RecordWriter::new("u".into(), SubtaskIndex(0), 1, tx.remove(0),
-            Router::Hash { key_bytes, max_parallelism: 128 }, 1, Duration::from_secs(60));
+        let mut w = RecordWriter::new(
+            "u".into(),
+            SubtaskIndex(0),
+            1,
+            tx.remove(0),
+            Router::Hash {
+                key_bytes,
+                max_parallelism: 128,
+            },
+            1,
+            Duration::from_secs(60),
+        );
         for r in 0..300u32 {
             w.push(r).unwrap();
         }
         for (down, chans) in rx.iter().enumerate() {
             for el in drain(&chans[0]) {
-                let StreamElement::Batch(b) = el else { panic!("only batches") };
+                let StreamElement::Batch(b) = el else {
+                    panic!("only batches")
+                };
                 for r in b {
                     let kg = key_group_for_key_bytes(&r.to_le_bytes(), 128);
                     let range = weir_types::key_group_range_for_subtask(128, 3, down as u32);
-                    assert!(range.contains(kg), "record {r} in {kg} reached subtask {down}");
+                    assert!(
+                        range.contains(kg),
+                        "record {r} in {kg} reached subtask {down}"
+                    );
                 }
             }
         }
@@ -249,20 +292,39 @@ mod tests {
     #[test]
     fn broadcast_delivers_every_record_to_every_subtask() {
         let (mut tx, rx) = make_channels::<u32>(1, 2, false, 64);
-        let mut w = RecordWriter::new("u".into(), SubtaskIndex(0), 1, tx.remove(0), Router::Broadcast, 10, Duration::from_secs(60));
+        let mut w = RecordWriter::new(
+            "u".into(),
+            SubtaskIndex(0),
+            1,
+            tx.remove(0),
+            Router::Broadcast,
+            10,
+            Duration::from_secs(60),
+        );
         for r in 0..5 {
             w.push(r).unwrap();
         }
         w.end_of_input().unwrap();
         for chans in &rx {
-            assert_eq!(drain(&chans[0])[0], StreamElement::Batch(vec![0, 1, 2, 3, 4]));
+            assert_eq!(
+                drain(&chans[0])[0],
+                StreamElement::Batch(vec![0, 1, 2, 3, 4])
+            );
         }
     }
 
     #[test]
     fn a_full_channel_blocks_until_the_consumer_reads() {
         let (mut tx, rx) = make_channels::<u32>(1, 1, true, 1);
-        let mut w = RecordWriter::new("u".into(), SubtaskIndex(0), 1, tx.remove(0), Router::Forward, 1, Duration::from_secs(60));
+        let mut w = RecordWriter::new(
+            "u".into(),
+            SubtaskIndex(0),
+            1,
+            tx.remove(0),
+            Router::Forward,
+            1,
+            Duration::from_secs(60),
+        );
         let rx = rx.into_iter().next().unwrap().remove(0);
         let t = std::thread::spawn(move || {
             for r in 0..3 {

@@ -65,7 +65,9 @@ impl TaskError {
     pub fn is_secondary(&self) -> bool {
         matches!(
             self,
-            TaskError::DownstreamLost { .. } | TaskError::UpstreamLost { .. } | TaskError::Cancelled
+            TaskError::DownstreamLost { .. }
+                | TaskError::UpstreamLost { .. }
+                | TaskError::Cancelled
         )
     }
 }

@@ -31,7 +31,11 @@ pub struct RuntimeOptions {
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        Self { batch_size: 1024, channel_capacity: 8, buffer_timeout: Duration::from_millis(100) }
+        Self {
+            batch_size: 1024,
+            channel_capacity: 8,
+            buffer_timeout: Duration::from_millis(100),
+        }
     }
 }
 
@@ -55,7 +59,12 @@ impl JobDefinition {
         let uids = stream.resolve(settings)?;
         let job = JobGraph::from_stream_graph(&stream);
         let execution = ExecutionGraph::from_job_graph(&job);
-        Ok(Plan { stream, uids, job, execution })
+        Ok(Plan {
+            stream,
+            uids,
+            job,
+            execution,
+        })
     }
 }
 
@@ -90,7 +99,11 @@ pub(crate) struct SubtaskCtx {
 
 impl SubtaskCtx {
     pub(crate) fn ident(&self) -> OpIdent {
-        OpIdent { uid: self.uid.to_string(), subtask: self.subtask, parallelism: self.parallelism }
+        OpIdent {
+            uid: self.uid.to_string(),
+            subtask: self.subtask,
+            parallelism: self.parallelism,
+        }
     }
 
     pub(crate) fn backend_scope(&self) -> BackendScope {
@@ -169,17 +182,16 @@ impl LocalExecutor {
             let n_up = plan.job.vertices[edge.source.0 as usize].parallelism as usize;
             let n_down = plan.job.vertices[edge.target.0 as usize].parallelism as usize;
             let forward = edge.partitioning == Partitioning::Forward;
-            let (senders, receivers) = def.edge_runtime(edge.source_node, edge.target_node).channels(
-                n_up,
-                n_down,
-                forward,
-                self.options.channel_capacity,
-            );
+            let (senders, receivers) = def
+                .edge_runtime(edge.source_node, edge.target_node)
+                .channels(n_up, n_down, forward, self.options.channel_capacity);
             for (up, s) in senders.into_iter().enumerate() {
                 specs[index[&(edge.source, up as u32)]].senders.insert(e, s);
             }
             for (down, rs) in receivers.into_iter().enumerate() {
-                specs[index[&(edge.target, down as u32)]].receivers.extend(rs);
+                specs[index[&(edge.target, down as u32)]]
+                    .receivers
+                    .extend(rs);
             }
         }
         let keyed_subtasks: u32 = plan
@@ -209,13 +221,18 @@ impl LocalExecutor {
                     .name(thread_name(&spec.name))
                     .spawn_scoped(scope, move || {
                         let name = spec.name.clone();
-                        let result = std::panic::catch_unwind(AssertUnwindSafe(|| run_task(job, plan, base, spec)))
-                            .unwrap_or_else(|panic| Err(panic_error(&name, panic)));
+                        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            run_task(job, plan, base, spec)
+                        }))
+                        .unwrap_or_else(|panic| Err(panic_error(&name, panic)));
                         let _ = done.send((name, result));
                     })
                     .map_err(|e| {
                         self.cancelled.store(true, Ordering::Relaxed);
-                        JobError::Thread { task: name, detail: format!("could not start: {e}") }
+                        JobError::Thread {
+                            task: name,
+                            detail: format!("could not start: {e}"),
+                        }
                     })?;
             }
             drop(done_tx);
@@ -261,7 +278,10 @@ fn panic_error(task: &str, panic: Box<dyn std::any::Any + Send>) -> TaskError {
         .cloned()
         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "unknown panic".into());
-    TaskError::Panicked { task: task.to_string(), detail }
+    TaskError::Panicked {
+        task: task.to_string(),
+        detail,
+    }
 }
 
 struct BaseCtx {
@@ -273,7 +293,12 @@ struct BaseCtx {
 }
 
 /// Assembles one subtask's chain tail-first, then runs its loop.
-fn run_task(job: &JobDefinition, plan: &Plan, base: &BaseCtx, mut spec: TaskSpec) -> Result<(), TaskError> {
+fn run_task(
+    job: &JobDefinition,
+    plan: &Plan,
+    base: &BaseCtx,
+    mut spec: TaskSpec,
+) -> Result<(), TaskError> {
     let vertex = &plan.job.vertices[spec.vertex.0 as usize];
     let ctx_for = |node: NodeId| SubtaskCtx {
         uid: plan.uids[node.0 as usize].clone(),
@@ -303,8 +328,15 @@ fn run_task(job: &JobDefinition, plan: &Plan, base: &BaseCtx, mut spec: TaskSpec
                 .enumerate()
                 .find(|(_, je)| je.source_node == node && je.target_node == edge.target)
                 .expect("an edge leaving the chain is a job edge");
-            let senders = spec.senders.remove(&e).expect("senders for every outgoing edge");
-            outputs.push(job.edge_runtime(node, edge.target).writer(&ctx, senders, je.partitioning));
+            let senders = spec
+                .senders
+                .remove(&e)
+                .expect("senders for every outgoing edge");
+            outputs.push(job.edge_runtime(node, edge.target).writer(
+                &ctx,
+                senders,
+                je.partitioning,
+            ));
         }
         match &job.nodes[node.0 as usize] {
             NodeRuntime::Source(src) => {
@@ -323,5 +355,9 @@ fn run_task(job: &JobDefinition, plan: &Plan, base: &BaseCtx, mut spec: TaskSpec
         unreachable!("a source head returns above")
     };
     tracing::debug!(task = %spec.name, inputs = spec.receivers.len(), "task starting");
-    op.run_inputs(&ctx_for(vertex.head), std::mem::take(&mut spec.receivers), head)
+    op.run_inputs(
+        &ctx_for(vertex.head),
+        std::mem::take(&mut spec.receivers),
+        head,
+    )
 }

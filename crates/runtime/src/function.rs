@@ -131,11 +131,12 @@ impl EndOfInputContext<'_> {
         let mut failure: Option<UserError> = None;
         let name = state.name().to_string();
         let result = state.for_each_key(self.backend, &mut |key_bytes, value| {
-            let key: K = postcard::from_bytes(key_bytes).map_err(|e| weir_state::StateError::Codec {
-                state: name.clone(),
-                op: "decode",
-                detail: format!("key: {e}"),
-            })?;
+            let key: K =
+                postcard::from_bytes(key_bytes).map_err(|e| weir_state::StateError::Codec {
+                    state: name.clone(),
+                    op: "decode",
+                    detail: format!("key: {e}"),
+                })?;
             if let Err(e) = f(key, value) {
                 failure = Some(e);
                 return Err(weir_state::StateError::Backend {

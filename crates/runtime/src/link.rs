@@ -83,7 +83,10 @@ impl<T> Link<T> for Discard {
 pub(crate) fn combine<T: Clone + Send + 'static>(outputs: Vec<AnyBox>) -> Box<dyn Link<T>> {
     let mut links: Vec<Box<dyn Link<T>>> = outputs
         .into_iter()
-        .map(|o| *o.downcast::<Box<dyn Link<T>>>().expect("output link has the node's output type"))
+        .map(|o| {
+            *o.downcast::<Box<dyn Link<T>>>()
+                .expect("output link has the node's output type")
+        })
         .collect();
     match links.len() {
         0 => Box::new(Discard),

@@ -1,7 +1,9 @@
 //! The built-in operators, each a [`Link`] that wraps the next link of its chain.
 
 use crate::error::chain;
-use crate::function::{Collector, EndOfInputContext, KeyedContext, KeyedProcessFunction, SinkWriter};
+use crate::function::{
+    Collector, EndOfInputContext, KeyedContext, KeyedProcessFunction, SinkWriter,
+};
 use crate::link::Link;
 use crate::metrics::JobMetrics;
 use crate::{TaskError, UserError};
@@ -72,7 +74,8 @@ where
     }
     fn push_batch(&mut self, batch: Vec<IN>) -> Result<(), TaskError> {
         let f = &self.f;
-        self.next.push_batch(batch.into_iter().map(|r| f(r)).collect())
+        self.next
+            .push_batch(batch.into_iter().map(|r| f(r)).collect())
     }
     forward_events!();
 }
@@ -166,14 +169,18 @@ where
     fn process(&mut self, record: IN) -> Result<(), TaskError> {
         let key = (self.key_fn)(&record);
         self.key_buf.clear();
-        encode_key(&key, &mut self.key_buf).map_err(|e| self.ident.fail(format!("cannot serialise the key: {e}")))?;
+        encode_key(&key, &mut self.key_buf)
+            .map_err(|e| self.ident.fail(format!("cannot serialise the key: {e}")))?;
         let kg = key_group_for_key_bytes(&self.key_buf, self.max_parallelism);
         if !self.key_groups.contains(kg) {
             // The partitioner routes by the same function: a foreign key group is a bug.
             return Err(TaskError::Invariant {
                 uid: self.ident.uid.clone(),
                 subtask: self.ident.subtask,
-                detail: format!("received a record of {kg}, outside the owned range {}", self.key_groups),
+                detail: format!(
+                    "received a record of {kg}, outside the owned range {}",
+                    self.key_groups
+                ),
             });
         }
         let scope = KeyedScope::new(&mut *self.backend, kg, &self.key_buf, &mut self.scratch);
@@ -211,11 +218,20 @@ where
     }
 
     fn end_of_input(&mut self) -> Result<(), TaskError> {
-        let mut ctx = EndOfInputContext { backend: &mut *self.backend };
-        self.f.end_of_input(&mut ctx, &mut self.out).map_err(|e| self.ident.user(e))?;
+        let mut ctx = EndOfInputContext {
+            backend: &mut *self.backend,
+        };
+        self.f
+            .end_of_input(&mut ctx, &mut self.out)
+            .map_err(|e| self.ident.user(e))?;
         self.drain_out()?;
-        self.backend.flush().map_err(|e| self.ident.fail(chain(&e)))?;
-        let bytes = self.backend.size_bytes().map_err(|e| self.ident.fail(chain(&e)))?;
+        self.backend
+            .flush()
+            .map_err(|e| self.ident.fail(chain(&e)))?;
+        let bytes = self
+            .backend
+            .size_bytes()
+            .map_err(|e| self.ident.fail(chain(&e)))?;
         JobMetrics::add(&self.metrics.state_bytes, bytes);
         self.next.end_of_input()
     }
@@ -237,7 +253,9 @@ pub(crate) struct SinkOp<T> {
 impl<T: Send> SinkOp<T> {
     fn write(&mut self, batch: Vec<T>) -> Result<(), TaskError> {
         JobMetrics::add(&self.metrics.sink_records, batch.len() as u64);
-        self.writer.write_batch(batch).map_err(|e| self.ident.user(e))
+        self.writer
+            .write_batch(batch)
+            .map_err(|e| self.ident.user(e))
     }
 
     fn write_pending(&mut self) -> Result<(), TaskError> {

@@ -104,7 +104,13 @@ pub(crate) fn run_inputs<T: Send>(
             }
             Ok(StreamElement::Watermark(wm)) => {
                 if wm < watermarks[index] {
-                    return Err(invariant(env, format!("watermark went back on input {index}: {wm:?} after {:?}", watermarks[index])));
+                    return Err(invariant(
+                        env,
+                        format!(
+                            "watermark went back on input {index}: {wm:?} after {:?}",
+                            watermarks[index]
+                        ),
+                    ));
                 }
                 watermarks[index] = wm;
                 let min = *watermarks.iter().min().expect("at least one input");
@@ -114,7 +120,13 @@ pub(crate) fn run_inputs<T: Send>(
                 }
             }
             Ok(StreamElement::Barrier(b)) => {
-                return Err(invariant(env, format!("barrier of {} arrived, but this job runs without checkpoints", b.checkpoint)));
+                return Err(invariant(
+                    env,
+                    format!(
+                        "barrier of {} arrived, but this job runs without checkpoints",
+                        b.checkpoint
+                    ),
+                ));
             }
             Ok(StreamElement::EndOfInput) => {
                 select.remove(index);
@@ -142,4 +154,3 @@ fn invariant(env: &LoopEnv<'_>, detail: String) -> TaskError {
         detail,
     }
 }
-

@@ -633,7 +633,7 @@ impl KeyedStateBackend for RocksDbStateBackend {
         &mut self,
         state: StateId,
         prefix: &StateKey<'_>,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StateError>,
+        f: &mut weir_state::UserKeyVisitor<'_>,
     ) -> Result<(), StateError> {
         let idx = self.check(state, prefix)?;
         let cell = StateKey {

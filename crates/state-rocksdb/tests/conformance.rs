@@ -63,7 +63,7 @@ impl KeyedStateBackend for InTempDir {
         &mut self,
         state: StateId,
         prefix: &StateKey<'_>,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StateError>,
+        f: &mut weir_state::UserKeyVisitor<'_>,
     ) -> Result<(), StateError> {
         self.backend.prefix_for_each(state, prefix, f)
     }

@@ -53,6 +53,9 @@ pub struct StateKey<'a> {
     pub user_key: &'a [u8],
 }
 
+/// A visitor of `(user_key, value)` pairs; returning an error stops the iteration.
+pub type UserKeyVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StateError> + 'a;
+
 /// One entry seen by [`KeyedStateBackend::scan`].
 #[derive(Copy, Clone, Debug)]
 pub struct StateEntry<'a> {
@@ -108,7 +111,7 @@ pub trait KeyedStateBackend: Send {
         &mut self,
         state: StateId,
         prefix: &StateKey<'_>,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StateError>,
+        f: &mut UserKeyVisitor<'_>,
     ) -> Result<(), StateError>;
 
     /// Removes every entry under `prefix` (key group, key and namespace; user key ignored).

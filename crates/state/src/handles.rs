@@ -33,28 +33,48 @@ impl<'a> StateRegistry<'a> {
     /// Declares a [`ValueState`] named `name`.
     pub fn value_state<T>(&mut self, name: &str) -> Result<ValueState<T>, StateError> {
         let (id, name) = self.register(name, StateKind::Value)?;
-        Ok(ValueState { id, name, _t: PhantomData })
+        Ok(ValueState {
+            id,
+            name,
+            _t: PhantomData,
+        })
     }
 
     /// Declares a [`ListState`] named `name`.
     pub fn list_state<T>(&mut self, name: &str) -> Result<ListState<T>, StateError> {
         let (id, name) = self.register(name, StateKind::List)?;
-        Ok(ListState { id, name, _t: PhantomData })
+        Ok(ListState {
+            id,
+            name,
+            _t: PhantomData,
+        })
     }
 
     /// Declares a [`MapState`] named `name`.
     pub fn map_state<K, V>(&mut self, name: &str) -> Result<MapState<K, V>, StateError> {
         let (id, name) = self.register(name, StateKind::Map)?;
-        Ok(MapState { id, name, _t: PhantomData })
+        Ok(MapState {
+            id,
+            name,
+            _t: PhantomData,
+        })
     }
 
     /// Declares a [`ReducingState`] named `name` that combines added values with `reduce`.
-    pub fn reducing_state<T, F>(&mut self, name: &str, reduce: F) -> Result<ReducingState<T>, StateError>
+    pub fn reducing_state<T, F>(
+        &mut self,
+        name: &str,
+        reduce: F,
+    ) -> Result<ReducingState<T>, StateError>
     where
         F: Fn(T, T) -> T + Send + Sync + 'static,
     {
         let (id, name) = self.register(name, StateKind::Reducing)?;
-        Ok(ReducingState { id, name, reduce: Arc::new(reduce) })
+        Ok(ReducingState {
+            id,
+            name,
+            reduce: Arc::new(reduce),
+        })
     }
 }
 
@@ -76,7 +96,13 @@ impl<'a> KeyedScope<'a> {
         key: &'a [u8],
         scratch: &'a mut Vec<u8>,
     ) -> Self {
-        Self { backend, key_group, key, namespace: &[], scratch }
+        Self {
+            backend,
+            key_group,
+            key,
+            namespace: &[],
+            scratch,
+        }
     }
 
     /// The same scope with a namespace (windows use the window as namespace).
@@ -95,7 +121,12 @@ impl<'a> KeyedScope<'a> {
     }
 
     fn cell(&self) -> StateKey<'a> {
-        StateKey { key_group: self.key_group, key: self.key, namespace: self.namespace, user_key: &[] }
+        StateKey {
+            key_group: self.key_group,
+            key: self.key,
+            namespace: self.namespace,
+            user_key: &[],
+        }
     }
 }
 
@@ -118,6 +149,9 @@ fn decode<T: DeserializeOwned>(state: &str, bytes: &[u8]) -> Result<T, StateErro
     })
 }
 
+/// A visitor of `(serialised key, value)` pairs; returning an error stops the iteration.
+pub type KeyValueVisitor<'a, T> = dyn FnMut(&[u8], T) -> Result<(), StateError> + 'a;
+
 /// One value per key.
 pub struct ValueState<T> {
     id: StateId,
@@ -127,7 +161,11 @@ pub struct ValueState<T> {
 
 impl<T> Clone for ValueState<T> {
     fn clone(&self) -> Self {
-        Self { id: self.id, name: self.name.clone(), _t: PhantomData }
+        Self {
+            id: self.id,
+            name: self.name.clone(),
+            _t: PhantomData,
+        }
     }
 }
 
@@ -164,10 +202,12 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
     pub fn for_each_key(
         &self,
         backend: &mut dyn KeyedStateBackend,
-        f: &mut dyn FnMut(&[u8], T) -> Result<(), StateError>,
+        f: &mut KeyValueVisitor<'_, T>,
     ) -> Result<(), StateError> {
         let name = self.name.clone();
-        backend.scan(self.id, &mut |entry| f(entry.key.key, decode(&name, entry.value)?))
+        backend.scan(self.id, &mut |entry| {
+            f(entry.key.key, decode(&name, entry.value)?)
+        })
     }
 }
 
@@ -181,7 +221,11 @@ pub struct ListState<T> {
 
 impl<T> Clone for ListState<T> {
     fn clone(&self) -> Self {
-        Self { id: self.id, name: self.name.clone(), _t: PhantomData }
+        Self {
+            id: self.id,
+            name: self.name.clone(),
+            _t: PhantomData,
+        }
     }
 }
 
@@ -191,7 +235,11 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
         let cell = scope.cell();
         let mut element = Vec::new();
         encode(&self.name, value, &mut element)?;
-        let mut joined = scope.backend.get(self.id, &cell)?.map(<[u8]>::to_vec).unwrap_or_default();
+        let mut joined = scope
+            .backend
+            .get(self.id, &cell)?
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
         append_element(&mut joined, &element);
         scope.backend.put(self.id, &cell, &joined)
     }
@@ -278,7 +326,11 @@ pub struct MapState<K, V> {
 
 impl<K, V> Clone for MapState<K, V> {
     fn clone(&self) -> Self {
-        Self { id: self.id, name: self.name.clone(), _t: PhantomData }
+        Self {
+            id: self.id,
+            name: self.name.clone(),
+            _t: PhantomData,
+        }
     }
 }
 
@@ -287,7 +339,10 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
     pub fn get(&self, scope: &mut KeyedScope<'_>, user_key: &K) -> Result<Option<V>, StateError> {
         let mut uk = Vec::new();
         encode(&self.name, user_key, &mut uk)?;
-        let entry = StateKey { user_key: &uk, ..scope.cell() };
+        let entry = StateKey {
+            user_key: &uk,
+            ..scope.cell()
+        };
         match scope.backend.get(self.id, &entry)? {
             Some(bytes) => Ok(Some(decode(&self.name, bytes)?)),
             None => Ok(None),
@@ -295,11 +350,19 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
     }
 
     /// Sets `user_key` to `value` in the current key's map.
-    pub fn insert(&self, scope: &mut KeyedScope<'_>, user_key: &K, value: &V) -> Result<(), StateError> {
+    pub fn insert(
+        &self,
+        scope: &mut KeyedScope<'_>,
+        user_key: &K,
+        value: &V,
+    ) -> Result<(), StateError> {
         let mut uk = Vec::new();
         encode(&self.name, user_key, &mut uk)?;
         encode(&self.name, value, scope.scratch)?;
-        let entry = StateKey { user_key: &uk, ..scope.cell() };
+        let entry = StateKey {
+            user_key: &uk,
+            ..scope.cell()
+        };
         scope.backend.put(self.id, &entry, scope.scratch)
     }
 
@@ -307,7 +370,10 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
     pub fn remove(&self, scope: &mut KeyedScope<'_>, user_key: &K) -> Result<(), StateError> {
         let mut uk = Vec::new();
         encode(&self.name, user_key, &mut uk)?;
-        let entry = StateKey { user_key: &uk, ..scope.cell() };
+        let entry = StateKey {
+            user_key: &uk,
+            ..scope.cell()
+        };
         scope.backend.delete(self.id, &entry)
     }
 
@@ -321,10 +387,12 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
         let cell = scope.cell();
         let name = self.name.clone();
         let mut out = Vec::new();
-        scope.backend.prefix_for_each(self.id, &cell, &mut |uk, v| {
-            out.push((decode(&name, uk)?, decode(&name, v)?));
-            Ok(())
-        })?;
+        scope
+            .backend
+            .prefix_for_each(self.id, &cell, &mut |uk, v| {
+                out.push((decode(&name, uk)?, decode(&name, v)?));
+                Ok(())
+            })?;
         Ok(out)
     }
 
@@ -355,7 +423,11 @@ pub struct ReducingState<T> {
 
 impl<T> Clone for ReducingState<T> {
     fn clone(&self) -> Self {
-        Self { id: self.id, name: self.name.clone(), reduce: self.reduce.clone() }
+        Self {
+            id: self.id,
+            name: self.name.clone(),
+            reduce: self.reduce.clone(),
+        }
     }
 }
 

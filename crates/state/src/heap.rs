@@ -232,7 +232,7 @@ impl KeyedStateBackend for HeapStateBackend {
         &mut self,
         state: StateId,
         prefix: &StateKey<'_>,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StateError>,
+        f: &mut crate::UserKeyVisitor<'_>,
     ) -> Result<(), StateError> {
         let idx = self.check(state, prefix)?;
         self.scratch.clear();

@@ -21,10 +21,8 @@ pub mod heap;
 
 pub use backend::{
     BackendScope, KeyedStateBackend, StateBackendFactory, StateDescriptor, StateEntry, StateId,
-    StateKey, StateKind,
+    StateKey, StateKind, UserKeyVisitor,
 };
 pub use error::StateError;
-pub use handles::{
-    KeyedScope, ListState, MapState, ReducingState, StateRegistry, ValueState,
-};
+pub use handles::{KeyedScope, ListState, MapState, ReducingState, StateRegistry, ValueState};
 pub use heap::{HeapStateBackend, HeapStateBackendFactory};
