@@ -20,9 +20,9 @@ pub mod jobs;
 
 pub use weir_runtime::{
     Collector, Data, DataStream, DataStreamSink, EndOfInputContext, JobDefinition, JobError,
-    KeyedContext, KeyedProcessFunction, KeyedStream, LocalExecutor, Plan, RuntimeOptions, Sink,
-    SinkContext, SinkWriter, Source, SourceContext, SourcePoll, SourceReader, StreamEnvironment,
-    UserError,
+    JobReport, KeyedContext, KeyedProcessFunction, KeyedStream, LocalExecutor, Plan,
+    RuntimeOptions, Sink, SinkContext, SinkWriter, Source, SourceContext, SourcePoll, SourceReader,
+    StreamEnvironment, UserError,
 };
 
 /// Keyed state: handles, the backend trait, the heap backend.
