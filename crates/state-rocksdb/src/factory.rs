@@ -4,8 +4,8 @@
 use crate::backend::{InstanceDir, RocksDbStateBackend};
 use crate::{backend_error, BACKEND_NAME};
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options,
-    WriteBufferManager, DB,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType,
+    Options, WriteBufferManager, DB,
 };
 use std::io;
 use std::path::{Path, PathBuf};
@@ -18,6 +18,9 @@ const MAX_WRITE_BUFFER_BYTES: usize = 64 << 20;
 
 /// Bloom filter bits per key (about 1% false positives).
 const BLOOM_BITS_PER_KEY: f64 = 10.0;
+
+/// Size of one index or filter partition.
+const METADATA_BLOCK_BYTES: usize = 4096;
 
 /// Numbers instance directories uniquely within this process.
 static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(0);
@@ -154,12 +157,23 @@ impl RocksDbStateBackendFactory {
 
     /// Options for every column family: the shared block cache with index and filter blocks in
     /// it, bloom filters, LZ4, and the planned memtable size.
+    ///
+    /// Index and filters are **partitioned** (as Flink's `partitioned-index-filters`): an SST of
+    /// a million small entries has a ~1 MiB filter, larger than one shard of a cache of a few
+    /// tens of MiB, so a monolithic filter would be read from disk and checksummed on every
+    /// lookup that misses the cache (measured: 18K get+put/s instead of hundreds of thousands).
+    /// Partitions are metadata-block sized; only the small top level stays pinned.
     fn column_family_options(&self) -> Options {
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&self.cache);
-        table.set_cache_index_and_filter_blocks(true);
-        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         table.set_bloom_filter(BLOOM_BITS_PER_KEY, false);
+        table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+        table.set_partition_filters(true);
+        table.set_metadata_block_size(METADATA_BLOCK_BYTES);
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_cache_index_and_filter_blocks_with_high_priority(true);
+        table.set_pin_top_level_index_and_filter(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         let mut options = Options::default();
         options.set_block_based_table_factory(&table);
         options.set_write_buffer_size(self.plan.write_buffer_bytes);

@@ -2,7 +2,7 @@
 //! backend is measured against.
 //!
 //! Layout: per state, one [`FxHashMap`] from the encoded cell prefix (`key group ‖ key ‖
-//! namespace`, see [`encoding::encode_prefix`]) to a [`Cell`]: the single value of a value, list
+//! namespace`, see [`encoding::encode_prefix`]) to a cell: the single value of a value, list
 //! or reducing state, or a [`BTreeMap`] from user key to value for a map state. Point reads and
 //! writes are one hash lookup with the prefix encoded into a reused scratch buffer (a `get` hit
 //! allocates nothing); ordered iteration ([`KeyedStateBackend::scan`]) collects and sorts, since
