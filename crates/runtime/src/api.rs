@@ -572,8 +572,7 @@ where
                 key_groups: ctx.key_groups,
                 key_buf: Vec::with_capacity(64),
                 scratch: Vec::with_capacity(64),
-                out: Collector::new(),
-                next,
+                out: Collector::new(next),
                 metrics: ctx.metrics.clone(),
             }) as Box<dyn Link<T>>)
         });

@@ -1,7 +1,8 @@
 //! The traits user code implements: sources, sinks and keyed process functions, with the
 //! contexts the runtime hands them.
 
-use crate::UserError;
+use crate::link::Link;
+use crate::{TaskError, UserError};
 use serde::de::DeserializeOwned;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::AtomicBool;
@@ -73,19 +74,62 @@ pub trait SinkWriter<T>: Send {
     fn finish(&mut self) -> Result<(), UserError>;
 }
 
-/// Output of a user function: records collected here go downstream after the call returns.
+/// Output of a user function. Records go downstream in batches: when the function returns,
+/// and whenever [`COLLECTOR_BATCH`] records have piled up during one call, so a function that
+/// emits a lot in one call (a whole state scan at end of input) never holds it all in memory.
 pub struct Collector<T> {
-    pub(crate) buf: Vec<T>,
+    buf: Vec<T>,
+    next: Box<dyn Link<T>>,
+    failed: Option<TaskError>,
 }
 
+/// Records a [`Collector`] buffers before it passes them downstream within one call.
+pub const COLLECTOR_BATCH: usize = 1024;
+
 impl<T> Collector<T> {
-    pub(crate) fn new() -> Self {
-        Self { buf: Vec::new() }
+    pub(crate) fn new(next: Box<dyn Link<T>>) -> Self {
+        Self {
+            buf: Vec::new(),
+            next,
+            failed: None,
+        }
     }
 
     /// Emits one record.
     pub fn collect(&mut self, record: T) {
+        if self.failed.is_some() {
+            return; // downstream failed: the task is about to stop with that error
+        }
         self.buf.push(record);
+        if self.buf.len() >= COLLECTOR_BATCH {
+            self.pass_on();
+        }
+    }
+
+    fn pass_on(&mut self) {
+        let result = match self.buf.len() {
+            0 => Ok(()),
+            1 => {
+                let r = self.buf.pop().expect("one record");
+                self.next.push(r)
+            }
+            _ => self.next.push_batch(std::mem::take(&mut self.buf)),
+        };
+        if let Err(e) = result {
+            self.buf.clear();
+            self.failed = Some(e);
+        }
+    }
+
+    /// Passes what is buffered downstream; reports a downstream failure seen meanwhile.
+    pub(crate) fn drain(&mut self) -> Result<(), TaskError> {
+        self.pass_on();
+        self.failed.take().map_or(Ok(()), Err)
+    }
+
+    /// The downstream link, for events (watermarks, flushes, end of input).
+    pub(crate) fn next(&mut self) -> &mut dyn Link<T> {
+        &mut *self.next
     }
 }
 

@@ -142,8 +142,8 @@ pub(crate) struct KeyedProcessOp<K, IN, OUT, F> {
     pub key_groups: KeyGroupRange,
     pub key_buf: Vec<u8>,
     pub scratch: Vec<u8>,
+    /// The function's output; owns the next link of the chain.
     pub out: Collector<OUT>,
-    pub next: Box<dyn Link<OUT>>,
     pub metrics: Arc<JobMetrics>,
 }
 
@@ -154,18 +154,6 @@ where
     OUT: Send,
     F: KeyedProcessFunction<K, IN, OUT>,
 {
-    fn drain_out(&mut self) -> Result<(), TaskError> {
-        if self.out.buf.len() == 1 {
-            let r = self.out.buf.pop().expect("one record");
-            return self.next.push(r);
-        }
-        if !self.out.buf.is_empty() {
-            let batch = std::mem::take(&mut self.out.buf);
-            self.next.push_batch(batch)?;
-        }
-        Ok(())
-    }
-
     fn process(&mut self, record: IN) -> Result<(), TaskError> {
         let key = (self.key_fn)(&record);
         self.key_buf.clear();
@@ -200,21 +188,18 @@ where
 {
     fn push(&mut self, record: IN) -> Result<(), TaskError> {
         self.process(record)?;
-        self.drain_out()
+        self.out.drain()
     }
 
     fn push_batch(&mut self, batch: Vec<IN>) -> Result<(), TaskError> {
         for r in batch {
             self.process(r)?;
-            if self.out.buf.len() >= 1024 {
-                self.drain_out()?;
-            }
         }
-        self.drain_out()
+        self.out.drain()
     }
 
     fn watermark(&mut self, wm: Watermark) -> Result<(), TaskError> {
-        self.next.watermark(wm)
+        self.out.next().watermark(wm)
     }
 
     fn end_of_input(&mut self) -> Result<(), TaskError> {
@@ -224,7 +209,7 @@ where
         self.f
             .end_of_input(&mut ctx, &mut self.out)
             .map_err(|e| self.ident.user(e))?;
-        self.drain_out()?;
+        self.out.drain()?;
         self.backend
             .flush()
             .map_err(|e| self.ident.fail(chain(&e)))?;
@@ -233,11 +218,11 @@ where
             .size_bytes()
             .map_err(|e| self.ident.fail(chain(&e)))?;
         JobMetrics::add(&self.metrics.state_bytes, bytes);
-        self.next.end_of_input()
+        self.out.next().end_of_input()
     }
 
     fn flush(&mut self, force: bool) -> Result<(), TaskError> {
-        self.next.flush(force)
+        self.out.next().flush(force)
     }
 }
 
