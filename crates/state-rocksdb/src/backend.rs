@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use weir_state::encoding::{decode_state_key_checked, encode_prefix, encode_state_key};
+use weir_state::{lookup_descriptor, Registration};
 use weir_state::{
     KeyedStateBackend, StateDescriptor, StateEntry, StateError, StateId, StateKey, StateKind,
     UserKeyVisitor,
@@ -508,27 +509,10 @@ impl KeyedStateBackend for RocksDbStateBackend {
     }
 
     fn register(&mut self, descriptor: &StateDescriptor) -> Result<StateId, StateError> {
-        if let Some(idx) = self
-            .descriptors
-            .iter()
-            .position(|d| d.name == descriptor.name)
-        {
-            let existing = self.descriptors[idx].kind;
-            if existing != descriptor.kind {
-                return Err(StateError::KindMismatch {
-                    name: descriptor.name.clone(),
-                    existing,
-                    requested: descriptor.kind,
-                });
-            }
-            return Ok(StateId(idx as u32));
-        }
-        let id = u32::try_from(self.descriptors.len()).map_err(|_| {
-            backend_error(
-                format!("register state '{}'", descriptor.name),
-                "too many states",
-            )
-        })?;
+        let id = match lookup_descriptor(&self.descriptors, descriptor, BACKEND_NAME)? {
+            Registration::Known(id) => return Ok(id),
+            Registration::New(id) => id,
+        };
         // The default column family is always open (and otherwise unused).
         if descriptor.name != rocksdb::DEFAULT_COLUMN_FAMILY_NAME {
             self.db
@@ -549,7 +533,7 @@ impl KeyedStateBackend for RocksDbStateBackend {
             cells: Cells::for_kind(descriptor.kind),
             dirty: 0,
         });
-        Ok(StateId(id))
+        Ok(id)
     }
 
     fn descriptors(&self) -> &[StateDescriptor] {

@@ -33,6 +33,42 @@ pub struct StateDescriptor {
     pub kind: StateKind,
 }
 
+/// What [`lookup_descriptor`] found for a state being registered.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Registration {
+    /// Declared before with the same kind: reuse this id.
+    Known(StateId),
+    /// Not declared yet: it gets this id once the backend has created it.
+    New(StateId),
+}
+
+/// The part of [`KeyedStateBackend::register`] every backend shares: a known name with the
+/// same kind keeps its id, a known name with another kind is [`StateError::KindMismatch`], a
+/// new name gets the next id.
+pub fn lookup_descriptor(
+    descriptors: &[StateDescriptor],
+    descriptor: &StateDescriptor,
+    backend: &'static str,
+) -> Result<Registration, StateError> {
+    if let Some(idx) = descriptors.iter().position(|d| d.name == descriptor.name) {
+        let existing = descriptors[idx].kind;
+        if existing != descriptor.kind {
+            return Err(StateError::KindMismatch {
+                name: descriptor.name.clone(),
+                existing,
+                requested: descriptor.kind,
+            });
+        }
+        return Ok(Registration::Known(StateId(idx as u32)));
+    }
+    let id = u32::try_from(descriptors.len()).map_err(|_| StateError::Backend {
+        backend,
+        op: format!("register state '{}'", descriptor.name),
+        detail: "too many states".into(),
+    })?;
+    Ok(Registration::New(StateId(id)))
+}
+
 /// The id a backend hands out for a registered state, `0..` in registration order.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct StateId(pub u32);

@@ -8,6 +8,7 @@
 //! allocates nothing); ordered iteration ([`KeyedStateBackend::scan`]) collects and sorts, since
 //! it is off the per-record path.
 
+use crate::backend::{lookup_descriptor, Registration};
 use crate::encoding;
 use crate::{
     BackendScope, KeyedStateBackend, StateBackendFactory, StateDescriptor, StateEntry, StateError,
@@ -148,29 +149,13 @@ impl KeyedStateBackend for HeapStateBackend {
     }
 
     fn register(&mut self, descriptor: &StateDescriptor) -> Result<StateId, StateError> {
-        if let Some(idx) = self
-            .descriptors
-            .iter()
-            .position(|d| d.name == descriptor.name)
-        {
-            let existing = self.descriptors[idx].kind;
-            if existing != descriptor.kind {
-                return Err(StateError::KindMismatch {
-                    name: descriptor.name.clone(),
-                    existing,
-                    requested: descriptor.kind,
-                });
-            }
-            return Ok(StateId(idx as u32));
-        }
-        let id = u32::try_from(self.descriptors.len()).map_err(|_| StateError::Backend {
-            backend: "heap",
-            op: format!("register state '{}'", descriptor.name),
-            detail: "too many states".into(),
-        })?;
+        let id = match lookup_descriptor(&self.descriptors, descriptor, "heap")? {
+            Registration::Known(id) => return Ok(id),
+            Registration::New(id) => id,
+        };
         self.descriptors.push(descriptor.clone());
         self.states.push(HeapState::default());
-        Ok(StateId(id))
+        Ok(id)
     }
 
     fn descriptors(&self) -> &[StateDescriptor] {

@@ -20,8 +20,8 @@ pub mod handles;
 pub mod heap;
 
 pub use backend::{
-    BackendScope, KeyedStateBackend, StateBackendFactory, StateDescriptor, StateEntry, StateId,
-    StateKey, StateKind, UserKeyVisitor,
+    lookup_descriptor, BackendScope, KeyedStateBackend, Registration, StateBackendFactory,
+    StateDescriptor, StateEntry, StateId, StateKey, StateKind, UserKeyVisitor,
 };
 pub use error::StateError;
 pub use handles::{KeyedScope, ListState, MapState, ReducingState, StateRegistry, ValueState};
