@@ -111,10 +111,12 @@ struct StateArgs {
     state_dir: Option<PathBuf>,
 }
 
-/// A command's failure: bad input (exit 2) or a job that failed while running (exit 1).
+/// A command's failure: bad input (exit 2), a job that failed while running (exit 1), or a
+/// job cancelled by Ctrl-C (exit 130, as a shell reports SIGINT).
 enum Failure {
     Usage(String),
     Job(String),
+    Cancelled(String),
 }
 
 impl<E: std::fmt::Display> From<E> for Failure {
@@ -141,6 +143,10 @@ pub(crate) fn run(catalog: Catalog, args: Vec<OsString>) -> ExitCode {
         Err(Failure::Job(msg)) => {
             eprintln!("error: {msg}");
             ExitCode::from(1)
+        }
+        Err(Failure::Cancelled(msg)) => {
+            eprintln!("{msg}");
+            ExitCode::from(130)
         }
     }
 }
@@ -377,9 +383,13 @@ fn execute(config: &Config, def: &JobDefinition, plan: &Plan) -> Result<JobRepor
         eprintln!("cancelling (Ctrl-C again to stop at once)");
     });
     tracing::info!(job = %plan.stream.job_name, tasks = plan.execution.subtasks.len(), backend = config.state_backend.as_str(), "starting job");
-    executor
-        .execute(def, plan)
-        .map_err(|e| Failure::Job(format!("job '{}' failed: {e}", plan.stream.job_name)))
+    let job = &plan.stream.job_name;
+    executor.execute(def, plan).map_err(|e| match e {
+        weir_runtime::JobError::Task(weir_runtime::TaskError::Cancelled) => {
+            Failure::Cancelled(format!("job '{job}' cancelled"))
+        }
+        e => Failure::Job(format!("job '{job}' failed: {e}")),
+    })
 }
 
 fn human_bytes(b: u64) -> String {

@@ -6,10 +6,9 @@
 //! all with [`run_all`], or — better, so each shows up by name — expand
 //! [`conformance_tests!`](crate::conformance_tests) inside a test module:
 //!
-//! ```ignore
-//! #[cfg(test)]
-//! mod tests {
-//!     weir_state::conformance_tests!(|range| Box::new(MyBackend::new(range)));
+//! ```
+//! mod heap_conformance {
+//!     weir_state::conformance_tests!(|range| Box::new(weir_state::HeapStateBackend::new(range)));
 //! }
 //! ```
 //!
