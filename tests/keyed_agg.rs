@@ -5,6 +5,7 @@ mod common;
 
 use common::{read_parts, stderr, weir};
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 use weir::connectors::record_at;
 
@@ -33,74 +34,54 @@ fn parse(lines: &[String]) -> BTreeMap<u64, (u64, u64)> {
     m
 }
 
+/// Runs `weir local keyed-agg` into `dir/out` with state in `dir/state`; returns the output
+/// lines.
+fn run_keyed_agg(
+    dir: &Path,
+    p: &str,
+    backend: &str,
+    (seed, keys, records): (u64, u64, u64),
+    emit: &str,
+) -> Vec<String> {
+    let out = dir.join("out");
+    let params = [
+        format!("keys={keys}"),
+        format!("records={records}"),
+        format!("seed={seed}"),
+        format!("emit={emit}"),
+        format!("output={}", out.display()),
+    ];
+    let mut args = vec!["local", "keyed-agg", "-p", p, "--state-backend", backend];
+    for param in &params {
+        args.extend(["--param", param.as_str()]);
+    }
+    let state = dir.join("state").display().to_string();
+    args.extend(["--state-dir", state.as_str()]);
+    let o = weir(&args, Duration::from_secs(120));
+    assert!(o.status.success(), "{backend} p={p}: {}", stderr(&o));
+    read_parts(&out)
+}
+
 #[test]
 fn keyed_agg_final_state_is_the_same_at_every_parallelism_and_on_both_backends() {
-    let (seed, keys, records) = (9, 5_000, 300_000);
-    let want = expected(seed, keys, records);
+    let run = (9, 5_000, 300_000);
+    let want = expected(run.0, run.1, run.2);
     for backend in ["rocksdb", "heap"] {
         for p in ["1", "2", "3"] {
             let dir = tempfile::tempdir().unwrap();
-            let out = dir.path().join("out");
-            let o = weir(
-                &[
-                    "local",
-                    "keyed-agg",
-                    "-p",
-                    p,
-                    "--param",
-                    &format!("keys={keys}"),
-                    "--param",
-                    &format!("records={records}"),
-                    "--param",
-                    &format!("seed={seed}"),
-                    "--param",
-                    &format!("output={}", out.display()),
-                    "--state-backend",
-                    backend,
-                    "--state-dir",
-                    &dir.path().join("state").display().to_string(),
-                ],
-                Duration::from_secs(120),
-            );
-            assert!(o.status.success(), "{backend} p={p}: {}", stderr(&o));
-            assert!(
-                parse(&read_parts(&out)) == want,
-                "{backend} p={p}: final state differs"
-            );
+            let got = parse(&run_keyed_agg(dir.path(), p, backend, run, "final"));
+            assert!(got == want, "{backend} p={p}: final state differs");
         }
     }
 }
 
 #[test]
 fn keyed_agg_updates_end_with_each_keys_final_value() {
-    let (seed, keys, records) = (3, 200, 20_000);
-    let want = expected(seed, keys, records);
+    let run = (3, 200, 20_000);
+    let want = expected(run.0, run.1, run.2);
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let o = weir(
-        &[
-            "local",
-            "keyed-agg",
-            "-p",
-            "2",
-            "--param",
-            "emit=updates",
-            "--param",
-            &format!("keys={keys}"),
-            "--param",
-            &format!("records={records}"),
-            "--param",
-            &format!("seed={seed}"),
-            "--param",
-            &format!("output={}", out.display()),
-            "--state-dir",
-            &dir.path().join("state").display().to_string(),
-        ],
-        Duration::from_secs(120),
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let lines = read_parts(&out);
-    assert_eq!(lines.len() as u64, records, "one line per record");
+    let lines = run_keyed_agg(dir.path(), "2", "rocksdb", run, "updates");
+    assert_eq!(lines.len() as u64, run.2, "one line per record");
     let mut last: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     for l in &lines {
         let f: Vec<u64> = l.split('\t').map(|x| x.parse().unwrap()).collect();
