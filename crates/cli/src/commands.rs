@@ -20,7 +20,7 @@ use weir_state_rocksdb::RocksDbStateBackendFactory;
 #[command(
     name = "weir",
     version,
-    about = "Weir: stateful stream processing whose keyed state survives crashes"
+    about = "Weir: a stateful stream-processing runtime in the lineage of Apache Flink"
 )]
 struct Cli {
     /// Configuration file (default: ./weir.toml when it exists).
