@@ -1,0 +1,285 @@
+//! The `_metadata` file: what a completed checkpoint or savepoint consists of.
+//!
+//! A checkpoint exists exactly when its `_metadata` exists and verifies (invariant 1), so the
+//! format is framed to make damage detectable:
+//!
+//! ```text
+//! offset  size  field
+//! 0       4     magic  b"WEIR"
+//! 4       2     format version, u16 big-endian (currently 1)
+//! 6       4     body length N, u32 big-endian
+//! 10      N     body: the CheckpointMetadata as JSON (version 1)
+//! 10+N    4     CRC32 (crc32fast) of bytes 0..10+N, u32 big-endian
+//! ```
+//!
+//! JSON keeps the body readable by `weir savepoint inspect` and by hand; the frame, not the
+//! body, carries integrity. A new body layout needs a new version and a reader for the old one
+//! (invariant 5).
+
+use crate::handle::{FileHandle, OperatorSubtaskState};
+use crate::kind::CheckpointKind;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use weir_types::{CheckpointId, JobId, OperatorUid, SubtaskIndex, VertexId};
+
+/// The first four bytes of every `_metadata` file.
+pub const METADATA_MAGIC: [u8; 4] = *b"WEIR";
+/// The format version this crate writes.
+pub const METADATA_VERSION: u16 = 1;
+/// The name of the metadata file inside a checkpoint or savepoint directory.
+pub const METADATA_FILE_NAME: &str = "_metadata";
+
+const HEADER_LEN: usize = 4 + 2 + 4;
+const TRAILER_LEN: usize = 4;
+
+/// The state of one operator across its subtasks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorState {
+    /// The JobGraph vertex the operator ran in when the snapshot was taken.
+    pub vertex: VertexId,
+    /// The vertex's parallelism when the snapshot was taken.
+    pub parallelism: u32,
+    /// What each subtask wrote; subtasks that wrote nothing for this operator are absent.
+    pub subtasks: BTreeMap<SubtaskIndex, OperatorSubtaskState>,
+}
+
+/// Everything needed to restore a job from one checkpoint or savepoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointMetadata {
+    /// The job that took the snapshot.
+    pub job_id: JobId,
+    /// The checkpoint (or savepoint) id.
+    pub checkpoint_id: CheckpointId,
+    /// Checkpoint or savepoint, and the savepoint's format.
+    pub kind: CheckpointKind,
+    /// When the checkpoint was triggered, in milliseconds since the Unix epoch.
+    pub timestamp: u64,
+    /// The number of key groups; a restore must use the same.
+    pub max_parallelism: u32,
+    /// The key-group hash version the keyed state was partitioned with.
+    pub key_group_hash_version: u16,
+    /// Per operator uid, the state of each subtask.
+    pub operators: BTreeMap<OperatorUid, OperatorState>,
+    /// True when no file lies outside the snapshot's own directory (no `shared/` reference), so
+    /// the snapshot may be moved or outlive the job's checkpoint directory.
+    pub self_contained: bool,
+}
+
+/// Why bytes are not a valid `_metadata` file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetadataError {
+    /// Shorter than its frame says it must be.
+    #[error("metadata is truncated: {len} bytes, expected at least {needed}")]
+    Truncated {
+        /// Bytes present.
+        len: usize,
+        /// Bytes the frame requires.
+        needed: usize,
+    },
+    /// Longer than its frame says.
+    #[error("metadata has {extra} unexpected bytes after its CRC trailer")]
+    TrailingBytes {
+        /// Bytes beyond the trailer.
+        extra: usize,
+    },
+    /// Does not start with `WEIR`.
+    #[error("not a Weir metadata file: bad magic {found:02x?}, expected {expected:02x?}")]
+    BadMagic {
+        /// The first four bytes.
+        found: [u8; 4],
+        /// [`METADATA_MAGIC`].
+        expected: [u8; 4],
+    },
+    /// A format version this build cannot read.
+    #[error("unsupported metadata format version {0} (this build reads version 1)")]
+    UnsupportedVersion(u16),
+    /// The bytes changed after they were written.
+    #[error("metadata CRC mismatch: trailer says {expected:#010x}, bytes give {actual:#010x}")]
+    CrcMismatch {
+        /// The CRC stored in the trailer.
+        expected: u32,
+        /// The CRC computed over the bytes read.
+        actual: u32,
+    },
+    /// The frame verified but the body is not valid metadata (a writer bug, not damage).
+    #[error("metadata body is invalid: {0}")]
+    Body(String),
+    /// The metadata could not be encoded (its body exceeds 4 GiB or failed to serialize).
+    #[error("metadata could not be encoded: {0}")]
+    Encode(String),
+}
+
+impl CheckpointMetadata {
+    /// Every file the snapshot references.
+    pub fn files(&self) -> impl Iterator<Item = &FileHandle> {
+        self.operators
+            .values()
+            .flat_map(|op| op.subtasks.values())
+            .flat_map(|st| st.files.iter())
+    }
+
+    /// Whether no file is shared with other snapshots.
+    pub fn computes_self_contained(&self) -> bool {
+        self.files().all(|f| !f.is_shared())
+    }
+
+    /// Encodes the metadata in the framed format described in the module doc.
+    pub fn encode(&self) -> Result<Vec<u8>, MetadataError> {
+        let body = serde_json::to_vec(self).map_err(|e| MetadataError::Encode(e.to_string()))?;
+        let body_len = u32::try_from(body.len())
+            .map_err(|_| MetadataError::Encode(format!("body of {} bytes", body.len())))?;
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + TRAILER_LEN);
+        out.extend_from_slice(&METADATA_MAGIC);
+        out.extend_from_slice(&METADATA_VERSION.to_be_bytes());
+        out.extend_from_slice(&body_len.to_be_bytes());
+        out.extend_from_slice(&body);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_be_bytes());
+        Ok(out)
+    }
+
+    /// Verifies magic, version, length and CRC, then decodes the body.
+    pub fn decode(bytes: &[u8]) -> Result<Self, MetadataError> {
+        let min = HEADER_LEN + TRAILER_LEN;
+        if bytes.len() < min {
+            return Err(MetadataError::Truncated {
+                len: bytes.len(),
+                needed: min,
+            });
+        }
+        let magic = [bytes[0], bytes[1], bytes[2], bytes[3]];
+        if magic != METADATA_MAGIC {
+            return Err(MetadataError::BadMagic {
+                found: magic,
+                expected: METADATA_MAGIC,
+            });
+        }
+        let version = u16::from_be_bytes([bytes[4], bytes[5]]);
+        if version != METADATA_VERSION {
+            return Err(MetadataError::UnsupportedVersion(version));
+        }
+        let body_len = u32::from_be_bytes([bytes[6], bytes[7], bytes[8], bytes[9]]) as usize;
+        let needed = HEADER_LEN
+            .saturating_add(body_len)
+            .saturating_add(TRAILER_LEN);
+        if bytes.len() < needed {
+            return Err(MetadataError::Truncated {
+                len: bytes.len(),
+                needed,
+            });
+        }
+        if bytes.len() > needed {
+            return Err(MetadataError::TrailingBytes {
+                extra: bytes.len() - needed,
+            });
+        }
+        let crc_at = HEADER_LEN + body_len;
+        let expected = u32::from_be_bytes([
+            bytes[crc_at],
+            bytes[crc_at + 1],
+            bytes[crc_at + 2],
+            bytes[crc_at + 3],
+        ]);
+        let actual = crc32fast::hash(&bytes[..crc_at]);
+        if expected != actual {
+            return Err(MetadataError::CrcMismatch { expected, actual });
+        }
+        serde_json::from_slice(&bytes[HEADER_LEN..crc_at])
+            .map_err(|e| MetadataError::Body(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kind::SavepointFormat;
+
+    fn sample() -> CheckpointMetadata {
+        let uid = OperatorUid::new("counter").unwrap();
+        let mut subtasks = BTreeMap::new();
+        subtasks.insert(
+            SubtaskIndex(0),
+            OperatorSubtaskState {
+                files: vec![FileHandle::new("shared/a.sst", 10, 0xdead_beef, true).unwrap()],
+                inline: Some(vec![1, 2, 3]),
+            },
+        );
+        let mut operators = BTreeMap::new();
+        operators.insert(
+            uid,
+            OperatorState {
+                vertex: VertexId(1),
+                parallelism: 2,
+                subtasks,
+            },
+        );
+        CheckpointMetadata {
+            job_id: JobId(u128::MAX - 7),
+            checkpoint_id: CheckpointId(9),
+            kind: CheckpointKind::Savepoint {
+                format: SavepointFormat::Native,
+            },
+            timestamp: 1_700_000_000_000,
+            max_parallelism: 128,
+            key_group_hash_version: weir_types::KEY_GROUP_HASH_VERSION,
+            operators,
+            self_contained: false,
+        }
+    }
+
+    #[test]
+    fn metadata_round_trips_through_encode_and_decode() {
+        let m = sample();
+        let bytes = m.encode().unwrap();
+        assert_eq!(&bytes[..4], b"WEIR");
+        assert_eq!(CheckpointMetadata::decode(&bytes), Ok(m));
+    }
+
+    #[test]
+    fn a_wrong_magic_is_named() {
+        let mut bytes = sample().encode().unwrap();
+        bytes[0] = b'X';
+        assert!(matches!(
+            CheckpointMetadata::decode(&bytes),
+            Err(MetadataError::BadMagic { .. })
+        ));
+    }
+
+    #[test]
+    fn a_newer_version_is_reported_with_its_number() {
+        let mut bytes = sample().encode().unwrap();
+        bytes[5] = 2;
+        let err = CheckpointMetadata::decode(&bytes).unwrap_err();
+        assert_eq!(err, MetadataError::UnsupportedVersion(2));
+        assert!(err.to_string().contains("version 2"));
+    }
+
+    #[test]
+    fn a_truncated_file_is_reported_as_truncated() {
+        let bytes = sample().encode().unwrap();
+        for cut in [0, 3, 9, bytes.len() - 1] {
+            assert!(
+                matches!(
+                    CheckpointMetadata::decode(&bytes[..cut]),
+                    Err(MetadataError::Truncated { .. })
+                ),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_changed_body_byte_is_a_crc_mismatch() {
+        let mut bytes = sample().encode().unwrap();
+        bytes[20] ^= 0x01;
+        assert!(matches!(
+            CheckpointMetadata::decode(&bytes),
+            Err(MetadataError::CrcMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn a_snapshot_with_a_shared_file_is_not_self_contained() {
+        assert!(!sample().computes_self_contained());
+    }
+}
