@@ -252,7 +252,7 @@ mod tests {
 
     #[test]
     fn hash_routing_sends_every_key_to_the_subtask_that_owns_its_key_group() {
-        let (mut tx, rx) = make_channels::<u32>(1, 3, false, 64);
+        let (mut tx, rx) = make_channels::<u32>(1, 3, false, 512);
         let key_bytes: KeyBytesFn<u32> = Arc::new(|r, buf| {
             buf.extend_from_slice(&r.to_le_bytes());
             Ok(())
