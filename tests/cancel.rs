@@ -21,7 +21,7 @@ fn sigint_cancels_a_running_job_without_visible_partial_output() {
             "--param",
             "rate=2000",
             "--param",
-            "records=1000000",
+            "records=unbounded",
             "--param",
             "emit=updates",
         ])

@@ -170,3 +170,19 @@ fn a_failing_job_exits_one_naming_the_operator_and_subtask() {
         "{err}"
     );
 }
+
+#[test]
+fn a_bad_socket_address_is_named() {
+    fails_with(
+        &["local", "word-count", "--param", "socket=localhost"],
+        "--param socket=localhost: expected HOST:PORT",
+    );
+}
+
+#[test]
+fn word_count_without_input_or_socket_says_what_it_needs() {
+    fails_with(
+        &["local", "word-count"],
+        "job 'word-count' needs --param input (or socket)=…",
+    );
+}

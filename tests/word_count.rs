@@ -72,3 +72,41 @@ fn word_count_at_parallelism_two_on_rocksdb_gives_the_counts_of_tr_sort_uniq() {
 fn word_count_at_parallelism_two_on_the_heap_backend_gives_the_counts_of_tr_sort_uniq() {
     word_count_matches_coreutils("heap");
 }
+
+#[test]
+fn word_count_reads_a_socket_until_it_closes() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.txt");
+    write_text(&input, 20_000, 500, 11);
+    let text = std::fs::read(&input).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("weir connects");
+        conn.write_all(&text).unwrap();
+        // Dropping the connection ends the stream, and so the job.
+    });
+    let output = dir.path().join("out");
+    let o = weir(
+        &[
+            "local",
+            "word-count",
+            "-p",
+            "2",
+            "--param",
+            &format!("socket=127.0.0.1:{port}"),
+            "--param",
+            &format!("output={}", output.display()),
+            "--state-dir",
+            &dir.path().join("state").display().to_string(),
+        ],
+        Duration::from_secs(120),
+    );
+    server.join().unwrap();
+    assert!(o.status.success(), "weir failed: {}", stderr(&o));
+    assert!(
+        final_counts(&read_parts(&output)) == counts_by_coreutils(&input),
+        "counts differ"
+    );
+}

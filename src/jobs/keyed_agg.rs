@@ -72,8 +72,8 @@ impl KeyedProcessFunction<u64, GeneratedRecord, String> for CountSum {
 pub struct KeyedAggOptions {
     /// Distinct keys.
     pub keys: u64,
-    /// Records in all.
-    pub records: u64,
+    /// Records in all; `None` = unbounded (runs until cancelled).
+    pub records: Option<u64>,
     /// Generator seed.
     pub seed: u64,
     /// Records per second over all source subtasks; `None` = as fast as possible.
@@ -87,7 +87,10 @@ pub struct KeyedAggOptions {
 /// Builds `keyed-agg`.
 pub fn keyed_agg(o: &KeyedAggOptions) -> Result<JobDefinition, UserError> {
     let env = StreamEnvironment::new("keyed-agg");
-    let mut source = GeneratorSource::new(o.seed, o.keys).records(o.records);
+    let mut source = GeneratorSource::new(o.seed, o.keys);
+    if let Some(records) = o.records {
+        source = source.records(records);
+    }
     if let Some(rate) = o.rate {
         source = source.rate(rate);
     }
@@ -118,7 +121,7 @@ pub fn keyed_agg_spec() -> JobSpec {
             },
             ParamSpec {
                 name: "records",
-                help: "records to generate (default 1000000)",
+                help: "records to generate, or unbounded (default 1000000)",
             },
             ParamSpec {
                 name: "seed",
@@ -161,7 +164,10 @@ fn build_from_params(params: &Params) -> Result<JobDefinition, ParamError> {
     }
     let options = KeyedAggOptions {
         keys,
-        records: params.get_or("records", 1_000_000)?,
+        records: match params.raw("records") {
+            Some("unbounded") => None,
+            _ => Some(params.get_or("records", 1_000_000)?),
+        },
         seed: params.get_or("seed", 42)?,
         rate,
         output,

@@ -5,7 +5,7 @@ mod keyed_agg;
 mod word_count;
 
 pub use keyed_agg::{keyed_agg, keyed_agg_spec, CountSum, KeyedAggOptions};
-pub use word_count::{word_count, word_count_spec, WordCounter};
+pub use word_count::{word_count, word_count_spec, WordCountInput, WordCounter};
 
 use std::path::{Path, PathBuf};
 use weir_cli::{Catalog, ParamError, Params};

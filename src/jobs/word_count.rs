@@ -4,7 +4,7 @@
 use crate::jobs::check_output_dir;
 use std::path::PathBuf;
 use weir_cli::{JobSpec, ParamError, ParamSpec, Params};
-use weir_connectors::{FileLinesSource, FileSink, PrintSink};
+use weir_connectors::{FileLinesSource, FileSink, PrintSink, SocketTextSource};
 use weir_runtime::{
     Collector, JobDefinition, KeyedContext, KeyedProcessFunction, StreamEnvironment, UserError,
 };
@@ -36,13 +36,32 @@ impl KeyedProcessFunction<String, String, String> for WordCounter {
     }
 }
 
-/// Builds `word-count` over `input` (a file or directory), writing to `output` (a directory)
-/// or, when `None`, to stdout.
-pub fn word_count(input: PathBuf, output: Option<PathBuf>) -> Result<JobDefinition, UserError> {
+/// Where `word-count` reads its lines.
+#[derive(Clone, Debug)]
+pub enum WordCountInput {
+    /// A text file or a directory of them (replayable, parallel).
+    Files(PathBuf),
+    /// A TCP socket sending text, read until it closes (parallelism 1, not replayable).
+    Socket {
+        /// Host to connect to.
+        host: String,
+        /// Port to connect to.
+        port: u16,
+    },
+}
+
+/// Builds `word-count` over `input`, writing to `output` (a directory) or, when `None`, to
+/// stdout.
+pub fn word_count(
+    input: WordCountInput,
+    output: Option<PathBuf>,
+) -> Result<JobDefinition, UserError> {
     let env = StreamEnvironment::new("word-count");
-    let source = FileLinesSource::new(input)?;
-    let counts = env
-        .add_source(source)
+    let lines = match input {
+        WordCountInput::Files(path) => env.add_source(FileLinesSource::new(path)?),
+        WordCountInput::Socket { host, port } => env.add_source(SocketTextSource::new(host, port)),
+    };
+    let counts = lines
         .uid("source")
         .flat_map(|line: String| {
             line.split_whitespace()
@@ -66,11 +85,15 @@ pub fn word_count(input: PathBuf, output: Option<PathBuf>) -> Result<JobDefiniti
 pub fn word_count_spec() -> JobSpec {
     JobSpec {
         name: "word-count",
-        description: "counts words of text files: word<TAB>count updates",
+        description: "counts words of text files or a socket: word<TAB>count updates",
         params: vec![
             ParamSpec {
                 name: "input",
-                help: "a text file or a directory of them (required)",
+                help: "a text file or a directory of them (this or socket is required)",
+            },
+            ParamSpec {
+                name: "socket",
+                help: "HOST:PORT of a text socket, read until it closes (parallelism 1, not replayable)",
             },
             ParamSpec {
                 name: "output",
@@ -82,10 +105,29 @@ pub fn word_count_spec() -> JobSpec {
 }
 
 fn build_from_params(params: &Params) -> Result<JobDefinition, ParamError> {
-    let input: PathBuf = params.require("input")?;
+    let (input, key) = match (params.get::<PathBuf>("input")?, params.raw("socket")) {
+        (Some(path), None) => (WordCountInput::Files(path), "input"),
+        (None, Some(addr)) => {
+            let (host, port) = addr
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+                .filter(|(h, _)| !h.is_empty())
+                .ok_or_else(|| params.invalid("socket", "expected HOST:PORT"))?;
+            (WordCountInput::Socket { host, port }, "socket")
+        }
+        (Some(_), Some(_)) => {
+            return Err(params.invalid("socket", "give either input or socket, not both"))
+        }
+        (None, None) => {
+            return Err(ParamError::Missing {
+                job: params.job().to_string(),
+                key: "input (or socket)".into(),
+            })
+        }
+    };
     let output: Option<PathBuf> = params.get("output")?;
     if let Some(dir) = &output {
         check_output_dir(params, "output", dir)?;
     }
-    word_count(input, output).map_err(|e| params.invalid("input", e.to_string()))
+    word_count(input, output).map_err(|e| params.invalid(key, e.to_string()))
 }
