@@ -37,27 +37,7 @@ fn word_count_matches_coreutils(backend: &str) {
         std::fs::metadata(&input).unwrap().len() > 5 << 20,
         "input is multi-megabyte"
     );
-    let output = dir.path().join("out");
-    let state = dir.path().join("state");
-    let o = weir(
-        &[
-            "local",
-            "word-count",
-            "-p",
-            "2",
-            "--param",
-            &format!("input={}", input.display()),
-            "--param",
-            &format!("output={}", output.display()),
-            "--state-backend",
-            backend,
-            "--state-dir",
-            &state.display().to_string(),
-        ],
-        Duration::from_secs(300),
-    );
-    assert!(o.status.success(), "weir failed: {}", stderr(&o));
-    let got = final_counts(&read_parts(&output));
+    let got = run_word_count(dir.path(), &format!("input={}", input.display()), backend);
     let expected = counts_by_coreutils(&input);
     assert_eq!(got.len(), expected.len(), "distinct words");
     assert!(got == expected, "counts differ from tr | sort | uniq -c");
@@ -82,12 +62,33 @@ fn word_count_reads_a_socket_until_it_closes() {
     let text = std::fs::read(&input).unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
     let server = std::thread::spawn(move || {
-        let (mut conn, _) = listener.accept().expect("weir connects");
+        // Bounded wait for weir to connect, so a failed run cannot hang the test.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut conn = loop {
+            match listener.accept() {
+                Ok((conn, _)) => break conn,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("weir did not connect: {e}"),
+            }
+        };
+        conn.set_nonblocking(false).unwrap();
         conn.write_all(&text).unwrap();
         // Dropping the connection ends the stream, and so the job.
     });
-    let output = dir.path().join("out");
+    let got = run_word_count(dir.path(), &format!("socket=127.0.0.1:{port}"), "rocksdb");
+    server.join().unwrap();
+    assert!(got == counts_by_coreutils(&input), "counts differ");
+}
+
+/// Runs `weir local word-count -p 2` with `source` (`input=…` or `socket=…`) into `dir/out`;
+/// returns the final count per word.
+fn run_word_count(dir: &std::path::Path, source: &str, backend: &str) -> BTreeMap<String, u64> {
+    let output = dir.join("out").display().to_string();
+    let state = dir.join("state").display().to_string();
     let o = weir(
         &[
             "local",
@@ -95,18 +96,16 @@ fn word_count_reads_a_socket_until_it_closes() {
             "-p",
             "2",
             "--param",
-            &format!("socket=127.0.0.1:{port}"),
+            source,
             "--param",
-            &format!("output={}", output.display()),
+            &format!("output={output}"),
+            "--state-backend",
+            backend,
             "--state-dir",
-            &dir.path().join("state").display().to_string(),
+            &state,
         ],
-        Duration::from_secs(120),
+        Duration::from_secs(300),
     );
-    server.join().unwrap();
     assert!(o.status.success(), "weir failed: {}", stderr(&o));
-    assert!(
-        final_counts(&read_parts(&output)) == counts_by_coreutils(&input),
-        "counts differ"
-    );
+    final_counts(&read_parts(&dir.join("out")))
 }
