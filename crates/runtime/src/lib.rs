@@ -8,7 +8,7 @@
 //! [`JobDefinition`]; [`LocalExecutor`] runs it. User code plugs in through [`Source`],
 //! [`Sink`] and [`KeyedProcessFunction`].
 //!
-//! How a job runs (see [`task`] for the loop itself):
+//! How a job runs (the `task` module tells the loop itself, step by step):
 //! 1. The builder records a [`weir_graph::StreamGraph`] (pure description) plus, per node and
 //!    per edge, a typed factory. Types are erased only at factory boundaries, once per task,
 //!    never per record.
@@ -34,13 +34,13 @@ mod function;
 mod link;
 mod metrics;
 mod operators;
-pub mod task;
+mod task;
 
 pub use api::{Data, DataStream, DataStreamSink, JobDefinition, KeyedStream, StreamEnvironment};
 pub use error::{JobError, TaskError, UserError};
 pub use executor::{JobReport, LocalExecutor, Plan, RuntimeOptions};
 pub use function::{
     Collector, EndOfInputContext, KeyedContext, KeyedProcessFunction, Sink, SinkContext,
-    SinkWriter, Source, SourceContext, SourcePoll, SourceReader,
+    SinkWriter, Source, SourceContext, SourcePoll, SourceReader, COLLECTOR_BATCH,
 };
 pub use metrics::JobMetrics;
