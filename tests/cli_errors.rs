@@ -148,8 +148,8 @@ fn a_bad_config_value_is_named() {
 
 #[test]
 fn a_failing_job_exits_one_naming_the_operator_and_subtask() {
-    // keys=1 with a huge rate would be fine; a failing job needs a failing operator: an
-    // unreadable file appearing after planning is the simplest real one.
+    // A file that is not UTF-8 passes the up-front checks (it exists and is readable) and
+    // fails inside the source operator while the job runs.
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();

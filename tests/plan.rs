@@ -10,18 +10,16 @@ fn plan_chains_source_and_flat_map_and_puts_a_hash_edge_before_the_keyed_operato
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.txt");
     std::fs::write(&input, "a b\n").unwrap();
-    let o = weir(
-        &[
-            "plan",
-            "word-count",
-            "-p",
-            "3",
-            "--param",
-            &format!("input={}", input.display()),
-            "--json",
-        ],
-        Duration::from_secs(60),
-    );
+    let input_param = format!("input={}", input.display());
+    let args = [
+        "plan",
+        "word-count",
+        "-p",
+        "3",
+        "--param",
+        input_param.as_str(),
+    ];
+    let o = weir(&[&args[..], &["--json"]].concat(), Duration::from_secs(60));
     assert!(o.status.success(), "{}", stderr(&o));
     let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let vertices = plan["job_graph"]["vertices"].as_array().unwrap();
@@ -43,17 +41,8 @@ fn plan_chains_source_and_flat_map_and_puts_a_hash_edge_before_the_keyed_operato
         serde_json::json!({"start": 0, "end": 42})
     );
 
-    let text = weir(
-        &[
-            "plan",
-            "word-count",
-            "-p",
-            "3",
-            "--param",
-            &format!("input={}", input.display()),
-        ],
-        Duration::from_secs(60),
-    );
+    let text = weir(&args, Duration::from_secs(60));
+    assert!(text.status.success(), "{}", stderr(&text));
     let text = String::from_utf8(text.stdout).unwrap();
     assert!(text.contains("Source: file -> Tokenize"), "{text}");
     assert!(text.contains("--hash--> vertex-1"), "{text}");
@@ -61,8 +50,9 @@ fn plan_chains_source_and_flat_map_and_puts_a_hash_edge_before_the_keyed_operato
 }
 
 #[test]
-fn an_operator_parallelism_beats_the_cli_and_breaks_the_chain() {
-    // The custom example job is not in this binary; use keyed-agg with a config default and -p.
+fn the_cli_parallelism_beats_the_config_default() {
+    // Operator and job settings beating -p are unit-tested in weir-graph; this checks the CLI
+    // wires -p and -D parallelism.default in the right order.
     let o = weir(
         &[
             "plan",

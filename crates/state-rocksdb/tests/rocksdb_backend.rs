@@ -40,6 +40,16 @@ fn value_for(i: u32, round: u32, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// The cell of a value state for `key` (no namespace, no user key).
+fn value_cell(key_group: KeyGroup, key: &[u8]) -> StateKey<'_> {
+    StateKey {
+        key_group,
+        key,
+        namespace: b"",
+        user_key: b"",
+    }
+}
+
 #[test]
 fn state_several_times_larger_than_the_memory_budget_reads_back_intact() {
     const BUDGET: u64 = 8 << 20;
@@ -53,12 +63,7 @@ fn state_several_times_larger_than_the_memory_budget_reads_back_intact() {
 
     for i in 0..KEYS {
         let (kg, k) = key_of(i);
-        let cell = StateKey {
-            key_group: kg,
-            key: &k,
-            namespace: b"",
-            user_key: b"",
-        };
+        let cell = value_cell(kg, &k);
         backend
             .put(s, &cell, &value_for(i, 0, VALUE_LEN))
             .expect("put");
@@ -67,12 +72,7 @@ fn state_several_times_larger_than_the_memory_budget_reads_back_intact() {
     // Overwrite every tenth key, so some reads must find the newer of two flushed versions.
     for i in (0..KEYS).step_by(10) {
         let (kg, k) = key_of(i);
-        let cell = StateKey {
-            key_group: kg,
-            key: &k,
-            namespace: b"",
-            user_key: b"",
-        };
+        let cell = value_cell(kg, &k);
         backend
             .put(s, &cell, &value_for(i, 1, VALUE_LEN))
             .expect("put");
@@ -85,12 +85,7 @@ fn state_several_times_larger_than_the_memory_budget_reads_back_intact() {
 
     for i in 0..KEYS {
         let (kg, k) = key_of(i);
-        let cell = StateKey {
-            key_group: kg,
-            key: &k,
-            namespace: b"",
-            user_key: b"",
-        };
+        let cell = value_cell(kg, &k);
         let round = u32::from(i % 10 == 0);
         let got = backend.get(s, &cell).expect("get");
         assert_eq!(got, Some(&value_for(i, round, VALUE_LEN)[..]), "key {i}");
