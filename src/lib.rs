@@ -20,7 +20,7 @@ pub mod jobs;
 
 pub use weir_runtime::{
     Collector, Data, DataStream, DataStreamSink, EndOfInputContext, JobDefinition, JobError,
-    JobReport, KeyedContext, KeyedProcessFunction, KeyedStream, LocalExecutor, Plan,
+    JobReport, KeyedContext, KeyedProcessFunction, KeyedStream, LocalExecutor, OpenContext, Plan,
     RuntimeOptions, Sink, SinkContext, SinkWriter, Source, SourceContext, SourcePoll, SourceReader,
     StreamEnvironment, UserError,
 };

@@ -30,6 +30,7 @@ impl Sink<GeneratedRecord> for SlowSink {
     fn create_writer(
         &self,
         _ctx: &SinkContext,
+        _restored: Option<&[u8]>,
     ) -> Result<Box<dyn SinkWriter<GeneratedRecord>>, UserError> {
         Ok(Box::new(SlowWriter {
             received: self.received.clone(),

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use weir::connectors::{CollectSink, GeneratedRecord, GeneratorSource};
 use weir::graph::ParallelismSettings;
-use weir::state::{HeapStateBackendFactory, ListState, MapState, ReducingState, StateRegistry};
+use weir::state::{HeapStateBackendFactory, ListState, MapState, ReducingState};
 use weir::{
     Collector, JobDefinition, JobError, KeyedContext, KeyedProcessFunction, LocalExecutor,
-    RuntimeOptions, StreamEnvironment, UserError,
+    OpenContext, RuntimeOptions, StreamEnvironment, UserError,
 };
 
 fn run(job: &JobDefinition, p: u32) -> Result<weir::JobReport, JobError> {
@@ -144,7 +144,7 @@ struct Kinds {
 }
 
 impl KeyedProcessFunction<u64, GeneratedRecord, (u64, usize, usize, u64)> for Kinds {
-    fn open(&mut self, s: &mut StateRegistry<'_>) -> Result<(), UserError> {
+    fn open(&mut self, s: &mut OpenContext<'_>) -> Result<(), UserError> {
         self.list = Some(s.list_state("seen")?);
         self.map = Some(s.map_state("by-value-bucket")?);
         self.reducing = Some(s.reducing_state("max", |a: u64, b: u64| a.max(b))?);
@@ -215,7 +215,7 @@ fn list_map_and_reducing_state_hold_each_keys_history() {
 struct FailOn(u64);
 
 impl KeyedProcessFunction<u64, GeneratedRecord, u64> for FailOn {
-    fn open(&mut self, _: &mut StateRegistry<'_>) -> Result<(), UserError> {
+    fn open(&mut self, _: &mut OpenContext<'_>) -> Result<(), UserError> {
         Ok(())
     }
     fn process_element(

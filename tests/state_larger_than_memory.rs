@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use weir::connectors::{record_at, CollectSink, GeneratedRecord, GeneratorSource};
-use weir::state::{RocksDbStateBackendFactory, StateRegistry, ValueState};
+use weir::state::{RocksDbStateBackendFactory, ValueState};
 use weir::{
-    Collector, EndOfInputContext, KeyedContext, KeyedProcessFunction, LocalExecutor,
+    Collector, EndOfInputContext, KeyedContext, KeyedProcessFunction, LocalExecutor, OpenContext,
     RuntimeOptions, StreamEnvironment, UserError,
 };
 
@@ -32,7 +32,7 @@ fn checksum(bytes: &[u8]) -> u64 {
 }
 
 impl KeyedProcessFunction<u64, GeneratedRecord, (u64, usize, u64)> for Grow {
-    fn open(&mut self, states: &mut StateRegistry<'_>) -> Result<(), UserError> {
+    fn open(&mut self, states: &mut OpenContext<'_>) -> Result<(), UserError> {
         self.blob = Some(states.value_state("blob")?);
         Ok(())
     }

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use weir_cli::{JobSpec, ParamError, ParamSpec, Params};
 use weir_connectors::{BlackholeSink, FileSink, GeneratedRecord, GeneratorSource};
 use weir_runtime::{
-    Collector, EndOfInputContext, JobDefinition, KeyedContext, KeyedProcessFunction,
+    Collector, EndOfInputContext, JobDefinition, KeyedContext, KeyedProcessFunction, OpenContext,
     StreamEnvironment, UserError,
 };
-use weir_state::{StateRegistry, ValueState};
+use weir_state::ValueState;
 
 /// Keeps `(count, sum)` per key; emits per record (`updates`) or once per key at end of input.
 #[derive(Clone)]
@@ -30,7 +30,7 @@ impl CountSum {
 }
 
 impl KeyedProcessFunction<u64, GeneratedRecord, String> for CountSum {
-    fn open(&mut self, states: &mut StateRegistry<'_>) -> Result<(), UserError> {
+    fn open(&mut self, states: &mut OpenContext<'_>) -> Result<(), UserError> {
         self.agg = Some(states.value_state("count-sum")?);
         Ok(())
     }

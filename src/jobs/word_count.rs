@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use weir_cli::{JobSpec, ParamError, ParamSpec, Params};
 use weir_connectors::{FileLinesSource, FileSink, PrintSink, SocketTextSource};
 use weir_runtime::{
-    Collector, JobDefinition, KeyedContext, KeyedProcessFunction, StreamEnvironment, UserError,
+    Collector, JobDefinition, KeyedContext, KeyedProcessFunction, OpenContext, StreamEnvironment,
+    UserError,
 };
-use weir_state::{StateRegistry, ValueState};
+use weir_state::ValueState;
 
 /// Keeps each word's running count and emits `word<TAB>count` on every occurrence.
 #[derive(Clone, Default)]
@@ -17,7 +18,7 @@ pub struct WordCounter {
 }
 
 impl KeyedProcessFunction<String, String, String> for WordCounter {
-    fn open(&mut self, states: &mut StateRegistry<'_>) -> Result<(), UserError> {
+    fn open(&mut self, states: &mut OpenContext<'_>) -> Result<(), UserError> {
         self.count = Some(states.value_state("count")?);
         Ok(())
     }

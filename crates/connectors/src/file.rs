@@ -173,6 +173,7 @@ impl Source<String> for FileLinesSource {
     fn create_reader(
         &self,
         ctx: &SourceContext,
+        _restored: Option<&[u8]>,
     ) -> Result<Box<dyn SourceReader<String>>, UserError> {
         let (subtask, parallelism) = subtask_of(ctx)?;
         Ok(Box::new(self.reader(subtask, parallelism)?))
@@ -334,7 +335,7 @@ mod tests {
         (0..parallelism)
             .map(|subtask| {
                 let mut reader = source
-                    .create_reader(&ctx("file", subtask, parallelism))
+                    .create_reader(&ctx("file", subtask, parallelism), None)
                     .expect("reader");
                 drain(reader.as_mut(), max)
             })

@@ -146,6 +146,7 @@ impl Source<GeneratedRecord> for GeneratorSource {
     fn create_reader(
         &self,
         ctx: &SourceContext,
+        _restored: Option<&[u8]>,
     ) -> Result<Box<dyn SourceReader<GeneratedRecord>>, UserError> {
         let (subtask, parallelism) = subtask_of(ctx)?;
         Ok(Box::new(self.reader(subtask, parallelism)?))
@@ -249,7 +250,7 @@ mod tests {
         let mut all = Vec::new();
         for subtask in 0..parallelism {
             let mut reader = source
-                .create_reader(&ctx("gen", subtask, parallelism))
+                .create_reader(&ctx("gen", subtask, parallelism), None)
                 .expect("reader");
             let records = drain(reader.as_mut(), 7);
             assert!(records
@@ -380,7 +381,7 @@ mod tests {
             .expect_err("rate = 0");
         assert!(err.to_string().contains("rate"), "{err}");
         assert!(GeneratorSource::new(1, 0)
-            .create_reader(&ctx("gen", 0, 1))
+            .create_reader(&ctx("gen", 0, 1), None)
             .is_err());
     }
 }

@@ -59,6 +59,8 @@ pub(crate) mod test_util {
             subtask: SubtaskIndex(subtask),
             parallelism,
             cancelled: Arc::new(AtomicBool::new(false)),
+            attempt: 0,
+            checkpointing: false,
         }
     }
 

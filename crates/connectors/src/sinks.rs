@@ -61,7 +61,11 @@ impl<T: Display + Send + 'static> Sink<T> for PrintSink<T> {
         "print".to_string()
     }
 
-    fn create_writer(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter<T>>, UserError> {
+    fn create_writer(
+        &self,
+        ctx: &SinkContext,
+        _restored: Option<&[u8]>,
+    ) -> Result<Box<dyn SinkWriter<T>>, UserError> {
         let prefix = if ctx.parallelism > 1 {
             format!("{}> ", u64::from(ctx.subtask.get()) + 1)
         } else {
@@ -175,7 +179,11 @@ impl<T: Display + Send + 'static> Sink<T> for FileSink<T> {
         "file".to_string()
     }
 
-    fn create_writer(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter<T>>, UserError> {
+    fn create_writer(
+        &self,
+        ctx: &SinkContext,
+        _restored: Option<&[u8]>,
+    ) -> Result<Box<dyn SinkWriter<T>>, UserError> {
         fs::create_dir_all(&self.dir).map_err(|cause| ConnectorError::OutputUnwritable {
             path: self.dir.clone(),
             cause,
@@ -331,7 +339,11 @@ impl<T: Send + 'static> Sink<T> for BlackholeSink<T> {
         "blackhole".to_string()
     }
 
-    fn create_writer(&self, _ctx: &SinkContext) -> Result<Box<dyn SinkWriter<T>>, UserError> {
+    fn create_writer(
+        &self,
+        _ctx: &SinkContext,
+        _restored: Option<&[u8]>,
+    ) -> Result<Box<dyn SinkWriter<T>>, UserError> {
         Ok(Box::new(BlackholeWriter {
             count: Arc::clone(&self.count),
             _records: PhantomData,
@@ -414,7 +426,11 @@ impl<T: Send + 'static> Sink<T> for CollectSink<T> {
         "collect".to_string()
     }
 
-    fn create_writer(&self, _ctx: &SinkContext) -> Result<Box<dyn SinkWriter<T>>, UserError> {
+    fn create_writer(
+        &self,
+        _ctx: &SinkContext,
+        _restored: Option<&[u8]>,
+    ) -> Result<Box<dyn SinkWriter<T>>, UserError> {
         Ok(Box::new(CollectSink {
             records: Arc::clone(&self.records),
         }))
@@ -452,7 +468,10 @@ mod tests {
         let out = dir.path().join("out");
         let sink = FileSink::<u32>::prepare(&out).expect("prepare");
         let mut writers: Vec<_> = (0..2)
-            .map(|s| sink.create_writer(&ctx("counts", s, 2)).expect("writer"))
+            .map(|s| {
+                sink.create_writer(&ctx("counts", s, 2), None)
+                    .expect("writer")
+            })
             .collect();
         writers[1].write_batch(vec![3, 4]).expect("write");
         writers[0].write_batch(vec![1]).expect("write");
@@ -478,7 +497,9 @@ mod tests {
     fn a_file_sink_dropped_without_finish_leaves_no_visible_part_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let sink = FileSink::<String>::new(dir.path());
-        let mut writer = sink.create_writer(&ctx("words", 3, 4)).expect("writer");
+        let mut writer = sink
+            .create_writer(&ctx("words", 3, 4), None)
+            .expect("writer");
         writer
             .write_batch(vec!["partial".to_string()])
             .expect("write");
@@ -499,7 +520,7 @@ mod tests {
             "{err}"
         );
         let err = FileSink::<u32>::new(&target)
-            .create_writer(&ctx("x", 0, 1))
+            .create_writer(&ctx("x", 0, 1), None)
             .err()
             .expect("not a directory");
         assert!(err.to_string().contains("a-file"), "{err}");
@@ -511,7 +532,9 @@ mod tests {
         format_lines("2> ", &[1, 2], &mut buf);
         assert_eq!(buf, "2> 1\n2> 2\n");
         let sink = PrintSink::<u32>::new();
-        let mut writer = sink.create_writer(&ctx("print", 0, 1)).expect("writer");
+        let mut writer = sink
+            .create_writer(&ctx("print", 0, 1), None)
+            .expect("writer");
         writer.write_batch(Vec::new()).expect("print");
         writer.finish().expect("finish");
     }
@@ -521,7 +544,7 @@ mod tests {
         let sink = BlackholeSink::<u64>::new();
         let counter = sink.counter();
         for s in 0..3 {
-            let mut w = sink.create_writer(&ctx("bh", s, 3)).expect("writer");
+            let mut w = sink.create_writer(&ctx("bh", s, 3), None).expect("writer");
             w.write_batch(vec![1, 2, 3]).expect("write");
             w.finish().expect("finish");
         }
@@ -531,7 +554,7 @@ mod tests {
     #[test]
     fn the_collect_sink_gathers_every_batch() {
         let sink = CollectSink::<u8>::new();
-        let mut w = sink.create_writer(&ctx("c", 0, 1)).expect("writer");
+        let mut w = sink.create_writer(&ctx("c", 0, 1), None).expect("writer");
         w.write_batch(vec![1, 2]).expect("write");
         w.write_batch(vec![3]).expect("write");
         assert_eq!(sink.take(), vec![1, 2, 3]);

@@ -97,6 +97,7 @@ impl Source<String> for SocketTextSource {
     fn create_reader(
         &self,
         ctx: &SourceContext,
+        _restored: Option<&[u8]>,
     ) -> Result<Box<dyn SourceReader<String>>, UserError> {
         let (_, parallelism) = subtask_of(ctx)?;
         if parallelism != 1 {
@@ -224,7 +225,9 @@ mod tests {
         });
         let source = SocketTextSource::new("127.0.0.1", port);
         assert!(!Source::<String>::parallel(&source));
-        let mut reader = source.create_reader(&ctx("sock", 0, 1)).expect("reader");
+        let mut reader = source
+            .create_reader(&ctx("sock", 0, 1), None)
+            .expect("reader");
         let lines = drain(reader.as_mut(), 10);
         server.join().expect("server");
         assert_eq!(lines, vec!["hello", "world", "", "last ünicode"]);
@@ -295,6 +298,6 @@ mod tests {
     #[test]
     fn a_socket_source_refuses_parallelism_above_one() {
         let source = SocketTextSource::new("127.0.0.1", 1);
-        assert!(source.create_reader(&ctx("sock", 0, 2)).is_err());
+        assert!(source.create_reader(&ctx("sock", 0, 2), None).is_err());
     }
 }

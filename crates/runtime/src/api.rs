@@ -3,7 +3,7 @@
 
 use crate::channel::{make_channels, KeyBytesFn, RecordWriter, Router};
 use crate::executor::SubtaskCtx;
-use crate::function::{Collector, KeyedContext, KeyedProcessFunction, Sink, Source, SourceContext};
+use crate::function::{Collector, KeyedContext, KeyedProcessFunction, OpenContext, Sink, Source};
 use crate::link::{combine, AnyBox, Link};
 use crate::operators::{encode_key, FilterOp, FlatMapOp, KeyedProcessOp, MapOp, OpIdent, SinkOp};
 use crate::task::{run_inputs, run_source, LoopEnv};
@@ -80,12 +80,7 @@ impl<T: Data> ErasedSource for SourceNode<T> {
         let mut chain = combine::<T>(outputs);
         let mut reader = self
             .source
-            .create_reader(&SourceContext {
-                uid: ctx.uid.clone(),
-                subtask: ctx.subtask,
-                parallelism: ctx.parallelism,
-                cancelled: ctx.cancelled.clone(),
-            })
+            .create_reader(&ctx.source_context(), None)
             .map_err(|e| ident.user(e))?;
         run_source(&env_of(ctx, &ident), &mut *reader, &mut *chain)
     }
@@ -489,12 +484,7 @@ impl<T: Data> DataStream<T> {
         let make: MakeLink<T, ()> = Arc::new(move |ctx, _next| {
             let ident = ctx.ident();
             let writer = sink
-                .create_writer(&SourceContext {
-                    uid: ctx.uid.clone(),
-                    subtask: ctx.subtask,
-                    parallelism: ctx.parallelism,
-                    cancelled: ctx.cancelled.clone(),
-                })
+                .create_writer(&ctx.source_context(), None)
                 .map_err(|e| ident.user(e))?;
             Ok(Box::new(SinkOp {
                 ident,
@@ -561,8 +551,13 @@ where
                 .create(&ctx.backend_scope())
                 .map_err(|e| ident.fail(crate::error::chain(&e)))?;
             let mut f = f.clone();
-            f.open(&mut StateRegistry::new(&mut *backend))
-                .map_err(|e| ident.user(e))?;
+            f.open(&mut OpenContext {
+                states: StateRegistry::new(&mut *backend),
+                subtask: ctx.subtask,
+                parallelism: ctx.parallelism,
+                attempt: ctx.attempt,
+            })
+            .map_err(|e| ident.user(e))?;
             Ok(Box::new(KeyedProcessOp {
                 ident,
                 key_fn: key_fn.clone(),
@@ -627,7 +622,7 @@ impl<K, T> KeyedProcessFunction<K, T, T> for ReduceFn<T>
 where
     T: Data + Serialize + DeserializeOwned,
 {
-    fn open(&mut self, states: &mut StateRegistry<'_>) -> Result<(), UserError> {
+    fn open(&mut self, states: &mut OpenContext<'_>) -> Result<(), UserError> {
         self.state = Some(states.value_state("reduce")?);
         Ok(())
     }
@@ -671,7 +666,7 @@ where
     K: Clone + Send + Sync + 'static,
     N: Data + Serialize + DeserializeOwned + std::ops::Add<Output = N> + Default,
 {
-    fn open(&mut self, states: &mut StateRegistry<'_>) -> Result<(), UserError> {
+    fn open(&mut self, states: &mut OpenContext<'_>) -> Result<(), UserError> {
         self.state = Some(states.value_state("sum")?);
         Ok(())
     }

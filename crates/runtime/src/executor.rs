@@ -2,6 +2,7 @@
 //! subtask on its own thread.
 
 use crate::api::NodeRuntime;
+use crate::function::SourceContext;
 use crate::link::AnyBox;
 use crate::metrics::JobMetrics;
 use crate::operators::OpIdent;
@@ -95,6 +96,8 @@ pub(crate) struct SubtaskCtx {
     pub metrics: Arc<JobMetrics>,
     pub cancelled: Arc<AtomicBool>,
     pub options: RuntimeOptions,
+    pub attempt: u32,
+    pub checkpointing: bool,
 }
 
 impl SubtaskCtx {
@@ -103,6 +106,17 @@ impl SubtaskCtx {
             uid: self.uid.to_string(),
             subtask: self.subtask,
             parallelism: self.parallelism,
+        }
+    }
+
+    pub(crate) fn source_context(&self) -> SourceContext {
+        SourceContext {
+            uid: self.uid.clone(),
+            subtask: self.subtask,
+            parallelism: self.parallelism,
+            cancelled: self.cancelled.clone(),
+            attempt: self.attempt,
+            checkpointing: self.checkpointing,
         }
     }
 
@@ -311,6 +325,8 @@ fn run_task(
         metrics: base.metrics.clone(),
         cancelled: base.cancelled.clone(),
         options: base.options.clone(),
+        attempt: 0,
+        checkpointing: false,
     };
     let mut built: HashMap<NodeId, AnyBox> = HashMap::new();
     for &node in vertex.nodes.iter().rev() {

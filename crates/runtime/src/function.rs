@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 use weir_state::{KeyedScope, KeyedStateBackend, StateRegistry, ValueState};
-use weir_types::{OperatorUid, SubtaskIndex};
+use weir_types::{CheckpointId, OperatorUid, SubtaskIndex};
 
 /// Where a source or sink instance runs.
 #[derive(Clone, Debug)]
@@ -22,6 +22,11 @@ pub struct SourceContext {
     pub parallelism: u32,
     /// Set when the job is cancelled; a reader that blocks should check it.
     pub cancelled: Arc<AtomicBool>,
+    /// Which attempt of the job this is: 0 for the first run, +1 for every restart.
+    pub attempt: u32,
+    /// Whether the job takes checkpoints. An exactly-once sink publishes only on
+    /// [`SinkWriter::commit`] then; without checkpoints it publishes in [`SinkWriter::finish`].
+    pub checkpointing: bool,
 }
 
 /// Where a sink instance runs (same facts as a source's).
@@ -46,8 +51,15 @@ pub trait Source<T>: Send + Sync + 'static {
     fn parallel(&self) -> bool {
         true
     }
-    /// Opens the reader of one subtask. Errors name the input that cannot be read.
-    fn create_reader(&self, ctx: &SourceContext) -> Result<Box<dyn SourceReader<T>>, UserError>;
+    /// Opens the reader of one subtask, at the start of its input or — after a failure — at
+    /// `restored`, the bytes its reader returned from [`SourceReader::snapshot_position`] for
+    /// the checkpoint being restored. Errors name the input that cannot be read, or the
+    /// position that does not fit it.
+    fn create_reader(
+        &self,
+        ctx: &SourceContext,
+        restored: Option<&[u8]>,
+    ) -> Result<Box<dyn SourceReader<T>>, UserError>;
 }
 
 /// One subtask's reader. Called from the task thread only; it may block briefly (bounded),
@@ -55,22 +67,60 @@ pub trait Source<T>: Send + Sync + 'static {
 pub trait SourceReader<T>: Send {
     /// Appends up to `max` records to `out` and says whether more follow.
     fn poll(&mut self, out: &mut Vec<T>, max: usize) -> Result<SourcePoll, UserError>;
+
+    /// The reader's position after the last record it returned, for a checkpoint: the bytes
+    /// [`Source::create_reader`] resumes from. Called between polls, on the task thread.
+    /// `None` means the source cannot replay (a socket): after a restore it starts afresh and
+    /// records read since the last checkpoint are lost, so such a source is not exactly-once.
+    fn snapshot_position(&mut self) -> Result<Option<Vec<u8>>, UserError> {
+        Ok(None)
+    }
 }
 
 /// A sink: creates one writer per subtask.
 pub trait Sink<T>: Send + Sync + 'static {
     /// Display name (`print`, `file`, `blackhole`).
     fn name(&self) -> String;
-    /// Opens the writer of one subtask.
-    fn create_writer(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter<T>>, UserError>;
+    /// Opens the writer of one subtask. After a failure, `restored` is what the writer's
+    /// [`SinkWriter::prepare_commit`] returned for the checkpoint being restored: the writer
+    /// commits the transactions it lists (their checkpoint completed; committing is
+    /// idempotent) and aborts whatever else this subtask had staged.
+    fn create_writer(
+        &self,
+        ctx: &SinkContext,
+        restored: Option<&[u8]>,
+    ) -> Result<Box<dyn SinkWriter<T>>, UserError>;
 }
 
 /// One subtask's writer.
+///
+/// With checkpointing on, an exactly-once writer is a two-phase commit: records written
+/// since the last barrier form an open transaction; [`prepare_commit`](Self::prepare_commit)
+/// (the synchronous part of checkpoint *n*) stages it as transaction *n* and returns the
+/// writer's state; [`commit`](Self::commit) (checkpoint *n* complete) publishes every staged
+/// transaction up to *n*. A writer dropped between the two (the job failed) leaves its staged
+/// work invisible; the restored writer aborts it.
 pub trait SinkWriter<T>: Send {
     /// Writes one batch of records, in order.
     fn write_batch(&mut self, batch: Vec<T>) -> Result<(), UserError>;
-    /// Called once at end of input: make everything written visible. A writer dropped without
-    /// `finish` (the job failed) must not make partial output look complete.
+
+    /// Checkpoint `checkpoint`'s barrier arrived: stage the open transaction (durably) and
+    /// return the state to store with the checkpoint — the staged, uncommitted transactions —
+    /// or `None` when the writer has nothing to commit (print, blackhole).
+    fn prepare_commit(&mut self, _checkpoint: CheckpointId) -> Result<Option<Vec<u8>>, UserError> {
+        Ok(None)
+    }
+
+    /// Checkpoint `checkpoint` is complete: publish every staged transaction up to it.
+    /// Idempotent: a commit replayed after a crash is harmless.
+    fn commit(&mut self, _checkpoint: CheckpointId) -> Result<(), UserError> {
+        Ok(())
+    }
+
+    /// Called once at end of input. Without checkpointing: make everything written visible.
+    /// With checkpointing: close the open transaction so the final checkpoint stages it;
+    /// publishing waits for that checkpoint's [`commit`](Self::commit). A writer dropped
+    /// without publishing (the job failed) must not make partial output look complete.
     fn finish(&mut self) -> Result<(), UserError>;
 }
 
@@ -203,13 +253,52 @@ impl EndOfInputContext<'_> {
     }
 }
 
+/// What a keyed process function sees in [`KeyedProcessFunction::open`]: the state registry
+/// (through `Deref`), and where and in which attempt it runs.
+pub struct OpenContext<'a> {
+    pub(crate) states: StateRegistry<'a>,
+    pub(crate) subtask: SubtaskIndex,
+    pub(crate) parallelism: u32,
+    pub(crate) attempt: u32,
+}
+
+impl OpenContext<'_> {
+    /// Which subtask this instance is.
+    pub fn subtask(&self) -> SubtaskIndex {
+        self.subtask
+    }
+
+    /// The operator's parallelism.
+    pub fn parallelism(&self) -> u32 {
+        self.parallelism
+    }
+
+    /// Which attempt of the job: 0 for the first run, +1 for every restart.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+}
+
+impl<'a> Deref for OpenContext<'a> {
+    type Target = StateRegistry<'a>;
+    fn deref(&self) -> &Self::Target {
+        &self.states
+    }
+}
+
+impl<'a> DerefMut for OpenContext<'a> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.states
+    }
+}
+
 /// A function over a keyed stream with access to the current key's state, as Flink's
 /// `KeyedProcessFunction`. One clone runs per subtask.
 ///
 /// States are declared in [`open`](Self::open) and used per record through the context.
 pub trait KeyedProcessFunction<K, IN, OUT>: Clone + Send + 'static {
     /// Declares the function's states. Called once per subtask before the first record.
-    fn open(&mut self, states: &mut StateRegistry<'_>) -> Result<(), UserError>;
+    fn open(&mut self, ctx: &mut OpenContext<'_>) -> Result<(), UserError>;
 
     /// Handles one record of the current key.
     fn process_element(

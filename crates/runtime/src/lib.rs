@@ -40,7 +40,7 @@ pub use api::{Data, DataStream, DataStreamSink, JobDefinition, KeyedStream, Stre
 pub use error::{JobError, TaskError, UserError};
 pub use executor::{JobReport, LocalExecutor, Plan, RuntimeOptions};
 pub use function::{
-    Collector, EndOfInputContext, KeyedContext, KeyedProcessFunction, Sink, SinkContext,
-    SinkWriter, Source, SourceContext, SourcePoll, SourceReader, COLLECTOR_BATCH,
+    Collector, EndOfInputContext, KeyedContext, KeyedProcessFunction, OpenContext, Sink,
+    SinkContext, SinkWriter, Source, SourceContext, SourcePoll, SourceReader, COLLECTOR_BATCH,
 };
 pub use metrics::JobMetrics;
