@@ -1,7 +1,8 @@
 //! The backend contract.
 
+use crate::snapshot::{LocalSnapshot, RestoredSnapshot};
 use crate::StateError;
-use weir_types::{KeyGroup, KeyGroupRange, OperatorUid, SubtaskIndex};
+use weir_types::{CheckpointId, KeyGroup, KeyGroupRange, OperatorUid, SubtaskIndex};
 
 /// The kinds of keyed state. A state's kind is declared up front and never changes.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -166,6 +167,17 @@ pub trait KeyedStateBackend: Send {
     /// Approximate bytes the state occupies in the backend's store (after a flush: on disk for
     /// RocksDB, in memory for the heap backend).
     fn size_bytes(&mut self) -> Result<u64, StateError>;
+
+    /// The synchronous part of a checkpoint: makes the current state immutable (on local disk
+    /// or in memory) and describes it. Must be short — records wait meanwhile — and must see
+    /// every write made before the call (a write-back cache is flushed first).
+    fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<LocalSnapshot, StateError> {
+        Err(StateError::Backend {
+            backend: self.name(),
+            op: format!("snapshot for {checkpoint}"),
+            detail: "this backend cannot take snapshots".into(),
+        })
+    }
 }
 
 /// Where a backend instance is created: which operator subtask, which key groups.
@@ -193,4 +205,20 @@ pub trait StateBackendFactory: Send + Sync {
 
     /// Opens a fresh, empty backend for `scope`.
     fn create(&self, scope: &BackendScope) -> Result<Box<dyn KeyedStateBackend>, StateError>;
+
+    /// Rebuilds a backend for `scope` from a checkpoint's snapshot. Refuses a snapshot of
+    /// another backend, an unknown format version, or another key-group range, naming the
+    /// checkpoint.
+    fn restore(
+        &self,
+        scope: &BackendScope,
+        snapshot: RestoredSnapshot,
+    ) -> Result<Box<dyn KeyedStateBackend>, StateError> {
+        let _ = scope;
+        Err(StateError::Backend {
+            backend: self.name(),
+            op: format!("restore from {}", snapshot.checkpoint),
+            detail: "this backend cannot restore snapshots".into(),
+        })
+    }
 }

@@ -18,6 +18,7 @@ pub mod encoding;
 pub mod error;
 pub mod handles;
 pub mod heap;
+pub mod snapshot;
 
 pub use backend::{
     lookup_descriptor, BackendScope, KeyedStateBackend, Registration, StateBackendFactory,
@@ -26,3 +27,4 @@ pub use backend::{
 pub use error::StateError;
 pub use handles::{KeyedScope, ListState, MapState, ReducingState, StateRegistry, ValueState};
 pub use heap::{HeapStateBackend, HeapStateBackendFactory};
+pub use snapshot::{LocalSnapshot, RestoredSnapshot, SnapshotContent, SnapshotFile};

@@ -21,6 +21,13 @@ impl Watermark {
 pub struct Barrier {
     /// The checkpoint the barrier belongs to.
     pub checkpoint: CheckpointId,
+    /// The incremental base: the latest *completed* checkpoint when this one was triggered,
+    /// whose files the coordinator keeps alive until this checkpoint completes or aborts. A
+    /// task may reuse shareable files it uploaded for exactly that checkpoint, nothing else
+    /// (an aborted or pending checkpoint's uploads are never reused).
+    pub base: Option<CheckpointId>,
+    /// Whether this is a savepoint (self-contained, never subsumed) rather than a checkpoint.
+    pub savepoint: bool,
 }
 
 /// One message on a channel between two tasks.

@@ -1,0 +1,96 @@
+//! What a keyed backend hands over for a checkpoint, and what it is rebuilt from on restore.
+//!
+//! A snapshot has two parts (DESIGN.md §5):
+//! - **synchronous** — [`KeyedStateBackend::snapshot`](crate::KeyedStateBackend::snapshot) runs
+//!   on the task thread while records wait: it makes the backend's current state immutable on
+//!   local disk or in memory (RocksDB: flush the write-back cache, then a native checkpoint that
+//!   hard-links the SST files; heap: serialise every entry) and returns a [`LocalSnapshot`];
+//! - **asynchronous** — an uploader (not this crate: it knows no storage) writes the snapshot's
+//!   [`SnapshotFile`]s to object storage, reusing *shareable* files already uploaded for the
+//!   last completed checkpoint, then removes [`LocalSnapshot::cleanup_dir`].
+//!
+//! Restore is the reverse: the uploader downloads and CRC-verifies every file into a local
+//! directory and hands a [`RestoredSnapshot`] to
+//! [`StateBackendFactory::restore`](crate::StateBackendFactory::restore).
+
+use crate::backend::StateDescriptor;
+use std::path::PathBuf;
+use weir_types::{CheckpointId, KeyGroupRange};
+
+/// Where a snapshot file's bytes are now.
+#[derive(Debug)]
+pub enum SnapshotContent {
+    /// A file on local disk (a hard link into a RocksDB native checkpoint). Immutable until
+    /// the snapshot's cleanup directory is removed.
+    Path(PathBuf),
+    /// Bytes in memory (a heap backend's serialised state).
+    Bytes(Vec<u8>),
+}
+
+/// One file of a snapshot.
+#[derive(Debug)]
+pub struct SnapshotFile {
+    /// The file's name within the snapshot (`000012.sst`, `MANIFEST-000005`, `heap-state`):
+    /// unique within one snapshot; for a shareable file, unique over the backend's whole life
+    /// (and across restores), so equal names mean equal bytes.
+    pub name: String,
+    /// The bytes.
+    pub content: SnapshotContent,
+    /// Whether later snapshots may reference this file instead of uploading it again (an
+    /// immutable RocksDB SST file). Private files belong to one checkpoint.
+    pub shareable: bool,
+}
+
+/// The synchronous part's result: everything needed to rebuild the backend's state.
+#[derive(Debug)]
+pub struct LocalSnapshot {
+    /// The checkpoint it was taken for.
+    pub checkpoint: CheckpointId,
+    /// The backend that took it (`rocksdb`, `heap`); restore refuses another backend.
+    pub backend: &'static str,
+    /// That backend's snapshot format version; restore refuses versions it cannot read.
+    pub format: u32,
+    /// The key groups the state covers.
+    pub key_groups: KeyGroupRange,
+    /// The declared states, in registration order.
+    pub descriptors: Vec<StateDescriptor>,
+    /// The files, in the order the backend wants them restored.
+    pub files: Vec<SnapshotFile>,
+    /// A local directory to remove once the files are uploaded (or the checkpoint aborted).
+    pub cleanup_dir: Option<PathBuf>,
+}
+
+impl LocalSnapshot {
+    /// The total size of the snapshot's files in bytes (files on disk are `stat`ed).
+    pub fn size_bytes(&self) -> u64 {
+        self.files
+            .iter()
+            .map(|f| match &f.content {
+                SnapshotContent::Bytes(b) => b.len() as u64,
+                SnapshotContent::Path(p) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+            })
+            .sum()
+    }
+}
+
+/// What a backend is restored from: the description stored with the checkpoint and the
+/// snapshot's files, downloaded and verified, on local disk.
+#[derive(Debug, Clone)]
+pub struct RestoredSnapshot {
+    /// The checkpoint being restored (for error messages).
+    pub checkpoint: CheckpointId,
+    /// The backend that wrote it.
+    pub backend: String,
+    /// That backend's snapshot format version.
+    pub format: u32,
+    /// The key groups it covers; must equal the new backend's range (rescaling from a
+    /// checkpoint is not supported; savepoints will do it).
+    pub key_groups: KeyGroupRange,
+    /// The declared states.
+    pub descriptors: Vec<StateDescriptor>,
+    /// `(name, local path)` of every file, in the snapshot's order. The backend may move or
+    /// hard-link them; the caller removes [`RestoredSnapshot::dir`] afterwards.
+    pub files: Vec<(String, PathBuf)>,
+    /// The directory holding the downloaded files.
+    pub dir: PathBuf,
+}
