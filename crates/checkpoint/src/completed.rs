@@ -113,6 +113,12 @@ impl CompletedCheckpointStore {
         self.checkpoints.contains_key(&id) || self.savepoints.contains_key(&id)
     }
 
+    /// Removes checkpoint or savepoint `id` (found damaged on restore); returns whether it was
+    /// retained. The caller unregisters its files.
+    pub fn remove(&mut self, id: CheckpointId) -> bool {
+        self.checkpoints.remove(&id).is_some() || self.savepoints.remove(&id).is_some()
+    }
+
     /// Removes a savepoint the user disposed of; the caller unregisters its files.
     pub fn remove_savepoint(&mut self, id: CheckpointId) -> Option<CompletedCheckpoint> {
         self.savepoints.remove(&id)

@@ -109,6 +109,7 @@ pub fn drive<C: CheckpointContext>(
                 id,
                 timestamp,
                 kind,
+                ..
             } => best_effort(ctx.trigger_sources(id, timestamp, kind))?,
             Action::WriteMetadata { id, metadata } => {
                 let written = match metadata.encode() {

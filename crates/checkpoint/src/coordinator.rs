@@ -61,6 +61,9 @@ pub enum Action {
         timestamp: u64,
         /// Checkpoint or savepoint.
         kind: CheckpointKind,
+        /// The incremental base the checkpoint holds: tasks may reuse shareable files they
+        /// uploaded for exactly this completed checkpoint.
+        base: Option<CheckpointId>,
     },
     /// Write `_metadata` for `id` (create-only, last of its files), then report the outcome with
     /// [`Coordinator::on_metadata_written`] or [`Coordinator::on_metadata_failed`].
@@ -299,11 +302,26 @@ impl Coordinator {
         now: u64,
         kind: CheckpointKind,
     ) -> Result<Vec<Action>, CheckpointFailureReason> {
+        self.trigger_checked(now, kind, true)
+    }
+
+    /// Triggers the final checkpoint of a bounded job at `now`, after every task has finished:
+    /// like [`Self::trigger`], but `min-pause` does not apply (the job waits for nothing else).
+    pub fn trigger_final(&mut self, now: u64) -> Result<Vec<Action>, CheckpointFailureReason> {
+        self.trigger_checked(now, CheckpointKind::Checkpoint, false)
+    }
+
+    fn trigger_checked(
+        &mut self,
+        now: u64,
+        kind: CheckpointKind,
+        min_pause_applies: bool,
+    ) -> Result<Vec<Action>, CheckpointFailureReason> {
         let max = self.config.max_concurrent;
         if self.num_in_progress() >= max as usize {
             return Err(CheckpointFailureReason::TooManyConcurrent { max });
         }
-        if !kind.is_savepoint() {
+        if !kind.is_savepoint() && min_pause_applies {
             if let Some(last) = self.last_completion_ms {
                 let earliest = last.saturating_add(self.config.min_pause_ms);
                 if now < earliest {
@@ -324,6 +342,7 @@ impl Coordinator {
             id,
             timestamp: now,
             kind,
+            base,
         }])
     }
 
@@ -480,6 +499,19 @@ impl Coordinator {
         let deletions = self.registry.unregister_checkpoint(id);
         let reason = CheckpointFailureReason::IoError { detail };
         Ok(self.after_abort(id, reason, deletions.into_iter().collect()))
+    }
+
+    /// Restoring from completed checkpoint `id` failed because its files are damaged or
+    /// missing: forget it, so recovery falls back to the previous one. Its files are not
+    /// deleted (they are evidence, and may be shared); they become orphans for the operator
+    /// to inspect. Returns whether `id` was retained.
+    pub fn discard_damaged(&mut self, id: CheckpointId) -> bool {
+        let removed = self.store.remove(id);
+        if removed {
+            let _ = self.registry.unregister_checkpoint(id);
+            tracing::warn!(job = %self.job_id, checkpoint = %id, "damaged checkpoint discarded");
+        }
+        removed
     }
 
     /// The user disposed of savepoint `id`: forget it and delete what only it referenced.

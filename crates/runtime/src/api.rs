@@ -67,6 +67,7 @@ fn env_of<'a>(ctx: &'a SubtaskCtx, ident: &'a OpIdent) -> LoopEnv<'a> {
         batch_size: ctx.options.batch_size,
         buffer_timeout: ctx.options.buffer_timeout,
         metrics: &ctx.metrics,
+        checkpointing: ctx.checkpointing.as_deref(),
     }
 }
 
@@ -78,11 +79,16 @@ impl<T: Data> ErasedSource for SourceNode<T> {
     fn run(&self, ctx: &SubtaskCtx, outputs: Vec<AnyBox>) -> Result<(), TaskError> {
         let ident = ctx.ident();
         let mut chain = combine::<T>(outputs);
+        let restored = ctx
+            .restore
+            .as_ref()
+            .and_then(|r| r.state_of(&ctx.uid))
+            .and_then(|s| s.inline.as_deref());
         let mut reader = self
             .source
-            .create_reader(&ctx.source_context(), None)
+            .create_reader(&ctx.source_context(), restored)
             .map_err(|e| ident.user(e))?;
-        run_source(&env_of(ctx, &ident), &mut *reader, &mut *chain)
+        run_source(&env_of(ctx, &ident), &ctx.uid, &mut *reader, &mut *chain)
     }
 }
 
@@ -483,8 +489,9 @@ impl<T: Data> DataStream<T> {
         let sink: Arc<dyn Sink<T>> = Arc::new(sink);
         let make: MakeLink<T, ()> = Arc::new(move |ctx, _next| {
             let ident = ctx.ident();
+            let manifest = crate::restore::sink_manifest(ctx, &ident)?;
             let writer = sink
-                .create_writer(&ctx.source_context(), None)
+                .create_writer(&ctx.source_context(), manifest.as_deref())
                 .map_err(|e| ident.user(e))?;
             Ok(Box::new(SinkOp {
                 ident,
@@ -492,6 +499,7 @@ impl<T: Data> DataStream<T> {
                 pending: Vec::new(),
                 batch_size: ctx.options.batch_size,
                 metrics: ctx.metrics.clone(),
+                uid: ctx.uid.clone(),
             }) as Box<dyn Link<T>>)
         });
         let s = self.then::<()>(&name, NodeKind::Sink, make);
@@ -546,10 +554,7 @@ where
         let key_fn = self.key.clone();
         let make: MakeLink<T, OUT> = Arc::new(move |ctx, next| {
             let ident = ctx.ident();
-            let mut backend = ctx
-                .state_backend
-                .create(&ctx.backend_scope())
-                .map_err(|e| ident.fail(crate::error::chain(&e)))?;
+            let (mut backend, uploads) = crate::restore::keyed_backend(ctx, &ident)?;
             let mut f = f.clone();
             f.open(&mut OpenContext {
                 states: StateRegistry::new(&mut *backend),
@@ -569,6 +574,8 @@ where
                 scratch: Vec::with_capacity(64),
                 out: Collector::new(next),
                 metrics: ctx.metrics.clone(),
+                uid: ctx.uid.clone(),
+                uploads,
             }) as Box<dyn Link<T>>)
         });
         self.stream

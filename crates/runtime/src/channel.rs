@@ -7,12 +7,14 @@
 //! and always before a watermark or end of input, so in-band events never overtake records.
 
 use crate::link::Link;
+use crate::snapshot::ChainSnapshot;
 use crate::TaskError;
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_types::{
-    key_group_for_key_bytes, subtask_for_key_group, StreamElement, SubtaskIndex, Watermark,
+    key_group_for_key_bytes, subtask_for_key_group, Barrier, CheckpointId, StreamElement,
+    SubtaskIndex, Watermark,
 };
 
 /// Serialises a record's key into the buffer (the bytes the key group is computed from).
@@ -78,6 +80,8 @@ pub(crate) struct RecordWriter<T> {
     next_target: usize,
     rescale_range: (usize, usize),
     key_buf: Vec<u8>,
+    /// End of input was sent; nothing follows on these channels.
+    ended: bool,
 }
 
 impl<T: Clone + Send> RecordWriter<T> {
@@ -109,6 +113,7 @@ impl<T: Clone + Send> RecordWriter<T> {
             next_target: i % n.max(1),
             rescale_range: (lo, hi),
             key_buf: Vec::with_capacity(64),
+            ended: false,
         }
     }
 
@@ -205,6 +210,7 @@ impl<T: Clone + Send> Link<T> for RecordWriter<T> {
     }
 
     fn end_of_input(&mut self) -> Result<(), TaskError> {
+        self.ended = true;
         self.broadcast_event(StreamElement::EndOfInput)
     }
 
@@ -212,6 +218,23 @@ impl<T: Clone + Send> Link<T> for RecordWriter<T> {
         if force || self.last_flush.elapsed() >= self.timeout {
             self.flush_all()?;
         }
+        Ok(())
+    }
+
+    fn barrier(
+        &mut self,
+        barrier: Barrier,
+        _snapshot: &mut ChainSnapshot,
+    ) -> Result<(), TaskError> {
+        if self.ended {
+            // The channels carried end of input already: downstream tasks count them as
+            // aligned, and a finished downstream task is triggered directly.
+            return Ok(());
+        }
+        self.broadcast_event(StreamElement::Barrier(barrier))
+    }
+
+    fn checkpoint_complete(&mut self, _id: CheckpointId) -> Result<(), TaskError> {
         Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! Errors of tasks and jobs.
 
-use weir_types::SubtaskIndex;
+use weir_types::{CheckpointId, SubtaskIndex};
 
 /// The error type of user functions (process functions, sources, sinks).
 pub type UserError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -48,6 +48,19 @@ pub enum TaskError {
     /// The job was cancelled.
     #[error("cancelled")]
     Cancelled,
+    /// A file of the checkpoint being restored is damaged or missing (bad CRC, wrong size,
+    /// absent): recovery falls back to the previous completed checkpoint.
+    #[error("operator '{uid}' subtask {subtask} cannot restore {checkpoint}: {detail}")]
+    CheckpointDamaged {
+        /// The restoring operator's uid.
+        uid: String,
+        /// Which subtask.
+        subtask: SubtaskIndex,
+        /// The checkpoint being restored.
+        checkpoint: CheckpointId,
+        /// Which file, and what is wrong with it.
+        detail: String,
+    },
     /// A message arrived that the protocol forbids at this point (a bug, reported loudly).
     #[error("invariant broken in '{uid}' subtask {subtask}: {detail}")]
     Invariant {
@@ -81,6 +94,26 @@ pub enum JobError {
     /// A task failed; this is the root cause.
     #[error(transparent)]
     Task(#[from] TaskError),
+    /// Checkpointing could not be set up (storage, the upload runtime, the coordinator).
+    #[error("checkpointing: {detail}")]
+    Checkpointing {
+        /// What failed.
+        detail: String,
+    },
+    /// No checkpoint can be restored: none is intact, or the one found does not fit the job.
+    #[error("cannot restore: {detail}")]
+    Restore {
+        /// Which checkpoint, and why.
+        detail: String,
+    },
+    /// The restart strategy allows no more restarts.
+    #[error("{reason}; the last failure: {last}")]
+    RestartsExhausted {
+        /// The strategy and the limit it reached.
+        reason: String,
+        /// The failure that was not restarted.
+        last: String,
+    },
     /// A task thread could not be started or panicked.
     #[error("task '{task}' {detail}")]
     Thread {

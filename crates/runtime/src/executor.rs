@@ -2,21 +2,29 @@
 //! subtask on its own thread.
 
 use crate::api::NodeRuntime;
+use crate::driver::{now_ms, CheckpointRecord, Driver};
 use crate::function::SourceContext;
 use crate::link::AnyBox;
 use crate::metrics::JobMetrics;
 use crate::operators::OpIdent;
+use crate::restart::{RestartDecision, RestartStrategy, RestartTracker};
+use crate::snapshot::{Control, TaskCheckpointing, TaskEvent, TaskRestore, Transfer};
 use crate::{JobDefinition, JobError, TaskError};
-use std::collections::HashMap;
+use crossbeam_channel::Sender;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+use weir_checkpoint::{Action, CheckpointConfig, CheckpointMetadata, Coordinator, TaskId};
 use weir_graph::{
     ExecutionGraph, JobGraph, NodeKind, ParallelismSettings, Partitioning, StreamGraph,
 };
 use weir_state::{BackendScope, StateBackendFactory};
-use weir_types::{KeyGroupRange, NodeId, OperatorUid, SubtaskIndex, VertexId};
+use weir_state_transfer::Uploader;
+use weir_storage::{CheckpointPaths, Store};
+use weir_types::{CheckpointId, JobId, KeyGroupRange, NodeId, OperatorUid, SubtaskIndex, VertexId};
 
 /// Tunables of the data plane.
 #[derive(Clone, Debug)]
@@ -97,7 +105,8 @@ pub(crate) struct SubtaskCtx {
     pub cancelled: Arc<AtomicBool>,
     pub options: RuntimeOptions,
     pub attempt: u32,
-    pub checkpointing: bool,
+    pub checkpointing: Option<Arc<TaskCheckpointing>>,
+    pub restore: Option<Arc<TaskRestore>>,
 }
 
 impl SubtaskCtx {
@@ -116,7 +125,7 @@ impl SubtaskCtx {
             parallelism: self.parallelism,
             cancelled: self.cancelled.clone(),
             attempt: self.attempt,
-            checkpointing: self.checkpointing,
+            checkpointing: self.checkpointing.is_some(),
         }
     }
 
@@ -132,12 +141,45 @@ impl SubtaskCtx {
     }
 }
 
+/// Checkpointing for a local job: where checkpoints go, how often, and how to restart.
+pub struct CheckpointSettings {
+    /// Interval, timeout, pauses, retention, mode.
+    pub config: CheckpointConfig,
+    /// The checkpoint root (`state.checkpoints.dir`).
+    pub store: Store,
+    /// The job's id: its checkpoints live under `<root>/<job-id>/`.
+    pub job_id: JobId,
+    /// What to do when a task fails.
+    pub restart: RestartStrategy,
+    /// Resume: restore the latest intact checkpoint that `job_id` already has in storage.
+    pub resume: bool,
+    /// Local scratch space (restore downloads).
+    pub local_dir: PathBuf,
+}
+
+/// What a checkpointed job did besides its records.
+#[derive(Clone, Debug, Default)]
+pub struct CheckpointReport {
+    /// Every checkpoint triggered, in order.
+    pub history: Vec<CheckpointRecord>,
+    /// Restarts after task failures.
+    pub restarts: u32,
+    /// The checkpoint the job started from when resuming, or the last restore.
+    pub restored_from: Option<CheckpointId>,
+    /// Every synchronous snapshot pause of every task, in microseconds.
+    pub sync_pauses_us: Vec<u64>,
+    /// The retained completed checkpoints at the end, oldest first.
+    pub retained: Vec<CheckpointId>,
+}
+
 /// Runs jobs inside this process, one thread per subtask.
 pub struct LocalExecutor {
     options: RuntimeOptions,
     state_backend: Arc<dyn StateBackendFactory>,
     metrics: Arc<JobMetrics>,
     cancelled: Arc<AtomicBool>,
+    checkpointing: Option<CheckpointSettings>,
+    history: Arc<Mutex<CheckpointReport>>,
 }
 
 struct TaskSpec {
@@ -149,6 +191,25 @@ struct TaskSpec {
     senders: HashMap<usize, AnyBox>,
     /// Receivers of this subtask, over all incoming job edges.
     receivers: Vec<AnyBox>,
+    checkpointing: Option<Arc<TaskCheckpointing>>,
+    restore: Option<Arc<TaskRestore>>,
+}
+
+/// Why one attempt of a job ended without finishing.
+enum AttemptError {
+    Task(TaskError),
+    Thread(JobError),
+    Checkpoints(String),
+}
+
+/// The checkpointing machinery shared by every attempt of one job.
+struct JobCheckpointing<'a> {
+    settings: &'a CheckpointSettings,
+    coordinator: Coordinator,
+    paths: CheckpointPaths,
+    transfer: Arc<Transfer>,
+    deletions: Vec<tokio::task::JoinHandle<()>>,
+    sync_pauses: Arc<Mutex<Vec<u64>>>,
 }
 
 impl LocalExecutor {
@@ -159,12 +220,28 @@ impl LocalExecutor {
             state_backend,
             metrics: Arc::new(JobMetrics::default()),
             cancelled: Arc::new(AtomicBool::new(false)),
+            checkpointing: None,
+            history: Arc::new(Mutex::new(CheckpointReport::default())),
         }
+    }
+
+    /// Takes checkpoints as `settings` say, and restarts failed jobs from them.
+    pub fn with_checkpointing(mut self, settings: CheckpointSettings) -> Self {
+        self.checkpointing = Some(settings);
+        self
     }
 
     /// The job's live counters (readable while it runs, e.g. by a progress reporter).
     pub fn metrics(&self) -> Arc<JobMetrics> {
         self.metrics.clone()
+    }
+
+    /// The checkpoint history so far (readable while the job runs and after it ended).
+    pub fn checkpoint_report(&self) -> CheckpointReport {
+        self.history
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// A flag that cancels the running job when set (Ctrl-C).
@@ -173,15 +250,260 @@ impl LocalExecutor {
     }
 
     /// Runs `job` as planned until every task has finished. On failure, returns the root
-    /// cause: the first error that is not a consequence of another task's failure.
+    /// cause: the first error that is not a consequence of another task's failure. With
+    /// checkpointing, a failed attempt is restarted from the latest completed checkpoint as
+    /// the restart strategy allows.
     pub fn execute(&self, job: &JobDefinition, plan: &Plan) -> Result<JobReport, JobError> {
         let start = Instant::now();
+        let tasks = plan.execution.subtasks.len();
+        match &self.checkpointing {
+            None => match self.run_attempt(job, plan, 0, None, None) {
+                Ok(()) => {}
+                Err(AttemptError::Task(e)) => return Err(e.into()),
+                Err(AttemptError::Thread(e)) => return Err(e),
+                Err(AttemptError::Checkpoints(detail)) => {
+                    return Err(JobError::Checkpointing { detail })
+                }
+            },
+            Some(settings) => self.execute_checkpointed(job, plan, settings)?,
+        }
+        Ok(JobReport {
+            duration: start.elapsed(),
+            source_records: JobMetrics::get(&self.metrics.source_records),
+            sink_records: JobMetrics::get(&self.metrics.sink_records),
+            state_bytes: JobMetrics::get(&self.metrics.state_bytes),
+            tasks,
+        })
+    }
+
+    fn execute_checkpointed(
+        &self,
+        job: &JobDefinition,
+        plan: &Plan,
+        settings: &CheckpointSettings,
+    ) -> Result<(), JobError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("weir-upload")
+            .enable_all()
+            .build()
+            .map_err(|e| JobError::Checkpointing {
+                detail: format!("cannot start the upload runtime: {e}"),
+            })?;
+        let task_ids = plan
+            .execution
+            .subtasks
+            .iter()
+            .map(|s| TaskId::new(s.vertex, s.subtask));
+        let coordinator = Coordinator::new(
+            settings.job_id,
+            plan.job.max_parallelism,
+            settings.config.clone(),
+            task_ids,
+        )
+        .map_err(|e| JobError::Checkpointing {
+            detail: e.to_string(),
+        })?;
+        let paths = CheckpointPaths::new(settings.job_id);
+        let mut cp = JobCheckpointing {
+            settings,
+            coordinator,
+            transfer: Arc::new(Transfer {
+                uploader: Uploader::new(settings.store.clone(), paths.clone()),
+                runtime: runtime.handle().clone(),
+            }),
+            paths,
+            deletions: Vec::new(),
+            sync_pauses: Arc::new(Mutex::new(Vec::new())),
+        };
+        if settings.resume {
+            let found = runtime.block_on(crate::resume::load_completed(&settings.store, &cp.paths));
+            let (completed, highest) =
+                found.map_err(|detail| JobError::Checkpointing { detail })?;
+            if completed.is_empty() {
+                return Err(JobError::Restore {
+                    detail: format!(
+                        "job {} has no intact completed checkpoint in {} to resume from",
+                        settings.job_id, settings.store
+                    ),
+                });
+            }
+            let actions =
+                cp.coordinator
+                    .restore(completed, highest)
+                    .map_err(|e| JobError::Restore {
+                        detail: e.to_string(),
+                    })?;
+            perform_deletions(&mut cp, actions);
+        }
+        let result = self.attempts(job, plan, &mut cp);
+        let shutdown = cp.coordinator.shutdown();
+        perform_deletions(&mut cp, shutdown);
+        for d in cp.deletions.drain(..) {
+            let _ = runtime.block_on(d);
+        }
+        {
+            let mut report = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+            report.sync_pauses_us = cp
+                .sync_pauses
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            report.retained = cp
+                .coordinator
+                .store()
+                .all()
+                .iter()
+                .map(|c| c.id())
+                .collect();
+        }
+        runtime.shutdown_timeout(Duration::from_secs(5));
+        result
+    }
+
+    fn attempts(
+        &self,
+        job: &JobDefinition,
+        plan: &Plan,
+        cp: &mut JobCheckpointing<'_>,
+    ) -> Result<(), JobError> {
+        let mut tracker = RestartTracker::new(cp.settings.restart.clone());
+        let mut ever_completed = cp.coordinator.store().latest().is_some();
+        for attempt in 0u32.. {
+            let restore = cp
+                .coordinator
+                .store()
+                .latest()
+                .map(|c| c.metadata().clone());
+            if let Some(m) = &restore {
+                crate::resume::check_compatible(m, plan)
+                    .map_err(|detail| JobError::Restore { detail })?;
+                self.history
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .restored_from = Some(m.checkpoint_id);
+                tracing::info!(attempt, checkpoint = %m.checkpoint_id, "restoring");
+            }
+            let result = self.run_attempt(job, plan, attempt, Some(cp), restore.as_ref());
+            ever_completed |= cp.coordinator.store().latest().is_some();
+            let failover = cp.coordinator.on_failover();
+            perform_deletions(cp, failover);
+            let error = match result {
+                Ok(()) => return Ok(()),
+                Err(AttemptError::Thread(e)) => return Err(e),
+                Err(AttemptError::Task(TaskError::Cancelled))
+                    if self.cancelled.load(Ordering::Relaxed) =>
+                {
+                    return Err(TaskError::Cancelled.into())
+                }
+                Err(AttemptError::Task(TaskError::CheckpointDamaged {
+                    uid,
+                    subtask,
+                    checkpoint,
+                    detail,
+                })) => {
+                    tracing::error!(%checkpoint, %uid, %subtask, %detail, "checkpoint damaged; falling back to the previous one");
+                    cp.coordinator.discard_damaged(checkpoint);
+                    if cp.coordinator.store().latest().is_none() && ever_completed {
+                        return Err(JobError::Restore {
+                            detail: format!(
+                                "{checkpoint} is damaged ({detail}) and no older intact checkpoint is retained; \
+                                 restarting from scratch would publish output twice"
+                            ),
+                        });
+                    }
+                    continue;
+                }
+                Err(AttemptError::Task(e)) => e.to_string(),
+                Err(AttemptError::Checkpoints(detail)) => detail,
+            };
+            match tracker.on_failure(now_ms(), u64::from(attempt)) {
+                RestartDecision::Restart { delay_ms, .. } => {
+                    tracing::warn!(attempt, delay_ms, error = %error, "job failed; restarting");
+                    self.history
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .restarts += 1;
+                    if !self.sleep_unless_cancelled(Duration::from_millis(delay_ms)) {
+                        return Err(TaskError::Cancelled.into());
+                    }
+                    self.metrics.reset_for_restart();
+                }
+                RestartDecision::Fail { reason } => {
+                    return Err(JobError::RestartsExhausted {
+                        reason,
+                        last: error,
+                    })
+                }
+            }
+        }
+        unreachable!("the attempt loop returns")
+    }
+
+    fn sleep_unless_cancelled(&self, delay: Duration) -> bool {
+        let until = Instant::now() + delay;
+        while Instant::now() < until {
+            if self.cancelled.load(Ordering::Relaxed) {
+                return false;
+            }
+            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(20)));
+        }
+        !self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Runs one attempt: every task from the start (or from `restore`) to its end.
+    fn run_attempt(
+        &self,
+        job: &JobDefinition,
+        plan: &Plan,
+        attempt: u32,
+        mut cp: Option<&mut JobCheckpointing<'_>>,
+        restore: Option<&CheckpointMetadata>,
+    ) -> Result<(), AttemptError> {
         let def = job;
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let (events_tx, events_rx) = crossbeam_channel::unbounded::<TaskEvent>();
+        let mut controls: BTreeMap<TaskId, Sender<Control>> = BTreeMap::new();
+        let mut sources: BTreeSet<TaskId> = BTreeSet::new();
         // 1. Channels: for every job edge, one per (upstream, downstream) subtask pair.
         let mut specs: Vec<TaskSpec> = Vec::new();
         let mut index: HashMap<(VertexId, u32), usize> = HashMap::new();
         for ev in &plan.execution.subtasks {
             let v = &plan.job.vertices[ev.vertex.0 as usize];
+            let task = TaskId::new(ev.vertex, ev.subtask);
+            let checkpointing = cp.as_ref().map(|cp| {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                controls.insert(task, tx);
+                Arc::new(TaskCheckpointing {
+                    task,
+                    subtask: ev.subtask,
+                    mode: cp.settings.config.mode,
+                    control: rx,
+                    events: events_tx.clone(),
+                    transfer: cp.transfer.clone(),
+                    sync_pauses: cp.sync_pauses.clone(),
+                })
+            });
+            if matches!(def.nodes[v.head.0 as usize], NodeRuntime::Source(_)) {
+                sources.insert(task);
+            }
+            let restore = match (restore, cp.as_ref()) {
+                (Some(m), Some(cp)) => Some(Arc::new(TaskRestore {
+                    checkpoint: m.checkpoint_id,
+                    operators: v
+                        .nodes
+                        .iter()
+                        .filter_map(|n| {
+                            let uid = &plan.uids[n.0 as usize];
+                            let state = m.operators.get(uid)?.subtasks.get(&ev.subtask)?;
+                            Some((uid.clone(), state.clone()))
+                        })
+                        .collect(),
+                    transfer: cp.transfer.clone(),
+                    local_dir: cp.settings.local_dir.clone(),
+                })),
+                _ => None,
+            };
             index.insert((ev.vertex, ev.subtask.0), specs.len());
             specs.push(TaskSpec {
                 name: format!("{} ({}/{})", v.name, ev.subtask.0 + 1, ev.parallelism),
@@ -190,8 +512,11 @@ impl LocalExecutor {
                 key_groups: ev.key_groups,
                 senders: HashMap::new(),
                 receivers: Vec::new(),
+                checkpointing,
+                restore,
             });
         }
+        drop(events_tx);
         for (e, edge) in plan.job.edges.iter().enumerate() {
             let n_up = plan.job.vertices[edge.source.0 as usize].parallelism as usize;
             let n_down = plan.job.vertices[edge.target.0 as usize].parallelism as usize;
@@ -222,12 +547,21 @@ impl LocalExecutor {
             state_backend: self.state_backend.clone(),
             keyed_subtasks_in_process: keyed_subtasks,
             metrics: self.metrics.clone(),
-            cancelled: self.cancelled.clone(),
+            cancelled: cancelled.clone(),
             options: self.options.clone(),
+            attempt,
         };
+        let mut history = std::mem::take(
+            &mut self
+                .history
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .history,
+        );
         let mut primary: Option<TaskError> = None;
         let mut secondary: Option<TaskError> = None;
-        std::thread::scope(|scope| -> Result<(), JobError> {
+        let mut checkpoint_failure: Option<String> = None;
+        let scoped = std::thread::scope(|scope| -> Result<(), JobError> {
             for spec in specs {
                 let (base, done) = (&base, done_tx.clone());
                 let name = spec.name.clone();
@@ -242,7 +576,7 @@ impl LocalExecutor {
                         let _ = done.send((name, result));
                     })
                     .map_err(|e| {
-                        self.cancelled.store(true, Ordering::Relaxed);
+                        cancelled.store(true, Ordering::Relaxed);
                         JobError::Thread {
                             task: name,
                             detail: format!("could not start: {e}"),
@@ -250,34 +584,106 @@ impl LocalExecutor {
                     })?;
             }
             drop(done_tx);
-            // 3. Collect: the first primary error cancels the rest.
-            for (name, result) in done_rx.iter() {
-                match result {
-                    Ok(()) => tracing::debug!(task = %name, "task finished"),
-                    Err(e) if e.is_secondary() => {
-                        tracing::debug!(task = %name, error = %e, "task stopped");
-                        self.cancelled.store(true, Ordering::Relaxed);
-                        secondary.get_or_insert(e);
+            let mut driver = cp.as_mut().map(|cp| Driver {
+                coordinator: &mut cp.coordinator,
+                store: &cp.settings.store,
+                paths: &cp.paths,
+                runtime: &cp.transfer.runtime,
+                controls: std::mem::take(&mut controls),
+                sources: std::mem::take(&mut sources),
+                history: &mut history,
+                deletions: &mut cp.deletions,
+                attempt,
+                finished: BTreeSet::new(),
+                barriers: BTreeMap::new(),
+                final_from: None,
+                done: false,
+                failed: None,
+            });
+            // 3. Collect task ends and drive checkpoints; the first primary error (or too
+            //    many checkpoint failures, or Ctrl-C) cancels the rest.
+            let tick = Duration::from_millis(10);
+            let mut remaining = tasks;
+            let never = crossbeam_channel::never::<TaskEvent>();
+            let events = if driver.is_some() { &events_rx } else { &never };
+            while remaining > 0 {
+                if self.cancelled.load(Ordering::Relaxed) {
+                    cancelled.store(true, Ordering::Relaxed);
+                }
+                crossbeam_channel::select! {
+                    recv(done_rx) -> msg => {
+                        let Ok((name, result)) = msg else { break };
+                        remaining -= 1;
+                        match result {
+                            Ok(()) => tracing::debug!(task = %name, "task finished"),
+                            Err(e) if e.is_secondary() => {
+                                tracing::debug!(task = %name, error = %e, "task stopped");
+                                cancelled.store(true, Ordering::Relaxed);
+                                secondary.get_or_insert(e);
+                            }
+                            Err(e) => {
+                                tracing::error!(task = %name, error = %e, "task failed");
+                                cancelled.store(true, Ordering::Relaxed);
+                                primary.get_or_insert(e);
+                            }
+                        }
                     }
-                    Err(e) => {
-                        tracing::error!(task = %name, error = %e, "task failed");
-                        self.cancelled.store(true, Ordering::Relaxed);
-                        primary.get_or_insert(e);
+                    recv(events) -> msg => {
+                        if let (Ok(event), Some(d)) = (msg, driver.as_mut()) {
+                            if !cancelled.load(Ordering::Relaxed) {
+                                d.on_event(event);
+                            }
+                        }
+                    }
+                    default(tick) => {}
+                }
+                if let Some(d) = driver.as_mut() {
+                    if !cancelled.load(Ordering::Relaxed) {
+                        d.on_tick();
+                    }
+                    if let Some(reason) = d.failed.take() {
+                        tracing::error!(%reason, "failing the job");
+                        cancelled.store(true, Ordering::Relaxed);
+                        checkpoint_failure.get_or_insert(reason);
                     }
                 }
             }
             Ok(())
-        })?;
-        if let Some(e) = primary.or(secondary) {
-            return Err(e.into());
+        });
+        self.history
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .history = history;
+        scoped.map_err(AttemptError::Thread)?;
+        if let Some(e) = primary {
+            return Err(AttemptError::Task(e));
         }
-        Ok(JobReport {
-            duration: start.elapsed(),
-            source_records: JobMetrics::get(&self.metrics.source_records),
-            sink_records: JobMetrics::get(&self.metrics.sink_records),
-            state_bytes: JobMetrics::get(&self.metrics.state_bytes),
-            tasks,
-        })
+        if let Some(detail) = checkpoint_failure {
+            return Err(AttemptError::Checkpoints(detail));
+        }
+        if let Some(e) = secondary {
+            return Err(AttemptError::Task(e));
+        }
+        Ok(())
+    }
+}
+
+/// Starts the deletions among `actions` (the rest needs no tasks: they are stopped).
+fn perform_deletions(cp: &mut JobCheckpointing<'_>, actions: Vec<Action>) {
+    for action in actions {
+        if let Action::DeleteFiles { paths } = action {
+            let store = cp.settings.store.clone();
+            let job = cp.paths.clone();
+            cp.deletions.push(cp.transfer.runtime.spawn(async move {
+                for p in paths {
+                    if let Ok(path) = job.handle_path(&p) {
+                        if let Err(e) = store.delete(&path).await {
+                            tracing::warn!(path = %p, error = %e, "could not delete an unreferenced checkpoint file");
+                        }
+                    }
+                }
+            }));
+        }
     }
 }
 
@@ -304,6 +710,7 @@ struct BaseCtx {
     metrics: Arc<JobMetrics>,
     cancelled: Arc<AtomicBool>,
     options: RuntimeOptions,
+    attempt: u32,
 }
 
 /// Assembles one subtask's chain tail-first, then runs its loop.
@@ -325,8 +732,9 @@ fn run_task(
         metrics: base.metrics.clone(),
         cancelled: base.cancelled.clone(),
         options: base.options.clone(),
-        attempt: 0,
-        checkpointing: false,
+        attempt: base.attempt,
+        checkpointing: spec.checkpointing.clone(),
+        restore: spec.restore.clone(),
     };
     let mut built: HashMap<NodeId, AnyBox> = HashMap::new();
     for &node in vertex.nodes.iter().rev() {

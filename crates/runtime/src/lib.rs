@@ -28,17 +28,25 @@
 
 mod api;
 mod channel;
+mod driver;
 mod error;
 mod executor;
 mod function;
 mod link;
 mod metrics;
 mod operators;
+pub mod restart;
+mod restore;
+mod resume;
+mod snapshot;
 mod task;
 
 pub use api::{Data, DataStream, DataStreamSink, JobDefinition, KeyedStream, StreamEnvironment};
+pub use driver::{CheckpointRecord, CheckpointStatus};
 pub use error::{JobError, TaskError, UserError};
-pub use executor::{JobReport, LocalExecutor, Plan, RuntimeOptions};
+pub use executor::{
+    CheckpointReport, CheckpointSettings, JobReport, LocalExecutor, Plan, RuntimeOptions,
+};
 pub use function::{
     Collector, EndOfInputContext, KeyedContext, KeyedProcessFunction, OpenContext, Sink,
     SinkContext, SinkWriter, Source, SourceContext, SourcePoll, SourceReader, COLLECTOR_BATCH,

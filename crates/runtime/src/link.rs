@@ -1,9 +1,10 @@
 //! A [`Link`] is one step of a task's chain: an operator wrapping the next step, a fan-out, a
 //! sink, or a network writer. Records are pushed through links by plain (virtual) calls.
 
+use crate::snapshot::ChainSnapshot;
 use crate::TaskError;
 use std::any::Any;
-use weir_types::Watermark;
+use weir_types::{Barrier, CheckpointId, Watermark};
 
 /// A type-erased value at a factory boundary (a `Box<dyn Link<T>>`, a channel end, …).
 pub(crate) type AnyBox = Box<dyn Any + Send>;
@@ -29,6 +30,15 @@ pub(crate) trait Link<T>: Send {
 
     /// Sends buffered output: everything when `force`, else only buffers whose timeout passed.
     fn flush(&mut self, force: bool) -> Result<(), TaskError>;
+
+    /// The synchronous part of checkpoint `barrier.checkpoint`: add this step's state to
+    /// `snapshot`, then pass the barrier on (a network writer flushes its buffers and sends it
+    /// on every channel, unless its channels already ended).
+    fn barrier(&mut self, barrier: Barrier, snapshot: &mut ChainSnapshot) -> Result<(), TaskError>;
+
+    /// Checkpoint `id` is complete: commit what it covers (exactly-once sinks publish), then
+    /// pass the notification on.
+    fn checkpoint_complete(&mut self, id: CheckpointId) -> Result<(), TaskError>;
 }
 
 /// Sends every record to several links (a stream consumed more than once).
@@ -56,6 +66,18 @@ impl<T: Clone + Send> Link<T> for Fanout<T> {
     fn flush(&mut self, force: bool) -> Result<(), TaskError> {
         self.outputs.iter_mut().try_for_each(|o| o.flush(force))
     }
+
+    fn barrier(&mut self, barrier: Barrier, snapshot: &mut ChainSnapshot) -> Result<(), TaskError> {
+        self.outputs
+            .iter_mut()
+            .try_for_each(|o| o.barrier(barrier, snapshot))
+    }
+
+    fn checkpoint_complete(&mut self, id: CheckpointId) -> Result<(), TaskError> {
+        self.outputs
+            .iter_mut()
+            .try_for_each(|o| o.checkpoint_complete(id))
+    }
 }
 
 /// Drops everything: the output of an operator nobody consumes.
@@ -75,6 +97,12 @@ impl<T> Link<T> for Discard {
         Ok(())
     }
     fn flush(&mut self, _force: bool) -> Result<(), TaskError> {
+        Ok(())
+    }
+    fn barrier(&mut self, _b: Barrier, _s: &mut ChainSnapshot) -> Result<(), TaskError> {
+        Ok(())
+    }
+    fn checkpoint_complete(&mut self, _id: CheckpointId) -> Result<(), TaskError> {
         Ok(())
     }
 }

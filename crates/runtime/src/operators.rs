@@ -6,12 +6,16 @@ use crate::function::{
 };
 use crate::link::Link;
 use crate::metrics::JobMetrics;
+use crate::snapshot::{ChainSnapshot, KeyedUploads, OperatorPart, SINK_MANIFEST_FILE};
 use crate::{TaskError, UserError};
 use serde::Serialize;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use weir_state::{KeyedScope, KeyedStateBackend};
-use weir_types::{key_group_for_key_bytes, KeyGroupRange, SubtaskIndex, Watermark};
+use weir_types::{
+    key_group_for_key_bytes, Barrier, CheckpointId, KeyGroupRange, OperatorUid, SubtaskIndex,
+    Watermark,
+};
 
 /// Who an operator is, for error messages.
 #[derive(Clone, Debug)]
@@ -53,6 +57,16 @@ macro_rules! forward_events {
         }
         fn flush(&mut self, force: bool) -> Result<(), TaskError> {
             self.next.flush(force)
+        }
+        fn barrier(
+            &mut self,
+            barrier: weir_types::Barrier,
+            snapshot: &mut crate::snapshot::ChainSnapshot,
+        ) -> Result<(), TaskError> {
+            self.next.barrier(barrier, snapshot)
+        }
+        fn checkpoint_complete(&mut self, id: weir_types::CheckpointId) -> Result<(), TaskError> {
+            self.next.checkpoint_complete(id)
         }
     };
 }
@@ -145,6 +159,10 @@ pub(crate) struct KeyedProcessOp<K, IN, OUT, F> {
     /// The function's output; owns the next link of the chain.
     pub out: Collector<OUT>,
     pub metrics: Arc<JobMetrics>,
+    /// The operator's uid, as snapshots record it.
+    pub uid: OperatorUid,
+    /// What this operator uploaded per checkpoint (its incremental bases).
+    pub uploads: KeyedUploads,
 }
 
 impl<K, IN, OUT, F> KeyedProcessOp<K, IN, OUT, F>
@@ -224,6 +242,28 @@ where
     fn flush(&mut self, force: bool) -> Result<(), TaskError> {
         self.out.next().flush(force)
     }
+
+    fn barrier(&mut self, barrier: Barrier, snapshot: &mut ChainSnapshot) -> Result<(), TaskError> {
+        self.out.drain()?;
+        let local = self
+            .backend
+            .snapshot(barrier.checkpoint)
+            .map_err(|e| self.ident.fail(chain(&e)))?;
+        snapshot.add(
+            &self.uid,
+            OperatorPart::Keyed {
+                snapshot: local,
+                base: self.uploads.base_for(barrier.base),
+                uploads: self.uploads.clone(),
+            },
+        );
+        self.out.next().barrier(barrier, snapshot)
+    }
+
+    fn checkpoint_complete(&mut self, id: CheckpointId) -> Result<(), TaskError> {
+        self.uploads.completed(id);
+        self.out.next().checkpoint_complete(id)
+    }
 }
 
 /// The end of a chain that writes to a sink.
@@ -233,6 +273,8 @@ pub(crate) struct SinkOp<T> {
     pub pending: Vec<T>,
     pub batch_size: usize,
     pub metrics: Arc<JobMetrics>,
+    /// The operator's uid, as snapshots record it.
+    pub uid: OperatorUid,
 }
 
 impl<T: Send> SinkOp<T> {
@@ -277,5 +319,27 @@ impl<T: Send> Link<T> for SinkOp<T> {
 
     fn flush(&mut self, _force: bool) -> Result<(), TaskError> {
         self.write_pending()
+    }
+
+    fn barrier(&mut self, barrier: Barrier, snapshot: &mut ChainSnapshot) -> Result<(), TaskError> {
+        self.write_pending()?;
+        let manifest = self
+            .writer
+            .prepare_commit(barrier.checkpoint)
+            .map_err(|e| self.ident.user(e))?;
+        if let Some(bytes) = manifest {
+            snapshot.add(
+                &self.uid,
+                OperatorPart::PrivateFile {
+                    name: SINK_MANIFEST_FILE,
+                    bytes,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn checkpoint_complete(&mut self, id: CheckpointId) -> Result<(), TaskError> {
+        self.writer.commit(id).map_err(|e| self.ident.user(e))
     }
 }

@@ -20,16 +20,35 @@
 //! 6. Error path: a channel that disconnects without end of input means its producer failed:
 //!    the task stops with [`TaskError::UpstreamLost`] (or `Cancelled` when the job was
 //!    cancelled), so failures spread along the graph and no task waits forever.
+//!
+//! With checkpointing ([`crate::snapshot`] tells the protocol):
+//! - A source checks its control channel between polls: [`Control::Trigger`] snapshots the
+//!   reader's position and the chain, and emits the barrier; [`Control::Complete`] reaches
+//!   the chain (sinks commit).
+//! - An input task aligns barriers. Exactly-once: a channel that delivered barrier *n* is not
+//!   read again until every channel that has not ended delivered it; then the chain snapshots,
+//!   the barrier goes downstream and every channel is read again. At-least-once: channels are
+//!   not blocked, so records that overtook the barrier are in the snapshot (replayed again
+//!   after a restore); only a channel that already brings barrier *n+1* waits.
+//! - Invariants checked on the message path: barrier ids strictly increase per channel and
+//!   per task, and no channel skips the barrier being aligned.
+//! - After end of input the task reports [`TaskEvent::Finished`] and stays, answering direct
+//!   triggers (its state no longer changes) and completions, until [`Control::Shutdown`]
+//!   after the job's final checkpoint.
 
 use crate::function::{SourcePoll, SourceReader};
 use crate::link::Link;
 use crate::metrics::JobMetrics;
 use crate::operators::OpIdent;
+use crate::snapshot::{
+    BarrierOrder, ChainSnapshot, Control, OperatorPart, TaskCheckpointing, TaskEvent,
+};
 use crate::TaskError;
-use crossbeam_channel::{Receiver, Select};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
-use weir_types::{StreamElement, Watermark};
+use std::time::{Duration, Instant};
+use weir_checkpoint::CheckpointingMode;
+use weir_types::{Barrier, OperatorUid, StreamElement, Watermark};
 
 /// What every task loop needs besides its chain.
 pub(crate) struct LoopEnv<'a> {
@@ -38,17 +57,29 @@ pub(crate) struct LoopEnv<'a> {
     pub batch_size: usize,
     pub buffer_timeout: Duration,
     pub metrics: &'a JobMetrics,
+    pub checkpointing: Option<&'a TaskCheckpointing>,
 }
 
-/// Runs a source subtask until its reader finishes.
+/// How long a waiting task sleeps at most before it looks at the cancel flag again.
+const CANCEL_CHECK: Duration = Duration::from_millis(50);
+
+/// Runs a source subtask until its reader finishes (and, with checkpointing, until the job's
+/// final checkpoint completed).
 pub(crate) fn run_source<T: Send>(
     env: &LoopEnv<'_>,
+    uid: &OperatorUid,
     reader: &mut dyn SourceReader<T>,
     chain: &mut dyn Link<T>,
 ) -> Result<(), TaskError> {
+    let mut order = BarrierOrder::default();
     loop {
         if env.cancelled.load(Ordering::Relaxed) {
             return Err(TaskError::Cancelled);
+        }
+        if let Some(cp) = env.checkpointing {
+            while let Ok(msg) = cp.control.try_recv() {
+                source_control(env, cp, &mut order, uid, reader, chain, msg)?;
+            }
         }
         let mut batch = Vec::with_capacity(env.batch_size);
         let status = reader
@@ -62,89 +93,393 @@ pub(crate) fn run_source<T: Send>(
             SourcePoll::More => chain.flush(false)?,
             SourcePoll::Idle(wait) => {
                 chain.flush(true)?;
-                std::thread::sleep(wait.min(Duration::from_millis(50)));
+                let wait = wait.min(CANCEL_CHECK);
+                match env.checkpointing {
+                    Some(cp) => match cp.control.recv_timeout(wait) {
+                        Ok(msg) => source_control(env, cp, &mut order, uid, reader, chain, msg)?,
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return Err(TaskError::Cancelled),
+                    },
+                    None => std::thread::sleep(wait),
+                }
             }
             SourcePoll::Finished => {
                 tracing::debug!(uid = %env.ident.uid, subtask = %env.ident.subtask, "source finished");
-                return chain.end_of_input();
+                chain.end_of_input()?;
+                let Some(cp) = env.checkpointing else {
+                    return Ok(());
+                };
+                return run_finished(env, cp, &mut order, chain, &mut |snapshot| {
+                    add_position(env, uid, reader, snapshot)
+                });
             }
         }
     }
 }
 
-/// Runs a task that reads channels until every one of them has ended.
+fn source_control<T: Send>(
+    env: &LoopEnv<'_>,
+    cp: &TaskCheckpointing,
+    order: &mut BarrierOrder,
+    uid: &OperatorUid,
+    reader: &mut dyn SourceReader<T>,
+    chain: &mut dyn Link<T>,
+    msg: Control,
+) -> Result<(), TaskError> {
+    match msg {
+        Control::Trigger(barrier) => {
+            order
+                .accept(barrier.checkpoint)
+                .map_err(|d| invariant(env, d))?;
+            take_snapshot(env, cp, barrier, Duration::ZERO, chain, &mut |snapshot| {
+                add_position(env, uid, reader, snapshot)
+            })
+        }
+        Control::Complete(id) => chain.checkpoint_complete(id),
+        Control::Shutdown => Err(TaskError::Cancelled),
+    }
+}
+
+fn add_position<T>(
+    env: &LoopEnv<'_>,
+    uid: &OperatorUid,
+    reader: &mut dyn SourceReader<T>,
+    snapshot: &mut ChainSnapshot,
+) -> Result<(), TaskError> {
+    if let Some(position) = reader.snapshot_position().map_err(|e| env.ident.user(e))? {
+        snapshot.add(uid, OperatorPart::Inline(position));
+    }
+    Ok(())
+}
+
+/// The synchronous part of a checkpoint: `before` adds what precedes the chain (a source's
+/// position), the chain snapshots and forwards the barrier, and the upload starts.
+fn take_snapshot<T>(
+    env: &LoopEnv<'_>,
+    cp: &TaskCheckpointing,
+    barrier: Barrier,
+    alignment: Duration,
+    chain: &mut dyn Link<T>,
+    before: &mut dyn FnMut(&mut ChainSnapshot) -> Result<(), TaskError>,
+) -> Result<(), TaskError> {
+    let started = Instant::now();
+    let mut snapshot = ChainSnapshot::new(barrier);
+    before(&mut snapshot)?;
+    chain.barrier(barrier, &mut snapshot)?;
+    let sync = started.elapsed();
+    tracing::debug!(
+        uid = %env.ident.uid,
+        subtask = %env.ident.subtask,
+        checkpoint = %barrier.checkpoint,
+        sync_us = sync.as_micros() as u64,
+        alignment_ms = alignment.as_millis() as u64,
+        "snapshot taken"
+    );
+    cp.start_async(snapshot, sync, alignment);
+    Ok(())
+}
+
+/// A task whose chain has finished: report it, then answer direct triggers and completions
+/// until the job's final checkpoint completed ([`Control::Shutdown`]).
+fn run_finished<T>(
+    env: &LoopEnv<'_>,
+    cp: &TaskCheckpointing,
+    order: &mut BarrierOrder,
+    chain: &mut dyn Link<T>,
+    before: &mut dyn FnMut(&mut ChainSnapshot) -> Result<(), TaskError>,
+) -> Result<(), TaskError> {
+    // The driver outlives every task of the attempt; a failed send means the attempt ended.
+    cp.events
+        .send(TaskEvent::Finished { task: cp.task })
+        .map_err(|_| TaskError::Cancelled)?;
+    loop {
+        if env.cancelled.load(Ordering::Relaxed) {
+            return Err(TaskError::Cancelled);
+        }
+        match cp.control.recv_timeout(CANCEL_CHECK) {
+            Ok(Control::Trigger(barrier)) => {
+                if order.is_new(barrier.checkpoint) {
+                    order
+                        .accept(barrier.checkpoint)
+                        .map_err(|d| invariant(env, d))?;
+                    take_snapshot(env, cp, barrier, Duration::ZERO, chain, before)?;
+                }
+            }
+            Ok(Control::Complete(id)) => chain.checkpoint_complete(id)?,
+            Ok(Control::Shutdown) => return Ok(()),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Err(TaskError::Cancelled),
+        }
+    }
+}
+
+/// Barrier alignment state of an input task.
+struct Alignment {
+    barrier: Barrier,
+    started: Instant,
+    /// Channels that delivered `barrier`.
+    seen: Vec<bool>,
+}
+
+/// Runs a task that reads channels until every one of them has ended (and, with
+/// checkpointing, until the job's final checkpoint completed).
 pub(crate) fn run_inputs<T: Send>(
     env: &LoopEnv<'_>,
     inputs: Vec<Receiver<StreamElement<T>>>,
     chain: &mut dyn Link<T>,
 ) -> Result<(), TaskError> {
-    let mut select = Select::new();
-    for rx in &inputs {
-        select.recv(rx);
-    }
-    let mut open = inputs.len();
-    let mut watermarks = vec![Watermark(i64::MIN); inputs.len()];
+    let n = inputs.len();
+    let exactly_once = env
+        .checkpointing
+        .is_some_and(|cp| cp.mode == CheckpointingMode::ExactlyOnce);
+    let never = crossbeam_channel::never::<Control>();
+    let control = env.checkpointing.map_or(&never, |cp| &cp.control);
+    let mut ended = vec![false; n];
+    let mut blocked = vec![false; n];
+    // At-least-once: a barrier that arrived on a channel before the previous alignment ended.
+    let mut stashed: Vec<Option<Barrier>> = vec![None; n];
+    let mut last_on_channel = vec![None; n];
+    let mut order = BarrierOrder::default();
+    let mut aligning: Option<Alignment> = None;
+    let mut open = n;
+    let mut watermarks = vec![Watermark(i64::MIN); n];
     let mut emitted = Watermark(i64::MIN);
     while open > 0 {
-        let op = match select.select_timeout(env.buffer_timeout) {
-            Ok(op) => op,
-            Err(_) => {
-                if env.cancelled.load(Ordering::Relaxed) {
-                    return Err(TaskError::Cancelled);
+        // Select over readable channels (rebuilt only when that set changes) and control.
+        let active: Vec<usize> = (0..n).filter(|&i| !ended[i] && !blocked[i]).collect();
+        let mut select = Select::new();
+        for &i in &active {
+            select.recv(&inputs[i]);
+        }
+        let control_index = select.recv(control);
+        loop {
+            let op = match select.select_timeout(env.buffer_timeout) {
+                Ok(op) => op,
+                Err(_) => {
+                    if env.cancelled.load(Ordering::Relaxed) {
+                        return Err(TaskError::Cancelled);
+                    }
+                    chain.flush(true)?;
+                    continue;
                 }
-                chain.flush(true)?;
+            };
+            let slot = op.index();
+            if slot == control_index {
+                match op.recv(control) {
+                    Ok(Control::Complete(id)) => chain.checkpoint_complete(id)?,
+                    Ok(Control::Trigger(b)) => {
+                        // Only sources and finished tasks are triggered directly.
+                        return Err(invariant(
+                            env,
+                            format!("direct trigger of {} while inputs are open", b.checkpoint),
+                        ));
+                    }
+                    Ok(Control::Shutdown) | Err(_) => return Err(TaskError::Cancelled),
+                }
                 continue;
             }
-        };
-        let index = op.index();
-        match op.recv(&inputs[index]) {
-            Ok(StreamElement::Batch(batch)) => {
-                chain.push_batch(batch)?;
-                chain.flush(false)?;
-            }
-            Ok(StreamElement::Watermark(wm)) => {
-                if wm < watermarks[index] {
-                    return Err(invariant(
+            let index = active[slot];
+            let mut changed = false;
+            match op.recv(&inputs[index]) {
+                Ok(StreamElement::Batch(batch)) => {
+                    chain.push_batch(batch)?;
+                    chain.flush(false)?;
+                }
+                Ok(StreamElement::Watermark(wm)) => {
+                    if wm < watermarks[index] {
+                        return Err(invariant(
+                            env,
+                            format!(
+                                "watermark went back on input {index}: {wm:?} after {:?}",
+                                watermarks[index]
+                            ),
+                        ));
+                    }
+                    watermarks[index] = wm;
+                    let min = *watermarks.iter().min().expect("at least one input");
+                    if min > emitted {
+                        emitted = min;
+                        chain.watermark(min)?;
+                    }
+                }
+                Ok(StreamElement::Barrier(b)) => {
+                    let Some(cp) = env.checkpointing else {
+                        return Err(invariant(
+                            env,
+                            format!(
+                                "barrier of {} arrived, but this job runs without checkpoints",
+                                b.checkpoint
+                            ),
+                        ));
+                    };
+                    if last_on_channel[index].is_some_and(|last| b.checkpoint <= last) {
+                        return Err(invariant(
+                            env,
+                            format!(
+                                "barrier of {} on input {index} after {:?}: ids must strictly increase",
+                                b.checkpoint, last_on_channel[index]
+                            ),
+                        ));
+                    }
+                    last_on_channel[index] = Some(b.checkpoint);
+                    on_barrier(
                         env,
-                        format!(
-                            "watermark went back on input {index}: {wm:?} after {:?}",
-                            watermarks[index]
-                        ),
-                    ));
+                        cp,
+                        exactly_once,
+                        &mut aligning,
+                        &mut order,
+                        &mut blocked,
+                        &mut stashed,
+                        &ended,
+                        index,
+                        b,
+                        chain,
+                    )?;
+                    changed = true;
                 }
-                watermarks[index] = wm;
-                let min = *watermarks.iter().min().expect("at least one input");
-                if min > emitted {
-                    emitted = min;
-                    chain.watermark(min)?;
+                Ok(StreamElement::EndOfInput) => {
+                    ended[index] = true;
+                    watermarks[index] = Watermark::MAX;
+                    open -= 1;
+                    if let (Some(cp), Some(_)) = (env.checkpointing, &aligning) {
+                        finish_alignment_if_done(
+                            env,
+                            cp,
+                            exactly_once,
+                            &mut aligning,
+                            &mut order,
+                            &mut blocked,
+                            &mut stashed,
+                            &ended,
+                            chain,
+                        )?;
+                    }
+                    changed = true;
+                }
+                Err(_) => {
+                    if env.cancelled.load(Ordering::Relaxed) {
+                        return Err(TaskError::Cancelled);
+                    }
+                    return Err(TaskError::UpstreamLost {
+                        uid: env.ident.uid.clone(),
+                        subtask: env.ident.subtask,
+                    });
                 }
             }
-            Ok(StreamElement::Barrier(b)) => {
-                return Err(invariant(
-                    env,
-                    format!(
-                        "barrier of {} arrived, but this job runs without checkpoints",
-                        b.checkpoint
-                    ),
-                ));
-            }
-            Ok(StreamElement::EndOfInput) => {
-                select.remove(index);
-                watermarks[index] = Watermark::MAX;
-                open -= 1;
-            }
-            Err(_) => {
-                if env.cancelled.load(Ordering::Relaxed) {
-                    return Err(TaskError::Cancelled);
-                }
-                return Err(TaskError::UpstreamLost {
-                    uid: env.ident.uid.clone(),
-                    subtask: env.ident.subtask,
-                });
+            if changed {
+                break;
             }
         }
     }
-    chain.end_of_input()
+    chain.end_of_input()?;
+    match env.checkpointing {
+        None => Ok(()),
+        Some(cp) => run_finished(env, cp, &mut order, chain, &mut |_| Ok(())),
+    }
+}
+
+/// Barrier `b` arrived on channel `index`.
+#[allow(clippy::too_many_arguments)]
+fn on_barrier<T>(
+    env: &LoopEnv<'_>,
+    cp: &TaskCheckpointing,
+    exactly_once: bool,
+    aligning: &mut Option<Alignment>,
+    order: &mut BarrierOrder,
+    blocked: &mut [bool],
+    stashed: &mut [Option<Barrier>],
+    ended: &[bool],
+    index: usize,
+    b: Barrier,
+    chain: &mut dyn Link<T>,
+) -> Result<(), TaskError> {
+    match aligning {
+        None => {
+            order.accept(b.checkpoint).map_err(|d| invariant(env, d))?;
+            let mut seen = vec![false; blocked.len()];
+            seen[index] = true;
+            *aligning = Some(Alignment {
+                barrier: b,
+                started: Instant::now(),
+                seen,
+            });
+        }
+        Some(a) if a.barrier.checkpoint == b.checkpoint => a.seen[index] = true,
+        Some(a) if b.checkpoint > a.barrier.checkpoint && !exactly_once && a.seen[index] => {
+            // At-least-once: this channel is a checkpoint ahead; hold it until `a` is done.
+            stashed[index] = Some(b);
+            blocked[index] = true;
+            return Ok(());
+        }
+        Some(a) => {
+            return Err(invariant(
+                env,
+                format!(
+                    "input {index} delivered the barrier of {} while {} was being aligned:                      a barrier was skipped",
+                    b.checkpoint, a.barrier.checkpoint
+                ),
+            ));
+        }
+    }
+    if exactly_once {
+        blocked[index] = true;
+    }
+    finish_alignment_if_done(
+        env,
+        cp,
+        exactly_once,
+        aligning,
+        order,
+        blocked,
+        stashed,
+        ended,
+        chain,
+    )
+}
+
+/// Takes the snapshot once every channel that has not ended delivered the barrier being
+/// aligned; then unblocks every channel and replays stashed barriers.
+#[allow(clippy::too_many_arguments)]
+fn finish_alignment_if_done<T>(
+    env: &LoopEnv<'_>,
+    cp: &TaskCheckpointing,
+    exactly_once: bool,
+    aligning: &mut Option<Alignment>,
+    order: &mut BarrierOrder,
+    blocked: &mut [bool],
+    stashed: &mut [Option<Barrier>],
+    ended: &[bool],
+    chain: &mut dyn Link<T>,
+) -> Result<(), TaskError> {
+    let Some(a) = aligning else {
+        return Ok(());
+    };
+    if !(0..a.seen.len()).all(|i| a.seen[i] || ended[i]) {
+        return Ok(());
+    }
+    let a = aligning.take().expect("checked above");
+    take_snapshot(env, cp, a.barrier, a.started.elapsed(), chain, &mut |_| {
+        Ok(())
+    })?;
+    blocked.iter_mut().for_each(|b| *b = false);
+    for i in 0..stashed.len() {
+        if let Some(b) = stashed[i].take() {
+            on_barrier(
+                env,
+                cp,
+                exactly_once,
+                aligning,
+                order,
+                blocked,
+                stashed,
+                ended,
+                i,
+                b,
+                chain,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn invariant(env: &LoopEnv<'_>, detail: String) -> TaskError {

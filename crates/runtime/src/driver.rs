@@ -1,0 +1,300 @@
+//! The checkpoint driver of the job master role (in-process for `weir local`): performs the
+//! pure [`Coordinator`]'s actions — triggers go to the source tasks' control channels, acks
+//! come back as [`TaskEvent`]s, `_metadata` is written create-only and last, completions are
+//! sent to every task, unreferenced files are deleted — and keeps the checkpoint history.
+//!
+//! End of a bounded job: once every task reported [`TaskEvent::Finished`], the next checkpoint
+//! (triggered at once, min-pause aside) is the final one; when it completes, every task is
+//! told, then shut down. Tasks that finish while a checkpoint is pending are triggered
+//! directly, so no checkpoint waits for a barrier that can no longer come.
+
+use crate::snapshot::{Control, TaskEvent};
+use crossbeam_channel::Sender;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{SystemTime, UNIX_EPOCH};
+use weir_checkpoint::{AckResult, Action, Coordinator, TaskAckMetrics, TaskId};
+use weir_storage::{CheckpointPaths, Store};
+use weir_types::{Barrier, CheckpointId};
+
+/// What became of one checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "status", content = "reason")]
+pub enum CheckpointStatus {
+    /// Triggered, not finished yet.
+    InProgress,
+    /// `_metadata` is durable.
+    Completed,
+    /// Aborted, with the reason.
+    Aborted(String),
+}
+
+/// One checkpoint's history entry (`weir checkpoints`, benchmarks, logs).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    /// The checkpoint.
+    pub id: CheckpointId,
+    /// Which attempt of the job took it (0: before any restart).
+    pub attempt: u32,
+    /// Its status.
+    #[serde(flatten)]
+    pub status: CheckpointStatus,
+    /// Trigger time, milliseconds since the Unix epoch.
+    pub trigger_ms: u64,
+    /// Trigger to completion (or abort), in milliseconds.
+    pub duration_ms: u64,
+    /// The longest synchronous part over the tasks, in milliseconds.
+    pub sync_ms: u64,
+    /// The longest asynchronous part (upload) over the tasks, in milliseconds.
+    pub async_ms: u64,
+    /// The longest barrier alignment over the tasks, in milliseconds.
+    pub alignment_ms: u64,
+    /// Bytes uploaded for this checkpoint (new files only), over all tasks.
+    pub bytes_uploaded: u64,
+    /// The full size of the state it references, including reused files, in bytes.
+    pub full_size: u64,
+    /// Tasks that acknowledged.
+    pub acknowledged: usize,
+}
+
+impl CheckpointRecord {
+    fn new(id: CheckpointId, attempt: u32, trigger_ms: u64) -> Self {
+        Self {
+            id,
+            attempt,
+            status: CheckpointStatus::InProgress,
+            trigger_ms,
+            duration_ms: 0,
+            sync_ms: 0,
+            async_ms: 0,
+            alignment_ms: 0,
+            bytes_uploaded: 0,
+            full_size: 0,
+            acknowledged: 0,
+        }
+    }
+
+    fn add(&mut self, m: &TaskAckMetrics) {
+        self.sync_ms = self.sync_ms.max(m.sync_ms);
+        self.async_ms = self.async_ms.max(m.async_ms);
+        self.alignment_ms = self.alignment_ms.max(m.alignment_ms);
+        self.bytes_uploaded += m.bytes_uploaded;
+        self.full_size += m.full_size;
+        self.acknowledged += 1;
+    }
+}
+
+/// Milliseconds since the Unix epoch: the coordinator's clock.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The driver's state for one attempt of the job.
+pub(crate) struct Driver<'a> {
+    pub coordinator: &'a mut Coordinator,
+    pub store: &'a Store,
+    pub paths: &'a CheckpointPaths,
+    pub runtime: &'a tokio::runtime::Handle,
+    pub controls: BTreeMap<TaskId, Sender<Control>>,
+    pub sources: BTreeSet<TaskId>,
+    pub history: &'a mut Vec<CheckpointRecord>,
+    pub deletions: &'a mut Vec<tokio::task::JoinHandle<()>>,
+    pub attempt: u32,
+    pub finished: BTreeSet<TaskId>,
+    pub barriers: BTreeMap<CheckpointId, Barrier>,
+    /// Set once every task finished: checkpoints from this id on are final.
+    pub final_from: Option<CheckpointId>,
+    /// The final checkpoint completed and every task was told to stop.
+    pub done: bool,
+    /// Too many checkpoint failures in a row: the job must fail (restart strategy applies).
+    pub failed: Option<String>,
+}
+
+impl Driver<'_> {
+    /// Periodic work: expiry, periodic triggers, and the final checkpoint when it is due.
+    pub(crate) fn on_tick(&mut self) {
+        let now = now_ms();
+        let mut actions = self.coordinator.on_tick(now);
+        if self.final_from.is_some() && !self.done && self.coordinator.num_in_progress() == 0 {
+            match self.coordinator.trigger_final(now) {
+                Ok(more) => actions.extend(more),
+                Err(reason) => tracing::debug!(%reason, "final checkpoint postponed"),
+            }
+        }
+        self.perform(actions);
+    }
+
+    pub(crate) fn on_event(&mut self, event: TaskEvent) {
+        let now = now_ms();
+        match event {
+            TaskEvent::Ack {
+                task,
+                id,
+                snapshot,
+                metrics,
+            } => {
+                let outcome = self.coordinator.on_ack(now, id, task, snapshot, metrics);
+                if outcome.result == AckResult::Success {
+                    if let Some(r) = self.record(id) {
+                        r.add(&metrics);
+                    }
+                }
+                self.perform(outcome.actions);
+            }
+            TaskEvent::Decline { task, id, reason } => {
+                let actions = self.coordinator.on_decline(id, task, reason);
+                self.perform(actions);
+            }
+            TaskEvent::Finished { task } => {
+                self.finished.insert(task);
+                // Pending checkpoints whose barrier this task may never see: trigger directly
+                // (the task ignores ids it already snapshotted in-band).
+                let pending: Vec<Barrier> = self
+                    .coordinator
+                    .pending()
+                    .filter(|p| p.missing_tasks().any(|t| *t == task))
+                    .filter_map(|p| self.barriers.get(&p.id()).copied())
+                    .collect();
+                for b in pending {
+                    self.send(task, Control::Trigger(b));
+                }
+                if self.finished.len() == self.controls.len() && self.final_from.is_none() {
+                    let next = self.coordinator.next_checkpoint_id();
+                    tracing::info!(final_checkpoint_from = %next, "every task finished; taking the final checkpoint");
+                    self.final_from = Some(next);
+                    self.on_tick();
+                }
+            }
+        }
+    }
+
+    fn record(&mut self, id: CheckpointId) -> Option<&mut CheckpointRecord> {
+        self.history.iter_mut().rev().find(|r| r.id == id)
+    }
+
+    fn send(&self, task: TaskId, msg: Control) {
+        if let Some(tx) = self.controls.get(&task) {
+            // A task that already stopped (failed) no longer listens; the attempt is ending.
+            let _ = tx.send(msg);
+        }
+    }
+
+    fn broadcast(&self, msg: Control) {
+        for tx in self.controls.values() {
+            let _ = tx.send(msg.clone());
+        }
+    }
+
+    fn perform(&mut self, actions: Vec<Action>) {
+        let mut queue: std::collections::VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::TriggerSources {
+                    id,
+                    timestamp,
+                    kind,
+                    base,
+                } => {
+                    let barrier = Barrier {
+                        checkpoint: id,
+                        base,
+                        savepoint: kind.is_savepoint(),
+                    };
+                    self.barriers.insert(id, barrier);
+                    self.history
+                        .push(CheckpointRecord::new(id, self.attempt, timestamp));
+                    let targets: BTreeSet<TaskId> =
+                        self.sources.union(&self.finished).copied().collect();
+                    for t in targets {
+                        self.send(t, Control::Trigger(barrier));
+                    }
+                }
+                Action::WriteMetadata { id, metadata } => {
+                    let written = metadata
+                        .encode()
+                        .map_err(|e| e.to_string())
+                        .and_then(|bytes| {
+                            let path = self.paths.metadata(id);
+                            self.runtime
+                                .block_on(self.store.put_create(&path, bytes.into()))
+                                .map_err(|e| e.to_string())
+                        });
+                    let more = match written {
+                        Ok(()) => self.coordinator.on_metadata_written(now_ms(), id),
+                        Err(detail) => {
+                            tracing::warn!(checkpoint = %id, %detail, "writing _metadata failed");
+                            self.coordinator.on_metadata_failed(id, detail)
+                        }
+                    };
+                    match more {
+                        Ok(more) => queue.extend(more),
+                        Err(e) => {
+                            self.failed = Some(format!("checkpoint coordinator: {e}"));
+                        }
+                    }
+                }
+                Action::NotifyComplete { id } => {
+                    let now = now_ms();
+                    if let Some(r) = self.record(id) {
+                        r.status = CheckpointStatus::Completed;
+                        r.duration_ms = now.saturating_sub(r.trigger_ms);
+                        tracing::info!(
+                            checkpoint = %id,
+                            duration_ms = r.duration_ms,
+                            sync_ms = r.sync_ms,
+                            async_ms = r.async_ms,
+                            alignment_ms = r.alignment_ms,
+                            bytes_uploaded = r.bytes_uploaded,
+                            full_size_bytes = r.full_size,
+                            "checkpoint complete"
+                        );
+                    }
+                    self.barriers.remove(&id);
+                    self.broadcast(Control::Complete(id));
+                    if self.final_from.is_some_and(|f| id >= f) {
+                        self.broadcast(Control::Shutdown);
+                        self.done = true;
+                    }
+                }
+                Action::NotifyAborted { id, reason } => {
+                    let now = now_ms();
+                    if let Some(r) = self.record(id) {
+                        r.status = CheckpointStatus::Aborted(reason.to_string());
+                        r.duration_ms = now.saturating_sub(r.trigger_ms);
+                    }
+                    self.barriers.remove(&id);
+                    tracing::warn!(checkpoint = %id, %reason, "checkpoint aborted");
+                }
+                Action::DeleteFiles { paths } => self.delete(paths),
+                Action::FailJob {
+                    consecutive_failures,
+                    last,
+                } => {
+                    self.failed = Some(format!(
+                        "{consecutive_failures} checkpoints failed in a row (more than \
+                         execution.checkpointing.tolerable-failed-checkpoints); the last: {last}"
+                    ));
+                }
+            }
+        }
+    }
+
+    fn delete(&mut self, paths: Vec<String>) {
+        let store = self.store.clone();
+        let job = self.paths.clone();
+        self.deletions.push(self.runtime.spawn(async move {
+            for p in paths {
+                let result = match job.handle_path(&p) {
+                    Ok(path) => store.delete(&path).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(detail) = result {
+                    tracing::warn!(path = %p, %detail, "could not delete an unreferenced checkpoint file");
+                }
+            }
+        }));
+    }
+}

@@ -1,0 +1,349 @@
+//! Checkpoints on the task side: what a chain's synchronous snapshot collects
+//! ([`ChainSnapshot`]), the messages between tasks and the checkpoint driver ([`Control`],
+//! [`TaskEvent`]), and the asynchronous part that uploads a snapshot and acknowledges it
+//! ([`TaskCheckpointing::start_async`]).
+//!
+//! Flow of checkpoint *n* through one task:
+//! 1. A barrier *n* arrives (in-band, or as [`Control::Trigger`] at a source or at a task
+//!    whose inputs have all ended) and the task's inputs are aligned.
+//! 2. Synchronous part, on the task thread: every step of the chain adds its state to a
+//!    [`ChainSnapshot`] (a source its position, a keyed operator its backend's
+//!    [`weir_state::LocalSnapshot`], an exactly-once sink its staging manifest) and the
+//!    network writers forward barrier *n*. The task goes back to records.
+//! 3. Asynchronous part, on the upload runtime: files are uploaded (incrementally, reusing
+//!    the files of the barrier's base checkpoint only), then the task acknowledges with
+//!    [`TaskEvent::Ack`], or declines with [`TaskEvent::Decline`] if an upload failed.
+//! 4. [`Control::Complete`] tells the chain that *n* completed: sinks publish, keyed operators
+//!    make *n*'s uploads the next incremental base.
+
+use crate::TaskError;
+use crossbeam_channel::{Receiver, Sender};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use weir_checkpoint::{
+    CheckpointingMode, FileHandle, OperatorSubtaskState, TaskAckMetrics, TaskId, TaskStateSnapshot,
+};
+use weir_state::LocalSnapshot;
+use weir_state_transfer::{SharedFiles, Uploader};
+use weir_types::{Barrier, CheckpointId, OperatorUid, SubtaskIndex};
+
+/// The file name of an exactly-once sink's staging manifest within its checkpoint directory.
+pub(crate) const SINK_MANIFEST_FILE: &str = "sink-manifest";
+
+/// What the checkpoint driver tells one task.
+#[derive(Clone, Debug)]
+pub(crate) enum Control {
+    /// Take checkpoint `barrier.checkpoint` now (sources, and tasks whose inputs all ended).
+    Trigger(Barrier),
+    /// The checkpoint completed.
+    Complete(CheckpointId),
+    /// The job is done (its final checkpoint completed): stop.
+    Shutdown,
+}
+
+/// What a task tells the checkpoint driver.
+#[derive(Debug)]
+pub(crate) enum TaskEvent {
+    /// The task's part of a checkpoint is durable.
+    Ack {
+        task: TaskId,
+        id: CheckpointId,
+        snapshot: TaskStateSnapshot,
+        metrics: TaskAckMetrics,
+    },
+    /// The task could not take its part of a checkpoint.
+    Decline {
+        task: TaskId,
+        id: CheckpointId,
+        reason: String,
+    },
+    /// Every input of the task ended and its chain finished; it waits for the final
+    /// checkpoint.
+    Finished { task: TaskId },
+}
+
+/// One operator's contribution to a task's snapshot.
+pub(crate) enum OperatorPart {
+    /// Small state stored inline in `_metadata` (a source's position).
+    Inline(Vec<u8>),
+    /// A small private file of this checkpoint (a sink's staging manifest).
+    PrivateFile { name: &'static str, bytes: Vec<u8> },
+    /// A keyed backend's snapshot, uploaded incrementally against `base`.
+    Keyed {
+        snapshot: LocalSnapshot,
+        base: Option<SharedFiles>,
+        uploads: KeyedUploads,
+    },
+}
+
+/// Everything the synchronous part of one task's checkpoint collected.
+pub(crate) struct ChainSnapshot {
+    pub barrier: Barrier,
+    pub parts: Vec<(OperatorUid, OperatorPart)>,
+}
+
+impl ChainSnapshot {
+    pub(crate) fn new(barrier: Barrier) -> Self {
+        Self {
+            barrier,
+            parts: Vec::new(),
+        }
+    }
+
+    pub(crate) fn add(&mut self, uid: &OperatorUid, part: OperatorPart) {
+        self.parts.push((uid.clone(), part));
+    }
+}
+
+/// The shareable files one keyed operator uploaded per acknowledged checkpoint: the candidates
+/// for its incremental base. Shared between the operator (which picks the base at a barrier)
+/// and its uploads (which record what they uploaded).
+#[derive(Clone, Default)]
+pub(crate) struct KeyedUploads(Arc<Mutex<BTreeMap<CheckpointId, SharedFiles>>>);
+
+impl KeyedUploads {
+    /// The files uploaded for exactly `base` — the completed checkpoint the coordinator holds
+    /// for the new one — or nothing (a full upload). Never another checkpoint's files.
+    pub(crate) fn base_for(&self, base: Option<CheckpointId>) -> Option<SharedFiles> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        base.and_then(|id| map.get(&id).cloned())
+    }
+
+    pub(crate) fn record(&self, id: CheckpointId, files: SharedFiles) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.insert(id, files);
+    }
+
+    /// `id` completed: older uploads can no longer be a base.
+    pub(crate) fn completed(&self, id: CheckpointId) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|k, _| *k >= id);
+    }
+}
+
+/// Where a task's checkpoint uploads go, and the runtime they run on.
+pub(crate) struct Transfer {
+    pub uploader: Uploader,
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// One task's side of checkpointing.
+pub(crate) struct TaskCheckpointing {
+    pub task: TaskId,
+    pub subtask: SubtaskIndex,
+    pub mode: CheckpointingMode,
+    pub control: Receiver<Control>,
+    pub events: Sender<TaskEvent>,
+    pub transfer: Arc<Transfer>,
+    /// Synchronous pauses of this job's snapshots, in microseconds (for benchmarks).
+    pub sync_pauses: Arc<Mutex<Vec<u64>>>,
+}
+
+impl TaskCheckpointing {
+    /// Runs the asynchronous part of `snapshot` on the upload runtime: uploads, then
+    /// acknowledges (or declines, after deleting what this task uploaded for it).
+    pub(crate) fn start_async(&self, snapshot: ChainSnapshot, sync: Duration, alignment: Duration) {
+        let transfer = self.transfer.clone();
+        let events = self.events.clone();
+        let (task, subtask) = (self.task, self.subtask);
+        let sync_us = sync.as_micros() as u64;
+        self.sync_pauses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(sync_us);
+        let id = snapshot.barrier.checkpoint;
+        self.transfer.runtime.spawn(async move {
+            let started = Instant::now();
+            let mut uploaded: Vec<FileHandle> = Vec::new();
+            let result = upload(&transfer.uploader, subtask, snapshot, &mut uploaded).await;
+            let event = match result {
+                Ok((snapshot, bytes_uploaded, full_size)) => TaskEvent::Ack {
+                    task,
+                    id,
+                    snapshot,
+                    metrics: TaskAckMetrics {
+                        sync_ms: sync.as_millis() as u64,
+                        async_ms: started.elapsed().as_millis() as u64,
+                        alignment_ms: alignment.as_millis() as u64,
+                        bytes_uploaded,
+                        full_size,
+                    },
+                },
+                Err(reason) => {
+                    delete_files(&transfer.uploader, &uploaded).await;
+                    tracing::warn!(checkpoint = %id, %task, %reason, "declining checkpoint");
+                    TaskEvent::Decline { task, id, reason }
+                }
+            };
+            // The driver is gone when the job already ended; the upload is then moot.
+            let _ = events.send(event);
+        });
+    }
+}
+
+/// Best effort: deletes files this task uploaded for a checkpoint it then declined (nothing
+/// else references them; the coordinator never saw them).
+async fn delete_files(uploader: &Uploader, files: &[FileHandle]) {
+    for f in files {
+        let deleted = match uploader.paths().handle_path(f.path()) {
+            Ok(path) => uploader
+                .store()
+                .delete(&path)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(detail) = deleted {
+            tracing::warn!(path = f.path(), %detail, "could not delete an upload of a declined checkpoint");
+        }
+    }
+}
+
+async fn upload(
+    uploader: &Uploader,
+    subtask: SubtaskIndex,
+    snapshot: ChainSnapshot,
+    uploaded: &mut Vec<FileHandle>,
+) -> Result<(TaskStateSnapshot, u64, u64), String> {
+    let id = snapshot.barrier.checkpoint;
+    let mut out = TaskStateSnapshot::default();
+    let (mut bytes_uploaded, mut full_size) = (0u64, 0u64);
+    for (uid, part) in snapshot.parts {
+        let state: &mut OperatorSubtaskState = out.operators.entry(uid.clone()).or_default();
+        match part {
+            OperatorPart::Inline(bytes) => {
+                full_size += bytes.len() as u64;
+                state.inline = Some(bytes);
+            }
+            OperatorPart::PrivateFile { name, bytes } => {
+                let handle = uploader
+                    .upload_private(id, &uid, subtask, name, bytes)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                bytes_uploaded += handle.size();
+                full_size += handle.size();
+                uploaded.push(handle.clone());
+                state.files.push(handle);
+            }
+            OperatorPart::Keyed {
+                snapshot,
+                base,
+                uploads,
+            } => {
+                let result = uploader
+                    .upload_keyed(&uid, subtask, snapshot, base.as_ref())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let reused: std::collections::BTreeSet<&str> = base
+                    .iter()
+                    .flat_map(|b| b.values().map(|h| h.path()))
+                    .collect();
+                uploaded.extend(
+                    result
+                        .state
+                        .files
+                        .iter()
+                        .filter(|h| !reused.contains(h.path()))
+                        .cloned(),
+                );
+                bytes_uploaded += result.bytes_uploaded;
+                full_size += result.full_size;
+                uploads.record(id, result.shared);
+                *state = result.state;
+            }
+        }
+    }
+    Ok((out, bytes_uploaded, full_size))
+}
+
+/// What one subtask restores from: the checkpoint and, per operator uid of its chain, the
+/// state that operator's subtask stored.
+pub(crate) struct TaskRestore {
+    pub checkpoint: CheckpointId,
+    pub operators: BTreeMap<OperatorUid, OperatorSubtaskState>,
+    pub transfer: Arc<Transfer>,
+    /// Where downloads go before the backend takes them.
+    pub local_dir: std::path::PathBuf,
+}
+
+impl TaskRestore {
+    pub(crate) fn state_of(&self, uid: &OperatorUid) -> Option<&OperatorSubtaskState> {
+        self.operators.get(uid)
+    }
+}
+
+/// Checks that barrier ids only rise within one task (invariant: ids strictly increase).
+#[derive(Default)]
+pub(crate) struct BarrierOrder {
+    last: Option<CheckpointId>,
+}
+
+impl BarrierOrder {
+    /// Whether `id` is new (larger than every barrier seen); `Err` names the regression.
+    pub(crate) fn accept(&mut self, id: CheckpointId) -> Result<(), String> {
+        match self.last {
+            Some(last) if id <= last => Err(format!(
+                "barrier of {id} arrived after {last}: checkpoint ids must strictly increase"
+            )),
+            _ => {
+                self.last = Some(id);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether a direct trigger for `id` still needs a snapshot (it was not seen in-band).
+    pub(crate) fn is_new(&self, id: CheckpointId) -> bool {
+        self.last.is_none_or(|last| id > last)
+    }
+}
+
+/// Maps a restore failure to the task error the executor recognises as a damaged checkpoint.
+pub(crate) fn damaged(
+    uid: &str,
+    subtask: SubtaskIndex,
+    id: CheckpointId,
+    detail: String,
+) -> TaskError {
+    TaskError::CheckpointDamaged {
+        uid: uid.to_string(),
+        subtask,
+        checkpoint: id,
+        detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn barrier_ids_must_strictly_increase() {
+        let mut order = BarrierOrder::default();
+        assert!(order.accept(CheckpointId(3)).is_ok());
+        assert!(order.accept(CheckpointId(5)).is_ok());
+        let err = order.accept(CheckpointId(5)).unwrap_err();
+        assert!(err.contains("chk-5") || err.contains('5'), "{err}");
+        assert!(order.accept(CheckpointId(4)).is_err());
+        assert!(!order.is_new(CheckpointId(5)));
+        assert!(order.is_new(CheckpointId(6)));
+    }
+
+    #[test]
+    fn only_the_barriers_base_is_offered_for_reuse() {
+        let uploads = KeyedUploads::default();
+        uploads.record(CheckpointId(1), SharedFiles::new());
+        let mut two = SharedFiles::new();
+        two.insert(
+            "9.sst".into(),
+            FileHandle::new("shared/x/0/2-9.sst", 1, 2, true).expect("valid"),
+        );
+        uploads.record(CheckpointId(2), two.clone());
+        assert_eq!(uploads.base_for(Some(CheckpointId(2))), Some(two));
+        assert_eq!(uploads.base_for(Some(CheckpointId(3))), None);
+        assert_eq!(uploads.base_for(None), None);
+        uploads.completed(CheckpointId(2));
+        assert_eq!(uploads.base_for(Some(CheckpointId(1))), None);
+    }
+}
