@@ -2,7 +2,7 @@
 //! `key<TAB>count<TAB>sum` lines (one per key at end of input, or one per record), or a
 //! blackhole when no output is given. The workload of `weir bench keyed-agg`.
 
-use crate::jobs::check_output_dir;
+use crate::jobs::{check_output_dir, fail_after, fail_after_param, FailAfter};
 use std::path::PathBuf;
 use weir_cli::{JobSpec, ParamError, ParamSpec, Params};
 use weir_connectors::{BlackholeSink, FileSink, GeneratedRecord, GeneratorSource};
@@ -17,6 +17,7 @@ use weir_state::ValueState;
 pub struct CountSum {
     emit_updates: bool,
     agg: Option<ValueState<(u64, u64)>>,
+    fail: FailAfter,
 }
 
 impl CountSum {
@@ -25,13 +26,21 @@ impl CountSum {
         Self {
             emit_updates,
             agg: None,
+            fail: FailAfter::default(),
         }
+    }
+
+    /// Injects a failure (see [`FailAfter`]).
+    pub fn with_failure(mut self, fail: FailAfter) -> Self {
+        self.fail = fail;
+        self
     }
 }
 
 impl KeyedProcessFunction<u64, GeneratedRecord, String> for CountSum {
     fn open(&mut self, states: &mut OpenContext<'_>) -> Result<(), UserError> {
         self.agg = Some(states.value_state("count-sum")?);
+        self.fail.open(states);
         Ok(())
     }
 
@@ -41,6 +50,7 @@ impl KeyedProcessFunction<u64, GeneratedRecord, String> for CountSum {
         ctx: &mut KeyedContext<'_, u64>,
         out: &mut Collector<String>,
     ) -> Result<(), UserError> {
+        self.fail.check()?;
         let state = self.agg.as_ref().ok_or("CountSum used before open")?;
         let (count, sum) = state.get(ctx)?.unwrap_or((0, 0));
         let next = (count + 1, sum + r.value);
@@ -82,6 +92,8 @@ pub struct KeyedAggOptions {
     pub output: Option<PathBuf>,
     /// One line per record instead of one per key at end of input.
     pub emit_updates: bool,
+    /// Failure injection.
+    pub fail: FailAfter,
 }
 
 /// Builds `keyed-agg`.
@@ -99,7 +111,7 @@ pub fn keyed_agg(o: &KeyedAggOptions) -> Result<JobDefinition, UserError> {
         .add_source(source)
         .uid("generator")
         .key_by(|r: &GeneratedRecord| r.key)
-        .process(CountSum::new(o.emit_updates))
+        .process(CountSum::new(o.emit_updates).with_failure(o.fail))
         .uid("aggregate")
         .name("CountSum");
     match &o.output {
@@ -139,6 +151,7 @@ pub fn keyed_agg_spec() -> JobSpec {
                 name: "emit",
                 help: "final (one line per key at the end, default) | updates (one per record)",
             },
+            fail_after_param(),
         ],
         build: build_from_params,
     }
@@ -172,6 +185,7 @@ fn build_from_params(params: &Params) -> Result<JobDefinition, ParamError> {
         rate,
         output,
         emit_updates,
+        fail: fail_after(params)?,
     };
     keyed_agg(&options).map_err(|e| params.invalid("keys", e.to_string()))
 }

@@ -7,8 +7,10 @@ mod word_count;
 pub use keyed_agg::{keyed_agg, keyed_agg_spec, CountSum, KeyedAggOptions};
 pub use word_count::{word_count, word_count_spec, WordCountInput, WordCounter};
 
+
 use std::path::{Path, PathBuf};
-use weir_cli::{Catalog, ParamError, Params};
+use weir_cli::{Catalog, ParamError, ParamSpec, Params};
+use weir_runtime::{OpenContext, UserError};
 
 /// The catalog of the `weir` binary: `word-count` and `keyed-agg`.
 pub fn catalog() -> Catalog {
@@ -43,4 +45,57 @@ pub(crate) fn check_output_dir(params: &Params, key: &str, dir: &Path) -> Result
     })?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
+}
+
+/// Failure injection for tests and recovery drills (`--param fail-after=N`): subtask 0 of the
+/// keyed operator fails once, after `N` records, on the job's first attempt only.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FailAfter {
+    after: Option<u64>,
+    armed: bool,
+    seen: u64,
+}
+
+impl FailAfter {
+    /// Fails after `after` records (`None`: never).
+    pub fn new(after: Option<u64>) -> Self {
+        Self {
+            after,
+            armed: false,
+            seen: 0,
+        }
+    }
+
+    /// Arms the failure in subtask 0 of attempt 0.
+    pub fn open(&mut self, ctx: &OpenContext<'_>) {
+        self.armed = self.after.is_some() && ctx.subtask().0 == 0 && ctx.attempt() == 0;
+        self.seen = 0;
+    }
+
+    /// Call before processing each record: the failure, when its time has come.
+    pub fn check(&mut self) -> Result<(), UserError> {
+        if let (true, Some(after)) = (self.armed, self.after) {
+            if self.seen >= after {
+                return Err(format!(
+                    "injected failure after {after} records (--param fail-after={after})"
+                )
+                .into());
+            }
+            self.seen += 1;
+        }
+        Ok(())
+    }
+}
+
+/// The `fail-after` parameter every example job takes.
+pub(crate) fn fail_after_param() -> ParamSpec {
+    ParamSpec {
+        name: "fail-after",
+        help: "drill: subtask 0 of the keyed operator fails once after N records (first attempt only)",
+    }
+}
+
+/// Reads `fail-after`.
+pub(crate) fn fail_after(params: &Params) -> Result<FailAfter, ParamError> {
+    Ok(FailAfter::new(params.get("fail-after")?))
 }

@@ -1,7 +1,7 @@
 //! `word-count`: lines → words → key_by(word) → running count in ValueState → `word<TAB>count`
 //! updates to a file sink (or stdout).
 
-use crate::jobs::check_output_dir;
+use crate::jobs::{check_output_dir, fail_after, fail_after_param, FailAfter};
 use std::path::PathBuf;
 use weir_cli::{JobSpec, ParamError, ParamSpec, Params};
 use weir_connectors::{FileLinesSource, FileSink, PrintSink, SocketTextSource};
@@ -15,11 +15,20 @@ use weir_state::ValueState;
 #[derive(Clone, Default)]
 pub struct WordCounter {
     count: Option<ValueState<u64>>,
+    fail: FailAfter,
+}
+
+impl WordCounter {
+    /// A counter that fails as `fail` says (see [`FailAfter`]).
+    pub fn with_failure(fail: FailAfter) -> Self {
+        Self { count: None, fail }
+    }
 }
 
 impl KeyedProcessFunction<String, String, String> for WordCounter {
     fn open(&mut self, states: &mut OpenContext<'_>) -> Result<(), UserError> {
         self.count = Some(states.value_state("count")?);
+        self.fail.open(states);
         Ok(())
     }
 
@@ -29,6 +38,7 @@ impl KeyedProcessFunction<String, String, String> for WordCounter {
         ctx: &mut KeyedContext<'_, String>,
         out: &mut Collector<String>,
     ) -> Result<(), UserError> {
+        self.fail.check()?;
         let state = self.count.as_ref().ok_or("WordCounter used before open")?;
         let count = state.get(ctx)?.unwrap_or(0) + 1;
         state.update(ctx, &count)?;
@@ -56,6 +66,7 @@ pub enum WordCountInput {
 pub fn word_count(
     input: WordCountInput,
     output: Option<PathBuf>,
+    fail: FailAfter,
 ) -> Result<JobDefinition, UserError> {
     let env = StreamEnvironment::new("word-count");
     let lines = match input {
@@ -72,7 +83,7 @@ pub fn word_count(
         .uid("tokenize")
         .name("Tokenize")
         .key_by(|word: &String| word.clone())
-        .process(WordCounter::default())
+        .process(WordCounter::with_failure(fail))
         .uid("count")
         .name("Count");
     match output {
@@ -100,6 +111,7 @@ pub fn word_count_spec() -> JobSpec {
                 name: "output",
                 help: "output directory of part files (default: stdout)",
             },
+            fail_after_param(),
         ],
         build: build_from_params,
     }
@@ -130,5 +142,6 @@ fn build_from_params(params: &Params) -> Result<JobDefinition, ParamError> {
     if let Some(dir) = &output {
         check_output_dir(params, "output", dir)?;
     }
-    word_count(input, output).map_err(|e| params.invalid(key, e.to_string()))
+    let fail = fail_after(params)?;
+    word_count(input, output, fail).map_err(|e| params.invalid(key, e.to_string()))
 }
