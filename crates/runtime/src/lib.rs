@@ -34,6 +34,7 @@ mod function;
 mod link;
 mod metrics;
 mod operators;
+pub mod restart;
 mod task;
 
 pub use api::{Data, DataStream, DataStreamSink, JobDefinition, KeyedStream, StreamEnvironment};
@@ -44,3 +45,4 @@ pub use function::{
     SinkContext, SinkWriter, Source, SourceContext, SourcePoll, SourceReader, COLLECTOR_BATCH,
 };
 pub use metrics::JobMetrics;
+pub use restart::{RestartDecision, RestartStrategy, RestartStrategyError, RestartTracker};
