@@ -12,7 +12,14 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use weir_graph::ParallelismSettings;
-use weir_runtime::{JobDefinition, JobReport, LocalExecutor, Plan, RuntimeOptions};
+use crate::{bench, checkpoints};
+use std::time::Duration;
+use weir_runtime::{
+    CheckpointReport, CheckpointSettings, CheckpointStatus, JobDefinition, JobReport,
+    LocalExecutor, Plan, RuntimeOptions,
+};
+use weir_storage::open_store;
+use weir_types::JobId;
 use weir_state::{HeapStateBackendFactory, StateBackendFactory};
 use weir_state_rocksdb::RocksDbStateBackendFactory;
 
@@ -60,7 +67,20 @@ enum Command {
         job: JobArgs,
         #[command(flatten)]
         state: StateArgs,
+        /// Resume job JOB_ID from its latest intact checkpoint under state.checkpoints.dir
+        /// (the run takes over that job's checkpoint directory and continues its ids).
+        #[arg(long, value_name = "JOB_ID")]
+        restore: Option<String>,
         /// Print the result summary as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows the checkpoint history of a local job (the latest one by default): id, status,
+    /// duration, sync / async / alignment time, bytes uploaded, full size.
+    Checkpoints {
+        /// The job id `weir local` printed (default: the most recent local job).
+        job_id: Option<String>,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -83,6 +103,9 @@ enum Command {
         /// Generator seed.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Also run with checkpoints at this interval (e.g. 1s) and compare.
+        #[arg(long, value_name = "DURATION")]
+        checkpoint_interval: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -205,10 +228,33 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Local { job, json, .. } => {
+        Command::Checkpoints { job_id, json } => {
+            let history = checkpoints::read_history(
+                &checkpoints::jobs_dir(&config.state_dir),
+                job_id.as_deref(),
+            )
+            .map_err(Failure::Usage)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&history).expect("history serialises")
+                );
+            } else {
+                print!("{}", checkpoints::render(&history));
+            }
+            Ok(())
+        }
+        Command::Local {
+            job, json, restore, ..
+        } => {
             let (def, plan) =
                 build_and_plan(catalog, &config, &job.job, job.parallelism, &job.params)?;
-            let report = execute(&config, &def, &plan)?;
+            let resume = restore
+                .as_deref()
+                .map(checkpoints::parse_job_id)
+                .transpose()
+                .map_err(|e| Failure::Usage(format!("--restore: {e}")))?;
+            let (report, cps) = execute(&config, &def, &plan, resume)?;
             let rate = report.source_records as f64 / report.duration.as_secs_f64().max(1e-9);
             if json {
                 println!(
@@ -221,6 +267,10 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                         "sink_records": report.sink_records,
                         "state_bytes": report.state_bytes,
                         "tasks": report.tasks,
+                        "checkpoints_completed": cps.as_ref().map(|c| completed(c)),
+                        "restarts": cps.as_ref().map(|c| c.restarts),
+                        "restored_from": cps.as_ref().and_then(|c| c.restored_from).map(|id| id.0),
+                        "retained_checkpoints": cps.as_ref().map(|c| c.retained.iter().map(|id| id.0).collect::<Vec<_>>()),
                     })
                 );
             } else {
@@ -234,6 +284,16 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                     report.tasks,
                     human_bytes(report.state_bytes)
                 );
+                if let Some(c) = &cps {
+                    eprintln!(
+                        "checkpoints: {} completed, {} restart(s){}",
+                        completed(c),
+                        c.restarts,
+                        c.restored_from
+                            .map(|id| format!(", last restored from {id}"))
+                            .unwrap_or_default()
+                    );
+                }
             }
             Ok(())
         }
@@ -243,6 +303,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             keys,
             records,
             seed,
+            checkpoint_interval,
             json,
             ..
         } => {
@@ -259,7 +320,9 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                 .map(|v| v.parallelism)
                 .max()
                 .unwrap_or(1);
-            let report = execute(&config, &def, &plan)?;
+            let mut plain = config.clone();
+            plain.checkpoint_interval = None;
+            let (report, _) = execute(&plain, &def, &plan, None)?;
             let secs = report.duration.as_secs_f64().max(1e-9);
             let rate = report.source_records as f64 / secs;
             let rss = peak_rss_bytes().unwrap_or(0);
@@ -295,6 +358,25 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                     "memory budget   {} (taskmanager.memory.managed.size)",
                     human_bytes(config.managed_memory_bytes)
                 );
+            }
+            if let Some(interval) = checkpoint_interval {
+                let mut with = config.clone();
+                with.checkpoint_interval = Some(
+                    crate::config::parse_duration(&interval)
+                        .map_err(|e| Failure::Usage(format!("--checkpoint-interval: {e}")))?,
+                );
+                let (def, plan) =
+                    build_and_plan(catalog, &with, &workload, parallelism, &params)?;
+                let (r, cps) = execute(&with, &def, &plan, None)?;
+                let cps = cps.unwrap_or_default();
+                let secs_cp = r.duration.as_secs_f64().max(1e-9);
+                let rate_cp = r.source_records as f64 / secs_cp;
+                let summary = bench::CheckpointSummary::new(&cps, rate, rate_cp);
+                if json {
+                    println!("{}", summary.json(&interval));
+                } else {
+                    print!("{}", summary.text(&interval));
+                }
             }
             Ok(())
         }
@@ -357,7 +439,19 @@ fn check_writable_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn execute(config: &Config, def: &JobDefinition, plan: &Plan) -> Result<JobReport, Failure> {
+fn completed(c: &CheckpointReport) -> usize {
+    c.history
+        .iter()
+        .filter(|r| r.status == CheckpointStatus::Completed)
+        .count()
+}
+
+fn execute(
+    config: &Config,
+    def: &JobDefinition,
+    plan: &Plan,
+    resume: Option<JobId>,
+) -> Result<(JobReport, Option<CheckpointReport>), Failure> {
     let backend: Arc<dyn StateBackendFactory> = match config.state_backend {
         StateBackendKind::Heap => Arc::new(HeapStateBackendFactory::new()),
         StateBackendKind::RocksDb => {
@@ -373,7 +467,57 @@ fn execute(config: &Config, def: &JobDefinition, plan: &Plan) -> Result<JobRepor
         channel_capacity: config.channel_capacity,
         buffer_timeout: config.buffer_timeout,
     };
-    let executor = LocalExecutor::new(options, backend);
+    let mut executor = LocalExecutor::new(options, backend);
+    let mut history = None;
+    match config.checkpoint_config() {
+        Some(cp_config) => {
+            let (url, s3) = config.checkpoint_storage();
+            let store = open_store(&url, &s3).map_err(|e| {
+                Failure::Usage(format!("state.checkpoints.dir '{url}': {e}"))
+            })?;
+            let job_id = resume.unwrap_or_else(checkpoints::new_job_id);
+            let local_dir = config.state_dir.join("restore");
+            eprintln!(
+                "job id {job_id}: checkpoints every {} under {url}/{job_id}",
+                crate::config::format_duration(Duration::from_millis(cp_config.interval_ms))
+            );
+            executor = executor.with_checkpointing(CheckpointSettings {
+                config: cp_config,
+                store,
+                job_id,
+                restart: config.restart_strategy(),
+                resume: resume.is_some(),
+                local_dir,
+            });
+            history = Some((job_id, url));
+        }
+        None if resume.is_some() => {
+            return Err(Failure::Usage(
+                "--restore needs checkpointing: set execution.checkpointing.interval".into(),
+            ))
+        }
+        None => {}
+    }
+    let executor = Arc::new(executor);
+    let writer = match &history {
+        Some((job_id, url)) => Some(
+            checkpoints::HistoryWriter::start(
+                &executor,
+                checkpoints::jobs_dir(&config.state_dir)
+                    .join(job_id.to_string())
+                    .join("checkpoints.json"),
+                checkpoints::JobHistory {
+                    job_id: job_id.to_string(),
+                    job: plan.stream.job_name.clone(),
+                    checkpoint_dir: url.to_string(),
+                    restarts: 0,
+                    checkpoints: Vec::new(),
+                },
+            )
+            .map_err(Failure::Usage)?,
+        ),
+        None => None,
+    };
     let cancel = executor.cancel_flag();
     let _ = ctrlc::set_handler(move || {
         if cancel.swap(true, Ordering::SeqCst) {
@@ -384,15 +528,25 @@ fn execute(config: &Config, def: &JobDefinition, plan: &Plan) -> Result<JobRepor
     });
     tracing::info!(job = %plan.stream.job_name, tasks = plan.execution.subtasks.len(), backend = config.state_backend.as_str(), "starting job");
     let job = &plan.stream.job_name;
-    executor.execute(def, plan).map_err(|e| match e {
+    let result = executor.execute(def, plan);
+    if let Some(w) = writer {
+        w.finish();
+    }
+    let report = result.map_err(|e| match e {
         weir_runtime::JobError::Task(weir_runtime::TaskError::Cancelled) => {
             Failure::Cancelled(format!("job '{job}' cancelled"))
         }
+        e @ (weir_runtime::JobError::Restore { .. } | weir_runtime::JobError::Checkpointing { .. }) => {
+            Failure::Usage(format!("job '{job}': {e}"))
+        }
         e => Failure::Job(format!("job '{job}' failed: {e}")),
-    })
+    })?;
+    let cps = history.map(|_| executor.checkpoint_report());
+    Ok((report, cps))
 }
 
-fn human_bytes(b: u64) -> String {
+/// `1536` → `1.5 KiB`.
+pub(crate) fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
     let mut i = 0;

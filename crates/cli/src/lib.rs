@@ -11,7 +11,9 @@
 
 #![warn(missing_docs)]
 
+mod bench;
 mod catalog;
+pub mod checkpoints;
 mod commands;
 mod config;
 mod params;
@@ -19,7 +21,7 @@ mod render;
 mod rss;
 
 pub use catalog::{Catalog, JobSpec, ParamSpec};
-pub use config::{Config, ConfigError, StateBackendKind};
+pub use config::{Config, ConfigError, RestartStrategyType, StateBackendKind};
 pub use params::{ParamError, Params};
 pub use rss::peak_rss_bytes;
 

@@ -52,3 +52,4 @@ pub use function::{
     SinkContext, SinkWriter, Source, SourceContext, SourcePoll, SourceReader, COLLECTOR_BATCH,
 };
 pub use metrics::JobMetrics;
+pub use restart::{RestartDecision, RestartStrategy, RestartStrategyError, RestartTracker};

@@ -1,0 +1,125 @@
+//! `weir bench … --checkpoint-interval`: throughput with and without checkpoints, and the
+//! checkpoints' pauses, durations and sizes.
+
+use weir_runtime::{CheckpointReport, CheckpointStatus};
+
+/// The figures of one checkpointed benchmark run.
+pub(crate) struct CheckpointSummary {
+    rate_without: f64,
+    rate_with: f64,
+    completed: usize,
+    aborted: usize,
+    sync_p50_us: u64,
+    sync_p99_us: u64,
+    sync_max_us: u64,
+    duration_p50_ms: u64,
+    duration_max_ms: u64,
+    uploaded_mean: u64,
+    full_size_last: u64,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+impl CheckpointSummary {
+    pub(crate) fn new(report: &CheckpointReport, rate_without: f64, rate_with: f64) -> Self {
+        let mut pauses = report.sync_pauses_us.clone();
+        pauses.sort_unstable();
+        let done: Vec<_> = report
+            .history
+            .iter()
+            .filter(|r| r.status == CheckpointStatus::Completed)
+            .collect();
+        let mut durations: Vec<u64> = done.iter().map(|r| r.duration_ms).collect();
+        durations.sort_unstable();
+        let uploaded: u64 = done.iter().map(|r| r.bytes_uploaded).sum();
+        Self {
+            rate_without,
+            rate_with,
+            completed: done.len(),
+            aborted: report
+                .history
+                .iter()
+                .filter(|r| matches!(r.status, CheckpointStatus::Aborted(_)))
+                .count(),
+            sync_p50_us: percentile(&pauses, 0.5),
+            sync_p99_us: percentile(&pauses, 0.99),
+            sync_max_us: pauses.last().copied().unwrap_or(0),
+            duration_p50_ms: percentile(&durations, 0.5),
+            duration_max_ms: durations.last().copied().unwrap_or(0),
+            uploaded_mean: if done.is_empty() {
+                0
+            } else {
+                uploaded / done.len() as u64
+            },
+            full_size_last: done.last().map(|r| r.full_size).unwrap_or(0),
+        }
+    }
+
+    fn loss_percent(&self) -> f64 {
+        if self.rate_without <= 0.0 {
+            return 0.0;
+        }
+        (1.0 - self.rate_with / self.rate_without) * 100.0
+    }
+
+    pub(crate) fn json(&self, interval: &str) -> serde_json::Value {
+        serde_json::json!({
+            "checkpoint_interval": interval,
+            "records_per_s_without_checkpoints": self.rate_without,
+            "records_per_s_with_checkpoints": self.rate_with,
+            "throughput_loss_percent": self.loss_percent(),
+            "checkpoints_completed": self.completed,
+            "checkpoints_aborted": self.aborted,
+            "sync_pause_p50_us": self.sync_p50_us,
+            "sync_pause_p99_us": self.sync_p99_us,
+            "sync_pause_max_us": self.sync_max_us,
+            "checkpoint_duration_p50_ms": self.duration_p50_ms,
+            "checkpoint_duration_max_ms": self.duration_max_ms,
+            "bytes_uploaded_per_checkpoint_mean": self.uploaded_mean,
+            "checkpoint_full_size_bytes_last": self.full_size_last,
+        })
+    }
+
+    pub(crate) fn text(&self, interval: &str) -> String {
+        use crate::commands::human_bytes;
+        format!(
+            "with checkpoints every {interval}:\n\
+             throughput      {:.0} records/s ({:.0} without; {:.1} % loss)\n\
+             checkpoints     {} completed, {} aborted\n\
+             sync pause      p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (per task snapshot)\n\
+             duration        p50 {} ms, max {} ms (trigger to complete)\n\
+             size            {} uploaded per checkpoint on average; full state {}\n",
+            self.rate_with,
+            self.rate_without,
+            self.loss_percent(),
+            self.completed,
+            self.aborted,
+            self.sync_p50_us as f64 / 1000.0,
+            self.sync_p99_us as f64 / 1000.0,
+            self.sync_max_us as f64 / 1000.0,
+            self.duration_p50_ms,
+            self.duration_max_ms,
+            human_bytes(self.uploaded_mean),
+            human_bytes(self.full_size_last),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_nearest_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.5), 51);
+        assert_eq!(percentile(&v, 0.99), 99);
+        assert_eq!(percentile(&[], 0.99), 0);
+    }
+}
