@@ -2,6 +2,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use weir_types::CheckpointId;
 
 /// Why a connector could not be set up or failed while running. Every variant names the path or
 /// address involved.
@@ -76,8 +77,69 @@ pub enum ConnectorError {
     /// A sink writer was used after `finish` (a bug in the caller).
     #[error("sink writer for '{}' was used after finish", path.display())]
     WriterFinished {
-        /// The part file that was already committed.
+        /// The part file that was already committed, or (with checkpointing) the output
+        /// directory.
         path: PathBuf,
+    },
+    /// A source was asked to resume from a position it cannot use: bytes it cannot decode, a
+    /// format version it does not know, or a position taken by a differently configured source.
+    #[error("cannot restore the {connector} source position: {reason}")]
+    BadPosition {
+        /// Which source (`generator`, `file`).
+        connector: &'static str,
+        /// What does not fit, naming the setting or file that differs.
+        reason: String,
+    },
+    /// An input file (or the listing of an input directory) is not what it was when the
+    /// checkpoint being restored was taken, so the saved position no longer means anything.
+    #[error("input '{}' changed since the checkpoint: {reason}", path.display())]
+    InputChanged {
+        /// The file or directory.
+        path: PathBuf,
+        /// What changed.
+        reason: String,
+    },
+    /// A file sink writer's saved state (its manifest of staged transactions) cannot be used.
+    #[error("file sink '{uid}' subtask {subtask} cannot restore its manifest: {reason}")]
+    BadManifest {
+        /// The sink's operator uid.
+        uid: String,
+        /// The subtask whose manifest it is.
+        subtask: u32,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A transaction of a completed checkpoint cannot be published: its staged file is gone or
+    /// damaged, so committed output would be lost. Never ignored.
+    #[error(
+        "file sink '{uid}' subtask {subtask} cannot commit {checkpoint}: '{}' {reason}",
+        path.display()
+    )]
+    CommitLost {
+        /// The sink's operator uid.
+        uid: String,
+        /// The subtask.
+        subtask: u32,
+        /// The checkpoint the transaction belongs to.
+        checkpoint: CheckpointId,
+        /// The staged (pending) file, or the final file when that is the one found damaged.
+        path: PathBuf,
+        /// What was found (`and its final file 'part-…' are both missing`, `has 10 bytes, the
+        /// manifest says 12`, …).
+        reason: String,
+    },
+    /// A sink writer was asked to prepare a checkpoint whose id is not above the one it
+    /// prepared before (a bug in the caller: checkpoint ids only rise).
+    #[error("file sink '{uid}' subtask {subtask} was asked to prepare {got} after {previous}")]
+    CheckpointOutOfOrder {
+        /// The sink's operator uid.
+        uid: String,
+        /// The subtask.
+        subtask: u32,
+        /// The checkpoint prepared before.
+        previous: CheckpointId,
+        /// The checkpoint asked for now.
+        got: CheckpointId,
     },
     /// The runtime handed a context whose subtask index is not below its parallelism (a bug).
     #[error("subtask {subtask} is out of range for parallelism {parallelism}")]
@@ -104,7 +166,12 @@ impl ConnectorError {
             | Self::InvalidUtf8 { .. }
             | Self::SocketUtf8 { .. }
             | Self::WriterFinished { .. }
-            | Self::BadSubtask { .. } => false,
+            | Self::BadSubtask { .. }
+            | Self::BadPosition { .. }
+            | Self::InputChanged { .. }
+            | Self::BadManifest { .. }
+            | Self::CommitLost { .. }
+            | Self::CheckpointOutOfOrder { .. } => false,
         }
     }
 }

@@ -1,10 +1,12 @@
 //! The lines of a file or of a directory of files, read in parallel byte-range splits.
 //!
-//! See [`FileLinesSource`] for how the input is divided among subtasks.
+//! See [`FileLinesSource`] for how the input is divided among subtasks and how a reader's
+//! position is saved and restored.
 
-use crate::{subtask_of, ConnectorError};
+use crate::{position, subtask_of, ConnectorError};
+use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use weir_runtime::{Source, SourceContext, SourcePoll, SourceReader, UserError};
@@ -20,6 +22,29 @@ const READ_BUFFER_BYTES: usize = 256 * 1024;
 struct InputFile {
     path: PathBuf,
     len: u64,
+}
+
+/// What identifies a listing: the number of files and a stable hash over every file's path and
+/// length, so a restore notices files added, removed or resized since the checkpoint.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct ListingDigest {
+    files: u64,
+    hash: u64,
+}
+
+impl ListingDigest {
+    fn of(files: &[InputFile]) -> Self {
+        let mut bytes = Vec::new();
+        for file in files {
+            bytes.extend_from_slice(file.path.to_string_lossy().as_bytes());
+            bytes.push(0);
+            bytes.extend_from_slice(&file.len.to_le_bytes());
+        }
+        Self {
+            files: files.len() as u64,
+            hash: weir_types::stable_hash64(&bytes),
+        }
+    }
 }
 
 /// A byte range `start..end` of input file number `file` (an index into the listing).
@@ -73,10 +98,22 @@ pub fn plan_splits(file_lens: &[u64], parallelism: u32, min_split: u64) -> Vec<F
 ///
 /// The listing is taken when the source is created: files added to a directory later are not
 /// read, and a file is read up to the line that crosses its length at listing time.
+///
+/// **Replayable.** A reader's position ([`FileLinesReader::saved_position`]) is the split it is
+/// in, the file's path and the byte offset of the next unread line, together with what its
+/// splits were planned from (subtask, parallelism, smallest split, and a digest of the listing:
+/// every file's path and length). [`FileLinesSource::resume`] continues at that offset, so
+/// lines before the snapshot plus lines after the restore are the input read once. A restore
+/// is refused, with an error naming the file, when the file being read is missing or changed
+/// length, when the directory listing changed (files added, removed or resized), or when the
+/// offset lies outside the split or not at the start of a line. Only lengths are compared: a
+/// file rewritten in place with the same length is not noticed unless a saved offset no
+/// longer starts a line.
 #[derive(Clone, Debug)]
 pub struct FileLinesSource {
     path: PathBuf,
     files: Arc<Vec<InputFile>>,
+    listing: ListingDigest,
     min_split: u64,
 }
 
@@ -89,6 +126,7 @@ impl FileLinesSource {
         tracing::debug!(path = %path.display(), files = files.len(), "listed file input");
         let source = Self {
             path,
+            listing: ListingDigest::of(&files),
             files: Arc::new(files),
             min_split: DEFAULT_MIN_SPLIT_BYTES,
         };
@@ -129,7 +167,7 @@ impl FileLinesSource {
         plan_splits(&lens, parallelism, self.min_split)
     }
 
-    /// The reader of subtask `subtask` of `parallelism`.
+    /// The reader of subtask `subtask` of `parallelism`, at the start of its splits.
     pub fn reader(
         &self,
         subtask: u32,
@@ -157,12 +195,185 @@ impl FileLinesSource {
         );
         Ok(FileLinesReader {
             files: Arc::clone(&self.files),
+            plan: SplitPlan {
+                subtask,
+                parallelism,
+                min_split: self.min_split,
+                listing: self.listing,
+            },
             splits,
             next_split: 0,
             current: None,
             line: Vec::new(),
         })
     }
+
+    /// The reader of subtask `subtask` of `parallelism`, resumed at `position` (what
+    /// [`FileLinesReader::saved_position`] returned): its first line is the one after the last
+    /// line returned before the snapshot.
+    ///
+    /// Refused — never silently re-reading or skipping input — when the position was taken
+    /// with another subtask, parallelism or smallest split, when the file being read is missing
+    /// or changed length, when the listing changed, or when the offset does not fit the split
+    /// or does not start a line. Errors name the file (or the input directory).
+    pub fn resume(
+        &self,
+        subtask: u32,
+        parallelism: u32,
+        position: &[u8],
+    ) -> Result<FileLinesReader, ConnectorError> {
+        let mut reader = self.reader(subtask, parallelism)?;
+        let saved: FilePosition = position::decode("file", FILE_POSITION_VERSION, position)?;
+        let bad = |reason: String| ConnectorError::BadPosition {
+            connector: "file",
+            reason,
+        };
+
+        // 1. The split plan: same subtask, parallelism and smallest split.
+        let (then, now) = (saved.plan, reader.plan);
+        let mut differences = Vec::new();
+        for (what, was, is) in [
+            ("subtask", u64::from(then.subtask), u64::from(now.subtask)),
+            (
+                "parallelism",
+                u64::from(then.parallelism),
+                u64::from(now.parallelism),
+            ),
+            ("smallest split", then.min_split, now.min_split),
+        ] {
+            if was != is {
+                differences.push(format!("{what} was {was}, is now {is}"));
+            }
+        }
+        if !differences.is_empty() {
+            return Err(bad(format!(
+                "it was taken by a differently configured file source: {}",
+                differences.join("; ")
+            )));
+        }
+
+        // 2. The file being read: still listed, with the same length.
+        if let Cursor::InSplit { path, len, .. } = &saved.cursor {
+            let listed = self
+                .files
+                .iter()
+                .find(|f| f.path.to_string_lossy() == path.as_str());
+            let path = PathBuf::from(path);
+            match listed {
+                None => {
+                    fs::metadata(&path).map_err(|cause| unreadable(&path, cause))?;
+                    return Err(ConnectorError::InputChanged {
+                        reason: format!("it is no longer listed under '{}'", self.path.display()),
+                        path,
+                    });
+                }
+                Some(file) if file.len != *len => {
+                    return Err(ConnectorError::InputChanged {
+                        reason: format!("it had {len} bytes, now {}", file.len),
+                        path,
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+
+        // 3. The whole listing, which every subtask's splits are planned from.
+        if then.listing != now.listing {
+            return Err(ConnectorError::InputChanged {
+                path: self.path.clone(),
+                reason: format!(
+                    "its files were added, removed or resized ({} files then, {} now)",
+                    then.listing.files, now.listing.files
+                ),
+            });
+        }
+
+        // 4. The cursor within this reader's splits.
+        match saved.cursor {
+            Cursor::Between { next_split } => {
+                let next_split = next_split as usize;
+                if next_split > reader.splits.len() {
+                    return Err(bad(format!(
+                        "split {next_split} does not exist; subtask {subtask} has {} splits",
+                        reader.splits.len()
+                    )));
+                }
+                reader.next_split = next_split;
+            }
+            Cursor::InSplit {
+                split: index,
+                path,
+                len,
+                offset,
+            } => {
+                let index = index as usize;
+                let Some(&split) = reader.splits.get(index) else {
+                    return Err(bad(format!(
+                        "split {index} of '{path}' does not exist; subtask {subtask} has {} splits",
+                        reader.splits.len()
+                    )));
+                };
+                let file = &self.files[split.file];
+                if file.path.to_string_lossy() != path.as_str() {
+                    return Err(bad(format!(
+                        "split {index} reads '{}', not '{path}'",
+                        file.path.display()
+                    )));
+                }
+                if offset < split.start || offset > len {
+                    return Err(bad(format!(
+                        "byte offset {offset} of '{path}' lies outside split {}..{} \
+                         (the file has {len} bytes)",
+                        split.start, split.end
+                    )));
+                }
+                reader.current = Some(reader.open_at(split, offset)?);
+                reader.next_split = index + 1;
+            }
+        }
+        tracing::debug!(
+            path = %self.path.display(),
+            subtask,
+            position = ?reader.position(),
+            "file reader resumed"
+        );
+        Ok(reader)
+    }
+}
+
+/// The format version of [`FilePosition`] bytes.
+const FILE_POSITION_VERSION: u8 = 1;
+
+/// What a reader's splits were planned from.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct SplitPlan {
+    subtask: u32,
+    parallelism: u32,
+    min_split: u64,
+    listing: ListingDigest,
+}
+
+/// A file reader's saved position.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct FilePosition {
+    plan: SplitPlan,
+    cursor: Cursor,
+}
+
+/// Where in its splits a reader is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Cursor {
+    /// No split is open; `next_split` (an index into the reader's splits; their count once
+    /// all are read) is the next to open, from its start.
+    Between { next_split: u32 },
+    /// Split `split` is open, reading `path` (of `len` bytes when listed); the next line
+    /// starts at byte `offset`.
+    InSplit {
+        split: u32,
+        path: String,
+        len: u64,
+        offset: u64,
+    },
 }
 
 impl Source<String> for FileLinesSource {
@@ -173,10 +384,13 @@ impl Source<String> for FileLinesSource {
     fn create_reader(
         &self,
         ctx: &SourceContext,
-        _restored: Option<&[u8]>,
+        restored: Option<&[u8]>,
     ) -> Result<Box<dyn SourceReader<String>>, UserError> {
         let (subtask, parallelism) = subtask_of(ctx)?;
-        Ok(Box::new(self.reader(subtask, parallelism)?))
+        Ok(Box::new(match restored {
+            None => self.reader(subtask, parallelism)?,
+            Some(position) => self.resume(subtask, parallelism, position)?,
+        }))
     }
 }
 
@@ -230,6 +444,7 @@ struct OpenSplit {
 /// One subtask's reader over its splits, in order.
 pub struct FileLinesReader {
     files: Arc<Vec<InputFile>>,
+    plan: SplitPlan,
     splits: Vec<FileSplit>,
     next_split: usize,
     current: Option<OpenSplit>,
@@ -249,6 +464,67 @@ impl FileLinesReader {
         self.current
             .as_ref()
             .map(|open| (self.files[open.split.file].path.as_path(), open.offset))
+    }
+
+    /// The saved form of the reader's position (versioned bytes), from which
+    /// [`FileLinesSource::resume`] continues with the next line.
+    pub fn saved_position(&self) -> Vec<u8> {
+        let cursor = match &self.current {
+            Some(open) => {
+                let file = &self.files[open.split.file];
+                Cursor::InSplit {
+                    // The open split is the one before `next_split`.
+                    split: (self.next_split - 1) as u32,
+                    path: file.path.to_string_lossy().into_owned(),
+                    len: file.len,
+                    offset: open.offset,
+                }
+            }
+            None => Cursor::Between {
+                next_split: self.next_split as u32,
+            },
+        };
+        let saved = FilePosition {
+            plan: self.plan,
+            cursor,
+        };
+        position::encode(FILE_POSITION_VERSION, &saved)
+    }
+
+    /// Opens `split` at `offset`, a saved position: checks that a line starts there (the byte
+    /// before is `\n`, or it is the start or the end of the file).
+    fn open_at(&self, split: FileSplit, offset: u64) -> Result<OpenSplit, ConnectorError> {
+        let input = &self.files[split.file];
+        let path = &input.path;
+        let file = File::open(path).map_err(|cause| unreadable(path, cause))?;
+        let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
+        if offset > 0 {
+            reader
+                .seek(SeekFrom::Start(offset - 1))
+                .map_err(|cause| unreadable(path, cause))?;
+            let mut before = [0u8];
+            reader.read_exact(&mut before).map_err(|cause| {
+                if cause.kind() == io::ErrorKind::UnexpectedEof {
+                    ConnectorError::InputChanged {
+                        path: path.clone(),
+                        reason: format!("it is now shorter than byte offset {offset}"),
+                    }
+                } else {
+                    unreadable(path, cause)
+                }
+            })?;
+            if before[0] != b'\n' && offset != input.len {
+                return Err(ConnectorError::InputChanged {
+                    path: path.clone(),
+                    reason: format!("byte offset {offset} no longer starts a line"),
+                });
+            }
+        }
+        Ok(OpenSplit {
+            split,
+            reader,
+            offset,
+        })
     }
 
     /// Opens `split` and positions it at the first line that starts at or after its start.
@@ -322,12 +598,16 @@ impl SourceReader<String> for FileLinesReader {
         }
         Ok(SourcePoll::More)
     }
+
+    fn snapshot_position(&mut self) -> Result<Option<Vec<u8>>, UserError> {
+        Ok(Some(self.saved_position()))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::{ctx, drain};
+    use crate::test_util::{ctx, drain, read_with_restores};
     use proptest::prelude::*;
     use std::io::Write;
 
@@ -403,6 +683,219 @@ mod tests {
             got.sort();
             expected.sort();
             prop_assert_eq!(got, expected);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Each subtask: lines before each snapshot plus the restored reader's lines equal an
+        /// uninterrupted run (lines read after a snapshot are lost, as in a failure); over all
+        /// subtasks every line comes exactly once.
+        #[test]
+        fn a_restored_file_reader_reads_every_line_exactly_once(
+            files in prop::collection::vec(file_strategy(), 1..4),
+            parallelism in 1u32..5,
+            min_split in 1u64..48,
+            sizes in prop::collection::vec(1usize..6, 1..6),
+            failures in prop::collection::vec((0usize..8, 0usize..3), 0..6),
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut expected = Vec::new();
+            for (i, content) in files.iter().enumerate() {
+                fs::write(dir.path().join(format!("in-{i:02}.txt")), content).expect("write");
+                expected.extend(reference_lines(content));
+            }
+            let source = FileLinesSource::new(dir.path()).expect("source").min_split_bytes(min_split);
+            let mut got = Vec::new();
+            for subtask in 0..parallelism {
+                let context = ctx("file", subtask, parallelism);
+                let open = |restored: Option<&[u8]>| {
+                    source.create_reader(&context, restored).expect("reader")
+                };
+                let uninterrupted = read_with_restores(open, &sizes, &[], usize::MAX);
+                let restored = read_with_restores(open, &sizes, &failures, usize::MAX);
+                prop_assert_eq!(&restored, &uninterrupted, "subtask {}", subtask);
+                got.extend(restored);
+            }
+            got.sort();
+            expected.sort();
+            prop_assert_eq!(got, expected);
+        }
+    }
+
+    /// A reader of `path` (one subtask) that has returned `lines` lines, and its position.
+    fn position_after(source: &FileLinesSource, lines: usize) -> Vec<u8> {
+        let mut reader = source.reader(0, 1).expect("reader");
+        let mut out = Vec::new();
+        reader.poll(&mut out, lines).expect("poll");
+        assert_eq!(out.len(), lines);
+        reader.saved_position()
+    }
+
+    #[test]
+    fn a_file_reader_resumes_at_the_saved_offset() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("in.txt");
+        fs::write(&path, "one\ntwo\nthree\n").expect("write");
+        let source = FileLinesSource::new(&path).expect("source");
+        let mut restored = source
+            .resume(0, 1, &position_after(&source, 1))
+            .expect("restore");
+        assert_eq!(restored.position(), Some((path.as_path(), 4)));
+        assert_eq!(drain(&mut restored, 10), vec!["two", "three"]);
+        // A position taken at the end restores a finished reader.
+        let mut at_end = source.reader(0, 1).expect("reader");
+        drain(&mut at_end, 10);
+        let mut restored = source
+            .resume(0, 1, &at_end.saved_position())
+            .expect("restore");
+        assert!(drain(&mut restored, 10).is_empty());
+    }
+
+    #[test]
+    fn a_restore_after_the_file_being_read_grew_is_refused_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.txt");
+        fs::write(&path, "a1\na2\n").expect("write");
+        fs::write(dir.path().join("b.txt"), "b1\n").expect("write");
+        let position = position_after(&FileLinesSource::new(dir.path()).expect("source"), 1);
+        fs::write(&path, "a1\na2\na3\n").expect("append");
+        let err = FileLinesSource::new(dir.path())
+            .expect("source")
+            .resume(0, 1, &position)
+            .err()
+            .expect("changed file");
+        let message = err.to_string();
+        assert!(
+            matches!(err, ConnectorError::InputChanged { .. }),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!("'{}'", path.display()))
+                && message.contains("had 6 bytes, now 9"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_restore_after_the_file_being_read_was_removed_is_refused_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.txt");
+        fs::write(&path, "a1\na2\n").expect("write");
+        fs::write(dir.path().join("b.txt"), "b1\n").expect("write");
+        let position = position_after(&FileLinesSource::new(dir.path()).expect("source"), 1);
+        fs::remove_file(&path).expect("remove");
+        let err = FileLinesSource::new(dir.path())
+            .expect("source")
+            .resume(0, 1, &position)
+            .err()
+            .expect("missing file");
+        assert!(
+            err.to_string()
+                .contains(&format!("cannot read input '{}'", path.display())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_restore_after_files_were_added_is_refused_naming_the_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("a.txt"), "a1\na2\n").expect("write");
+        let position = position_after(&FileLinesSource::new(dir.path()).expect("source"), 1);
+        fs::write(dir.path().join("c.txt"), "c1\n").expect("write");
+        let err = FileLinesSource::new(dir.path())
+            .expect("source")
+            .resume(0, 1, &position)
+            .err()
+            .expect("changed listing");
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("input '{}' changed", dir.path().display()))
+                && message.contains("1 files then, 2 now"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn an_offset_outside_the_split_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("in.txt");
+        fs::write(&path, "one\ntwo\n").expect("write");
+        let source = FileLinesSource::new(&path).expect("source");
+        let saved = position_after(&source, 1);
+        let mut position: FilePosition =
+            position::decode("file", FILE_POSITION_VERSION, &saved).expect("decode");
+        let Cursor::InSplit { offset, .. } = &mut position.cursor else {
+            panic!("a reader that returned a line is in a split");
+        };
+        *offset = 50;
+        let err = source
+            .resume(0, 1, &position::encode(FILE_POSITION_VERSION, &position))
+            .err()
+            .expect("offset beyond the file");
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("byte offset 50 of '{}'", path.display()))
+                && message.contains("outside split 0..8"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_saved_offset_that_no_longer_starts_a_line_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("in.txt");
+        fs::write(&path, "one\ntwo\n").expect("write");
+        let position = position_after(&FileLinesSource::new(&path).expect("source"), 1);
+        fs::write(&path, "on\netwo\n").expect("rewrite, same length");
+        let err = FileLinesSource::new(&path)
+            .expect("source")
+            .resume(0, 1, &position)
+            .err()
+            .expect("rewritten file");
+        let message = err.to_string();
+        assert!(
+            message.contains("in.txt") && message.contains("byte offset 4 no longer starts a line"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_position_for_another_split_plan_or_garbage_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("in.txt");
+        fs::write(&path, "one\ntwo\n").expect("write");
+        let source = FileLinesSource::new(&path).expect("source");
+        let position = position_after(&source, 1);
+        let err = source.resume(0, 2, &position).err().expect("parallelism");
+        assert!(
+            err.to_string().contains("parallelism was 1, is now 2"),
+            "{err}"
+        );
+        let err = source
+            .clone()
+            .min_split_bytes(3)
+            .resume(0, 1, &position)
+            .err()
+            .expect("smallest split");
+        assert!(err.to_string().contains("smallest split was"), "{err}");
+        for bad in [
+            &b""[..],
+            &b"\x07garbage"[..],
+            &position[..position.len() - 2],
+        ] {
+            let err = source.resume(0, 1, bad).err().expect("garbage");
+            assert!(
+                matches!(
+                    err,
+                    ConnectorError::BadPosition {
+                        connector: "file",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
         }
     }
 

@@ -4,8 +4,13 @@
 //! produced by subtask `seq % parallelism`, so the whole output of a bounded generator is the
 //! same set of records whatever the parallelism — a test can compute the expected result
 //! without running a job.
+//!
+//! A reader's position is the number of its next record; it is saved with the split's identity
+//! (subtask, parallelism, seed, keys, total) so that a restore into a differently configured
+//! generator is refused instead of producing other records (see
+//! [`GeneratorSource::resume`]).
 
-use crate::{subtask_of, ConnectorError};
+use crate::{position, subtask_of, ConnectorError};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 use weir_runtime::{Source, SourceContext, SourcePoll, SourceReader, UserError};
@@ -110,7 +115,8 @@ impl GeneratorSource {
         Ok(())
     }
 
-    /// The reader of subtask `subtask` of `parallelism`, after [`check`](Self::check).
+    /// The reader of subtask `subtask` of `parallelism` at the start of its input, after
+    /// [`check`](Self::check).
     pub fn reader(
         &self,
         subtask: u32,
@@ -127,8 +133,10 @@ impl GeneratorSource {
             seed: self.seed,
             keys: self.keys,
             end: self.records,
-            stride: u64::from(parallelism),
+            subtask,
+            parallelism,
             next_seq: u64::from(subtask),
+            exhausted: false,
             pacing: self.rate.map(|rate| Pacing {
                 per_second: rate as f64 / f64::from(parallelism),
                 started: None,
@@ -136,6 +144,80 @@ impl GeneratorSource {
             }),
         })
     }
+
+    /// The reader of subtask `subtask` of `parallelism`, resumed at `position` (what
+    /// [`GeneratorReader::saved_position`] returned): its first record is the one after the last
+    /// record returned before the snapshot. The rate limit, if any, starts afresh from there.
+    ///
+    /// A position taken by another split — a different subtask, parallelism, seed, number of
+    /// keys or total — is refused with an error naming every setting that differs, as are
+    /// bytes of an unknown format version.
+    pub fn resume(
+        &self,
+        subtask: u32,
+        parallelism: u32,
+        position: &[u8],
+    ) -> Result<GeneratorReader, ConnectorError> {
+        let mut reader = self.reader(subtask, parallelism)?;
+        let saved: GeneratorPosition =
+            position::decode("generator", GENERATOR_POSITION_VERSION, position)?;
+        let here = reader.identity();
+        let mut differences = Vec::new();
+        let mut differs = |what: &str, then: String, now: String| {
+            if then != now {
+                differences.push(format!("{what} was {then}, is now {now}"));
+            }
+        };
+        differs(
+            "subtask",
+            saved.subtask.to_string(),
+            here.subtask.to_string(),
+        );
+        let (p_then, p_now) = (saved.parallelism, here.parallelism);
+        differs("parallelism", p_then.to_string(), p_now.to_string());
+        differs("seed", saved.seed.to_string(), here.seed.to_string());
+        differs("keys", saved.keys.to_string(), here.keys.to_string());
+        let total = |t: Option<u64>| t.map_or_else(|| "unbounded".to_string(), |t| t.to_string());
+        differs("records", total(saved.total), total(here.total));
+        if !differences.is_empty() {
+            return Err(ConnectorError::BadPosition {
+                connector: "generator",
+                reason: format!(
+                    "it was taken by a differently configured generator: {}",
+                    differences.join("; ")
+                ),
+            });
+        }
+        match saved.next_seq {
+            Some(seq) if seq % u64::from(parallelism) != u64::from(subtask) => {
+                return Err(ConnectorError::BadPosition {
+                    connector: "generator",
+                    reason: format!(
+                        "record {seq} is not produced by subtask {subtask} of {parallelism}"
+                    ),
+                });
+            }
+            Some(seq) => reader.next_seq = seq,
+            None => reader.exhausted = true,
+        }
+        Ok(reader)
+    }
+}
+
+/// The format version of [`GeneratorPosition`] bytes.
+const GENERATOR_POSITION_VERSION: u8 = 1;
+
+/// A generator reader's saved position: the next record and the identity of the split.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct GeneratorPosition {
+    subtask: u32,
+    parallelism: u32,
+    seed: u64,
+    keys: u64,
+    /// The generator's total number of records, `None` when unbounded.
+    total: Option<u64>,
+    /// The number of the next record; `None` once the reader went past `u64::MAX`.
+    next_seq: Option<u64>,
 }
 
 impl Source<GeneratedRecord> for GeneratorSource {
@@ -146,10 +228,13 @@ impl Source<GeneratedRecord> for GeneratorSource {
     fn create_reader(
         &self,
         ctx: &SourceContext,
-        _restored: Option<&[u8]>,
+        restored: Option<&[u8]>,
     ) -> Result<Box<dyn SourceReader<GeneratedRecord>>, UserError> {
         let (subtask, parallelism) = subtask_of(ctx)?;
-        Ok(Box::new(self.reader(subtask, parallelism)?))
+        Ok(Box::new(match restored {
+            None => self.reader(subtask, parallelism)?,
+            Some(position) => self.resume(subtask, parallelism, position)?,
+        }))
     }
 }
 
@@ -185,8 +270,11 @@ pub struct GeneratorReader {
     seed: u64,
     keys: u64,
     end: Option<u64>,
-    stride: u64,
+    subtask: u32,
+    parallelism: u32,
     next_seq: u64,
+    /// Set once the next record number would pass `u64::MAX`: an unbounded generator stops.
+    exhausted: bool,
     pacing: Option<Pacing>,
 }
 
@@ -196,8 +284,30 @@ impl GeneratorReader {
         self.next_seq
     }
 
+    /// The saved form of the reader's position (versioned bytes), from which
+    /// [`GeneratorSource::resume`] continues with the next record.
+    pub fn saved_position(&self) -> Vec<u8> {
+        let saved = GeneratorPosition {
+            next_seq: (!self.exhausted).then_some(self.next_seq),
+            ..self.identity()
+        };
+        position::encode(GENERATOR_POSITION_VERSION, &saved)
+    }
+
+    /// The split this reader reads, as a position at its start.
+    fn identity(&self) -> GeneratorPosition {
+        GeneratorPosition {
+            subtask: self.subtask,
+            parallelism: self.parallelism,
+            seed: self.seed,
+            keys: self.keys,
+            total: self.end,
+            next_seq: Some(u64::from(self.subtask)),
+        }
+    }
+
     fn finished(&self) -> bool {
-        self.end.is_some_and(|end| self.next_seq >= end)
+        self.exhausted || self.end.is_some_and(|end| self.next_seq >= end)
     }
 }
 
@@ -222,10 +332,10 @@ impl SourceReader<GeneratedRecord> for GeneratorReader {
             out.push(record_at(self.seed, self.keys, self.next_seq));
             emitted += 1;
             // Past u64::MAX an unbounded generator simply stops.
-            match self.next_seq.checked_add(self.stride) {
+            match self.next_seq.checked_add(u64::from(self.parallelism)) {
                 Some(next) => self.next_seq = next,
                 None => {
-                    self.end = Some(0);
+                    self.exhausted = true;
                     break;
                 }
             }
@@ -239,12 +349,16 @@ impl SourceReader<GeneratedRecord> for GeneratorReader {
             SourcePoll::More
         })
     }
+
+    fn snapshot_position(&mut self) -> Result<Option<Vec<u8>>, UserError> {
+        Ok(Some(self.saved_position()))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::{ctx, drain};
+    use crate::test_util::{ctx, drain, read_with_restores};
 
     fn all_records(source: &GeneratorSource, parallelism: u32) -> Vec<GeneratedRecord> {
         let mut all = Vec::new();
@@ -368,6 +482,137 @@ mod tests {
         assert_eq!(records.len(), 40);
         // 40 records at 400/s: the last is due after 97.5 ms.
         assert!(elapsed >= Duration::from_millis(90), "{elapsed:?}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+        /// Records before each snapshot, then the restored reader's records, equal an
+        /// uninterrupted run; records a reader returned after its snapshot are dropped, as a
+        /// failure would.
+        #[test]
+        fn a_restored_generator_continues_exactly_after_the_snapshot(
+            seed in proptest::prelude::any::<u64>(),
+            keys in 1u64..20,
+            total in proptest::option::of(0u64..400),
+            parallelism in 1u32..5,
+            subtask in proptest::prelude::any::<proptest::sample::Index>(),
+            sizes in proptest::collection::vec(1usize..12, 1..8),
+            failures in proptest::collection::vec((0usize..15, 0usize..4), 0..6),
+        ) {
+            // An unbounded generator is compared on its first 300 records.
+            const LIMIT: usize = 300;
+            let subtask = subtask.index(parallelism as usize) as u32;
+            let source = GeneratorSource::new(seed, keys);
+            let source = match total {
+                Some(total) => source.records(total),
+                None => source,
+            };
+            let context = ctx("gen", subtask, parallelism);
+            let open = |restored: Option<&[u8]>| {
+                source.create_reader(&context, restored).expect("reader")
+            };
+            let uninterrupted = read_with_restores(open, &sizes, &[], LIMIT);
+            let restored = read_with_restores(open, &sizes, &failures, LIMIT);
+            proptest::prop_assert_eq!(restored, uninterrupted);
+        }
+    }
+
+    #[test]
+    fn a_position_from_a_differently_configured_generator_is_refused_naming_what_differs() {
+        let source = GeneratorSource::new(1, 4).records(100);
+        let mut reader = source.reader(1, 2).expect("reader");
+        reader.poll(&mut Vec::new(), 3).expect("poll");
+        let position = reader.saved_position();
+        source.resume(1, 2, &position).expect("same split");
+
+        let message = |result: Result<GeneratorReader, ConnectorError>| {
+            let err = result.expect_err("mismatch");
+            assert!(!err.retry_may_help());
+            err.to_string()
+        };
+        let m = message(
+            GeneratorSource::new(2, 5)
+                .records(100)
+                .resume(1, 2, &position),
+        );
+        assert!(
+            m.contains("seed was 1, is now 2") && m.contains("keys was 4, is now 5"),
+            "{m}"
+        );
+        assert!(!m.contains("subtask") && !m.contains("records"), "{m}");
+        let m = message(source.resume(0, 2, &position));
+        assert!(m.contains("subtask was 1, is now 0"), "{m}");
+        let m = message(source.resume(1, 3, &position));
+        assert!(m.contains("parallelism was 2, is now 3"), "{m}");
+        let m = message(GeneratorSource::new(1, 4).resume(1, 2, &position));
+        assert!(m.contains("records was 100, is now unbounded"), "{m}");
+    }
+
+    #[test]
+    fn a_position_of_another_version_or_garbage_is_refused() {
+        let source = GeneratorSource::new(1, 4);
+        let mut position = source.reader(0, 1).expect("reader").saved_position();
+        for bad in [&[][..], &[9, 1, 2, 3][..], &position[..position.len() - 1]] {
+            let err = source.resume(0, 1, bad).expect_err("bad position");
+            assert!(
+                matches!(
+                    err,
+                    ConnectorError::BadPosition {
+                        connector: "generator",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
+        position[0] = 2;
+        let err = source.resume(0, 1, &position).expect_err("version 2");
+        assert!(err.to_string().contains("format version 2"), "{err}");
+        position[0] = 1;
+        position.push(0);
+        let err = source.resume(0, 1, &position).expect_err("trailing byte");
+        assert!(err.to_string().contains("trailing"), "{err}");
+    }
+
+    #[test]
+    fn a_restored_rate_limited_generator_paces_from_the_restored_point() {
+        // 1 record/s: a reader that already emitted one record may emit the next at once after
+        // a restore (its schedule restarts), then must wait about a second.
+        let source = GeneratorSource::new(1, 4).rate(1);
+        let mut reader = source.reader(0, 1).expect("reader");
+        let mut out = Vec::new();
+        assert_eq!(reader.poll(&mut out, 10).expect("poll"), SourcePoll::More);
+        let mut restored = source
+            .resume(0, 1, &reader.saved_position())
+            .expect("restore");
+        assert_eq!(restored.poll(&mut out, 10).expect("poll"), SourcePoll::More);
+        assert_eq!(out.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![0, 1]);
+        assert!(matches!(
+            restored.poll(&mut out, 10).expect("poll"),
+            SourcePoll::Idle(_)
+        ));
+    }
+
+    #[test]
+    fn a_generator_past_the_last_sequence_number_stays_finished_after_restore() {
+        let source = GeneratorSource::new(1, 4);
+        let mut reader = source.reader(0, 1).expect("reader");
+        reader.next_seq = u64::MAX;
+        let mut out = Vec::new();
+        assert_eq!(
+            reader.poll(&mut out, 10).expect("poll"),
+            SourcePoll::Finished
+        );
+        assert_eq!(out.len(), 1);
+        let mut restored = source
+            .resume(0, 1, &reader.saved_position())
+            .expect("restore");
+        assert_eq!(
+            restored.poll(&mut out, 10).expect("poll"),
+            SourcePoll::Finished
+        );
+        assert_eq!(out.len(), 1);
     }
 
     #[test]

@@ -19,9 +19,11 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// Always runs with parallelism 1 ([`Source::parallel`] is false).
 ///
-/// **Not replayable:** what was read from the socket is gone, so after a failure the job cannot
-/// re-read it — this source cannot give exactly-once (or even at-least-once) results across a
-/// restart. Use it for demos and interactive tests.
+/// **Not replayable:** what was read from the socket is gone, so its reader keeps the default
+/// [`SourceReader::snapshot_position`] (`None`) and a restored reader simply reconnects and
+/// reads what the peer sends from then on. Lines read since the last completed checkpoint are
+/// lost: across a failure this source is at-most-once, so a job reading it is not exactly-once
+/// (or even at-least-once) end to end. Use it for demos and interactive tests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SocketTextSource {
     host: String,
@@ -97,6 +99,7 @@ impl Source<String> for SocketTextSource {
     fn create_reader(
         &self,
         ctx: &SourceContext,
+        // Never a position of ours (we save none): a restore starts afresh.
         _restored: Option<&[u8]>,
     ) -> Result<Box<dyn SourceReader<String>>, UserError> {
         let (_, parallelism) = subtask_of(ctx)?;
@@ -111,7 +114,7 @@ impl Source<String> for SocketTextSource {
     }
 }
 
-/// The reader of a [`SocketTextSource`].
+/// The reader of a [`SocketTextSource`]. It saves no position (see the source's docs).
 pub struct SocketTextReader {
     addr: String,
     reader: BufReader<TcpStream>,
