@@ -319,6 +319,10 @@ struct Manifest {
     version: u32,
     uid: String,
     subtask: u32,
+    /// Every transaction numbered below this was staged or committed when the manifest was
+    /// written; a restore rolls back published files numbered from here on (they belong to
+    /// checkpoints after the restored one).
+    next_seq: u64,
     transactions: Vec<StagedTransaction>,
 }
 
@@ -335,11 +339,12 @@ struct StagedTransaction {
 }
 
 impl Manifest {
-    fn encode(names: &PartNames, transactions: &[StagedTransaction]) -> Vec<u8> {
+    fn encode(names: &PartNames, next_seq: u64, transactions: &[StagedTransaction]) -> Vec<u8> {
         let manifest = Self {
             version: MANIFEST_VERSION,
             uid: names.uid.clone(),
             subtask: names.subtask,
+            next_seq,
             transactions: transactions.to_vec(),
         };
         serde_json::to_vec(&manifest).expect("a manifest serializes")
@@ -555,12 +560,34 @@ impl<T> TwoPhaseWriter<T> {
         attempt: u32,
         restored: Option<&[u8]>,
     ) -> Result<Self, ConnectorError> {
-        let listed = match restored {
-            Some(bytes) => Manifest::decode(&names, bytes)?.transactions,
-            None => Vec::new(),
+        let (listed, rollback_from) = match restored {
+            Some(bytes) => {
+                let m = Manifest::decode(&names, bytes)?;
+                (m.transactions, Some(m.next_seq))
+            }
+            None => (Vec::new(), None),
         };
         for txn in &listed {
             publish(dir, &names, txn, Verify::SizeAndCrc)?;
+        }
+        // Files published after the restored checkpoint (recovery fell back past a damaged
+        // newer one): their records are replayed, so unpublish them rather than duplicate.
+        if let Some(from) = rollback_from {
+            for name in list_dir(dir)? {
+                let Some(file) = names.classify(&name) else {
+                    continue;
+                };
+                if !file.hidden() && file.seq().is_some_and(|seq| seq >= from) {
+                    let path = dir.join(&name);
+                    tracing::warn!(uid = %names.uid, subtask = names.subtask, file = %name, "rolling back output published after the restored checkpoint");
+                    match fs::remove_file(&path) {
+                        Err(cause) if cause.kind() != io::ErrorKind::NotFound => {
+                            return Err(unwritable(&path, cause))
+                        }
+                        _ => {}
+                    }
+                }
+            }
         }
         let directory = list_dir(dir)?;
         let abort = plan_abort(&names, &listed, &directory);
@@ -683,7 +710,13 @@ impl<T: Display + Send> SinkWriter<T> for TwoPhaseWriter<T> {
                 crc32: txn.crc.finalize(),
             });
         }
-        Ok((!self.staged.is_empty()).then(|| Manifest::encode(&self.names, &self.staged)))
+        // Always a manifest, even with nothing staged: its `next_seq` tells a restore which
+        // published files came after this checkpoint.
+        Ok(Some(Manifest::encode(
+            &self.names,
+            self.next_seq,
+            &self.staged,
+        )))
     }
 
     fn commit(&mut self, checkpoint: CheckpointId) -> Result<(), UserError> {
@@ -1035,14 +1068,19 @@ mod tests {
         let mut writer = sink
             .create_writer(&checkpointed("out", 0, 1, 0), None)
             .expect("writer");
+        let staged_txns = |m: Option<Vec<u8>>| -> usize {
+            let m: serde_json::Value =
+                serde_json::from_slice(&m.expect("always a manifest")).expect("json");
+            m["transactions"].as_array().expect("list").len()
+        };
         assert_eq!(
-            writer.prepare_commit(CheckpointId(1)).expect("prepare"),
-            None
+            staged_txns(writer.prepare_commit(CheckpointId(1)).expect("prepare")),
+            0
         );
         writer.write_batch(vec![]).expect("an empty batch");
         assert_eq!(
-            writer.prepare_commit(CheckpointId(2)).expect("prepare"),
-            None
+            staged_txns(writer.prepare_commit(CheckpointId(2)).expect("prepare")),
+            0
         );
         writer.write_batch(vec![7]).expect("write");
         let staged = writer.prepare_commit(CheckpointId(3)).expect("prepare");
@@ -1052,8 +1090,8 @@ mod tests {
         assert_eq!(again, staged);
         writer.commit(CheckpointId(4)).expect("commit");
         assert_eq!(
-            writer.prepare_commit(CheckpointId(5)).expect("prepare"),
-            None
+            staged_txns(writer.prepare_commit(CheckpointId(5)).expect("prepare")),
+            0
         );
         assert_eq!(all_files(dir.path()), vec!["part-out-0-0"]);
     }
@@ -1075,6 +1113,7 @@ mod tests {
             "version": 1,
             "uid": "out",
             "subtask": 2,
+            "next_seq": 1,
             "transactions": [{
                 "checkpoint": 4,
                 "seq": 0,
@@ -1085,6 +1124,28 @@ mod tests {
             }],
         });
         assert_eq!(json, expected);
+    }
+
+    #[test]
+    fn a_restore_from_an_older_checkpoint_unpublishes_what_later_checkpoints_published() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = FileSink::<u32>::new(dir.path());
+        let mut writer = sink
+            .create_writer(&checkpointed("out", 0, 1, 0), None)
+            .expect("writer");
+        writer.write_batch(vec![1]).expect("write");
+        let older = writer.prepare_commit(CheckpointId(1)).expect("prepare");
+        writer.commit(CheckpointId(1)).expect("commit");
+        writer.write_batch(vec![2]).expect("write");
+        writer.prepare_commit(CheckpointId(2)).expect("prepare");
+        writer.commit(CheckpointId(2)).expect("commit");
+        drop(writer);
+        assert_eq!(all_files(dir.path()), vec!["part-out-0-0", "part-out-0-1"]);
+        // chk-2 turned out damaged: recovery restores chk-1, whose records are all in file 0.
+        let _restored = sink
+            .create_writer(&checkpointed("out", 0, 1, 1), older.as_deref())
+            .expect("writer");
+        assert_eq!(all_files(dir.path()), vec!["part-out-0-0"]);
     }
 
     #[test]
@@ -1217,7 +1278,7 @@ mod tests {
             (br#"{"version":1,"uid":"out"}"#, "cannot be decoded"),
             (&others_manifest, "belongs to sink 'out' subtask 1"),
             (
-                br#"{"version":1,"uid":"out","subtask":0,"transactions":[{"checkpoint":1,
+                br#"{"version":1,"uid":"out","subtask":0,"next_seq":1,"transactions":[{"checkpoint":1,
                 "seq":0,"pending":"../escape","final":"part-out-0-0","size":1,"crc32":0}]}"#,
                 "not this subtask's files",
             ),
