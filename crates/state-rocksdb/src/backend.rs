@@ -1,18 +1,19 @@
 //! [`RocksDbStateBackend`]: one RocksDB instance behind a write-back cache.
 
-use crate::{backend_error, BACKEND_NAME};
+use crate::{backend_error, BACKEND_NAME, SNAPSHOT_FORMAT};
 use rocksdb::{ColumnFamily, Options, ReadOptions, WriteBatch, WriteOptions, DB};
 use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 use weir_state::encoding::{decode_state_key_checked, encode_prefix, encode_state_key};
 use weir_state::{lookup_descriptor, Registration};
 use weir_state::{
-    KeyedStateBackend, StateDescriptor, StateEntry, StateError, StateId, StateKey, StateKind,
-    UserKeyVisitor,
+    KeyedStateBackend, LocalSnapshot, SnapshotContent, SnapshotFile, StateDescriptor, StateEntry,
+    StateError, StateId, StateKey, StateKind, UserKeyVisitor,
 };
-use weir_types::KeyGroupRange;
+use weir_types::{CheckpointId, KeyGroupRange};
 
 /// What one cached entry costs beyond its key and value bytes: the map slot, two boxes, the
 /// allocator's headers and the table's slack.
@@ -203,6 +204,21 @@ impl Drop for InstanceDir {
 ///    deletes its keys in RocksDB.
 ///
 /// So a clean entry always equals RocksDB's value, and every read sees the latest write.
+///
+/// # Snapshots
+/// [`snapshot`](KeyedStateBackend::snapshot) is synchronous and short:
+/// 1. it writes the cache's dirty entries into RocksDB (as [`flush`](KeyedStateBackend::flush));
+/// 2. it creates a RocksDB native checkpoint in [`snapshot_dir`](Self::snapshot_dir), which must
+///    not exist: RocksDB flushes every memtable (the WAL is off, so nothing else would hold
+///    those writes), then hard-links the live SST files and copies the small metadata files;
+/// 3. it lists that directory: every `*.sst` is shareable — RocksDB never rewrites an SST nor
+///    reuses a file number, also after a restore, where it continues from the MANIFEST's next
+///    file number — and every other file (`CURRENT`, `MANIFEST-*`, `OPTIONS-*`, `*.log`) is
+///    private.
+///
+/// If a step fails, the directory is removed again and the error is a
+/// [`StateError::Snapshot`]. Otherwise the directory is the snapshot's
+/// [`cleanup_dir`](LocalSnapshot::cleanup_dir): the uploader removes it, not the backend.
 pub struct RocksDbStateBackend {
     // Field order matters: `db` must close before `dir` removes the directory.
     db: DB,
@@ -258,9 +274,32 @@ impl RocksDbStateBackend {
         }
     }
 
+    /// Takes over `descriptors` as registered, in order, for a backend opened on a restored
+    /// instance whose column families already exist.
+    pub(crate) fn with_states(mut self, descriptors: Vec<StateDescriptor>) -> Self {
+        self.slots = descriptors
+            .iter()
+            .map(|d| Slot {
+                cells: Cells::for_kind(d.kind),
+                dirty: 0,
+            })
+            .collect();
+        self.descriptors = descriptors;
+        self
+    }
+
     /// The instance's directory (removed when the backend is dropped).
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Where [`snapshot`](KeyedStateBackend::snapshot) puts the native checkpoint for
+    /// `checkpoint`: `<instance dir>.chk-<id>`, a sibling of the instance directory (RocksDB
+    /// never touches it), removed by whoever uploads the snapshot, not by this backend.
+    pub fn snapshot_dir(&self, checkpoint: CheckpointId) -> PathBuf {
+        let mut name = self.dir.path().as_os_str().to_owned();
+        name.push(format!(".chk-{}", checkpoint.0));
+        PathBuf::from(name)
     }
 
     /// Bytes the write-back cache is charged for now.
@@ -715,6 +754,107 @@ impl KeyedStateBackend for RocksDbStateBackend {
             }
         }
         Ok(total)
+    }
+
+    /// A native checkpoint; see [the type's docs](RocksDbStateBackend#snapshots).
+    fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<LocalSnapshot, StateError> {
+        let started = Instant::now();
+        let failed = |op: String, detail: &dyn std::fmt::Display| StateError::Snapshot {
+            checkpoint,
+            backend: BACKEND_NAME,
+            op,
+            detail: detail.to_string(),
+        };
+        self.flush()
+            .map_err(|e| failed("flush the write-back cache".into(), &e))?;
+        let dir = self.snapshot_dir(checkpoint);
+        if std::fs::symlink_metadata(&dir).is_ok() {
+            return Err(failed(
+                format!("create the checkpoint directory {}", dir.display()),
+                &"it already exists",
+            ));
+        }
+        let files = rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .and_then(|c| c.create_checkpoint(&dir))
+            .map_err(|e| {
+                failed(
+                    format!("create a RocksDB checkpoint in {}", dir.display()),
+                    &e,
+                )
+            })
+            .and_then(|()| {
+                snapshot_files(&dir)
+                    .map_err(|e| failed(format!("list the files of {}", dir.display()), &e))
+            });
+        let files = match files {
+            Ok(files) => files,
+            Err(e) => {
+                remove_incomplete(&dir);
+                return Err(e);
+            }
+        };
+        tracing::debug!(
+            path = %dir.display(),
+            %checkpoint,
+            files = files.len(),
+            sync_millis = started.elapsed().as_secs_f64() * 1e3,
+            "took a RocksDB snapshot"
+        );
+        Ok(LocalSnapshot {
+            checkpoint,
+            backend: BACKEND_NAME,
+            format: SNAPSHOT_FORMAT,
+            key_groups: self.range,
+            descriptors: self.descriptors.clone(),
+            files,
+            cleanup_dir: Some(dir),
+        })
+    }
+}
+
+/// The files of a native checkpoint in `dir`, by name: `*.sst` shareable, the rest private.
+fn snapshot_files(dir: &Path) -> std::io::Result<Vec<SnapshotFile>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        let name = entry.file_name().into_string().map_err(|name| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("file name {name:?} is not UTF-8"),
+            )
+        })?;
+        files.push(SnapshotFile {
+            shareable: is_sst(&name),
+            content: SnapshotContent::Path(entry.path()),
+            name,
+        });
+    }
+    files.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    Ok(files)
+}
+
+/// Whether `name` is an SST file's: immutable, and named by a file number RocksDB never reuses.
+pub(crate) fn is_sst(name: &str) -> bool {
+    name.ends_with(".sst")
+}
+
+/// Removes what a failed snapshot left in `dir` (and RocksDB's `<dir>.tmp`, should it remain).
+fn remove_incomplete(dir: &Path) {
+    let mut tmp = dir.as_os_str().to_owned();
+    tmp.push(".tmp");
+    for path in [dir, Path::new(&tmp)] {
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "cannot remove an incomplete RocksDB snapshot"
+            ),
+        }
     }
 }
 

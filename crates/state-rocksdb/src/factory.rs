@@ -1,8 +1,8 @@
 //! The per-process factory: state directory, memory plan, shared block cache and write buffer
 //! manager, and the options every instance opens with.
 
-use crate::backend::{InstanceDir, RocksDbStateBackend};
-use crate::{backend_error, BACKEND_NAME};
+use crate::backend::{is_sst, InstanceDir, RocksDbStateBackend};
+use crate::{backend_error, BACKEND_NAME, SNAPSHOT_FORMAT};
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType,
     Options, WriteBufferManager, DB,
@@ -10,7 +10,9 @@ use rocksdb::{
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use weir_state::{BackendScope, KeyedStateBackend, StateBackendFactory, StateError};
+use weir_state::{
+    BackendScope, KeyedStateBackend, RestoredSnapshot, StateBackendFactory, StateError,
+};
 
 /// Smallest and largest memtable size per column family.
 const MIN_WRITE_BUFFER_BYTES: usize = 256 << 10;
@@ -129,10 +131,7 @@ impl RocksDbStateBackendFactory {
     pub fn open(&self, scope: &BackendScope) -> Result<RocksDbStateBackend, StateError> {
         let dir = self.create_instance_dir(scope)?;
         let cf_options = self.column_family_options();
-        let mut db_options = cf_options.clone();
-        db_options.create_if_missing(true);
-        db_options.set_write_buffer_manager(&self.write_buffers);
-        db_options.set_keep_log_file_num(2);
+        let db_options = self.db_options(&cf_options, true);
         let default_cf =
             ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, cf_options.clone());
         let db = DB::open_cf_descriptors(&db_options, dir.path(), [default_cf])
@@ -143,20 +142,131 @@ impl RocksDbStateBackendFactory {
             subtask = scope.subtask.get(),
             "opened RocksDB state backend"
         );
-        let write_back_bytes = self
-            .plan
-            .write_back_bytes_per_backend(scope.keyed_subtasks_in_process);
         Ok(RocksDbStateBackend::new(
             db,
             dir,
             cf_options,
             scope.key_group_range,
-            write_back_bytes,
+            self.write_back_bytes(scope),
         ))
     }
 
-    /// Options for every column family: the shared block cache with index and filter blocks in
-    /// it, bloom filters, LZ4, and the planned memtable size.
+    /// Opens a backend for `scope` on a snapshot's files: the concrete type behind
+    /// [`StateBackendFactory::restore`].
+    ///
+    /// 1. Checks the snapshot's backend, format and key-group range
+    ///    ([`RestoredSnapshot::check_compatible`]).
+    /// 2. Creates an instance directory as [`open`](Self::open) does (removed again on error,
+    ///    and when the backend is dropped) and hard-links each SST file into it (copying when
+    ///    a link is impossible, e.g. across file systems); the small metadata files are copied,
+    ///    since RocksDB may rewrite them.
+    /// 3. Opens RocksDB there with every column family it holds (`DB::list_cf`) and the options
+    ///    of [`open`](Self::open); each declared state must have its column family, and each
+    ///    column family but `default` a declared state.
+    /// 4. Registers the snapshot's descriptors in their order, so state ids match.
+    ///
+    /// Every error is a [`StateError::Restore`] naming the checkpoint.
+    pub fn open_restored(
+        &self,
+        scope: &BackendScope,
+        snapshot: RestoredSnapshot,
+    ) -> Result<RocksDbStateBackend, StateError> {
+        let fail = |detail: String| snapshot.error(BACKEND_NAME, detail);
+        snapshot.check_compatible(BACKEND_NAME, SNAPSHOT_FORMAT, scope.key_group_range)?;
+        for (i, d) in snapshot.descriptors.iter().enumerate() {
+            if snapshot.descriptors[..i].iter().any(|e| e.name == d.name) {
+                return Err(fail(format!("state '{}' is declared twice", d.name)));
+            }
+        }
+        let dir = self
+            .create_instance_dir(scope)
+            .map_err(|e| fail(e.to_string()))?;
+        for (name, from) in &snapshot.files {
+            if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\']) {
+                return Err(fail(format!("'{name}' is not a file name")));
+            }
+            let to = dir.path().join(name);
+            let brought = if is_sst(name) {
+                std::fs::hard_link(from, &to).or_else(|_| std::fs::copy(from, &to).map(drop))
+            } else {
+                std::fs::copy(from, &to).map(drop)
+            };
+            brought.map_err(|e| {
+                fail(format!(
+                    "cannot bring {} into {}: {e}",
+                    from.display(),
+                    dir.path().display()
+                ))
+            })?;
+        }
+        let cf_options = self.column_family_options();
+        let db_options = self.db_options(&cf_options, false);
+        let families = DB::list_cf(&db_options, dir.path()).map_err(|e| {
+            fail(format!(
+                "cannot read the column families in {}: {e}",
+                dir.path().display()
+            ))
+        })?;
+        if let Some(d) = snapshot
+            .descriptors
+            .iter()
+            .find(|d| !families.contains(&d.name))
+        {
+            return Err(fail(format!("state '{}' has no column family", d.name)));
+        }
+        if let Some(cf) = families.iter().find(|cf| {
+            *cf != rocksdb::DEFAULT_COLUMN_FAMILY_NAME
+                && !snapshot.descriptors.iter().any(|d| &d.name == *cf)
+        }) {
+            return Err(fail(format!(
+                "column family '{cf}' belongs to no declared state"
+            )));
+        }
+        let db = DB::open_cf_descriptors(
+            &db_options,
+            dir.path(),
+            families
+                .iter()
+                .map(|cf| ColumnFamilyDescriptor::new(cf, cf_options.clone())),
+        )
+        .map_err(|e| fail(format!("cannot open {}: {e}", dir.path().display())))?;
+        tracing::debug!(
+            path = %dir.path().display(),
+            operator = %scope.operator_uid,
+            subtask = scope.subtask.get(),
+            checkpoint = %snapshot.checkpoint,
+            files = snapshot.files.len(),
+            "restored RocksDB state backend"
+        );
+        let backend = RocksDbStateBackend::new(
+            db,
+            dir,
+            cf_options,
+            scope.key_group_range,
+            self.write_back_bytes(scope),
+        );
+        Ok(backend.with_states(snapshot.descriptors))
+    }
+
+    /// One backend's write-back cache budget in `scope`.
+    fn write_back_bytes(&self, scope: &BackendScope) -> usize {
+        self.plan
+            .write_back_bytes_per_backend(scope.keyed_subtasks_in_process)
+    }
+
+    /// Options for the instance itself (column families get `cf_options`): the shared write
+    /// buffer manager, few info logs, and whether a missing database may be created.
+    fn db_options(&self, cf_options: &Options, create_if_missing: bool) -> Options {
+        let mut options = cf_options.clone();
+        options.create_if_missing(create_if_missing);
+        options.set_write_buffer_manager(&self.write_buffers);
+        options.set_keep_log_file_num(2);
+        options
+    }
+
+    /// Options for every column family, in [`open`](Self::open) and
+    /// [`open_restored`](Self::open_restored) alike: the shared block cache with index and
+    /// filter blocks in it, bloom filters, LZ4, and the planned memtable size.
     ///
     /// Index and filters are **partitioned** (as Flink's `partitioned-index-filters`): an SST of
     /// a million small entries has a ~1 MiB filter, larger than one shard of a cache of a few
@@ -212,6 +322,15 @@ impl StateBackendFactory for RocksDbStateBackendFactory {
 
     fn create(&self, scope: &BackendScope) -> Result<Box<dyn KeyedStateBackend>, StateError> {
         Ok(Box::new(self.open(scope)?))
+    }
+
+    /// See [`open_restored`](RocksDbStateBackendFactory::open_restored).
+    fn restore(
+        &self,
+        scope: &BackendScope,
+        snapshot: RestoredSnapshot,
+    ) -> Result<Box<dyn KeyedStateBackend>, StateError> {
+        Ok(Box::new(self.open_restored(scope, snapshot)?))
     }
 }
 

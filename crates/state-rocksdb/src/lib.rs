@@ -16,6 +16,13 @@
 //!   namespace ‖ user key`, so one key group is one contiguous key range.
 //! - The WAL is off on every write: durability comes from checkpoints.
 //!
+//! # Snapshots
+//! A snapshot is a RocksDB native checkpoint in `<instance dir>.chk-<id>`: the SST files,
+//! hard-linked and shareable between snapshots (an incremental upload sends only new ones),
+//! plus the small private metadata files (steps in [`RocksDbStateBackend`]'s docs).
+//! Restore ([`RocksDbStateBackendFactory::open_restored`]) brings those files into a new
+//! instance directory and opens RocksDB on them.
+//!
 //! # Memory
 //! The factory gets the process's managed memory budget. Half goes to RocksDB: one LRU block
 //! cache shared by every instance, which also holds index and filter blocks and is charged for
@@ -34,6 +41,10 @@ use weir_state::StateError;
 
 /// The backend's name in messages and metrics.
 pub const BACKEND_NAME: &str = "rocksdb";
+
+/// The version of this backend's snapshot format: the files of a RocksDB native checkpoint,
+/// with the column family of each state named after it.
+pub const SNAPSHOT_FORMAT: u32 = 1;
 
 /// A [`StateError::Backend`] for this backend: `op` says what was done, on which state or path.
 fn backend_error(op: String, detail: impl std::fmt::Display) -> StateError {

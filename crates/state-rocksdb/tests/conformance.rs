@@ -1,12 +1,13 @@
-//! The whole conformance suite on the RocksDB backend, with a write-back cache small enough
-//! (2 MiB) that the many-keys checks make it spill mid-way.
+//! The whole conformance suite, snapshot checks included, on the RocksDB backend, with a
+//! write-back cache small enough (2 MiB) that the many-keys checks make it spill mid-way.
 
 use tempfile::TempDir;
 use weir_state::{
-    BackendScope, KeyedStateBackend, StateDescriptor, StateEntry, StateError, StateId, StateKey,
+    BackendScope, KeyedStateBackend, LocalSnapshot, StateDescriptor, StateEntry, StateError,
+    StateId, StateKey,
 };
 use weir_state_rocksdb::{RocksDbStateBackend, RocksDbStateBackendFactory};
-use weir_types::{KeyGroupRange, OperatorUid, SubtaskIndex};
+use weir_types::{CheckpointId, KeyGroupRange, OperatorUid, SubtaskIndex};
 
 /// Managed memory for the suite: 2 MiB block cache, 2 MiB write-back cache.
 const MANAGED_MEMORY_BYTES: u64 = 4 << 20;
@@ -83,9 +84,24 @@ impl KeyedStateBackend for InTempDir {
     fn size_bytes(&mut self) -> Result<u64, StateError> {
         self.backend.size_bytes()
     }
+    fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<LocalSnapshot, StateError> {
+        self.backend.snapshot(checkpoint)
+    }
 }
 
 weir_state::conformance_tests!(open);
+
+mod snapshots {
+    use super::MANAGED_MEMORY_BYTES;
+    use weir_state_rocksdb::RocksDbStateBackendFactory;
+
+    weir_state::snapshot_conformance_tests!(|check| {
+        let root = tempfile::tempdir().expect("temp dir");
+        let factory =
+            RocksDbStateBackendFactory::new(root.path(), MANAGED_MEMORY_BYTES).expect("factory");
+        check(&factory);
+    });
+}
 
 #[test]
 fn the_many_keys_checks_make_the_write_back_cache_spill() {

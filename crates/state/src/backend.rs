@@ -171,13 +171,12 @@ pub trait KeyedStateBackend: Send {
     /// The synchronous part of a checkpoint: makes the current state immutable (on local disk
     /// or in memory) and describes it. Must be short — records wait meanwhile — and must see
     /// every write made before the call (a write-back cache is flushed first).
-    fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<LocalSnapshot, StateError> {
-        Err(StateError::Backend {
-            backend: self.name(),
-            op: format!("snapshot for {checkpoint}"),
-            detail: "this backend cannot take snapshots".into(),
-        })
-    }
+    ///
+    /// The snapshot must not change afterwards, whatever the backend does next; a shareable
+    /// file's name must never be reused for other bytes by this backend, nor by one restored
+    /// from its snapshots. A failed snapshot leaves nothing behind and the backend usable;
+    /// the error is [`StateError::Snapshot`].
+    fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<LocalSnapshot, StateError>;
 }
 
 /// Where a backend instance is created: which operator subtask, which key groups.
@@ -206,19 +205,15 @@ pub trait StateBackendFactory: Send + Sync {
     /// Opens a fresh, empty backend for `scope`.
     fn create(&self, scope: &BackendScope) -> Result<Box<dyn KeyedStateBackend>, StateError>;
 
-    /// Rebuilds a backend for `scope` from a checkpoint's snapshot. Refuses a snapshot of
-    /// another backend, an unknown format version, or another key-group range, naming the
-    /// checkpoint.
+    /// Rebuilds a backend for `scope` from a checkpoint's snapshot: it scans exactly the
+    /// entries the snapshotted backend held, and [`register`](KeyedStateBackend::register)
+    /// returns the snapshot's ids for its descriptors. Refuses — with
+    /// [`StateError::Restore`], naming the checkpoint — a snapshot of another backend, an
+    /// unknown format version, another key-group range
+    /// ([`RestoredSnapshot::check_compatible`]), or missing or damaged files.
     fn restore(
         &self,
         scope: &BackendScope,
         snapshot: RestoredSnapshot,
-    ) -> Result<Box<dyn KeyedStateBackend>, StateError> {
-        let _ = scope;
-        Err(StateError::Backend {
-            backend: self.name(),
-            op: format!("restore from {}", snapshot.checkpoint),
-            detail: "this backend cannot restore snapshots".into(),
-        })
-    }
+    ) -> Result<Box<dyn KeyedStateBackend>, StateError>;
 }

@@ -12,16 +12,23 @@
 //! }
 //! ```
 //!
+//! The snapshot checks ([`SNAPSHOT_CHECKS`]) need a [`StateBackendFactory`], since they restore
+//! backends too; expand [`snapshot_conformance_tests!`](crate::snapshot_conformance_tests) for
+//! them. They copy each snapshot's files into a temporary directory, as an upload and a
+//! download would, and remove its cleanup directory, as the uploader does.
+//!
 //! The suite lives in the library (not behind `cfg(test)`) so other backend crates can run it.
 //! Some checks write [`MANY_KEYS`] keys so that a backend with a bounded write-back cache (the
 //! RocksDB backend) must spill it mid-way; give such a backend a small memory budget.
 
 use crate::encoding::encode_state_key;
 use crate::{
-    KeyedScope, KeyedStateBackend, StateDescriptor, StateError, StateId, StateKey, StateKind,
-    StateRegistry,
+    BackendScope, KeyedScope, KeyedStateBackend, LocalSnapshot, RestoredSnapshot, SnapshotContent,
+    StateBackendFactory, StateDescriptor, StateError, StateId, StateKey, StateKind, StateRegistry,
 };
-use weir_types::{KeyGroup, KeyGroupRange};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use weir_types::{CheckpointId, KeyGroup, KeyGroupRange, OperatorUid, SubtaskIndex};
 
 /// Opens a fresh, empty backend owning the given key groups.
 pub type BackendFactory = dyn Fn(KeyGroupRange) -> Box<dyn KeyedStateBackend>;
@@ -1419,4 +1426,514 @@ pub fn typed_handles_keep_keys_and_namespaces_apart(factory: &BackendFactory) {
             "{key:?} {ns:?}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Snapshots
+// ---------------------------------------------------------------------------------------------
+
+/// One snapshot check: it creates and restores backends through the given factory and panics on
+/// failure, naming the backend.
+pub type SnapshotCheck = fn(&dyn StateBackendFactory);
+
+/// Every snapshot check, by name, in the order [`run_snapshot_checks`] runs them.
+pub const SNAPSHOT_CHECKS: &[(&str, SnapshotCheck)] = &[
+    (
+        "a_snapshot_describes_the_backend_it_was_taken_from",
+        a_snapshot_describes_the_backend_it_was_taken_from,
+    ),
+    (
+        "a_restored_snapshot_scans_the_same_entries_for_every_state_kind",
+        a_restored_snapshot_scans_the_same_entries_for_every_state_kind,
+    ),
+    (
+        "a_restored_backend_hands_out_the_snapshots_state_ids",
+        a_restored_backend_hands_out_the_snapshots_state_ids,
+    ),
+    (
+        "writes_after_a_snapshot_do_not_change_it",
+        writes_after_a_snapshot_do_not_change_it,
+    ),
+    (
+        "a_restored_backend_takes_writes_and_snapshots_again",
+        a_restored_backend_takes_writes_and_snapshots_again,
+    ),
+    (
+        "an_empty_backend_snapshots_and_restores",
+        an_empty_backend_snapshots_and_restores,
+    ),
+    (
+        "a_snapshot_of_another_backend_is_refused_naming_the_checkpoint",
+        a_snapshot_of_another_backend_is_refused_naming_the_checkpoint,
+    ),
+    (
+        "a_snapshot_of_another_format_is_refused_naming_the_checkpoint",
+        a_snapshot_of_another_format_is_refused_naming_the_checkpoint,
+    ),
+    (
+        "a_snapshot_of_another_key_group_range_is_refused_naming_both_ranges",
+        a_snapshot_of_another_key_group_range_is_refused_naming_both_ranges,
+    ),
+    (
+        "a_snapshot_without_its_files_is_refused_naming_the_checkpoint",
+        a_snapshot_without_its_files_is_refused_naming_the_checkpoint,
+    ),
+];
+
+/// Runs every check in [`SNAPSHOT_CHECKS`] on `factory`; panics at the first failure.
+pub fn run_snapshot_checks(factory: &dyn StateBackendFactory) {
+    for (_, check) in SNAPSHOT_CHECKS {
+        check(factory);
+    }
+}
+
+/// Runs `check` through `run`, a closure that builds a factory (and whatever it needs, such as
+/// a temporary state directory) and calls the check with it. Used by
+/// [`snapshot_conformance_tests!`](crate::snapshot_conformance_tests).
+pub fn run_snapshot_check(run: impl Fn(SnapshotCheck), check: SnapshotCheck) {
+    run(check)
+}
+
+/// Expands to one `#[test]` per snapshot check, each named after the check, plus a test that
+/// the expansion covers [`SNAPSHOT_CHECKS`]. `$run` is a closure that builds a factory and
+/// runs the check it is given on it:
+///
+/// ```
+/// mod heap_snapshots {
+///     use weir_state::HeapStateBackendFactory;
+///     weir_state::snapshot_conformance_tests!(|check| check(&HeapStateBackendFactory::new()));
+/// }
+/// ```
+#[macro_export]
+macro_rules! snapshot_conformance_tests {
+    ($run:expr) => {
+        $crate::snapshot_conformance_tests!(@each ($run)
+            a_snapshot_describes_the_backend_it_was_taken_from,
+            a_restored_snapshot_scans_the_same_entries_for_every_state_kind,
+            a_restored_backend_hands_out_the_snapshots_state_ids,
+            writes_after_a_snapshot_do_not_change_it,
+            a_restored_backend_takes_writes_and_snapshots_again,
+            an_empty_backend_snapshots_and_restores,
+            a_snapshot_of_another_backend_is_refused_naming_the_checkpoint,
+            a_snapshot_of_another_format_is_refused_naming_the_checkpoint,
+            a_snapshot_of_another_key_group_range_is_refused_naming_both_ranges,
+            a_snapshot_without_its_files_is_refused_naming_the_checkpoint,
+        );
+    };
+    (@each ($run:expr) $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::conformance::run_snapshot_check($run, $crate::conformance::$name);
+            }
+        )*
+
+        #[test]
+        fn the_snapshot_conformance_tests_cover_every_check() {
+            let expanded: ::std::vec::Vec<&str> = ::std::vec![$(stringify!($name)),*];
+            let all: ::std::vec::Vec<&str> =
+                $crate::conformance::SNAPSHOT_CHECKS.iter().map(|(name, _)| *name).collect();
+            assert_eq!(expanded, all);
+        }
+    };
+}
+
+/// The scope every snapshot check's backends serve.
+fn scope_for(range: KeyGroupRange) -> BackendScope {
+    BackendScope {
+        operator_uid: OperatorUid::new("conformance").expect("a valid uid"),
+        subtask: SubtaskIndex(0),
+        parallelism: 1,
+        max_parallelism: 128,
+        key_group_range: range,
+        keyed_subtasks_in_process: 1,
+    }
+}
+
+fn create(factory: &dyn StateBackendFactory) -> Box<dyn KeyedStateBackend> {
+    factory
+        .create(&scope_for(RANGE))
+        .unwrap_or_else(|e| panic!("{}: create: {e}", factory.name()))
+}
+
+fn snapshot(b: &mut dyn KeyedStateBackend, checkpoint: u64) -> LocalSnapshot {
+    let name = b.name();
+    b.snapshot(CheckpointId(checkpoint))
+        .unwrap_or_else(|e| panic!("{name}: snapshot: {e}"))
+}
+
+fn restore(
+    factory: &dyn StateBackendFactory,
+    restored: RestoredSnapshot,
+) -> Box<dyn KeyedStateBackend> {
+    factory
+        .restore(&scope_for(RANGE), restored)
+        .unwrap_or_else(|e| panic!("{}: restore: {e}", factory.name()))
+}
+
+/// A directory under the system's temp dir, removed when dropped (this module cannot use
+/// `tempfile`: it is part of the library).
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "weir-snapshot-conformance-{}-{n}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        Self(path)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What an upload and a later download do: copies the snapshot's files into `to`, then removes
+/// the snapshot's cleanup directory as the uploader would.
+fn upload(snapshot: LocalSnapshot, to: &ScratchDir) -> RestoredSnapshot {
+    let restored = snapshot
+        .copy_to_dir(&to.0)
+        .unwrap_or_else(|e| panic!("{}: copy the snapshot: {e}", snapshot.backend));
+    if let Some(dir) = &snapshot.cleanup_dir {
+        std::fs::remove_dir_all(dir)
+            .unwrap_or_else(|e| panic!("{}: remove {}: {e}", snapshot.backend, dir.display()));
+    }
+    restored
+}
+
+/// The states the snapshot checks declare, one per kind, in this order.
+const SNAPSHOT_STATES: [(&str, StateKind); 4] = [
+    ("value", StateKind::Value),
+    ("list", StateKind::List),
+    ("map", StateKind::Map),
+    ("reducing", StateKind::Reducing),
+];
+
+fn declare_snapshot_states(b: &mut dyn KeyedStateBackend) -> Vec<StateId> {
+    SNAPSHOT_STATES
+        .iter()
+        .map(|(name, kind)| register(b, name, *kind))
+        .collect()
+}
+
+/// Writes round `round` of every state kind, without flushing: [`MANY_KEYS`] value cells
+/// (some deleted again), lists, maps of several user keys in two namespaces (some removed),
+/// and reducing cells. A caching backend spills part of it and keeps the rest dirty.
+fn fill(b: &mut dyn KeyedStateBackend, states: &[StateId], round: u32) {
+    let [value, list, map, reducing] = states else {
+        panic!("{}: expected four states", b.name());
+    };
+    for i in 0..MANY_KEYS {
+        let k = (i + round * 1000).to_be_bytes();
+        put(b, *value, &cell(kg_of(i), &k), &value_of(i, round));
+        if i % 7 == round % 7 {
+            delete(b, *value, &cell(kg_of(i), &k));
+        }
+    }
+    for i in 0..300u32 {
+        let k = i.to_be_bytes();
+        let mut v = value_of(i, round);
+        v.extend_from_slice(&value_of(i + 1, round));
+        put(b, *list, &cell(kg_of(i), &k), &v);
+    }
+    for i in 0..100u32 {
+        let k = i.to_be_bytes();
+        for ns in [&b""[..], b"window-1"] {
+            for u in 0..10u32 {
+                let uk = (u * 3 + round).to_be_bytes();
+                put(b, *map, &entry(kg_of(i), &k, ns, &uk), &value_of(u, round));
+            }
+            let gone = (round + 3).to_be_bytes();
+            delete(b, *map, &entry(kg_of(i), &k, ns, &gone));
+        }
+    }
+    for i in 0..300u32 {
+        let k = (i * 13).to_be_bytes();
+        put(
+            b,
+            *reducing,
+            &in_ns(kg_of(i), &k, b"pane"),
+            &value_of(i, round + 1),
+        );
+    }
+}
+
+/// Every state's `(encoded key, value)` pairs, in scan order, by state id.
+fn scan_all(b: &mut dyn KeyedStateBackend) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
+    (0..b.descriptors().len() as u32)
+        .map(|id| scanned(b, StateId(id)))
+        .collect()
+}
+
+/// Panics unless `result` is a [`StateError::Restore`] for `checkpoint` whose message holds
+/// every string of `mentions`.
+fn assert_refused(
+    backend: &str,
+    result: Result<Box<dyn KeyedStateBackend>, StateError>,
+    checkpoint: CheckpointId,
+    mentions: &[&str],
+) {
+    let err = match result {
+        Ok(_) => panic!("{backend}: restore succeeded; expected a refusal"),
+        Err(e) => e,
+    };
+    match &err {
+        StateError::Restore { checkpoint: c, .. } if *c == checkpoint => {}
+        other => panic!("{backend}: expected a restore error for {checkpoint}, got {other:?}"),
+    }
+    let message = err.to_string();
+    for m in mentions.iter().chain([&checkpoint.to_string().as_str()]) {
+        assert!(
+            message.contains(m),
+            "{backend}: '{message}' does not mention '{m}'"
+        );
+    }
+}
+
+/// The snapshot names its checkpoint, the backend, its key groups and declared states, and has
+/// uniquely named files; a shareable file lives on disk.
+pub fn a_snapshot_describes_the_backend_it_was_taken_from(factory: &dyn StateBackendFactory) {
+    let mut b = create(factory);
+    let states = declare_snapshot_states(&mut *b);
+    fill(&mut *b, &states, 0);
+    let snap = snapshot(&mut *b, 3);
+    let name = b.name();
+    assert_eq!(snap.checkpoint, CheckpointId(3), "{name}");
+    assert_eq!(snap.backend, name);
+    assert_eq!(snap.key_groups, RANGE, "{name}");
+    assert_eq!(snap.descriptors, b.descriptors(), "{name}");
+    assert!(!snap.files.is_empty(), "{name}: a snapshot without files");
+    let mut names: Vec<&str> = snap.files.iter().map(|f| f.name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(
+        names.len(),
+        snap.files.len(),
+        "{name}: duplicate file names"
+    );
+    for f in &snap.files {
+        if f.shareable {
+            assert!(
+                matches!(f.content, SnapshotContent::Path(_)),
+                "{name}: shareable file {} is not on disk",
+                f.name
+            );
+        }
+    }
+    assert!(snap.size_bytes() > 0, "{name}");
+    let scratch = ScratchDir::new();
+    drop(upload(snap, &scratch));
+}
+
+/// A backend restored from a snapshot scans exactly what the snapshotted one did, state by
+/// state, for every kind — including writes the snapshot had to flush first.
+pub fn a_restored_snapshot_scans_the_same_entries_for_every_state_kind(
+    factory: &dyn StateBackendFactory,
+) {
+    let mut b = create(factory);
+    let states = declare_snapshot_states(&mut *b);
+    fill(&mut *b, &states, 0);
+    let snap = snapshot(&mut *b, 1);
+    let expected = scan_all(&mut *b);
+    assert!(expected.iter().all(|s| !s.is_empty()), "{}", b.name());
+    let scratch = ScratchDir::new();
+    let mut restored = restore(factory, upload(snap, &scratch));
+    assert_eq!(restored.descriptors(), b.descriptors(), "{}", b.name());
+    assert_eq!(restored.key_group_range(), RANGE, "{}", b.name());
+    let actual = scan_all(&mut *restored);
+    for (i, (want, got)) in expected.iter().zip(&actual).enumerate() {
+        assert!(
+            want == got,
+            "{}: state '{}' differs after restore ({} entries, want {})",
+            b.name(),
+            SNAPSHOT_STATES[i].0,
+            got.len(),
+            want.len()
+        );
+    }
+    // Point reads agree too (they take another path than scans in a caching backend).
+    let k = 5u32.to_be_bytes();
+    assert_eq!(
+        get(&mut *restored, states[0], &cell(kg_of(5), &k)),
+        get(&mut *b, states[0], &cell(kg_of(5), &k)),
+        "{}",
+        b.name()
+    );
+}
+
+/// Registering the snapshot's names again on the restored backend returns the snapshot's ids;
+/// another kind is still a mismatch; a new name gets the next id.
+pub fn a_restored_backend_hands_out_the_snapshots_state_ids(factory: &dyn StateBackendFactory) {
+    let mut b = create(factory);
+    let states = declare_snapshot_states(&mut *b);
+    fill(&mut *b, &states, 0);
+    let scratch = ScratchDir::new();
+    let mut restored = restore(factory, upload(snapshot(&mut *b, 2), &scratch));
+    // In another order than they were declared in.
+    for (i, (name, kind)) in SNAPSHOT_STATES.iter().enumerate().rev() {
+        assert_eq!(
+            register(&mut *restored, name, *kind),
+            states[i],
+            "{}",
+            b.name()
+        );
+    }
+    let wrong = StateDescriptor {
+        name: "map".into(),
+        kind: StateKind::Value,
+    };
+    assert!(
+        matches!(
+            restored.register(&wrong),
+            Err(StateError::KindMismatch { .. })
+        ),
+        "{}",
+        b.name()
+    );
+    let new = register(&mut *restored, "new", StateKind::Map);
+    assert_eq!(new, StateId(SNAPSHOT_STATES.len() as u32), "{}", b.name());
+    put(&mut *restored, new, &entry(10, b"k", b"", b"u"), b"v");
+    assert_eq!(
+        get(&mut *restored, new, &entry(10, b"k", b"", b"u")).as_deref(),
+        Some(&b"v"[..])
+    );
+}
+
+/// A snapshot is immutable: overwrites, deletes, flushes and new states after `snapshot()`
+/// returns are not in it, even when its files are read only afterwards.
+pub fn writes_after_a_snapshot_do_not_change_it(factory: &dyn StateBackendFactory) {
+    let mut b = create(factory);
+    let states = declare_snapshot_states(&mut *b);
+    fill(&mut *b, &states, 0);
+    let snap = snapshot(&mut *b, 4);
+    let expected = scan_all(&mut *b);
+    fill(&mut *b, &states, 1);
+    for i in 0..MANY_KEYS / 2 {
+        let k = i.to_be_bytes();
+        delete(&mut *b, states[0], &cell(kg_of(i), &k));
+    }
+    let extra = register(&mut *b, "extra", StateKind::Value);
+    put(&mut *b, extra, &cell(10, b"k"), b"v");
+    flush(&mut *b);
+    b.size_bytes()
+        .unwrap_or_else(|e| panic!("{}: size_bytes: {e}", b.name()));
+    assert!(
+        scan_all(&mut *b)[..4] != expected[..],
+        "{}: nothing changed",
+        b.name()
+    );
+    let scratch = ScratchDir::new();
+    let mut restored = restore(factory, upload(snap, &scratch));
+    assert_eq!(restored.descriptors().len(), 4, "{}", b.name());
+    assert!(
+        scan_all(&mut *restored) == expected,
+        "{}: the snapshot changed",
+        b.name()
+    );
+}
+
+/// A restored backend is a full backend: it takes writes, and its own snapshot restores to
+/// what it then held.
+pub fn a_restored_backend_takes_writes_and_snapshots_again(factory: &dyn StateBackendFactory) {
+    let mut b = create(factory);
+    let states = declare_snapshot_states(&mut *b);
+    fill(&mut *b, &states, 0);
+    let first = ScratchDir::new();
+    let mut restored = restore(factory, upload(snapshot(&mut *b, 5), &first));
+    drop(b);
+    fill(&mut *restored, &states, 1);
+    let snap = snapshot(&mut *restored, 6);
+    let expected = scan_all(&mut *restored);
+    let second = ScratchDir::new();
+    let mut again = restore(factory, upload(snap, &second));
+    assert!(scan_all(&mut *again) == expected, "{}", again.name());
+}
+
+/// A backend without states snapshots and restores to one without states that takes new ones.
+pub fn an_empty_backend_snapshots_and_restores(factory: &dyn StateBackendFactory) {
+    let mut b = create(factory);
+    let snap = snapshot(&mut *b, 7);
+    assert!(snap.descriptors.is_empty(), "{}", b.name());
+    let scratch = ScratchDir::new();
+    let mut restored = restore(factory, upload(snap, &scratch));
+    assert!(restored.descriptors().is_empty(), "{}", b.name());
+    let s = register(&mut *restored, "s", StateKind::Value);
+    assert_eq!(s, StateId(0));
+    put(&mut *restored, s, &cell(10, b"k"), b"v");
+    assert_eq!(scanned(&mut *restored, s).len(), 1, "{}", b.name());
+}
+
+/// Snapshots a filled backend and uploads it, for the refusal checks.
+fn uploaded_snapshot(
+    factory: &dyn StateBackendFactory,
+    checkpoint: u64,
+    to: &ScratchDir,
+) -> RestoredSnapshot {
+    let mut b = create(factory);
+    let states = declare_snapshot_states(&mut *b);
+    put(&mut *b, states[0], &cell(10, b"k"), b"v");
+    upload(snapshot(&mut *b, checkpoint), to)
+}
+
+/// A snapshot that says another backend wrote it is refused, naming the checkpoint.
+pub fn a_snapshot_of_another_backend_is_refused_naming_the_checkpoint(
+    factory: &dyn StateBackendFactory,
+) {
+    let scratch = ScratchDir::new();
+    let mut restored = uploaded_snapshot(factory, 8, &scratch);
+    restored.backend = "another-backend".into();
+    let result = factory.restore(&scope_for(RANGE), restored);
+    assert_refused(
+        factory.name(),
+        result,
+        CheckpointId(8),
+        &["another-backend"],
+    );
+}
+
+/// A snapshot of a format version the backend does not know is refused, naming the checkpoint.
+pub fn a_snapshot_of_another_format_is_refused_naming_the_checkpoint(
+    factory: &dyn StateBackendFactory,
+) {
+    let scratch = ScratchDir::new();
+    let mut restored = uploaded_snapshot(factory, 9, &scratch);
+    restored.format += 1000;
+    let format = restored.format.to_string();
+    let result = factory.restore(&scope_for(RANGE), restored);
+    assert_refused(factory.name(), result, CheckpointId(9), &[&format]);
+}
+
+/// Restoring into a subtask that owns other key groups is refused (rescaling from a checkpoint
+/// is not supported), naming the checkpoint and both ranges.
+pub fn a_snapshot_of_another_key_group_range_is_refused_naming_both_ranges(
+    factory: &dyn StateBackendFactory,
+) {
+    let scratch = ScratchDir::new();
+    let restored = uploaded_snapshot(factory, 10, &scratch);
+    let other = KeyGroupRange { start: 10, end: 29 };
+    let result = factory.restore(&scope_for(other), restored);
+    assert_refused(
+        factory.name(),
+        result,
+        CheckpointId(10),
+        &[&RANGE.to_string(), &other.to_string()],
+    );
+}
+
+/// A snapshot whose files did not all arrive is refused, naming the checkpoint.
+pub fn a_snapshot_without_its_files_is_refused_naming_the_checkpoint(
+    factory: &dyn StateBackendFactory,
+) {
+    let scratch = ScratchDir::new();
+    let mut restored = uploaded_snapshot(factory, 11, &scratch);
+    restored.files.clear();
+    let result = factory.restore(&scope_for(RANGE), restored);
+    assert_refused(factory.name(), result, CheckpointId(11), &[]);
 }

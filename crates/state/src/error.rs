@@ -1,5 +1,7 @@
 //! The state layer's error type.
 
+use weir_types::CheckpointId;
+
 /// Why a state operation failed. Every variant names the state or path involved.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -50,6 +52,29 @@ pub enum StateError {
         /// The state's name.
         state: String,
         /// What is wrong with it.
+        detail: String,
+    },
+    /// The synchronous part of a snapshot failed; whatever it had written locally is removed.
+    #[error("state backend {backend}: snapshot for {checkpoint}: {op} failed: {detail}")]
+    Snapshot {
+        /// The checkpoint the snapshot was for.
+        checkpoint: CheckpointId,
+        /// Which backend.
+        backend: &'static str,
+        /// What was being done, with the path involved.
+        op: String,
+        /// The underlying message.
+        detail: String,
+    },
+    /// A snapshot cannot be restored: it comes from another backend, another format version or
+    /// another key-group range, or its files are missing or damaged.
+    #[error("cannot restore {backend} state from {checkpoint}: {detail}")]
+    Restore {
+        /// The checkpoint being restored.
+        checkpoint: CheckpointId,
+        /// The backend asked to restore it.
+        backend: &'static str,
+        /// What is wrong, naming the file or the mismatching values.
         detail: String,
     },
 }

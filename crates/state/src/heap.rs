@@ -7,17 +7,35 @@
 //! writes are one hash lookup with the prefix encoded into a reused scratch buffer (a `get` hit
 //! allocates nothing); ordered iteration ([`KeyedStateBackend::scan`]) collects and sorts, since
 //! it is off the per-record path.
+//!
+//! # Snapshots
+//! [`KeyedStateBackend::snapshot`] serialises the whole state on the task thread into one
+//! private file, [`HEAP_SNAPSHOT_FILE`], held in memory: the magic `WHSS`, the format version
+//! ([`HEAP_SNAPSHOT_FORMAT`], u16 big-endian), then a postcard body with the key-group range,
+//! the descriptors and every cell of every state, exactly as the maps hold them.
+//! [`StateBackendFactory::restore`] reads it back and checks it cell by cell.
 
 use crate::backend::{lookup_descriptor, Registration};
 use crate::encoding;
 use crate::{
-    BackendScope, KeyedStateBackend, StateBackendFactory, StateDescriptor, StateEntry, StateError,
-    StateId, StateKey, StateKind,
+    BackendScope, KeyedStateBackend, LocalSnapshot, RestoredSnapshot, SnapshotContent,
+    SnapshotFile, StateBackendFactory, StateDescriptor, StateEntry, StateError, StateId, StateKey,
+    StateKind,
 };
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::mem::size_of;
-use weir_types::KeyGroupRange;
+use weir_types::{CheckpointId, KeyGroupRange};
+
+/// The name of the heap backend's one snapshot file.
+pub const HEAP_SNAPSHOT_FILE: &str = "heap-state";
+
+/// The heap snapshot's format version: [`LocalSnapshot::format`], and the file's header.
+pub const HEAP_SNAPSHOT_FORMAT: u16 = 1;
+
+/// The first bytes of a heap snapshot file.
+const HEAP_SNAPSHOT_MAGIC: &[u8; 4] = b"WHSS";
 
 /// What an allocator keeps per heap allocation beyond the requested bytes (header, rounding):
 /// a conservative figure for glibc malloc.
@@ -28,7 +46,7 @@ const ALLOC_OVERHEAD: usize = 16;
 const BTREE_ENTRY_OVERHEAD: usize = 24;
 
 /// One cell of a state: what lives under one `key group ‖ key ‖ namespace` prefix.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 enum Cell {
     /// The value of a value, list or reducing state.
     Value(Box<[u8]>),
@@ -37,7 +55,7 @@ enum Cell {
 }
 
 /// One declared state's cells.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct HeapState {
     cells: FxHashMap<Box<[u8]>, Cell>,
 }
@@ -110,6 +128,136 @@ impl HeapStateBackend {
         }
         bytes
     }
+}
+
+/// A heap snapshot's body as written, borrowed from the backend.
+#[derive(Serialize)]
+struct SnapshotBodyRef<'a> {
+    key_groups: KeyGroupRange,
+    descriptors: &'a [StateDescriptor],
+    states: &'a [HeapState],
+}
+
+/// A heap snapshot's body as read back.
+#[derive(Deserialize)]
+struct SnapshotBody {
+    key_groups: KeyGroupRange,
+    descriptors: Vec<StateDescriptor>,
+    states: Vec<HeapState>,
+}
+
+impl HeapStateBackend {
+    /// The bytes of [`HEAP_SNAPSHOT_FILE`]: magic, version, postcard body.
+    fn encode_snapshot(&self, checkpoint: CheckpointId) -> Result<Vec<u8>, StateError> {
+        let mut out = Vec::with_capacity(1 << 12);
+        out.extend_from_slice(HEAP_SNAPSHOT_MAGIC);
+        out.extend_from_slice(&HEAP_SNAPSHOT_FORMAT.to_be_bytes());
+        let body = SnapshotBodyRef {
+            key_groups: self.range,
+            descriptors: &self.descriptors,
+            states: &self.states,
+        };
+        postcard::to_extend(&body, out).map_err(|e| StateError::Snapshot {
+            checkpoint,
+            backend: "heap",
+            op: format!("serialise {HEAP_SNAPSHOT_FILE}"),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Rebuilds a backend from a snapshot's [`HEAP_SNAPSHOT_FILE`], checking the header, that
+    /// the body matches `snapshot`'s description, and that every cell lies in the range and has
+    /// its state's shape.
+    fn decode_snapshot(snapshot: &RestoredSnapshot, bytes: &[u8]) -> Result<Self, StateError> {
+        let bad =
+            |detail: String| snapshot.error("heap", format!("{HEAP_SNAPSHOT_FILE}: {detail}"));
+        let (magic, rest) = bytes.split_at(bytes.len().min(HEAP_SNAPSHOT_MAGIC.len()));
+        if magic != HEAP_SNAPSHOT_MAGIC {
+            return Err(bad("not a heap snapshot (bad magic)".into()));
+        }
+        let version = rest
+            .get(..2)
+            .map(|v| u16::from_be_bytes([v[0], v[1]]))
+            .ok_or_else(|| bad("truncated header".into()))?;
+        if version != HEAP_SNAPSHOT_FORMAT {
+            return Err(bad(format!(
+                "file format {version} is not the supported format {HEAP_SNAPSHOT_FORMAT}"
+            )));
+        }
+        let (body, trailing): (SnapshotBody, &[u8]) = postcard::take_from_bytes(&rest[2..])
+            .map_err(|e| bad(format!("cannot decode the body: {e}")))?;
+        if !trailing.is_empty() {
+            return Err(bad(format!("{} bytes after the body", trailing.len())));
+        }
+        if body.key_groups != snapshot.key_groups {
+            return Err(bad(format!(
+                "the file covers key groups {} but the snapshot says {}",
+                body.key_groups, snapshot.key_groups
+            )));
+        }
+        if body.descriptors != snapshot.descriptors {
+            return Err(bad(format!(
+                "the file declares states {:?} but the snapshot says {:?}",
+                body.descriptors, snapshot.descriptors
+            )));
+        }
+        if body.states.len() != body.descriptors.len() {
+            return Err(bad(format!(
+                "{} states for {} descriptors",
+                body.states.len(),
+                body.descriptors.len()
+            )));
+        }
+        let mut seen = Vec::with_capacity(body.descriptors.len());
+        for (descriptor, state) in body.descriptors.iter().zip(&body.states) {
+            if seen.contains(&&descriptor.name) {
+                return Err(bad(format!(
+                    "state '{}' is declared twice",
+                    descriptor.name
+                )));
+            }
+            seen.push(&descriptor.name);
+            check_cells(descriptor, state, body.key_groups).map_err(bad)?;
+        }
+        Ok(Self {
+            range: body.key_groups,
+            descriptors: body.descriptors,
+            states: body.states,
+            scratch: Vec::with_capacity(64),
+        })
+    }
+}
+
+/// Checks that every cell of `state` has a well-formed prefix in `range` and the shape of
+/// `descriptor`'s kind.
+fn check_cells(
+    descriptor: &StateDescriptor,
+    state: &HeapState,
+    range: KeyGroupRange,
+) -> Result<(), String> {
+    let name = &descriptor.name;
+    for (prefix, cell) in &state.cells {
+        let key = encoding::decode_state_key(prefix)
+            .filter(|k| k.user_key.is_empty())
+            .ok_or_else(|| format!("state '{name}' holds a malformed cell key"))?;
+        if !range.contains(key.key_group) {
+            return Err(format!(
+                "state '{name}' holds key group {} outside {range}",
+                key.key_group
+            ));
+        }
+        match (cell, descriptor.kind.has_user_keys()) {
+            (Cell::Map(map), true) if !map.is_empty() => {}
+            (Cell::Value(_), false) => {}
+            _ => {
+                return Err(format!(
+                    "state '{name}' ({:?}) holds a cell of another shape",
+                    descriptor.kind
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The index of `state` in a backend with `len` states, or [`StateError::UnknownState`].
@@ -280,6 +428,25 @@ impl KeyedStateBackend for HeapStateBackend {
         let bytes: usize = self.states.iter().map(Self::state_bytes).sum();
         Ok(bytes as u64)
     }
+
+    /// Serialises every state into one private in-memory file, [`HEAP_SNAPSHOT_FILE`] (see the
+    /// [module docs](self#snapshots)).
+    fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<LocalSnapshot, StateError> {
+        let bytes = self.encode_snapshot(checkpoint)?;
+        Ok(LocalSnapshot {
+            checkpoint,
+            backend: "heap",
+            format: u32::from(HEAP_SNAPSHOT_FORMAT),
+            key_groups: self.range,
+            descriptors: self.descriptors.clone(),
+            files: vec![SnapshotFile {
+                name: HEAP_SNAPSHOT_FILE.to_string(),
+                content: SnapshotContent::Bytes(bytes),
+                shareable: false,
+            }],
+            cleanup_dir: None,
+        })
+    }
 }
 
 /// Creates a [`HeapStateBackend`] per keyed operator subtask.
@@ -304,6 +471,31 @@ impl StateBackendFactory for HeapStateBackendFactory {
     fn create(&self, scope: &BackendScope) -> Result<Box<dyn KeyedStateBackend>, StateError> {
         Ok(Box::new(HeapStateBackend::new(scope.key_group_range)))
     }
+
+    /// Reads [`HEAP_SNAPSHOT_FILE`] (the snapshot's only file) back into maps; the restored
+    /// backend hands out the snapshot's state ids.
+    fn restore(
+        &self,
+        scope: &BackendScope,
+        snapshot: RestoredSnapshot,
+    ) -> Result<Box<dyn KeyedStateBackend>, StateError> {
+        snapshot.check_compatible(
+            "heap",
+            u32::from(HEAP_SNAPSHOT_FORMAT),
+            scope.key_group_range,
+        )?;
+        if let Some((name, _)) = snapshot.files.iter().find(|(n, _)| n != HEAP_SNAPSHOT_FILE) {
+            return Err(snapshot.error("heap", format!("unexpected file '{name}'")));
+        }
+        let path = snapshot.file(HEAP_SNAPSHOT_FILE).ok_or_else(|| {
+            snapshot.error("heap", format!("the file {HEAP_SNAPSHOT_FILE} is missing"))
+        })?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| snapshot.error("heap", format!("cannot read {}: {e}", path.display())))?;
+        Ok(Box::new(HeapStateBackend::decode_snapshot(
+            &snapshot, &bytes,
+        )?))
+    }
 }
 
 #[cfg(test)]
@@ -311,6 +503,142 @@ mod tests {
     use super::*;
 
     crate::conformance_tests!(|range| Box::new(HeapStateBackend::new(range)));
+
+    mod snapshots {
+        use super::*;
+
+        crate::snapshot_conformance_tests!(|check| check(&HeapStateBackendFactory::new()));
+    }
+
+    /// A heap backend with one value state holding one cell, and its snapshot's bytes.
+    fn snapshot_bytes() -> (HeapStateBackend, Vec<u8>) {
+        let mut b = HeapStateBackend::new(KeyGroupRange { start: 0, end: 9 });
+        let s = b
+            .register(&StateDescriptor {
+                name: "s".into(),
+                kind: StateKind::Value,
+            })
+            .unwrap();
+        let key = StateKey {
+            key_group: weir_types::KeyGroup(3),
+            key: b"k",
+            namespace: b"",
+            user_key: b"",
+        };
+        b.put(s, &key, b"v").unwrap();
+        let snapshot = b.snapshot(CheckpointId(4)).unwrap();
+        let [file] = &snapshot.files[..] else {
+            panic!("{snapshot:?}")
+        };
+        assert_eq!(file.name, HEAP_SNAPSHOT_FILE);
+        assert!(!file.shareable);
+        let SnapshotContent::Bytes(bytes) = &file.content else {
+            panic!("{snapshot:?}")
+        };
+        (b, bytes.clone())
+    }
+
+    /// Restores a snapshot of [`snapshot_bytes`]'s backend whose file holds `bytes`.
+    fn restore_from(bytes: &[u8]) -> Result<Box<dyn KeyedStateBackend>, StateError> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("weir-heap-restore-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(HEAP_SNAPSHOT_FILE);
+        std::fs::write(&path, bytes).unwrap();
+        let range = KeyGroupRange { start: 0, end: 9 };
+        let snapshot = RestoredSnapshot {
+            checkpoint: CheckpointId(4),
+            backend: "heap".into(),
+            format: 1,
+            key_groups: range,
+            descriptors: vec![StateDescriptor {
+                name: "s".into(),
+                kind: StateKind::Value,
+            }],
+            files: vec![(HEAP_SNAPSHOT_FILE.into(), path)],
+            dir: dir.clone(),
+        };
+        let scope = BackendScope {
+            operator_uid: weir_types::OperatorUid::new("op").unwrap(),
+            subtask: weir_types::SubtaskIndex(0),
+            parallelism: 1,
+            max_parallelism: 10,
+            key_group_range: range,
+            keyed_subtasks_in_process: 1,
+        };
+        let result = HeapStateBackendFactory::new().restore(&scope, snapshot);
+        std::fs::remove_dir_all(&dir).unwrap();
+        result
+    }
+
+    fn refusal(bytes: &[u8]) -> String {
+        match restore_from(bytes) {
+            Ok(_) => panic!("restored from damaged bytes"),
+            Err(e @ StateError::Restore { .. }) => e.to_string(),
+            Err(e) => panic!("expected a restore error, got {e:?}"),
+        }
+    }
+
+    #[test]
+    fn a_heap_snapshot_file_starts_with_the_magic_and_the_format_version() {
+        let (_, bytes) = snapshot_bytes();
+        assert_eq!(&bytes[..6], b"WHSS\x00\x01");
+        assert!(restore_from(&bytes).is_ok());
+    }
+
+    #[test]
+    fn a_damaged_heap_snapshot_is_refused_naming_the_checkpoint_and_the_file() {
+        let (_, bytes) = snapshot_bytes();
+        let mut bad_magic = bytes.clone();
+        bad_magic[0] = b'X';
+        let mut other_version = bytes.clone();
+        other_version[5] = 2;
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        let truncated = &bytes[..bytes.len() - 1];
+        for (case, damaged) in [
+            ("bad magic", &bad_magic[..]),
+            ("format 2", &other_version[..]),
+            ("after the body", &trailing[..]),
+            ("decode", truncated),
+            ("header", &bytes[..5]),
+        ] {
+            let message = refusal(damaged);
+            assert!(message.contains("chk-4"), "{case}: {message}");
+            assert!(message.contains(HEAP_SNAPSHOT_FILE), "{case}: {message}");
+            assert!(message.contains(case), "{case}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_heap_snapshot_with_a_cell_outside_its_range_is_refused() {
+        let (b, _) = snapshot_bytes();
+        // The same state with one more cell, in key group 50: outside the file's 0..=9.
+        let mut states = b.states;
+        let mut prefix = Vec::new();
+        encoding::encode_prefix(
+            &mut prefix,
+            &StateKey {
+                key_group: weir_types::KeyGroup(50),
+                key: b"k",
+                namespace: b"",
+                user_key: b"",
+            },
+        );
+        states[0]
+            .cells
+            .insert(prefix.into(), Cell::Value(Box::from(&b"v"[..])));
+        let body = SnapshotBodyRef {
+            key_groups: KeyGroupRange { start: 0, end: 9 },
+            descriptors: &b.descriptors,
+            states: &states,
+        };
+        let bytes = [&b"WHSS\x00\x01"[..], &postcard::to_stdvec(&body).unwrap()].concat();
+        let message = refusal(&bytes);
+        assert!(message.contains("kg-50"), "{message}");
+    }
 
     #[test]
     fn size_bytes_grows_with_the_state_held() {

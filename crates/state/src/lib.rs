@@ -1,7 +1,8 @@
 //! Keyed state: the [`KeyedStateBackend`] trait every backend implements, the key layout, the
 //! typed state handles user functions hold ([`ValueState`], [`ListState`], [`MapState`],
-//! [`ReducingState`]), the in-memory [`HeapStateBackend`], and the [`conformance`] suite every
-//! backend must pass.
+//! [`ReducingState`]), the in-memory [`HeapStateBackend`], what a backend hands over for a
+//! checkpoint and is restored from ([`snapshot`]), and the [`conformance`] suite every backend
+//! must pass.
 //!
 //! This crate must not depend on RocksDB (only `weir-state-rocksdb` links it: `cargo tree -p
 //! weir-state` shows no rocksdb), nor on the runtime, tokio or any network crate.
@@ -26,5 +27,7 @@ pub use backend::{
 };
 pub use error::StateError;
 pub use handles::{KeyedScope, ListState, MapState, ReducingState, StateRegistry, ValueState};
-pub use heap::{HeapStateBackend, HeapStateBackendFactory};
+pub use heap::{
+    HeapStateBackend, HeapStateBackendFactory, HEAP_SNAPSHOT_FILE, HEAP_SNAPSHOT_FORMAT,
+};
 pub use snapshot::{LocalSnapshot, RestoredSnapshot, SnapshotContent, SnapshotFile};

@@ -14,7 +14,8 @@
 //! [`StateBackendFactory::restore`](crate::StateBackendFactory::restore).
 
 use crate::backend::StateDescriptor;
-use std::path::PathBuf;
+use crate::StateError;
+use std::path::{Path, PathBuf};
 use weir_types::{CheckpointId, KeyGroupRange};
 
 /// Where a snapshot file's bytes are now.
@@ -71,6 +72,41 @@ impl LocalSnapshot {
             })
             .sum()
     }
+
+    /// Writes every file into `dir` (created if missing) and describes the copy as a
+    /// [`RestoredSnapshot`]: what an upload followed by a download yields, without the object
+    /// store. For tests, benchmarks and local recovery; the snapshot itself is left as it is.
+    pub fn copy_to_dir(&self, dir: &Path) -> Result<RestoredSnapshot, StateError> {
+        let failed = |op: String, e: std::io::Error| StateError::Snapshot {
+            checkpoint: self.checkpoint,
+            backend: self.backend,
+            op,
+            detail: e.to_string(),
+        };
+        std::fs::create_dir_all(dir)
+            .map_err(|e| failed(format!("create directory {}", dir.display()), e))?;
+        let mut files = Vec::with_capacity(self.files.len());
+        for file in &self.files {
+            let to = dir.join(&file.name);
+            match &file.content {
+                SnapshotContent::Path(from) => std::fs::copy(from, &to)
+                    .map(drop)
+                    .map_err(|e| failed(format!("copy {} to {}", from.display(), to.display()), e)),
+                SnapshotContent::Bytes(bytes) => std::fs::write(&to, bytes)
+                    .map_err(|e| failed(format!("write {}", to.display()), e)),
+            }?;
+            files.push((file.name.clone(), to));
+        }
+        Ok(RestoredSnapshot {
+            checkpoint: self.checkpoint,
+            backend: self.backend.to_string(),
+            format: self.format,
+            key_groups: self.key_groups,
+            descriptors: self.descriptors.clone(),
+            files,
+            dir: dir.to_path_buf(),
+        })
+    }
 }
 
 /// What a backend is restored from: the description stored with the checkpoint and the
@@ -93,4 +129,60 @@ pub struct RestoredSnapshot {
     pub files: Vec<(String, PathBuf)>,
     /// The directory holding the downloaded files.
     pub dir: PathBuf,
+}
+
+impl RestoredSnapshot {
+    /// A [`StateError::Restore`] naming this snapshot's checkpoint.
+    pub fn error(&self, backend: &'static str, detail: impl std::fmt::Display) -> StateError {
+        StateError::Restore {
+            checkpoint: self.checkpoint,
+            backend,
+            detail: detail.to_string(),
+        }
+    }
+
+    /// Checks what every backend checks before reading a file: the snapshot was written by
+    /// `backend` in `format`, and covers exactly `range` (rescaling from a checkpoint is not
+    /// supported).
+    pub fn check_compatible(
+        &self,
+        backend: &'static str,
+        format: u32,
+        range: KeyGroupRange,
+    ) -> Result<(), StateError> {
+        if self.backend != backend {
+            return Err(self.error(
+                backend,
+                format!("the snapshot was taken by the {} backend", self.backend),
+            ));
+        }
+        if self.format != format {
+            return Err(self.error(
+                backend,
+                format!(
+                    "snapshot format {} is not the supported format {format}",
+                    self.format
+                ),
+            ));
+        }
+        if self.key_groups != range {
+            return Err(self.error(
+                backend,
+                format!(
+                    "the snapshot covers key groups {} but this subtask owns {range}; \
+                     rescaling from a checkpoint is not supported",
+                    self.key_groups
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The local path of the file named `name`, if the snapshot has one.
+    pub fn file(&self, name: &str) -> Option<&Path> {
+        self.files
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p.as_path())
+    }
 }
