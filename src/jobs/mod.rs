@@ -7,7 +7,6 @@ mod word_count;
 pub use keyed_agg::{keyed_agg, keyed_agg_spec, CountSum, KeyedAggOptions};
 pub use word_count::{word_count, word_count_spec, WordCountInput, WordCounter};
 
-
 use std::path::{Path, PathBuf};
 use weir_cli::{Catalog, ParamError, ParamSpec, Params};
 use weir_runtime::{OpenContext, UserError};
@@ -91,7 +90,8 @@ impl FailAfter {
 pub(crate) fn fail_after_param() -> ParamSpec {
     ParamSpec {
         name: "fail-after",
-        help: "drill: subtask 0 of the keyed operator fails once after N records (first attempt only)",
+        help:
+            "drill: subtask 0 of the keyed operator fails once after N records (first attempt only)",
     }
 }
 

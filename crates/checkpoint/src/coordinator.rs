@@ -46,6 +46,11 @@ use crate::registry::SharedStateRegistry;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use weir_types::{CheckpointId, JobId};
 
+/// The path of checkpoint `id`'s `_metadata`, relative to the job's checkpoint directory.
+fn metadata_path(id: CheckpointId) -> String {
+    format!("{id}/{}", crate::metadata::METADATA_FILE_NAME)
+}
+
 /// How many recently finished checkpoint ids are remembered, so a late ack is recognised as
 /// [`AckResult::Discarded`] rather than [`AckResult::Unknown`] (Flink keeps 16 too).
 pub const RECENT_CHECKPOINT_IDS: usize = 16;
@@ -248,6 +253,7 @@ impl Coordinator {
                 });
             }
         }
+        let mut metadata_files = BTreeSet::new();
         let mut deletions = BTreeSet::new();
         for c in completed {
             let id = c.id();
@@ -257,6 +263,7 @@ impl Coordinator {
                     .register_completed(id, c.kind(), c.metadata().files()),
             );
             for s in self.store.add(c) {
+                metadata_files.insert(metadata_path(s.id()));
                 deletions.extend(self.registry.unregister_checkpoint(s.id()));
             }
             self.recent.push(id);
@@ -264,7 +271,10 @@ impl Coordinator {
         if let Some(id) = highest_id_seen {
             self.counter.restore_from(id);
         }
-        Ok(delete_action(deletions).into_iter().collect())
+        Ok(delete_action(metadata_files)
+            .into_iter()
+            .chain(delete_action(deletions))
+            .collect())
     }
 
     /// Periodic work at time `now`: abort expired checkpoints, and trigger a periodic checkpoint
@@ -453,13 +463,17 @@ impl Coordinator {
             .into_iter()
             .collect();
         let mut actions = vec![Action::NotifyComplete { id }];
+        let mut metadata_files = Vec::new();
         for subsumed in self
             .store
             .add(CompletedCheckpoint::from_metadata(completing.metadata))
         {
             tracing::info!(checkpoint = %subsumed.id(), by = %id, "subsumed");
+            metadata_files.push(metadata_path(subsumed.id()));
             deletions.extend(self.registry.unregister_checkpoint(subsumed.id()));
         }
+        // A subsumed checkpoint stops existing first (its `_metadata` goes), then its files.
+        actions.extend(delete_action(metadata_files.into_iter().collect()));
         self.recent.push(id);
         self.consecutive_failures = 0;
         self.last_completion_ms = Some(self.last_completion_ms.map_or(now, |t| t.max(now)));
@@ -924,11 +938,11 @@ mod tests {
         let _ = ack(&mut c, 2, 0, &[("shared/b", true)]);
         let _ = ack(&mut c, 2, 1, &[]);
         let actions = c.on_metadata_written(4, CheckpointId(2)).unwrap();
-        // 1 is subsumed, but shared/a is still held by 3.
-        assert!(deleted(&actions).is_empty(), "{actions:?}");
+        // 1 is subsumed (its _metadata goes first), but shared/a is still held by 3.
+        assert_eq!(deleted(&actions), vec!["chk-1/_metadata"], "{actions:?}");
         let _ = ack(&mut c, 3, 1, &[]);
         let actions = c.on_metadata_written(5, CheckpointId(3)).unwrap();
-        assert_eq!(deleted(&actions), vec!["shared/b"]);
+        assert_eq!(deleted(&actions), vec!["chk-2/_metadata", "shared/b"]);
         assert!(c.registry().is_referenced("shared/a"));
     }
 

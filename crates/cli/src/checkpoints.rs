@@ -148,7 +148,12 @@ fn latest_history(jobs_dir: &Path) -> Result<PathBuf, String> {
         .filter_map(|f| Some((std::fs::metadata(&f).ok()?.modified().ok()?, f)))
         .max()
         .map(|(_, f)| f)
-        .ok_or_else(|| format!("no local jobs with checkpoints under '{}'", jobs_dir.display()))
+        .ok_or_else(|| {
+            format!(
+                "no local jobs with checkpoints under '{}'",
+                jobs_dir.display()
+            )
+        })
 }
 
 /// The table `weir checkpoints` prints.

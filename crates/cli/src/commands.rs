@@ -5,23 +5,23 @@ use crate::config::{Config, StateBackendKind};
 use crate::params::Params;
 use crate::render;
 use crate::rss::peak_rss_bytes;
+use crate::{bench, checkpoints};
 use clap::{Args, Parser, Subcommand};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use weir_graph::ParallelismSettings;
-use crate::{bench, checkpoints};
 use std::time::Duration;
+use weir_graph::ParallelismSettings;
 use weir_runtime::{
     CheckpointReport, CheckpointSettings, CheckpointStatus, JobDefinition, JobReport,
     LocalExecutor, Plan, RuntimeOptions,
 };
-use weir_storage::open_store;
-use weir_types::JobId;
 use weir_state::{HeapStateBackendFactory, StateBackendFactory};
 use weir_state_rocksdb::RocksDbStateBackendFactory;
+use weir_storage::open_store;
+use weir_types::JobId;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -80,6 +80,8 @@ enum Command {
     Checkpoints {
         /// The job id `weir local` printed (default: the most recent local job).
         job_id: Option<String>,
+        #[command(flatten)]
+        state: StateArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -191,7 +193,9 @@ fn init_logging(verbose: u8) {
 fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
     let mut defines = cli.define.clone();
     let state_args = match &cli.command {
-        Command::Local { state, .. } | Command::Bench { state, .. } => Some(state),
+        Command::Local { state, .. }
+        | Command::Bench { state, .. }
+        | Command::Checkpoints { state, .. } => Some(state),
         _ => None,
     };
     if let Some(s) = state_args {
@@ -228,7 +232,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Checkpoints { job_id, json } => {
+        Command::Checkpoints { job_id, json, .. } => {
             let history = checkpoints::read_history(
                 &checkpoints::jobs_dir(&config.state_dir),
                 job_id.as_deref(),
@@ -365,8 +369,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                     crate::config::parse_duration(&interval)
                         .map_err(|e| Failure::Usage(format!("--checkpoint-interval: {e}")))?,
                 );
-                let (def, plan) =
-                    build_and_plan(catalog, &with, &workload, parallelism, &params)?;
+                let (def, plan) = build_and_plan(catalog, &with, &workload, parallelism, &params)?;
                 let (r, cps) = execute(&with, &def, &plan, None)?;
                 let cps = cps.unwrap_or_default();
                 let secs_cp = r.duration.as_secs_f64().max(1e-9);
@@ -472,9 +475,8 @@ fn execute(
     match config.checkpoint_config() {
         Some(cp_config) => {
             let (url, s3) = config.checkpoint_storage();
-            let store = open_store(&url, &s3).map_err(|e| {
-                Failure::Usage(format!("state.checkpoints.dir '{url}': {e}"))
-            })?;
+            let store = open_store(&url, &s3)
+                .map_err(|e| Failure::Usage(format!("state.checkpoints.dir '{url}': {e}")))?;
             let job_id = resume.unwrap_or_else(checkpoints::new_job_id);
             let local_dir = config.state_dir.join("restore");
             eprintln!(
@@ -536,7 +538,8 @@ fn execute(
         weir_runtime::JobError::Task(weir_runtime::TaskError::Cancelled) => {
             Failure::Cancelled(format!("job '{job}' cancelled"))
         }
-        e @ (weir_runtime::JobError::Restore { .. } | weir_runtime::JobError::Checkpointing { .. }) => {
+        e @ (weir_runtime::JobError::Restore { .. }
+        | weir_runtime::JobError::Checkpointing { .. }) => {
             Failure::Usage(format!("job '{job}': {e}"))
         }
         e => Failure::Job(format!("job '{job}' failed: {e}")),

@@ -148,7 +148,10 @@ impl Driver<'_> {
                 let actions = self.coordinator.on_decline(id, task, reason);
                 self.perform(actions);
             }
-            TaskEvent::Finished { task } => {
+            TaskEvent::Finished { task, attempt } if attempt != self.attempt => {
+                tracing::debug!(%task, attempt, "finish of an earlier attempt ignored");
+            }
+            TaskEvent::Finished { task, .. } => {
                 self.finished.insert(task);
                 // Pending checkpoints whose barrier this task may never see: trigger directly
                 // (the task ignores ids it already snapshotted in-band).

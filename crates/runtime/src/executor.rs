@@ -10,11 +10,11 @@ use crate::operators::OpIdent;
 use crate::restart::{RestartDecision, RestartStrategy, RestartTracker};
 use crate::snapshot::{Control, TaskCheckpointing, TaskEvent, TaskRestore, Transfer};
 use crate::{JobDefinition, JobError, TaskError};
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use weir_checkpoint::{Action, CheckpointConfig, CheckpointMetadata, Coordinator, TaskId};
@@ -210,6 +210,10 @@ struct JobCheckpointing<'a> {
     transfer: Arc<Transfer>,
     deletions: Vec<tokio::task::JoinHandle<()>>,
     sync_pauses: Arc<Mutex<Vec<u64>>>,
+    /// Acks, declines and finishes of every attempt: late acks of an earlier attempt are
+    /// still classified (discarded) so their files are deleted.
+    events: (Sender<TaskEvent>, Receiver<TaskEvent>),
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl LocalExecutor {
@@ -315,6 +319,8 @@ impl LocalExecutor {
             paths,
             deletions: Vec::new(),
             sync_pauses: Arc::new(Mutex::new(Vec::new())),
+            events: crossbeam_channel::unbounded(),
+            in_flight: Arc::new(AtomicUsize::new(0)),
         };
         if settings.resume {
             let found = runtime.block_on(crate::resume::load_completed(&settings.store, &cp.paths));
@@ -339,6 +345,24 @@ impl LocalExecutor {
         let result = self.attempts(job, plan, &mut cp);
         let shutdown = cp.coordinator.shutdown();
         perform_deletions(&mut cp, shutdown);
+        // Uploads of the last attempt still running (a failed or cancelled job): wait for
+        // them (bounded), then let the coordinator discard their acks and delete the files.
+        let until = Instant::now() + Duration::from_secs(30);
+        while cp.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        while let Ok(event) = cp.events.1.try_recv() {
+            if let TaskEvent::Ack {
+                task,
+                id,
+                snapshot,
+                metrics,
+            } = event
+            {
+                let outcome = cp.coordinator.on_ack(now_ms(), id, task, snapshot, metrics);
+                perform_deletions(&mut cp, outcome.actions);
+            }
+        }
         for d in cp.deletions.drain(..) {
             let _ = runtime.block_on(d);
         }
@@ -462,7 +486,10 @@ impl LocalExecutor {
     ) -> Result<(), AttemptError> {
         let def = job;
         let cancelled = Arc::new(AtomicBool::new(false));
-        let (events_tx, events_rx) = crossbeam_channel::unbounded::<TaskEvent>();
+        let (events_tx, events_rx) = match cp.as_ref() {
+            Some(cp) => (cp.events.0.clone(), cp.events.1.clone()),
+            None => crossbeam_channel::unbounded::<TaskEvent>(),
+        };
         let mut controls: BTreeMap<TaskId, Sender<Control>> = BTreeMap::new();
         let mut sources: BTreeSet<TaskId> = BTreeSet::new();
         // 1. Channels: for every job edge, one per (upstream, downstream) subtask pair.
@@ -482,6 +509,8 @@ impl LocalExecutor {
                     events: events_tx.clone(),
                     transfer: cp.transfer.clone(),
                     sync_pauses: cp.sync_pauses.clone(),
+                    attempt,
+                    in_flight: cp.in_flight.clone(),
                 })
             });
             if matches!(def.nodes[v.head.0 as usize], NodeRuntime::Source(_)) {
@@ -629,10 +658,10 @@ impl LocalExecutor {
                         }
                     }
                     recv(events) -> msg => {
+                        // Also while the attempt is stopping: an ack is classified either way, so
+                        // the files of an unused one are deleted.
                         if let (Ok(event), Some(d)) = (msg, driver.as_mut()) {
-                            if !cancelled.load(Ordering::Relaxed) {
-                                d.on_event(event);
-                            }
+                            d.on_event(event);
                         }
                     }
                     default(tick) => {}

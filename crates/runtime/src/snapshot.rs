@@ -59,8 +59,8 @@ pub(crate) enum TaskEvent {
         reason: String,
     },
     /// Every input of the task ended and its chain finished; it waits for the final
-    /// checkpoint.
-    Finished { task: TaskId },
+    /// checkpoint. Only the attempt that sent it counts it.
+    Finished { task: TaskId, attempt: u32 },
 }
 
 /// One operator's contribution to a task's snapshot.
@@ -138,6 +138,11 @@ pub(crate) struct TaskCheckpointing {
     pub transfer: Arc<Transfer>,
     /// Synchronous pauses of this job's snapshots, in microseconds (for benchmarks).
     pub sync_pauses: Arc<Mutex<Vec<u64>>>,
+    /// The job attempt this task belongs to.
+    pub attempt: u32,
+    /// Asynchronous parts still running, over the whole job: the job waits for them at its
+    /// end, so every upload is either acknowledged (and cleaned up if unused) or gone.
+    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl TaskCheckpointing {
@@ -153,6 +158,8 @@ impl TaskCheckpointing {
             .unwrap_or_else(PoisonError::into_inner)
             .push(sync_us);
         let id = snapshot.barrier.checkpoint;
+        let in_flight = self.in_flight.clone();
+        in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.transfer.runtime.spawn(async move {
             let started = Instant::now();
             let mut uploaded: Vec<FileHandle> = Vec::new();
@@ -176,8 +183,10 @@ impl TaskCheckpointing {
                     TaskEvent::Decline { task, id, reason }
                 }
             };
-            // The driver is gone when the job already ended; the upload is then moot.
+            // The job's event channel outlives every upload: a late ack is still seen (and its
+            // unused files deleted).
             let _ = events.send(event);
+            in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         });
     }
 }

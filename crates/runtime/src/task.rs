@@ -190,7 +190,10 @@ fn run_finished<T>(
 ) -> Result<(), TaskError> {
     // The driver outlives every task of the attempt; a failed send means the attempt ended.
     cp.events
-        .send(TaskEvent::Finished { task: cp.task })
+        .send(TaskEvent::Finished {
+            task: cp.task,
+            attempt: cp.attempt,
+        })
         .map_err(|_| TaskError::Cancelled)?;
     loop {
         if env.cancelled.load(Ordering::Relaxed) {

@@ -1,0 +1,498 @@
+//! Checkpoints end to end, through the real `weir` binary: a failure mid-run (`fail-after`)
+//! restores the latest completed checkpoint and the job ends with the same state and
+//! exactly-once output as a run without failures — on RocksDB and heap, on `file://` and on an
+//! S3-compatible server; no orphan files; incremental uploads; and a flipped byte in any
+//! checkpoint file is detected on restore, named, and the previous checkpoint is used.
+
+mod common;
+
+use common::{read_parts, stderr, weir, write_text};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use weir::connectors::record_at;
+use weir_checkpoint::CheckpointMetadata;
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// Checkpoint and restart settings every test uses: a 200 ms interval, quick fixed-delay
+/// restarts.
+fn checkpointing(interval: &str) -> Vec<String> {
+    [
+        format!("execution.checkpointing.interval={interval}"),
+        "restart-strategy.type=fixed-delay".into(),
+        "restart-strategy.fixed-delay.attempts=3".into(),
+        "restart-strategy.fixed-delay.delay=50ms".into(),
+    ]
+    .into_iter()
+    .flat_map(|d| ["-D".to_string(), d])
+    .collect()
+}
+
+fn run_ok(args: &[String]) -> String {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = weir(&refs, DEADLINE);
+    let err = stderr(&out);
+    assert!(out.status.success(), "weir {args:?} failed:\n{err}");
+    err
+}
+
+/// Update lines `key<TAB>count[<TAB>…]`: checks that every key's counts are exactly 1..=n,
+/// each once (no loss, no duplicate), and returns each key's last line.
+fn exactly_once_updates(lines: &[String]) -> BTreeMap<String, String> {
+    let mut counts: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut last: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    for l in lines {
+        let mut f = l.split('\t');
+        let key = f.next().expect("key").to_string();
+        let count: u64 = f.next().expect("count").parse().expect("a count");
+        counts.entry(key.clone()).or_default().push(count);
+        let e = last.entry(key).or_insert((0, String::new()));
+        if count > e.0 {
+            *e = (count, l.clone());
+        }
+    }
+    for (key, mut c) in counts {
+        c.sort_unstable();
+        let expected: Vec<u64> = (1..=c.len() as u64).collect();
+        assert_eq!(
+            c, expected,
+            "key {key}: counts are not exactly 1..=n once each"
+        );
+    }
+    last.into_iter().map(|(k, (_, l))| (k, l)).collect()
+}
+
+/// `keyed-agg`'s final `(count, sum)` per key, computed directly from the generator.
+fn expected_keyed_agg(seed: u64, keys: u64, records: u64) -> BTreeMap<String, String> {
+    let mut m: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for seq in 0..records {
+        let r = record_at(seed, keys, seq);
+        let e = m.entry(r.key).or_insert((0, 0));
+        e.0 += 1;
+        e.1 += r.value;
+    }
+    m.into_iter()
+        .map(|(k, (c, s))| (k.to_string(), format!("{k}\t{c}\t{s}")))
+        .collect()
+}
+
+fn keyed_agg_args(records: u64, rate: u64, output: &Path, state: &Path) -> Vec<String> {
+    vec![
+        "local".into(),
+        "keyed-agg".into(),
+        "-p".into(),
+        "2".into(),
+        "--param".into(),
+        format!("records={records}"),
+        "--param".into(),
+        "keys=2000".into(),
+        "--param".into(),
+        format!("rate={rate}"),
+        "--param".into(),
+        "emit=updates".into(),
+        "--param".into(),
+        format!("output={}", output.display()),
+        "--state-dir".into(),
+        state.display().to_string(),
+    ]
+}
+
+fn assert_restored_from_a_checkpoint(err: &str) {
+    assert!(
+        err.contains("1 restart(s), last restored from chk-"),
+        "the job did not restart from a checkpoint:\n{err}"
+    );
+}
+
+#[test]
+fn keyed_agg_after_a_mid_run_failure_has_the_failure_free_state_and_exactly_once_output() {
+    for backend in ["rocksdb", "heap"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (out, state) = (dir.path().join("out"), dir.path().join("state"));
+        let mut args = keyed_agg_args(120_000, 60_000, &out, &state);
+        args.extend([
+            "--state-backend".into(),
+            backend.into(),
+            "--param".into(),
+            "fail-after=25000".into(),
+        ]);
+        args.extend(checkpointing("200ms"));
+        let err = run_ok(&args);
+        assert_restored_from_a_checkpoint(&err);
+        let last = exactly_once_updates(&read_parts(&out));
+        assert_eq!(
+            last,
+            expected_keyed_agg(42, 2000, 120_000),
+            "backend {backend}"
+        );
+    }
+}
+
+#[test]
+fn word_count_after_a_mid_run_failure_has_the_failure_free_output_exactly_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.txt");
+    write_text(&input, 300_000, 3_000, 7);
+    let reference = dir.path().join("reference");
+    run_ok(&[
+        "local".into(),
+        "word-count".into(),
+        "-p".into(),
+        "2".into(),
+        "--param".into(),
+        format!("input={}", input.display()),
+        "--param".into(),
+        format!("output={}", reference.display()),
+        "--state-dir".into(),
+        dir.path().join("state-ref").display().to_string(),
+    ]);
+    let expected = exactly_once_updates(&read_parts(&reference));
+    for backend in ["rocksdb", "heap"] {
+        let out = dir.path().join(format!("out-{backend}"));
+        let mut args = vec![
+            "local".into(),
+            "word-count".into(),
+            "-p".into(),
+            "2".into(),
+            "--param".into(),
+            format!("input={}", input.display()),
+            "--param".into(),
+            format!("output={}", out.display()),
+            "--param".into(),
+            "fail-after=600000".into(),
+            "--state-backend".into(),
+            backend.into(),
+            "--state-dir".into(),
+            dir.path()
+                .join(format!("state-{backend}"))
+                .display()
+                .to_string(),
+        ];
+        // A small batch size and channel keep the job slow enough to checkpoint first.
+        args.extend(checkpointing("100ms"));
+        args.extend(["-D".into(), "taskmanager.network.batch-size=64".into()]);
+        let err = run_ok(&args);
+        assert!(err.contains("1 restart(s)"), "no restart:\n{err}");
+        let got = exactly_once_updates(&read_parts(&out));
+        assert_eq!(got, expected, "backend {backend}");
+    }
+}
+
+#[test]
+fn keyed_agg_recovers_exactly_once_with_checkpoints_on_an_s3_compatible_server() {
+    let Some(server) = weir_testkit::require_or_skip(
+        "keyed_agg_recovers_exactly_once_with_checkpoints_on_an_s3_compatible_server",
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (out, state) = (dir.path().join("out"), dir.path().join("state"));
+    let mut args = keyed_agg_args(120_000, 60_000, &out, &state);
+    args.extend(["--param".into(), "fail-after=25000".into()]);
+    args.extend(checkpointing("200ms"));
+    for d in [
+        format!("state.checkpoints.dir={}", server.url("checkpoints")),
+        format!("s3.endpoint={}", server.endpoint()),
+        format!("s3.access-key={}", server.access_key()),
+        format!("s3.secret-key={}", server.secret_key()),
+        "s3.path.style.access=true".into(),
+    ] {
+        args.extend(["-D".into(), d]);
+    }
+    let err = run_ok(&args);
+    assert_restored_from_a_checkpoint(&err);
+    let last = exactly_once_updates(&read_parts(&out));
+    assert_eq!(last, expected_keyed_agg(42, 2000, 120_000));
+    let job_dir = only_job_dir(&server.bucket_dir().join("checkpoints"));
+    assert_no_orphans(&job_dir);
+}
+
+/// The one job directory under a checkpoint root.
+fn only_job_dir(root: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap_or_else(|e| panic!("no checkpoint root {}: {e}", root.display()))
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(dirs.len(), 1, "one job directory under {}", root.display());
+    dirs.into_iter().next().expect("one")
+}
+
+/// Every file below `dir`, relative, with `/` separators.
+fn files_below(dir: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).expect("below").to_string_lossy();
+                out.insert(rel.replace('\\', "/"));
+            }
+        }
+    }
+    out
+}
+
+/// The completed checkpoints in a job directory: id → decoded `_metadata`.
+fn completed(job_dir: &Path) -> BTreeMap<u64, CheckpointMetadata> {
+    let mut out = BTreeMap::new();
+    for f in files_below(job_dir) {
+        if let Some(n) = f
+            .strip_prefix("chk-")
+            .and_then(|r| r.strip_suffix("/_metadata"))
+        {
+            let bytes = std::fs::read(job_dir.join(&f)).expect("read _metadata");
+            if let Ok(m) = CheckpointMetadata::decode(&bytes) {
+                out.insert(n.parse().expect("id"), m);
+            }
+        }
+    }
+    out
+}
+
+fn assert_no_orphans(job_dir: &Path) {
+    let retained = completed(job_dir);
+    assert!(!retained.is_empty(), "no retained checkpoint");
+    let mut referenced: BTreeSet<String> = BTreeSet::new();
+    for (id, m) in &retained {
+        referenced.insert(format!("chk-{id}/_metadata"));
+        referenced.extend(m.files().map(|f| f.path().to_string()));
+    }
+    let present = files_below(job_dir);
+    let orphans: Vec<_> = present.difference(&referenced).collect();
+    assert!(
+        orphans.is_empty(),
+        "files no retained checkpoint references: {orphans:?}"
+    );
+    let missing: Vec<_> = referenced.difference(&present).collect();
+    assert!(
+        missing.is_empty(),
+        "referenced files that are gone: {missing:?}"
+    );
+}
+
+#[test]
+fn after_the_job_ends_every_checkpoint_file_is_referenced_by_a_retained_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (out, state) = (dir.path().join("out"), dir.path().join("state"));
+    let mut args = keyed_agg_args(100_000, 50_000, &out, &state);
+    args.extend(["--param".into(), "fail-after=20000".into()]);
+    args.extend(checkpointing("100ms"));
+    args.extend(["-D".into(), "state.checkpoints.num-retained=2".into()]);
+    let err = run_ok(&args);
+    assert_restored_from_a_checkpoint(&err);
+    let job_dir = only_job_dir(&state.join("checkpoints"));
+    assert_eq!(
+        completed(&job_dir).len(),
+        2,
+        "num-retained=2 checkpoints are kept"
+    );
+    assert_no_orphans(&job_dir);
+}
+
+#[test]
+fn incremental_checkpoints_upload_a_small_fraction_of_the_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    // 100k keys, 50k records/s, a checkpoint every 200 ms: ~10k updates between checkpoints.
+    let args: Vec<String> = [
+        "local",
+        "keyed-agg",
+        "-p",
+        "1",
+        "--param",
+        "keys=100000",
+        "--param",
+        "records=200000",
+        "--param",
+        "rate=50000",
+        "--state-dir",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([state.display().to_string()])
+    .chain(checkpointing("200ms"))
+    .collect();
+    run_ok(&args);
+    let out = weir(
+        &[
+            "checkpoints",
+            "--json",
+            "--state-dir",
+            &state.display().to_string(),
+        ],
+        DEADLINE,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let done: Vec<(u64, u64)> = history["checkpoints"]
+        .as_array()
+        .expect("checkpoints")
+        .iter()
+        .filter(|c| c["status"] == "completed")
+        .map(|c| {
+            (
+                c["bytes_uploaded"].as_u64().expect("bytes"),
+                c["full_size"].as_u64().expect("size"),
+            )
+        })
+        .collect();
+    assert!(done.len() >= 5, "too few checkpoints: {done:?}");
+    // The later checkpoints (state populated): the median upload is a small part of the state.
+    let mut ratios: Vec<f64> = done[done.len() / 2..]
+        .iter()
+        .map(|&(up, full)| up as f64 / full.max(1) as f64)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    assert!(
+        median < 0.5,
+        "median upload is {:.0} % of the state: {done:?}",
+        median * 100.0
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Damaged checkpoints
+
+/// Which file of the latest checkpoint a test damages.
+#[derive(Copy, Clone, Debug)]
+enum Target {
+    Metadata,
+    Sst,
+    SinkManifest,
+}
+
+/// Starts keyed-agg with checkpoints and kills it (SIGKILL) once `n` checkpoints completed.
+fn run_until_checkpoints_then_kill(out: &Path, state: &Path, n: usize) -> PathBuf {
+    let mut args = keyed_agg_args(400_000, 50_000, out, state);
+    args.extend(checkpointing("200ms"));
+    args.extend(["-D".into(), "state.checkpoints.num-retained=3".into()]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(&args)
+        .env_remove("WEIR_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start weir");
+    let root = state.join("checkpoints");
+    let start = Instant::now();
+    loop {
+        let ready = std::fs::read_dir(&root)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .map(|e| completed(&e.path()).len() >= n)
+            .unwrap_or(false);
+        if ready {
+            break;
+        }
+        assert!(
+            child.try_wait().expect("poll").is_none(),
+            "the job ended before {n} checkpoints completed"
+        );
+        assert!(start.elapsed() < DEADLINE, "no {n} checkpoints in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("SIGKILL weir");
+    child.wait().expect("reap weir");
+    only_job_dir(&root)
+}
+
+fn flip_byte(path: &Path) {
+    let mut bytes = std::fs::read(path).expect("read file to damage");
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x40;
+    std::fs::write(path, bytes).expect("write damaged file");
+}
+
+fn damage_latest_then_resume(target: Target) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (out, state) = (dir.path().join("out"), dir.path().join("state"));
+    let job_dir = run_until_checkpoints_then_kill(&out, &state, 3);
+    let retained = completed(&job_dir);
+    let (&latest, latest_meta) = retained.iter().next_back().expect("latest");
+    let previous: BTreeSet<String> = retained
+        .range(..latest)
+        .flat_map(|(_, m)| m.files().map(|f| f.path().to_string()).collect::<Vec<_>>())
+        .collect();
+    let victim = match target {
+        Target::Metadata => format!("chk-{latest}/_metadata"),
+        Target::Sst => latest_meta
+            .files()
+            .map(|f| f.path().to_string())
+            .find(|p| p.ends_with(".sst") && !previous.contains(p))
+            .expect("an SST only the latest checkpoint references"),
+        Target::SinkManifest => latest_meta
+            .files()
+            .map(|f| f.path().to_string())
+            .find(|p| p.ends_with("sink-manifest"))
+            .expect("a sink manifest in the latest checkpoint"),
+    };
+    flip_byte(&job_dir.join(&victim));
+    let job_id = job_dir
+        .file_name()
+        .expect("job id")
+        .to_string_lossy()
+        .into_owned();
+    let mut args = keyed_agg_args(400_000, 400_000, &out, &state);
+    args.extend(checkpointing("200ms"));
+    args.extend(["-D".into(), "state.checkpoints.num-retained=3".into()]);
+    args.extend(["--restore".into(), job_id]);
+    let err = run_ok(&args);
+    let file_name = victim.rsplit('/').next().expect("name");
+    assert!(
+        err.contains(file_name) && err.contains(&format!("chk-{latest}")),
+        "{target:?}: the damage of {victim} is not reported by name:\n{err}"
+    );
+    assert!(
+        !err.contains(&format!("last restored from chk-{latest}")),
+        "{target:?}: the damaged chk-{latest} was restored:\n{err}"
+    );
+    assert!(
+        err.contains("last restored from chk-"),
+        "{target:?}: no restore:\n{err}"
+    );
+    let last = exactly_once_updates(&read_parts(&out));
+    assert_eq!(last, expected_keyed_agg(42, 2000, 400_000), "{target:?}");
+}
+
+#[test]
+fn a_flipped_byte_in_the_latest_metadata_is_named_and_the_previous_checkpoint_is_used() {
+    damage_latest_then_resume(Target::Metadata);
+}
+
+#[test]
+fn a_flipped_byte_in_an_sst_of_the_latest_checkpoint_is_named_and_the_previous_one_is_used() {
+    damage_latest_then_resume(Target::Sst);
+}
+
+#[test]
+fn a_flipped_byte_in_a_sink_staging_manifest_is_named_and_the_previous_checkpoint_is_used() {
+    damage_latest_then_resume(Target::SinkManifest);
+}
+
+#[test]
+fn resuming_a_job_without_checkpoints_is_a_usage_error_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state").display().to_string();
+    let mut args: Vec<String> = ["local", "keyed-agg", "--state-dir", &state, "--restore"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.push(format!("{:032x}", 7));
+    args.extend(checkpointing("1s"));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = weir(&refs, DEADLINE);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("00000000000000000000000000000007"),
+        "{}",
+        stderr(&out)
+    );
+}
