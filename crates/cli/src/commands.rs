@@ -271,7 +271,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                         "sink_records": report.sink_records,
                         "state_bytes": report.state_bytes,
                         "tasks": report.tasks,
-                        "checkpoints_completed": cps.as_ref().map(|c| completed(c)),
+                        "checkpoints_completed": cps.as_ref().map(completed),
                         "restarts": cps.as_ref().map(|c| c.restarts),
                         "restored_from": cps.as_ref().and_then(|c| c.restored_from).map(|id| id.0),
                         "retained_checkpoints": cps.as_ref().map(|c| c.retained.iter().map(|id| id.0).collect::<Vec<_>>()),

@@ -302,7 +302,7 @@ impl LocalExecutor {
         let coordinator = Coordinator::new(
             settings.job_id,
             plan.job.max_parallelism,
-            settings.config.clone(),
+            settings.config,
             task_ids,
         )
         .map_err(|e| JobError::Checkpointing {
@@ -391,7 +391,7 @@ impl LocalExecutor {
         plan: &Plan,
         cp: &mut JobCheckpointing<'_>,
     ) -> Result<(), JobError> {
-        let mut tracker = RestartTracker::new(cp.settings.restart.clone());
+        let mut tracker = RestartTracker::new(cp.settings.restart);
         let mut ever_completed = cp.coordinator.store().latest().is_some();
         for attempt in 0u32.. {
             let restore = cp
