@@ -19,8 +19,9 @@
 pub mod jobs;
 
 pub use weir_runtime::{
-    Collector, Data, DataStream, DataStreamSink, EndOfInputContext, JobDefinition, JobError,
-    JobReport, KeyedContext, KeyedProcessFunction, KeyedStream, LocalExecutor, OpenContext, Plan,
+    restart, CheckpointRecord, CheckpointReport, CheckpointSettings, CheckpointStatus, Collector,
+    Data, DataStream, DataStreamSink, EndOfInputContext, JobDefinition, JobError, JobReport,
+    KeyedContext, KeyedProcessFunction, KeyedStream, LocalExecutor, OpenContext, Plan,
     RuntimeOptions, Sink, SinkContext, SinkWriter, Source, SourceContext, SourcePoll, SourceReader,
     StreamEnvironment, UserError,
 };

@@ -26,6 +26,7 @@
 
 #![warn(missing_docs)]
 
+mod align;
 mod api;
 mod channel;
 mod driver;

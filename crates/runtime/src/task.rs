@@ -36,6 +36,7 @@
 //!   triggers (its state no longer changes) and completions, until [`Control::Shutdown`]
 //!   after the job's final checkpoint.
 
+use crate::align::Aligner;
 use crate::function::{SourcePoll, SourceReader};
 use crate::link::Link;
 use crate::metrics::JobMetrics;
@@ -216,14 +217,6 @@ fn run_finished<T>(
     }
 }
 
-/// Barrier alignment state of an input task.
-struct Alignment {
-    barrier: Barrier,
-    started: Instant,
-    /// Channels that delivered `barrier`.
-    seen: Vec<bool>,
-}
-
 /// Runs a task that reads channels until every one of them has ended (and, with
 /// checkpointing, until the job's final checkpoint completed).
 pub(crate) fn run_inputs<T: Send>(
@@ -234,22 +227,16 @@ pub(crate) fn run_inputs<T: Send>(
     let n = inputs.len();
     let exactly_once = env
         .checkpointing
-        .is_some_and(|cp| cp.mode == CheckpointingMode::ExactlyOnce);
+        .is_none_or(|cp| cp.mode == CheckpointingMode::ExactlyOnce);
     let never = crossbeam_channel::never::<Control>();
     let control = env.checkpointing.map_or(&never, |cp| &cp.control);
-    let mut ended = vec![false; n];
-    let mut blocked = vec![false; n];
-    // At-least-once: a barrier that arrived on a channel before the previous alignment ended.
-    let mut stashed: Vec<Option<Barrier>> = vec![None; n];
-    let mut last_on_channel = vec![None; n];
-    let mut order = BarrierOrder::default();
-    let mut aligning: Option<Alignment> = None;
+    let mut aligner = Aligner::new(n, exactly_once);
     let mut open = n;
     let mut watermarks = vec![Watermark(i64::MIN); n];
     let mut emitted = Watermark(i64::MIN);
     while open > 0 {
         // Select over readable channels (rebuilt only when that set changes) and control.
-        let active: Vec<usize> = (0..n).filter(|&i| !ended[i] && !blocked[i]).collect();
+        let active: Vec<usize> = (0..n).filter(|&i| aligner.readable(i)).collect();
         let mut select = Select::new();
         for &i in &active {
             select.recv(&inputs[i]);
@@ -282,11 +269,11 @@ pub(crate) fn run_inputs<T: Send>(
                 continue;
             }
             let index = active[slot];
-            let mut changed = false;
-            match op.recv(&inputs[index]) {
+            let due = match op.recv(&inputs[index]) {
                 Ok(StreamElement::Batch(batch)) => {
                     chain.push_batch(batch)?;
                     chain.flush(false)?;
+                    continue;
                 }
                 Ok(StreamElement::Watermark(wm)) => {
                     if wm < watermarks[index] {
@@ -304,9 +291,10 @@ pub(crate) fn run_inputs<T: Send>(
                         emitted = min;
                         chain.watermark(min)?;
                     }
+                    continue;
                 }
                 Ok(StreamElement::Barrier(b)) => {
-                    let Some(cp) = env.checkpointing else {
+                    if env.checkpointing.is_none() {
                         return Err(invariant(
                             env,
                             format!(
@@ -314,50 +302,17 @@ pub(crate) fn run_inputs<T: Send>(
                                 b.checkpoint
                             ),
                         ));
-                    };
-                    if last_on_channel[index].is_some_and(|last| b.checkpoint <= last) {
-                        return Err(invariant(
-                            env,
-                            format!(
-                                "barrier of {} on input {index} after {:?}: ids must strictly increase",
-                                b.checkpoint, last_on_channel[index]
-                            ),
-                        ));
                     }
-                    last_on_channel[index] = Some(b.checkpoint);
-                    on_barrier(
-                        env,
-                        cp,
-                        exactly_once,
-                        &mut aligning,
-                        &mut order,
-                        &mut blocked,
-                        &mut stashed,
-                        &ended,
-                        index,
-                        b,
-                        chain,
-                    )?;
-                    changed = true;
+                    aligner
+                        .on_barrier(index, b, Instant::now())
+                        .map_err(|d| invariant(env, d))?
                 }
                 Ok(StreamElement::EndOfInput) => {
-                    ended[index] = true;
                     watermarks[index] = Watermark::MAX;
                     open -= 1;
-                    if let (Some(cp), Some(_)) = (env.checkpointing, &aligning) {
-                        finish_alignment_if_done(
-                            env,
-                            cp,
-                            exactly_once,
-                            &mut aligning,
-                            &mut order,
-                            &mut blocked,
-                            &mut stashed,
-                            &ended,
-                            chain,
-                        )?;
-                    }
-                    changed = true;
+                    aligner
+                        .on_end(index, Instant::now())
+                        .map_err(|d| invariant(env, d))?
                 }
                 Err(_) => {
                     if env.cancelled.load(Ordering::Relaxed) {
@@ -368,121 +323,21 @@ pub(crate) fn run_inputs<T: Send>(
                         subtask: env.ident.subtask,
                     });
                 }
+            };
+            if let Some(cp) = env.checkpointing {
+                for d in due {
+                    take_snapshot(env, cp, d.barrier, d.alignment, chain, &mut |_| Ok(()))?;
+                }
             }
-            if changed {
-                break;
-            }
+            // The readable set may have changed: rebuild the select.
+            break;
         }
     }
     chain.end_of_input()?;
     match env.checkpointing {
         None => Ok(()),
-        Some(cp) => run_finished(env, cp, &mut order, chain, &mut |_| Ok(())),
+        Some(cp) => run_finished(env, cp, &mut aligner.into_order(), chain, &mut |_| Ok(())),
     }
-}
-
-/// Barrier `b` arrived on channel `index`.
-#[allow(clippy::too_many_arguments)]
-fn on_barrier<T>(
-    env: &LoopEnv<'_>,
-    cp: &TaskCheckpointing,
-    exactly_once: bool,
-    aligning: &mut Option<Alignment>,
-    order: &mut BarrierOrder,
-    blocked: &mut [bool],
-    stashed: &mut [Option<Barrier>],
-    ended: &[bool],
-    index: usize,
-    b: Barrier,
-    chain: &mut dyn Link<T>,
-) -> Result<(), TaskError> {
-    match aligning {
-        None => {
-            order.accept(b.checkpoint).map_err(|d| invariant(env, d))?;
-            let mut seen = vec![false; blocked.len()];
-            seen[index] = true;
-            *aligning = Some(Alignment {
-                barrier: b,
-                started: Instant::now(),
-                seen,
-            });
-        }
-        Some(a) if a.barrier.checkpoint == b.checkpoint => a.seen[index] = true,
-        Some(a) if b.checkpoint > a.barrier.checkpoint && !exactly_once && a.seen[index] => {
-            // At-least-once: this channel is a checkpoint ahead; hold it until `a` is done.
-            stashed[index] = Some(b);
-            blocked[index] = true;
-            return Ok(());
-        }
-        Some(a) => {
-            return Err(invariant(
-                env,
-                format!(
-                    "input {index} delivered the barrier of {} while {} was being aligned:                      a barrier was skipped",
-                    b.checkpoint, a.barrier.checkpoint
-                ),
-            ));
-        }
-    }
-    if exactly_once {
-        blocked[index] = true;
-    }
-    finish_alignment_if_done(
-        env,
-        cp,
-        exactly_once,
-        aligning,
-        order,
-        blocked,
-        stashed,
-        ended,
-        chain,
-    )
-}
-
-/// Takes the snapshot once every channel that has not ended delivered the barrier being
-/// aligned; then unblocks every channel and replays stashed barriers.
-#[allow(clippy::too_many_arguments)]
-fn finish_alignment_if_done<T>(
-    env: &LoopEnv<'_>,
-    cp: &TaskCheckpointing,
-    exactly_once: bool,
-    aligning: &mut Option<Alignment>,
-    order: &mut BarrierOrder,
-    blocked: &mut [bool],
-    stashed: &mut [Option<Barrier>],
-    ended: &[bool],
-    chain: &mut dyn Link<T>,
-) -> Result<(), TaskError> {
-    let Some(a) = aligning else {
-        return Ok(());
-    };
-    if !(0..a.seen.len()).all(|i| a.seen[i] || ended[i]) {
-        return Ok(());
-    }
-    let a = aligning.take().expect("checked above");
-    take_snapshot(env, cp, a.barrier, a.started.elapsed(), chain, &mut |_| {
-        Ok(())
-    })?;
-    blocked.iter_mut().for_each(|b| *b = false);
-    for i in 0..stashed.len() {
-        if let Some(b) = stashed[i].take() {
-            on_barrier(
-                env,
-                cp,
-                exactly_once,
-                aligning,
-                order,
-                blocked,
-                stashed,
-                ended,
-                i,
-                b,
-                chain,
-            )?;
-        }
-    }
-    Ok(())
 }
 
 fn invariant(env: &LoopEnv<'_>, detail: String) -> TaskError {
