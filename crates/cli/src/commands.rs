@@ -105,6 +105,10 @@ enum Command {
         /// Generator seed.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Records per second over all sources (default: as fast as possible): a steady load,
+        /// e.g. small churn over many keys to measure checkpoint pauses.
+        #[arg(long)]
+        rate: Option<u64>,
         /// Also run with checkpoints at this interval (e.g. 1s) and compare.
         #[arg(long, value_name = "DURATION")]
         checkpoint_interval: Option<String>,
@@ -307,15 +311,19 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             keys,
             records,
             seed,
+            rate,
             checkpoint_interval,
             json,
             ..
         } => {
-            let params = vec![
+            let mut params = vec![
                 format!("keys={keys}"),
                 format!("records={records}"),
                 format!("seed={seed}"),
             ];
+            if let Some(rate) = rate {
+                params.push(format!("rate={rate}"));
+            }
             let (def, plan) = build_and_plan(catalog, &config, &workload, parallelism, &params)?;
             let p = plan
                 .job

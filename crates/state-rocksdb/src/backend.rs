@@ -88,13 +88,6 @@ impl Cells {
         }
     }
 
-    fn for_each<'a>(&'a self, mut f: impl FnMut(&'a [u8], &'a Entry)) {
-        match self {
-            Cells::Hashed(m) => m.iter().for_each(|(k, e)| f(k, e)),
-            Cells::Ordered(m) => m.iter().for_each(|(k, e)| f(k, e)),
-        }
-    }
-
     fn for_each_mut(&mut self, mut f: impl FnMut(&[u8], &mut Entry)) {
         match self {
             Cells::Hashed(m) => m.iter_mut().for_each(|(k, e)| f(k, e)),
@@ -150,6 +143,29 @@ struct Slot {
     cells: Cells,
     /// How many of `cells` are dirty.
     dirty: usize,
+    /// Hashed cells only: the key of every entry that became dirty since the last time the
+    /// state was written to RocksDB (a key may appear twice, or name an entry dropped since),
+    /// so writing the dirty entries costs O(dirty), not O(cache). Empty for ordered cells,
+    /// which are walked in order instead.
+    dirty_log: Vec<Box<[u8]>>,
+}
+
+impl Slot {
+    fn new(kind: StateKind) -> Self {
+        Self {
+            cells: Cells::for_kind(kind),
+            dirty: 0,
+            dirty_log: Vec::new(),
+        }
+    }
+
+    /// Records that the entry at `key` just became dirty.
+    fn log_dirty(&mut self, key: &[u8]) {
+        self.dirty += 1;
+        if matches!(self.cells, Cells::Hashed(_)) {
+            self.dirty_log.push(Box::from(key));
+        }
+    }
 }
 
 /// The instance directory; removed when dropped (after the DB, which is declared before it in
@@ -277,13 +293,7 @@ impl RocksDbStateBackend {
     /// Takes over `descriptors` as registered, in order, for a backend opened on a restored
     /// instance whose column families already exist.
     pub(crate) fn with_states(mut self, descriptors: Vec<StateDescriptor>) -> Self {
-        self.slots = descriptors
-            .iter()
-            .map(|d| Slot {
-                cells: Cells::for_kind(d.kind),
-                dirty: 0,
-            })
-            .collect();
+        self.slots = descriptors.iter().map(|d| Slot::new(d.kind)).collect();
         self.descriptors = descriptors;
         self
     }
@@ -369,6 +379,7 @@ impl RocksDbStateBackend {
         for slot in &mut self.slots {
             slot.cells.clear();
             slot.dirty = 0;
+            slot.dirty_log.clear();
         }
         self.cached_bytes = 0;
         self.spills += 1;
@@ -390,13 +401,25 @@ impl RocksDbStateBackend {
             let cf = column_family(&self.db, &self.descriptors[idx].name)?;
             dirty.clear();
             dirty.reserve(slot.dirty);
-            slot.cells.for_each(|key, entry| {
-                if entry.dirty {
-                    dirty.push((key, entry.value.as_deref()));
+            match &slot.cells {
+                Cells::Hashed(map) => {
+                    for key in &slot.dirty_log {
+                        if let Some((key, entry)) = map.get_key_value(key) {
+                            if entry.dirty {
+                                dirty.push((key, entry.value.as_deref()));
+                            }
+                        }
+                    }
+                    dirty.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                    dirty.dedup_by(|a, b| a.0 == b.0);
                 }
-            });
-            if matches!(slot.cells, Cells::Hashed(_)) {
-                dirty.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                Cells::Ordered(map) => {
+                    for (key, entry) in map {
+                        if entry.dirty {
+                            dirty.push((key, entry.value.as_deref()));
+                        }
+                    }
+                }
             }
             for &(key, value) in &dirty {
                 match value {
@@ -425,7 +448,16 @@ impl RocksDbStateBackend {
             if slot.dirty == 0 || only.is_some_and(|o| o != idx) {
                 continue;
             }
-            slot.cells.for_each_mut(|_, entry| entry.dirty = false);
+            match &mut slot.cells {
+                Cells::Hashed(map) => {
+                    for key in slot.dirty_log.drain(..) {
+                        if let Some(entry) = map.get_mut(&key) {
+                            entry.dirty = false;
+                        }
+                    }
+                }
+                Cells::Ordered(_) => slot.cells.for_each_mut(|_, entry| entry.dirty = false),
+            }
             slot.dirty = 0;
         }
     }
@@ -568,10 +600,7 @@ impl KeyedStateBackend for RocksDbStateBackend {
                 })?;
         }
         self.descriptors.push(descriptor.clone());
-        self.slots.push(Slot {
-            cells: Cells::for_kind(descriptor.kind),
-            dirty: 0,
-        });
+        self.slots.push(Slot::new(descriptor.kind));
         Ok(id)
     }
 
@@ -615,9 +644,10 @@ impl KeyedStateBackend for RocksDbStateBackend {
                 Some(old) if old.len() == value.len() => old.copy_from_slice(value),
                 other => *other = Some(value.into()),
             }
-            if !entry.dirty {
-                entry.dirty = true;
-                slot.dirty += 1;
+            let newly_dirty = !entry.dirty;
+            entry.dirty = true;
+            if newly_dirty {
+                slot.log_dirty(&self.scratch);
             }
             self.cached_bytes = self.cached_bytes + value.len() - old_len;
             if self.cached_bytes > self.budget_bytes {
@@ -635,7 +665,7 @@ impl KeyedStateBackend for RocksDbStateBackend {
                 dirty: true,
             },
         );
-        slot.dirty += 1;
+        slot.log_dirty(&self.scratch);
         Ok(())
     }
 
@@ -646,9 +676,10 @@ impl KeyedStateBackend for RocksDbStateBackend {
             // Already absent (clean) or deleted (dirty tombstone): nothing to do.
             if let Some(old) = entry.value.take() {
                 self.cached_bytes -= old.len();
-                if !entry.dirty {
-                    entry.dirty = true;
-                    slot.dirty += 1;
+                let newly_dirty = !entry.dirty;
+                entry.dirty = true;
+                if newly_dirty {
+                    slot.log_dirty(&self.scratch);
                 }
             }
             return Ok(());
@@ -663,7 +694,7 @@ impl KeyedStateBackend for RocksDbStateBackend {
                 dirty: true,
             },
         );
-        slot.dirty += 1;
+        slot.log_dirty(&self.scratch);
         Ok(())
     }
 
