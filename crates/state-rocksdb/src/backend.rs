@@ -6,12 +6,13 @@ use rustc_hash::FxHashMap;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 use weir_state::encoding::{decode_state_key_checked, encode_prefix, encode_state_key};
 use weir_state::{lookup_descriptor, Registration};
 use weir_state::{
-    KeyedStateBackend, LocalSnapshot, SnapshotContent, SnapshotFile, StateDescriptor, StateEntry,
-    StateError, StateId, StateKey, StateKind, UserKeyVisitor,
+    KeyedStateBackend, LocalSnapshot, PendingFiles, SnapshotContent, SnapshotFile, StateDescriptor,
+    StateEntry, StateError, StateId, StateKey, StateKind, UserKeyVisitor,
 };
 use weir_types::{CheckpointId, KeyGroupRange};
 
@@ -222,22 +223,37 @@ impl Drop for InstanceDir {
 /// So a clean entry always equals RocksDB's value, and every read sees the latest write.
 ///
 /// # Snapshots
-/// [`snapshot`](KeyedStateBackend::snapshot) is synchronous and short:
-/// 1. it writes the cache's dirty entries into RocksDB (as [`flush`](KeyedStateBackend::flush));
-/// 2. it creates a RocksDB native checkpoint in [`snapshot_dir`](Self::snapshot_dir), which must
-///    not exist: RocksDB flushes every memtable (the WAL is off, so nothing else would hold
-///    those writes), then hard-links the live SST files and copies the small metadata files;
-/// 3. it lists that directory: every `*.sst` is shareable — RocksDB never rewrites an SST nor
-///    reuses a file number, also after a restore, where it continues from the MANIFEST's next
-///    file number — and every other file (`CURRENT`, `MANIFEST-*`, `OPTIONS-*`, `*.log`) is
-///    private.
+/// [`snapshot`](KeyedStateBackend::snapshot) keeps the task's pause short: only step 1 runs on
+/// the task thread.
+/// 1. **Synchronous**: the dirty entries (found through each state's dirty-key log, so the cost
+///    is O(dirty), not O(cache)) are copied into one `WriteBatch` and marked clean.
+/// 2. **Background thread**: the batch is written (WAL off), then a RocksDB native checkpoint
+///    is created in [`snapshot_dir`](Self::snapshot_dir), which must not exist: RocksDB
+///    flushes every memtable, hard-links the live SST files and copies the small metadata
+///    files. The snapshot's [`pending`](LocalSnapshot::pending) part waits for it and lists
+///    the directory: every `*.sst` is shareable — RocksDB never rewrites an SST nor reuses a
+///    file number, also after a restore, where it continues from the MANIFEST's next file
+///    number — and every other file (`CURRENT`, `MANIFEST-*`, `OPTIONS-*`, `*.log`) is private.
+/// 3. Until that thread is joined, nothing else touches RocksDB: every write (spill, flush),
+///    scan, prefix read, size query, registration and the next snapshot joins it first. So a
+///    write made after the barrier can never reach the checkpoint, and "clean" still means
+///    "RocksDB holds it" whenever RocksDB is looked at. (Point reads need no wait: a key whose
+///    value is in flight is still in the cache.) If the batch write failed, the backend is
+///    poisoned: every later operation fails, and the task restores from a checkpoint.
 ///
-/// If a step fails, the directory is removed again and the error is a
+/// If the checkpoint fails, its directory is removed and the pending part returns a
 /// [`StateError::Snapshot`]. Otherwise the directory is the snapshot's
 /// [`cleanup_dir`](LocalSnapshot::cleanup_dir): the uploader removes it, not the backend.
 pub struct RocksDbStateBackend {
-    // Field order matters: `db` must close before `dir` removes the directory.
-    db: DB,
+    // Field order matters: `db` must close before `dir` removes the directory. `Drop` joins
+    // the background part of a snapshot (the only other holder of `db`) first.
+    db: Arc<DB>,
+    /// The background part of the last snapshot (batch write + native checkpoint), until
+    /// joined: every read or write of RocksDB waits for it first.
+    in_flight: Option<std::thread::JoinHandle<Result<(), String>>>,
+    /// Set when a snapshot's batch could not be written: the cache marked entries clean that
+    /// RocksDB does not hold, so every later operation fails (the task restores instead).
+    poisoned: Option<String>,
     range: KeyGroupRange,
     descriptors: Vec<StateDescriptor>,
     slots: Vec<Slot>,
@@ -275,7 +291,9 @@ impl RocksDbStateBackend {
         let mut write_options = WriteOptions::default();
         write_options.disable_wal(true);
         Self {
-            db,
+            db: Arc::new(db),
+            in_flight: None,
+            poisoned: None,
             range,
             descriptors: Vec::new(),
             slots: Vec::new(),
@@ -391,7 +409,14 @@ impl RocksDbStateBackend {
     ///
     /// Entries go into the batch in key order: the memtable is a skip list, and inserting
     /// sorted keys lets it reuse each insertion's search path for the next.
-    fn write_dirty(&self, only: Option<usize>) -> Result<usize, StateError> {
+    fn write_dirty(&mut self, only: Option<usize>) -> Result<usize, StateError> {
+        let batch = self.dirty_batch(only)?;
+        self.write(batch)
+    }
+
+    /// The dirty entries of every state (or only of state `only`) as one batch, in key order
+    /// per state; the entries stay marked dirty. Costs O(dirty) for hashed states.
+    fn dirty_batch(&self, only: Option<usize>) -> Result<WriteBatch, StateError> {
         let mut batch = WriteBatch::default();
         let mut dirty: Vec<(&[u8], Option<&[u8]>)> = Vec::new();
         for (idx, slot) in self.slots.iter().enumerate() {
@@ -428,11 +453,35 @@ impl RocksDbStateBackend {
                 }
             }
         }
-        self.write(batch)
+        Ok(batch)
+    }
+
+    /// Waits for the background part of the last snapshot; RocksDB holds every write made
+    /// before it afterwards. Fails (for good) if that part could not write its batch.
+    fn settle(&mut self) -> Result<(), StateError> {
+        if let Some(thread) = self.in_flight.take() {
+            let outcome = thread
+                .join()
+                .unwrap_or_else(|_| Err("the snapshot thread panicked".into()));
+            if let Err(detail) = outcome {
+                self.poisoned = Some(detail);
+            }
+        }
+        match &self.poisoned {
+            Some(detail) => Err(backend_error(
+                format!(
+                    "use {} after a snapshot failed to write its batch",
+                    self.dir.path().display()
+                ),
+                detail,
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Writes `batch` (WAL off); returns how many operations it held.
-    fn write(&self, batch: WriteBatch) -> Result<usize, StateError> {
+    fn write(&mut self, batch: WriteBatch) -> Result<usize, StateError> {
+        self.settle()?;
         let n = batch.len();
         if n > 0 {
             self.db.write_opt(batch, &self.write_options).map_err(|e| {
@@ -586,7 +635,15 @@ impl KeyedStateBackend for RocksDbStateBackend {
         };
         // The default column family is always open (and otherwise unused).
         if descriptor.name != rocksdb::DEFAULT_COLUMN_FAMILY_NAME {
-            self.db
+            self.settle()?;
+            let path = self.dir.path().display().to_string();
+            Arc::get_mut(&mut self.db)
+                .ok_or_else(|| {
+                    backend_error(
+                        format!("register state '{}' in {path}", descriptor.name),
+                        "the database is shared with a snapshot still running",
+                    )
+                })?
                 .create_cf(&descriptor.name, &self.cf_options)
                 .map_err(|e| {
                     backend_error(
@@ -705,6 +762,7 @@ impl KeyedStateBackend for RocksDbStateBackend {
         f: &mut UserKeyVisitor<'_>,
     ) -> Result<(), StateError> {
         let idx = self.check(state, prefix)?;
+        self.settle()?;
         let cell = StateKey {
             user_key: &[],
             ..*prefix
@@ -746,6 +804,7 @@ impl KeyedStateBackend for RocksDbStateBackend {
         if idx >= self.slots.len() {
             return Err(StateError::UnknownState(state.0));
         }
+        self.settle()?;
         self.write_dirty(Some(idx))?;
         self.mark_clean(Some(idx));
         let name = &self.descriptors[idx].name;
@@ -762,6 +821,7 @@ impl KeyedStateBackend for RocksDbStateBackend {
     }
 
     fn size_bytes(&mut self) -> Result<u64, StateError> {
+        self.settle()?;
         self.flush()?;
         let mut total = 0u64;
         let default = rocksdb::DEFAULT_COLUMN_FAMILY_NAME;
@@ -796,8 +856,8 @@ impl KeyedStateBackend for RocksDbStateBackend {
             op,
             detail: detail.to_string(),
         };
-        self.flush()
-            .map_err(|e| failed("flush the write-back cache".into(), &e))?;
+        self.settle()
+            .map_err(|e| failed("finish the previous snapshot".into(), &e))?;
         let dir = self.snapshot_dir(checkpoint);
         if std::fs::symlink_metadata(&dir).is_ok() {
             return Err(failed(
@@ -805,41 +865,82 @@ impl KeyedStateBackend for RocksDbStateBackend {
                 &"it already exists",
             ));
         }
-        let files = rocksdb::checkpoint::Checkpoint::new(&self.db)
-            .and_then(|c| c.create_checkpoint(&dir))
-            .map_err(|e| {
-                failed(
-                    format!("create a RocksDB checkpoint in {}", dir.display()),
-                    &e,
-                )
+        // Synchronous: the dirty entries, copied into one batch, are clean from now on (every
+        // later read or write of RocksDB settles the background part first).
+        let batch = self
+            .dirty_batch(None)
+            .map_err(|e| failed("collect the write-back cache's dirty entries".into(), &e))?;
+        let dirty = batch.len();
+        self.mark_clean(None);
+        // Background: write the batch, then the native checkpoint (flush, hard links).
+        let db = self.db.clone();
+        let target = dir.clone();
+        let (files_tx, files_rx) = std::sync::mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("weir-rocksdb-snapshot".into())
+            .spawn(move || -> Result<(), String> {
+                let mut write_options = WriteOptions::default();
+                write_options.disable_wal(true);
+                if let Err(e) = db.write_opt(batch, &write_options) {
+                    let detail = format!("write the snapshot's batch: {e}");
+                    let _ = files_tx.send(Err(detail.clone()));
+                    return Err(detail);
+                }
+                let files = rocksdb::checkpoint::Checkpoint::new(&db)
+                    .and_then(|c| c.create_checkpoint(&target))
+                    .map_err(|e| {
+                        format!("create a RocksDB checkpoint in {}: {e}", target.display())
+                    })
+                    .and_then(|()| {
+                        snapshot_files(&target)
+                            .map_err(|e| format!("list the files of {}: {e}", target.display()))
+                    });
+                if files.is_err() {
+                    remove_incomplete(&target);
+                }
+                let _ = files_tx.send(files);
+                Ok(())
             })
-            .and_then(|()| {
-                snapshot_files(&dir)
-                    .map_err(|e| failed(format!("list the files of {}", dir.display()), &e))
-            });
-        let files = match files {
-            Ok(files) => files,
-            Err(e) => {
-                remove_incomplete(&dir);
-                return Err(e);
-            }
-        };
+            .map_err(|e| failed("start the snapshot thread".into(), &e))?;
+        self.in_flight = Some(thread);
         tracing::debug!(
             path = %dir.display(),
             %checkpoint,
-            files = files.len(),
+            dirty,
             sync_millis = started.elapsed().as_secs_f64() * 1e3,
-            "took a RocksDB snapshot"
+            "RocksDB snapshot started"
         );
+        let pending = PendingFiles::new(move || {
+            let outcome = files_rx
+                .recv()
+                .unwrap_or_else(|_| Err("the snapshot thread ended without a result".into()));
+            outcome.map_err(|detail| StateError::Snapshot {
+                checkpoint,
+                backend: BACKEND_NAME,
+                op: "finish the native checkpoint".into(),
+                detail,
+            })
+        });
         Ok(LocalSnapshot {
             checkpoint,
             backend: BACKEND_NAME,
             format: SNAPSHOT_FORMAT,
             key_groups: self.range,
             descriptors: self.descriptors.clone(),
-            files,
+            files: Vec::new(),
             cleanup_dir: Some(dir),
+            pending: Some(pending),
         })
+    }
+}
+
+impl Drop for RocksDbStateBackend {
+    fn drop(&mut self) {
+        // The snapshot thread holds the other reference to `db`: let it finish before the
+        // database closes and its directory goes.
+        if let Some(thread) = self.in_flight.take() {
+            let _ = thread.join();
+        }
     }
 }
 

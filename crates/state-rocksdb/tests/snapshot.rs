@@ -145,7 +145,10 @@ fn sst_files_are_shareable_and_every_other_file_is_private() {
     let s = declare(&mut backend, &["a", "b"]);
     write(&mut backend, s[0], 0..1000, 0);
     write(&mut backend, s[1], 0..1000, 0);
-    let snapshot = backend.snapshot(CheckpointId(1)).expect("snapshot");
+    let snapshot = backend
+        .snapshot(CheckpointId(1))
+        .and_then(LocalSnapshot::resolve)
+        .expect("snapshot");
     assert_eq!(snapshot.backend, "rocksdb");
     assert_eq!(snapshot.format, weir_state_rocksdb::SNAPSHOT_FORMAT);
     let names: Vec<&str> = snapshot.files.iter().map(|f| f.name.as_str()).collect();
@@ -174,7 +177,10 @@ fn the_snapshot_directory_is_a_sibling_of_the_instance_directory() {
     let mut backend = fx.open();
     let s = declare(&mut backend, &["a"]);
     write(&mut backend, s[0], 0..10, 0);
-    let snapshot = backend.snapshot(CheckpointId(42)).expect("snapshot");
+    let snapshot = backend
+        .snapshot(CheckpointId(42))
+        .and_then(LocalSnapshot::resolve)
+        .expect("snapshot");
     let dir = snapshot.cleanup_dir.clone().expect("a cleanup dir");
     assert_eq!(dir, backend.snapshot_dir(CheckpointId(42)));
     assert!(!dir.starts_with(backend.path()), "{}", dir.display());
@@ -194,7 +200,10 @@ fn a_second_snapshot_for_the_same_checkpoint_is_refused_and_leaves_the_first_int
     let mut backend = fx.open();
     let s = declare(&mut backend, &["a"]);
     write(&mut backend, s[0], 0..100, 0);
-    let first = backend.snapshot(CheckpointId(5)).expect("snapshot");
+    let first = backend
+        .snapshot(CheckpointId(5))
+        .and_then(LocalSnapshot::resolve)
+        .expect("snapshot");
     write(&mut backend, s[0], 0..100, 1);
     match backend.snapshot(CheckpointId(5)) {
         Err(e @ StateError::Snapshot { checkpoint, .. }) => {
@@ -210,6 +219,7 @@ fn a_second_snapshot_for_the_same_checkpoint_is_refused_and_leaves_the_first_int
     assert_eq!(read(&mut backend, s[0], 7), read_round(7, 1));
     backend
         .snapshot(CheckpointId(6))
+        .and_then(LocalSnapshot::resolve)
         .expect("the next snapshot");
 }
 
@@ -226,9 +236,15 @@ fn two_snapshots_with_a_small_change_between_share_most_sst_files() {
     for &state in &s {
         write(&mut backend, state, 0..20_000, 0);
     }
-    let first = backend.snapshot(CheckpointId(1)).expect("snapshot");
+    let first = backend
+        .snapshot(CheckpointId(1))
+        .and_then(LocalSnapshot::resolve)
+        .expect("snapshot");
     write(&mut backend, s[1], 100..110, 1);
-    let second = backend.snapshot(CheckpointId(2)).expect("snapshot");
+    let second = backend
+        .snapshot(CheckpointId(2))
+        .and_then(LocalSnapshot::resolve)
+        .expect("snapshot");
 
     let (a, b) = (ssts(&first), ssts(&second));
     let shared: Vec<&String> = b.keys().filter(|n| a.contains_key(*n)).collect();
@@ -254,9 +270,15 @@ fn the_second_snapshot_has_new_names_only_for_new_files() {
     let s = declare(&mut backend, &["a", "b"]);
     write(&mut backend, s[0], 0..20_000, 0);
     write(&mut backend, s[1], 0..20_000, 0);
-    let first = backend.snapshot(CheckpointId(1)).expect("snapshot");
+    let first = backend
+        .snapshot(CheckpointId(1))
+        .and_then(LocalSnapshot::resolve)
+        .expect("snapshot");
     write(&mut backend, s[0], 0..50, 1);
-    let second = backend.snapshot(CheckpointId(2)).expect("snapshot");
+    let second = backend
+        .snapshot(CheckpointId(2))
+        .and_then(LocalSnapshot::resolve)
+        .expect("snapshot");
 
     let (a, b) = (ssts(&first), ssts(&second));
     let newest_of_first = a.keys().map(|n| number(n)).max().expect("SSTs");
@@ -279,7 +301,10 @@ fn after_restore_new_sst_files_never_reuse_a_restored_name() {
     let s = declare(&mut backend, &["a", "b"]);
     write(&mut backend, s[0], 0..20_000, 0);
     write(&mut backend, s[1], 0..20_000, 0);
-    let first = backend.snapshot(CheckpointId(1)).expect("snapshot");
+    let first = backend
+        .snapshot(CheckpointId(1))
+        .and_then(LocalSnapshot::resolve)
+        .expect("snapshot");
     drop(backend);
     let restored_ssts: BTreeMap<String, Vec<u8>> = ssts(&first)
         .into_iter()
@@ -295,6 +320,7 @@ fn after_restore_new_sst_files_never_reuse_a_restored_name() {
         write(&mut restored, s[1], round * 100..round * 100 + 10, round);
         let snapshot = restored
             .snapshot(CheckpointId(1 + u64::from(round)))
+            .and_then(LocalSnapshot::resolve)
             .expect("snapshot");
         for (name, path) in ssts(&snapshot) {
             match restored_ssts.get(&name) {
@@ -315,7 +341,10 @@ fn removing_the_cleanup_dir_leaves_the_live_db_working() {
     let mut backend = fx.open();
     let s = declare(&mut backend, &["a"]);
     write(&mut backend, s[0], 0..30_000, 0);
-    let snapshot = backend.snapshot(CheckpointId(1)).expect("snapshot");
+    let snapshot = backend
+        .snapshot(CheckpointId(1))
+        .and_then(LocalSnapshot::resolve)
+        .expect("snapshot");
     std::fs::remove_dir_all(snapshot.cleanup_dir.as_ref().expect("dir")).expect("remove");
     for i in (0..30_000).step_by(97) {
         assert_eq!(read(&mut backend, s[0], i), read_round(i, 0), "key {i}");
@@ -329,7 +358,10 @@ fn removing_the_cleanup_dir_leaves_the_live_db_working() {
         .expect("scan");
     assert_eq!(count, 30_000);
     write(&mut backend, s[0], 0..30_000, 1);
-    let second = backend.snapshot(CheckpointId(2)).expect("snapshot");
+    let second = backend
+        .snapshot(CheckpointId(2))
+        .and_then(LocalSnapshot::resolve)
+        .expect("snapshot");
     let download = fx.download_dir("chk-2");
     let mut restored = fx.restore(upload(second, &download));
     assert_eq!(read(&mut restored, s[0], 29_999), read_round(29_999, 1));
@@ -343,7 +375,10 @@ fn restore_hard_links_the_sst_files_and_removes_its_directory_on_drop() {
     let mut backend = fx.open();
     let s = declare(&mut backend, &["a"]);
     write(&mut backend, s[0], 0..1000, 0);
-    let snapshot = backend.snapshot(CheckpointId(1)).expect("snapshot");
+    let snapshot = backend
+        .snapshot(CheckpointId(1))
+        .and_then(LocalSnapshot::resolve)
+        .expect("snapshot");
     let download = fx.download_dir("chk-1");
     let restored_snapshot = upload(snapshot, &download);
     let sst = restored_snapshot
@@ -375,7 +410,10 @@ fn a_snapshot_missing_an_sst_file_is_refused_and_leaves_no_directory() {
     let s = declare(&mut backend, &["a", "b"]);
     write(&mut backend, s[0], 0..1000, 0);
     write(&mut backend, s[1], 0..1000, 0);
-    let snapshot = backend.snapshot(CheckpointId(12)).expect("snapshot");
+    let snapshot = backend
+        .snapshot(CheckpointId(12))
+        .and_then(LocalSnapshot::resolve)
+        .expect("snapshot");
     let mut restored = upload(snapshot, &fx.download_dir("chk-12"));
     let instances_before = std::fs::read_dir(fx.root.path().join("snapshots"))
         .expect("read_dir")
@@ -409,7 +447,10 @@ fn a_column_family_without_a_declared_state_is_refused() {
     let mut backend = fx.open();
     let s = declare(&mut backend, &["a", "b"]);
     write(&mut backend, s[1], 0..10, 0);
-    let snapshot = backend.snapshot(CheckpointId(3)).expect("snapshot");
+    let snapshot = backend
+        .snapshot(CheckpointId(3))
+        .and_then(LocalSnapshot::resolve)
+        .expect("snapshot");
     let mut restored = upload(snapshot, &fx.download_dir("chk-3"));
     restored.descriptors.remove(1);
     let err = fx
@@ -421,4 +462,30 @@ fn a_column_family_without_a_declared_state_is_refused() {
         message.contains("chk-3") && message.contains("'b'"),
         "{message}"
     );
+}
+
+#[test]
+fn writes_spills_and_flushes_while_the_background_part_runs_stay_out_of_the_snapshot() {
+    // A 4 MiB budget (2 MiB of write-back cache): the writes below spill several times while
+    // the snapshot's batch write and native checkpoint may still be running.
+    let fx = Fixture::new(4 << 20);
+    let mut backend = fx.open();
+    let s = declare(&mut backend, &["a"]);
+    write(&mut backend, s[0], 0..20_000, 0);
+    let snapshot = backend.snapshot(CheckpointId(1)).expect("snapshot");
+    assert!(
+        snapshot.pending.is_some(),
+        "the expensive part runs in the background"
+    );
+    for round in 1..4 {
+        write(&mut backend, s[0], 0..20_000, round);
+    }
+    backend.flush().expect("flush");
+    assert!(backend.spill_count() > 0, "the cache spilled meanwhile");
+    let snapshot = snapshot.resolve().expect("resolve");
+    let mut restored = fx.restore(upload(snapshot, &fx.download_dir("bg")));
+    for i in [0, 1, 9_999, 19_999] {
+        assert_eq!(read(&mut restored, s[0], i), read_round(i, 0), "key {i}");
+        assert_eq!(read(&mut backend, s[0], i), read_round(i, 3), "key {i}");
+    }
 }

@@ -152,6 +152,15 @@ pub enum TransferError {
         /// The path the description names.
         path: String,
     },
+    /// The backend could not finish the snapshot's background part (e.g. RocksDB's native
+    /// checkpoint failed).
+    #[error("{checkpoint}: the snapshot could not be finished: {source}")]
+    Snapshot {
+        /// The checkpoint.
+        checkpoint: CheckpointId,
+        /// What the backend reported.
+        source: weir_state::StateError,
+    },
     /// The task transferring a file panicked or was cancelled.
     #[error("{checkpoint}: the transfer of '{name}' did not finish: {source}")]
     Task {
@@ -180,6 +189,7 @@ impl TransferError {
             | TransferError::WriteLocal { checkpoint, .. }
             | TransferError::Meta { checkpoint, .. }
             | TransferError::MissingHandle { checkpoint, .. }
+            | TransferError::Snapshot { checkpoint, .. }
             | TransferError::Task { checkpoint, .. } => *checkpoint,
         }
     }
@@ -206,6 +216,7 @@ impl TransferError {
             }
             TransferError::CreateDir { .. }
             | TransferError::WriteLocal { .. }
+            | TransferError::Snapshot { .. }
             | TransferError::Task { .. } => RetryHint::Transient,
             TransferError::BadFileName { .. }
             | TransferError::ObjectPath { .. }

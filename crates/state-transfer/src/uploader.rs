@@ -160,7 +160,10 @@ impl Uploader {
             // Step 1: the guard removes the directory on every path out, drops included.
             let mut snapshot = snapshot;
             let cleanup = CleanupDir(snapshot.cleanup_dir.take());
-            let result = self.upload_keyed_files(uid, subtask, snapshot, base).await;
+            let result = match resolve(snapshot).await {
+                Ok(snapshot) => self.upload_keyed_files(uid, subtask, snapshot, base).await,
+                Err(e) => Err(e),
+            };
             cleanup.remove().await;
             result
         }
@@ -183,6 +186,7 @@ impl Uploader {
             descriptors,
             files,
             cleanup_dir: _,
+            pending: _,
         } = snapshot;
         // Step 2: plan and describe.
         let plan = self.plan_keyed(checkpoint, uid, subtask, files, base)?;
@@ -815,5 +819,22 @@ fn log_cleanup(dir: &Path, result: io::Result<()>) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!(dir = %dir.display(), error = %e,
             "cannot remove the snapshot's local directory; it stays on disk"),
+    }
+}
+
+/// Waits, off the runtime's worker threads, for files the backend still produces.
+async fn resolve(snapshot: LocalSnapshot) -> Result<LocalSnapshot, TransferError> {
+    if snapshot.pending.is_none() {
+        return Ok(snapshot);
+    }
+    let checkpoint = snapshot.checkpoint;
+    match tokio::task::spawn_blocking(move || snapshot.resolve()).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(source)) => Err(TransferError::Snapshot { checkpoint, source }),
+        Err(source) => Err(TransferError::Task {
+            checkpoint,
+            name: "the background part of the snapshot".into(),
+            source,
+        }),
     }
 }

@@ -112,6 +112,7 @@ fn snapshot(root: &Path, id: u64, specs: &[Spec]) -> LocalSnapshot {
         descriptors: descriptors(),
         files,
         cleanup_dir: Some(dir),
+        pending: None,
     }
 }
 

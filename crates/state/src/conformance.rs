@@ -1559,6 +1559,7 @@ fn create(factory: &dyn StateBackendFactory) -> Box<dyn KeyedStateBackend> {
 fn snapshot(b: &mut dyn KeyedStateBackend, checkpoint: u64) -> LocalSnapshot {
     let name = b.name();
     b.snapshot(CheckpointId(checkpoint))
+        .and_then(LocalSnapshot::resolve)
         .unwrap_or_else(|e| panic!("{name}: snapshot: {e}"))
 }
 

@@ -445,6 +445,7 @@ impl KeyedStateBackend for HeapStateBackend {
                 shareable: false,
             }],
             cleanup_dir: None,
+            pending: None,
         })
     }
 }

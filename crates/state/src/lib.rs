@@ -30,4 +30,4 @@ pub use handles::{KeyedScope, ListState, MapState, ReducingState, StateRegistry,
 pub use heap::{
     HeapStateBackend, HeapStateBackendFactory, HEAP_SNAPSHOT_FILE, HEAP_SNAPSHOT_FORMAT,
 };
-pub use snapshot::{LocalSnapshot, RestoredSnapshot, SnapshotContent, SnapshotFile};
+pub use snapshot::{LocalSnapshot, PendingFiles, RestoredSnapshot, SnapshotContent, SnapshotFile};

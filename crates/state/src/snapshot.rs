@@ -59,9 +59,39 @@ pub struct LocalSnapshot {
     pub files: Vec<SnapshotFile>,
     /// A local directory to remove once the files are uploaded (or the checkpoint aborted).
     pub cleanup_dir: Option<PathBuf>,
+    /// Files the backend is still producing in the background when `snapshot` returned
+    /// (RocksDB writes the snapshot's batch and creates its native checkpoint off the task
+    /// thread); [`LocalSnapshot::resolve`] waits for them. `None` when `files` is complete.
+    pub pending: Option<PendingFiles>,
+}
+
+/// The background part of a synchronous snapshot: a blocking call that returns the rest of
+/// the snapshot's files once they exist.
+pub struct PendingFiles(Box<dyn FnOnce() -> Result<Vec<SnapshotFile>, StateError> + Send>);
+
+impl PendingFiles {
+    /// Wraps the blocking call that finishes the snapshot.
+    pub fn new(f: impl FnOnce() -> Result<Vec<SnapshotFile>, StateError> + Send + 'static) -> Self {
+        Self(Box::new(f))
+    }
+}
+
+impl std::fmt::Debug for PendingFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingFiles(..)")
+    }
 }
 
 impl LocalSnapshot {
+    /// Waits (blocking) for files still being produced and adds them: afterwards `files` is
+    /// the whole snapshot. Call it off the task thread (the upload does).
+    pub fn resolve(mut self) -> Result<Self, StateError> {
+        if let Some(PendingFiles(finish)) = self.pending.take() {
+            self.files.extend(finish()?);
+        }
+        Ok(self)
+    }
+
     /// The total size of the snapshot's files in bytes (files on disk are `stat`ed).
     pub fn size_bytes(&self) -> u64 {
         self.files
@@ -83,6 +113,12 @@ impl LocalSnapshot {
             op,
             detail: e.to_string(),
         };
+        if self.pending.is_some() {
+            return Err(failed(
+                "copy a snapshot".into(),
+                std::io::Error::other("its background part is pending: resolve it first"),
+            ));
+        }
         std::fs::create_dir_all(dir)
             .map_err(|e| failed(format!("create directory {}", dir.display()), e))?;
         let mut files = Vec::with_capacity(self.files.len());
