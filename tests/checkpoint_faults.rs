@@ -18,8 +18,11 @@ use weir_checkpoint::{CheckpointConfig, CheckpointingMode};
 use weir_storage::{Faults, FaultyStore, RetryPolicy, Store};
 use weir_types::JobId;
 
+/// What the collect sink received: `(key, running sum)`.
+type Collected = Arc<Mutex<Vec<(u64, u64)>>>;
+
 /// generator (keys 0..100) → key_by → sum of values → collect.
-fn summing_job(records: u64, rate: u64) -> (JobDefinition, Arc<Mutex<Vec<(u64, u64)>>>) {
+fn summing_job(records: u64, rate: u64) -> (JobDefinition, Collected) {
     let env = StreamEnvironment::new("sums");
     let sink = CollectSink::new();
     let out = sink.handle();
