@@ -286,18 +286,30 @@ impl Driver<'_> {
     }
 
     fn delete(&mut self, paths: Vec<String>) {
-        let store = self.store.clone();
-        let job = self.paths.clone();
-        self.deletions.push(self.runtime.spawn(async move {
-            for p in paths {
-                let result = match job.handle_path(&p) {
-                    Ok(path) => store.delete(&path).await.map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
-                if let Err(detail) = result {
-                    tracing::warn!(path = %p, %detail, "could not delete an unreferenced checkpoint file");
-                }
-            }
-        }));
+        self.deletions
+            .push(spawn_deletions(self.runtime, self.store, self.paths, paths));
     }
+}
+
+/// Deletes `files` (paths relative to the job's checkpoint directory) on the upload runtime,
+/// one by one, in order; failures are logged (the file stays an orphan, never a dangling
+/// reference). The caller awaits the handle before the job ends.
+pub(crate) fn spawn_deletions(
+    runtime: &tokio::runtime::Handle,
+    store: &Store,
+    paths: &CheckpointPaths,
+    files: Vec<String>,
+) -> tokio::task::JoinHandle<()> {
+    let (store, job) = (store.clone(), paths.clone());
+    runtime.spawn(async move {
+        for f in files {
+            let result = match job.handle_path(&f) {
+                Ok(path) => store.delete(&path).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(detail) = result {
+                tracing::warn!(path = %f, %detail, "could not delete an unreferenced checkpoint file");
+            }
+        }
+    })
 }

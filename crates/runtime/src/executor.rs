@@ -2,7 +2,7 @@
 //! subtask on its own thread.
 
 use crate::api::NodeRuntime;
-use crate::driver::{now_ms, CheckpointRecord, Driver};
+use crate::driver::{now_ms, spawn_deletions, CheckpointRecord, Driver};
 use crate::function::SourceContext;
 use crate::link::AnyBox;
 use crate::metrics::JobMetrics;
@@ -701,17 +701,9 @@ impl LocalExecutor {
 fn perform_deletions(cp: &mut JobCheckpointing<'_>, actions: Vec<Action>) {
     for action in actions {
         if let Action::DeleteFiles { paths } = action {
-            let store = cp.settings.store.clone();
-            let job = cp.paths.clone();
-            cp.deletions.push(cp.transfer.runtime.spawn(async move {
-                for p in paths {
-                    if let Ok(path) = job.handle_path(&p) {
-                        if let Err(e) = store.delete(&path).await {
-                            tracing::warn!(path = %p, error = %e, "could not delete an unreferenced checkpoint file");
-                        }
-                    }
-                }
-            }));
+            let handle =
+                spawn_deletions(&cp.transfer.runtime, &cp.settings.store, &cp.paths, paths);
+            cp.deletions.push(handle);
         }
     }
 }
