@@ -996,9 +996,14 @@ impl Drop for RocksDbStateBackend {
 #[derive(Default)]
 struct Frozen {
     bytes: Vec<u8>,
-    /// `(state index, key range in bytes, value range in bytes or None for a delete)`.
-    entries: Vec<(usize, (usize, usize), Option<(usize, usize)>)>,
+    entries: Vec<FrozenEntry>,
 }
+
+/// A byte range of [`Frozen::bytes`].
+type Span = (usize, usize);
+
+/// `(state index, key, value or None for a delete)`.
+type FrozenEntry = (usize, Span, Option<Span>);
 
 impl Frozen {
     fn push(&mut self, state: usize, key: &[u8], value: Option<&[u8]>) {
