@@ -537,3 +537,41 @@ fn resuming_a_job_without_checkpoints_is_a_usage_error_naming_it() {
         stderr(&out)
     );
 }
+
+#[test]
+fn resuming_a_finished_job_publishes_nothing_twice() {
+    // The final checkpoint holds every task in its finished state: restoring it must not run
+    // the aggregate's end-of-input output again (the sink already published it).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (out, state) = (dir.path().join("out"), dir.path().join("state"));
+    let mut args: Vec<String> = keyed_agg_args(50_000, 1_000_000, &out, &state)
+        .into_iter()
+        .map(|a| {
+            if a == "emit=updates" {
+                "emit=final".into()
+            } else {
+                a
+            }
+        })
+        .collect();
+    args.extend(checkpointing("200ms"));
+    run_ok(&args);
+    let first = read_parts(&out);
+    assert_eq!(first.len(), 2000, "one line per key");
+    let job_id = only_job_dir(&state.join("checkpoints"))
+        .file_name()
+        .expect("job id")
+        .to_string_lossy()
+        .into_owned();
+    args.extend(["--restore".into(), job_id]);
+    let err = run_ok(&args);
+    assert!(err.contains("last restored from chk-"), "{err}");
+    let mut again = read_parts(&out);
+    let mut first = first;
+    again.sort();
+    first.sort();
+    assert_eq!(
+        again, first,
+        "the resumed finished job published its output again"
+    );
+}

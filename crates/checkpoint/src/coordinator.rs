@@ -744,6 +744,7 @@ mod tests {
                     .map(|(p, shared)| FileHandle::new(*p, 1, 0, *shared).unwrap())
                     .collect(),
                 inline: None,
+                finished: false,
             },
         );
         s

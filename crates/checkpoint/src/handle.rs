@@ -128,6 +128,11 @@ pub struct OperatorSubtaskState {
     pub files: Vec<FileHandle>,
     /// Small state kept inline in `_metadata`, e.g. a source's offsets.
     pub inline: Option<Vec<u8>>,
+    /// The subtask had processed its whole input when the snapshot was taken (a bounded job
+    /// waiting for its final checkpoint). A restored finished operator does not run its
+    /// end-of-input work again (it already emitted that output).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub finished: bool,
 }
 
 /// Everything a task acknowledges for one checkpoint: the state of each operator in its chain.

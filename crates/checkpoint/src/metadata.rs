@@ -202,6 +202,7 @@ mod tests {
             OperatorSubtaskState {
                 files: vec![FileHandle::new("shared/a.sst", 10, 0xdead_beef, true).unwrap()],
                 inline: Some(vec![1, 2, 3]),
+                finished: false,
             },
         );
         let mut operators = BTreeMap::new();

@@ -233,6 +233,7 @@ mod tests {
             OperatorSubtaskState {
                 files: vec![FileHandle::new(path, 1, 1, shared).unwrap()],
                 inline: None,
+                finished: false,
             },
         );
         s

@@ -22,6 +22,7 @@ fn snapshot(files: Vec<FileHandle>) -> TaskStateSnapshot {
         OperatorSubtaskState {
             files,
             inline: Some(vec![1]),
+            finished: false,
         },
     );
     s
@@ -444,6 +445,7 @@ fn metadata() -> impl Strategy<Value = CheckpointMetadata> {
                 })
                 .collect(),
             inline,
+            finished: false,
         });
     let operator = (
         0u32..4,

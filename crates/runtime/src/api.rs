@@ -576,6 +576,7 @@ where
                 metrics: ctx.metrics.clone(),
                 uid: ctx.uid.clone(),
                 uploads,
+                restored_finished: ctx.restore.as_ref().is_some_and(|r| r.finished(&ctx.uid)),
             }) as Box<dyn Link<T>>)
         });
         self.stream

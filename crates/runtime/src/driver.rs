@@ -84,6 +84,13 @@ impl CheckpointRecord {
     }
 }
 
+/// Whether a `_metadata` whose write reported an error exists.
+enum MetadataOutcome {
+    Written,
+    Absent,
+    Unknown(String),
+}
+
 /// Milliseconds since the Unix epoch: the coordinator's clock.
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -193,6 +200,9 @@ impl Driver<'_> {
 
     fn perform(&mut self, actions: Vec<Action>) {
         let mut queue: std::collections::VecDeque<Action> = actions.into();
+        // Deletions run in one task, in the order the coordinator gave them: a subsumed
+        // checkpoint's `_metadata` goes before the files it references.
+        let mut deletions: Vec<String> = Vec::new();
         while let Some(action) = queue.pop_front() {
             match action {
                 Action::TriggerSources {
@@ -227,10 +237,29 @@ impl Driver<'_> {
                         });
                     let more = match written {
                         Ok(()) => self.coordinator.on_metadata_written(now_ms(), id),
-                        Err(detail) => {
-                            tracing::warn!(checkpoint = %id, %detail, "writing _metadata failed");
-                            self.coordinator.on_metadata_failed(id, detail)
-                        }
+                        Err(detail) => match self.metadata_outcome(id) {
+                            MetadataOutcome::Written => {
+                                tracing::warn!(checkpoint = %id, %detail, "writing _metadata reported an error, but it is there: complete");
+                                self.coordinator.on_metadata_written(now_ms(), id)
+                            }
+                            MetadataOutcome::Absent => {
+                                tracing::warn!(checkpoint = %id, %detail, "writing _metadata failed");
+                                self.coordinator.on_metadata_failed(id, detail)
+                            }
+                            MetadataOutcome::Unknown(check) => {
+                                // It may exist: deleting its files could leave a `_metadata`
+                                // that verifies but points at nothing. Keep every file.
+                                tracing::error!(checkpoint = %id, %detail, %check, "cannot tell whether _metadata was written; its files are kept");
+                                self.coordinator
+                                    .on_metadata_failed(id, detail)
+                                    .map(|actions| {
+                                        actions
+                                            .into_iter()
+                                            .filter(|a| !matches!(a, Action::DeleteFiles { .. }))
+                                            .collect()
+                                    })
+                            }
+                        },
                     };
                     match more {
                         Ok(more) => queue.extend(more),
@@ -271,7 +300,7 @@ impl Driver<'_> {
                     self.barriers.remove(&id);
                     tracing::warn!(checkpoint = %id, %reason, "checkpoint aborted");
                 }
-                Action::DeleteFiles { paths } => self.delete(paths),
+                Action::DeleteFiles { paths } => deletions.extend(paths),
                 Action::FailJob {
                     consecutive_failures,
                     last,
@@ -282,6 +311,22 @@ impl Driver<'_> {
                     ));
                 }
             }
+        }
+        if !deletions.is_empty() {
+            self.delete(deletions);
+        }
+    }
+
+    /// After a failed create-only write of `_metadata`: was it written after all?
+    fn metadata_outcome(&self, id: CheckpointId) -> MetadataOutcome {
+        let path = self.paths.metadata(id);
+        match self.runtime.block_on(self.store.get(&path)) {
+            Ok(bytes) => match weir_checkpoint::CheckpointMetadata::decode(&bytes) {
+                Ok(m) if m.checkpoint_id == id => MetadataOutcome::Written,
+                Ok(_) | Err(_) => MetadataOutcome::Unknown(format!("{path} does not verify")),
+            },
+            Err(e) if e.is_not_found() => MetadataOutcome::Absent,
+            Err(e) => MetadataOutcome::Unknown(e.to_string()),
         }
     }
 

@@ -699,12 +699,17 @@ impl LocalExecutor {
 
 /// Starts the deletions among `actions` (the rest needs no tasks: they are stopped).
 fn perform_deletions(cp: &mut JobCheckpointing<'_>, actions: Vec<Action>) {
-    for action in actions {
-        if let Action::DeleteFiles { paths } = action {
-            let handle =
-                spawn_deletions(&cp.transfer.runtime, &cp.settings.store, &cp.paths, paths);
-            cp.deletions.push(handle);
-        }
+    // One task, in the coordinator's order (`_metadata` before the files it references).
+    let paths: Vec<String> = actions
+        .into_iter()
+        .flat_map(|a| match a {
+            Action::DeleteFiles { paths } => paths,
+            _ => Vec::new(),
+        })
+        .collect();
+    if !paths.is_empty() {
+        let handle = spawn_deletions(&cp.transfer.runtime, &cp.settings.store, &cp.paths, paths);
+        cp.deletions.push(handle);
     }
 }
 

@@ -163,6 +163,9 @@ pub(crate) struct KeyedProcessOp<K, IN, OUT, F> {
     pub uid: OperatorUid,
     /// What this operator uploaded per checkpoint (its incremental bases).
     pub uploads: KeyedUploads,
+    /// Restored from a checkpoint taken after this subtask's end of input: the function's
+    /// end-of-input output was already emitted (and staged by the sinks); do not repeat it.
+    pub restored_finished: bool,
 }
 
 impl<K, IN, OUT, F> KeyedProcessOp<K, IN, OUT, F>
@@ -221,12 +224,14 @@ where
     }
 
     fn end_of_input(&mut self) -> Result<(), TaskError> {
-        let mut ctx = EndOfInputContext {
-            backend: &mut *self.backend,
-        };
-        self.f
-            .end_of_input(&mut ctx, &mut self.out)
-            .map_err(|e| self.ident.user(e))?;
+        if !self.restored_finished {
+            let mut ctx = EndOfInputContext {
+                backend: &mut *self.backend,
+            };
+            self.f
+                .end_of_input(&mut ctx, &mut self.out)
+                .map_err(|e| self.ident.user(e))?;
+        }
         self.out.drain()?;
         self.backend
             .flush()

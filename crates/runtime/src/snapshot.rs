@@ -81,13 +81,16 @@ pub(crate) enum OperatorPart {
 pub(crate) struct ChainSnapshot {
     pub barrier: Barrier,
     pub parts: Vec<(OperatorUid, OperatorPart)>,
+    /// Taken after the task's chain finished (end of input): every part is marked finished.
+    pub finished: bool,
 }
 
 impl ChainSnapshot {
-    pub(crate) fn new(barrier: Barrier) -> Self {
+    pub(crate) fn new(barrier: Barrier, finished: bool) -> Self {
         Self {
             barrier,
             parts: Vec::new(),
+            finished,
         }
     }
 
@@ -216,6 +219,7 @@ async fn upload(
     uploaded: &mut Vec<FileHandle>,
 ) -> Result<(TaskStateSnapshot, u64, u64), String> {
     let id = snapshot.barrier.checkpoint;
+    let finished = snapshot.finished;
     let mut out = TaskStateSnapshot::default();
     let (mut bytes_uploaded, mut full_size) = (0u64, 0u64);
     for (uid, part) in snapshot.parts {
@@ -262,6 +266,7 @@ async fn upload(
                 *state = result.state;
             }
         }
+        state.finished = finished;
     }
     Ok((out, bytes_uploaded, full_size))
 }
@@ -279,6 +284,11 @@ pub(crate) struct TaskRestore {
 impl TaskRestore {
     pub(crate) fn state_of(&self, uid: &OperatorUid) -> Option<&OperatorSubtaskState> {
         self.operators.get(uid)
+    }
+
+    /// Whether `uid`'s subtask had finished its input when the restored checkpoint was taken.
+    pub(crate) fn finished(&self, uid: &OperatorUid) -> bool {
+        self.operators.get(uid).is_some_and(|s| s.finished)
     }
 }
 

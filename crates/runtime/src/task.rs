@@ -132,9 +132,15 @@ fn source_control<T: Send>(
             order
                 .accept(barrier.checkpoint)
                 .map_err(|d| invariant(env, d))?;
-            take_snapshot(env, cp, barrier, Duration::ZERO, chain, &mut |snapshot| {
-                add_position(env, uid, reader, snapshot)
-            })
+            take_snapshot(
+                env,
+                cp,
+                barrier,
+                Duration::ZERO,
+                false,
+                chain,
+                &mut |snapshot| add_position(env, uid, reader, snapshot),
+            )
         }
         Control::Complete(id) => chain.checkpoint_complete(id),
         Control::Shutdown => Err(TaskError::Cancelled),
@@ -155,16 +161,18 @@ fn add_position<T>(
 
 /// The synchronous part of a checkpoint: `before` adds what precedes the chain (a source's
 /// position), the chain snapshots and forwards the barrier, and the upload starts.
+#[allow(clippy::too_many_arguments)]
 fn take_snapshot<T>(
     env: &LoopEnv<'_>,
     cp: &TaskCheckpointing,
     barrier: Barrier,
     alignment: Duration,
+    finished: bool,
     chain: &mut dyn Link<T>,
     before: &mut dyn FnMut(&mut ChainSnapshot) -> Result<(), TaskError>,
 ) -> Result<(), TaskError> {
     let started = Instant::now();
-    let mut snapshot = ChainSnapshot::new(barrier);
+    let mut snapshot = ChainSnapshot::new(barrier, finished);
     before(&mut snapshot)?;
     chain.barrier(barrier, &mut snapshot)?;
     let sync = started.elapsed();
@@ -206,7 +214,7 @@ fn run_finished<T>(
                     order
                         .accept(barrier.checkpoint)
                         .map_err(|d| invariant(env, d))?;
-                    take_snapshot(env, cp, barrier, Duration::ZERO, chain, before)?;
+                    take_snapshot(env, cp, barrier, Duration::ZERO, true, chain, before)?;
                 }
             }
             Ok(Control::Complete(id)) => chain.checkpoint_complete(id)?,
@@ -326,7 +334,9 @@ pub(crate) fn run_inputs<T: Send>(
             };
             if let Some(cp) = env.checkpointing {
                 for d in due {
-                    take_snapshot(env, cp, d.barrier, d.alignment, chain, &mut |_| Ok(()))?;
+                    take_snapshot(env, cp, d.barrier, d.alignment, false, chain, &mut |_| {
+                        Ok(())
+                    })?;
                 }
             }
             // The readable set may have changed: rebuild the select.

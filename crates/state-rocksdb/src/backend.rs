@@ -621,6 +621,9 @@ impl RocksDbStateBackend {
     /// The cells under `prefix` (an encoded cell prefix) of map state `idx`: dropped from the
     /// cache and deleted in RocksDB.
     fn delete_map_prefix(&mut self, idx: usize, prefix: &[u8]) -> Result<(), StateError> {
+        // The prefix's cached cells may hold values only a snapshot's in-flight batch has:
+        // let it land before the cells go and RocksDB is scanned for what to delete.
+        self.settle()?;
         let slot = &mut self.slots[idx];
         match &mut slot.cells {
             Cells::Ordered(map) => {
@@ -948,7 +951,11 @@ impl KeyedStateBackend for RocksDbStateBackend {
                 let _ = files_tx.send(files);
                 Ok(())
             })
-            .map_err(|e| failed("start the snapshot thread".into(), &e))?;
+            .map_err(|e| {
+                // The frozen entries were marked clean and their batch is lost with the thread.
+                self.poisoned = Some(format!("the snapshot thread could not start: {e}"));
+                failed("start the snapshot thread".into(), &e)
+            })?;
         self.in_flight = Some(thread);
         tracing::debug!(
             path = %dir.display(),

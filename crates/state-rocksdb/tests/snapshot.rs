@@ -489,3 +489,46 @@ fn writes_spills_and_flushes_while_the_background_part_runs_stay_out_of_the_snap
         assert_eq!(read(&mut backend, s[0], i), read_round(i, 3), "key {i}");
     }
 }
+
+#[test]
+fn clearing_a_map_while_the_background_part_runs_neither_resurrects_it_nor_changes_the_snapshot() {
+    let fx = Fixture::new(MANAGED_MEMORY_BYTES);
+    let mut backend = fx.open();
+    let map = backend
+        .register(&StateDescriptor {
+            name: "m".into(),
+            kind: StateKind::Map,
+        })
+        .expect("register");
+    let key = 7u32.to_be_bytes();
+    let entry = |user_key: &'static [u8]| StateKey {
+        user_key,
+        ..cell(&key)
+    };
+    let user_keys: [&'static [u8]; 3] = [b"a", b"b", b"c"];
+    for uk in user_keys {
+        backend.put(map, &entry(uk), b"v").expect("put");
+    }
+    let snapshot = backend.snapshot(CheckpointId(1)).expect("snapshot");
+    backend
+        .delete_prefix(map, &entry(b""))
+        .expect("clear the map");
+    let count = |b: &mut dyn KeyedStateBackend| {
+        let mut n = 0;
+        b.prefix_for_each(map, &entry(b""), &mut |_, _| {
+            n += 1;
+            Ok(())
+        })
+        .expect("scan");
+        n
+    };
+    assert_eq!(count(&mut backend), 0, "the cleared map is empty");
+    let snapshot = snapshot.resolve().expect("resolve");
+    assert_eq!(
+        count(&mut backend),
+        0,
+        "the in-flight batch did not bring it back"
+    );
+    let mut restored = fx.restore(upload(snapshot, &fx.download_dir("map")));
+    assert_eq!(count(&mut restored), 3, "the snapshot still has the map");
+}

@@ -305,6 +305,7 @@ impl Uploader {
             state: OperatorSubtaskState {
                 files,
                 inline: Some(inline),
+                finished: false,
             },
         })
     }
