@@ -46,7 +46,7 @@ pub use id_counter::CheckpointIdCounter;
 pub use kind::{CheckpointKind, SavepointFormat};
 pub use metadata::{
     CheckpointMetadata, MetadataError, OperatorState, METADATA_FILE_NAME, METADATA_MAGIC,
-    METADATA_VERSION,
+    METADATA_OLDEST_READABLE_VERSION, METADATA_VERSION,
 };
 pub use pending::{AbortedCheckpoint, AckResult, NotFullyAcknowledged, PendingCheckpoint, TaskAck};
 pub use registry::SharedStateRegistry;

@@ -6,15 +6,18 @@
 //! ```text
 //! offset  size  field
 //! 0       4     magic  b"WEIR"
-//! 4       2     format version, u16 big-endian (currently 1)
+//! 4       2     format version, u16 big-endian (currently 2)
 //! 6       4     body length N, u32 big-endian
-//! 10      N     body: the CheckpointMetadata as JSON (version 1)
+//! 10      N     body: the CheckpointMetadata as JSON
 //! 10+N    4     CRC32 (crc32fast) of bytes 0..10+N, u32 big-endian
 //! ```
 //!
 //! JSON keeps the body readable by `weir savepoint inspect` and by hand; the frame, not the
 //! body, carries integrity. A new body layout needs a new version and a reader for the old one
-//! (invariant 5).
+//! (invariant 5). Versions:
+//! - 1: the first layout.
+//! - 2: an operator subtask's state may say `"finished": true` (taken after its end of input).
+//!   Version 1 bodies read as version 2 with `finished` false, which is what they meant.
 
 use crate::handle::{FileHandle, OperatorSubtaskState};
 use crate::kind::CheckpointKind;
@@ -25,7 +28,10 @@ use weir_types::{CheckpointId, JobId, OperatorUid, SubtaskIndex, VertexId};
 /// The first four bytes of every `_metadata` file.
 pub const METADATA_MAGIC: [u8; 4] = *b"WEIR";
 /// The format version this crate writes.
-pub const METADATA_VERSION: u16 = 1;
+pub const METADATA_VERSION: u16 = 2;
+
+/// The oldest format version this crate reads.
+pub const METADATA_OLDEST_READABLE_VERSION: u16 = 1;
 /// The name of the metadata file inside a checkpoint or savepoint directory.
 pub const METADATA_FILE_NAME: &str = "_metadata";
 
@@ -91,7 +97,7 @@ pub enum MetadataError {
         expected: [u8; 4],
     },
     /// A format version this build cannot read.
-    #[error("unsupported metadata format version {0} (this build reads version 1)")]
+    #[error("unsupported metadata format version {0} (this build reads versions 1 and 2)")]
     UnsupportedVersion(u16),
     /// The bytes changed after they were written.
     #[error("metadata CRC mismatch: trailer says {expected:#010x}, bytes give {actual:#010x}")]
@@ -155,7 +161,7 @@ impl CheckpointMetadata {
             });
         }
         let version = u16::from_be_bytes([bytes[4], bytes[5]]);
-        if version != METADATA_VERSION {
+        if !(METADATA_OLDEST_READABLE_VERSION..=METADATA_VERSION).contains(&version) {
             return Err(MetadataError::UnsupportedVersion(version));
         }
         let body_len = u32::from_be_bytes([bytes[6], bytes[7], bytes[8], bytes[9]]) as usize;
@@ -249,10 +255,25 @@ mod tests {
     #[test]
     fn a_newer_version_is_reported_with_its_number() {
         let mut bytes = sample().encode().unwrap();
-        bytes[5] = 2;
+        bytes[5] = 3;
+        let n = bytes.len() - 4;
+        let crc = crc32fast::hash(&bytes[..n]).to_be_bytes();
+        bytes[n..].copy_from_slice(&crc);
         let err = CheckpointMetadata::decode(&bytes).unwrap_err();
-        assert_eq!(err, MetadataError::UnsupportedVersion(2));
-        assert!(err.to_string().contains("version 2"));
+        assert_eq!(err, MetadataError::UnsupportedVersion(3));
+        assert!(err.to_string().contains("version 3"));
+    }
+
+    #[test]
+    fn a_version_1_body_reads_with_every_subtask_unfinished() {
+        let m = sample();
+        let mut bytes = m.encode().unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("finished"));
+        bytes[5] = 1;
+        let n = bytes.len() - 4;
+        let crc = crc32fast::hash(&bytes[..n]).to_be_bytes();
+        bytes[n..].copy_from_slice(&crc);
+        assert_eq!(CheckpointMetadata::decode(&bytes).unwrap(), m);
     }
 
     #[test]

@@ -22,8 +22,11 @@ use weir_types::CheckpointId;
 /// The write buffer of each file sink writer.
 const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 
-/// The manifest format this build writes and reads.
-const MANIFEST_VERSION: u32 = 1;
+/// The manifest format this build writes (2: with `next_seq`).
+const MANIFEST_VERSION: u32 = 2;
+
+/// The oldest manifest format this build reads (1: without `next_seq`).
+const MANIFEST_OLDEST_READABLE_VERSION: u32 = 1;
 
 /// Writes records as lines to part files in a directory, each published exactly once.
 ///
@@ -64,8 +67,9 @@ const MANIFEST_VERSION: u32 = 1;
 ///    transaction file (`….inprogress`); records are appended, counting bytes and CRC32.
 /// 2. [`prepare_commit(n)`](SinkWriter::prepare_commit): flush, fsync and close the open file,
 ///    rename it to `….pending`, fsync the directory, and add `(n, seq, pending name, final name,
-///    size, crc32)` to the staged list; return the whole staged list as the manifest
-///    (`None` when nothing is staged). A checkpoint without records stages no file.
+///    size, crc32)` to the staged list; return the whole staged list as the manifest, with
+///    `next_seq` (always a manifest, even with nothing staged). A checkpoint without records
+///    stages no file.
 /// 3. [`commit(n)`](SinkWriter::commit): rename every staged transaction with checkpoint ≤ `n`
 ///    from pending to final, fsync the directory, drop them from the list. Idempotent.
 /// 4. [`finish`](SinkWriter::finish) (end of input): close the open file; the final checkpoint's
@@ -75,17 +79,20 @@ const MANIFEST_VERSION: u32 = 1;
 ///    published with the right size is fine, but a transaction whose files are both missing or
 ///    damaged is an error ([`ConnectorError::CommitLost`]): committed output never silently
 ///    vanishes. Then abort: delete every hidden file of this uid and subtask (staged or written
-///    after that checkpoint, by any attempt); other subtasks' files are never touched. A
-///    restore without a manifest (a fresh start, or a checkpoint at which nothing was staged)
-///    aborts the same way. Visible part files are never deleted.
+///    after that checkpoint, by any attempt); other subtasks' files are never touched. Files
+///    this subtask *published* with a number at or above the manifest's `next_seq` came from
+///    checkpoints after the restored one (recovery fell back past a damaged checkpoint): they
+///    are unpublished (deleted), since their records are replayed. A start without a manifest
+///    aborts hidden files the same way and deletes no visible file.
 ///
 /// # The manifest
 ///
 /// What `prepare_commit` returns and a restore reads: versioned JSON, file names relative to
 /// the directory, e.g.
-/// `{"version":1,"uid":"sink","subtask":0,"transactions":[{"checkpoint":3,"seq":7,
+/// `{"version":2,"uid":"sink","subtask":0,"next_seq":8,"transactions":[{"checkpoint":3,"seq":7,
 /// "pending":".part-sink-0-a0-7.pending","final":"part-sink-0-7","size":120,"crc32":305419896}]}`.
-/// A manifest of another version, of another uid or subtask, or naming files that are not this
+/// Version 1 (without `next_seq`) is still read; it rolls nothing back. A manifest of another
+/// version, of another uid or subtask, or naming files that are not this
 /// subtask's is refused ([`ConnectorError::BadManifest`]).
 pub struct FileSink<T> {
     dir: PathBuf,
@@ -322,7 +329,8 @@ struct Manifest {
     /// Every transaction numbered below this was staged or committed when the manifest was
     /// written; a restore rolls back published files numbered from here on (they belong to
     /// checkpoints after the restored one).
-    next_seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next_seq: Option<u64>,
     transactions: Vec<StagedTransaction>,
 }
 
@@ -344,7 +352,7 @@ impl Manifest {
             version: MANIFEST_VERSION,
             uid: names.uid.clone(),
             subtask: names.subtask,
-            next_seq,
+            next_seq: Some(next_seq),
             transactions: transactions.to_vec(),
         };
         serde_json::to_vec(&manifest).expect("a manifest serializes")
@@ -365,10 +373,10 @@ impl Manifest {
         }
         let Version { version } = serde_json::from_slice(bytes)
             .map_err(|e| bad(format!("it is not a file sink manifest: {e}")))?;
-        if version != MANIFEST_VERSION {
+        if !(MANIFEST_OLDEST_READABLE_VERSION..=MANIFEST_VERSION).contains(&version) {
             return Err(bad(format!(
-                "manifest version {version} is not supported (this build reads version \
-                 {MANIFEST_VERSION})"
+                "manifest version {version} is not supported (this build reads versions \
+                 {MANIFEST_OLDEST_READABLE_VERSION} to {MANIFEST_VERSION})"
             )));
         }
         let manifest: Self =
@@ -563,7 +571,7 @@ impl<T> TwoPhaseWriter<T> {
         let (listed, rollback_from) = match restored {
             Some(bytes) => {
                 let m = Manifest::decode(&names, bytes)?;
-                (m.transactions, Some(m.next_seq))
+                (m.transactions, m.next_seq)
             }
             None => (Vec::new(), None),
         };
@@ -1110,7 +1118,7 @@ mod tests {
             .expect("staged");
         let json: serde_json::Value = serde_json::from_slice(&manifest).expect("json");
         let expected = serde_json::json!({
-            "version": 1,
+            "version": 2,
             "uid": "out",
             "subtask": 2,
             "next_seq": 1,
@@ -1124,6 +1132,24 @@ mod tests {
             }],
         });
         assert_eq!(json, expected);
+    }
+
+    #[test]
+    fn a_version_1_manifest_is_still_read_and_rolls_nothing_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = FileSink::<u32>::new(dir.path());
+        let mut writer = sink
+            .create_writer(&checkpointed("out", 0, 1, 0), None)
+            .expect("writer");
+        writer.write_batch(vec![1]).expect("write");
+        writer.prepare_commit(CheckpointId(1)).expect("prepare");
+        writer.commit(CheckpointId(1)).expect("commit");
+        drop(writer);
+        let v1 = br#"{"version":1,"uid":"out","subtask":0,"transactions":[]}"#;
+        let _restored = sink
+            .create_writer(&checkpointed("out", 0, 1, 1), Some(v1))
+            .expect("a version 1 manifest restores");
+        assert_eq!(all_files(dir.path()), vec!["part-out-0-0"]);
     }
 
     #[test]
@@ -1274,11 +1300,11 @@ mod tests {
             .expect("staged");
         let cases: [(&[u8], &str); 5] = [
             (b"\x00garbage", "not a file sink manifest"),
-            (br#"{"version":2}"#, "manifest version 2 is not supported"),
+            (br#"{"version":3}"#, "manifest version 3 is not supported"),
             (br#"{"version":1,"uid":"out"}"#, "cannot be decoded"),
             (&others_manifest, "belongs to sink 'out' subtask 1"),
             (
-                br#"{"version":1,"uid":"out","subtask":0,"next_seq":1,"transactions":[{"checkpoint":1,
+                br#"{"version":2,"uid":"out","subtask":0,"next_seq":1,"transactions":[{"checkpoint":1,
                 "seq":0,"pending":"../escape","final":"part-out-0-0","size":1,"crc32":0}]}"#,
                 "not this subtask's files",
             ),
