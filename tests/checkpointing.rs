@@ -99,6 +99,24 @@ fn keyed_agg_args(records: u64, rate: u64, output: &Path, state: &Path) -> Vec<S
     ]
 }
 
+/// `weir local word-count -p 2` over `input` into `output`, with `backend` state in `state`.
+fn word_count_args(input: &Path, output: &Path, backend: &str, state: &Path) -> Vec<String> {
+    vec![
+        "local".into(),
+        "word-count".into(),
+        "-p".into(),
+        "2".into(),
+        "--param".into(),
+        format!("input={}", input.display()),
+        "--param".into(),
+        format!("output={}", output.display()),
+        "--state-backend".into(),
+        backend.into(),
+        "--state-dir".into(),
+        state.display().to_string(),
+    ]
+}
+
 fn assert_restored_from_a_checkpoint(err: &str) {
     assert!(
         err.contains("1 restart(s), last restored from chk-"),
@@ -136,40 +154,18 @@ fn word_count_after_a_mid_run_failure_has_the_failure_free_output_exactly_once()
     let input = dir.path().join("in.txt");
     write_text(&input, 300_000, 3_000, 7);
     let reference = dir.path().join("reference");
-    run_ok(&[
-        "local".into(),
-        "word-count".into(),
-        "-p".into(),
-        "2".into(),
-        "--param".into(),
-        format!("input={}", input.display()),
-        "--param".into(),
-        format!("output={}", reference.display()),
-        "--state-dir".into(),
-        dir.path().join("state-ref").display().to_string(),
-    ]);
+    run_ok(&word_count_args(
+        &input,
+        &reference,
+        "rocksdb",
+        &dir.path().join("state-ref"),
+    ));
     let expected = exactly_once_updates(&read_parts(&reference));
     for backend in ["rocksdb", "heap"] {
         let out = dir.path().join(format!("out-{backend}"));
-        let mut args = vec![
-            "local".into(),
-            "word-count".into(),
-            "-p".into(),
-            "2".into(),
-            "--param".into(),
-            format!("input={}", input.display()),
-            "--param".into(),
-            format!("output={}", out.display()),
-            "--param".into(),
-            "fail-after=600000".into(),
-            "--state-backend".into(),
-            backend.into(),
-            "--state-dir".into(),
-            dir.path()
-                .join(format!("state-{backend}"))
-                .display()
-                .to_string(),
-        ];
+        let state = dir.path().join(format!("state-{backend}"));
+        let mut args = word_count_args(&input, &out, backend, &state);
+        args.extend(["--param".into(), "fail-after=600000".into()]);
         // A small batch size and channel keep the job slow enough to checkpoint first.
         args.extend(checkpointing("100ms"));
         args.extend(["-D".into(), "taskmanager.network.batch-size=64".into()]);
@@ -216,21 +212,9 @@ fn both_jobs_recover_exactly_once_with_checkpoints_on_an_s3_compatible_server() 
     // word-count on the heap backend, against a failure-free run.
     let input = dir.path().join("in.txt");
     write_text(&input, 200_000, 2_000, 11);
+    let wc_state = dir.path().join("wc-state");
     let word_count = |out: &Path, extra: Vec<String>| -> String {
-        let mut args: Vec<String> = vec![
-            "local".into(),
-            "word-count".into(),
-            "-p".into(),
-            "2".into(),
-            "--param".into(),
-            format!("input={}", input.display()),
-            "--param".into(),
-            format!("output={}", out.display()),
-            "--state-backend".into(),
-            "heap".into(),
-            "--state-dir".into(),
-            dir.path().join("wc-state").display().to_string(),
-        ];
+        let mut args = word_count_args(&input, out, "heap", &wc_state);
         args.extend(extra);
         run_ok(&args)
     };
