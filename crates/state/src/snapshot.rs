@@ -92,7 +92,8 @@ impl LocalSnapshot {
         Ok(self)
     }
 
-    /// The total size of the snapshot's files in bytes (files on disk are `stat`ed).
+    /// The total size of the snapshot's files in bytes (files on disk are `stat`ed). Files
+    /// still [`pending`](Self::pending) are not counted: [`resolve`](Self::resolve) first.
     pub fn size_bytes(&self) -> u64 {
         self.files
             .iter()
