@@ -22,10 +22,12 @@
 
 mod execution;
 mod job;
+mod plan;
 mod stream;
 
 pub use execution::{ExecutionGraph, ExecutionVertex};
 pub use job::{JobEdge, JobGraph, JobVertex};
+pub use plan::Plan;
 pub use stream::{
     NodeKind, ParallelismSettings, Partitioning, StreamEdge, StreamGraph, StreamNode,
 };

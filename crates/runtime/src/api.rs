@@ -19,9 +19,10 @@ use weir_graph::{NodeKind, Partitioning, StreamEdge, StreamGraph, StreamNode};
 use weir_state::{StateRegistry, ValueState};
 use weir_types::{NodeId, StreamElement};
 
-/// Records that flow on a stream: cloned for fan-out and broadcast, sent between threads.
-pub trait Data: Clone + Send + 'static {}
-impl<T: Clone + Send + 'static> Data for T {}
+/// Records that flow on a stream: cloned for fan-out and broadcast, sent between threads, and
+/// serialised (serde, postcard) when a channel crosses TaskManagers.
+pub trait Data: Clone + Send + serde::Serialize + serde::de::DeserializeOwned + 'static {}
+impl<T: Clone + Send + serde::Serialize + serde::de::DeserializeOwned + 'static> Data for T {}
 
 /// Builds and runs one node's operator or source, with the node's types erased.
 pub(crate) enum NodeRuntime {
@@ -56,6 +57,17 @@ pub(crate) trait ErasedEdge: Send + Sync {
         forward: bool,
         capacity: usize,
     ) -> (Vec<AnyBox>, Vec<Vec<AnyBox>>);
+    /// One in-memory channel: `(Box<Sender>, Box<Receiver>)`.
+    fn pair(&self, capacity: usize) -> (AnyBox, AnyBox);
+    /// Bundles single senders (from [`Self::pair`] or [`Self::outbound`]), in downstream
+    /// order, into the senders of one upstream subtask (what [`Self::writer`] takes).
+    fn bundle(&self, senders: Vec<AnyBox>) -> AnyBox;
+    /// A channel whose far end is another process: the task writes into the returned sender;
+    /// the pump calls `next` (blocking) for each element, encoded.
+    fn outbound(&self, capacity: usize) -> (AnyBox, crate::remote::NextEncoded);
+    /// A channel whose near end is fed from another process: the pump calls `push` (blocking
+    /// while the task's input is full) with each encoded element; the task reads the receiver.
+    fn inbound(&self, capacity: usize, label: String) -> (crate::remote::PushEncoded, AnyBox);
     /// The writer of one upstream subtask over its senders; returns a `Box<dyn Link<T>>`.
     fn writer(&self, ctx: &SubtaskCtx, senders: AnyBox, partitioning: Partitioning) -> AnyBox;
 }
@@ -143,6 +155,29 @@ impl<T: Data> ErasedEdge for EdgeNode<T> {
                 .map(|rs| rs.into_iter().map(|r| Box::new(r) as AnyBox).collect())
                 .collect(),
         )
+    }
+
+    fn pair(&self, capacity: usize) -> (AnyBox, AnyBox) {
+        let (tx, rx) = crossbeam_channel::bounded::<StreamElement<T>>(capacity);
+        (Box::new(tx), Box::new(rx))
+    }
+
+    fn bundle(&self, senders: Vec<AnyBox>) -> AnyBox {
+        let senders: Vec<Sender<StreamElement<T>>> = senders
+            .into_iter()
+            .map(|s| *s.downcast().expect("a sender of the edge type"))
+            .collect();
+        Box::new(senders)
+    }
+
+    fn outbound(&self, capacity: usize) -> (AnyBox, crate::remote::NextEncoded) {
+        let (tx, rx) = crossbeam_channel::bounded::<StreamElement<T>>(capacity);
+        (Box::new(tx), crate::remote::encoder(rx))
+    }
+
+    fn inbound(&self, capacity: usize, label: String) -> (crate::remote::PushEncoded, AnyBox) {
+        let (tx, rx) = crossbeam_channel::bounded::<StreamElement<T>>(capacity);
+        (crate::remote::decoder(tx, label), Box::new(rx))
     }
 
     fn writer(&self, ctx: &SubtaskCtx, senders: AnyBox, partitioning: Partitioning) -> AnyBox {

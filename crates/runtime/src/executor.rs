@@ -2,12 +2,12 @@
 //! subtask on its own thread.
 
 use crate::api::NodeRuntime;
-use crate::driver::{now_ms, spawn_deletions, CheckpointRecord, Driver};
+use weir_coordination::driver::{now_ms, spawn_deletions, CheckpointRecord, Driver, TaskGateway};
 use crate::function::SourceContext;
 use crate::link::AnyBox;
 use crate::metrics::JobMetrics;
 use crate::operators::OpIdent;
-use crate::restart::{RestartDecision, RestartStrategy, RestartTracker};
+use weir_coordination::restart::{RestartDecision, RestartStrategy, RestartTracker};
 use crate::snapshot::{Control, TaskCheckpointing, TaskEvent, TaskRestore, Transfer};
 use crate::{JobDefinition, JobError, TaskError};
 use crossbeam_channel::{Receiver, Sender};
@@ -18,9 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use weir_checkpoint::{Action, CheckpointConfig, CheckpointMetadata, Coordinator, TaskId};
-use weir_graph::{
-    ExecutionGraph, JobGraph, NodeKind, ParallelismSettings, Partitioning, StreamGraph,
-};
+use weir_graph::{NodeKind, ParallelismSettings, Partitioning};
 use weir_state::{BackendScope, StateBackendFactory};
 use weir_state_transfer::Uploader;
 use weir_storage::{CheckpointPaths, Store};
@@ -48,32 +46,12 @@ impl Default for RuntimeOptions {
     }
 }
 
-/// A job's three graph layers, resolved for one set of parallelism settings.
-#[derive(Clone, Debug)]
-pub struct Plan {
-    /// The StreamGraph with parallelism and partitioning resolved.
-    pub stream: StreamGraph,
-    /// Validated uids, by node.
-    pub uids: Vec<OperatorUid>,
-    /// Operators chained into vertices.
-    pub job: JobGraph,
-    /// Vertices split into subtasks.
-    pub execution: ExecutionGraph,
-}
+pub use weir_graph::Plan;
 
 impl JobDefinition {
     /// Resolves the job's graph layers; uid and parallelism errors name the operator.
     pub fn plan(&self, settings: ParallelismSettings) -> Result<Plan, weir_graph::GraphError> {
-        let mut stream = self.graph.clone();
-        let uids = stream.resolve(settings)?;
-        let job = JobGraph::from_stream_graph(&stream);
-        let execution = ExecutionGraph::from_job_graph(&job);
-        Ok(Plan {
-            stream,
-            uids,
-            job,
-            execution,
-        })
+        Plan::resolve(self.graph.clone(), settings)
     }
 }
 
@@ -182,17 +160,19 @@ pub struct LocalExecutor {
     history: Arc<Mutex<CheckpointReport>>,
 }
 
-struct TaskSpec {
-    name: String,
-    vertex: VertexId,
-    subtask: SubtaskIndex,
-    key_groups: KeyGroupRange,
+pub(crate) struct TaskSpec {
+    pub(crate) name: String,
+    pub(crate) vertex: VertexId,
+    pub(crate) subtask: SubtaskIndex,
+    pub(crate) key_groups: KeyGroupRange,
     /// Senders of this subtask per outgoing job edge index.
-    senders: HashMap<usize, AnyBox>,
+    pub(crate) senders: HashMap<usize, AnyBox>,
     /// Receivers of this subtask, over all incoming job edges.
-    receivers: Vec<AnyBox>,
-    checkpointing: Option<Arc<TaskCheckpointing>>,
-    restore: Option<Arc<TaskRestore>>,
+    pub(crate) receivers: Vec<AnyBox>,
+    pub(crate) checkpointing: Option<Arc<TaskCheckpointing>>,
+    pub(crate) restore: Option<Arc<TaskRestore>>,
+    /// Called once the chain is assembled (state restored), before the first record.
+    pub(crate) on_running: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// Why one attempt of a job ended without finishing.
@@ -323,7 +303,7 @@ impl LocalExecutor {
             in_flight: Arc::new(AtomicUsize::new(0)),
         };
         if settings.resume {
-            let found = runtime.block_on(crate::resume::load_completed(&settings.store, &cp.paths));
+            let found = runtime.block_on(weir_coordination::resume::load_completed(&settings.store, &cp.paths));
             let (completed, highest) =
                 found.map_err(|detail| JobError::Checkpointing { detail })?;
             if completed.is_empty() {
@@ -400,7 +380,7 @@ impl LocalExecutor {
                 .latest()
                 .map(|c| c.metadata().clone());
             if let Some(m) = &restore {
-                crate::resume::check_compatible(m, plan)
+                weir_coordination::resume::check_compatible(m, plan)
                     .map_err(|detail| JobError::Restore { detail })?;
                 self.history
                     .lock()
@@ -530,6 +510,7 @@ impl LocalExecutor {
                         .collect(),
                     transfer: cp.transfer.clone(),
                     local_dir: cp.settings.local_dir.clone(),
+                    stats: Arc::default(),
                 })),
                 _ => None,
             };
@@ -543,6 +524,7 @@ impl LocalExecutor {
                 receivers: Vec::new(),
                 checkpointing,
                 restore,
+                on_running: None,
             });
         }
         drop(events_tx);
@@ -618,7 +600,8 @@ impl LocalExecutor {
                 store: &cp.settings.store,
                 paths: &cp.paths,
                 runtime: &cp.transfer.runtime,
-                controls: std::mem::take(&mut controls),
+                tasks: controls.keys().copied().collect(),
+                gateway: ChannelGateway(std::mem::take(&mut controls)),
                 sources: std::mem::take(&mut sources),
                 history: &mut history,
                 deletions: &mut cp.deletions,
@@ -697,6 +680,30 @@ impl LocalExecutor {
     }
 }
 
+/// The in-process [`TaskGateway`]: one control channel per task.
+struct ChannelGateway(BTreeMap<TaskId, Sender<Control>>);
+
+impl TaskGateway for ChannelGateway {
+    fn trigger(&mut self, task: TaskId, barrier: weir_types::Barrier) {
+        if let Some(tx) = self.0.get(&task) {
+            // A task that already stopped (failed) no longer listens; the attempt is ending.
+            let _ = tx.send(Control::Trigger(barrier));
+        }
+    }
+
+    fn complete(&mut self, id: CheckpointId) {
+        for tx in self.0.values() {
+            let _ = tx.send(Control::Complete(id));
+        }
+    }
+
+    fn shutdown(&mut self) {
+        for tx in self.0.values() {
+            let _ = tx.send(Control::Shutdown);
+        }
+    }
+}
+
 /// Starts the deletions among `actions` (the rest needs no tasks: they are stopped).
 fn perform_deletions(cp: &mut JobCheckpointing<'_>, actions: Vec<Action>) {
     // One task, in the coordinator's order (`_metadata` before the files it references).
@@ -713,12 +720,12 @@ fn perform_deletions(cp: &mut JobCheckpointing<'_>, actions: Vec<Action>) {
     }
 }
 
-fn thread_name(name: &str) -> String {
+pub(crate) fn thread_name(name: &str) -> String {
     // Linux shows 15 bytes of a thread name; keep the subtask suffix visible.
     name.chars().filter(|c| c.is_ascii()).collect()
 }
 
-fn panic_error(task: &str, panic: Box<dyn std::any::Any + Send>) -> TaskError {
+pub(crate) fn panic_error(task: &str, panic: Box<dyn std::any::Any + Send>) -> TaskError {
     let detail = panic
         .downcast_ref::<String>()
         .cloned()
@@ -730,17 +737,17 @@ fn panic_error(task: &str, panic: Box<dyn std::any::Any + Send>) -> TaskError {
     }
 }
 
-struct BaseCtx {
-    state_backend: Arc<dyn StateBackendFactory>,
-    keyed_subtasks_in_process: u32,
-    metrics: Arc<JobMetrics>,
-    cancelled: Arc<AtomicBool>,
-    options: RuntimeOptions,
-    attempt: u32,
+pub(crate) struct BaseCtx {
+    pub(crate) state_backend: Arc<dyn StateBackendFactory>,
+    pub(crate) keyed_subtasks_in_process: u32,
+    pub(crate) metrics: Arc<JobMetrics>,
+    pub(crate) cancelled: Arc<AtomicBool>,
+    pub(crate) options: RuntimeOptions,
+    pub(crate) attempt: u32,
 }
 
 /// Assembles one subtask's chain tail-first, then runs its loop.
-fn run_task(
+pub(crate) fn run_task(
     job: &JobDefinition,
     plan: &Plan,
     base: &BaseCtx,
@@ -792,6 +799,9 @@ fn run_task(
             NodeRuntime::Source(src) => {
                 debug_assert_eq!(node, vertex.head);
                 tracing::debug!(task = %spec.name, "source task starting");
+                if let Some(running) = spec.on_running.take() {
+                    running();
+                }
                 return src.run(&ctx, outputs);
             }
             NodeRuntime::Operator(op) => {
@@ -805,6 +815,9 @@ fn run_task(
         unreachable!("a source head returns above")
     };
     tracing::debug!(task = %spec.name, inputs = spec.receivers.len(), "task starting");
+    if let Some(running) = spec.on_running.take() {
+        running();
+    }
     op.run_inputs(
         &ctx_for(vertex.head),
         std::mem::take(&mut spec.receivers),

@@ -29,21 +29,21 @@
 mod align;
 mod api;
 mod channel;
-mod driver;
+pub mod deploy;
 mod error;
 mod executor;
 mod function;
 mod link;
 mod metrics;
 mod operators;
-pub mod restart;
+pub mod remote;
 mod restore;
-mod resume;
 mod snapshot;
 mod task;
 
 pub use api::{Data, DataStream, DataStreamSink, JobDefinition, KeyedStream, StreamEnvironment};
-pub use driver::{CheckpointRecord, CheckpointStatus};
+pub use weir_coordination::driver::{CheckpointRecord, CheckpointStatus};
+pub use weir_coordination::restart;
 pub use error::{JobError, TaskError, UserError};
 pub use executor::{
     CheckpointReport, CheckpointSettings, JobReport, LocalExecutor, Plan, RuntimeOptions,
@@ -53,4 +53,6 @@ pub use function::{
     SinkContext, SinkWriter, Source, SourceContext, SourcePoll, SourceReader, COLLECTOR_BATCH,
 };
 pub use metrics::JobMetrics;
-pub use restart::{RestartDecision, RestartStrategy, RestartStrategyError, RestartTracker};
+pub use snapshot::{Control, Transfer};
+pub use weir_coordination::driver::TaskEvent;
+pub use weir_coordination::restart::{RestartDecision, RestartStrategy, RestartStrategyError, RestartTracker};

@@ -74,12 +74,24 @@ pub(crate) fn keyed_backend(
     let backend = ctx.state_backend.restore(&ctx.backend_scope(), snapshot);
     let _ = std::fs::remove_dir_all(&dir);
     let backend = backend.map_err(fail)?;
+    {
+        let mut total = restore
+            .stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        total.bytes += stats.bytes;
+        total.files += stats.files;
+        total.bytes_local += stats.bytes_local;
+        total.files_local += stats.files_local;
+    }
     tracing::info!(
         uid = %ctx.uid,
         subtask = %ctx.subtask,
         checkpoint = %id,
         bytes_downloaded = stats.bytes,
         files = stats.files,
+        bytes_local = stats.bytes_local,
+        files_local = stats.files_local,
         "keyed state restored"
     );
     uploads.record(id, shared);

@@ -33,7 +33,7 @@ pub(crate) const SINK_MANIFEST_FILE: &str = "sink-manifest";
 
 /// What the checkpoint driver tells one task.
 #[derive(Clone, Debug)]
-pub(crate) enum Control {
+pub enum Control {
     /// Take checkpoint `barrier.checkpoint` now (sources, and tasks whose inputs all ended).
     Trigger(Barrier),
     /// The checkpoint completed.
@@ -42,26 +42,7 @@ pub(crate) enum Control {
     Shutdown,
 }
 
-/// What a task tells the checkpoint driver.
-#[derive(Debug)]
-pub(crate) enum TaskEvent {
-    /// The task's part of a checkpoint is durable.
-    Ack {
-        task: TaskId,
-        id: CheckpointId,
-        snapshot: TaskStateSnapshot,
-        metrics: TaskAckMetrics,
-    },
-    /// The task could not take its part of a checkpoint.
-    Decline {
-        task: TaskId,
-        id: CheckpointId,
-        reason: String,
-    },
-    /// Every input of the task ended and its chain finished; it waits for the final
-    /// checkpoint. Only the attempt that sent it counts it.
-    Finished { task: TaskId, attempt: u32 },
-}
+pub(crate) use weir_coordination::driver::TaskEvent;
 
 /// One operator's contribution to a task's snapshot.
 pub(crate) enum OperatorPart {
@@ -126,8 +107,10 @@ impl KeyedUploads {
 }
 
 /// Where a task's checkpoint uploads go, and the runtime they run on.
-pub(crate) struct Transfer {
+pub struct Transfer {
+    /// Uploads and downloads of this job's checkpoint files.
     pub uploader: Uploader,
+    /// The runtime uploads run on (never a task thread).
     pub runtime: tokio::runtime::Handle,
 }
 
@@ -277,6 +260,8 @@ pub(crate) struct TaskRestore {
     pub checkpoint: CheckpointId,
     pub operators: BTreeMap<OperatorUid, OperatorSubtaskState>,
     pub transfer: Arc<Transfer>,
+    /// Bytes this subtask's restore downloaded and read from the local copy.
+    pub stats: Arc<Mutex<weir_state_transfer::DownloadStats>>,
     /// Where downloads go before the backend takes them.
     pub local_dir: std::path::PathBuf,
 }

@@ -12,6 +12,11 @@
 //!   downloads and verifies a keyed operator's files for
 //!   [`StateBackendFactory::restore`](weir_state::StateBackendFactory::restore). Its module doc
 //!   tells both flows step by step.
+//! - [`LocalStateCache`] — task-local copies of the checkpoint files a TaskManager uploaded or
+//!   downloaded, keyed by handle path, so a TaskManager that survives a failure restores its
+//!   subtasks from local disk (CRC32-verified) instead of downloading. In memory only: a
+//!   restarted TaskManager starts with an empty cache. Its owner prunes it when checkpoints
+//!   complete or abort.
 //! - [`KeyedStateMeta`] — the versioned JSON a keyed operator stores inline in its
 //!   [`OperatorSubtaskState`](weir_checkpoint::OperatorSubtaskState): backend, format, key
 //!   groups, declared states, and each file's name and stored path, in restore order.
@@ -37,9 +42,11 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod local;
 pub mod meta;
 pub mod uploader;
 
 pub use error::TransferError;
+pub use local::{LocalCacheError, LocalStateCache};
 pub use meta::{KeyedFileMeta, KeyedStateMeta, MetaError, KEYED_STATE_META_VERSION};
 pub use uploader::{DownloadStats, SharedFiles, UploadedKeyed, Uploader, MAX_CONCURRENT_TRANSFERS};

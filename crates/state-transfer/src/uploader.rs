@@ -20,35 +20,44 @@
 //! 5. **On the first failure**, start no further upload, wait for the running ones, then delete
 //!    (best effort) every object this call wrote or may have written — never a reused base file,
 //!    never an object that was already there — and return the error, which names the file.
-//! 6. **On success**, return the handles in snapshot order (new and reused), the inline
-//!    [`KeyedStateMeta`], the shareable files as the next base, and byte counts.
+//! 6. **On success**, with a [`LocalStateCache`] ([`Uploader::with_local_cache`]), put every
+//!    file of the snapshot — uploaded and reused alike — into it under the checkpoint, while
+//!    the local snapshot directory still exists (a file that cannot be cached is logged and
+//!    left out). Return the handles in snapshot order (new and reused), the inline
+//!    [`KeyedStateMeta`], the shareable files as the next base, and byte counts. Step 1's guard
+//!    then removes the local directory.
 //!
 //! # Download flow ([`Uploader::download_keyed`])
 //!
 //! 1. Decode and validate the inline [`KeyedStateMeta`] (version, names, paths) and find the
 //!    handle of every file it lists.
-//! 2. Create the target directory, then download at most [`MAX_CONCURRENT_TRANSFERS`] files at a
-//!    time: read with CRC32 verification ([`Store::get_verified`]), check the size, write to
-//!    `<dir>/<name>`. Damaged bytes are never written.
+//! 2. Create the target directory, then restore at most [`MAX_CONCURRENT_TRANSFERS`] files at a
+//!    time. With a [`LocalStateCache`], a cached copy with the handle's size is hard-linked (or
+//!    copied) to `<dir>/<name>` and its CRC32 checked; a damaged one is removed from the cache
+//!    (logged) and the file downloaded instead. Otherwise the file is read with CRC32
+//!    verification ([`Store::get_verified`]), its size checked, written to `<dir>/<name>`, and
+//!    put into the cache under the restored checkpoint. Damaged bytes are never written.
 //! 3. On the first failure, start no further download, wait for the running ones, remove the
 //!    local files this call wrote and return the error naming the checkpoint and file path.
 //! 4. On success, return the [`RestoredSnapshot`], the shareable files (the restored task's
-//!    incremental base) and byte counts.
+//!    incremental base) and byte counts, downloaded and local apart ([`DownloadStats`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 use weir_checkpoint::{FileHandle, OperatorSubtaskState};
-use weir_state::{LocalSnapshot, RestoredSnapshot, SnapshotContent, SnapshotFile};
+use weir_state::{LocalSnapshot, RestoredSnapshot, SnapshotFile};
 use weir_storage::{CheckpointPaths, ObjectPath, PathError, Store};
 use weir_types::{CheckpointId, OperatorUid, SubtaskIndex};
 
 use crate::error::TransferError;
+use crate::local::{LocalBytes, LocalStateCache};
 use crate::meta::{check_file_names, KeyedFileMeta, KeyedStateMeta, MetaError};
 
 /// Shareable files a task uploaded for one checkpoint: file name → handle. The incremental base.
@@ -59,11 +68,13 @@ pub type SharedFiles = BTreeMap<String, FileHandle>;
 pub const MAX_CONCURRENT_TRANSFERS: usize = 4;
 
 /// Moves keyed snapshots and small private files of one job between local disk and the job's
-/// checkpoint directory in object storage. Cheap to clone.
+/// checkpoint directory in object storage, optionally keeping local copies for task-local
+/// recovery ([`Uploader::with_local_cache`]). Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Uploader {
     store: Store,
     paths: CheckpointPaths,
+    cache: Option<Arc<LocalStateCache>>,
 }
 
 /// What [`Uploader::upload_keyed`] stored for one keyed operator of one subtask.
@@ -85,13 +96,38 @@ pub struct UploadedKeyed {
     pub uploaded_files: usize,
 }
 
-/// What [`Uploader::download_keyed`] read.
+/// What [`Uploader::download_keyed`] restored, and from where.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct DownloadStats {
-    /// Bytes downloaded.
+    /// Bytes downloaded from the object store.
     pub bytes: u64,
-    /// Files downloaded.
+    /// Files downloaded from the object store.
     pub files: usize,
+    /// Bytes restored from the [`LocalStateCache`] instead (CRC32-verified).
+    pub bytes_local: u64,
+    /// Files restored from the [`LocalStateCache`] instead.
+    pub files_local: usize,
+}
+
+impl DownloadStats {
+    /// Bytes restored, downloaded and local.
+    pub fn total_bytes(&self) -> u64 {
+        self.bytes + self.bytes_local
+    }
+
+    /// Files restored, downloaded and local.
+    pub fn total_files(&self) -> usize {
+        self.files + self.files_local
+    }
+}
+
+/// Where [`Uploader::download_keyed`] got one file from.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Origin {
+    /// The object store.
+    Downloaded,
+    /// The local cache.
+    Local,
 }
 
 /// What one file of the plan does.
@@ -120,14 +156,32 @@ impl Action {
 #[derive(Debug)]
 struct PlannedFile {
     name: String,
-    content: SnapshotContent,
+    content: LocalBytes,
     action: Action,
 }
 
 impl Uploader {
     /// An uploader writing to `store` under `paths`' job directory.
     pub fn new(store: Store, paths: CheckpointPaths) -> Self {
-        Self { store, paths }
+        Self {
+            store,
+            paths,
+            cache: None,
+        }
+    }
+
+    /// This uploader, keeping local copies in `cache` for task-local recovery: every file of an
+    /// uploaded keyed snapshot (and every private file) is put into it under its checkpoint, and
+    /// restores take verified files from it before downloading. The owner of `cache` prunes it
+    /// ([`LocalStateCache::retain_from`], [`LocalStateCache::discard`]).
+    pub fn with_local_cache(mut self, cache: Arc<LocalStateCache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The local cache, if this uploader keeps one.
+    pub fn local_cache(&self) -> Option<&Arc<LocalStateCache>> {
+        self.cache.as_ref()
     }
 
     /// The store written to.
@@ -146,7 +200,8 @@ impl Uploader {
     ///
     /// Removes `snapshot.cleanup_dir` at the end, success or failure. On failure, best-effort
     /// deletes what this call uploaded (never a reused base file) and returns an error naming
-    /// the file. See the module doc for the steps.
+    /// the file. On success, with a local cache, every file of the snapshot is cached under
+    /// `snapshot.checkpoint` first. See the module doc for the steps.
     pub async fn upload_keyed(
         &self,
         uid: &OperatorUid,
@@ -227,8 +282,12 @@ impl Uploader {
         let mut names = Vec::with_capacity(plan.len());
         let mut jobs = Vec::new();
         let mut job_objects = Vec::new();
+        let mut to_cache = Vec::new();
         for (index, file) in plan.into_iter().enumerate() {
             names.push(file.name.clone());
+            if self.cache.is_some() {
+                to_cache.push((index, file.content.clone()));
+            }
             match file.action {
                 Action::Reuse(handle) => handles.push(Some(handle)),
                 Action::Upload {
@@ -283,6 +342,13 @@ impl Uploader {
         let files: Vec<FileHandle> = handles.into_iter().flatten().collect();
         debug_assert_eq!(files.len(), names.len(), "every planned file has a handle");
         let full_size = files.iter().map(FileHandle::size).sum();
+        if let Some(cache) = &self.cache {
+            let entries = to_cache
+                .into_iter()
+                .map(|(index, content)| (files[index].clone(), content))
+                .collect();
+            cache.put_all(checkpoint, entries).await;
+        }
         let shared: SharedFiles = names
             .into_iter()
             .zip(&files)
@@ -358,7 +424,7 @@ impl Uploader {
                 };
                 Ok(PlannedFile {
                     name: file.name,
-                    content: file.content,
+                    content: LocalBytes::from(file.content),
                     action,
                 })
             })
@@ -408,10 +474,11 @@ impl Uploader {
             .paths
             .checkpoint_file(id, &format!("{uid}/{subtask}/{name}"));
         let (object, handle_path) = self.locate(id, name, object)?;
+        let bytes = Bytes::from(bytes);
         let size = bytes.len() as u64;
         let crc = self
             .store
-            .put_with_crc(&object, Bytes::from(bytes))
+            .put_with_crc(&object, bytes.clone())
             .await
             .map_err(|source| TransferError::Upload {
                 checkpoint: id,
@@ -419,19 +486,31 @@ impl Uploader {
                 path: handle_path.clone(),
                 source: Box::new(source),
             })?;
-        FileHandle::new(handle_path, size, crc, false).map_err(|source| TransferError::Handle {
-            checkpoint: id,
-            name: name.to_owned(),
-            source,
-        })
+        let handle = FileHandle::new(handle_path, size, crc, false).map_err(|source| {
+            TransferError::Handle {
+                checkpoint: id,
+                name: name.to_owned(),
+                source,
+            }
+        })?;
+        if let Some(cache) = &self.cache {
+            cache
+                .put_all(id, vec![(handle.clone(), LocalBytes::Bytes(bytes))])
+                .await;
+        }
+        Ok(handle)
     }
 
-    /// Downloads every file of a keyed operator's state of checkpoint `id` into `dir` (created
-    /// if missing), verifying each file's size and CRC32, and returns the [`RestoredSnapshot`]
-    /// for `StateBackendFactory::restore`, the restored checkpoint's shareable files (the
-    /// restored task's incremental base), and byte counts. A damaged or missing object is an
-    /// error naming the checkpoint and the file path; on any error the files this call wrote
-    /// are removed again.
+    /// Brings every file of a keyed operator's state of checkpoint `id` into `dir` (created if
+    /// missing) — from the local cache when it holds an intact copy, else downloaded — verifying
+    /// each file's size and CRC32, and returns the [`RestoredSnapshot`] for
+    /// `StateBackendFactory::restore`, the restored checkpoint's shareable files (the restored
+    /// task's incremental base), and byte counts, downloaded and local apart. Downloaded files
+    /// are cached under `id`. A damaged or missing object is an error naming the checkpoint and
+    /// the file path; on any error the files this call wrote to `dir` are removed again.
+    ///
+    /// Files in `dir` may be hard links to cached files: the backend may move, link or read
+    /// them, never write to them.
     pub async fn download_keyed(
         &self,
         id: CheckpointId,
@@ -497,8 +576,9 @@ impl Uploader {
             .iter()
             .zip(&locals)
             .map(|((handle, object), local)| {
-                let job = download_one(
+                let job = restore_one(
                     self.store.clone(),
+                    self.cache.clone(),
                     id,
                     handle.clone(),
                     object.clone(),
@@ -526,10 +606,20 @@ impl Uploader {
         }
 
         // Step 4: assemble.
-        let stats = DownloadStats {
-            bytes: handles.iter().map(|(h, _)| h.size()).sum(),
-            files: handles.len(),
-        };
+        let mut stats = DownloadStats::default();
+        for (origin, (handle, _)) in batch.values.iter().zip(&handles) {
+            match origin {
+                Some(Origin::Downloaded) => {
+                    stats.bytes += handle.size();
+                    stats.files += 1;
+                }
+                Some(Origin::Local) => {
+                    stats.bytes_local += handle.size();
+                    stats.files_local += 1;
+                }
+                None => debug_assert!(false, "every file of a successful restore has an origin"),
+            }
+        }
         let shared: SharedFiles = meta
             .files
             .iter()
@@ -539,9 +629,11 @@ impl Uploader {
             .collect();
         let files = meta.files.into_iter().map(|f| f.name).zip(locals).collect();
         tracing::debug!(
-            bytes = stats.bytes,
-            files = stats.files,
-            "keyed snapshot downloaded"
+            bytes_downloaded = stats.bytes,
+            files_downloaded = stats.files,
+            bytes_local = stats.bytes_local,
+            files_local = stats.files_local,
+            "keyed snapshot restored"
         );
         let restored = RestoredSnapshot {
             checkpoint: id,
@@ -555,7 +647,9 @@ impl Uploader {
         Ok((restored, shared, stats))
     }
 
-    /// Downloads one private file of checkpoint `id` and verifies its size and CRC32.
+    /// Downloads one private file of checkpoint `id` and verifies its size and CRC32. With a
+    /// local cache, an intact cached copy is returned instead, and a downloaded file is cached
+    /// under `id`.
     pub async fn download_private(
         &self,
         id: CheckpointId,
@@ -569,7 +663,17 @@ impl Uploader {
                     name: handle.path().to_owned(),
                     source,
                 })?;
+        if let Some(cache) = &self.cache {
+            if let Some(bytes) = cache.read(id, handle.clone()).await {
+                return Ok(bytes);
+            }
+        }
         let bytes = fetch_verified(&self.store, id, handle, &object).await?;
+        if let Some(cache) = &self.cache {
+            cache
+                .put_all(id, vec![(handle.clone(), LocalBytes::Bytes(bytes.clone()))])
+                .await;
+        }
         Ok(bytes.to_vec())
     }
 }
@@ -612,14 +716,14 @@ async fn upload_one(
     store: Store,
     checkpoint: CheckpointId,
     name: String,
-    content: SnapshotContent,
+    content: LocalBytes,
     object: ObjectPath,
     handle_path: String,
     shared: bool,
 ) -> Attempt<FileHandle> {
     let bytes = match content {
-        SnapshotContent::Bytes(bytes) => Bytes::from(bytes),
-        SnapshotContent::Path(path) => match tokio::fs::read(&path).await {
+        LocalBytes::Bytes(bytes) => bytes,
+        LocalBytes::File(path) => match tokio::fs::read(&path).await {
             Ok(bytes) => Bytes::from(bytes),
             Err(source) => {
                 return Attempt {
@@ -657,6 +761,43 @@ async fn upload_one(
                 source: Box::new(source),
             }),
         },
+    }
+}
+
+/// Download step 2 for one file: from the cache if it holds an intact copy, else downloaded
+/// (and then cached).
+async fn restore_one(
+    store: Store,
+    cache: Option<Arc<LocalStateCache>>,
+    checkpoint: CheckpointId,
+    handle: FileHandle,
+    object: ObjectPath,
+    local: PathBuf,
+) -> Attempt<Origin> {
+    if let Some(cache) = &cache {
+        if cache
+            .restore_into(checkpoint, handle.clone(), local.clone())
+            .await
+        {
+            return Attempt {
+                result: Ok(Origin::Local),
+                touched: true,
+            };
+        }
+    }
+    let Attempt { result, touched } =
+        download_one(store, checkpoint, handle.clone(), object, local.clone()).await;
+    if result.is_ok() {
+        if let Some(cache) = &cache {
+            // The written file holds verified bytes: link it rather than write them twice.
+            cache
+                .put_all(checkpoint, vec![(handle, LocalBytes::File(local))])
+                .await;
+        }
+    }
+    Attempt {
+        result: result.map(|()| Origin::Downloaded),
+        touched,
     }
 }
 
@@ -772,11 +913,11 @@ where
 async fn local_size(
     checkpoint: CheckpointId,
     name: &str,
-    content: &SnapshotContent,
+    content: &LocalBytes,
 ) -> Result<u64, TransferError> {
     match content {
-        SnapshotContent::Bytes(bytes) => Ok(bytes.len() as u64),
-        SnapshotContent::Path(path) => {
+        LocalBytes::Bytes(bytes) => Ok(bytes.len() as u64),
+        LocalBytes::File(path) => {
             tokio::fs::metadata(path)
                 .await
                 .map(|m| m.len())

@@ -5,14 +5,14 @@
 //! invariant 1. A `chk-<n>` directory without valid metadata is reported by name and skipped,
 //! but its id still moves the id counter, so no id is ever reused.
 
-use crate::executor::Plan;
+use weir_graph::Plan;
 use weir_checkpoint::{CheckpointMetadata, CompletedCheckpoint};
 use weir_storage::{CheckpointPaths, Store};
 use weir_types::CheckpointId;
 
 /// The intact completed checkpoints of the job under `paths`, oldest first, and the highest
 /// checkpoint id seen at all (valid or not).
-pub(crate) async fn load_completed(
+pub async fn load_completed(
     store: &Store,
     paths: &CheckpointPaths,
 ) -> Result<(Vec<CompletedCheckpoint>, Option<CheckpointId>), String> {
@@ -54,15 +54,14 @@ pub(crate) async fn load_completed(
 
 /// Whether `metadata` can be restored by `plan`: every operator with state exists in the job
 /// (by uid) with the same parallelism. Rescaling needs a savepoint.
-pub(crate) fn check_compatible(metadata: &CheckpointMetadata, plan: &Plan) -> Result<(), String> {
+pub fn check_compatible(metadata: &CheckpointMetadata, plan: &Plan) -> Result<(), String> {
     let id = metadata.checkpoint_id;
     for (uid, state) in &metadata.operators {
-        let Some(node) = plan.uids.iter().position(|u| u == uid) else {
+        let Some(parallelism) = plan.parallelism_of(uid) else {
             return Err(format!(
                 "{id} has state for operator '{uid}', which this job does not have"
             ));
         };
-        let parallelism = plan.stream.nodes[node].resolved_parallelism;
         if parallelism != state.parallelism {
             return Err(format!(
                 "{id} was taken with operator '{uid}' at parallelism {}, but the job runs it at \

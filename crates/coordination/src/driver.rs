@@ -8,14 +8,59 @@
 //! told, then shut down. Tasks that finish while a checkpoint is pending are triggered
 //! directly, so no checkpoint waits for a barrier that can no longer come.
 
-use crate::snapshot::{Control, TaskEvent};
-use crossbeam_channel::Sender;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
-use weir_checkpoint::{AckResult, Action, Coordinator, TaskAckMetrics, TaskId};
+use weir_checkpoint::{AckResult, Action, Coordinator, TaskAckMetrics, TaskId, TaskStateSnapshot};
 use weir_storage::{CheckpointPaths, Store};
 use weir_types::{Barrier, CheckpointId};
+
+/// What a task tells the checkpoint driver.
+#[derive(Debug)]
+pub enum TaskEvent {
+    /// The task's part of a checkpoint is durable.
+    Ack {
+        /// The task.
+        task: TaskId,
+        /// The checkpoint.
+        id: CheckpointId,
+        /// Its state handles.
+        snapshot: TaskStateSnapshot,
+        /// Its sync/async/alignment times and sizes.
+        metrics: TaskAckMetrics,
+    },
+    /// The task could not take its part of a checkpoint.
+    Decline {
+        /// The task.
+        task: TaskId,
+        /// The checkpoint.
+        id: CheckpointId,
+        /// Why.
+        reason: String,
+    },
+    /// Every input of the task ended and its chain finished; it waits for the final
+    /// checkpoint. Only the attempt that sent it counts it.
+    Finished {
+        /// The task.
+        task: TaskId,
+        /// The attempt it belongs to.
+        attempt: u32,
+    },
+}
+
+/// How the driver reaches the tasks of the current attempt: in-process channels for the
+/// embedded executor, the TaskManagers' control streams for the JobMaster.
+///
+/// Implementors must deliver messages to one task in the order they are given and must not
+/// block for long (queue them). A task that is gone is not an error: the attempt is ending.
+pub trait TaskGateway {
+    /// Take checkpoint `barrier.checkpoint` now (a source, or a task whose inputs all ended).
+    fn trigger(&mut self, task: TaskId, barrier: Barrier);
+    /// Checkpoint `id` completed: tell every task (exactly-once sinks publish).
+    fn complete(&mut self, id: CheckpointId);
+    /// The job's final checkpoint completed: every task stops.
+    fn shutdown(&mut self);
+}
 
 /// What became of one checkpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,7 +137,7 @@ enum MetadataOutcome {
 }
 
 /// Milliseconds since the Unix epoch: the coordinator's clock.
-pub(crate) fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -100,12 +145,15 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// The driver's state for one attempt of the job.
-pub(crate) struct Driver<'a> {
+#[allow(missing_docs)]
+pub struct Driver<'a, G: TaskGateway> {
     pub coordinator: &'a mut Coordinator,
     pub store: &'a Store,
     pub paths: &'a CheckpointPaths,
     pub runtime: &'a tokio::runtime::Handle,
-    pub controls: BTreeMap<TaskId, Sender<Control>>,
+    pub gateway: G,
+    /// Every task of the attempt.
+    pub tasks: BTreeSet<TaskId>,
     pub sources: BTreeSet<TaskId>,
     pub history: &'a mut Vec<CheckpointRecord>,
     pub deletions: &'a mut Vec<tokio::task::JoinHandle<()>>,
@@ -120,9 +168,9 @@ pub(crate) struct Driver<'a> {
     pub failed: Option<String>,
 }
 
-impl Driver<'_> {
+impl<G: TaskGateway> Driver<'_, G> {
     /// Periodic work: expiry, periodic triggers, and the final checkpoint when it is due.
-    pub(crate) fn on_tick(&mut self) {
+    pub fn on_tick(&mut self) {
         let now = now_ms();
         let mut actions = self.coordinator.on_tick(now);
         if self.final_from.is_some() && !self.done && self.coordinator.num_in_progress() == 0 {
@@ -134,7 +182,8 @@ impl Driver<'_> {
         self.perform(actions);
     }
 
-    pub(crate) fn on_event(&mut self, event: TaskEvent) {
+    /// Acts on one task event (of any attempt: late acks are classified too).
+    pub fn on_event(&mut self, event: TaskEvent) {
         let now = now_ms();
         match event {
             TaskEvent::Ack {
@@ -169,9 +218,9 @@ impl Driver<'_> {
                     .filter_map(|p| self.barriers.get(&p.id()).copied())
                     .collect();
                 for b in pending {
-                    self.send(task, Control::Trigger(b));
+                    self.gateway.trigger(task, b);
                 }
-                if self.finished.len() == self.controls.len() && self.final_from.is_none() {
+                if self.finished.len() == self.tasks.len() && self.final_from.is_none() {
                     let next = self.coordinator.next_checkpoint_id();
                     tracing::info!(final_checkpoint_from = %next, "every task finished; taking the final checkpoint");
                     self.final_from = Some(next);
@@ -183,19 +232,6 @@ impl Driver<'_> {
 
     fn record(&mut self, id: CheckpointId) -> Option<&mut CheckpointRecord> {
         self.history.iter_mut().rev().find(|r| r.id == id)
-    }
-
-    fn send(&self, task: TaskId, msg: Control) {
-        if let Some(tx) = self.controls.get(&task) {
-            // A task that already stopped (failed) no longer listens; the attempt is ending.
-            let _ = tx.send(msg);
-        }
-    }
-
-    fn broadcast(&self, msg: Control) {
-        for tx in self.controls.values() {
-            let _ = tx.send(msg.clone());
-        }
     }
 
     fn perform(&mut self, actions: Vec<Action>) {
@@ -222,7 +258,7 @@ impl Driver<'_> {
                     let targets: BTreeSet<TaskId> =
                         self.sources.union(&self.finished).copied().collect();
                     for t in targets {
-                        self.send(t, Control::Trigger(barrier));
+                        self.gateway.trigger(t, barrier);
                     }
                 }
                 Action::WriteMetadata { id, metadata } => {
@@ -285,9 +321,9 @@ impl Driver<'_> {
                         );
                     }
                     self.barriers.remove(&id);
-                    self.broadcast(Control::Complete(id));
+                    self.gateway.complete(id);
                     if self.final_from.is_some_and(|f| id >= f) {
-                        self.broadcast(Control::Shutdown);
+                        self.gateway.shutdown();
                         self.done = true;
                     }
                 }
@@ -339,7 +375,7 @@ impl Driver<'_> {
 /// Deletes `files` (paths relative to the job's checkpoint directory) on the upload runtime,
 /// one by one, in order; failures are logged (the file stays an orphan, never a dangling
 /// reference). The caller awaits the handle before the job ends.
-pub(crate) fn spawn_deletions(
+pub fn spawn_deletions(
     runtime: &tokio::runtime::Handle,
     store: &Store,
     paths: &CheckpointPaths,
