@@ -15,6 +15,7 @@ fn sigint_cancels_a_running_job_without_visible_partial_output() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args([
             "local",
+            "--taskmanagers=0",
             "keyed-agg",
             "-p",
             "2",

@@ -6,12 +6,11 @@
 
 mod common;
 
-use common::{read_parts, stderr, weir, write_text};
+use common::{exactly_once_updates, expected_keyed_agg, read_parts, stderr, weir, write_text};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use weir::connectors::record_at;
 use weir_checkpoint::CheckpointMetadata;
 
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -38,49 +37,10 @@ fn run_ok(args: &[String]) -> String {
     err
 }
 
-/// Update lines `key<TAB>count[<TAB>…]`: checks that every key's counts are exactly 1..=n,
-/// each once (no loss, no duplicate), and returns each key's last line.
-fn exactly_once_updates(lines: &[String]) -> BTreeMap<String, String> {
-    let mut counts: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    let mut last: BTreeMap<String, (u64, String)> = BTreeMap::new();
-    for l in lines {
-        let mut f = l.split('\t');
-        let key = f.next().expect("key").to_string();
-        let count: u64 = f.next().expect("count").parse().expect("a count");
-        counts.entry(key.clone()).or_default().push(count);
-        let e = last.entry(key).or_insert((0, String::new()));
-        if count > e.0 {
-            *e = (count, l.clone());
-        }
-    }
-    for (key, mut c) in counts {
-        c.sort_unstable();
-        let expected: Vec<u64> = (1..=c.len() as u64).collect();
-        assert_eq!(
-            c, expected,
-            "key {key}: counts are not exactly 1..=n once each"
-        );
-    }
-    last.into_iter().map(|(k, (_, l))| (k, l)).collect()
-}
-
-/// `keyed-agg`'s final `(count, sum)` per key, computed directly from the generator.
-fn expected_keyed_agg(seed: u64, keys: u64, records: u64) -> BTreeMap<String, String> {
-    let mut m: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
-    for seq in 0..records {
-        let r = record_at(seed, keys, seq);
-        let e = m.entry(r.key).or_insert((0, 0));
-        e.0 += 1;
-        e.1 += r.value;
-    }
-    m.into_iter()
-        .map(|(k, (c, s))| (k.to_string(), format!("{k}\t{c}\t{s}")))
-        .collect()
-}
-
 fn keyed_agg_args(records: u64, rate: u64, output: &Path, state: &Path) -> Vec<String> {
     vec![
         "local".into(),
+        "--taskmanagers=0".into(),
         "keyed-agg".into(),
         "-p".into(),
         "2".into(),
@@ -103,6 +63,7 @@ fn keyed_agg_args(records: u64, rate: u64, output: &Path, state: &Path) -> Vec<S
 fn word_count_args(input: &Path, output: &Path, backend: &str, state: &Path) -> Vec<String> {
     vec![
         "local".into(),
+        "--taskmanagers=0".into(),
         "word-count".into(),
         "-p".into(),
         "2".into(),
@@ -327,6 +288,7 @@ fn incremental_checkpoints_upload_a_small_fraction_of_the_state() {
     // 100k keys, 50k records/s, a checkpoint every 200 ms: ~10k updates between checkpoints.
     let args: Vec<String> = [
         "local",
+        "--taskmanagers=0",
         "keyed-agg",
         "-p",
         "1",
@@ -506,10 +468,17 @@ fn a_flipped_byte_in_a_sink_staging_manifest_is_named_and_the_previous_checkpoin
 fn resuming_a_job_without_checkpoints_is_a_usage_error_naming_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state").display().to_string();
-    let mut args: Vec<String> = ["local", "keyed-agg", "--state-dir", &state, "--restore"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> = [
+        "local",
+        "--taskmanagers=0",
+        "keyed-agg",
+        "--state-dir",
+        &state,
+        "--restore",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     args.push(format!("{:032x}", 7));
     args.extend(checkpointing("1s"));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -24,13 +24,22 @@ fn fails_with(args: &[&str], needle: &str) {
 
 #[test]
 fn an_unknown_job_is_named() {
-    fails_with(&["local", "no-such-job"], "unknown job 'no-such-job'");
+    fails_with(
+        &["local", "--taskmanagers=0", "no-such-job"],
+        "unknown job 'no-such-job'",
+    );
 }
 
 #[test]
 fn an_unknown_param_is_named_with_the_known_ones() {
     fails_with(
-        &["local", "keyed-agg", "--param", "kyes=3"],
+        &[
+            "local",
+            "--taskmanagers=0",
+            "keyed-agg",
+            "--param",
+            "kyes=3",
+        ],
         "unknown --param 'kyes' for job 'keyed-agg'",
     );
 }
@@ -38,11 +47,17 @@ fn an_unknown_param_is_named_with_the_known_ones() {
 #[test]
 fn a_malformed_param_is_named() {
     fails_with(
-        &["local", "keyed-agg", "--param", "keys"],
+        &["local", "--taskmanagers=0", "keyed-agg", "--param", "keys"],
         "malformed --param 'keys'",
     );
     fails_with(
-        &["local", "keyed-agg", "--param", "keys=many"],
+        &[
+            "local",
+            "--taskmanagers=0",
+            "keyed-agg",
+            "--param",
+            "keys=many",
+        ],
         "--param keys=many",
     );
 }
@@ -50,7 +65,7 @@ fn a_malformed_param_is_named() {
 #[test]
 fn parallelism_zero_is_rejected() {
     fails_with(
-        &["local", "keyed-agg", "-p", "0"],
+        &["local", "--taskmanagers=0", "keyed-agg", "-p", "0"],
         "parallelism 0 is invalid",
     );
 }
@@ -60,6 +75,7 @@ fn parallelism_above_the_max_parallelism_is_rejected() {
     fails_with(
         &[
             "local",
+            "--taskmanagers=0",
             "keyed-agg",
             "-p",
             "9",
@@ -78,6 +94,7 @@ fn an_unreadable_input_path_is_named() {
     fails_with(
         &[
             "local",
+            "--taskmanagers=0",
             "word-count",
             "--param",
             &format!("input={}", missing.display()),
@@ -99,6 +116,7 @@ fn a_state_dir_that_is_not_writable_is_named() {
     fails_with(
         &[
             "local",
+            "--taskmanagers=0",
             "keyed-agg",
             "--param",
             &format!("output={}", out.display()),
@@ -122,6 +140,7 @@ fn an_output_path_that_is_a_file_is_named() {
     fails_with(
         &[
             "local",
+            "--taskmanagers=0",
             "keyed-agg",
             "--param",
             &format!("output={}", file.display()),
@@ -133,7 +152,13 @@ fn an_output_path_that_is_a_file_is_named() {
 #[test]
 fn an_unknown_config_key_is_named() {
     fails_with(
-        &["local", "keyed-agg", "-D", "state.backnd=heap"],
+        &[
+            "local",
+            "--taskmanagers=0",
+            "keyed-agg",
+            "-D",
+            "state.backnd=heap",
+        ],
         "unknown configuration key 'state.backnd'",
     );
 }
@@ -141,7 +166,13 @@ fn an_unknown_config_key_is_named() {
 #[test]
 fn a_bad_config_value_is_named() {
     fails_with(
-        &["local", "keyed-agg", "--state-backend", "leveldb"],
+        &[
+            "local",
+            "--taskmanagers=0",
+            "keyed-agg",
+            "--state-backend",
+            "leveldb",
+        ],
         "configuration key 'state.backend'",
     );
 }
@@ -157,6 +188,7 @@ fn a_failing_job_exits_one_naming_the_operator_and_subtask() {
     let o = weir(
         &[
             "local",
+            "--taskmanagers=0",
             "word-count",
             "--param",
             &format!("input={}", input.display()),
@@ -174,7 +206,13 @@ fn a_failing_job_exits_one_naming_the_operator_and_subtask() {
 #[test]
 fn a_bad_socket_address_is_named() {
     fails_with(
-        &["local", "word-count", "--param", "socket=localhost"],
+        &[
+            "local",
+            "--taskmanagers=0",
+            "word-count",
+            "--param",
+            "socket=localhost",
+        ],
         "--param socket=localhost: expected HOST:PORT",
     );
 }
@@ -182,7 +220,7 @@ fn a_bad_socket_address_is_named() {
 #[test]
 fn word_count_without_input_or_socket_says_what_it_needs() {
     fails_with(
-        &["local", "word-count"],
+        &["local", "--taskmanagers=0", "word-count"],
         "job 'word-count' needs --param input (or socket)=…",
     );
 }

@@ -118,3 +118,43 @@ pub fn tree(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// Update lines `key<TAB>count[<TAB>…]`: checks that every key's counts are exactly 1..=n,
+/// each once (no loss, no duplicate), and returns each key's last line.
+pub fn exactly_once_updates(lines: &[String]) -> BTreeMap<String, String> {
+    let mut counts: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut last: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    for l in lines {
+        let mut f = l.split('\t');
+        let key = f.next().expect("key").to_string();
+        let count: u64 = f.next().expect("count").parse().expect("a count");
+        counts.entry(key.clone()).or_default().push(count);
+        let e = last.entry(key).or_insert((0, String::new()));
+        if count > e.0 {
+            *e = (count, l.clone());
+        }
+    }
+    for (key, mut c) in counts {
+        c.sort_unstable();
+        let expected: Vec<u64> = (1..=c.len() as u64).collect();
+        assert_eq!(
+            c, expected,
+            "key {key}: counts are not exactly 1..=n once each"
+        );
+    }
+    last.into_iter().map(|(k, (_, l))| (k, l)).collect()
+}
+
+/// `keyed-agg`'s final `(count, sum)` per key, computed directly from the generator.
+pub fn expected_keyed_agg(seed: u64, keys: u64, records: u64) -> BTreeMap<String, String> {
+    let mut m: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for seq in 0..records {
+        let r = weir::connectors::record_at(seed, keys, seq);
+        let e = m.entry(r.key).or_insert((0, 0));
+        e.0 += 1;
+        e.1 += r.value;
+    }
+    m.into_iter()
+        .map(|(k, (c, s))| (k.to_string(), format!("{k}\t{c}\t{s}")))
+        .collect()
+}

@@ -203,3 +203,13 @@ mod tests {
         assert!(err.to_string().contains("'../x'"), "{err}");
     }
 }
+
+/// What one deployed subtask restores from (sent by the JobMaster with its deployment): the
+/// completed checkpoint and, per operator uid of the subtask's chain, the state it stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRestoreSpec {
+    /// The completed checkpoint.
+    pub checkpoint: weir_types::CheckpointId,
+    /// Per operator uid of the chain, the state that operator's subtask stored.
+    pub operators: BTreeMap<OperatorUid, OperatorSubtaskState>,
+}

@@ -74,6 +74,77 @@ enum Command {
         /// Print the result summary as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// TaskManager child processes of the embedded cluster; 0 runs every task inside this
+        /// one process (no JobManager, no gRPC).
+        #[arg(long, default_value_t = 2, value_name = "N")]
+        taskmanagers: u32,
+        /// Slots per TaskManager (default: taskmanager.numberOfTaskSlots, or enough for the
+        /// job).
+        #[arg(long, value_name = "M")]
+        slots: Option<u32>,
+    },
+    /// Runs the JobManager (Dispatcher, ResourceManager, JobMasters) until Ctrl-C.
+    Jobmanager {
+        /// gRPC address for TaskManagers and clients.
+        #[arg(long, default_value = "127.0.0.1:6123", value_name = "ADDR")]
+        rpc_bind: String,
+        /// REST API address.
+        #[arg(long, default_value = "127.0.0.1:8081", value_name = "ADDR")]
+        rest_bind: String,
+    },
+    /// Runs a TaskManager that registers its slots with a JobManager, until Ctrl-C.
+    Taskmanager {
+        /// The JobManager's RPC URL.
+        #[arg(long, default_value = "http://127.0.0.1:6123", value_name = "URL")]
+        jobmanager: String,
+        /// Slots (overrides taskmanager.numberOfTaskSlots).
+        #[arg(long)]
+        slots: Option<u32>,
+        #[command(flatten)]
+        state: StateArgs,
+        /// This TaskManager's id, unique in the cluster (default: tm-<host>-<pid>).
+        #[arg(long)]
+        id: Option<String>,
+        /// Address of the data-exchange server (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+        data_bind: String,
+    },
+    /// Submits a job to a JobManager and (unless --detached) follows it to its end.
+    Run {
+        #[command(flatten)]
+        job: JobArgs,
+        /// Return once the job is submitted.
+        #[arg(long)]
+        detached: bool,
+        /// The JobManager's RPC URL.
+        #[arg(long, default_value = "http://127.0.0.1:6123", value_name = "URL")]
+        jobmanager: String,
+        /// Resume job JOB_ID from its latest intact checkpoint.
+        #[arg(long, value_name = "JOB_ID")]
+        restore: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists a JobManager's jobs.
+    List {
+        /// The JobManager's RPC URL.
+        #[arg(long, default_value = "http://127.0.0.1:6123", value_name = "URL")]
+        jobmanager: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancels a job on a JobManager.
+    Cancel {
+        /// The job's id.
+        job_id: String,
+        /// The JobManager's RPC URL.
+        #[arg(long, default_value = "http://127.0.0.1:6123", value_name = "URL")]
+        jobmanager: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Shows the checkpoint history of a local job (the latest one by default): id, status,
     /// duration, sync / async / alignment time, bytes uploaded, full size.
@@ -82,6 +153,9 @@ enum Command {
         job_id: Option<String>,
         #[command(flatten)]
         state: StateArgs,
+        /// Ask this JobManager (RPC URL) instead of reading the local history.
+        #[arg(long, value_name = "URL")]
+        jobmanager: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -142,7 +216,7 @@ struct StateArgs {
 
 /// A command's failure: bad input (exit 2), a job that failed while running (exit 1), or a
 /// job cancelled by Ctrl-C (exit 130, as a shell reports SIGINT).
-enum Failure {
+pub(crate) enum Failure {
     Usage(String),
     Job(String),
     Cancelled(String),
@@ -198,6 +272,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
     let mut defines = cli.define.clone();
     let state_args = match &cli.command {
         Command::Local { state, .. }
+        | Command::Taskmanager { state, .. }
         | Command::Bench { state, .. }
         | Command::Checkpoints { state, .. } => Some(state),
         _ => None,
@@ -235,6 +310,92 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                 print!("{}", render::plan_text(&plan));
             }
             Ok(())
+        }
+        Command::Checkpoints {
+            job_id: Some(job_id),
+            json,
+            jobmanager: Some(url),
+            ..
+        } => crate::cluster::checkpoints_command(&url, &job_id, json),
+        Command::Checkpoints {
+            jobmanager: Some(_),
+            ..
+        } => Err(Failure::Usage(
+            "weir checkpoints --jobmanager needs a JOB_ID".into(),
+        )),
+        Command::Jobmanager {
+            rpc_bind,
+            rest_bind,
+        } => crate::cluster::jobmanager_command(&config, &rpc_bind, &rest_bind),
+        Command::Taskmanager {
+            jobmanager,
+            slots,
+            id,
+            data_bind,
+            ..
+        } => {
+            crate::cluster::taskmanager_command(catalog, &config, jobmanager, slots, id, &data_bind)
+        }
+        Command::Run {
+            job,
+            detached,
+            jobmanager,
+            restore,
+            json,
+        } => {
+            let (_, plan) =
+                build_and_plan(catalog, &config, &job.job, job.parallelism, &job.params)?;
+            let spec = crate::cluster::job_spec(
+                &config,
+                &job.job,
+                job.parallelism,
+                &job.params,
+                restore.as_deref(),
+            )?;
+            crate::cluster::run_command(&jobmanager, spec, &plan, restore.is_some(), detached, json)
+        }
+        Command::List { jobmanager, json } => crate::cluster::list_command(&jobmanager, json),
+        Command::Cancel {
+            job_id,
+            jobmanager,
+            json,
+        } => crate::cluster::cancel_command(&jobmanager, &job_id, json),
+        Command::Local {
+            job,
+            json,
+            restore,
+            taskmanagers,
+            slots,
+            ..
+        } if taskmanagers > 0 => {
+            let (_, plan) =
+                build_and_plan(catalog, &config, &job.job, job.parallelism, &job.params)?;
+            let spec = crate::cluster::job_spec(
+                &config,
+                &job.job,
+                job.parallelism,
+                &job.params,
+                restore.as_deref(),
+            )?;
+            let mut forward = Vec::new();
+            if let Some(file) = &cli.config {
+                forward.push("--config".to_string());
+                forward.push(file.display().to_string());
+            }
+            for d in &defines {
+                forward.push("-D".to_string());
+                forward.push(d.clone());
+            }
+            crate::cluster::local_command(
+                &config,
+                spec,
+                &plan,
+                restore.is_some(),
+                taskmanagers,
+                slots,
+                &forward,
+                json,
+            )
         }
         Command::Checkpoints { job_id, json, .. } => {
             let history = checkpoints::read_history(

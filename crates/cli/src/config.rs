@@ -142,6 +142,14 @@ pub struct Config {
     pub s3: S3Options,
     /// `s3.allow-http` as set; `None`: true iff the endpoint is `http://…`.
     s3_allow_http: Option<bool>,
+    /// `taskmanager.numberOfTaskSlots`.
+    pub taskmanager_slots: u32,
+    /// `heartbeat.interval`.
+    pub heartbeat_interval: Duration,
+    /// `heartbeat.timeout`.
+    pub heartbeat_timeout: Duration,
+    /// `slot.request.timeout`.
+    pub slot_request_timeout: Duration,
 }
 
 /// A configuration problem; every message names the key or file.
@@ -557,6 +565,57 @@ pub static KEYS: &[KeySpec] = &[
             Ok(())
         },
     },
+    KeySpec {
+        key: "taskmanager.numberOfTaskSlots",
+        default: || "2".into(),
+        help: "slots per TaskManager (weir taskmanager --slots, weir local --slots)",
+        apply: |c, v| {
+            c.taskmanager_slots = parse_positive(v)? as u32;
+            Ok(())
+        },
+    },
+    KeySpec {
+        key: "heartbeat.interval",
+        default: || "200ms".into(),
+        help: "how often a TaskManager sends a heartbeat to the JobManager",
+        apply: |c, v| {
+            c.heartbeat_interval = parse_nonzero_duration(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        key: "heartbeat.timeout",
+        default: || "2s".into(),
+        help: "a TaskManager silent this long is declared lost (a killed one is noticed at once, by its broken connection)",
+        apply: |c, v| {
+            c.heartbeat_timeout = parse_nonzero_duration(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        key: "slot.request.timeout",
+        default: || "30s".into(),
+        help: "how long a job waits for enough free slots before its (re)deployment fails",
+        apply: |c, v| {
+            c.slot_request_timeout = parse_nonzero_duration(v)?;
+            Ok(())
+        },
+    },
+];
+
+fn parse_nonzero_duration(v: &str) -> Result<Duration, String> {
+    let d = parse_duration(v)?;
+    if d.is_zero() {
+        return Err("must be more than 0".into());
+    }
+    Ok(d)
+}
+
+/// Keys that describe the machine a process runs on, not the job: never sent with a job.
+const MACHINE_KEYS: &[&str] = &[
+    "state.backend.rocksdb.localdir",
+    "taskmanager.memory.managed.size",
+    "taskmanager.numberOfTaskSlots",
 ];
 
 fn parse_positive(v: &str) -> Result<u64, String> {
@@ -698,6 +757,10 @@ impl Config {
             failure_rate_delay: Duration::ZERO,
             s3: S3Options::default(),
             s3_allow_http: None,
+            taskmanager_slots: 2,
+            heartbeat_interval: Duration::from_millis(200),
+            heartbeat_timeout: Duration::from_secs(2),
+            slot_request_timeout: Duration::from_secs(30),
         };
         for k in KEYS {
             (k.apply)(&mut c, &(k.default)()).expect("defaults parse");
@@ -781,7 +844,14 @@ impl Config {
                 None => "(unset)".into(),
             },
             "s3.path.style.access" => self.s3.path_style.to_string(),
-            "s3.allow-http" => self.s3.allow_http.to_string(),
+            "s3.allow-http" => match self.s3_allow_http {
+                Some(b) => b.to_string(),
+                None => "auto".into(),
+            },
+            "taskmanager.numberOfTaskSlots" => self.taskmanager_slots.to_string(),
+            "heartbeat.interval" => format_duration(self.heartbeat_interval),
+            "heartbeat.timeout" => format_duration(self.heartbeat_timeout),
+            "slot.request.timeout" => format_duration(self.slot_request_timeout),
             other => unreachable!("key {other} is declared in KEYS but has no value_of arm"),
         }
     }
@@ -854,6 +924,40 @@ impl Config {
             given.insert(k.trim().to_string(), (v.trim().to_string(), origin));
         }
         c.check_across_keys(&given)?;
+        Ok(c)
+    }
+
+    /// The job's configuration as `key → value`, sent with a submitted job so the JobMaster
+    /// and every TaskManager use the submitter's settings. Machine-local keys (state
+    /// directory, memory, slots) and unset keys are left out; secrets are included (the
+    /// channel is the cluster's own RPC).
+    pub fn job_config(&self) -> std::collections::BTreeMap<String, String> {
+        KEYS.iter()
+            .filter(|k| !MACHINE_KEYS.contains(&k.key))
+            .filter_map(|k| {
+                let v = match k.key {
+                    "s3.secret-key" => self.s3.secret_access_key.clone()?,
+                    other => self.value_of(other),
+                };
+                (v != "(unset)").then(|| (k.key.to_string(), v))
+            })
+            .collect()
+    }
+
+    /// Applies a submitted job's configuration (from [`Config::job_config`]) over this
+    /// process's configuration; an unknown key or bad value names the key.
+    pub fn with_job_config(
+        &self,
+        job: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let mut c = self.clone();
+        for (k, v) in job {
+            if MACHINE_KEYS.contains(&k.as_str()) {
+                continue;
+            }
+            c.set(k, v, "the job's configuration")?;
+        }
+        c.check_across_keys(&HashMap::new())?;
         Ok(c)
     }
 
@@ -997,6 +1101,44 @@ fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jobs_configuration_arrives_unchanged_on_another_process() {
+        let client = Config::load(
+            None,
+            vec![],
+            &[
+                "execution.checkpointing.interval=500ms".into(),
+                "execution.checkpointing.mode=at-least-once".into(),
+                "state.backend=heap".into(),
+                "state.checkpoints.dir=s3://bucket/prefix".into(),
+                "s3.endpoint=http://127.0.0.1:9000".into(),
+                "s3.secret-key=hush".into(),
+                "restart-strategy.type=fixed-delay".into(),
+                "restart-strategy.fixed-delay.attempts=7".into(),
+                "pipeline.max-parallelism=64".into(),
+            ],
+        )
+        .unwrap();
+        let machine = Config::load(
+            None,
+            vec![],
+            &["state.backend.rocksdb.localdir=/tm/1".into()],
+        )
+        .unwrap();
+        let received = machine.with_job_config(&client.job_config()).unwrap();
+        assert_eq!(received.job_config(), client.job_config());
+        assert_eq!(received.s3.secret_access_key.as_deref(), Some("hush"));
+        assert_eq!(received.state_dir, PathBuf::from("/tm/1"));
+        let defaults = Config::load(None, vec![], &[]).unwrap();
+        assert_eq!(
+            machine
+                .with_job_config(&defaults.job_config())
+                .unwrap()
+                .job_config(),
+            defaults.job_config()
+        );
+    }
 
     #[test]
     fn flags_beat_the_environment_which_beats_the_file() {

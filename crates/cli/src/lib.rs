@@ -14,6 +14,7 @@
 mod bench;
 mod catalog;
 pub mod checkpoints;
+mod cluster;
 mod commands;
 mod config;
 mod params;

@@ -5,8 +5,8 @@
 //! invariant 1. A `chk-<n>` directory without valid metadata is reported by name and skipped,
 //! but its id still moves the id counter, so no id is ever reused.
 
-use weir_graph::Plan;
 use weir_checkpoint::{CheckpointMetadata, CompletedCheckpoint};
+use weir_graph::Plan;
 use weir_storage::{CheckpointPaths, Store};
 use weir_types::CheckpointId;
 

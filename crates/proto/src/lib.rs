@@ -11,6 +11,7 @@
 #![allow(missing_docs)] // generated code
 
 /// Generated messages and services of package `weir.v1`.
+#[allow(clippy::all, clippy::doc_lazy_continuation)]
 pub mod v1 {
     tonic::include_proto!("weir.v1");
 }
@@ -64,7 +65,9 @@ impl v1::ExecutionState {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            v1::ExecutionState::Finished | v1::ExecutionState::Canceled | v1::ExecutionState::Failed
+            v1::ExecutionState::Finished
+                | v1::ExecutionState::Canceled
+                | v1::ExecutionState::Failed
         )
     }
 }

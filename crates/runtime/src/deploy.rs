@@ -206,10 +206,18 @@ pub fn spawn_subtask(
         .ok_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                format!("the plan has no subtask {} of vertex {}", env.subtask, env.vertex),
+                format!(
+                    "the plan has no subtask {} of vertex {}",
+                    env.subtask, env.vertex
+                ),
             )
         })?;
-    let name = format!("{} ({}/{})", vertex.name, env.subtask.0 + 1, vertex.parallelism);
+    let name = format!(
+        "{} ({}/{})",
+        vertex.name,
+        env.subtask.0 + 1,
+        vertex.parallelism
+    );
     let task = TaskId::new(env.vertex, env.subtask);
     let checkpointing = env.checkpointing.map(|c| {
         Arc::new(TaskCheckpointing {

@@ -2,12 +2,10 @@
 //! subtask on its own thread.
 
 use crate::api::NodeRuntime;
-use weir_coordination::driver::{now_ms, spawn_deletions, CheckpointRecord, Driver, TaskGateway};
 use crate::function::SourceContext;
 use crate::link::AnyBox;
 use crate::metrics::JobMetrics;
 use crate::operators::OpIdent;
-use weir_coordination::restart::{RestartDecision, RestartStrategy, RestartTracker};
 use crate::snapshot::{Control, TaskCheckpointing, TaskEvent, TaskRestore, Transfer};
 use crate::{JobDefinition, JobError, TaskError};
 use crossbeam_channel::{Receiver, Sender};
@@ -18,6 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use weir_checkpoint::{Action, CheckpointConfig, CheckpointMetadata, Coordinator, TaskId};
+use weir_coordination::driver::{now_ms, spawn_deletions, CheckpointRecord, Driver, TaskGateway};
+use weir_coordination::restart::{RestartDecision, RestartStrategy, RestartTracker};
 use weir_graph::{NodeKind, ParallelismSettings, Partitioning};
 use weir_state::{BackendScope, StateBackendFactory};
 use weir_state_transfer::Uploader;
@@ -303,7 +303,10 @@ impl LocalExecutor {
             in_flight: Arc::new(AtomicUsize::new(0)),
         };
         if settings.resume {
-            let found = runtime.block_on(weir_coordination::resume::load_completed(&settings.store, &cp.paths));
+            let found = runtime.block_on(weir_coordination::resume::load_completed(
+                &settings.store,
+                &cp.paths,
+            ));
             let (completed, highest) =
                 found.map_err(|detail| JobError::Checkpointing { detail })?;
             if completed.is_empty() {

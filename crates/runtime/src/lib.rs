@@ -42,8 +42,6 @@ mod snapshot;
 mod task;
 
 pub use api::{Data, DataStream, DataStreamSink, JobDefinition, KeyedStream, StreamEnvironment};
-pub use weir_coordination::driver::{CheckpointRecord, CheckpointStatus};
-pub use weir_coordination::restart;
 pub use error::{JobError, TaskError, UserError};
 pub use executor::{
     CheckpointReport, CheckpointSettings, JobReport, LocalExecutor, Plan, RuntimeOptions,
@@ -55,4 +53,8 @@ pub use function::{
 pub use metrics::JobMetrics;
 pub use snapshot::{Control, Transfer};
 pub use weir_coordination::driver::TaskEvent;
-pub use weir_coordination::restart::{RestartDecision, RestartStrategy, RestartStrategyError, RestartTracker};
+pub use weir_coordination::driver::{CheckpointRecord, CheckpointStatus};
+pub use weir_coordination::restart;
+pub use weir_coordination::restart::{
+    RestartDecision, RestartStrategy, RestartStrategyError, RestartTracker,
+};

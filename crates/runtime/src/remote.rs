@@ -54,7 +54,10 @@ pub(crate) fn decoder<T: crate::Data>(tx: Sender<StreamElement<T>>, label: Strin
         let element = match element {
             EncodedElement::Batch(bytes) => {
                 StreamElement::Batch(postcard::from_bytes::<Vec<T>>(&bytes).map_err(|e| {
-                    format!("{label}: a batch of {} bytes does not decode: {e}", bytes.len())
+                    format!(
+                        "{label}: a batch of {} bytes does not decode: {e}",
+                        bytes.len()
+                    )
                 })?)
             }
             EncodedElement::Watermark(w) => StreamElement::Watermark(Watermark(w)),

@@ -1,0 +1,872 @@
+//! The cluster roles of the CLI: how a TaskManager rebuilds a submitted job from the binary's
+//! catalog ([`CatalogJobFactory`]), how the JobManager reads a job's settings from its
+//! configuration ([`ConfigResolver`]), and the child TaskManager processes of `weir local`
+//! ([`LocalCluster`]).
+
+use crate::catalog::Catalog;
+use crate::config::{Config, StateBackendKind};
+use crate::params::Params;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use weir_graph::ParallelismSettings;
+use weir_jobmanager::{JobSettings, JobSettingsResolver};
+use weir_runtime::RuntimeOptions;
+use weir_state::{HeapStateBackendFactory, StateBackendFactory};
+use weir_state_rocksdb::RocksDbStateBackendFactory;
+use weir_storage::open_store;
+use weir_taskmanager::{BuiltJob, JobFactory, JobSpec};
+
+/// Rebuilds jobs on a TaskManager: the catalog's builder with the submitted parameters, the
+/// submitted configuration over this process's (machine keys stay local).
+pub struct CatalogJobFactory {
+    catalog: Catalog,
+    config: Config,
+    /// One RocksDB factory per process: the managed-memory budget is per TaskManager.
+    rocksdb: Mutex<Option<Arc<RocksDbStateBackendFactory>>>,
+}
+
+impl CatalogJobFactory {
+    /// A factory over `catalog`, with this process's configuration `config`.
+    pub fn new(catalog: Catalog, config: Config) -> Self {
+        Self {
+            catalog,
+            config,
+            rocksdb: Mutex::new(None),
+        }
+    }
+
+    fn rocksdb(&self) -> Result<Arc<RocksDbStateBackendFactory>, String> {
+        let mut slot = self.rocksdb.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(f) = slot.as_ref() {
+            return Ok(f.clone());
+        }
+        let dir = self.config.state_dir.join("rocksdb");
+        let f = Arc::new(
+            RocksDbStateBackendFactory::new(&dir, self.config.managed_memory_bytes)
+                .map_err(|e| e.to_string())?,
+        );
+        *slot = Some(f.clone());
+        Ok(f)
+    }
+}
+
+/// The job's parameters as `key=value` strings.
+pub(crate) fn param_args(params: &BTreeMap<String, String>) -> Vec<String> {
+    params.iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+impl JobFactory for CatalogJobFactory {
+    fn build(&self, spec: &JobSpec) -> Result<BuiltJob, String> {
+        let config = self
+            .config
+            .with_job_config(&spec.config.clone().into_iter().collect())
+            .map_err(|e| e.to_string())?;
+        let job = self.catalog.get(&spec.job_name).ok_or_else(|| {
+            format!(
+                "this TaskManager's binary has no job '{}' in its catalog",
+                spec.job_name
+            )
+        })?;
+        let params = Params::parse(
+            &spec.job_name,
+            &param_args(&spec.params.clone().into_iter().collect()),
+        )
+        .map_err(|e| e.to_string())?;
+        let def = self
+            .catalog
+            .build(job, &params)
+            .map_err(|e| e.to_string())?;
+        let plan = def
+            .plan(ParallelismSettings {
+                config_default: config.parallelism_default,
+                cli: (spec.parallelism > 0).then_some(spec.parallelism),
+                config_max_parallelism: config.max_parallelism,
+            })
+            .map_err(|e| e.to_string())?;
+        let state_backend: Arc<dyn StateBackendFactory> = match config.state_backend {
+            StateBackendKind::Heap => Arc::new(HeapStateBackendFactory::new()),
+            StateBackendKind::RocksDb => self.rocksdb()?,
+        };
+        let checkpointing = match config.checkpoint_config() {
+            Some(cp) => {
+                let (url, s3) = config.checkpoint_storage();
+                let store = open_store(&url, &s3)
+                    .map_err(|e| format!("state.checkpoints.dir '{url}': {e}"))?;
+                Some((cp.mode, store))
+            }
+            None => None,
+        };
+        Ok(BuiltJob {
+            job: def,
+            plan,
+            options: RuntimeOptions {
+                batch_size: config.batch_size,
+                channel_capacity: config.channel_capacity,
+                buffer_timeout: config.buffer_timeout,
+            },
+            state_backend,
+            checkpointing,
+        })
+    }
+}
+
+/// Reads a submitted job's checkpoint and restart settings from its configuration.
+pub struct ConfigResolver {
+    /// The JobManager process's configuration (the job's keys override it).
+    pub config: Config,
+}
+
+impl JobSettingsResolver for ConfigResolver {
+    fn resolve(&self, spec: &weir_proto::v1::JobSpec) -> Result<JobSettings, String> {
+        let config = self
+            .config
+            .with_job_config(&spec.config.clone().into_iter().collect())
+            .map_err(|e| e.to_string())?;
+        let checkpoint = config.checkpoint_config();
+        let store = match checkpoint {
+            Some(_) => {
+                let (url, s3) = config.checkpoint_storage();
+                Some(
+                    open_store(&url, &s3)
+                        .map_err(|e| format!("state.checkpoints.dir '{url}': {e}"))?,
+                )
+            }
+            None => None,
+        };
+        Ok(JobSettings {
+            checkpoint,
+            store,
+            restart: config.restart_strategy(),
+        })
+    }
+}
+
+/// The TaskManager child processes of `weir local`: started with this binary, stopped (and
+/// reaped) when dropped, so no process outlives the command. On Linux each child also gets
+/// SIGKILL when this process dies (`PR_SET_PDEATHSIG`), so even a killed `weir local` leaves
+/// no orphan.
+pub struct LocalCluster {
+    children: Vec<(String, Child)>,
+}
+
+impl LocalCluster {
+    /// Starts `n` TaskManagers with `slots` slots each, registering at `jobmanager`, with
+    /// state under `state_root/tm-<i>`; `forward` are the `--config`/`-D` arguments.
+    pub fn start(
+        n: u32,
+        slots: u32,
+        jobmanager: &str,
+        state_root: &Path,
+        forward: &[String],
+    ) -> Result<Self, String> {
+        let exe = std::env::current_exe()
+            .map_err(|e| format!("cannot find this binary to start TaskManagers: {e}"))?;
+        let mut cluster = LocalCluster {
+            children: Vec::new(),
+        };
+        for i in 0..n {
+            let id = format!("local-tm-{i}");
+            let dir: PathBuf = state_root.join(format!("tm-{i}"));
+            let mut cmd = Command::new(&exe);
+            cmd.arg("taskmanager")
+                .arg("--jobmanager")
+                .arg(jobmanager)
+                .arg("--slots")
+                .arg(slots.to_string())
+                .arg("--state-dir")
+                .arg(&dir)
+                .arg("--id")
+                .arg(&id)
+                .args(forward)
+                .stdin(Stdio::null());
+            die_with_parent(&mut cmd);
+            let child = cmd
+                .spawn()
+                .map_err(|e| format!("cannot start TaskManager {id}: {e}"))?;
+            tracing::info!(%id, pid = child.id(), "TaskManager process started");
+            cluster.children.push((id, child));
+        }
+        Ok(cluster)
+    }
+
+    /// The children's ids and process ids.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.children
+            .iter()
+            .map(|(id, c)| (id.clone(), c.id()))
+            .collect()
+    }
+
+    /// Stops every child: SIGTERM, then SIGKILL after `grace`; reaps them all.
+    pub fn stop(&mut self, grace: Duration) {
+        for (_, child) in &mut self.children {
+            if let Ok(None) = child.try_wait() {
+                signal(child.id(), libc::SIGTERM);
+            }
+        }
+        let until = Instant::now() + grace;
+        for (id, child) in &mut self.children {
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() >= until => {
+                        tracing::warn!(%id, "TaskManager did not stop in time; killing it");
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(3));
+    }
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) with a pid of a child we started and have not reaped.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_cmd: &mut Command) {}
+
+/// What a client sees of a job at one moment.
+pub(crate) struct JobView {
+    pub details: weir_jobmanager::view::JobDetails,
+    pub checkpoints: weir_jobmanager::view::CheckpointsView,
+    pub recoveries: weir_jobmanager::view::RecoveriesView,
+}
+
+impl JobView {
+    /// Decodes a `GetJob` answer.
+    pub(crate) fn decode(r: &weir_proto::v1::GetJobResponse) -> Result<Self, String> {
+        let bad = |what: &str, e: serde_json::Error| format!("the JobManager sent bad {what}: {e}");
+        Ok(Self {
+            details: serde_json::from_slice(&r.job_json).map_err(|e| bad("job details", e))?,
+            checkpoints: serde_json::from_slice(&r.checkpoints_json)
+                .map_err(|e| bad("checkpoints", e))?,
+            recoveries: serde_json::from_slice(&r.recoveries_json)
+                .map_err(|e| bad("recoveries", e))?,
+        })
+    }
+
+    /// Everything as one JSON document (`weir run --json`, `weir local --json`).
+    pub(crate) fn json(&self) -> serde_json::Value {
+        let completed = self.checkpoints.counts.completed;
+        serde_json::json!({
+            "job_id": self.details.id,
+            "job": self.details.name,
+            "status": self.details.state,
+            "duration_s": self.details.duration_ms as f64 / 1000.0,
+            "restarts": self.details.restarts,
+            "attempt": self.details.attempt,
+            "failure": self.details.failure_cause,
+            "restored_from": self.details.restored_from.map(|c| c.0),
+            "checkpoints_completed": completed,
+            "latest_completed": self.checkpoints.latest_completed.map(|c| c.0),
+            "tasks": self.details.vertices.iter().map(|v| v.parallelism as usize).sum::<usize>(),
+            "details": self.details,
+            "recoveries": self.recoveries.recoveries,
+        })
+    }
+}
+
+/// One human line per recovery phase reached.
+pub(crate) fn recovery_line(r: &weir_jobmanager::RecoveryRecord) -> String {
+    let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
+    let moves: Vec<String> = r
+        .moves
+        .iter()
+        .map(|m| {
+            format!(
+                "v{}/{} {}→{}",
+                m.vertex, m.subtask, m.from_taskmanager, m.to_taskmanager
+            )
+        })
+        .collect();
+    format!(
+        "recovery {} ({:?}): {}; detect {}, cancel {}, schedule {}, deploy+restore {}, first record {}, total {}; restored {} ({} local, {} downloaded){}",
+        r.id,
+        r.status,
+        r.cause,
+        ms(r.durations.detection_ms),
+        ms(r.durations.cancel_ms),
+        ms(r.durations.schedule_ms),
+        ms(r.durations.deploy_ms),
+        ms(r.durations.first_record_ms),
+        ms(r.durations.total_ms),
+        r.restored_checkpoint
+            .map_or("nothing".to_string(), |c| c.to_string()),
+        crate::commands::human_bytes(r.bytes_local),
+        crate::commands::human_bytes(r.bytes_downloaded),
+        if moves.is_empty() {
+            String::new()
+        } else {
+            format!("; moved {}", moves.join(", "))
+        }
+    )
+}
+
+/// Follows a job until it reaches a terminal state, printing state changes and recoveries
+/// (unless `quiet`), writing its checkpoint history to `history` when given. `fetch` reads
+/// the job's current view; `cancel` is set by Ctrl-C.
+pub(crate) fn follow(
+    mut fetch: impl FnMut() -> Result<JobView, String>,
+    mut on_cancel: impl FnMut(),
+    cancel: &std::sync::atomic::AtomicBool,
+    quiet: bool,
+    history: Option<(&Path, &str)>,
+) -> Result<JobView, String> {
+    use std::sync::atomic::Ordering;
+    let mut last_state = None;
+    let mut printed: BTreeMap<u32, String> = BTreeMap::new();
+    let mut cancel_sent = false;
+    let mut failures = 0;
+    loop {
+        if cancel.load(Ordering::SeqCst) && !cancel_sent {
+            on_cancel();
+            cancel_sent = true;
+        }
+        let view = match fetch() {
+            Ok(v) => {
+                failures = 0;
+                v
+            }
+            Err(e) => {
+                failures += 1;
+                if failures > 25 {
+                    return Err(e);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        };
+        if !quiet {
+            if last_state != Some(view.details.state) {
+                eprintln!("job {} is {:?}", view.details.id, view.details.state);
+                last_state = Some(view.details.state);
+            }
+            for r in &view.recoveries.recoveries {
+                let line = recovery_line(r);
+                if printed.get(&r.id) != Some(&line) {
+                    eprintln!("{line}");
+                    printed.insert(r.id, line);
+                }
+            }
+        }
+        if let Some((path, url)) = history {
+            write_history(path, url, &view);
+        }
+        if view.details.state.is_terminal() {
+            return Ok(view);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Writes the job's checkpoint history where `weir checkpoints` reads it.
+fn write_history(path: &Path, url: &str, view: &JobView) {
+    let history = crate::checkpoints::JobHistory {
+        job_id: view.details.id.clone(),
+        job: view.details.name.clone(),
+        checkpoint_dir: url.to_string(),
+        restarts: view.details.restarts,
+        checkpoints: view.checkpoints.history.clone(),
+    };
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let tmp = path.with_extension("json.tmp");
+    if let Ok(bytes) = serde_json::to_vec_pretty(&history) {
+        if std::fs::write(&tmp, bytes).is_ok() {
+            let _ = std::fs::rename(&tmp, path);
+        }
+    }
+}
+
+use crate::commands::Failure;
+use weir_proto::v1::dispatcher_service_client::DispatcherServiceClient;
+use weir_proto::v1::{self};
+
+/// The spec of a job to submit: name, parameters, this process's job configuration, and the
+/// id (`--restore`'s, or a new one).
+pub(crate) fn job_spec(
+    config: &Config,
+    job: &str,
+    parallelism: Option<u32>,
+    params: &[String],
+    restore: Option<&str>,
+) -> Result<v1::JobSpec, Failure> {
+    let job_id = match restore {
+        Some(id) => crate::checkpoints::parse_job_id(id)
+            .map_err(|e| Failure::Usage(format!("--restore: {e}")))?
+            .to_string(),
+        None => String::new(),
+    };
+    if restore.is_some() && config.checkpoint_config().is_none() {
+        return Err(Failure::Usage(
+            "--restore needs checkpointing: set execution.checkpointing.interval".into(),
+        ));
+    }
+    let params = Params::parse(job, params)?;
+    Ok(v1::JobSpec {
+        job_id,
+        job_name: job.to_string(),
+        params: params
+            .keys()
+            .map(|k| (k.to_string(), params.raw(k).unwrap_or_default().to_string()))
+            .collect(),
+        config: config.job_config().into_iter().collect(),
+        parallelism: parallelism.unwrap_or(0),
+    })
+}
+
+fn io_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Job(format!("cannot start the client runtime: {e}")))
+}
+
+fn connect(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+) -> Result<DispatcherServiceClient<tonic::transport::Channel>, Failure> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| Failure::Usage(format!("--jobmanager '{url}' is not a URL: {e}")))?
+        .connect_timeout(Duration::from_secs(2));
+    let channel = rt
+        .block_on(endpoint.connect())
+        .map_err(|e| Failure::Usage(format!("cannot reach the JobManager at {url}: {e}")))?;
+    Ok(DispatcherServiceClient::new(channel))
+}
+
+fn status_failure(what: &str, s: tonic::Status) -> Failure {
+    match s.code() {
+        tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::AlreadyExists => {
+            Failure::Usage(format!("{what}: {}", s.message()))
+        }
+        _ => Failure::Job(format!("{what}: {}", s.message())),
+    }
+}
+
+/// `weir jobmanager`.
+pub(crate) fn jobmanager_command(
+    config: &Config,
+    rpc_bind: &str,
+    rest_bind: &str,
+) -> Result<(), Failure> {
+    let options = jobmanager_options(config, rpc_bind, rest_bind)?;
+    let handle = weir_jobmanager::JobManager::start(
+        options,
+        Arc::new(ConfigResolver {
+            config: config.clone(),
+        }),
+    )
+    .map_err(|e| Failure::Usage(e.to_string()))?;
+    eprintln!(
+        "JobManager: RPC on {}, REST on http://{}",
+        handle.rpc_addr(),
+        handle.rest_addr()
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    let _ = ctrlc::set_handler(move || s.store(true, std::sync::atomic::Ordering::SeqCst));
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("JobManager shutting down: TaskManagers cancel their tasks");
+    handle.shutdown();
+    Ok(())
+}
+
+fn jobmanager_options(
+    config: &Config,
+    rpc_bind: &str,
+    rest_bind: &str,
+) -> Result<weir_jobmanager::JobManagerOptions, Failure> {
+    let addr = |flag: &str, v: &str| {
+        v.parse::<std::net::SocketAddr>()
+            .map_err(|e| Failure::Usage(format!("{flag} '{v}': {e}")))
+    };
+    Ok(weir_jobmanager::JobManagerOptions {
+        rpc_bind: addr("--rpc-bind", rpc_bind)?,
+        rest_bind: addr("--rest-bind", rest_bind)?,
+        heartbeat_interval: config.heartbeat_interval,
+        heartbeat_timeout: config.heartbeat_timeout,
+        slot_request_timeout: config.slot_request_timeout,
+        ..Default::default()
+    })
+}
+
+/// `weir taskmanager`.
+pub(crate) fn taskmanager_command(
+    catalog: &Catalog,
+    config: &Config,
+    jobmanager: String,
+    slots: Option<u32>,
+    id: Option<String>,
+    data_bind: &str,
+) -> Result<(), Failure> {
+    let data_bind = data_bind
+        .parse()
+        .map_err(|e| Failure::Usage(format!("--data-bind '{data_bind}': {e}")))?;
+    let slots = slots.unwrap_or(config.taskmanager_slots);
+    if slots == 0 {
+        return Err(Failure::Usage("--slots must be at least 1".into()));
+    }
+    let id = id.unwrap_or_else(|| format!("tm-{}", std::process::id()));
+    let options = weir_taskmanager::TaskManagerOptions {
+        jobmanager,
+        id,
+        slots,
+        state_dir: config.state_dir.clone(),
+        data_bind,
+        initial_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(2),
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    let _ = ctrlc::set_handler(move || s.store(true, std::sync::atomic::Ordering::SeqCst));
+    let factory = Arc::new(CatalogJobFactory::new(catalog.clone(), config.clone()));
+    weir_taskmanager::session::run(options, factory, stop).map_err(|e| match e {
+        weir_taskmanager::TaskManagerError::Refused { .. } => Failure::Usage(e.to_string()),
+        e => Failure::Job(e.to_string()),
+    })
+}
+
+fn fetch_grpc(
+    rt: &tokio::runtime::Runtime,
+    client: &mut DispatcherServiceClient<tonic::transport::Channel>,
+    job_id: &str,
+) -> Result<JobView, String> {
+    let r = rt
+        .block_on(client.get_job(v1::GetJobRequest {
+            job_id: job_id.to_string(),
+        }))
+        .map_err(|s| s.message().to_string())?;
+    JobView::decode(&r.into_inner())
+}
+
+/// `weir run`.
+pub(crate) fn run_command(
+    url: &str,
+    spec: v1::JobSpec,
+    plan: &weir_graph::Plan,
+    resume: bool,
+    detached: bool,
+    json: bool,
+) -> Result<(), Failure> {
+    let rt = io_runtime()?;
+    let mut client = connect(&rt, url)?;
+    let plan_json = serde_json::to_vec(plan).map_err(|e| Failure::Job(e.to_string()))?;
+    let job_id = rt
+        .block_on(client.submit_job(v1::SubmitJobRequest {
+            job: Some(spec),
+            plan_json,
+            resume,
+        }))
+        .map_err(|s| status_failure("submit", s))?
+        .into_inner()
+        .job_id;
+    if detached {
+        if json {
+            println!("{}", serde_json::json!({ "job_id": job_id }));
+        } else {
+            println!("{job_id}");
+        }
+        return Ok(());
+    }
+    eprintln!("job {job_id} submitted");
+    let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let c = cancel.clone();
+    let _ = ctrlc::set_handler(move || c.store(true, std::sync::atomic::Ordering::SeqCst));
+    let mut cancel_client = client.clone();
+    let view = follow(
+        || fetch_grpc(&rt, &mut client, &job_id),
+        || {
+            eprintln!("cancelling job {job_id}");
+            let _ = rt.block_on(cancel_client.cancel_job(v1::CancelJobRequest {
+                job_id: job_id.clone(),
+            }));
+        },
+        &cancel,
+        json,
+        None,
+    )
+    .map_err(Failure::Job)?;
+    finish(view, json)
+}
+
+/// Prints a finished job's summary; its final state decides the exit code.
+fn finish(view: JobView, json: bool) -> Result<(), Failure> {
+    use weir_jobmanager::view::JobState;
+    if json {
+        println!("{}", view.json());
+    } else {
+        eprintln!(
+            "job '{}' ({}) {:?} in {:.3} s: {} checkpoints completed, {} restart(s)",
+            view.details.name,
+            view.details.id,
+            view.details.state,
+            view.details.duration_ms as f64 / 1000.0,
+            view.checkpoints.counts.completed,
+            view.details.restarts
+        );
+    }
+    match view.details.state {
+        JobState::Finished => Ok(()),
+        JobState::Canceled => Err(Failure::Cancelled(format!(
+            "job '{}' cancelled",
+            view.details.name
+        ))),
+        _ => Err(Failure::Job(format!(
+            "job '{}' failed: {}",
+            view.details.name,
+            view.details
+                .failure_cause
+                .unwrap_or_else(|| "no cause recorded".into())
+        ))),
+    }
+}
+
+/// `weir list`.
+pub(crate) fn list_command(url: &str, json: bool) -> Result<(), Failure> {
+    let rt = io_runtime()?;
+    let mut client = connect(&rt, url)?;
+    let r = rt
+        .block_on(client.list_jobs(v1::ListJobsRequest {}))
+        .map_err(|s| status_failure("list", s))?
+        .into_inner();
+    let jobs: weir_jobmanager::view::JobsView = serde_json::from_slice(&r.jobs_json)
+        .map_err(|e| Failure::Job(format!("the JobManager sent a bad job list: {e}")))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&jobs).expect("serialises")
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<32}  {:<12} {:<11} {:>8} {:>9} {:>10}",
+        "JOB ID", "NAME", "STATE", "RESTARTS", "TASKS", "DURATION"
+    );
+    for j in &jobs.jobs {
+        println!(
+            "{:<32}  {:<12} {:<11} {:>8} {:>4}/{:<4} {:>9.1}s",
+            j.id,
+            j.name,
+            format!("{:?}", j.state).to_uppercase(),
+            j.restarts,
+            j.tasks_running,
+            j.tasks_total,
+            j.duration_ms as f64 / 1000.0
+        );
+    }
+    for j in &jobs.jobs {
+        if j.restarts == 0 {
+            continue;
+        }
+        if let Ok(view) = fetch_grpc(&rt, &mut client, &j.id) {
+            for r in &view.recoveries.recoveries {
+                println!("  {}: {}", j.id, recovery_line(r));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `weir cancel`.
+pub(crate) fn cancel_command(url: &str, job_id: &str, json: bool) -> Result<(), Failure> {
+    let rt = io_runtime()?;
+    let mut client = connect(&rt, url)?;
+    rt.block_on(client.cancel_job(v1::CancelJobRequest {
+        job_id: job_id.to_string(),
+    }))
+    .map_err(|s| status_failure("cancel", s))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "job_id": job_id, "cancelled": true })
+        );
+    } else {
+        eprintln!("job {job_id}: cancellation requested");
+    }
+    Ok(())
+}
+
+/// `weir checkpoints JOB_ID --jobmanager URL`.
+pub(crate) fn checkpoints_command(url: &str, job_id: &str, json: bool) -> Result<(), Failure> {
+    let rt = io_runtime()?;
+    let mut client = connect(&rt, url)?;
+    let view = fetch_grpc(&rt, &mut client, job_id).map_err(Failure::Usage)?;
+    let history = crate::checkpoints::JobHistory {
+        job_id: view.details.id.clone(),
+        job: view.details.name.clone(),
+        checkpoint_dir: String::new(),
+        restarts: view.details.restarts,
+        checkpoints: view.checkpoints.history.clone(),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&history).expect("history serialises")
+        );
+    } else {
+        print!("{}", crate::checkpoints::render(&history));
+    }
+    Ok(())
+}
+
+/// `weir local` with TaskManager processes: a JobManager in this process, `taskmanagers`
+/// children, the job submitted and followed to its end, then everything stopped.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn local_command(
+    config: &Config,
+    spec: v1::JobSpec,
+    plan: &weir_graph::Plan,
+    resume: bool,
+    taskmanagers: u32,
+    slots: Option<u32>,
+    forward: &[String],
+    json: bool,
+) -> Result<(), Failure> {
+    let needed = plan.slots_needed();
+    let slots =
+        slots.unwrap_or_else(|| config.taskmanager_slots.max(needed.div_ceil(taskmanagers)));
+    if slots == 0 {
+        return Err(Failure::Usage("--slots must be at least 1".into()));
+    }
+    if config.state_backend == StateBackendKind::RocksDb {
+        std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+            Failure::Usage(format!(
+                "state dir '{}' cannot be created: {e}",
+                config.state_dir.display()
+            ))
+        })?;
+    }
+    let options = jobmanager_options(config, "127.0.0.1:0", "127.0.0.1:0")?;
+    let handle = weir_jobmanager::JobManager::start(
+        options,
+        Arc::new(ConfigResolver {
+            config: config.clone(),
+        }),
+    )
+    .map_err(|e| Failure::Job(e.to_string()))?;
+    let root = config
+        .state_dir
+        .join(format!("cluster-{}", std::process::id()));
+    let mut cluster = match LocalCluster::start(
+        taskmanagers,
+        slots,
+        &format!("http://{}", handle.rpc_addr()),
+        &root,
+        forward,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            handle.shutdown();
+            return Err(Failure::Job(e));
+        }
+    };
+    eprintln!(
+        "local cluster: JobManager RPC {} REST http://{}, {} TaskManager(s) × {} slot(s): {}",
+        handle.rpc_addr(),
+        handle.rest_addr(),
+        taskmanagers,
+        slots,
+        cluster
+            .pids()
+            .iter()
+            .map(|(id, pid)| format!("{id} (pid {pid})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let outcome = run_on(&handle, config, spec, plan, resume, json);
+    // TaskManagers first: the job has ended, so none of them runs anything.
+    cluster.stop(Duration::from_secs(5));
+    handle.shutdown();
+    let _ = std::fs::remove_dir_all(&root);
+    outcome
+}
+
+fn run_on(
+    handle: &weir_jobmanager::JobManagerHandle,
+    config: &Config,
+    spec: v1::JobSpec,
+    plan: &weir_graph::Plan,
+    resume: bool,
+    json: bool,
+) -> Result<(), Failure> {
+    let plan_json = serde_json::to_vec(plan).map_err(|e| Failure::Job(e.to_string()))?;
+    let job_id = handle
+        .submit(v1::SubmitJobRequest {
+            job: Some(spec),
+            plan_json,
+            resume,
+        })
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let id = job_id.to_string();
+    let history_path = crate::checkpoints::jobs_dir(&config.state_dir)
+        .join(&id)
+        .join("checkpoints.json");
+    let url = config.checkpoint_storage().0.to_string();
+    if config.checkpoint_config().is_some() {
+        eprintln!("job id {id}: checkpoints under {url}/{id}");
+    }
+    let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let c = cancel.clone();
+    let _ = ctrlc::set_handler(move || {
+        if c.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("cancelling (Ctrl-C again to stop at once)");
+    });
+    let history = config
+        .checkpoint_config()
+        .is_some()
+        .then_some((history_path.as_path(), url.as_str()));
+    let view = follow(
+        || {
+            Ok(JobView {
+                details: handle.job(job_id).ok_or("the job vanished")?,
+                checkpoints: handle.checkpoints(job_id).ok_or("the job vanished")?,
+                recoveries: handle.recoveries(job_id).ok_or("the job vanished")?,
+            })
+        },
+        || {
+            let _ = handle.cancel(job_id);
+        },
+        &cancel,
+        json,
+        history,
+    )
+    .map_err(Failure::Job)?;
+    finish(view, json)
+}

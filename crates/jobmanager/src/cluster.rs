@@ -1,0 +1,252 @@
+//! What every part of the JobManager shares: the ResourceManager, the job table, the runtime.
+//!
+//! Locks: `resources` and `jobs` are never held together; a job's status lock is taken under
+//! `jobs` or alone, never the other way round. No lock is held across I/O or a wait.
+
+use crate::error::DispatchError;
+use crate::ids::{parse_job_id, TaskManagerId};
+use crate::job_master::JobMasterMsg;
+use crate::options::JobManagerOptions;
+use crate::recovery::RecoveryRecord;
+use crate::resource_manager::{LostTaskManager, ResourceManager};
+use crate::settings::JobSettingsResolver;
+use crate::view::{
+    CheckpointCounts, CheckpointsView, JobDetails, JobState, JobSummary, JobsView, Overview,
+    RecoveriesView,
+};
+use crossbeam_channel::Sender;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use weir_coordination::driver::{now_ms, CheckpointRecord};
+use weir_proto::v1::task_manager_message::Kind;
+use weir_types::{CheckpointId, JobId};
+
+/// What the JobMaster publishes for the REST API and `GetJob`.
+#[derive(Clone, Debug)]
+pub(crate) struct JobStatus {
+    pub details: JobDetails,
+    pub tasks_total: u32,
+    pub tasks_running: u32,
+    pub checkpoints: Vec<CheckpointRecord>,
+    pub latest_completed: Option<CheckpointId>,
+    pub recoveries: Vec<RecoveryRecord>,
+}
+
+impl JobStatus {
+    fn duration(&self, now: u64) -> u64 {
+        self.details
+            .end_ms
+            .unwrap_or(now)
+            .saturating_sub(self.details.start_ms)
+    }
+
+    pub fn summary(&self, now: u64) -> JobSummary {
+        let d = &self.details;
+        JobSummary {
+            id: d.id.clone(),
+            name: d.name.clone(),
+            state: d.state,
+            start_ms: d.start_ms,
+            end_ms: d.end_ms,
+            duration_ms: self.duration(now),
+            attempt: d.attempt,
+            restarts: d.restarts,
+            tasks_total: self.tasks_total,
+            tasks_running: self.tasks_running,
+        }
+    }
+
+    pub fn details(&self, now: u64) -> JobDetails {
+        let mut d = self.details.clone();
+        d.duration_ms = self.duration(now);
+        d
+    }
+
+    pub fn checkpoints(&self) -> CheckpointsView {
+        CheckpointsView {
+            job: self.details.id.clone(),
+            checkpointing: self.details.checkpointing,
+            counts: CheckpointCounts::of(&self.checkpoints),
+            latest_completed: self.latest_completed,
+            history: self.checkpoints.clone(),
+        }
+    }
+
+    pub fn recoveries(&self) -> RecoveriesView {
+        RecoveriesView {
+            job: self.details.id.clone(),
+            recoveries: self.recoveries.clone(),
+        }
+    }
+}
+
+/// One job of the Dispatcher's table.
+pub(crate) struct JobEntry {
+    pub status: Arc<Mutex<JobStatus>>,
+    pub inbox: Sender<JobMasterMsg>,
+    pub thread: Option<std::thread::JoinHandle<()>>,
+    /// Submission order (for `/jobs`).
+    pub order: u64,
+}
+
+/// See the module doc.
+pub(crate) struct Shared {
+    pub options: JobManagerOptions,
+    pub resources: Mutex<ResourceManager>,
+    pub jobs: Mutex<BTreeMap<JobId, JobEntry>>,
+    /// The JobManager's runtime: servers, and the storage calls of the JobMasters.
+    pub runtime: tokio::runtime::Handle,
+    pub resolver: Arc<dyn JobSettingsResolver>,
+    pub shutting_down: AtomicBool,
+}
+
+/// Locks `m`, ignoring poisoning: every critical section leaves the data consistent.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    pub fn new(
+        options: JobManagerOptions,
+        runtime: tokio::runtime::Handle,
+        resolver: Arc<dyn JobSettingsResolver>,
+    ) -> Self {
+        Self {
+            options,
+            resources: Mutex::new(ResourceManager::default()),
+            jobs: Mutex::new(BTreeMap::new()),
+            runtime,
+            resolver,
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    pub fn resources(&self) -> MutexGuard<'_, ResourceManager> {
+        lock(&self.resources)
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Hands a TaskManager's message about job `job_id` to that job's JobMaster; messages
+    /// for jobs this JobManager does not know are logged and dropped.
+    pub fn route(&self, from: &TaskManagerId, job_id: &str, kind: Kind) {
+        let job = match parse_job_id(job_id) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::warn!(taskmanager = %from, error = %e, "message with a bad job id dropped");
+                return;
+            }
+        };
+        let inbox = lock(&self.jobs).get(&job).map(|e| e.inbox.clone());
+        match inbox {
+            Some(inbox) => {
+                if inbox
+                    .send(JobMasterMsg::FromTaskManager {
+                        from: from.clone(),
+                        kind,
+                    })
+                    .is_err()
+                {
+                    tracing::debug!(%job, taskmanager = %from, "message for an ended job dropped");
+                }
+            }
+            None => {
+                tracing::warn!(%job, taskmanager = %from, "message for an unknown job dropped")
+            }
+        }
+    }
+
+    /// Declares `id` lost (its session `session` only, when given) and tells the JobMasters
+    /// that held slots there.
+    pub fn taskmanager_lost(&self, id: &TaskManagerId, session: Option<u64>, reason: String) {
+        let Some(lost) = self.resources().mark_lost(id, session, reason, now_ms()) else {
+            return;
+        };
+        tracing::warn!(
+            taskmanager = %lost.id,
+            reason = %lost.reason,
+            silent_ms = lost.detected_ms.saturating_sub(lost.last_heartbeat_ms),
+            jobs = lost.jobs.len(),
+            "TaskManager lost"
+        );
+        let lost: Arc<LostTaskManager> = Arc::new(lost);
+        let jobs = lock(&self.jobs);
+        for job in &lost.jobs {
+            if let Some(e) = jobs.get(job) {
+                let _ = e.inbox.send(JobMasterMsg::TaskManagerLost(lost.clone()));
+            }
+        }
+    }
+
+    pub fn overview(&self) -> Overview {
+        let (taskmanagers, slots_total, slots_free) = self.resources().slot_counts();
+        let mut o = Overview {
+            taskmanagers,
+            slots_total,
+            slots_free,
+            jobs_running: 0,
+            jobs_finished: 0,
+            jobs_failed: 0,
+            jobs_canceled: 0,
+        };
+        for e in lock(&self.jobs).values() {
+            match lock(&e.status).details.state {
+                JobState::Finished => o.jobs_finished += 1,
+                JobState::Failed => o.jobs_failed += 1,
+                JobState::Canceled => o.jobs_canceled += 1,
+                _ => o.jobs_running += 1,
+            }
+        }
+        o
+    }
+
+    pub fn jobs_view(&self) -> JobsView {
+        let now = now_ms();
+        let jobs = lock(&self.jobs);
+        let mut entries: Vec<&JobEntry> = jobs.values().collect();
+        entries.sort_by_key(|e| e.order);
+        JobsView {
+            jobs: entries
+                .into_iter()
+                .map(|e| lock(&e.status).summary(now))
+                .collect(),
+        }
+    }
+
+    /// The status of job `id` (as text, from a URL or a request).
+    pub fn job_status(&self, id: &str) -> Result<JobStatus, DispatchError> {
+        let job = parse_job_id(id).map_err(|_| DispatchError::UnknownJob(id.to_string()))?;
+        let jobs = lock(&self.jobs);
+        let entry = jobs
+            .get(&job)
+            .ok_or_else(|| DispatchError::UnknownJob(id.to_string()))?;
+        let status = lock(&entry.status).clone();
+        Ok(status)
+    }
+
+    /// Asks job `id`'s JobMaster to cancel it.
+    pub fn cancel(&self, id: &str) -> Result<(), DispatchError> {
+        let job = parse_job_id(id).map_err(|_| DispatchError::UnknownJob(id.to_string()))?;
+        let jobs = lock(&self.jobs);
+        let entry = jobs
+            .get(&job)
+            .ok_or_else(|| DispatchError::UnknownJob(id.to_string()))?;
+        let state = lock(&entry.status).details.state;
+        if state.is_terminal() {
+            return Err(DispatchError::FailedPrecondition(format!(
+                "job {job} is already {}",
+                serde_json::to_value(state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            )));
+        }
+        entry
+            .inbox
+            .send(JobMasterMsg::Cancel)
+            .map_err(|_| DispatchError::Internal(format!("the JobMaster of job {job} is gone")))
+    }
+}

@@ -1,0 +1,71 @@
+//! The JobManager's errors: starting the process, and the Dispatcher's answers to clients.
+
+use std::net::SocketAddr;
+use weir_types::JobId;
+
+/// The JobManager could not start. None of these is helped by retrying unchanged, except
+/// [`JobManagerError::Bind`] once the address is free.
+#[derive(Debug, thiserror::Error)]
+pub enum JobManagerError {
+    /// An option is out of range.
+    #[error("invalid value {value} for {key}: expected {expected}")]
+    InvalidOption {
+        /// The option's key, e.g. `heartbeat.timeout`.
+        key: &'static str,
+        /// The rejected value.
+        value: String,
+        /// What would be accepted.
+        expected: &'static str,
+    },
+    /// A listening address could not be bound.
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        /// `gRPC` or `REST`.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The JobManager's tokio runtime could not start.
+    #[error("cannot start the JobManager runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Why the Dispatcher refused a job or a request about one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DispatchError {
+    /// The submission is malformed (bad plan JSON, bad job id, bad settings). Fix the request.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A job with this id is not finished yet.
+    #[error("job {0} is already running; cancel it first or submit under another id")]
+    AlreadyRunning(JobId),
+    /// No such job on this JobManager.
+    #[error("no job {0} on this JobManager")]
+    UnknownJob(String),
+    /// The request cannot be served in the job's state (resume without a checkpoint, cancel
+    /// of a finished job).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The JobManager is shutting down; submit to another one.
+    #[error("the JobManager is shutting down")]
+    ShuttingDown,
+    /// Something on this side broke (a thread that could not start). A retry may help.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<DispatchError> for tonic::Status {
+    fn from(e: DispatchError) -> Self {
+        let message = e.to_string();
+        match e {
+            DispatchError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
+            DispatchError::AlreadyRunning(_) => tonic::Status::already_exists(message),
+            DispatchError::UnknownJob(_) => tonic::Status::not_found(message),
+            DispatchError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
+            DispatchError::ShuttingDown => tonic::Status::unavailable(message),
+            DispatchError::Internal(_) => tonic::Status::internal(message),
+        }
+    }
+}

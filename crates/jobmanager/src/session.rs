@@ -1,0 +1,248 @@
+//! `JobManagerService.Session`: one TaskManager's long-lived control stream, and the
+//! heartbeat checker.
+//!
+//! 1. The handler waits (bounded) for the first message. Not a valid `Register` →
+//!    `INVALID_ARGUMENT`, nothing registered, the server goes on serving.
+//! 2. A live id → the stream answers `Refused { reason }` and ends. Otherwise the
+//!    [`ResourceManager`](crate::resource_manager::ResourceManager) registers it and queues
+//!    `Registered { heartbeat_interval_ms, heartbeat_timeout_ms }` as its first message.
+//! 3. A reader task takes every further message: any message proves the TaskManager alive;
+//!    messages about a job go to its JobMaster ([`Shared::route`]).
+//! 4. The stream ends or breaks → the TaskManager is lost at once. The heartbeat checker
+//!    (every `heartbeat.interval / 2`) declares lost those silent for over `heartbeat.timeout`
+//!    and stops their reader; dropping their outbox ends the response stream.
+
+use crate::cluster::Shared;
+use crate::ids::TaskManagerId;
+use crate::resource_manager::Registration;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Notify};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use weir_coordination::driver::now_ms;
+use weir_proto::v1::job_manager_service_server::JobManagerService;
+use weir_proto::v1::task_manager_message::Kind;
+use weir_proto::v1::{
+    job_manager_message, JobManagerMessage, Refused, Register, Registered, TaskManagerMessage,
+};
+
+/// How long a new stream may take to send `Register`.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The gRPC service TaskManagers connect to.
+pub(crate) struct SessionService {
+    pub shared: Arc<Shared>,
+}
+
+type SessionStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<JobManagerMessage, Status>> + Send>>;
+
+fn registration(r: Register) -> Result<Registration, Status> {
+    let id = TaskManagerId::new(r.taskmanager_id)
+        .map_err(|e| Status::invalid_argument(format!("Register: {e}")))?;
+    if r.slots == 0 {
+        return Err(Status::invalid_argument(format!(
+            "Register: TaskManager '{id}' offers 0 slots (taskmanager.numberOfTaskSlots must be at least 1)"
+        )));
+    }
+    if r.data_address.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "Register: TaskManager '{id}' has no data_address"
+        )));
+    }
+    Ok(Registration {
+        id,
+        slots: r.slots,
+        data_address: r.data_address,
+        pid: r.pid,
+    })
+}
+
+fn kind_name(kind: &Option<Kind>) -> &'static str {
+    match kind {
+        None => "an empty message",
+        Some(Kind::Register(_)) => "Register",
+        Some(Kind::Heartbeat(_)) => "Heartbeat",
+        Some(Kind::TaskState(_)) => "TaskStateUpdate",
+        Some(Kind::Ack(_)) => "CheckpointAck",
+        Some(Kind::Decline(_)) => "CheckpointDecline",
+        Some(Kind::EndOfInput(_)) => "TaskEndOfInput",
+        Some(Kind::Restored(_)) => "TaskRestored",
+        Some(Kind::FirstRecord(_)) => "FirstRecord",
+    }
+}
+
+#[tonic::async_trait]
+impl JobManagerService for SessionService {
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<TaskManagerMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = match tokio::time::timeout(REGISTER_TIMEOUT, inbound.message()).await {
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "no Register within {REGISTER_TIMEOUT:?}"
+                )))
+            }
+            Ok(Err(status)) => return Err(status),
+            Ok(Ok(None)) => {
+                return Err(Status::invalid_argument(
+                    "the stream ended before its first message (Register)",
+                ))
+            }
+            Ok(Ok(Some(m))) => m,
+        };
+        let register = match first.kind {
+            Some(Kind::Register(r)) => r,
+            other => {
+                tracing::warn!(
+                    got = kind_name(&other),
+                    "a session did not start with Register; rejected"
+                );
+                return Err(Status::invalid_argument(format!(
+                    "the first message of a Session must be Register, got {}",
+                    kind_name(&other)
+                )));
+            }
+        };
+        let registration = registration(register)?;
+        let id = registration.id.clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let kill = Arc::new(Notify::new());
+        let options = &self.shared.options;
+        let registered = JobManagerMessage {
+            kind: Some(job_manager_message::Kind::Registered(Registered {
+                heartbeat_interval_ms: options.heartbeat_interval.as_millis() as u64,
+                heartbeat_timeout_ms: options.heartbeat_timeout.as_millis() as u64,
+            })),
+        };
+        let (slots, data_address, pid) = (
+            registration.slots,
+            registration.data_address.clone(),
+            registration.pid,
+        );
+        let outcome = self.shared.resources().register(
+            registration,
+            tx.clone(),
+            kill.clone(),
+            registered,
+            now_ms(),
+        );
+        match outcome {
+            Err(reason) => {
+                tracing::warn!(taskmanager = %id, %reason, "TaskManager refused");
+                let _ = tx.send(Ok(JobManagerMessage {
+                    kind: Some(job_manager_message::Kind::Refused(Refused { reason })),
+                }));
+            }
+            Ok(session) => {
+                tracing::info!(taskmanager = %id, slots, %data_address, pid, "TaskManager registered");
+                let shared = self.shared.clone();
+                tokio::spawn(read_session(shared, id, session, inbound, kill));
+            }
+        }
+        // The registry holds the only other sender: dropping ours lets the stream end when
+        // the TaskManager is lost (or right after `Refused`).
+        drop(tx);
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}
+
+/// Reads one registered TaskManager's messages until its stream ends or it is declared lost.
+async fn read_session(
+    shared: Arc<Shared>,
+    id: TaskManagerId,
+    session: u64,
+    mut inbound: Streaming<TaskManagerMessage>,
+    kill: Arc<Notify>,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = kill.notified() => return,
+            m = inbound.message() => m,
+        };
+        match message {
+            Ok(Some(m)) => {
+                if !shared.resources().touch(&id, session, now_ms()) {
+                    return;
+                }
+                dispatch(&shared, &id, m.kind);
+            }
+            Ok(None) => {
+                shared.taskmanager_lost(&id, Some(session), "its control stream closed".into());
+                return;
+            }
+            Err(status) => {
+                shared.taskmanager_lost(
+                    &id,
+                    Some(session),
+                    format!("its control stream broke: {}", status.message()),
+                );
+                return;
+            }
+        }
+    }
+}
+
+fn dispatch(shared: &Shared, from: &TaskManagerId, kind: Option<Kind>) {
+    let Some(kind) = kind else {
+        tracing::warn!(taskmanager = %from, "empty message ignored");
+        return;
+    };
+    let job = match &kind {
+        Kind::Heartbeat(_) => return,
+        Kind::Register(_) => {
+            tracing::warn!(taskmanager = %from, "Register on a registered session ignored");
+            return;
+        }
+        Kind::TaskState(m) => m.task.as_ref().map(|t| t.job_id.clone()),
+        Kind::Ack(m) => m.task.as_ref().map(|t| t.job_id.clone()),
+        Kind::Decline(m) => m.task.as_ref().map(|t| t.job_id.clone()),
+        Kind::EndOfInput(m) => m.task.as_ref().map(|t| t.job_id.clone()),
+        Kind::Restored(m) => m.task.as_ref().map(|t| t.job_id.clone()),
+        Kind::FirstRecord(m) => Some(m.job_id.clone()),
+    };
+    match job {
+        Some(job) => shared.route(from, &job, kind),
+        None => tracing::warn!(
+            taskmanager = %from,
+            message = kind_name(&Some(kind)),
+            "message without a task key dropped"
+        ),
+    }
+}
+
+/// Declares lost every TaskManager silent for longer than `heartbeat.timeout`, every
+/// `heartbeat.interval / 2`, until `stop` turns true.
+pub(crate) async fn check_heartbeats(
+    shared: Arc<Shared>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let period = shared.options.heartbeat_check_period();
+    let timeout = shared.options.heartbeat_timeout;
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let silent = shared.resources().silent(Instant::now(), timeout);
+        for (id, session, silent_for) in silent {
+            shared.taskmanager_lost(
+                &id,
+                Some(session),
+                format!(
+                    "no heartbeat for {} ms (heartbeat.timeout is {} ms)",
+                    silent_for.as_millis(),
+                    timeout.as_millis()
+                ),
+            );
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! The TaskManager process (`weir taskmanager`): N slots that run the subtasks a JobMaster
+//! deploys, the data plane to other TaskManagers, snapshot uploads, and task-local copies of
+//! checkpointed state for fast local recovery.
+//!
+//! Must not depend on `weir-jobmanager`: the two talk only through `weir-proto`. Jobs are Rust
+//! code compiled into the binary, so the process that embeds this crate supplies a
+//! [`JobFactory`] that rebuilds a job from its [`JobSpec`] (name, parameters, configuration).
+//!
+//! The life of a TaskManager (see [`session`] and [`tasks`]):
+//! 1. Bind the `DataExchangeService` (loopback by default) and connect to the JobManager,
+//!    retrying with backoff and logging why each try failed.
+//! 2. Open the `Session` stream, send `Register`; `Refused` (a live TaskManager has the same
+//!    id) is a fatal error naming the id. Then send a heartbeat every interval the JobManager
+//!    named.
+//! 3. `DeployTask`: rebuild the job (once per job), wire the subtask's channels — in memory to
+//!    subtasks in this process, over the data plane to the others — and start its thread. It
+//!    reports DEPLOYING, then RUNNING once its state is restored (with the bytes read locally
+//!    and downloaded), then FINISHED, FAILED (with the root cause) or CANCELED.
+//! 4. Checkpoint messages go to the tasks' control channels; acks and declines come back on
+//!    the session. A completed checkpoint prunes the local state copies older than it.
+//! 5. `CancelAttempt` cancels the tasks of that attempt and older; `Shutdown`, or a broken
+//!    session, cancels everything, then the TaskManager reconnects (step 1).
+
+#![warn(missing_docs)]
+
+pub mod session;
+pub mod tasks;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use weir_checkpoint::CheckpointingMode;
+use weir_graph::Plan;
+use weir_runtime::{JobDefinition, RuntimeOptions};
+use weir_state::StateBackendFactory;
+use weir_storage::Store;
+
+pub use weir_proto::v1::JobSpec;
+
+/// How a TaskManager runs.
+#[derive(Clone, Debug)]
+pub struct TaskManagerOptions {
+    /// The JobManager's RPC address (`http://127.0.0.1:6123`).
+    pub jobmanager: String,
+    /// This TaskManager's id, unique in the cluster.
+    pub id: String,
+    /// Slots (`taskmanager.numberOfTaskSlots`).
+    pub slots: u32,
+    /// Local state: RocksDB instances, restore downloads, local state copies.
+    pub state_dir: PathBuf,
+    /// Where the data-exchange server listens (port 0: any free port).
+    pub data_bind: SocketAddr,
+    /// First wait after a failed connection attempt; doubles up to `max_backoff`.
+    pub initial_backoff: Duration,
+    /// Longest wait between connection attempts.
+    pub max_backoff: Duration,
+}
+
+/// A job rebuilt on this TaskManager: the same builder, parameters and configuration as on
+/// the client give the same graph.
+pub struct BuiltJob {
+    /// The operators.
+    pub job: JobDefinition,
+    /// The resolved plan (must equal the JobMaster's).
+    pub plan: Plan,
+    /// Data-plane tunables.
+    pub options: RuntimeOptions,
+    /// Keyed state backends.
+    pub state_backend: Arc<dyn StateBackendFactory>,
+    /// Checkpointing: the alignment mode and the checkpoint root.
+    pub checkpointing: Option<(CheckpointingMode, Store)>,
+}
+
+/// Rebuilds jobs from their specs (the binary's job catalog and config parser).
+pub trait JobFactory: Send + Sync {
+    /// Builds `spec`'s job; an error names what is wrong (unknown job, bad parameter or key).
+    fn build(&self, spec: &JobSpec) -> Result<BuiltJob, String>;
+}
+
+/// Why a TaskManager stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskManagerError {
+    /// The JobManager refused the registration.
+    #[error("the JobManager refused TaskManager '{id}': {reason}")]
+    Refused {
+        /// This TaskManager's id.
+        id: String,
+        /// The JobManager's reason.
+        reason: String,
+    },
+    /// Local setup failed (state directory, data-exchange port, runtime).
+    #[error("{0}")]
+    Setup(String),
+}

@@ -1,0 +1,768 @@
+//! The subtasks a TaskManager runs, per job and attempt, and what it does with each message
+//! of the JobManager.
+//!
+//! All JobManager messages are handled one at a time on one control thread
+//! ([`Tasks::handle`]), so the maps here change in one place. Task threads only report: their
+//! state changes and checkpoint events go straight to the session's outbox.
+//!
+//! Channels of an attempt: a channel between two subtasks of this process is one in-memory
+//! channel; whichever of the two is deployed first makes it and parks the other end for the
+//! second. A channel to or from another TaskManager is a data-exchange stream (outbound pump
+//! or inbound registration), keyed by job, attempt, edge and subtasks, so a stream of an old
+//! attempt never reaches a new one.
+
+use crate::{BuiltJob, JobFactory, JobSpec};
+use crossbeam_channel::Sender;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc::UnboundedSender;
+use weir_checkpoint::{CheckpointingMode, TaskRestoreSpec};
+use weir_exchange::{
+    ChannelKey, Connections, ExchangeService, Frame, InboundRegistration, OutboundHandle,
+};
+use weir_graph::Plan;
+use weir_proto::v1::{self, job_manager_message::Kind as Down, task_manager_message::Kind as Up};
+use weir_runtime::deploy::{
+    keyed_subtasks, spawn_subtask, subtask_channels, ChannelEnd, ChannelRef, CheckpointEnv,
+    RestoreEnv, SubtaskEnv,
+};
+use weir_runtime::remote::EncodedElement;
+use weir_runtime::{Control, JobDefinition, JobMetrics, TaskError, TaskEvent, Transfer};
+use weir_state_transfer::{LocalStateCache, Uploader};
+use weir_storage::CheckpointPaths;
+use weir_types::{Barrier, CheckpointId, JobId, SubtaskIndex, VertexId};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Where messages to the JobManager go: the current session's sender, if connected.
+#[derive(Clone, Default)]
+pub struct Outbox(Arc<Mutex<Option<UnboundedSender<v1::TaskManagerMessage>>>>);
+
+impl Outbox {
+    /// Sends `kind` on the current session; dropped when there is none (the JobManager has
+    /// then failed the attempt over anyway).
+    pub fn send(&self, kind: Up) {
+        let guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match guard.as_ref() {
+            Some(tx) => {
+                let _ = tx.send(v1::TaskManagerMessage { kind: Some(kind) });
+            }
+            None => tracing::debug!("no session: a report to the JobManager is dropped"),
+        }
+    }
+
+    /// Points the outbox at a new session (or at none).
+    pub fn set(&self, tx: Option<UnboundedSender<v1::TaskManagerMessage>>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = tx;
+    }
+}
+
+/// One job on this TaskManager: built once, shared by its attempts.
+struct JobEntry {
+    job: Arc<JobDefinition>,
+    plan: Arc<Plan>,
+    built: BuiltJobEnv,
+    cache: Option<Arc<LocalStateCache>>,
+    attempts: BTreeMap<u32, Attempt>,
+    /// The JobMaster stopped the job after its final checkpoint.
+    stopping: bool,
+}
+
+struct BuiltJobEnv {
+    options: weir_runtime::RuntimeOptions,
+    state_backend: Arc<dyn weir_state::StateBackendFactory>,
+    checkpointing: Option<(CheckpointingMode, Arc<Transfer>)>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// The subtasks of one attempt of a job on this TaskManager.
+struct Attempt {
+    cancelled: Arc<AtomicBool>,
+    controls: HashMap<(u32, u32), Sender<Control>>,
+    /// The other end of in-memory channels whose second subtask is not deployed yet.
+    parked: HashMap<ChannelRef, ChannelEnd>,
+    registrations: Vec<InboundRegistration>,
+    outbound: Vec<OutboundHandle>,
+    metrics: Arc<JobMetrics>,
+    events: Option<Sender<TaskEvent>>,
+    live: Arc<AtomicUsize>,
+}
+
+impl Attempt {
+    fn cancel(&mut self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        for o in &self.outbound {
+            o.abort();
+        }
+        self.parked.clear();
+        self.registrations.clear();
+        self.controls.clear();
+        self.events = None;
+    }
+}
+
+/// What the control thread needs besides its maps.
+pub struct TaskContext {
+    /// This TaskManager's id.
+    pub id: String,
+    /// The async runtime (gRPC, uploads, data exchange).
+    pub runtime: tokio::runtime::Handle,
+    /// The receiving side of the data plane.
+    pub exchange: ExchangeService,
+    /// The sending side of the data plane.
+    pub connections: Connections,
+    /// Rebuilds jobs.
+    pub factory: Arc<dyn JobFactory>,
+    /// Local state root.
+    pub state_dir: PathBuf,
+    /// Messages to the JobManager.
+    pub outbox: Outbox,
+}
+
+/// A job id and one of its attempts.
+type AttemptRef = (String, u32);
+
+/// Every job and attempt this TaskManager runs.
+pub struct Tasks {
+    ctx: TaskContext,
+    jobs: HashMap<String, JobEntry>,
+    /// Task ends, reported by waiter threads, so attempts are cleaned up on this thread.
+    ended: (Sender<AttemptRef>, crossbeam_channel::Receiver<AttemptRef>),
+}
+
+impl Tasks {
+    /// No jobs yet.
+    pub fn new(ctx: TaskContext) -> Self {
+        Self {
+            ctx,
+            jobs: HashMap::new(),
+            ended: crossbeam_channel::unbounded(),
+        }
+    }
+
+    /// Runs the control loop: JobManager messages from `messages`, until it closes.
+    pub fn run(mut self, messages: crossbeam_channel::Receiver<Down>) {
+        let ended = self.ended.1.clone();
+        loop {
+            crossbeam_channel::select! {
+                recv(messages) -> msg => match msg {
+                    Ok(m) => self.handle(m),
+                    Err(_) => break,
+                },
+                recv(ended) -> msg => {
+                    if let Ok((job, attempt)) = msg {
+                        self.on_task_ended(&job, attempt);
+                    }
+                }
+            }
+        }
+        self.cancel_all("the TaskManager is stopping");
+    }
+
+    /// Handles one message of the JobManager.
+    pub fn handle(&mut self, msg: Down) {
+        match msg {
+            Down::Deploy(d) => self.deploy(d),
+            Down::Cancel(c) => self.cancel(&c.job_id, c.attempt, &c.reason),
+            Down::Trigger(t) => self.trigger(t),
+            Down::Complete(c) => self.complete(&c.job_id, c.attempt, CheckpointId(c.checkpoint_id)),
+            Down::Aborted(a) => {
+                if let Some(cache) = self.jobs.get(&a.job_id).and_then(|j| j.cache.clone()) {
+                    let id = CheckpointId(a.checkpoint_id);
+                    self.ctx
+                        .runtime
+                        .spawn(async move { cache.discard(id).await });
+                }
+            }
+            Down::Stop(s) => self.stop(&s.job_id, s.attempt),
+            Down::Shutdown(s) => {
+                tracing::warn!(reason = %s.reason, "the JobManager shuts down: cancelling every task");
+                self.cancel_all(&s.reason);
+            }
+            Down::Registered(_) | Down::Refused(_) => {
+                tracing::warn!("unexpected registration answer on an established session");
+            }
+        }
+    }
+
+    /// Cancels every attempt of every job (the session broke or the JobManager shut down).
+    pub fn cancel_all(&mut self, reason: &str) {
+        let jobs: Vec<(String, u32)> = self
+            .jobs
+            .iter()
+            .filter_map(|(id, j)| j.attempts.keys().last().map(|a| (id.clone(), *a)))
+            .collect();
+        for (job, attempt) in jobs {
+            self.cancel(&job, attempt, reason);
+        }
+    }
+
+    fn report(&self, task: &v1::TaskKey, state: v1::ExecutionState, error: Option<&TaskError>) {
+        report_state(&self.ctx.outbox, task, state, error);
+    }
+
+    fn job_entry(&mut self, spec: &JobSpec) -> Result<&mut JobEntry, String> {
+        if !self.jobs.contains_key(&spec.job_id) {
+            let BuiltJob {
+                job,
+                plan,
+                options,
+                state_backend,
+                checkpointing,
+            } = self.ctx.factory.build(spec)?;
+            let job_id = parse_job_id(&spec.job_id)?;
+            let cache = match &checkpointing {
+                Some(_) => {
+                    let root = self.ctx.state_dir.join("local-recovery").join(&spec.job_id);
+                    match LocalStateCache::open(&root) {
+                        Ok(c) => Some(Arc::new(c)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "no local recovery for this job");
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
+            let checkpointing = checkpointing.map(|(mode, store)| {
+                let mut uploader = Uploader::new(store, CheckpointPaths::new(job_id));
+                if let Some(c) = &cache {
+                    uploader = uploader.with_local_cache(c.clone());
+                }
+                (
+                    mode,
+                    Arc::new(Transfer {
+                        uploader,
+                        runtime: self.ctx.runtime.clone(),
+                    }),
+                )
+            });
+            self.jobs.insert(
+                spec.job_id.clone(),
+                JobEntry {
+                    job: Arc::new(job),
+                    plan: Arc::new(plan),
+                    built: BuiltJobEnv {
+                        options,
+                        state_backend,
+                        checkpointing,
+                        in_flight: Arc::default(),
+                    },
+                    cache,
+                    attempts: BTreeMap::new(),
+                    stopping: false,
+                },
+            );
+        }
+        Ok(self.jobs.get_mut(&spec.job_id).expect("inserted above"))
+    }
+
+    fn deploy(&mut self, d: v1::DeployTask) {
+        let Some(key) = d.task.clone() else {
+            tracing::warn!("a DeployTask without a task key is ignored");
+            return;
+        };
+        let started = Instant::now();
+        self.report(&key, v1::ExecutionState::Deploying, None);
+        if let Err(detail) = self.try_deploy(&key, d, started) {
+            tracing::error!(job = %key.job_id, attempt = key.attempt, vertex = key.vertex, subtask = key.subtask, %detail, "deployment failed");
+            report_failed(&self.ctx.outbox, &key, &detail, false, None);
+        }
+    }
+
+    fn try_deploy(
+        &mut self,
+        key: &v1::TaskKey,
+        d: v1::DeployTask,
+        started: Instant,
+    ) -> Result<(), String> {
+        let spec = d.job.ok_or("a DeployTask without a job spec")?;
+        let restore: Option<TaskRestoreSpec> = if d.restore_json.is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::from_slice(&d.restore_json)
+                    .map_err(|e| format!("the restore spec does not parse: {e}"))?,
+            )
+        };
+        let self_id = self.ctx.id.clone();
+        let (runtime, exchange, connections, outbox, state_dir) = (
+            self.ctx.runtime.clone(),
+            self.ctx.exchange.clone(),
+            self.ctx.connections.clone(),
+            self.ctx.outbox.clone(),
+            self.ctx.state_dir.clone(),
+        );
+        let ended_tx = self.ended.0.clone();
+        let entry = self.job_entry(&spec)?;
+        let (vertex, subtask) = (VertexId(key.vertex), SubtaskIndex(key.subtask));
+        let plan = entry.plan.clone();
+        let job = entry.job.clone();
+        if plan.job.vertices.len() <= vertex.0 as usize
+            || plan.job.vertices[vertex.0 as usize].parallelism <= subtask.0
+        {
+            return Err(format!(
+                "this TaskManager's build of job '{}' has no subtask {subtask} of vertex {vertex}: \
+                 the binaries differ",
+                spec.job_name
+            ));
+        }
+        if let Some((&newest, _)) = entry.attempts.iter().next_back() {
+            if key.attempt < newest {
+                return Err(format!(
+                    "attempt {} is older than attempt {newest}, already deployed",
+                    key.attempt
+                ));
+            }
+        }
+        let locations: HashMap<(u32, u32), (String, String)> = d
+            .locations
+            .iter()
+            .map(|l| {
+                (
+                    (l.vertex, l.subtask),
+                    (l.taskmanager_id.clone(), l.data_address.clone()),
+                )
+            })
+            .collect();
+        let here: Vec<(VertexId, SubtaskIndex)> = d
+            .locations
+            .iter()
+            .filter(|l| l.taskmanager_id == self_id)
+            .map(|l| (VertexId(l.vertex), SubtaskIndex(l.subtask)))
+            .collect();
+        let keyed_here = keyed_subtasks(&plan, &here).max(1);
+        let attempt = entry.attempts.entry(key.attempt).or_insert_with(|| {
+            let metrics = Arc::new(JobMetrics::default());
+            let cancelled = Arc::new(AtomicBool::new(false));
+            watch_first_record(&metrics, &cancelled, &outbox, &key.job_id, key.attempt);
+            let events = entry.built.checkpointing.as_ref().map(|_| {
+                let (tx, rx) = crossbeam_channel::unbounded::<TaskEvent>();
+                forward_events(rx, outbox.clone(), key.job_id.clone(), key.attempt);
+                tx
+            });
+            Attempt {
+                cancelled,
+                controls: HashMap::new(),
+                parked: HashMap::new(),
+                registrations: Vec::new(),
+                outbound: Vec::new(),
+                metrics,
+                events,
+                live: Arc::default(),
+            }
+        });
+        if attempt.cancelled.load(Ordering::SeqCst) {
+            return Err(format!("attempt {} was cancelled", key.attempt));
+        }
+        let capacity = entry.built.options.channel_capacity;
+        let channels = subtask_channels(&plan, vertex, subtask);
+        let location_of = |v: weir_types::VertexId, s: u32| {
+            locations
+                .get(&(v.0, s))
+                .cloned()
+                .ok_or_else(|| format!("no location for subtask {s} of vertex {v}"))
+        };
+        let channel_key = |r: &ChannelRef| ChannelKey {
+            job_id: key.job_id.clone(),
+            attempt: key.attempt,
+            edge: r.edge as u32,
+            upstream: r.upstream,
+            downstream: r.downstream,
+        };
+        let mut outputs: BTreeMap<usize, Vec<ChannelEnd>> = BTreeMap::new();
+        for r in &channels.outputs {
+            let edge = &plan.job.edges[r.edge];
+            let factory = job.edge_factory(&plan, r.edge);
+            let (tm, address) = location_of(edge.target, r.downstream)?;
+            let end = if tm == self_id {
+                match attempt.parked.remove(r) {
+                    Some(sender) => sender,
+                    None => {
+                        let (tx, rx) = factory.pair(capacity);
+                        attempt.parked.insert(*r, rx);
+                        tx
+                    }
+                }
+            } else {
+                let (tx, mut next) = factory.outbound(capacity);
+                let handle = connections.spawn_outbound(
+                    &runtime,
+                    &address,
+                    channel_key(r),
+                    Box::new(move || next().map(to_frame)),
+                );
+                attempt.outbound.push(handle);
+                tx
+            };
+            outputs.entry(r.edge).or_default().push(end);
+        }
+        let mut inputs = Vec::new();
+        for r in &channels.inputs {
+            let edge = &plan.job.edges[r.edge];
+            let factory = job.edge_factory(&plan, r.edge);
+            let (tm, _) = location_of(edge.source, r.upstream)?;
+            let end = if tm == self_id {
+                match attempt.parked.remove(r) {
+                    Some(receiver) => receiver,
+                    None => {
+                        let (tx, rx) = factory.pair(capacity);
+                        attempt.parked.insert(*r, tx);
+                        rx
+                    }
+                }
+            } else {
+                let ck = channel_key(r);
+                let (mut push, rx) = factory.inbound(capacity, ck.to_string());
+                let registration = exchange
+                    .register_inbound(ck, Box::new(move |f| push(from_frame(f))))
+                    .map_err(|e| e.to_string())?;
+                attempt.registrations.push(registration);
+                rx
+            };
+            inputs.push(end);
+        }
+        let checkpointing = match (&entry.built.checkpointing, &attempt.events) {
+            (Some((mode, transfer)), Some(events)) => {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                attempt.controls.insert((key.vertex, key.subtask), tx);
+                Some(CheckpointEnv {
+                    mode: *mode,
+                    control: rx,
+                    events: events.clone(),
+                    transfer: transfer.clone(),
+                    in_flight: entry.built.in_flight.clone(),
+                })
+            }
+            _ => None,
+        };
+        let stats = Arc::new(Mutex::new(weir_state_transfer::DownloadStats::default()));
+        let restored = restore.as_ref().map(|r| r.checkpoint);
+        let restore = restore.map(|r| RestoreEnv {
+            checkpoint: r.checkpoint,
+            operators: r.operators,
+            local_dir: state_dir.join("restore"),
+            stats: stats.clone(),
+        });
+        let on_running = {
+            let (outbox, key) = (outbox.clone(), key.clone());
+            Box::new(move || {
+                if let Some(checkpoint) = restored {
+                    let s = *stats.lock().unwrap_or_else(PoisonError::into_inner);
+                    tracing::info!(job = %key.job_id, attempt = key.attempt, vertex = key.vertex, subtask = key.subtask, %checkpoint, bytes_downloaded = s.bytes, bytes_local = s.bytes_local, "subtask restored");
+                    outbox.send(Up::Restored(v1::TaskRestored {
+                        task: Some(key.clone()),
+                        checkpoint_id: checkpoint.0,
+                        bytes_downloaded: s.bytes,
+                        bytes_local: s.bytes_local,
+                        duration_ms: started.elapsed().as_millis() as u64,
+                    }));
+                }
+                report_state(&outbox, &key, v1::ExecutionState::Running, None);
+            }) as Box<dyn FnOnce() + Send>
+        };
+        let cancelled = attempt.cancelled.clone();
+        let env = SubtaskEnv {
+            vertex,
+            subtask,
+            attempt: key.attempt,
+            state_backend: entry.built.state_backend.clone(),
+            keyed_subtasks_in_process: keyed_here,
+            metrics: attempt.metrics.clone(),
+            cancelled: cancelled.clone(),
+            options: entry.built.options.clone(),
+            checkpointing,
+            restore,
+            on_running: Some(on_running),
+        };
+        let handle = spawn_subtask(job, plan, env, outputs, inputs)
+            .map_err(|e| format!("cannot start the task thread: {e}"))?;
+        attempt.live.fetch_add(1, Ordering::SeqCst);
+        let (key, live) = (key.clone(), attempt.live.clone());
+        std::thread::Builder::new()
+            .name(format!("wait-{}-{}", key.vertex, key.subtask))
+            .spawn(move || {
+                let result = handle
+                    .join()
+                    .unwrap_or(Err(TaskError::Cancelled));
+                match result {
+                    Ok(()) => report_state(&outbox, &key, v1::ExecutionState::Finished, None),
+                    Err(_) if cancelled.load(Ordering::SeqCst) => {
+                        report_state(&outbox, &key, v1::ExecutionState::Canceled, None)
+                    }
+                    Err(e) => {
+                        tracing::error!(job = %key.job_id, attempt = key.attempt, vertex = key.vertex, subtask = key.subtask, error = %e, "task failed");
+                        report_state(&outbox, &key, v1::ExecutionState::Failed, Some(&e));
+                    }
+                }
+                live.fetch_sub(1, Ordering::SeqCst);
+                let _ = ended_tx.send((key.job_id.clone(), key.attempt));
+            })
+            .map_err(|e| format!("cannot start the task waiter: {e}"))?;
+        Ok(())
+    }
+
+    fn attempt_mut(&mut self, job: &str, attempt: u32) -> Option<&mut Attempt> {
+        self.jobs.get_mut(job)?.attempts.get_mut(&attempt)
+    }
+
+    fn trigger(&mut self, t: v1::TriggerCheckpoint) {
+        let Some(key) = t.task else { return };
+        let barrier = Barrier {
+            checkpoint: CheckpointId(t.checkpoint_id),
+            base: t.base.map(CheckpointId),
+            savepoint: t.savepoint,
+        };
+        match self
+            .attempt_mut(&key.job_id, key.attempt)
+            .and_then(|a| a.controls.get(&(key.vertex, key.subtask)))
+        {
+            Some(tx) => {
+                let _ = tx.send(Control::Trigger(barrier));
+            }
+            None => {
+                tracing::debug!(job = %key.job_id, attempt = key.attempt, checkpoint = t.checkpoint_id, "trigger for a task not running here")
+            }
+        }
+    }
+
+    fn complete(&mut self, job: &str, attempt: u32, id: CheckpointId) {
+        if let Some(a) = self.attempt_mut(job, attempt) {
+            for tx in a.controls.values() {
+                let _ = tx.send(Control::Complete(id));
+            }
+        }
+        if let Some(cache) = self.jobs.get(job).and_then(|j| j.cache.clone()) {
+            self.ctx
+                .runtime
+                .spawn(async move { cache.retain_from(id).await });
+        }
+    }
+
+    fn stop(&mut self, job: &str, attempt: u32) {
+        if let Some(entry) = self.jobs.get_mut(job) {
+            entry.stopping = true;
+            if let Some(a) = entry.attempts.get(&attempt) {
+                for tx in a.controls.values() {
+                    let _ = tx.send(Control::Shutdown);
+                }
+            }
+        }
+    }
+
+    fn cancel(&mut self, job: &str, attempt: u32, reason: &str) {
+        let Some(entry) = self.jobs.get_mut(job) else {
+            return;
+        };
+        tracing::info!(job, attempt, reason, "cancelling tasks");
+        for (_, a) in entry.attempts.range_mut(..=attempt) {
+            a.cancel();
+        }
+        self.ctx.exchange.cancel_attempts(job, attempt);
+        let ended: Vec<(String, u32)> = entry
+            .attempts
+            .range(..=attempt)
+            .map(|(n, _)| (job.to_string(), *n))
+            .collect();
+        for (job, n) in ended {
+            self.on_task_ended(&job, n);
+        }
+    }
+
+    /// Drops attempts whose tasks all ended (cancelled, or the job stopped); drops the job once
+    /// it stopped and nothing of it runs.
+    fn on_task_ended(&mut self, job: &str, attempt: u32) {
+        let Some(entry) = self.jobs.get_mut(job) else {
+            return;
+        };
+        let done = entry.attempts.get(&attempt).is_some_and(|a| {
+            a.live.load(Ordering::SeqCst) == 0
+                && (a.cancelled.load(Ordering::SeqCst) || entry.stopping)
+        });
+        if done {
+            if let Some(mut a) = entry.attempts.remove(&attempt) {
+                a.cancel();
+            }
+        }
+        if entry.stopping && entry.attempts.is_empty() {
+            let in_flight = entry.built.in_flight.clone();
+            if let Some(entry) = self.jobs.remove(job) {
+                let root = entry.cache.as_ref().map(|c| c.root().to_path_buf());
+                drop(entry);
+                // Uploads still running hold the cache; remove its folder once they are done.
+                std::thread::spawn(move || {
+                    let until = Instant::now() + Duration::from_secs(30);
+                    while in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    if let Some(root) = root {
+                        let _ = std::fs::remove_dir_all(root);
+                    }
+                });
+            }
+            tracing::info!(job, "job finished on this TaskManager");
+        }
+    }
+}
+
+fn parse_job_id(s: &str) -> Result<JobId, String> {
+    u128::from_str_radix(s, 16)
+        .map(JobId)
+        .map_err(|_| format!("job id '{s}' is not 32 hex digits"))
+}
+
+fn to_frame(e: EncodedElement) -> Frame {
+    match e {
+        EncodedElement::Batch(b) => Frame::Batch(b),
+        EncodedElement::Watermark(w) => Frame::Watermark(w),
+        EncodedElement::Barrier(b) => Frame::Barrier(b),
+        EncodedElement::EndOfInput => Frame::EndOfInput,
+    }
+}
+
+fn from_frame(f: Frame) -> EncodedElement {
+    match f {
+        Frame::Batch(b) => EncodedElement::Batch(b),
+        Frame::Watermark(w) => EncodedElement::Watermark(w),
+        Frame::Barrier(b) => EncodedElement::Barrier(b),
+        Frame::EndOfInput => EncodedElement::EndOfInput,
+    }
+}
+
+fn report_state(
+    outbox: &Outbox,
+    task: &v1::TaskKey,
+    state: v1::ExecutionState,
+    error: Option<&TaskError>,
+) {
+    match error {
+        Some(e) => {
+            let damaged = match e {
+                TaskError::CheckpointDamaged { checkpoint, .. } => Some(checkpoint.0),
+                _ => None,
+            };
+            report_failed(outbox, task, &e.to_string(), e.is_secondary(), damaged)
+        }
+        None => outbox.send(Up::TaskState(v1::TaskStateUpdate {
+            task: Some(task.clone()),
+            state: state as i32,
+            error: String::new(),
+            secondary: false,
+            damaged_checkpoint: None,
+        })),
+    }
+}
+
+fn report_failed(
+    outbox: &Outbox,
+    task: &v1::TaskKey,
+    error: &str,
+    secondary: bool,
+    damaged_checkpoint: Option<u64>,
+) {
+    outbox.send(Up::TaskState(v1::TaskStateUpdate {
+        task: Some(task.clone()),
+        state: v1::ExecutionState::Failed as i32,
+        error: error.to_string(),
+        secondary,
+        damaged_checkpoint,
+    }));
+}
+
+/// Forwards the checkpoint events of one attempt's tasks to the JobManager until every
+/// sender (tasks and their uploads) is gone.
+fn forward_events(
+    rx: crossbeam_channel::Receiver<TaskEvent>,
+    outbox: Outbox,
+    job_id: String,
+    attempt: u32,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("tm-events".into())
+        .spawn(move || {
+            let key = |t: weir_checkpoint::TaskId| {
+                v1::TaskKey::new(&job_id, attempt, t.vertex, t.subtask)
+            };
+            for event in rx {
+                let msg = match event {
+                    TaskEvent::Ack {
+                        task,
+                        id,
+                        snapshot,
+                        metrics,
+                    } => match serde_json::to_vec(&snapshot) {
+                        Ok(json) => Up::Ack(v1::CheckpointAck {
+                            task: Some(key(task)),
+                            checkpoint_id: id.0,
+                            snapshot_json: json,
+                            metrics: Some(v1::AckMetrics {
+                                sync_ms: metrics.sync_ms,
+                                async_ms: metrics.async_ms,
+                                alignment_ms: metrics.alignment_ms,
+                                bytes_uploaded: metrics.bytes_uploaded,
+                                full_size: metrics.full_size,
+                            }),
+                        }),
+                        Err(e) => Up::Decline(v1::CheckpointDecline {
+                            task: Some(key(task)),
+                            checkpoint_id: id.0,
+                            reason: format!("the snapshot handles do not serialise: {e}"),
+                        }),
+                    },
+                    TaskEvent::Decline { task, id, reason } => Up::Decline(v1::CheckpointDecline {
+                        task: Some(key(task)),
+                        checkpoint_id: id.0,
+                        reason,
+                    }),
+                    TaskEvent::Finished { task, .. } => Up::EndOfInput(v1::TaskEndOfInput {
+                        task: Some(key(task)),
+                    }),
+                };
+                outbox.send(msg);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the checkpoint event forwarder");
+    }
+}
+
+/// Reports the first record this TaskManager's sources of an attempt emitted.
+fn watch_first_record(
+    metrics: &Arc<JobMetrics>,
+    cancelled: &Arc<AtomicBool>,
+    outbox: &Outbox,
+    job_id: &str,
+    attempt: u32,
+) {
+    let (metrics, cancelled, outbox, job_id) = (
+        metrics.clone(),
+        cancelled.clone(),
+        outbox.clone(),
+        job_id.to_string(),
+    );
+    let _ = std::thread::Builder::new()
+        .name("tm-first-record".into())
+        .spawn(move || {
+            let until = Instant::now() + Duration::from_secs(600);
+            while !cancelled.load(Ordering::SeqCst) && Instant::now() < until {
+                if JobMetrics::get(&metrics.source_records) > 0 {
+                    outbox.send(Up::FirstRecord(v1::FirstRecord {
+                        job_id,
+                        attempt,
+                        at_ms: now_ms(),
+                    }));
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+}

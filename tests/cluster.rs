@@ -1,0 +1,426 @@
+//! The cluster end to end, with real processes on loopback: one `weir jobmanager`, three
+//! `weir taskmanager`s with two slots each, `keyed-agg` at p=4 with 500 ms checkpoints
+//! submitted by `weir run`. A TaskManager that runs tasks is SIGKILLed (or SIGSTOPped) mid-run;
+//! the job must recover on the survivors and end with the state and exactly-once output of a
+//! failure-free run, and its recovery record must show the moved slots and the bytes read
+//! locally versus downloaded.
+
+mod common;
+
+use common::{exactly_once_updates, expected_keyed_agg, read_parts};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(150);
+const SEED: u64 = 42;
+const KEYS: u64 = 2000;
+
+/// A child process killed (by its PID) and reaped when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Proc {
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill -{sig} {} ({})", self.pid(), self.name);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // A stopped process must be continued to die of SIGKILL promptly on every kernel.
+        let _ = self.child.kill();
+        let _ = Command::new("kill")
+            .arg("-CONT")
+            .arg(self.pid().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn weir_cmd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+}
+
+/// The JobManager on OS-picked ports; returns it with its RPC URL and REST address.
+fn start_jobmanager(heartbeat_timeout: &str, slot_timeout: &str) -> (Proc, String, String) {
+    let mut child = weir_cmd()
+        .args([
+            "jobmanager",
+            "--rpc-bind",
+            "127.0.0.1:0",
+            "--rest-bind",
+            "127.0.0.1:0",
+        ])
+        .args(["-D", &format!("heartbeat.timeout={heartbeat_timeout}")])
+        .args(["-D", "heartbeat.interval=100ms"])
+        .args(["-D", &format!("slot.request.timeout={slot_timeout}")])
+        .env("WEIR_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("jobmanager starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent && line.contains("JobManager: RPC on ") {
+                let _ = tx.send(line.clone());
+                sent = true;
+            }
+            eprintln!("[jm] {line}");
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the JobManager prints its addresses");
+    let rpc = line
+        .split("RPC on ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .expect("rpc address")
+        .trim()
+        .to_string();
+    let rest = line
+        .split("REST on http://")
+        .nth(1)
+        .expect("rest address")
+        .trim()
+        .to_string();
+    (
+        Proc {
+            name: "jobmanager".into(),
+            child,
+        },
+        format!("http://{rpc}"),
+        rest,
+    )
+}
+
+fn start_taskmanager(jm: &str, id: &str, state: &Path) -> Proc {
+    let child = weir_cmd()
+        .args([
+            "taskmanager",
+            "--jobmanager",
+            jm,
+            "--slots",
+            "2",
+            "--id",
+            id,
+        ])
+        .arg("--state-dir")
+        .arg(state)
+        .env("WEIR_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("taskmanager starts");
+    Proc {
+        name: id.to_string(),
+        child,
+    }
+}
+
+/// `GET path` on the REST API; the JSON body.
+fn rest(addr: &str, path: &str) -> serde_json::Value {
+    let mut s = std::net::TcpStream::connect(addr).expect("REST reachable");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("REST answers");
+    let json = body.split("\r\n\r\n").nth(1).unwrap_or_default();
+    // A chunked body: take the JSON between the first '{' and the last '}'.
+    let start = json.find(['{', '[']).unwrap_or(0);
+    let end = json.rfind(['}', ']']).map_or(json.len(), |e| e + 1);
+    serde_json::from_str(&json[start..end])
+        .unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"))
+}
+
+fn wait_for(what: &str, deadline: Duration, mut ok: impl FnMut() -> bool) {
+    let until = Instant::now() + deadline;
+    while Instant::now() < until {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+struct Cluster {
+    jm: Proc,
+    tms: Vec<Proc>,
+    rpc: String,
+    rest: String,
+    dir: tempfile::TempDir,
+}
+
+fn cluster(heartbeat_timeout: &str) -> Cluster {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (jm, rpc, rest_addr) = start_jobmanager(heartbeat_timeout, "20s");
+    let tms: Vec<Proc> = (0..3)
+        .map(|i| {
+            start_taskmanager(
+                &rpc,
+                &format!("tm-{i}"),
+                &dir.path().join(format!("tm-{i}")),
+            )
+        })
+        .collect();
+    wait_for(
+        "3 TaskManagers to register",
+        Duration::from_secs(30),
+        || {
+            rest(&rest_addr, "/taskmanagers")["taskmanagers"]
+                .as_array()
+                .is_some_and(|t| t.len() == 3)
+        },
+    );
+    Cluster {
+        jm,
+        tms,
+        rpc,
+        rest: rest_addr,
+        dir,
+    }
+}
+
+/// Submits keyed-agg at p=4 (detached); returns the job id.
+fn submit(c: &Cluster, records: u64, rate: u64, out: &Path) -> String {
+    let checkpoints: PathBuf = c.dir.path().join("checkpoints");
+    let o = weir_cmd()
+        .args(["run", "keyed-agg", "-p", "4", "--detached", "--json"])
+        .args(["--jobmanager", &c.rpc])
+        .args(["--param", &format!("records={records}")])
+        .args(["--param", &format!("keys={KEYS}")])
+        .args(["--param", &format!("rate={rate}")])
+        .args(["--param", "emit=updates"])
+        .args(["--param", &format!("output={}", out.display())])
+        .args(["-D", "execution.checkpointing.interval=500ms"])
+        .args([
+            "-D",
+            &format!("state.checkpoints.dir=file://{}", checkpoints.display()),
+        ])
+        .args(["-D", "restart-strategy.type=fixed-delay"])
+        .args(["-D", "restart-strategy.fixed-delay.attempts=5"])
+        .args(["-D", "restart-strategy.fixed-delay.delay=50ms"])
+        .output()
+        .expect("weir run");
+    assert!(
+        o.status.success(),
+        "weir run failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    v["job_id"].as_str().expect("job id").to_string()
+}
+
+fn job(c: &Cluster, id: &str) -> serde_json::Value {
+    rest(&c.rest, &format!("/jobs/{id}"))
+}
+
+fn completed_checkpoints(c: &Cluster, id: &str) -> u64 {
+    rest(&c.rest, &format!("/jobs/{id}/checkpoints"))["counts"]["completed"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// The TaskManager index running subtasks of the job (the first that runs a keyed one).
+fn a_busy_taskmanager(c: &Cluster, id: &str) -> usize {
+    let j = job(c, id);
+    for v in j["vertices"].as_array().expect("vertices") {
+        if !v["keyed"].as_bool().unwrap_or(false) {
+            continue;
+        }
+        for s in v["subtasks"].as_array().expect("subtasks") {
+            if let Some(tm) = s["taskmanager"].as_str() {
+                let i: usize = tm.trim_start_matches("tm-").parse().expect("tm-<i>");
+                if c.tms[i].child.id() > 0 {
+                    return i;
+                }
+            }
+        }
+    }
+    panic!("no TaskManager runs a keyed subtask: {j}");
+}
+
+fn wait_finished(c: &Cluster, id: &str) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    wait_for("the job to finish", DEADLINE, || {
+        last = job(c, id);
+        matches!(
+            last["state"].as_str(),
+            Some("FINISHED" | "FAILED" | "CANCELED")
+        )
+    });
+    assert_eq!(last["state"], "FINISHED", "job did not finish: {last}");
+    last
+}
+
+/// The output is exactly once and equals a failure-free run's final state.
+fn assert_exactly_once(out: &Path, records: u64) {
+    let lines = read_parts(out);
+    let last = exactly_once_updates(&lines);
+    assert_eq!(last, expected_keyed_agg(SEED, KEYS, records));
+}
+
+fn recoveries(c: &Cluster, id: &str) -> Vec<serde_json::Value> {
+    rest(&c.rest, &format!("/jobs/{id}/recoveries"))["recoveries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Kills (or stops) a busy TaskManager once two checkpoints completed; returns its index and
+/// the kill time.
+fn fail_a_taskmanager(c: &Cluster, id: &str, sig: &str) -> (usize, u64) {
+    wait_for("two completed checkpoints", DEADLINE, || {
+        completed_checkpoints(c, id) >= 2
+    });
+    let victim = a_busy_taskmanager(c, id);
+    let at = now_ms();
+    c.tms[victim].signal(sig);
+    (victim, at)
+}
+
+fn check_recovery(r: &serde_json::Value, victim: usize) {
+    assert_eq!(r["status"], "completed", "{r}");
+    assert_eq!(r["lost_taskmanager"], format!("tm-{victim}"), "{r}");
+    let moves = r["moves"].as_array().expect("moves");
+    assert!(!moves.is_empty(), "no slot moved: {r}");
+    for m in moves {
+        assert_eq!(m["from_taskmanager"], format!("tm-{victim}"), "{r}");
+        assert_ne!(m["to_taskmanager"], format!("tm-{victim}"), "{r}");
+    }
+    assert!(r["restored_checkpoint"].as_u64().is_some(), "{r}");
+    // Survivors read their state locally; the moved subtasks downloaded theirs.
+    assert!(r["bytes_local"].as_u64().unwrap_or(0) > 0, "{r}");
+    assert!(r["bytes_downloaded"].as_u64().unwrap_or(0) > 0, "{r}");
+}
+
+#[test]
+fn a_killed_taskmanager_is_recovered_on_the_survivors_with_exactly_once_output() {
+    let c = cluster("3s");
+    let out = c.dir.path().join("out");
+    let records = 150_000;
+    let id = submit(&c, records, 40_000, &out);
+    let (victim, killed_at) = fail_a_taskmanager(&c, &id, "KILL");
+    wait_finished(&c, &id);
+    assert_exactly_once(&out, records);
+    let rs = recoveries(&c, &id);
+    let r = rs
+        .iter()
+        .find(|r| r["lost_taskmanager"] == format!("tm-{victim}"))
+        .unwrap_or_else(|| panic!("no recovery for tm-{victim}: {rs:?}"));
+    check_recovery(r, victim);
+    let detected = r["detected_ms"].as_u64().expect("detected_ms");
+    eprintln!(
+        "kill → detect {} ms; recovery {}",
+        detected.saturating_sub(killed_at),
+        r["durations"]
+    );
+    // A broken connection is noticed at once, far below the 3 s heartbeat timeout.
+    assert!(detected.saturating_sub(killed_at) < 1500, "{r}");
+    drop(c.jm);
+}
+
+#[test]
+fn a_hung_taskmanager_is_caught_by_the_heartbeat_timeout_and_recovered() {
+    let c = cluster("1s");
+    let out = c.dir.path().join("out");
+    let records = 120_000;
+    let id = submit(&c, records, 40_000, &out);
+    let (victim, stopped_at) = fail_a_taskmanager(&c, &id, "STOP");
+    wait_finished(&c, &id);
+    assert_exactly_once(&out, records);
+    let rs = recoveries(&c, &id);
+    let r = rs
+        .iter()
+        .find(|r| r["lost_taskmanager"] == format!("tm-{victim}"))
+        .unwrap_or_else(|| panic!("no recovery for tm-{victim}: {rs:?}"));
+    check_recovery(r, victim);
+    let detected = r["detected_ms"].as_u64().expect("detected_ms");
+    // Caught by the timeout: not before it, and not long after.
+    let waited = detected.saturating_sub(stopped_at);
+    assert!(
+        (900..5000).contains(&waited),
+        "detected after {waited} ms: {r}"
+    );
+}
+
+#[test]
+fn two_kills_in_a_row_still_end_exactly_once() {
+    let c = cluster("3s");
+    let out = c.dir.path().join("out");
+    let records = 150_000;
+    let id = submit(&c, records, 40_000, &out);
+    let (first, _) = fail_a_taskmanager(&c, &id, "KILL");
+    // The second kill lands during the recovery (before every task runs again).
+    std::thread::sleep(Duration::from_millis(150));
+    let j = job(&c, &id);
+    let second = (0..3).find(|&i| i != first).expect("a survivor");
+    c.tms[second].signal("KILL");
+    // One TaskManager is left with 2 slots: the job (4 slots) waits for a replacement.
+    let _replacement = start_taskmanager(&c.rpc, "tm-3", &c.dir.path().join("tm-3"));
+    wait_finished(&c, &id);
+    assert_exactly_once(&out, records);
+    let rs = recoveries(&c, &id);
+    assert!(
+        rs.len() >= 2,
+        "expected two recoveries: {rs:?} (job at the second kill: {j})"
+    );
+    drop(c.jm);
+}
+
+#[test]
+fn a_job_needing_more_slots_than_the_cluster_has_fails_naming_both_counts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_jm, rpc, rest_addr) = start_jobmanager("3s", "2s");
+    let _tm = start_taskmanager(&rpc, "tm-0", &dir.path().join("tm-0"));
+    wait_for(
+        "the TaskManager to register",
+        Duration::from_secs(30),
+        || {
+            rest(&rest_addr, "/taskmanagers")["taskmanagers"]
+                .as_array()
+                .is_some_and(|t| t.len() == 1)
+        },
+    );
+    let o = weir_cmd()
+        .args(["run", "keyed-agg", "-p", "4", "--jobmanager", &rpc])
+        .args(["--param", "records=1000", "--param", "keys=10"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("weir run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("4 slots") && err.contains("2"), "{err}");
+    let overview = rest(&rest_addr, "/overview");
+    assert!(overview.is_object(), "{overview}");
+}
