@@ -18,6 +18,9 @@ pub struct CountSum {
     emit_updates: bool,
     agg: Option<ValueState<(u64, u64)>>,
     fail: FailAfter,
+    /// Bytes of incompressible padding stored once per key (state-size experiments).
+    padding: usize,
+    pad: Option<ValueState<Vec<u8>>>,
 }
 
 impl CountSum {
@@ -27,7 +30,16 @@ impl CountSum {
             emit_updates,
             agg: None,
             fail: FailAfter::default(),
+            padding: 0,
+            pad: None,
         }
+    }
+
+    /// Stores `bytes` of incompressible padding per key, written when the key is first seen,
+    /// so the keyed state grows to about `keys × bytes` (recovery measurements).
+    pub fn with_padding(mut self, bytes: usize) -> Self {
+        self.padding = bytes;
+        self
     }
 
     /// Injects a failure (see [`FailAfter`]).
@@ -40,6 +52,9 @@ impl CountSum {
 impl KeyedProcessFunction<u64, GeneratedRecord, String> for CountSum {
     fn open(&mut self, states: &mut OpenContext<'_>) -> Result<(), UserError> {
         self.agg = Some(states.value_state("count-sum")?);
+        if self.padding > 0 {
+            self.pad = Some(states.value_state("padding")?);
+        }
         self.fail.open(states);
         Ok(())
     }
@@ -55,6 +70,9 @@ impl KeyedProcessFunction<u64, GeneratedRecord, String> for CountSum {
         let (count, sum) = state.get(ctx)?.unwrap_or((0, 0));
         let next = (count + 1, sum + r.value);
         state.update(ctx, &next)?;
+        if let (0, Some(pad)) = (count, self.pad.as_ref()) {
+            pad.update(ctx, &padding_for(r.key, self.padding))?;
+        }
         if self.emit_updates {
             out.collect(format!("{}\t{}\t{}", r.key, next.0, next.1));
         }
@@ -77,6 +95,22 @@ impl KeyedProcessFunction<u64, GeneratedRecord, String> for CountSum {
     }
 }
 
+/// `len` pseudo-random bytes derived from `key` (splitmix64): the same on every run, and
+/// incompressible, so RocksDB stores them at full size.
+fn padding_for(key: u64, len: usize) -> Vec<u8> {
+    let mut x = key;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 /// What `keyed-agg` runs over.
 #[derive(Clone, Debug)]
 pub struct KeyedAggOptions {
@@ -94,6 +128,8 @@ pub struct KeyedAggOptions {
     pub emit_updates: bool,
     /// Failure injection.
     pub fail: FailAfter,
+    /// Padding bytes stored per key (0: none).
+    pub padding: usize,
 }
 
 /// Builds `keyed-agg`.
@@ -111,7 +147,11 @@ pub fn keyed_agg(o: &KeyedAggOptions) -> Result<JobDefinition, UserError> {
         .add_source(source)
         .uid("generator")
         .key_by(|r: &GeneratedRecord| r.key)
-        .process(CountSum::new(o.emit_updates).with_failure(o.fail))
+        .process(
+            CountSum::new(o.emit_updates)
+                .with_failure(o.fail)
+                .with_padding(o.padding),
+        )
         .uid("aggregate")
         .name("CountSum");
     match &o.output {
@@ -151,6 +191,10 @@ pub fn keyed_agg_spec() -> JobSpec {
                 name: "emit",
                 help: "final (one line per key at the end, default) | updates (one per record)",
             },
+            ParamSpec {
+                name: "padding",
+                help: "bytes of incompressible state stored per key (default 0; state ≈ keys × padding)",
+            },
             fail_after_param(),
         ],
         build: build_from_params,
@@ -186,6 +230,7 @@ fn build_from_params(params: &Params) -> Result<JobDefinition, ParamError> {
         output,
         emit_updates,
         fail: fail_after(params)?,
+        padding: params.get_or("padding", 0)?,
     };
     keyed_agg(&options).map_err(|e| params.invalid("keys", e.to_string()))
 }

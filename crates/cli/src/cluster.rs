@@ -182,6 +182,9 @@ impl LocalCluster {
                 .arg(&id)
                 .args(forward)
                 .stdin(Stdio::null());
+            // Its own process group: a Ctrl-C in the terminal reaches only `weir local`, which
+            // cancels the job and then stops the TaskManagers itself.
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
             die_with_parent(&mut cmd);
             let child = cmd
                 .spawn()
@@ -460,7 +463,8 @@ fn connect(
 ) -> Result<DispatcherServiceClient<tonic::transport::Channel>, Failure> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .map_err(|e| Failure::Usage(format!("--jobmanager '{url}' is not a URL: {e}")))?
-        .connect_timeout(Duration::from_secs(2));
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30));
     let channel = rt
         .block_on(endpoint.connect())
         .map_err(|e| Failure::Usage(format!("cannot reach the JobManager at {url}: {e}")))?;

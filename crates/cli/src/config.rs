@@ -844,10 +844,7 @@ impl Config {
                 None => "(unset)".into(),
             },
             "s3.path.style.access" => self.s3.path_style.to_string(),
-            "s3.allow-http" => match self.s3_allow_http {
-                Some(b) => b.to_string(),
-                None => "auto".into(),
-            },
+            "s3.allow-http" => self.s3.allow_http.to_string(),
             "taskmanager.numberOfTaskSlots" => self.taskmanager_slots.to_string(),
             "heartbeat.interval" => format_duration(self.heartbeat_interval),
             "heartbeat.timeout" => format_duration(self.heartbeat_timeout),
@@ -937,6 +934,10 @@ impl Config {
             .filter_map(|k| {
                 let v = match k.key {
                     "s3.secret-key" => self.s3.secret_access_key.clone()?,
+                    // As set: unset follows the receiver's view of the endpoint, as here.
+                    "s3.allow-http" => self
+                        .s3_allow_http
+                        .map_or_else(|| "auto".to_string(), |b| b.to_string()),
                     other => self.value_of(other),
                 };
                 (v != "(unset)").then(|| (k.key.to_string(), v))

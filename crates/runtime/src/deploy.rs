@@ -240,7 +240,18 @@ pub fn spawn_subtask(
             local_dir: r.local_dir,
             stats: r.stats,
         })),
-        _ => None,
+        (Some(r), None) => {
+            // Starting fresh would replay the sources into sinks that cannot roll back.
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{name} must restore {} but this process runs the job without \
+                     checkpointing (execution.checkpointing.interval)",
+                    r.checkpoint
+                ),
+            ));
+        }
+        (None, _) => None,
     };
     let spec = TaskSpec {
         name: name.clone(),

@@ -68,6 +68,8 @@ impl Outbox {
 
 /// One job on this TaskManager: built once, shared by its attempts.
 struct JobEntry {
+    /// What the job was built from (a resubmission with another spec rebuilds it).
+    spec: JobSpec,
     job: Arc<JobDefinition>,
     plan: Arc<Plan>,
     built: BuiltJobEnv,
@@ -155,7 +157,19 @@ impl Tasks {
         loop {
             crossbeam_channel::select! {
                 recv(messages) -> msg => match msg {
-                    Ok(m) => self.handle(m),
+                    Ok(m) => {
+                        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            self.handle(m)
+                        }));
+                        if let Err(panic) = handled {
+                            let detail = panic
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_else(|| "unknown panic".into());
+                            tracing::error!(%detail, "a JobManager message made the control thread panic; it was dropped");
+                        }
+                    }
                     Err(_) => break,
                 },
                 recv(ended) -> msg => {
@@ -211,6 +225,14 @@ impl Tasks {
     }
 
     fn job_entry(&mut self, spec: &JobSpec) -> Result<&mut JobEntry, String> {
+        let stale = self
+            .jobs
+            .get(&spec.job_id)
+            .is_some_and(|j| j.spec != *spec && j.attempts.is_empty());
+        if stale {
+            tracing::info!(job = %spec.job_id, "the job was resubmitted with another spec: rebuilding it");
+            self.jobs.remove(&spec.job_id);
+        }
         if !self.jobs.contains_key(&spec.job_id) {
             let BuiltJob {
                 job,
@@ -249,6 +271,7 @@ impl Tasks {
             self.jobs.insert(
                 spec.job_id.clone(),
                 JobEntry {
+                    spec: spec.clone(),
                     job: Arc::new(job),
                     plan: Arc::new(plan),
                     built: BuiltJobEnv {
@@ -273,7 +296,11 @@ impl Tasks {
         };
         let started = Instant::now();
         self.report(&key, v1::ExecutionState::Deploying, None);
-        if let Err(detail) = self.try_deploy(&key, d, started) {
+        let deployed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.try_deploy(&key, d, started)
+        }))
+        .unwrap_or_else(|_| Err("deploying the task panicked".to_string()));
+        if let Err(detail) = deployed {
             tracing::error!(job = %key.job_id, attempt = key.attempt, vertex = key.vertex, subtask = key.subtask, %detail, "deployment failed");
             report_failed(&self.ctx.outbox, &key, &detail, false, None);
         }
@@ -323,6 +350,18 @@ impl Tasks {
                     key.attempt
                 ));
             }
+        }
+        if let Some(l) = d.locations.iter().find(|l| {
+            plan.job
+                .vertices
+                .get(l.vertex as usize)
+                .is_none_or(|v| v.parallelism <= l.subtask)
+        }) {
+            return Err(format!(
+                "this TaskManager's build of job '{}' has no subtask {} of vertex {}: the \
+                 binaries differ",
+                spec.job_name, l.subtask, l.vertex
+            ));
         }
         let locations: HashMap<(u32, u32), (String, String)> = d
             .locations
@@ -450,7 +489,7 @@ impl Tasks {
         let restore = restore.map(|r| RestoreEnv {
             checkpoint: r.checkpoint,
             operators: r.operators,
-            local_dir: state_dir.join("restore"),
+            local_dir: state_dir.join("restore").join(&key.job_id),
             stats: stats.clone(),
         });
         let on_running = {
@@ -557,6 +596,8 @@ impl Tasks {
                 }
             }
         }
+        // Tasks that already ended (a job without checkpoints) leave nothing to wait for.
+        self.on_task_ended(job, attempt);
     }
 
     fn cancel(&mut self, job: &str, attempt: u32, reason: &str) {
@@ -564,10 +605,11 @@ impl Tasks {
             return;
         };
         tracing::info!(job, attempt, reason, "cancelling tasks");
+        // Streams of these attempts are refused from now on, then their tasks stop.
+        self.ctx.exchange.cancel_attempts(job, attempt);
         for (_, a) in entry.attempts.range_mut(..=attempt) {
             a.cancel();
         }
-        self.ctx.exchange.cancel_attempts(job, attempt);
         let ended: Vec<(String, u32)> = entry
             .attempts
             .range(..=attempt)
