@@ -44,6 +44,9 @@ if diff <(sort "$work"/keyed-agg/part-*) <(sort "$work"/keyed-agg-drill/part-*) 
 else
   echo "output DIFFERS from the failure-free run" >&2; exit 1
 fi
+echo; echo "== cluster drill: weir jobmanager + 3 weir taskmanager processes, keyed-agg at p=4;"
+echo "   a TaskManager is killed with SIGKILL after 3 checkpoints (scripts/recovery-drill.sh)"
+WEIR="$weir" scripts/recovery-drill.sh 2>&1 | grep -E '^(job|SIGKILL|kill)|"(cause|restored_checkpoint|bytes_downloaded|bytes_local|total_ms|deploy_ms)"'
 echo; echo "== weir checkpoints (the drill's checkpoint history)"
 "$weir" checkpoints --state-dir "$work/state" | awk 'NR<=8'
 echo; echo "demo: outputs are in $work" >&2
