@@ -610,7 +610,12 @@ pub(crate) fn run_command(
     eprintln!("job {job_id} submitted");
     let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let c = cancel.clone();
-    let _ = ctrlc::set_handler(move || c.store(true, std::sync::atomic::Ordering::SeqCst));
+    let _ = ctrlc::set_handler(move || {
+        if c.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            // A second Ctrl-C: stop following at once (the job keeps its cancel request).
+            std::process::exit(130);
+        }
+    });
     let mut cancel_client = client.clone();
     let view = follow(
         || fetch_grpc(&rt, &mut client, &job_id),

@@ -150,7 +150,15 @@ async fn session(
             )))
         }
     };
-    let (interval, timeout) = match inbound.message().await {
+    let answer = match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            return Ok(SessionEnd::Retry(
+                "no answer to Register within 10 s".into(),
+            ))
+        }
+    };
+    let (interval, timeout) = match answer {
         Ok(Some(v1::JobManagerMessage {
             kind: Some(Down::Registered(r)),
         })) => (r.heartbeat_interval_ms, r.heartbeat_timeout_ms),
