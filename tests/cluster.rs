@@ -306,6 +306,19 @@ fn fail_a_taskmanager(c: &Cluster, id: &str, sig: &str) -> (usize, u64) {
     (victim, at)
 }
 
+/// The recovery record of the loss of `tm-<victim>`, checked: the failed slots moved to
+/// survivors, and state was both read locally and downloaded.
+fn checked_recovery(c: &Cluster, id: &str, victim: usize) -> serde_json::Value {
+    let rs = recoveries(c, id);
+    let r = rs
+        .iter()
+        .find(|r| r["lost_taskmanager"] == format!("tm-{victim}"))
+        .unwrap_or_else(|| panic!("no recovery for tm-{victim}: {rs:?}"))
+        .clone();
+    check_recovery(&r, victim);
+    r
+}
+
 fn check_recovery(r: &serde_json::Value, victim: usize) {
     assert_eq!(r["status"], "completed", "{r}");
     assert_eq!(r["lost_taskmanager"], format!("tm-{victim}"), "{r}");
@@ -330,12 +343,7 @@ fn a_killed_taskmanager_is_recovered_on_the_survivors_with_exactly_once_output()
     let (victim, killed_at) = fail_a_taskmanager(&c, &id, "KILL");
     wait_finished(&c, &id);
     assert_exactly_once(&out, records);
-    let rs = recoveries(&c, &id);
-    let r = rs
-        .iter()
-        .find(|r| r["lost_taskmanager"] == format!("tm-{victim}"))
-        .unwrap_or_else(|| panic!("no recovery for tm-{victim}: {rs:?}"));
-    check_recovery(r, victim);
+    let r = checked_recovery(&c, &id, victim);
     let detected = r["detected_ms"].as_u64().expect("detected_ms");
     eprintln!(
         "kill → detect {} ms; recovery {}",
@@ -356,12 +364,7 @@ fn a_hung_taskmanager_is_caught_by_the_heartbeat_timeout_and_recovered() {
     let (victim, stopped_at) = fail_a_taskmanager(&c, &id, "STOP");
     wait_finished(&c, &id);
     assert_exactly_once(&out, records);
-    let rs = recoveries(&c, &id);
-    let r = rs
-        .iter()
-        .find(|r| r["lost_taskmanager"] == format!("tm-{victim}"))
-        .unwrap_or_else(|| panic!("no recovery for tm-{victim}: {rs:?}"));
-    check_recovery(r, victim);
+    let r = checked_recovery(&c, &id, victim);
     let detected = r["detected_ms"].as_u64().expect("detected_ms");
     // Caught by the timeout: not before it, and not long after.
     let waited = detected.saturating_sub(stopped_at);

@@ -1073,6 +1073,7 @@ impl JobMaster {
             }
         }
         if affected == 0 {
+            self.attribute_open_recovery(lost);
             tracing::debug!(taskmanager = %lost.id, "a TaskManager without live tasks of this job was lost");
             return None;
         }
@@ -1231,6 +1232,33 @@ impl JobMaster {
         self.recoveries
             .last_mut()
             .filter(|r| r.status == RecoveryStatus::InProgress)
+    }
+
+    /// A recovery that began from a task that lost its peer (the data plane noticed the dead
+    /// TaskManager before its session broke) gets the lost TaskManager as its root cause, when
+    /// that TaskManager held tasks of the failed attempt.
+    fn attribute_open_recovery(&mut self, lost: &LostTaskManager) {
+        let held_tasks = self.tasks.values().any(|t| t.taskmanager == lost.id);
+        let cause = format!(
+            "TaskManager {} ({}) lost: {}",
+            lost.id, lost.data_address, lost.reason
+        );
+        let Some(r) = self.open_recovery() else {
+            return;
+        };
+        let moved_from = r
+            .moves
+            .iter()
+            .any(|m| m.from_taskmanager == lost.id.to_string());
+        if r.lost_taskmanager.is_some() || !(held_tasks || moved_from) {
+            return;
+        }
+        tracing::info!(was = %r.cause, %cause, "root cause found");
+        r.cause = cause.clone();
+        r.lost_taskmanager = Some(lost.id.to_string());
+        r.last_heartbeat_ms = Some(lost.last_heartbeat_ms);
+        r.refresh();
+        self.failure_cause = Some(cause);
     }
 
     /// Opens the recovery record of failure `f` (superseding one still in progress).
