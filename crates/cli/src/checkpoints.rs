@@ -34,27 +34,6 @@ pub fn jobs_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("jobs")
 }
 
-/// A fresh job id: time and process id, hashed (unique per run on one machine).
-pub fn new_job_id() -> JobId {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let mixed = weir_types::stable_hash64(&nanos.to_le_bytes()) as u128;
-    let pid = weir_types::stable_hash64(&std::process::id().to_le_bytes()) as u128;
-    JobId((mixed << 64) | pid)
-}
-
-/// Parses a job id as printed (32 hex digits).
-pub fn parse_job_id(s: &str) -> Result<JobId, String> {
-    if s.len() != 32 {
-        return Err(format!("job id '{s}' must be 32 hex digits"));
-    }
-    u128::from_str_radix(s, 16)
-        .map(JobId)
-        .map_err(|_| format!("job id '{s}' must be 32 hex digits"))
-}
-
 /// Writes the history of the job `executor` runs until `stop` is set, then once more.
 pub struct HistoryWriter {
     stop: Arc<AtomicBool>,
@@ -119,7 +98,7 @@ fn write_atomically(file: &Path, history: &JobHistory) -> std::io::Result<()> {
 pub fn read_history(jobs_dir: &Path, job_id: Option<&str>) -> Result<JobHistory, String> {
     let file = match job_id {
         Some(id) => {
-            parse_job_id(id)?;
+            JobId::parse(id)?;
             jobs_dir.join(id).join("checkpoints.json")
         }
         None => latest_history(jobs_dir)?,
@@ -192,13 +171,6 @@ pub fn render(history: &JobHistory) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_job_id_round_trips_through_its_printed_form() {
-        let id = new_job_id();
-        assert_eq!(parse_job_id(&id.to_string()), Ok(id));
-        assert!(parse_job_id("xyz").unwrap_err().contains("'xyz'"));
-    }
 
     #[test]
     fn the_latest_history_is_the_most_recently_written() {

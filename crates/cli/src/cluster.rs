@@ -427,7 +427,7 @@ pub(crate) fn job_spec(
     restore: Option<&str>,
 ) -> Result<v1::JobSpec, Failure> {
     let job_id = match restore {
-        Some(id) => crate::checkpoints::parse_job_id(id)
+        Some(id) => weir_types::JobId::parse(id)
             .map_err(|e| Failure::Usage(format!("--restore: {e}")))?
             .to_string(),
         None => String::new(),

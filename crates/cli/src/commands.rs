@@ -420,7 +420,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                 build_and_plan(catalog, &config, &job.job, job.parallelism, &job.params)?;
             let resume = restore
                 .as_deref()
-                .map(checkpoints::parse_job_id)
+                .map(JobId::parse)
                 .transpose()
                 .map_err(|e| Failure::Usage(format!("--restore: {e}")))?;
             let (report, cps) = execute(&config, &def, &plan, resume)?;
@@ -646,7 +646,7 @@ fn execute(
             let (url, s3) = config.checkpoint_storage();
             let store = open_store(&url, &s3)
                 .map_err(|e| Failure::Usage(format!("state.checkpoints.dir '{url}': {e}")))?;
-            let job_id = resume.unwrap_or_else(checkpoints::new_job_id);
+            let job_id = resume.unwrap_or_else(JobId::generate);
             let local_dir = config.state_dir.join("restore");
             eprintln!(
                 "job id {job_id}: checkpoints every {} under {url}/{job_id}",

@@ -513,7 +513,7 @@ impl Reader {
                     kind_name(&frame)
                 )));
             }
-            let frame = match Frame::try_from(frame) {
+            let frame = match crate::from_wire(frame) {
                 Ok(frame) => frame,
                 Err(error) => {
                     return ReadEnd::Refuse(Status::invalid_argument(format!(

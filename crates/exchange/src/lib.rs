@@ -43,7 +43,6 @@ mod outbound;
 use std::fmt;
 
 use weir_proto::v1::{data_frame::Kind, ChannelId, DataFrame};
-use weir_types::Barrier;
 
 pub use inbound::{ExchangeOptions, ExchangeService, InboundRegistration, PushFn};
 pub use outbound::{ConnectOptions, Connections, NextFn, OutboundEnd, OutboundHandle};
@@ -103,42 +102,19 @@ impl From<&ChannelKey> for ChannelId {
     }
 }
 
-/// What travels on a channel, in order. Barriers and watermarks are in band, so a barrier never
-/// overtakes the batches before it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Frame {
-    /// A batch of records, encoded by the edge's serializer; opaque to this crate.
-    Batch(Vec<u8>),
-    /// An event-time watermark (ms).
-    Watermark(i64),
-    /// A checkpoint barrier.
-    Barrier(Barrier),
-    /// The producer finished; the last frame of a channel.
-    EndOfInput,
-}
+/// What travels on a channel, in order: the runtime's encoded stream element. Barriers and
+/// watermarks are in band, so a barrier never overtakes the batches before it.
+pub type Frame = weir_types::EncodedElement;
 
-impl Frame {
-    /// The frame's kind, for messages and logs (a batch's bytes are not printed).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Frame::Batch(_) => "batch",
-            Frame::Watermark(_) => "watermark",
-            Frame::Barrier(_) => "barrier",
-            Frame::EndOfInput => "end_of_input",
-        }
-    }
-}
-
-impl From<Frame> for DataFrame {
-    fn from(frame: Frame) -> Self {
-        let kind = match frame {
-            Frame::Batch(bytes) => Kind::Batch(bytes),
-            Frame::Watermark(ms) => Kind::Watermark(ms),
-            Frame::Barrier(barrier) => Kind::Barrier(barrier.into()),
-            Frame::EndOfInput => Kind::EndOfInput(true),
-        };
-        DataFrame { kind: Some(kind) }
-    }
+/// The wire form of `frame`.
+pub fn to_wire(frame: Frame) -> DataFrame {
+    let kind = match frame {
+        Frame::Batch(bytes) => Kind::Batch(bytes),
+        Frame::Watermark(ms) => Kind::Watermark(ms),
+        Frame::Barrier(barrier) => Kind::Barrier(barrier.into()),
+        Frame::EndOfInput => Kind::EndOfInput(true),
+    };
+    DataFrame { kind: Some(kind) }
 }
 
 /// Why a received [`DataFrame`] is not a [`Frame`].
@@ -155,19 +131,16 @@ pub enum FrameError {
     EndOfInputFalse,
 }
 
-impl TryFrom<DataFrame> for Frame {
-    type Error = FrameError;
-
-    fn try_from(frame: DataFrame) -> Result<Self, FrameError> {
-        match frame.kind {
-            None => Err(FrameError::Empty),
-            Some(Kind::Open(_)) => Err(FrameError::UnexpectedOpen),
-            Some(Kind::Batch(bytes)) => Ok(Frame::Batch(bytes)),
-            Some(Kind::Watermark(ms)) => Ok(Frame::Watermark(ms)),
-            Some(Kind::Barrier(barrier)) => Ok(Frame::Barrier(barrier.into())),
-            Some(Kind::EndOfInput(true)) => Ok(Frame::EndOfInput),
-            Some(Kind::EndOfInput(false)) => Err(FrameError::EndOfInputFalse),
-        }
+/// The frame a received (non-`open`) [`DataFrame`] carries.
+pub fn from_wire(frame: DataFrame) -> Result<Frame, FrameError> {
+    match frame.kind {
+        None => Err(FrameError::Empty),
+        Some(Kind::Open(_)) => Err(FrameError::UnexpectedOpen),
+        Some(Kind::Batch(bytes)) => Ok(Frame::Batch(bytes)),
+        Some(Kind::Watermark(ms)) => Ok(Frame::Watermark(ms)),
+        Some(Kind::Barrier(barrier)) => Ok(Frame::Barrier(barrier.into())),
+        Some(Kind::EndOfInput(true)) => Ok(Frame::EndOfInput),
+        Some(Kind::EndOfInput(false)) => Err(FrameError::EndOfInputFalse),
     }
 }
 
@@ -273,7 +246,7 @@ impl ExchangeError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_types::CheckpointId;
+    use weir_types::{Barrier, CheckpointId};
 
     #[test]
     fn every_frame_survives_the_wire_unchanged() {
@@ -288,8 +261,8 @@ mod tests {
             Frame::EndOfInput,
         ];
         for frame in frames {
-            let wire = DataFrame::from(frame.clone());
-            assert_eq!(Frame::try_from(wire), Ok(frame));
+            let wire = to_wire(frame.clone());
+            assert_eq!(from_wire(wire), Ok(frame));
         }
     }
 
@@ -305,15 +278,12 @@ mod tests {
         let open = DataFrame {
             kind: Some(Kind::Open((&key).into())),
         };
-        assert_eq!(Frame::try_from(open), Err(FrameError::UnexpectedOpen));
-        assert_eq!(
-            Frame::try_from(DataFrame { kind: None }),
-            Err(FrameError::Empty)
-        );
+        assert_eq!(from_wire(open), Err(FrameError::UnexpectedOpen));
+        assert_eq!(from_wire(DataFrame { kind: None }), Err(FrameError::Empty));
         let eoi = DataFrame {
             kind: Some(Kind::EndOfInput(false)),
         };
-        assert_eq!(Frame::try_from(eoi), Err(FrameError::EndOfInputFalse));
+        assert_eq!(from_wire(eoi), Err(FrameError::EndOfInputFalse));
     }
 
     #[test]

@@ -372,7 +372,7 @@ impl Driver {
                 frame = self.frames.recv(), if body.is_some() => match frame {
                     Some(frame) => {
                         let sender = body.as_ref().expect("guarded by the select condition");
-                        if sender.send(frame.into()).await.is_err() {
+                        if sender.send(crate::to_wire(frame)).await.is_err() {
                             // The call is failing; the credit stream says why.
                             body = None;
                         }

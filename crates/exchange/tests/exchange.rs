@@ -415,7 +415,7 @@ async fn a_frame_sent_without_credit_fails_the_stream_and_drops_the_consumers_in
         kind: Some(Kind::Open((&key("greedy")).into())),
     }];
     // The first frame blocks in `push`; two more fill the queue; the fourth has no credit.
-    frames.extend((0..CREDITS + 2).map(|i| DataFrame::from(batch(i))));
+    frames.extend((0..CREDITS + 2).map(|i| weir_exchange::to_wire(batch(i))));
     let mut credits = client
         .transfer(tokio_stream::iter(frames).chain(tokio_stream::pending()))
         .await
@@ -513,7 +513,7 @@ async fn a_sender_that_dies_closes_the_receivers_channel() {
             DataFrame {
                 kind: Some(Kind::Open((&key("vanished")).into())),
             },
-            DataFrame::from(batch(0)),
+            weir_exchange::to_wire(batch(0)),
         ];
         client
             .transfer(tokio_stream::iter(frames).chain(tokio_stream::pending()))

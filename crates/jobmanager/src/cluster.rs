@@ -4,7 +4,7 @@
 //! `jobs` or alone, never the other way round. No lock is held across I/O or a wait.
 
 use crate::error::DispatchError;
-use crate::ids::{parse_job_id, TaskManagerId};
+use crate::ids::TaskManagerId;
 use crate::job_master::JobMasterMsg;
 use crate::options::JobManagerOptions;
 use crate::recovery::RecoveryRecord;
@@ -133,7 +133,7 @@ impl Shared {
     /// Hands a TaskManager's message about job `job_id` to that job's JobMaster; messages
     /// for jobs this JobManager does not know are logged and dropped.
     pub fn route(&self, from: &TaskManagerId, job_id: &str, kind: Kind) {
-        let job = match parse_job_id(job_id) {
+        let job = match JobId::parse(job_id) {
             Ok(j) => j,
             Err(e) => {
                 tracing::warn!(taskmanager = %from, error = %e, "message with a bad job id dropped");
@@ -218,7 +218,7 @@ impl Shared {
 
     /// The status of job `id` (as text, from a URL or a request).
     pub fn job_status(&self, id: &str) -> Result<JobStatus, DispatchError> {
-        let job = parse_job_id(id).map_err(|_| DispatchError::UnknownJob(id.to_string()))?;
+        let job = JobId::parse(id).map_err(|_| DispatchError::UnknownJob(id.to_string()))?;
         let jobs = lock(&self.jobs);
         let entry = jobs
             .get(&job)
@@ -229,7 +229,7 @@ impl Shared {
 
     /// Asks job `id`'s JobMaster to cancel it.
     pub fn cancel(&self, id: &str) -> Result<(), DispatchError> {
-        let job = parse_job_id(id).map_err(|_| DispatchError::UnknownJob(id.to_string()))?;
+        let job = JobId::parse(id).map_err(|_| DispatchError::UnknownJob(id.to_string()))?;
         let jobs = lock(&self.jobs);
         let entry = jobs
             .get(&job)

@@ -14,7 +14,6 @@
 
 use crate::cluster::{lock, JobEntry, Shared};
 use crate::error::DispatchError;
-use crate::ids::{new_job_id, parse_job_id};
 use crate::job_master::{initial_status, Checkpointing, JobMaster, JobMasterSetup};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -166,9 +165,9 @@ pub(crate) fn submit(
         DispatchError::InvalidArgument(format!("plan_json is not a valid plan: {e}"))
     })?;
     let job = if spec.job_id.is_empty() {
-        new_job_id()
+        JobId::generate()
     } else {
-        parse_job_id(&spec.job_id).map_err(DispatchError::InvalidArgument)?
+        JobId::parse(&spec.job_id).map_err(DispatchError::InvalidArgument)?
     };
     spec.job_id = job.to_string();
     ensure_not_running(shared, job)?;

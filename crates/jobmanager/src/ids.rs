@@ -1,9 +1,7 @@
-//! Ids this crate introduces ([`TaskManagerId`]) and the text form of [`JobId`].
+//! Ids this crate introduces ([`TaskManagerId`]). Job ids are `weir_types::JobId` (`parse`, `generate`).
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use weir_types::JobId;
 
 /// A TaskManager's id as it registered: unique among the live TaskManagers of a cluster.
 ///
@@ -57,58 +55,9 @@ impl fmt::Display for TaskManagerId {
     }
 }
 
-/// Parses a job id as [`JobId`]'s `Display` prints it: 32 hex digits.
-pub fn parse_job_id(s: &str) -> Result<JobId, String> {
-    if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("job id '{s}' must be 32 hex digits"));
-    }
-    u128::from_str_radix(s, 16)
-        .map(JobId)
-        .map_err(|_| format!("job id '{s}' must be 32 hex digits"))
-}
-
-/// A fresh job id: the time, the process id and a per-process counter, hashed with the
-/// project's stable hash (unique per JobManager process; no randomness source needed).
-pub fn new_job_id() -> JobId {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut seed = Vec::with_capacity(32);
-    seed.extend_from_slice(&nanos.to_le_bytes());
-    seed.extend_from_slice(&n.to_le_bytes());
-    let high = weir_types::stable_hash64(&seed) as u128;
-    seed.extend_from_slice(&std::process::id().to_le_bytes());
-    let low = weir_types::stable_hash64(&seed) as u128;
-    JobId((high << 64) | low)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_job_id_prints_and_parses_back() {
-        let id = new_job_id();
-        assert_eq!(parse_job_id(&id.to_string()), Ok(id));
-    }
-
-    #[test]
-    fn a_short_or_non_hex_job_id_is_rejected_and_named() {
-        assert_eq!(
-            parse_job_id("abc"),
-            Err("job id 'abc' must be 32 hex digits".into())
-        );
-        assert!(parse_job_id(&"g".repeat(32)).is_err());
-        assert!(parse_job_id(&format!("+{}", "0".repeat(31))).is_err());
-    }
-
-    #[test]
-    fn two_fresh_job_ids_differ() {
-        assert_ne!(new_job_id(), new_job_id());
-    }
 
     #[test]
     fn an_empty_taskmanager_id_is_rejected() {

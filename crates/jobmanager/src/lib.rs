@@ -84,7 +84,7 @@ mod slots;
 pub mod view;
 
 pub use error::{DispatchError, JobManagerError};
-pub use ids::{new_job_id, parse_job_id, TaskManagerId};
+pub use ids::TaskManagerId;
 pub use options::{keys, JobManagerOptions};
 pub use recovery::{RecoveryDurations, RecoveryRecord, RecoveryStatus, SubtaskMove};
 pub use settings::{FixedSettings, JobSettings, JobSettingsResolver};

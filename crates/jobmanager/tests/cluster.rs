@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use weir_checkpoint::CheckpointConfig;
 use weir_coordination::restart::RestartStrategy;
 use weir_jobmanager::view::JobState;
-use weir_jobmanager::{parse_job_id, JobSettings};
+use weir_jobmanager::JobSettings;
 use weir_proto::v1::job_manager_message::Kind as Down;
 use weir_proto::v1::job_manager_service_client::JobManagerServiceClient;
 use weir_proto::v1::task_manager_message::Kind as Up;
@@ -93,7 +93,7 @@ async fn a_job_needing_more_slots_than_registered_fails_after_the_slot_timeout()
         .unwrap()
         .into_inner()
         .job_id;
-    let job = parse_job_id(&job).unwrap();
+    let job = weir_types::JobId::parse(&job).unwrap();
     let details = eventually("the job fails", || {
         jm.job(job).filter(|j| j.state == JobState::Failed)
     })
@@ -606,7 +606,7 @@ async fn a_job_resumes_from_its_latest_checkpoint_in_storage() {
         "{}",
         e.message()
     );
-    let job = parse_job_id(id).unwrap();
+    let job = weir_types::JobId::parse(id).unwrap();
     d.submit_job(submit_request(&chained_plan(2), id))
         .await
         .unwrap();

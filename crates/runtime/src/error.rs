@@ -125,7 +125,7 @@ pub enum JobError {
 }
 
 /// Formats an error with its whole `source()` chain, `: `-separated.
-pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();
     let mut cur = err.source();
     while let Some(e) = cur {

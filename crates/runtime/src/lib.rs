@@ -42,7 +42,7 @@ mod snapshot;
 mod task;
 
 pub use api::{Data, DataStream, DataStreamSink, JobDefinition, KeyedStream, StreamEnvironment};
-pub use error::{JobError, TaskError, UserError};
+pub use error::{chain as error_chain, JobError, TaskError, UserError};
 pub use executor::{
     CheckpointReport, CheckpointSettings, JobReport, LocalExecutor, Plan, RuntimeOptions,
 };

@@ -8,20 +8,9 @@
 //! (the task then fails as "downstream lost" or "upstream lost").
 
 use crossbeam_channel::{Receiver, Sender};
-use weir_types::{Barrier, StreamElement, Watermark};
+use weir_types::{StreamElement, Watermark};
 
-/// One stream element, with its records encoded.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EncodedElement {
-    /// A batch of records (postcard of `Vec<T>`).
-    Batch(Vec<u8>),
-    /// A watermark.
-    Watermark(i64),
-    /// A checkpoint barrier.
-    Barrier(Barrier),
-    /// The producer has finished.
-    EndOfInput,
-}
+pub use weir_types::EncodedElement;
 
 /// Takes the next element a task wrote into an outbound channel, encoded; `None` once the task
 /// dropped its sender (finished or failed) or an element could not be encoded (logged).
@@ -72,7 +61,7 @@ pub(crate) fn decoder<T: crate::Data>(tx: Sender<StreamElement<T>>, label: Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_types::CheckpointId;
+    use weir_types::{Barrier, CheckpointId};
 
     #[test]
     fn elements_survive_encoding_in_order() {

@@ -129,7 +129,12 @@ async fn session(
     };
     let channel = match endpoint.connect().await {
         Ok(c) => c,
-        Err(e) => return Ok(SessionEnd::Retry(format!("cannot connect: {}", chain(&e)))),
+        Err(e) => {
+            return Ok(SessionEnd::Retry(format!(
+                "cannot connect: {}",
+                weir_runtime::error_chain(&e)
+            )))
+        }
     };
     let mut client = JobManagerServiceClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -224,15 +229,4 @@ async fn session(
     };
     heartbeat.abort();
     Ok(end)
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }

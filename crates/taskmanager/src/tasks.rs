@@ -17,11 +17,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 use weir_checkpoint::{CheckpointingMode, TaskRestoreSpec};
 use weir_exchange::{
-    ChannelKey, Connections, ExchangeService, Frame, InboundRegistration, OutboundHandle,
+    ChannelKey, Connections, ExchangeService, InboundRegistration, OutboundHandle,
 };
 use weir_graph::Plan;
 use weir_proto::v1::{self, job_manager_message::Kind as Down, task_manager_message::Kind as Up};
@@ -29,19 +29,12 @@ use weir_runtime::deploy::{
     keyed_subtasks, spawn_subtask, subtask_channels, ChannelEnd, ChannelRef, CheckpointEnv,
     RestoreEnv, SubtaskEnv,
 };
-use weir_runtime::remote::EncodedElement;
 use weir_runtime::{Control, JobDefinition, JobMetrics, TaskError, TaskEvent, Transfer};
 use weir_state_transfer::{LocalStateCache, Uploader};
 use weir_storage::CheckpointPaths;
 use weir_types::{Barrier, CheckpointId, JobId, SubtaskIndex, VertexId};
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use weir_coordination::driver::now_ms;
 
 /// Where messages to the JobManager go: the current session's sender, if connected.
 #[derive(Clone, Default)]
@@ -241,7 +234,7 @@ impl Tasks {
                 state_backend,
                 checkpointing,
             } = self.ctx.factory.build(spec)?;
-            let job_id = parse_job_id(&spec.job_id)?;
+            let job_id = JobId::parse(&spec.job_id)?;
             let cache = match &checkpointing {
                 Some(_) => {
                     let root = self.ctx.state_dir.join("local-recovery").join(&spec.job_id);
@@ -433,13 +426,8 @@ impl Tasks {
                     }
                 }
             } else {
-                let (tx, mut next) = factory.outbound(capacity);
-                let handle = connections.spawn_outbound(
-                    &runtime,
-                    &address,
-                    channel_key(r),
-                    Box::new(move || next().map(to_frame)),
-                );
+                let (tx, next) = factory.outbound(capacity);
+                let handle = connections.spawn_outbound(&runtime, &address, channel_key(r), next);
                 attempt.outbound.push(handle);
                 tx
             };
@@ -461,9 +449,9 @@ impl Tasks {
                 }
             } else {
                 let ck = channel_key(r);
-                let (mut push, rx) = factory.inbound(capacity, ck.to_string());
+                let (push, rx) = factory.inbound(capacity, ck.to_string());
                 let registration = exchange
-                    .register_inbound(ck, Box::new(move |f| push(from_frame(f))))
+                    .register_inbound(ck, push)
                     .map_err(|e| e.to_string())?;
                 attempt.registrations.push(registration);
                 rx
@@ -653,30 +641,6 @@ impl Tasks {
             }
             tracing::info!(job, "job finished on this TaskManager");
         }
-    }
-}
-
-fn parse_job_id(s: &str) -> Result<JobId, String> {
-    u128::from_str_radix(s, 16)
-        .map(JobId)
-        .map_err(|_| format!("job id '{s}' is not 32 hex digits"))
-}
-
-fn to_frame(e: EncodedElement) -> Frame {
-    match e {
-        EncodedElement::Batch(b) => Frame::Batch(b),
-        EncodedElement::Watermark(w) => Frame::Watermark(w),
-        EncodedElement::Barrier(b) => Frame::Barrier(b),
-        EncodedElement::EndOfInput => Frame::EndOfInput,
-    }
-}
-
-fn from_frame(f: Frame) -> EncodedElement {
-    match f {
-        Frame::Batch(b) => EncodedElement::Batch(b),
-        Frame::Watermark(w) => EncodedElement::Watermark(w),
-        Frame::Barrier(b) => EncodedElement::Barrier(b),
-        Frame::EndOfInput => EncodedElement::EndOfInput,
     }
 }
 

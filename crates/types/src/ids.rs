@@ -123,6 +123,44 @@ numeric_id!(
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct JobId(pub u128);
 
+impl JobId {
+    /// Parses a job id as `Display` prints it: 32 hex digits. The error names the text.
+    pub fn parse(s: &str) -> Result<JobId, String> {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("job id '{s}' must be 32 hex digits"));
+        }
+        u128::from_str_radix(s, 16)
+            .map(JobId)
+            .map_err(|_| format!("job id '{s}' must be 32 hex digits"))
+    }
+
+    /// A fresh job id: the time, the process id and a per-process counter, hashed with the
+    /// project's stable hash (unique per process; no randomness source needed).
+    pub fn generate() -> JobId {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut seed = Vec::with_capacity(32);
+        seed.extend_from_slice(&nanos.to_le_bytes());
+        seed.extend_from_slice(&n.to_le_bytes());
+        let high = crate::stable_hash64(&seed) as u128;
+        seed.extend_from_slice(&std::process::id().to_le_bytes());
+        let low = crate::stable_hash64(&seed) as u128;
+        JobId((high << 64) | low)
+    }
+}
+
+impl std::str::FromStr for JobId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        JobId::parse(s)
+    }
+}
+
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:032x}", self.0)
@@ -140,6 +178,19 @@ mod tests {
             err.to_string(),
             "operator uid 'a/b' contains '/'; use letters, digits, '-', '_' or '.'"
         );
+    }
+
+    #[test]
+    fn a_job_id_reads_back_what_display_prints_and_names_bad_text() {
+        let id = JobId::generate();
+        assert_eq!(JobId::parse(&id.to_string()), Ok(id));
+        assert_ne!(JobId::generate(), id);
+        assert_eq!(
+            JobId::parse("xyz"),
+            Err("job id 'xyz' must be 32 hex digits".to_string())
+        );
+        assert!(JobId::parse(&"g".repeat(32)).is_err());
+        assert!(JobId::parse(&format!("+{}", "0".repeat(31))).is_err());
     }
 
     #[test]

@@ -42,3 +42,30 @@ pub enum StreamElement<T> {
     /// The producer has finished; it sends nothing after this.
     EndOfInput,
 }
+
+/// A [`StreamElement`] with its records encoded (one batch = one opaque byte string): what
+/// crosses a process boundary. The runtime encodes and decodes the records; the data plane
+/// moves these as they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EncodedElement {
+    /// A batch of records, encoded by the edge's serializer.
+    Batch(Vec<u8>),
+    /// An event-time watermark (ms).
+    Watermark(i64),
+    /// A checkpoint barrier.
+    Barrier(Barrier),
+    /// The producer finished; nothing follows.
+    EndOfInput,
+}
+
+impl EncodedElement {
+    /// The element's kind, for messages and logs (a batch's bytes are not printed).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EncodedElement::Batch(_) => "batch",
+            EncodedElement::Watermark(_) => "watermark",
+            EncodedElement::Barrier(_) => "barrier",
+            EncodedElement::EndOfInput => "end_of_input",
+        }
+    }
+}
