@@ -2,7 +2,8 @@
 //!
 //! This facade is what user crates depend on. It re-exports the DataStream API
 //! ([`StreamEnvironment`], [`DataStream`], [`KeyedStream`]), the state handles, the connectors,
-//! the CLI entry point ([`cli::main`]) and the example [`jobs`].
+//! the CLI entry point ([`cli::main`]), the [`minicluster`] that runs a job built in this
+//! process, and the example [`jobs`].
 //!
 //! A user binary registers its jobs in a [`cli::Catalog`] and hands it to [`cli::main`]; every
 //! process of a cluster runs that same binary, so every process can rebuild the same job:
@@ -19,12 +20,17 @@
 pub mod jobs;
 
 pub use weir_runtime::{
-    restart, CheckpointRecord, CheckpointReport, CheckpointSettings, CheckpointStatus, Collector,
-    Data, DataStream, DataStreamSink, EndOfInputContext, JobDefinition, JobError, JobReport,
-    KeyedContext, KeyedProcessFunction, KeyedStream, LocalExecutor, OpenContext, Plan,
-    RuntimeOptions, Sink, SinkContext, SinkWriter, Source, SourceContext, SourcePoll, SourceReader,
-    StreamEnvironment, UserError,
+    restart, CheckpointRecord, CheckpointStatus, Collector, Data, DataStream, DataStreamSink,
+    EndOfInputContext, JobDefinition, JobMetrics, KeyedContext, KeyedProcessFunction, KeyedStream,
+    OpenContext, Plan, RuntimeOptions, Sink, SinkContext, SinkWriter, Source, SourceContext,
+    SourcePoll, SourceReader, StreamEnvironment, UserError,
 };
+
+/// Running jobs built in this process: a JobManager and an in-process TaskManager (the same
+/// JobMaster as a cluster's).
+pub mod minicluster {
+    pub use weir_minicluster::*;
+}
 
 /// Keyed state: handles, the backend trait, the heap backend.
 pub mod state {

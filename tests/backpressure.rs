@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir::connectors::{GeneratedRecord, GeneratorSource};
+use weir::minicluster::{LocalJob, MiniCluster, MiniClusterOptions};
+use weir::restart::RestartStrategy;
 use weir::state::HeapStateBackendFactory;
-use weir::{
-    LocalExecutor, RuntimeOptions, Sink, SinkContext, SinkWriter, StreamEnvironment, UserError,
-};
+use weir::{RuntimeOptions, Sink, SinkContext, SinkWriter, StreamEnvironment, UserError};
 
 /// Counts what it receives, sleeps per batch, and stops the job after `stop_after`.
 struct SlowSink {
@@ -63,33 +63,41 @@ fn a_slow_sink_slows_an_unbounded_source_and_keeps_records_in_flight_bounded() {
         channel_capacity: 4,
         buffer_timeout: Duration::from_millis(50),
     };
-    let executor = LocalExecutor::new(options.clone(), Arc::new(HeapStateBackendFactory::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Counted by the operator chained to the sources: what they emitted, record by record.
+    let emitted_count = Arc::new(AtomicU64::new(0));
     let env = StreamEnvironment::new("backpressure");
+    let counter = emitted_count.clone();
     env.add_source(GeneratorSource::new(1, 1000)) // unbounded
         .uid("gen")
         .parallelism(2)
-        .map(|r: GeneratedRecord| r)
+        .map(move |r: GeneratedRecord| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            r
+        })
         .uid("identity")
         .rebalance()
         .sink_to(SlowSink {
             received: received.clone(),
-            stop: executor.cancel_flag(),
+            stop: stop.clone(),
             stop_after: Duration::from_secs(3),
         })
         .uid("slow")
         .parallelism(1);
     let job = env.build();
-    let plan = job.plan(Default::default()).unwrap();
-    let metrics = executor.metrics();
 
     // Sample records in flight (emitted by sources minus received by the sink) while it runs.
     let sampler_stop = Arc::new(AtomicBool::new(false));
     let sampler = {
-        let (metrics, received, stop) = (metrics.clone(), received.clone(), sampler_stop.clone());
+        let (emitted, received, stop) = (
+            emitted_count.clone(),
+            received.clone(),
+            sampler_stop.clone(),
+        );
         std::thread::spawn(move || {
             let mut max_in_flight = 0u64;
             while !stop.load(Ordering::SeqCst) {
-                let emitted = metrics.source_records.load(Ordering::SeqCst);
+                let emitted = emitted.load(Ordering::SeqCst);
                 let got = received.load(Ordering::SeqCst);
                 max_in_flight = max_in_flight.max(emitted.saturating_sub(got));
                 std::thread::sleep(Duration::from_millis(5));
@@ -97,11 +105,24 @@ fn a_slow_sink_slows_an_unbounded_source_and_keeps_records_in_flight_bounded() {
             max_in_flight
         })
     };
-    let result = executor.execute(&job, &plan);
+    let dir = tempfile::tempdir().unwrap();
+    let outcome = MiniCluster::run_local(
+        MiniClusterOptions::new(2, dir.path().to_path_buf()),
+        LocalJob {
+            job,
+            parallelism: Default::default(),
+            options: options.clone(),
+            state_backend: Arc::new(HeapStateBackendFactory::new()),
+            checkpointing: None,
+            restart: RestartStrategy::None,
+        },
+        &stop,
+    )
+    .unwrap();
     sampler_stop.store(true, Ordering::SeqCst);
     let max_in_flight = sampler.join().unwrap();
     assert!(
-        result.is_err(),
+        !outcome.finished(),
         "the unbounded job ends only by cancellation"
     );
 
@@ -112,7 +133,7 @@ fn a_slow_sink_slows_an_unbounded_source_and_keeps_records_in_flight_bounded() {
     let b = options.batch_size as u64;
     let sources = 2u64;
     let bound = (sources * (options.channel_capacity as u64 + 3) + 2 + 1) * b;
-    let emitted = metrics.source_records.load(Ordering::SeqCst);
+    let emitted = emitted_count.load(Ordering::SeqCst);
     assert!(
         received.load(Ordering::SeqCst) > 10 * b,
         "the sink made progress"

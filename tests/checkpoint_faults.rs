@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use weir::connectors::{CollectSink, GeneratedRecord, GeneratorSource};
 use weir::graph::ParallelismSettings;
+use weir::minicluster::{
+    JobOutcome, LocalCheckpointing, LocalJob, MiniCluster, MiniClusterOptions,
+};
 use weir::restart::RestartStrategy;
 use weir::state::HeapStateBackendFactory;
-use weir::{
-    CheckpointReport, CheckpointSettings, CheckpointStatus, JobDefinition, JobError, LocalExecutor,
-    RuntimeOptions, StreamEnvironment,
-};
+use weir::{CheckpointStatus, JobDefinition, RuntimeOptions, StreamEnvironment};
 use weir_checkpoint::{CheckpointConfig, CheckpointingMode};
 use weir_storage::{Faults, FaultyStore, RetryPolicy, Store};
 use weir_types::JobId;
@@ -36,37 +36,45 @@ fn summing_job(records: u64, rate: u64) -> (JobDefinition, Collected) {
     (env.build(), out)
 }
 
+/// Runs `job` at parallelism 2 through the JobMaster (in-process TaskManager) while `during`
+/// runs beside it; the error is the job's failure cause.
 fn run(
-    job: &JobDefinition,
+    job: JobDefinition,
     store: Store,
     config: CheckpointConfig,
     restart: RestartStrategy,
     during: impl FnOnce() + Send,
-) -> (Result<weir::JobReport, JobError>, CheckpointReport) {
-    let plan = job
-        .plan(ParallelismSettings {
-            config_default: 2,
-            ..Default::default()
-        })
-        .expect("plan");
+) -> (Result<(), String>, JobOutcome) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let executor = LocalExecutor::new(
-        RuntimeOptions::default(),
-        Arc::new(HeapStateBackendFactory::new()),
-    )
-    .with_checkpointing(CheckpointSettings {
-        config,
-        store,
-        job_id: JobId(7),
-        restart,
-        resume: false,
-        local_dir: dir.path().to_path_buf(),
-    });
-    let result = std::thread::scope(|s| {
+    let outcome = std::thread::scope(|s| {
         s.spawn(during);
-        executor.execute(job, &plan)
+        MiniCluster::run_local(
+            MiniClusterOptions::new(2, dir.path().to_path_buf()),
+            LocalJob {
+                job,
+                parallelism: ParallelismSettings {
+                    config_default: 2,
+                    ..Default::default()
+                },
+                options: RuntimeOptions::default(),
+                state_backend: Arc::new(HeapStateBackendFactory::new()),
+                checkpointing: Some(LocalCheckpointing {
+                    config,
+                    store,
+                    job_id: Some(JobId(7)),
+                    resume: false,
+                }),
+                restart,
+            },
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+        .expect("the job runs")
     });
-    (result, executor.checkpoint_report())
+    let result = match outcome.failure() {
+        None => Ok(()),
+        Some(cause) => Err(cause.to_string()),
+    };
+    (result, outcome)
 }
 
 fn faulty_store() -> (Store, Faults) {
@@ -86,8 +94,9 @@ fn config(tolerable_failures: u32) -> CheckpointConfig {
     }
 }
 
-fn count(report: &CheckpointReport, completed: bool) -> usize {
+fn count(report: &JobOutcome, completed: bool) -> usize {
     report
+        .checkpoints
         .history
         .iter()
         .filter(|r| (r.status == CheckpointStatus::Completed) == completed)
@@ -120,7 +129,7 @@ fn failed_uploads_decline_their_checkpoints_but_the_job_goes_on_and_finishes() {
     let (store, faults) = faulty_store();
     faults.fail_puts_matching(|p| p.as_ref().contains("heap-state"));
     let (result, report) = run(
-        &job,
+        job,
         store,
         config(1_000),
         RestartStrategy::None,
@@ -132,17 +141,23 @@ fn failed_uploads_decline_their_checkpoints_but_the_job_goes_on_and_finishes() {
     result.expect("the job finishes despite failed uploads");
     assert!(
         count(&report, false) > 0,
-        "no checkpoint was declined: {report:?}"
+        "no checkpoint was declined: {:?}",
+        report.checkpoints
     );
     assert!(
         count(&report, true) > 0,
-        "no checkpoint completed: {report:?}"
+        "no checkpoint completed: {:?}",
+        report.checkpoints
     );
-    assert_eq!(report.restarts, 0);
-    let declined = report.history.iter().find_map(|r| match &r.status {
-        CheckpointStatus::Aborted(reason) => Some(reason.clone()),
-        _ => None,
-    });
+    assert_eq!(report.details.restarts, 0);
+    let declined = report
+        .checkpoints
+        .history
+        .iter()
+        .find_map(|r| match &r.status {
+            CheckpointStatus::Aborted(reason) => Some(reason.clone()),
+            _ => None,
+        });
     assert!(
         declined
             .as_deref()
@@ -158,8 +173,8 @@ fn more_failed_checkpoints_than_tolerated_fail_the_job_naming_the_reason() {
     let (job, _) = summing_job(200_000, 20_000);
     let (store, faults) = faulty_store();
     faults.fail_puts_matching(|p| p.as_ref().contains("heap-state"));
-    let (result, report) = run(&job, store, config(2), RestartStrategy::None, || {});
-    let err = result.expect_err("the job fails").to_string();
+    let (result, report) = run(job, store, config(2), RestartStrategy::None, || {});
+    let err = result.expect_err("the job fails");
     assert!(
         err.contains("3 checkpoints failed in a row")
             && err.contains("tolerable-failed-checkpoints")
@@ -177,9 +192,9 @@ fn at_least_once_checkpoints_complete_and_lose_nothing() {
         mode: CheckpointingMode::AtLeastOnce,
         ..config(0)
     };
-    let (result, report) = run(&job, store, config, RestartStrategy::None, || {});
+    let (result, report) = run(job, store, config, RestartStrategy::None, || {});
     result.expect("finishes");
-    assert!(count(&report, true) >= 2, "{report:?}");
+    assert!(count(&report, true) >= 2, "{:?}", report.checkpoints);
     assert_eq!(
         final_sums(&out.lock().expect("lock")),
         expected_sums(40_000)

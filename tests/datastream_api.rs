@@ -5,22 +5,38 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use weir::connectors::{CollectSink, GeneratedRecord, GeneratorSource};
 use weir::graph::ParallelismSettings;
+use weir::minicluster::{JobOutcome, LocalJob, MiniCluster, MiniClusterOptions};
+use weir::restart::RestartStrategy;
 use weir::state::{HeapStateBackendFactory, ListState, MapState, ReducingState};
 use weir::{
-    Collector, JobDefinition, JobError, KeyedContext, KeyedProcessFunction, LocalExecutor,
-    OpenContext, RuntimeOptions, StreamEnvironment, UserError,
+    Collector, JobDefinition, KeyedContext, KeyedProcessFunction, OpenContext, RuntimeOptions,
+    StreamEnvironment, UserError,
 };
 
-fn run(job: &JobDefinition, p: u32) -> Result<weir::JobReport, JobError> {
-    let plan = job.plan(ParallelismSettings {
-        config_default: p,
-        ..Default::default()
-    })?;
-    LocalExecutor::new(
-        RuntimeOptions::default(),
-        Arc::new(HeapStateBackendFactory::new()),
+/// Runs `job` at parallelism `p` through the JobMaster, with an in-process TaskManager; the
+/// error is the job's failure cause (or why it could not be submitted).
+fn run(job: JobDefinition, p: u32) -> Result<JobOutcome, String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outcome = MiniCluster::run_local(
+        MiniClusterOptions::new(p, dir.path().to_path_buf()),
+        LocalJob {
+            job,
+            parallelism: ParallelismSettings {
+                config_default: p,
+                ..Default::default()
+            },
+            options: RuntimeOptions::default(),
+            state_backend: Arc::new(HeapStateBackendFactory::new()),
+            checkpointing: None,
+            restart: RestartStrategy::None,
+        },
+        &std::sync::atomic::AtomicBool::new(false),
     )
-    .execute(job, &plan)
+    .map_err(|e| e.to_string())?;
+    match outcome.failure() {
+        None => Ok(outcome),
+        Some(cause) => Err(cause.to_string()),
+    }
 }
 
 fn numbers(env: &StreamEnvironment, records: u64) -> weir::DataStream<GeneratedRecord> {
@@ -42,7 +58,7 @@ fn map_filter_and_flat_map_compose_as_written() {
         .uid("twice")
         .sink_to(sink)
         .uid("sink");
-    run(&env.build(), 2).unwrap();
+    run(env.build(), 2).unwrap();
     let mut got = out.lock().unwrap().clone();
     let mut want: Vec<u64> = (0..1000)
         .map(|s| weir::connectors::record_at(11, 50, s).value)
@@ -72,7 +88,7 @@ fn sum_and_reduce_emit_each_keys_running_value() {
         .uid("max")
         .sink_to(maxes)
         .uid("maxes");
-    run(&env.build(), 3).unwrap();
+    run(env.build(), 3).unwrap();
     let mut want_sum: BTreeMap<u64, u64> = BTreeMap::new();
     let mut want_max: BTreeMap<u64, u64> = BTreeMap::new();
     for s in 0..5000 {
@@ -128,7 +144,7 @@ fn broadcast_delivers_every_record_to_every_subtask_and_rebalance_to_exactly_one
         .sink_to(r)
         .uid("rsink")
         .parallelism(3);
-    run(&env.build(), 1).unwrap();
+    run(env.build(), 1).unwrap();
     assert_eq!(b_out.lock().unwrap().len(), 3000);
     let mut got = r_out.lock().unwrap().clone();
     got.sort();
@@ -188,7 +204,7 @@ fn list_map_and_reducing_state_hold_each_keys_history() {
         .uid("kinds")
         .sink_to(sink)
         .uid("sink");
-    run(&env.build(), 2).unwrap();
+    run(env.build(), 2).unwrap();
     let mut last: BTreeMap<u64, (usize, usize, u64)> = BTreeMap::new();
     for (k, l, m, mx) in out.lock().unwrap().iter() {
         let e = last.entry(*k).or_default();
@@ -240,9 +256,9 @@ fn an_operator_error_fails_the_job_naming_the_uid_and_subtask() {
         .uid("picky")
         .sink_to(CollectSink::new())
         .uid("sink");
-    let err = run(&env.build(), 2).unwrap_err().to_string();
-    assert!(err.starts_with("operator 'picky' subtask "), "{err}");
-    assert!(err.ends_with("/2 failed: record 777 is poison"), "{err}");
+    let err = run(env.build(), 2).unwrap_err();
+    assert!(err.contains("operator 'picky' subtask "), "{err}");
+    assert!(err.contains("/2 failed: record 777 is poison"), "{err}");
 }
 
 #[test]
@@ -252,7 +268,7 @@ fn a_missing_uid_is_reported_when_the_job_is_planned() {
         .map(|r: GeneratedRecord| r.key)
         .sink_to(CollectSink::new())
         .uid("sink");
-    let err = run(&env.build(), 1).unwrap_err().to_string();
+    let err = run(env.build(), 1).unwrap_err();
     assert_eq!(
         err,
         "operator 'Map' (node-1) has no uid: call .uid(\"…\") on it"

@@ -4,10 +4,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use weir::connectors::{record_at, CollectSink, GeneratedRecord, GeneratorSource};
+use weir::minicluster::{LocalJob, MiniCluster, MiniClusterOptions};
+use weir::restart::RestartStrategy;
 use weir::state::{RocksDbStateBackendFactory, ValueState};
 use weir::{
-    Collector, EndOfInputContext, KeyedContext, KeyedProcessFunction, LocalExecutor, OpenContext,
-    RuntimeOptions, StreamEnvironment, UserError,
+    Collector, EndOfInputContext, KeyedContext, KeyedProcessFunction, OpenContext, RuntimeOptions,
+    StreamEnvironment, UserError,
 };
 
 const VALUE_BYTES: usize = 200;
@@ -66,7 +68,6 @@ fn keyed_state_four_times_the_rocksdb_memory_budget_runs_and_is_exact() {
     let budget: u64 = 16 << 20;
     let dir = tempfile::tempdir().unwrap();
     let factory = Arc::new(RocksDbStateBackendFactory::new(dir.path(), budget).unwrap());
-    let executor = LocalExecutor::new(RuntimeOptions::default(), factory);
     let env = StreamEnvironment::new("grow");
     let sink = CollectSink::new();
     let handle = sink.handle();
@@ -78,14 +79,24 @@ fn keyed_state_four_times_the_rocksdb_memory_budget_runs_and_is_exact() {
         .uid("grow")
         .sink_to(sink)
         .uid("collect");
-    let job = env.build();
-    let plan = job
-        .plan(weir::graph::ParallelismSettings {
-            config_default: 2,
-            ..Default::default()
-        })
-        .unwrap();
-    let report = executor.execute(&job, &plan).unwrap();
+    let outcome = MiniCluster::run_local(
+        MiniClusterOptions::new(2, dir.path().join("tm")),
+        LocalJob {
+            job: env.build(),
+            parallelism: weir::graph::ParallelismSettings {
+                config_default: 2,
+                ..Default::default()
+            },
+            options: RuntimeOptions::default(),
+            state_backend: factory,
+            checkpointing: None,
+            restart: RestartStrategy::None,
+        },
+        &std::sync::atomic::AtomicBool::new(false),
+    )
+    .unwrap();
+    assert!(outcome.finished(), "{:?}", outcome.failure());
+    let report = outcome.details.metrics;
 
     let raw_bytes = records * VALUE_BYTES as u64;
     assert!(

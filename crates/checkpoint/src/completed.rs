@@ -82,6 +82,18 @@ impl CompletedCheckpointStore {
         subsumed
     }
 
+    /// Adds `completed` without subsuming anything, even beyond the retention count: what a
+    /// restore loads from storage stays until a checkpoint of the resumed job completes (so a
+    /// smaller `state.checkpoints.num-retained` never deletes an older checkpoint before a newer
+    /// one is verified). The next [`Self::add`] trims to the count.
+    pub fn add_retaining(&mut self, completed: CompletedCheckpoint) {
+        if completed.kind().is_savepoint() {
+            self.savepoints.insert(completed.id(), completed);
+        } else {
+            self.checkpoints.insert(completed.id(), completed);
+        }
+    }
+
     /// The newest completed checkpoint or savepoint: where recovery starts.
     pub fn latest(&self) -> Option<&CompletedCheckpoint> {
         let c = self.checkpoints.last_key_value().map(|(_, c)| c);

@@ -232,7 +232,9 @@ impl Coordinator {
     /// Loads the completed checkpoints and savepoints found in storage (each `_metadata` already
     /// read and verified) into a fresh coordinator, with a fresh registry. The id counter moves
     /// past every restored id and past `highest_id_seen` (e.g. a `chk-<n>` directory without
-    /// valid metadata), so no id is reused. Returns deletions for checkpoints beyond retention.
+    /// valid metadata), so no id is reused. Every loaded checkpoint stays retained, even beyond
+    /// the retention count, until a checkpoint of the resumed job completes; the returned
+    /// deletions are only files the loaded checkpoints' registry entries release.
     pub fn restore(
         &mut self,
         completed: impl IntoIterator<Item = CompletedCheckpoint>,
@@ -253,7 +255,8 @@ impl Coordinator {
                 });
             }
         }
-        let mut metadata_files = BTreeSet::new();
+        // Every loaded checkpoint stays retained, whatever the retention count: none is
+        // deleted before the resumed job has verified a newer one (DESIGN §8, invariant 8).
         let mut deletions = BTreeSet::new();
         for c in completed {
             let id = c.id();
@@ -262,19 +265,13 @@ impl Coordinator {
                 self.registry
                     .register_completed(id, c.kind(), c.metadata().files()),
             );
-            for s in self.store.add(c) {
-                metadata_files.insert(metadata_path(s.id()));
-                deletions.extend(self.registry.unregister_checkpoint(s.id()));
-            }
+            self.store.add_retaining(c);
             self.recent.push(id);
         }
         if let Some(id) = highest_id_seen {
             self.counter.restore_from(id);
         }
-        Ok(delete_action(metadata_files)
-            .into_iter()
-            .chain(delete_action(deletions))
-            .collect())
+        Ok(delete_action(deletions).into_iter().collect())
     }
 
     /// Periodic work at time `now`: abort expired checkpoints, and trigger a periodic checkpoint
@@ -368,6 +365,21 @@ impl Coordinator {
         metrics: TaskAckMetrics,
     ) -> AckOutcome {
         let mut actions = self.expire(now);
+        let kind = self
+            .pending
+            .get(&id)
+            .map(|p| p.kind())
+            .or_else(|| self.completing.get(&id).map(|c| c.metadata.kind));
+        if let Err(reason) = check_handle_paths(id, kind, &snapshot) {
+            // Never used, never deleted: a handle outside the checkpoint's own folder could
+            // name another checkpoint's files (its `_metadata`, say).
+            tracing::error!(checkpoint = %id, %task, %reason, "ack with a forbidden file handle rejected");
+            actions.extend(self.on_decline(id, task, reason));
+            return AckOutcome {
+                result: AckResult::Unknown,
+                actions,
+            };
+        }
         let paths: Vec<String> = snapshot.files().map(|f| f.path().to_owned()).collect();
         let result = if let Some(pending) = self.pending.get_mut(&id) {
             let result = pending.acknowledge(task, snapshot, metrics);
@@ -696,6 +708,35 @@ impl Coordinator {
     }
 }
 
+/// The folders a task's ack may name, relative to the job's folder: the checkpoint's own
+/// `chk-<id>/` and the job's `shared/` (a savepoint's files live in its own folder, whatever its
+/// name, but never in another checkpoint's). `_metadata` and files directly in the job folder
+/// are never a task's. `kind` is `None` when the checkpoint is no longer pending.
+pub fn check_handle_paths(
+    id: CheckpointId,
+    kind: Option<CheckpointKind>,
+    snapshot: &TaskStateSnapshot,
+) -> Result<(), String> {
+    let own = format!("chk-{}", id.get());
+    for f in snapshot.files() {
+        let path = f.path();
+        let mut segments = path.split('/');
+        let first = segments.next().unwrap_or_default();
+        let last = path.rsplit('/').next().unwrap_or_default();
+        let allowed = path.contains('/')
+            && last != "_metadata"
+            && (first == "shared"
+                || first == own
+                || (!first.starts_with("chk-") && kind.is_some_and(|k| k.is_savepoint())));
+        if !allowed {
+            return Err(format!(
+                "the handle '{path}' of {id} is outside {own}/ and shared/ (or names _metadata)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn delete_action(paths: BTreeSet<String>) -> Option<Action> {
     if paths.is_empty() {
         None
@@ -830,6 +871,33 @@ mod tests {
             AckResult::Discarded
         );
         assert_eq!(c.consecutive_failures(), 1);
+    }
+
+    #[test]
+    fn an_ack_naming_another_checkpoints_metadata_deletes_nothing_and_aborts_the_checkpoint() {
+        let mut c = coordinator(CheckpointConfig {
+            tolerable_failures: 5,
+            ..config()
+        });
+        c.trigger(0, CheckpointKind::Checkpoint).unwrap();
+        let _ = ack(&mut c, 1, 0, &[("shared/a", true)]);
+        let last = ack(&mut c, 1, 1, &[("shared/b", true)]);
+        assert!(matches!(last.actions[..], [Action::WriteMetadata { .. }]));
+        c.on_metadata_written(5, CheckpointId(1)).unwrap();
+        c.trigger(10, CheckpointKind::Checkpoint).unwrap();
+        for forged in ["chk-1/_metadata", "chk-2/_metadata", "chk-1/x", "_owner"] {
+            let out = ack(&mut c, 2, 0, &[(forged, false)]);
+            assert_eq!(out.result, AckResult::Unknown, "{forged}");
+            assert!(
+                deleted(&out.actions).is_empty(),
+                "{forged}: {:?}",
+                out.actions
+            );
+        }
+        // The late ack of a finished checkpoint is checked the same way.
+        let late = ack(&mut c, 1, 0, &[("chk-1/_metadata", false)]);
+        assert!(deleted(&late.actions).is_empty(), "{:?}", late.actions);
+        assert_eq!(c.store().latest().map(|c| c.id()), Some(CheckpointId(1)));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `weir bench … --checkpoint-interval`: throughput with and without checkpoints, and the
 //! checkpoints' pauses, durations and sizes.
 
-use weir_runtime::{CheckpointReport, CheckpointStatus};
+use weir_runtime::{CheckpointRecord, CheckpointStatus};
 
 /// The figures of one checkpointed benchmark run.
 pub(crate) struct CheckpointSummary {
@@ -27,11 +27,15 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 impl CheckpointSummary {
-    pub(crate) fn new(report: &CheckpointReport, rate_without: f64, rate_with: f64) -> Self {
-        let mut pauses = report.sync_pauses_us.clone();
+    pub(crate) fn new(
+        history: &[CheckpointRecord],
+        sync_pauses_us: &[u64],
+        rate_without: f64,
+        rate_with: f64,
+    ) -> Self {
+        let mut pauses = sync_pauses_us.to_vec();
         pauses.sort_unstable();
-        let done: Vec<_> = report
-            .history
+        let done: Vec<_> = history
             .iter()
             .filter(|r| r.status == CheckpointStatus::Completed)
             .collect();
@@ -42,8 +46,7 @@ impl CheckpointSummary {
             rate_without,
             rate_with,
             completed: done.len(),
-            aborted: report
-                .history
+            aborted: history
                 .iter()
                 .filter(|r| matches!(r.status, CheckpointStatus::Aborted(_)))
                 .count(),

@@ -1,18 +1,14 @@
 //! The local job's checkpoint history on disk, and `weir checkpoints`.
 //!
-//! While `weir local` runs a checkpointed job, a background thread rewrites
-//! `<state.backend.rocksdb.localdir>/jobs/<job-id>/checkpoints.json` (write, then rename) twice
-//! a second and once at the end, so `weir checkpoints` can show the history of a running,
-//! finished or killed job. The object store stays the truth about which checkpoints exist:
+//! While `weir local` follows a checkpointed job, it rewrites
+//! `<state.backend.rocksdb.localdir>/jobs/<job-id>/checkpoints.json` (write, then rename) every
+//! time it polls the JobMaster (ten times a second) and once at the end, so `weir checkpoints`
+//! can show the history of a running, finished or killed job. The object store stays the truth about which checkpoints exist:
 //! the file is only the history (durations, sizes, aborts and their reasons).
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-use weir_runtime::{CheckpointRecord, CheckpointStatus, LocalExecutor};
-use weir_types::JobId;
+use weir_runtime::{CheckpointRecord, CheckpointStatus};
 
 /// What `checkpoints.json` holds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -34,60 +30,11 @@ pub fn jobs_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("jobs")
 }
 
-/// Writes the history of the job `executor` runs until `stop` is set, then once more.
-pub struct HistoryWriter {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl HistoryWriter {
-    /// Starts writing `<jobs_dir>/<job-id>/checkpoints.json`.
-    pub fn start(
-        executor: &Arc<LocalExecutor>,
-        file: PathBuf,
-        template: JobHistory,
-    ) -> Result<Self, String> {
-        if let Some(dir) = file.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create '{}': {e}", dir.display()))?;
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let (executor, flag) = (executor.clone(), stop.clone());
-        let thread = std::thread::Builder::new()
-            .name("weir-history".into())
-            .spawn(move || loop {
-                let last = flag.load(Ordering::Relaxed);
-                let report = executor.checkpoint_report();
-                let history = JobHistory {
-                    restarts: report.restarts,
-                    checkpoints: report.history,
-                    ..template.clone()
-                };
-                if let Err(e) = write_atomically(&file, &history) {
-                    tracing::warn!(file = %file.display(), error = %e, "cannot write the checkpoint history");
-                }
-                if last {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(500));
-            })
-            .map_err(|e| format!("cannot start the history writer: {e}"))?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
+/// Writes `history` to `file` (write, then rename), creating its folder.
+pub fn write_atomically(file: &Path, history: &JobHistory) -> std::io::Result<()> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
     }
-
-    /// Writes once more and stops.
-    pub fn finish(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn write_atomically(file: &Path, history: &JobHistory) -> std::io::Result<()> {
     let tmp = file.with_extension("json.tmp");
     let bytes = serde_json::to_vec_pretty(history).map_err(std::io::Error::other)?;
     std::fs::write(&tmp, bytes)?;
@@ -98,7 +45,7 @@ fn write_atomically(file: &Path, history: &JobHistory) -> std::io::Result<()> {
 pub fn read_history(jobs_dir: &Path, job_id: Option<&str>) -> Result<JobHistory, String> {
     let file = match job_id {
         Some(id) => {
-            JobId::parse(id)?;
+            weir_types::JobId::parse(id)?;
             jobs_dir.join(id).join("checkpoints.json")
         }
         None => latest_history(jobs_dir)?,
@@ -188,7 +135,7 @@ mod tests {
             std::fs::create_dir_all(dir.path().join(id)).expect("mkdir");
             write_atomically(&dir.path().join(id).join("checkpoints.json"), &history(id))
                 .expect("write");
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         assert_eq!(read_history(dir.path(), None).expect("read").job_id, b);
         assert_eq!(read_history(dir.path(), Some(&a)).expect("read").job_id, a);

@@ -294,6 +294,9 @@ impl JobView {
             "checkpoints_completed": completed,
             "latest_completed": self.checkpoints.latest_completed.map(|c| c.0),
             "tasks": self.details.vertices.iter().map(|v| v.parallelism as usize).sum::<usize>(),
+            "source_records": self.details.metrics.source_records,
+            "sink_records": self.details.metrics.sink_records,
+            "state_bytes": self.details.metrics.state_bytes,
             "details": self.details,
             "recoveries": self.recoveries.recoveries,
         })
@@ -402,14 +405,8 @@ fn write_history(path: &Path, url: &str, view: &JobView) {
         restarts: view.details.restarts,
         checkpoints: view.checkpoints.history.clone(),
     };
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let tmp = path.with_extension("json.tmp");
-    if let Ok(bytes) = serde_json::to_vec_pretty(&history) {
-        if std::fs::write(&tmp, bytes).is_ok() {
-            let _ = std::fs::rename(&tmp, path);
-        }
+    if let Err(e) = crate::checkpoints::write_atomically(path, &history) {
+        tracing::debug!(path = %path.display(), error = %e, "checkpoint history not written");
     }
 }
 
@@ -633,21 +630,25 @@ pub(crate) fn run_command(
     finish(view, json)
 }
 
-/// Prints a finished job's summary; its final state decides the exit code.
+/// Prints a finished job's summary; its final state decides the exit code. The same lines
+/// for `weir run` and `weir local`, whatever the number of TaskManagers.
 fn finish(view: JobView, json: bool) -> Result<(), Failure> {
     use weir_jobmanager::view::JobState;
     if json {
         println!("{}", view.json());
     } else {
-        eprintln!(
-            "job '{}' ({}) {:?} in {:.3} s: {} checkpoints completed, {} restart(s)",
-            view.details.name,
-            view.details.id,
-            view.details.state,
-            view.details.duration_ms as f64 / 1000.0,
-            view.checkpoints.counts.completed,
-            view.details.restarts
-        );
+        eprintln!("{}", summary_line(&view));
+        if view.details.checkpointing {
+            eprintln!(
+                "checkpoints: {} completed, {} restart(s){}",
+                view.checkpoints.counts.completed,
+                view.details.restarts,
+                view.details
+                    .restored_from
+                    .map(|id| format!(", last restored from {id}"))
+                    .unwrap_or_default()
+            );
+        }
     }
     match view.details.state {
         JobState::Finished => Ok(()),
@@ -663,6 +664,26 @@ fn finish(view: JobView, json: bool) -> Result<(), Failure> {
                 .unwrap_or_else(|| "no cause recorded".into())
         ))),
     }
+}
+
+/// `job 'NAME' (ID) FINISHED in 1.234 s: N records read (R/s), M records written, T tasks,
+/// keyed state S`.
+fn summary_line(view: &JobView) -> String {
+    let d = &view.details;
+    let secs = d.duration_ms as f64 / 1000.0;
+    let m = d.metrics;
+    format!(
+        "job '{}' ({}) {:?} in {:.3} s: {} records read ({:.0}/s), {} records written, {} tasks, keyed state {}",
+        d.name,
+        d.id,
+        d.state,
+        secs,
+        m.source_records,
+        m.source_records as f64 / secs.max(1e-9),
+        m.sink_records,
+        d.vertices.iter().map(|v| v.parallelism as usize).sum::<usize>(),
+        crate::commands::human_bytes(m.state_bytes)
+    )
 }
 
 /// `weir list`.
@@ -753,10 +774,32 @@ pub(crate) fn checkpoints_command(url: &str, job_id: &str, json: bool) -> Result
     Ok(())
 }
 
-/// `weir local` with TaskManager processes: a JobManager in this process, `taskmanagers`
-/// children, the job submitted and followed to its end, then everything stopped.
+/// Starts a mini cluster (a JobManager and one in-process TaskManager with `slots` slots,
+/// state under `state`) whose TaskManager rebuilds jobs from `catalog` with `config`.
+pub(crate) fn start_minicluster(
+    catalog: &Catalog,
+    config: &Config,
+    slots: u32,
+    state: &Path,
+) -> Result<weir_minicluster::MiniCluster, Failure> {
+    let mut options = weir_minicluster::MiniClusterOptions::new(slots, state.to_path_buf());
+    options.jobmanager = jobmanager_options(config, "127.0.0.1:0", "127.0.0.1:0")?;
+    weir_minicluster::MiniCluster::start(
+        options,
+        Arc::new(ConfigResolver {
+            config: config.clone(),
+        }),
+        Arc::new(CatalogJobFactory::new(catalog.clone(), config.clone())),
+    )
+    .map_err(|e| Failure::Job(e.to_string()))
+}
+
+/// `weir local`: a JobManager in this process with `taskmanagers` TaskManager children, or
+/// with one TaskManager inside this process when `taskmanagers` is 0; the job submitted and
+/// followed to its end, then everything stopped. Both run the same JobMaster.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn local_command(
+    catalog: &Catalog,
     config: &Config,
     spec: v1::JobSpec,
     plan: &weir_graph::Plan,
@@ -767,18 +810,35 @@ pub(crate) fn local_command(
     json: bool,
 ) -> Result<(), Failure> {
     let needed = plan.slots_needed();
-    let slots =
-        slots.unwrap_or_else(|| config.taskmanager_slots.max(needed.div_ceil(taskmanagers)));
+    let slots = slots.unwrap_or_else(|| {
+        config
+            .taskmanager_slots
+            .max(needed.div_ceil(taskmanagers.max(1)))
+    });
     if slots == 0 {
         return Err(Failure::Usage("--slots must be at least 1".into()));
     }
-    if config.state_backend == StateBackendKind::RocksDb {
-        std::fs::create_dir_all(&config.state_dir).map_err(|e| {
-            Failure::Usage(format!(
-                "state dir '{}' cannot be created: {e}",
-                config.state_dir.display()
-            ))
-        })?;
+    std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+        Failure::Usage(format!(
+            "state dir '{}' cannot be created: {e}",
+            config.state_dir.display()
+        ))
+    })?;
+    let root = config
+        .state_dir
+        .join(format!("cluster-{}", std::process::id()));
+    if taskmanagers == 0 {
+        let cluster = start_minicluster(catalog, config, slots, &root.join("tm-0"))?;
+        eprintln!(
+            "local cluster: JobManager RPC {} REST http://{}, 1 in-process TaskManager × {} slot(s)",
+            cluster.jobmanager().rpc_addr(),
+            cluster.jobmanager().rest_addr(),
+            slots
+        );
+        let outcome = run_on(cluster.jobmanager(), config, spec, plan, resume, json);
+        cluster.stop();
+        let _ = std::fs::remove_dir_all(&root);
+        return outcome;
     }
     let options = jobmanager_options(config, "127.0.0.1:0", "127.0.0.1:0")?;
     let handle = weir_jobmanager::JobManager::start(
@@ -788,9 +848,6 @@ pub(crate) fn local_command(
         }),
     )
     .map_err(|e| Failure::Job(e.to_string()))?;
-    let root = config
-        .state_dir
-        .join(format!("cluster-{}", std::process::id()));
     let mut cluster = match LocalCluster::start(
         taskmanagers,
         slots,
@@ -818,9 +875,10 @@ pub(crate) fn local_command(
             .join(", ")
     );
     let outcome = run_on(&handle, config, spec, plan, resume, json);
-    // TaskManagers first: the job has ended, so none of them runs anything.
-    cluster.stop(Duration::from_secs(5));
+    // The JobManager first: it tells the TaskManagers it is going (they stop quietly), then
+    // the TaskManagers, which run nothing any more.
     handle.shutdown();
+    cluster.stop(Duration::from_secs(5));
     let _ = std::fs::remove_dir_all(&root);
     outcome
 }

@@ -1,7 +1,7 @@
 //! Argument parsing and the commands.
 
 use crate::catalog::Catalog;
-use crate::config::{Config, StateBackendKind};
+use crate::config::Config;
 use crate::params::Params;
 use crate::render;
 use crate::rss::peak_rss_bytes;
@@ -10,18 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
 use weir_graph::ParallelismSettings;
-use weir_runtime::{
-    CheckpointReport, CheckpointSettings, CheckpointStatus, JobDefinition, JobReport,
-    LocalExecutor, Plan, RuntimeOptions,
-};
-use weir_state::{HeapStateBackendFactory, StateBackendFactory};
-use weir_state_rocksdb::RocksDbStateBackendFactory;
-use weir_storage::open_store;
-use weir_types::JobId;
+use weir_runtime::{JobDefinition, Plan};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -61,7 +52,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Runs a job inside this process until it finishes.
+    /// Runs a job on a cluster embedded in this process (its own JobManager, and TaskManager
+    /// children or one in-process TaskManager) until it finishes.
     Local {
         #[command(flatten)]
         job: JobArgs,
@@ -74,8 +66,8 @@ enum Command {
         /// Print the result summary as JSON on stdout.
         #[arg(long)]
         json: bool,
-        /// TaskManager child processes of the embedded cluster; 0 runs every task inside this
-        /// one process (no JobManager, no gRPC).
+        /// TaskManager child processes of the embedded cluster; 0 runs one TaskManager inside
+        /// this process (same JobMaster, in-memory session and channels).
         #[arg(long, default_value_t = 2, value_name = "N")]
         taskmanagers: u32,
         /// Slots per TaskManager (default: taskmanager.numberOfTaskSlots, or enough for the
@@ -367,7 +359,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             taskmanagers,
             slots,
             ..
-        } if taskmanagers > 0 => {
+        } => {
             let (_, plan) =
                 build_and_plan(catalog, &config, &job.job, job.parallelism, &job.params)?;
             let spec = crate::cluster::job_spec(
@@ -387,6 +379,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                 forward.push(d.clone());
             }
             crate::cluster::local_command(
+                catalog,
                 &config,
                 spec,
                 &plan,
@@ -413,59 +406,6 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Local {
-            job, json, restore, ..
-        } => {
-            let (def, plan) =
-                build_and_plan(catalog, &config, &job.job, job.parallelism, &job.params)?;
-            let resume = restore
-                .as_deref()
-                .map(JobId::parse)
-                .transpose()
-                .map_err(|e| Failure::Usage(format!("--restore: {e}")))?;
-            let (report, cps) = execute(&config, &def, &plan, resume)?;
-            let rate = report.source_records as f64 / report.duration.as_secs_f64().max(1e-9);
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "job": job.job,
-                        "status": "FINISHED",
-                        "duration_s": report.duration.as_secs_f64(),
-                        "source_records": report.source_records,
-                        "sink_records": report.sink_records,
-                        "state_bytes": report.state_bytes,
-                        "tasks": report.tasks,
-                        "checkpoints_completed": cps.as_ref().map(completed),
-                        "restarts": cps.as_ref().map(|c| c.restarts),
-                        "restored_from": cps.as_ref().and_then(|c| c.restored_from).map(|id| id.0),
-                        "retained_checkpoints": cps.as_ref().map(|c| c.retained.iter().map(|id| id.0).collect::<Vec<_>>()),
-                    })
-                );
-            } else {
-                eprintln!(
-                    "job '{}' finished in {:.3} s: {} records read ({:.0}/s), {} records written, {} tasks, keyed state {}",
-                    job.job,
-                    report.duration.as_secs_f64(),
-                    report.source_records,
-                    rate,
-                    report.sink_records,
-                    report.tasks,
-                    human_bytes(report.state_bytes)
-                );
-                if let Some(c) = &cps {
-                    eprintln!(
-                        "checkpoints: {} completed, {} restart(s){}",
-                        completed(c),
-                        c.restarts,
-                        c.restored_from
-                            .map(|id| format!(", last restored from {id}"))
-                            .unwrap_or_default()
-                    );
-                }
-            }
-            Ok(())
-        }
         Command::Bench {
             workload,
             parallelism,
@@ -485,7 +425,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             if let Some(rate) = rate {
                 params.push(format!("rate={rate}"));
             }
-            let (def, plan) = build_and_plan(catalog, &config, &workload, parallelism, &params)?;
+            let (_, plan) = build_and_plan(catalog, &config, &workload, parallelism, &params)?;
             let p = plan
                 .job
                 .vertices
@@ -495,9 +435,40 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                 .unwrap_or(1);
             let mut plain = config.clone();
             plain.checkpoint_interval = None;
-            let (report, _) = execute(&plain, &def, &plan, None)?;
-            let secs = report.duration.as_secs_f64().max(1e-9);
-            let rate = report.source_records as f64 / secs;
+            check_writable_dir(&config.state_dir).map_err(Failure::Usage)?;
+            let root = config
+                .state_dir
+                .join(format!("bench-{}", std::process::id()));
+            let cluster = crate::cluster::start_minicluster(
+                catalog,
+                &config,
+                config.taskmanager_slots.max(plan.slots_needed()),
+                &root,
+            )?;
+            let run = |config: &Config, plan: &Plan| {
+                let spec = crate::cluster::job_spec(config, &workload, parallelism, &params, None)?;
+                let plan_json =
+                    serde_json::to_vec(plan).map_err(|e| Failure::Job(e.to_string()))?;
+                let outcome = cluster
+                    .run(
+                        weir_proto::v1::SubmitJobRequest {
+                            job: Some(spec),
+                            plan_json,
+                            resume: false,
+                        },
+                        &AtomicBool::new(false),
+                    )
+                    .map_err(|e| Failure::Job(e.to_string()))?;
+                match outcome.failure() {
+                    None => Ok(outcome),
+                    Some(cause) => Err(Failure::Job(format!("{workload} failed: {cause}"))),
+                }
+            };
+            let report = run(&plain, &plan)?;
+            let secs = report.duration().as_secs_f64().max(1e-9);
+            let source_records = report.details.metrics.source_records;
+            let state_bytes = report.details.metrics.state_bytes;
+            let rate = source_records as f64 / secs;
             let rss = peak_rss_bytes().unwrap_or(0);
             if json {
                 println!(
@@ -507,11 +478,11 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                         "state_backend": config.state_backend.as_str(),
                         "parallelism": p,
                         "keys": keys,
-                        "records": report.source_records,
+                        "records": source_records,
                         "duration_s": secs,
                         "records_per_s": rate,
                         "peak_rss_bytes": rss,
-                        "state_bytes": report.state_bytes,
+                        "state_bytes": state_bytes,
                         "managed_memory_bytes": config.managed_memory_bytes,
                     })
                 );
@@ -522,11 +493,11 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                 );
                 println!(
                     "records         {} over {} keys in {:.2} s",
-                    report.source_records, keys, secs
+                    source_records, keys, secs
                 );
                 println!("throughput      {:.0} records/s", rate);
                 println!("peak RSS        {}", human_bytes(rss));
-                println!("state size      {}", human_bytes(report.state_bytes));
+                println!("state size      {}", human_bytes(state_bytes));
                 println!(
                     "memory budget   {} (taskmanager.memory.managed.size)",
                     human_bytes(config.managed_memory_bytes)
@@ -538,18 +509,24 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                     crate::config::parse_duration(&interval)
                         .map_err(|e| Failure::Usage(format!("--checkpoint-interval: {e}")))?,
                 );
-                let (def, plan) = build_and_plan(catalog, &with, &workload, parallelism, &params)?;
-                let (r, cps) = execute(&with, &def, &plan, None)?;
-                let cps = cps.unwrap_or_default();
-                let secs_cp = r.duration.as_secs_f64().max(1e-9);
-                let rate_cp = r.source_records as f64 / secs_cp;
-                let summary = bench::CheckpointSummary::new(&cps, rate, rate_cp);
+                let (_, plan) = build_and_plan(catalog, &with, &workload, parallelism, &params)?;
+                let r = run(&with, &plan)?;
+                let secs_cp = r.duration().as_secs_f64().max(1e-9);
+                let rate_cp = r.details.metrics.source_records as f64 / secs_cp;
+                let summary = bench::CheckpointSummary::new(
+                    &r.checkpoints.history,
+                    &r.sync_pauses_us,
+                    rate,
+                    rate_cp,
+                );
                 if json {
                     println!("{}", summary.json(&interval));
                 } else {
                     print!("{}", summary.text(&interval));
                 }
             }
+            cluster.stop();
+            let _ = std::fs::remove_dir_all(&root);
             Ok(())
         }
     }
@@ -609,112 +586,6 @@ fn check_writable_dir(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("state dir '{}' is not writable: {e}", dir.display()))?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
-}
-
-fn completed(c: &CheckpointReport) -> usize {
-    c.history
-        .iter()
-        .filter(|r| r.status == CheckpointStatus::Completed)
-        .count()
-}
-
-fn execute(
-    config: &Config,
-    def: &JobDefinition,
-    plan: &Plan,
-    resume: Option<JobId>,
-) -> Result<(JobReport, Option<CheckpointReport>), Failure> {
-    let backend: Arc<dyn StateBackendFactory> = match config.state_backend {
-        StateBackendKind::Heap => Arc::new(HeapStateBackendFactory::new()),
-        StateBackendKind::RocksDb => {
-            check_writable_dir(&config.state_dir).map_err(Failure::Usage)?;
-            Arc::new(
-                RocksDbStateBackendFactory::new(&config.state_dir, config.managed_memory_bytes)
-                    .map_err(|e| Failure::Usage(e.to_string()))?,
-            )
-        }
-    };
-    let options = RuntimeOptions {
-        batch_size: config.batch_size,
-        channel_capacity: config.channel_capacity,
-        buffer_timeout: config.buffer_timeout,
-    };
-    let mut executor = LocalExecutor::new(options, backend);
-    let mut history = None;
-    match config.checkpoint_config() {
-        Some(cp_config) => {
-            let (url, s3) = config.checkpoint_storage();
-            let store = open_store(&url, &s3)
-                .map_err(|e| Failure::Usage(format!("state.checkpoints.dir '{url}': {e}")))?;
-            let job_id = resume.unwrap_or_else(JobId::generate);
-            let local_dir = config.state_dir.join("restore");
-            eprintln!(
-                "job id {job_id}: checkpoints every {} under {url}/{job_id}",
-                crate::config::format_duration(Duration::from_millis(cp_config.interval_ms))
-            );
-            executor = executor.with_checkpointing(CheckpointSettings {
-                config: cp_config,
-                store,
-                job_id,
-                restart: config.restart_strategy(),
-                resume: resume.is_some(),
-                local_dir,
-            });
-            history = Some((job_id, url));
-        }
-        None if resume.is_some() => {
-            return Err(Failure::Usage(
-                "--restore needs checkpointing: set execution.checkpointing.interval".into(),
-            ))
-        }
-        None => {}
-    }
-    let executor = Arc::new(executor);
-    let writer = match &history {
-        Some((job_id, url)) => Some(
-            checkpoints::HistoryWriter::start(
-                &executor,
-                checkpoints::jobs_dir(&config.state_dir)
-                    .join(job_id.to_string())
-                    .join("checkpoints.json"),
-                checkpoints::JobHistory {
-                    job_id: job_id.to_string(),
-                    job: plan.stream.job_name.clone(),
-                    checkpoint_dir: url.to_string(),
-                    restarts: 0,
-                    checkpoints: Vec::new(),
-                },
-            )
-            .map_err(Failure::Usage)?,
-        ),
-        None => None,
-    };
-    let cancel = executor.cancel_flag();
-    let _ = ctrlc::set_handler(move || {
-        if cancel.swap(true, Ordering::SeqCst) {
-            // A second Ctrl-C: stop at once.
-            std::process::exit(130);
-        }
-        eprintln!("cancelling (Ctrl-C again to stop at once)");
-    });
-    tracing::info!(job = %plan.stream.job_name, tasks = plan.execution.subtasks.len(), backend = config.state_backend.as_str(), "starting job");
-    let job = &plan.stream.job_name;
-    let result = executor.execute(def, plan);
-    if let Some(w) = writer {
-        w.finish();
-    }
-    let report = result.map_err(|e| match e {
-        weir_runtime::JobError::Task(weir_runtime::TaskError::Cancelled) => {
-            Failure::Cancelled(format!("job '{job}' cancelled"))
-        }
-        e @ (weir_runtime::JobError::Restore { .. }
-        | weir_runtime::JobError::Checkpointing { .. }) => {
-            Failure::Usage(format!("job '{job}': {e}"))
-        }
-        e => Failure::Job(format!("job '{job}' failed: {e}")),
-    })?;
-    let cps = history.map(|_| executor.checkpoint_report());
-    Ok((report, cps))
 }
 
 /// `1536` → `1.5 KiB`.

@@ -2,9 +2,9 @@
 //! subtask finishes (no checkpoints) or exactly once per completed checkpoint (two-phase
 //! commit).
 //!
-//! [`FileSink`]'s docs describe the file names and the two-phase commit step by step; this
-//! module keeps the pure decisions (naming, [`commit_step`], [`plan_abort`]) apart from the
-//! writers that do the I/O.
+//! [`FileSink`]'s docs describe the file names, the folder's ownership and the two-phase commit
+//! step by step; this module keeps the pure decisions (naming, [`claim_step`], [`commit_step`],
+//! [`plan_abort`], [`OwnFiles`]) apart from the writers and drivers that do the I/O.
 
 use crate::sinks::format_lines;
 use crate::ConnectorError;
@@ -16,33 +16,74 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 use weir_runtime::{Sink, SinkContext, SinkWriter, UserError};
 use weir_types::CheckpointId;
 
 /// The write buffer of each file sink writer.
 const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 
-/// The manifest format this build writes (2: with `next_seq`).
-const MANIFEST_VERSION: u32 = 2;
+/// The manifest format this build writes (3: with `owner`).
+const MANIFEST_VERSION: u32 = 3;
 
-/// The oldest manifest format this build reads (1: without `next_seq`).
+/// The oldest manifest format this build reads (1: without `next_seq`; 2: without `owner`).
 const MANIFEST_OLDEST_READABLE_VERSION: u32 = 1;
+
+/// The name of the owner marker in an output folder.
+const OWNER_MARKER: &str = "_weir_owner";
+
+/// The owner marker format this build writes and reads.
+const OWNER_MARKER_VERSION: u32 = 1;
 
 /// Writes records as lines to part files in a directory, each published exactly once.
 ///
 /// - **Without checkpointing** each subtask writes `<dir>/.part-<uid>-<subtask>.inprogress`;
 ///   [`SinkWriter::finish`] flushes, fsyncs and renames it to `<dir>/part-<uid>-<subtask>`
-///   (then fsyncs the directory). A job that fails leaves only the hidden file. A rerun
-///   overwrites the part files of the same uid and subtask; it does not remove those of
-///   subtasks that no longer exist.
+///   (then fsyncs the directory). A job that fails leaves only the hidden file. A rerun of the
+///   same job overwrites the part files of the same uid and subtask (its staging log records
+///   them); it does not remove those of subtasks that no longer exist. A file of those names
+///   that the job did not write is never replaced: the writer refuses to start
+///   (`OwnershipError::NotOwnFile`).
 /// - **With checkpointing** the writer is a two-phase commit: the records between two barriers
 ///   become one part file `<dir>/part-<uid>-<subtask>-<seq>`, visible only once their
 ///   checkpoint completes, and a restore publishes what the restored checkpoint staged and
-///   deletes what was staged after it (steps below). A rerun adds part files next to those
-///   of an earlier run; start with an empty directory.
+///   deletes what this job staged after it (steps below). A rerun adds part files next to
+///   those of an earlier run; start with an empty directory.
 ///
 /// Readers of `part-*` (such as [`read_part_files`]) never see partial output: a writer
 /// dropped at any point (the job failed) leaves only hidden files behind.
+///
+/// # Ownership
+///
+/// An output folder belongs to one job. Its owner is named by the marker `<dir>/_weir_owner`
+/// (versioned JSON: `{"version":1,"owner":{"job":"keyed-agg"}}`, or
+/// `{"version":1,"owner":{"sink_uid":"sink"}}` for a job known only by its sink's uid), which
+/// the first writer to open the folder creates, create-only: the content is written to a
+/// temporary file that is then hard-linked to the marker's name, so no writer ever reads a
+/// half-written marker and none ever replaces one. Every writer of every subtask reads it when
+/// it opens (`claim_step`):
+///
+/// - no marker: create it, naming this job (or, on a restore, the job whose checkpoint it is);
+///   a writer that loses the race to create it reads the winner's;
+/// - the marker names this job: write (a sibling subtask claimed the folder, or this job ran
+///   here before and is resuming or rerunning);
+/// - the marker names the job whose checkpoint is being restored (its manifest records the
+///   owner it was written under): write, as that owner;
+/// - otherwise refuse (`OwnershipError::Owned`, naming the folder, the marker, the owner and
+///   this job). The task fails; nothing in the folder is touched.
+///
+/// The job's identity is what [`owned_by`](Self::owned_by) gave (the job's name or id). A sink
+/// built without it is known by its operator uid, the one identity a [`SinkContext`] carries
+/// (it has no job id or job name): two unnamed jobs whose file sinks share a uid count as the
+/// same job.
+///
+/// Every file a writer creates is first recorded, durably, in its subtask's *staging log*
+/// `<dir>/.part-<uid>-<subtask>.staging` (one JSON line per transaction, tagged with the
+/// owner: `{"owner":{"job":"keyed-agg"},"file":{"transaction":{"attempt":0,"seq":7}}}`). The
+/// sink deletes, unpublishes or replaces only files that its restored manifest lists or that
+/// its staging log records for its owner (`OwnFiles`); a file merely named like one of its
+/// own (written by another job, an older build, or before the folder was claimed) is left
+/// alone.
 ///
 /// # File names
 ///
@@ -56,55 +97,84 @@ const MANIFEST_OLDEST_READABLE_VERSION: u32 = 1;
 /// | `.part-<uid>-<subtask>-a<attempt>-<seq>.inprogress` | on            | the open transaction   |
 /// | `.part-<uid>-<subtask>-a<attempt>-<seq>.pending`    | on            | a staged transaction   |
 /// | `part-<uid>-<subtask>-<seq>`                        | on            | a committed one        |
+/// | `.part-<uid>-<subtask>.staging`                     | both          | the staging log        |
+/// | `_weir_owner` (one per folder)                      | both          | the owner marker       |
 ///
 /// `seq` numbers the transactions of one subtask; a writer starts above every `seq` already in
-/// the directory for its uid and subtask (and in its manifest), and the attempt is part of
-/// every hidden name, so no file that may already exist is ever reused or overwritten.
+/// the directory for its uid and subtask (and in its manifest and staging log), and the
+/// attempt is part of every hidden name, so no file that may already exist is ever reused or
+/// overwritten.
 ///
 /// # Two-phase commit (with checkpointing)
 ///
-/// 1. [`write_batch`](SinkWriter::write_batch): the first record after a barrier opens a new
-///    transaction file (`….inprogress`); records are appended, counting bytes and CRC32.
+/// 1. [`write_batch`](SinkWriter::write_batch): the first record after a barrier records the
+///    new transaction in the staging log (fsynced), then opens its file (`….inprogress`,
+///    create-only); records are appended, counting bytes and CRC32.
 /// 2. [`prepare_commit(n)`](SinkWriter::prepare_commit): flush, fsync and close the open file,
 ///    rename it to `….pending`, fsync the directory, and add `(n, seq, pending name, final name,
 ///    size, crc32)` to the staged list; return the whole staged list as the manifest, with
-///    `next_seq` (always a manifest, even with nothing staged). A checkpoint without records
-///    stages no file.
+///    `next_seq` and the owner (always a manifest, even with nothing staged). A checkpoint
+///    without records stages no file.
 /// 3. [`commit(n)`](SinkWriter::commit): rename every staged transaction with checkpoint ≤ `n`
 ///    from pending to final, fsync the directory, drop them from the list. Idempotent.
 /// 4. [`finish`](SinkWriter::finish) (end of input): close the open file; the final checkpoint's
 ///    `prepare_commit` stages it and its `commit` publishes it. Writing after `finish` fails.
 /// 5. Restore ([`Sink::create_writer`] with the manifest of the restored checkpoint, which
-///    completed): publish every listed transaction, checking size and CRC32 — already
-///    published with the right size is fine, but a transaction whose files are both missing or
-///    damaged is an error ([`ConnectorError::CommitLost`]): committed output never silently
-///    vanishes. Then abort: delete every hidden file of this uid and subtask (staged or written
-///    after that checkpoint, by any attempt); other subtasks' files are never touched. Files
-///    this subtask *published* with a number at or above the manifest's `next_seq` came from
-///    checkpoints after the restored one (recovery fell back past a damaged checkpoint): they
-///    are unpublished (deleted), since their records are replayed. A start without a manifest
-///    aborts hidden files the same way and deletes no visible file.
+///    completed): check the folder's owner (above), then publish every listed transaction,
+///    checking size and CRC32 — already published with the right size is fine, but a
+///    transaction whose files are both missing or damaged is an error
+///    ([`ConnectorError::CommitLost`]): committed output never silently vanishes. Then abort
+///    (`plan_abort`): delete every hidden file of this uid and subtask that the staging log
+///    records for this owner and the manifest does not list (staged or written after that
+///    checkpoint, by any attempt); other subtasks' files, and files the log does not record,
+///    are never touched. Files this subtask *published* with a number at or above the
+///    manifest's `next_seq` came from checkpoints after the restored one (recovery fell back
+///    past a damaged checkpoint): those the staging log records are unpublished (deleted),
+///    since their records are replayed. A start without a manifest aborts hidden files the
+///    same way and deletes no visible file.
 ///
 /// # The manifest
 ///
 /// What `prepare_commit` returns and a restore reads: versioned JSON, file names relative to
 /// the directory, e.g.
-/// `{"version":2,"uid":"sink","subtask":0,"next_seq":8,"transactions":[{"checkpoint":3,"seq":7,
-/// "pending":".part-sink-0-a0-7.pending","final":"part-sink-0-7","size":120,"crc32":305419896}]}`.
-/// Version 1 (without `next_seq`) is still read; it rolls nothing back. A manifest of another
-/// version, of another uid or subtask, or naming files that are not this
+/// `{"version":3,"uid":"sink","subtask":0,"next_seq":8,"owner":{"job":"keyed-agg"},
+/// "transactions":[{"checkpoint":3,"seq":7,"pending":".part-sink-0-a0-7.pending",
+/// "final":"part-sink-0-7","size":120,"crc32":305419896}]}`.
+/// Versions 1 (without `next_seq`: it rolls nothing back) and 2 (without `owner`: the restore
+/// is accepted only by the marker naming this sink's own identity) are still read. A manifest
+/// of another version, of another uid or subtask, or naming files that are not this
 /// subtask's is refused ([`ConnectorError::BadManifest`]).
 pub struct FileSink<T> {
     dir: PathBuf,
+    /// The owning job's identity, when the builder gave one.
+    job: Option<String>,
     _records: PhantomData<fn(T)>,
 }
 
 impl<T> FileSink<T> {
-    /// A sink writing into `dir`, which is created when the first writer opens if needed.
+    /// A sink writing into `dir`, which is created when the first writer opens if needed. Its
+    /// job is known by the sink's operator uid; see [`owned_by`](Self::owned_by).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
+            job: None,
             _records: PhantomData,
+        }
+    }
+
+    /// Names the job this sink writes for (its name, or its id when the builder knows it): the
+    /// identity the output folder's owner marker records, so that another job writing into the
+    /// folder is refused and this one, resumed or rerun, is accepted (see "Ownership" above).
+    pub fn owned_by(mut self, job: impl Into<String>) -> Self {
+        self.job = Some(job.into());
+        self
+    }
+
+    /// This sink's identity for subtasks named by `names`.
+    fn owner(&self, names: &PartNames) -> Owner {
+        match &self.job {
+            Some(job) => Owner::Job(job.clone()),
+            None => Owner::SinkUid(names.uid.clone()),
         }
     }
 
@@ -142,13 +212,20 @@ impl<T> FileSink<T> {
 
 impl<T> Clone for FileSink<T> {
     fn clone(&self) -> Self {
-        Self::new(self.dir.clone())
+        Self {
+            dir: self.dir.clone(),
+            job: self.job.clone(),
+            _records: PhantomData,
+        }
     }
 }
 
 impl<T> fmt::Debug for FileSink<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FileSink").field("dir", &self.dir).finish()
+        f.debug_struct("FileSink")
+            .field("dir", &self.dir)
+            .field("job", &self.job)
+            .finish()
     }
 }
 
@@ -157,9 +234,10 @@ impl<T: Display + Send + 'static> Sink<T> for FileSink<T> {
         "file".to_string()
     }
 
-    /// Without checkpointing and without a manifest: the publish-on-finish writer. Otherwise
-    /// the two-phase writer, after committing `restored`'s transactions and aborting the rest.
-    /// (A manifest handed to a job without checkpointing is still committed first.)
+    /// Checks the folder's owner (claiming it when it has none). Then, without checkpointing
+    /// and without a manifest: the publish-on-finish writer. Otherwise the two-phase writer,
+    /// after committing `restored`'s transactions and aborting the rest. (A manifest handed to
+    /// a job without checkpointing is still committed first.)
     fn create_writer(
         &self,
         ctx: &SinkContext,
@@ -167,22 +245,33 @@ impl<T: Display + Send + 'static> Sink<T> for FileSink<T> {
     ) -> Result<Box<dyn SinkWriter<T>>, UserError> {
         fs::create_dir_all(&self.dir).map_err(|cause| unwritable(&self.dir, cause))?;
         let names = PartNames::new(ctx);
-        if ctx.checkpointing || restored.is_some() {
-            let writer = TwoPhaseWriter::open(&self.dir, names.clone(), ctx.attempt, restored)?;
+        let manifest = restored
+            .map(|bytes| Manifest::decode(&names, bytes))
+            .transpose()?;
+        let restored_owner = manifest.as_ref().and_then(|m| m.owner.as_ref());
+        let owner = claim_folder(
+            &self.dir,
+            &self.owner(&names),
+            restored_owner,
+            &names,
+            ctx.attempt,
+        )?;
+        let restoring = manifest.is_some();
+        if ctx.checkpointing || restoring {
+            let writer = TwoPhaseWriter::open(
+                &self.dir,
+                names.clone(),
+                owner.clone(),
+                ctx.attempt,
+                manifest,
+            )?;
             if ctx.checkpointing {
                 return Ok(Box::new(writer));
             }
         }
-        let in_progress = self.dir.join(names.unversioned_in_progress());
-        let file = File::create(&in_progress).map_err(|cause| unwritable(&in_progress, cause))?;
-        Ok(Box::new(OnFinishWriter {
-            out: Some(BufWriter::with_capacity(WRITE_BUFFER_BYTES, file)),
-            dir: self.dir.clone(),
-            in_progress,
-            committed: self.dir.join(names.unversioned_final()),
-            buf: String::new(),
-            _records: PhantomData,
-        }))
+        Ok(Box::new(OnFinishWriter::<T>::open(
+            &self.dir, &names, owner,
+        )?))
     }
 }
 
@@ -190,6 +279,398 @@ fn unwritable(path: &Path, cause: io::Error) -> ConnectorError {
     ConnectorError::OutputUnwritable {
         path: path.to_path_buf(),
         cause,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ownership: the owner marker, its decision, and the errors
+
+/// Why a file sink may not write into its output folder, or may not replace a file there. The
+/// task fails with it; retrying does not help (except, perhaps, after a transient
+/// [`MarkerIo`](Self::MarkerIo)): the folder or the file has to change first.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnershipError {
+    /// The folder's owner marker names another job.
+    #[error(
+        "output folder '{}' belongs to {owner} (owner marker '{}'), so {job} may not write \
+         into it: write to another folder, or delete the marker if that job and its output are \
+         gone",
+        dir.display(),
+        marker.display()
+    )]
+    Owned {
+        /// The output folder.
+        dir: PathBuf,
+        /// Its owner marker.
+        marker: PathBuf,
+        /// The job the marker names.
+        owner: String,
+        /// The job that was refused.
+        job: String,
+    },
+    /// The folder's owner marker exists but cannot be understood. It is left as it is.
+    #[error(
+        "output folder '{}' has an owner marker '{}' that cannot be used: {reason}",
+        dir.display(),
+        marker.display()
+    )]
+    UnreadableMarker {
+        /// The output folder.
+        dir: PathBuf,
+        /// Its owner marker.
+        marker: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Reading or creating the owner marker failed.
+    #[error("cannot read or create the owner marker '{}': {cause}", marker.display())]
+    MarkerIo {
+        /// The owner marker.
+        marker: PathBuf,
+        /// The I/O error.
+        cause: io::Error,
+    },
+    /// A file the writer would have to replace exists but was not written by this job (its
+    /// staging log does not record it). It is left as it is.
+    #[error(
+        "'{}' is in the way of the output of {job}, which did not write it; the file sink \
+         never replaces a file it did not write: move it away, or write to another folder",
+        path.display()
+    )]
+    NotOwnFile {
+        /// The file.
+        path: PathBuf,
+        /// The job whose writer refused.
+        job: String,
+    },
+}
+
+/// Who owns an output folder: a job, by the only identities a file sink can know.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Owner {
+    /// A job named by its builder with [`FileSink::owned_by`] (its name or its id).
+    Job(String),
+    /// A job that named none, known by its file sink's operator uid: the one identity a
+    /// [`SinkContext`] carries.
+    SinkUid(String),
+}
+
+impl Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Job(job) => write!(f, "job '{job}'"),
+            Self::SinkUid(uid) => write!(f, "the job whose file sink has uid '{uid}'"),
+        }
+    }
+}
+
+/// The content of an output folder's owner marker: `{"version":1,"owner":{"job":"…"}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct OwnerMarker {
+    version: u32,
+    owner: Owner,
+}
+
+impl OwnerMarker {
+    fn encode(owner: &Owner) -> Vec<u8> {
+        let marker = Self {
+            version: OWNER_MARKER_VERSION,
+            owner: owner.clone(),
+        };
+        let mut bytes = serde_json::to_vec(&marker).expect("a marker serializes");
+        bytes.push(b'\n');
+        bytes
+    }
+
+    /// The owner `bytes` name, or why they cannot be used.
+    fn decode(bytes: &[u8]) -> Result<Owner, String> {
+        #[derive(Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        let Version { version } = serde_json::from_slice(bytes)
+            .map_err(|e| format!("it is not a file sink owner marker: {e}"))?;
+        if version != OWNER_MARKER_VERSION {
+            return Err(format!(
+                "owner marker version {version} is not supported (this build reads version \
+                 {OWNER_MARKER_VERSION})"
+            ));
+        }
+        let marker: Self =
+            serde_json::from_slice(bytes).map_err(|e| format!("it cannot be decoded: {e}"))?;
+        Ok(marker.owner)
+    }
+}
+
+/// What a writer opening its output folder does about the owner marker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ClaimStep {
+    /// There is no marker: create one naming this owner (the restored checkpoint's owner when
+    /// there is one, else this sink's identity).
+    Create(Owner),
+    /// The marker names this sink's job, or the job whose checkpoint is being restored: write,
+    /// as that owner.
+    Accept(Owner),
+    /// The marker names another job: refuse, touching nothing.
+    Refuse(Owner),
+}
+
+/// Decides [`ClaimStep`] from this sink's identity `ours`, the owner recorded in the manifest
+/// being restored (if any), and the owner the folder's marker names (if there is one).
+fn claim_step(ours: &Owner, restored: Option<&Owner>, marker: Option<&Owner>) -> ClaimStep {
+    match marker {
+        None => ClaimStep::Create(restored.unwrap_or(ours).clone()),
+        Some(owner) if owner == ours || Some(owner) == restored => ClaimStep::Accept(owner.clone()),
+        Some(owner) => ClaimStep::Refuse(owner.clone()),
+    }
+}
+
+/// Reads `dir`'s owner marker and acts on [`claim_step`]: the owner this writer writes as, or
+/// why it may not write here.
+fn claim_folder(
+    dir: &Path,
+    ours: &Owner,
+    restored: Option<&Owner>,
+    names: &PartNames,
+    attempt: u32,
+) -> Result<Owner, OwnershipError> {
+    let marker = dir.join(OWNER_MARKER);
+    // A marker is only ever created, never replaced: after losing the race to create it, the
+    // second read sees the winner's. A third round means markers are being deleted meanwhile.
+    for _ in 0..3 {
+        let found = read_marker(dir, &marker)?;
+        match claim_step(ours, restored, found.as_ref()) {
+            ClaimStep::Accept(owner) => {
+                tracing::debug!(dir = %dir.display(), %owner, uid = %names.uid, subtask = names.subtask, "file sink writes into a folder its job owns");
+                return Ok(owner);
+            }
+            ClaimStep::Refuse(owner) => {
+                return Err(OwnershipError::Owned {
+                    dir: dir.to_path_buf(),
+                    marker,
+                    owner: owner.to_string(),
+                    job: ours.to_string(),
+                })
+            }
+            ClaimStep::Create(owner) => {
+                if create_marker(&marker, &owner, names, attempt)? {
+                    tracing::info!(dir = %dir.display(), %owner, uid = %names.uid, subtask = names.subtask, "file sink claimed its output folder");
+                    return Ok(owner);
+                }
+            }
+        }
+    }
+    Err(OwnershipError::UnreadableMarker {
+        dir: dir.to_path_buf(),
+        marker,
+        reason: "it vanished every time after it was found to exist".to_string(),
+    })
+}
+
+/// The owner `marker` names, `None` when there is no marker.
+fn read_marker(dir: &Path, marker: &Path) -> Result<Option<Owner>, OwnershipError> {
+    let bytes = match fs::read(marker) {
+        Ok(bytes) => bytes,
+        Err(cause) if cause.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(cause) => {
+            return Err(OwnershipError::MarkerIo {
+                marker: marker.to_path_buf(),
+                cause,
+            })
+        }
+    };
+    OwnerMarker::decode(&bytes)
+        .map(Some)
+        .map_err(|reason| OwnershipError::UnreadableMarker {
+            dir: dir.to_path_buf(),
+            marker: marker.to_path_buf(),
+            reason,
+        })
+}
+
+/// Creates `marker` naming `owner`, only if there is none: the content goes to a temporary
+/// file of this writer's (created with `create_new`), which is then hard-linked to the marker's
+/// name — a link, unlike a rename, never replaces an existing file, and unlike writing into a
+/// `create_new` marker it never shows a reader a half-written one. False when another writer's
+/// marker was there first.
+fn create_marker(
+    marker: &Path,
+    owner: &Owner,
+    names: &PartNames,
+    attempt: u32,
+) -> Result<bool, OwnershipError> {
+    let io_err = |cause| OwnershipError::MarkerIo {
+        marker: marker.to_path_buf(),
+        cause,
+    };
+    let dir = marker.parent().unwrap_or(Path::new("."));
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let tmp = dir.join(format!(
+        ".{OWNER_MARKER}-{}-a{attempt}-{}-{nanos}.tmp",
+        names.stem,
+        std::process::id()
+    ));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(io_err)?;
+    let linked = file
+        .write_all(&OwnerMarker::encode(owner))
+        .and_then(|()| file.sync_all())
+        .and_then(|()| fs::hard_link(&tmp, marker));
+    drop(file);
+    // The temporary file is this writer's own, whatever happened.
+    if let Err(cause) = fs::remove_file(&tmp) {
+        tracing::warn!(file = %tmp.display(), %cause, "cannot remove the temporary owner marker");
+    }
+    match linked {
+        Ok(()) => {
+            sync_dir(dir).map_err(io_err)?;
+            Ok(true)
+        }
+        Err(cause) if cause.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(cause) => Err(io_err(cause)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The staging log: the files a subtask's writers created
+
+/// One line of a subtask's staging log: a file (or the files of a transaction) its owner's
+/// writer was about to create.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct LogEntry {
+    owner: Owner,
+    file: Created,
+}
+
+/// What a staging log line records.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Created {
+    /// Transaction `seq` of `attempt`: its in-progress, pending and final files.
+    Transaction { attempt: u32, seq: u64 },
+    /// The files of a run without checkpointing (`.part-<uid>-<subtask>.inprogress` and
+    /// `part-<uid>-<subtask>`).
+    Unversioned,
+}
+
+/// The files one owner's staging log records for a subtask: with its restored manifest, the
+/// only files the writer ever deletes, unpublishes or replaces.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct OwnFiles {
+    /// `(attempt, seq)` of every transaction.
+    transactions: HashSet<(u32, u64)>,
+    /// The `seq` of every transaction (a final name has no attempt).
+    seqs: HashSet<u64>,
+    /// Whether the files of a run without checkpointing are recorded.
+    unversioned: bool,
+}
+
+impl OwnFiles {
+    /// What the staging log `text` records for `owner`. Lines of other owners, and lines that
+    /// cannot be decoded (a line torn by a crash: its file was never created, since a line is
+    /// durable before its file exists), are skipped.
+    fn from_log(owner: &Owner, text: &str) -> Self {
+        let mut own = Self::default();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            match serde_json::from_str::<LogEntry>(line) {
+                Ok(entry) if entry.owner == *owner => own.insert(entry.file),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(line, error = %e, "skipping a staging log line"),
+            }
+        }
+        own
+    }
+
+    fn insert(&mut self, created: Created) {
+        match created {
+            Created::Transaction { attempt, seq } => {
+                self.transactions.insert((attempt, seq));
+                self.seqs.insert(seq);
+            }
+            Created::Unversioned => self.unversioned = true,
+        }
+    }
+
+    fn contains(&self, created: Created) -> bool {
+        match created {
+            Created::Transaction { attempt, seq } => self.transactions.contains(&(attempt, seq)),
+            Created::Unversioned => self.unversioned,
+        }
+    }
+
+    /// Whether the log records `file` as this owner's.
+    fn owns(&self, file: OwnFile) -> bool {
+        match file {
+            OwnFile::UnversionedInProgress | OwnFile::UnversionedFinal => self.unversioned,
+            OwnFile::InProgress { attempt, seq } | OwnFile::Pending { attempt, seq } => {
+                self.transactions.contains(&(attempt, seq))
+            }
+            OwnFile::Final { seq } => self.seqs.contains(&seq),
+        }
+    }
+}
+
+/// A subtask's staging log, open for appending, and what it records for this writer's owner.
+struct StagingLog {
+    path: PathBuf,
+    owner: Owner,
+    file: File,
+    own: OwnFiles,
+}
+
+impl StagingLog {
+    /// Reads (creating it if needed) the staging log of `names`' subtask in `dir`.
+    fn open(dir: &Path, names: &PartNames, owner: Owner) -> Result<Self, ConnectorError> {
+        let path = dir.join(names.staging_log());
+        let err = |cause| unwritable(&path, cause);
+        let (text, existed) = match fs::read(&path) {
+            Ok(bytes) => (String::from_utf8_lossy(&bytes).into_owned(), true),
+            Err(cause) if cause.kind() == io::ErrorKind::NotFound => (String::new(), false),
+            Err(cause) => return Err(err(cause)),
+        };
+        let mut file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(err)?;
+        if !text.is_empty() && !text.ends_with('\n') {
+            // A crash tore the last line: start the next one on a line of its own.
+            file.write_all(b"\n").map_err(err)?;
+        }
+        if !existed {
+            sync_dir(dir).map_err(|cause| unwritable(dir, cause))?;
+        }
+        Ok(Self {
+            own: OwnFiles::from_log(&owner, &text),
+            path,
+            owner,
+            file,
+        })
+    }
+
+    /// Records, durably, that this owner is about to create `created`'s files.
+    fn record(&mut self, created: Created) -> Result<(), ConnectorError> {
+        if self.own.contains(created) {
+            return Ok(());
+        }
+        let entry = LogEntry {
+            owner: self.owner.clone(),
+            file: created,
+        };
+        let mut line = serde_json::to_vec(&entry).expect("a log entry serializes");
+        line.push(b'\n');
+        self.file
+            .write_all(&line)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|cause| unwritable(&self.path, cause))?;
+        self.own.insert(created);
+        Ok(())
     }
 }
 
@@ -269,6 +750,11 @@ impl PartNames {
         format!("{}-{seq}", self.stem)
     }
 
+    /// `.part-<uid>-<subtask>.staging`: never taken for a part file by [`classify`](Self::classify).
+    fn staging_log(&self) -> String {
+        format!(".{}.staging", self.stem)
+    }
+
     /// Which file of this uid and subtask `name` is, if any. Exact: the name must be one that
     /// [`PartNames`] builds, so a file of another uid or subtask (even `uid-1` next to `uid`)
     /// is never taken for ours.
@@ -317,10 +803,8 @@ fn number(text: &str) -> Option<u64> {
 
 /// What a two-phase writer stores with a checkpoint: its staged, uncommitted transactions.
 ///
-/// JSON, so that an operator can read it:
-/// `{"version":1,"uid":"sink","subtask":0,"transactions":[{"checkpoint":3,"seq":7,
-/// "pending":".part-sink-0-a0-7.pending","final":"part-sink-0-7","size":120,"crc32":305419896}]}`.
-/// File names are relative to the sink's directory.
+/// JSON, so that an operator can read it (see [`FileSink`], "The manifest"). File names are
+/// relative to the sink's directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Manifest {
     version: u32,
@@ -331,6 +815,10 @@ struct Manifest {
     /// checkpoints after the restored one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     next_seq: Option<u64>,
+    /// The owner the writer wrote as (version 3 on): a restore of this manifest is accepted by
+    /// a folder whose marker names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<Owner>,
     transactions: Vec<StagedTransaction>,
 }
 
@@ -347,12 +835,18 @@ struct StagedTransaction {
 }
 
 impl Manifest {
-    fn encode(names: &PartNames, next_seq: u64, transactions: &[StagedTransaction]) -> Vec<u8> {
+    fn encode(
+        names: &PartNames,
+        owner: &Owner,
+        next_seq: u64,
+        transactions: &[StagedTransaction],
+    ) -> Vec<u8> {
         let manifest = Self {
             version: MANIFEST_VERSION,
             uid: names.uid.clone(),
             subtask: names.subtask,
             next_seq: Some(next_seq),
+            owner: Some(owner.clone()),
             transactions: transactions.to_vec(),
         };
         serde_json::to_vec(&manifest).expect("a manifest serializes")
@@ -437,33 +931,69 @@ fn commit_step(size: u64, pending_len: Option<u64>, final_len: Option<u64>) -> C
     }
 }
 
-/// What a restoring writer does once the manifest's transactions are published.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What an opening writer does once the manifest's transactions are published.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Abort {
-    /// Hidden files of this uid and subtask that the manifest does not list: delete them.
+    /// Hidden files of this uid and subtask that the staging log records for this owner and
+    /// the manifest does not list: delete them.
     stale: Vec<String>,
-    /// The first transaction number above every one in the directory and the manifest.
+    /// Published files the staging log records for this owner, numbered from the manifest's
+    /// `next_seq` on (checkpoints after the restored one published them): delete them.
+    unpublish: Vec<String>,
+    /// Files named like the two above that the staging log does not record for this owner:
+    /// another job's, an older build's, or there before the folder was claimed. Left alone.
+    foreign: Vec<String>,
+    /// The first transaction number above every one in the directory, the manifest and the
+    /// staging log.
     next_seq: u64,
 }
 
-fn plan_abort(names: &PartNames, listed: &[StagedTransaction], directory: &[String]) -> Abort {
-    let keep: HashSet<&str> = listed.iter().map(|t| t.pending.as_str()).collect();
-    let mut stale = Vec::new();
-    let mut max_seq = listed.iter().map(|t| t.seq).max();
+/// Plans the abort of a writer of `names`' subtask: `own` is what its staging log records,
+/// `listed` what the restored manifest stages, `rollback_from` its `next_seq` (none without a
+/// manifest or for a version 1 one), and `directory` the names in the output folder.
+fn plan_abort(
+    names: &PartNames,
+    own: &OwnFiles,
+    listed: &[StagedTransaction],
+    rollback_from: Option<u64>,
+    directory: &[String],
+) -> Abort {
+    let keep: HashSet<&str> = listed
+        .iter()
+        .flat_map(|t| [t.pending.as_str(), t.committed.as_str()])
+        .collect();
+    let mut plan = Abort::default();
+    let mut max_seq = listed
+        .iter()
+        .map(|t| t.seq)
+        .chain(own.seqs.iter().copied())
+        .max();
     for name in directory {
         let Some(file) = names.classify(name) else {
             continue;
         };
         max_seq = max_seq.max(file.seq());
-        if file.hidden() && !keep.contains(name.as_str()) {
-            stale.push(name.clone());
+        let published_after = matches!(
+            (file, rollback_from),
+            (OwnFile::Final { seq }, Some(from)) if seq >= from
+        );
+        if keep.contains(name.as_str()) || !(file.hidden() || published_after) {
+            continue;
         }
+        let to = if !own.owns(file) {
+            &mut plan.foreign
+        } else if file.hidden() {
+            &mut plan.stale
+        } else {
+            &mut plan.unpublish
+        };
+        to.push(name.clone());
     }
-    stale.sort();
-    Abort {
-        stale,
-        next_seq: max_seq.map_or(0, |seq| seq + 1),
-    }
+    plan.stale.sort();
+    plan.unpublish.sort();
+    plan.foreign.sort();
+    plan.next_seq = max_seq.map_or(0, |seq| seq + 1);
+    plan
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -478,6 +1008,37 @@ struct OnFinishWriter<T> {
     committed: PathBuf,
     buf: String,
     _records: PhantomData<fn(T)>,
+}
+
+impl<T> OnFinishWriter<T> {
+    /// Opens the writer of `names`' subtask in `dir`, writing as `owner`. A file of its names
+    /// that the staging log does not record for `owner` is never replaced: refuse instead.
+    fn open(dir: &Path, names: &PartNames, owner: Owner) -> Result<Self, UserError> {
+        let mut log = StagingLog::open(dir, names, owner)?;
+        let in_progress = dir.join(names.unversioned_in_progress());
+        let committed = dir.join(names.unversioned_final());
+        if !log.own.unversioned {
+            for path in [&in_progress, &committed] {
+                if exists(path)? {
+                    return Err(OwnershipError::NotOwnFile {
+                        path: path.clone(),
+                        job: log.owner.to_string(),
+                    }
+                    .into());
+                }
+            }
+            log.record(Created::Unversioned)?;
+        }
+        let file = File::create(&in_progress).map_err(|cause| unwritable(&in_progress, cause))?;
+        Ok(Self {
+            out: Some(BufWriter::with_capacity(WRITE_BUFFER_BYTES, file)),
+            dir: dir.to_path_buf(),
+            in_progress,
+            committed,
+            buf: String::new(),
+            _records: PhantomData,
+        })
+    }
 }
 
 impl<T: Display + Send> SinkWriter<T> for OnFinishWriter<T> {
@@ -546,6 +1107,8 @@ impl OpenTransaction {
 struct TwoPhaseWriter<T> {
     dir: PathBuf,
     names: PartNames,
+    /// Records every transaction before its file exists; knows the owner.
+    log: StagingLog,
     attempt: u32,
     /// The number of the next transaction to open.
     next_seq: u64,
@@ -560,70 +1123,65 @@ struct TwoPhaseWriter<T> {
 }
 
 impl<T> TwoPhaseWriter<T> {
-    /// Opens the writer of `names`' subtask in `dir`: publishes the transactions `restored`
-    /// lists, then aborts everything else this subtask had staged or written (step 5).
+    /// Opens the writer of `names`' subtask in `dir`, writing as `owner`: publishes the
+    /// transactions `restored` lists, then aborts what this owner's writers of this subtask
+    /// had staged or published after it (step 5). Files the staging log does not record for
+    /// `owner` are left alone.
     fn open(
         dir: &Path,
         names: PartNames,
+        owner: Owner,
         attempt: u32,
-        restored: Option<&[u8]>,
+        restored: Option<Manifest>,
     ) -> Result<Self, ConnectorError> {
+        let log = StagingLog::open(dir, &names, owner)?;
         let (listed, rollback_from) = match restored {
-            Some(bytes) => {
-                let m = Manifest::decode(&names, bytes)?;
-                (m.transactions, m.next_seq)
-            }
+            Some(m) => (m.transactions, m.next_seq),
             None => (Vec::new(), None),
         };
         for txn in &listed {
             publish(dir, &names, txn, Verify::SizeAndCrc)?;
         }
+        let directory = list_dir(dir)?;
+        let plan = plan_abort(&names, &log.own, &listed, rollback_from, &directory);
         // Files published after the restored checkpoint (recovery fell back past a damaged
         // newer one): their records are replayed, so unpublish them rather than duplicate.
-        if let Some(from) = rollback_from {
-            for name in list_dir(dir)? {
-                let Some(file) = names.classify(&name) else {
-                    continue;
-                };
-                if !file.hidden() && file.seq().is_some_and(|seq| seq >= from) {
-                    let path = dir.join(&name);
-                    tracing::warn!(uid = %names.uid, subtask = names.subtask, file = %name, "rolling back output published after the restored checkpoint");
-                    match fs::remove_file(&path) {
-                        Err(cause) if cause.kind() != io::ErrorKind::NotFound => {
-                            return Err(unwritable(&path, cause))
-                        }
-                        _ => {}
-                    }
-                }
-            }
+        for name in &plan.unpublish {
+            tracing::warn!(uid = %names.uid, subtask = names.subtask, file = %name, "rolling back output published after the restored checkpoint");
+            remove_if_present(&dir.join(name))?;
         }
-        let directory = list_dir(dir)?;
-        let abort = plan_abort(&names, &listed, &directory);
-        for name in &abort.stale {
-            let path = dir.join(name);
-            match fs::remove_file(&path) {
-                Err(cause) if cause.kind() != io::ErrorKind::NotFound => {
-                    return Err(unwritable(&path, cause))
-                }
-                _ => {}
-            }
+        for name in &plan.stale {
+            remove_if_present(&dir.join(name))?;
+        }
+        if !plan.foreign.is_empty() {
+            tracing::debug!(
+                uid = %names.uid,
+                subtask = names.subtask,
+                owner = %log.owner,
+                files = ?plan.foreign,
+                "leaving alone files named like this subtask's that its job did not write"
+            );
         }
         sync_dir(dir).map_err(|cause| unwritable(dir, cause))?;
         tracing::info!(
             uid = %names.uid,
             subtask = names.subtask,
             attempt,
+            owner = %log.owner,
             committed = listed.len(),
-            aborted = abort.stale.len(),
-            next_seq = abort.next_seq,
+            aborted = plan.stale.len(),
+            unpublished = plan.unpublish.len(),
+            left_alone = plan.foreign.len(),
+            next_seq = plan.next_seq,
             "file sink writer opened"
         );
         Ok(Self {
             dir: dir.to_path_buf(),
             last_prepared: listed.iter().map(|t| t.checkpoint).max(),
             names,
+            log,
             attempt,
-            next_seq: abort.next_seq,
+            next_seq: plan.next_seq,
             open: None,
             staged: Vec::new(),
             finished: false,
@@ -636,6 +1194,11 @@ impl<T> TwoPhaseWriter<T> {
     fn open_transaction(&mut self) -> Result<&mut OpenTransaction, ConnectorError> {
         if self.open.is_none() {
             let seq = self.next_seq;
+            // Recorded first: a file of ours never exists without its record.
+            self.log.record(Created::Transaction {
+                attempt: self.attempt,
+                seq,
+            })?;
             let path = self.dir.join(self.names.in_progress(self.attempt, seq));
             // `create_new`: an existing file means another writer uses our names; fail loudly.
             let file = OpenOptions::new()
@@ -722,6 +1285,7 @@ impl<T: Display + Send> SinkWriter<T> for TwoPhaseWriter<T> {
         // published files came after this checkpoint.
         Ok(Some(Manifest::encode(
             &self.names,
+            &self.log.owner,
             self.next_seq,
             &self.staged,
         )))
@@ -848,6 +1412,23 @@ fn crc32_of(path: &Path) -> Result<u32, ConnectorError> {
     }
 }
 
+/// Deletes the file at `path`; one already gone is fine.
+fn remove_if_present(path: &Path) -> Result<(), ConnectorError> {
+    match fs::remove_file(path) {
+        Err(cause) if cause.kind() != io::ErrorKind::NotFound => Err(unwritable(path, cause)),
+        _ => Ok(()),
+    }
+}
+
+/// Whether anything (a file, a directory, a dangling link) is at `path`.
+fn exists(path: &Path) -> Result<bool, ConnectorError> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(cause) if cause.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(cause) => Err(unwritable(path, cause)),
+    }
+}
+
 /// The names of the entries of `dir`.
 fn list_dir(dir: &Path) -> Result<Vec<String>, ConnectorError> {
     let mut names = Vec::new();
@@ -925,10 +1506,28 @@ mod tests {
     use crate::test_util::ctx;
     use proptest::prelude::*;
 
+    /// The files in `dir` but the sink's bookkeeping (the owner marker and staging logs).
     fn all_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = list_dir(dir)
+            .expect("list")
+            .into_iter()
+            .filter(|n| n != OWNER_MARKER && !n.ends_with(".staging"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Every file in `dir`, bookkeeping included.
+    fn every_file(dir: &Path) -> Vec<String> {
         let mut names = list_dir(dir).expect("list");
         names.sort();
         names
+    }
+
+    /// The file sink error in `err`.
+    fn ownership_error(err: &UserError) -> &OwnershipError {
+        err.downcast_ref::<OwnershipError>()
+            .unwrap_or_else(|| panic!("not an ownership error: {err}"))
     }
 
     /// A context with checkpointing on.
@@ -1118,10 +1717,11 @@ mod tests {
             .expect("staged");
         let json: serde_json::Value = serde_json::from_slice(&manifest).expect("json");
         let expected = serde_json::json!({
-            "version": 2,
+            "version": 3,
             "uid": "out",
             "subtask": 2,
             "next_seq": 1,
+            "owner": {"sink_uid": "out"},
             "transactions": [{
                 "checkpoint": 4,
                 "seq": 0,
@@ -1235,7 +1835,8 @@ mod tests {
     #[test]
     fn a_restore_never_touches_another_subtasks_files() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let sink = FileSink::<u32>::new(dir.path());
+        // One job, so that sinks of two uids may share the folder.
+        let sink = FileSink::<u32>::new(dir.path()).owned_by("job");
         // Subtask 1 of "out", and subtask 1 of "out-0" whose names start like "out"'s subtask 0.
         let mut others = Vec::new();
         for (uid, subtask) in [("out", 1), ("out-0", 1)] {
@@ -1300,7 +1901,7 @@ mod tests {
             .expect("staged");
         let cases: [(&[u8], &str); 5] = [
             (b"\x00garbage", "not a file sink manifest"),
-            (br#"{"version":3}"#, "manifest version 3 is not supported"),
+            (br#"{"version":4}"#, "manifest version 4 is not supported"),
             (br#"{"version":1,"uid":"out"}"#, "cannot be decoded"),
             (&others_manifest, "belongs to sink 'out' subtask 1"),
             (
@@ -1495,6 +2096,424 @@ mod tests {
         );
     }
 
+    // --- ownership ----------------------------------------------------------------------------
+
+    /// Writes `records` as one committed transaction for checkpoint `chk`; returns its manifest.
+    fn commit_one(writer: &mut Box<dyn SinkWriter<u32>>, chk: u64, records: Vec<u32>) -> Vec<u8> {
+        writer.write_batch(records).expect("write");
+        let manifest = writer
+            .prepare_commit(CheckpointId(chk))
+            .expect("prepare")
+            .expect("a manifest");
+        writer.commit(CheckpointId(chk)).expect("commit");
+        manifest
+    }
+
+    #[test]
+    fn a_restore_never_deletes_a_part_file_its_manifests_do_not_list() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = FileSink::<u32>::new(dir.path()).owned_by("a");
+        let mut writer = sink
+            .create_writer(&checkpointed("out", 0, 1, 0), None)
+            .expect("writer");
+        let first = commit_one(&mut writer, 1, vec![1]);
+        // Files named like this subtask's that job "a" never wrote: another run's (an older
+        // build, say, that ignores owner markers), some published, some staged.
+        let theirs = [
+            ("part-out-0-5", "theirs\n"),
+            (".part-out-0-a0-6.pending", "theirs, staged\n"),
+            (".part-out-0-a7-8.inprogress", "theirs, open\n"),
+            (".part-out-0.inprogress", "theirs, unversioned\n"),
+        ];
+        for (name, text) in theirs {
+            fs::write(dir.path().join(name), text).expect("write");
+        }
+        commit_one(&mut writer, 2, vec![2]); // publishes part-out-0-1, after chk-1
+        writer.write_batch(vec![3]).expect("write"); // open: seq 2
+        drop(writer);
+
+        // chk-2 turned out damaged: recovery restores chk-1 and replays records 2 and 3.
+        let mut restored = sink
+            .create_writer(&checkpointed("out", 0, 1, 1), Some(&first))
+            .expect("restore");
+        assert_eq!(
+            all_files(dir.path()),
+            vec![
+                ".part-out-0-a0-6.pending",
+                ".part-out-0-a7-8.inprogress",
+                ".part-out-0.inprogress",
+                "part-out-0-0",
+                "part-out-0-5",
+            ],
+            "job a's files after chk-1 are gone, the others' are all there"
+        );
+        for (name, text) in theirs {
+            assert_eq!(
+                fs::read_to_string(dir.path().join(name)).expect("read"),
+                text,
+                "{name}"
+            );
+        }
+        // The replayed records go above every number in the folder, theirs included.
+        commit_one(&mut restored, 2, vec![2, 3]);
+        assert!(dir.path().join("part-out-0-9").exists());
+    }
+
+    #[test]
+    fn a_fresh_writer_leaves_another_runs_staged_files_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Another run staged a transaction for a checkpoint that completed; it will publish it
+        // when it restores.
+        let staged = dir.path().join(".part-out-0-a0-3.pending");
+        fs::write(&staged, "1\n").expect("write");
+        let sink = FileSink::<u32>::new(dir.path()).owned_by("a");
+        let mut writer = sink
+            .create_writer(&checkpointed("out", 0, 1, 0), None)
+            .expect("writer");
+        commit_one(&mut writer, 1, vec![7]);
+        assert_eq!(
+            all_files(dir.path()),
+            vec![".part-out-0-a0-3.pending", "part-out-0-4"]
+        );
+        assert_eq!(fs::read_to_string(&staged).expect("read"), "1\n");
+    }
+
+    #[test]
+    fn a_second_job_writing_into_an_owned_folder_is_refused_naming_the_owner() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = FileSink::<u32>::new(dir.path()).owned_by("job-a");
+        let mut writer = first
+            .create_writer(&checkpointed("out", 0, 1, 0), None)
+            .expect("writer");
+        commit_one(&mut writer, 1, vec![1]);
+        writer.write_batch(vec![2]).expect("write");
+        let before = every_file(dir.path());
+
+        let second = FileSink::<u32>::new(dir.path()).owned_by("job-b");
+        for ctx in [checkpointed("out", 0, 1, 0), ctx("out", 0, 1)] {
+            let err = second.create_writer(&ctx, None).err().expect("refused");
+            let marker = dir.path().join(OWNER_MARKER);
+            let message = err.to_string();
+            assert!(
+                message.contains(&format!("output folder '{}'", dir.path().display()))
+                    && message.contains(&format!("owner marker '{}'", marker.display()))
+                    && message.contains("belongs to job 'job-a'")
+                    && message.contains("so job 'job-b' may not write into it"),
+                "{message}"
+            );
+            match ownership_error(&err) {
+                OwnershipError::Owned {
+                    dir: d,
+                    marker: m,
+                    owner,
+                    job,
+                } => {
+                    assert_eq!((d.as_path(), m), (dir.path(), &marker));
+                    assert_eq!(
+                        (owner.as_str(), job.as_str()),
+                        ("job 'job-a'", "job 'job-b'")
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            every_file(dir.path()),
+            before,
+            "the refused job touched nothing"
+        );
+        // The owner goes on as if nothing happened.
+        writer.prepare_commit(CheckpointId(2)).expect("prepare");
+        writer.commit(CheckpointId(2)).expect("commit");
+        assert_eq!(read_part_files(dir.path()).expect("read"), lines([1, 2]));
+    }
+
+    #[test]
+    fn a_sink_without_a_job_name_is_known_by_its_uid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = FileSink::<u32>::new(dir.path());
+        sink.create_writer(&checkpointed("out", 0, 1, 0), None)
+            .expect("writer");
+        sink.create_writer(&checkpointed("out", 0, 1, 1), None)
+            .expect("the same uid again");
+        let err = sink
+            .create_writer(&checkpointed("other", 0, 1, 0), None)
+            .err()
+            .expect("refused");
+        assert!(
+            err.to_string()
+                .contains("belongs to the job whose file sink has uid 'out' (owner marker")
+                && err
+                    .to_string()
+                    .contains("so the job whose file sink has uid 'other' may not"),
+            "{err}"
+        );
+        let err = FileSink::<u32>::new(dir.path())
+            .owned_by("out")
+            .create_writer(&checkpointed("out", 0, 1, 0), None)
+            .err()
+            .expect("a job name is not a sink uid");
+        assert!(matches!(
+            ownership_error(&err),
+            OwnershipError::Owned { .. }
+        ));
+    }
+
+    #[test]
+    fn the_same_job_resuming_keeps_its_folder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = FileSink::<u32>::new(dir.path()).owned_by("job-a");
+        let mut writer = sink
+            .create_writer(&checkpointed("out", 0, 1, 0), None)
+            .expect("writer");
+        let completed = commit_one(&mut writer, 1, vec![1, 2]);
+        writer.write_batch(vec![3]).expect("write");
+        drop(writer); // the job fails
+
+        // Failover (attempt 1), and later a new run resuming the job's checkpoint (`--restore`
+        // starts attempts anew): both are the owner.
+        for attempt in [1, 0] {
+            let mut writer = sink
+                .create_writer(&checkpointed("out", 0, 1, attempt), Some(&completed))
+                .expect("the owner resumes");
+            writer.write_batch(vec![3]).expect("write");
+        }
+        let mut writer = sink
+            .create_writer(&checkpointed("out", 0, 1, 2), Some(&completed))
+            .expect("the owner resumes");
+        commit_one(&mut writer, 2, vec![3]);
+        assert_eq!(read_part_files(dir.path()).expect("read"), lines([1, 2, 3]));
+        let marker = fs::read_to_string(dir.path().join(OWNER_MARKER)).expect("marker");
+        assert_eq!(marker, "{\"version\":1,\"owner\":{\"job\":\"job-a\"}}\n");
+    }
+
+    #[test]
+    fn a_restore_of_the_owners_checkpoint_is_accepted_whatever_the_sink_is_now_called() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut writer = FileSink::<u32>::new(dir.path())
+            .create_writer(&checkpointed("out", 0, 1, 0), None)
+            .expect("writer");
+        let completed = commit_one(&mut writer, 1, vec![1]);
+        drop(writer);
+        // The job is given a name, and resumes its checkpoint: the manifest says whose it is.
+        let renamed = FileSink::<u32>::new(dir.path()).owned_by("keyed-agg");
+        let mut writer = renamed
+            .create_writer(&checkpointed("out", 0, 1, 1), Some(&completed))
+            .expect("the owner's checkpoint");
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&commit_one(&mut writer, 2, vec![2])).expect("json");
+        assert_eq!(manifest["owner"], serde_json::json!({"sink_uid": "out"}));
+        // A fresh start under the new name is another job.
+        let err = renamed
+            .create_writer(&checkpointed("out", 0, 1, 0), None)
+            .err()
+            .expect("refused");
+        assert!(matches!(
+            ownership_error(&err),
+            OwnershipError::Owned { .. }
+        ));
+    }
+
+    #[test]
+    fn a_resumed_job_whose_marker_vanished_claims_its_folder_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = FileSink::<u32>::new(dir.path()).owned_by("job-a");
+        let mut writer = sink
+            .create_writer(&checkpointed("out", 0, 1, 0), None)
+            .expect("writer");
+        let completed = commit_one(&mut writer, 1, vec![1]);
+        drop(writer);
+        fs::remove_file(dir.path().join(OWNER_MARKER)).expect("remove");
+        FileSink::<u32>::new(dir.path())
+            .owned_by("job-a-v2")
+            .create_writer(&checkpointed("out", 0, 1, 1), Some(&completed))
+            .expect("resumes");
+        let marker = fs::read(dir.path().join(OWNER_MARKER)).expect("marker");
+        assert_eq!(
+            OwnerMarker::decode(&marker).expect("decode"),
+            Owner::Job("job-a".into()),
+            "claimed for the job whose checkpoint it resumed"
+        );
+    }
+
+    #[test]
+    fn subtasks_of_one_job_opening_a_new_folder_at_once_all_accept_one_claim() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        let sink = FileSink::<u32>::new(&out).owned_by("job-a");
+        let start = std::sync::Barrier::new(8);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|subtask| {
+                    let (sink, start) = (&sink, &start);
+                    scope.spawn(move || {
+                        start.wait();
+                        sink.create_writer(&checkpointed("out", subtask, 8, 0), None)
+                            .map(drop)
+                            .map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            for handle in handles {
+                handle
+                    .join()
+                    .expect("no panic")
+                    .expect("every subtask writes");
+            }
+        });
+        assert_eq!(
+            fs::read_to_string(out.join(OWNER_MARKER)).expect("marker"),
+            "{\"version\":1,\"owner\":{\"job\":\"job-a\"}}\n"
+        );
+        let files = every_file(&out);
+        assert!(files.iter().all(|f| !f.ends_with(".tmp")), "{files:?}");
+        assert_eq!(files.len(), 9, "the marker and 8 staging logs: {files:?}");
+    }
+
+    #[test]
+    fn two_jobs_racing_for_a_new_folder_leave_it_to_exactly_one() {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let jobs = [
+                FileSink::<u32>::new(dir.path()).owned_by("job-a"),
+                FileSink::<u32>::new(dir.path()).owned_by("job-b"),
+            ];
+            let start = std::sync::Barrier::new(8);
+            let results: Vec<(usize, Result<(), String>)> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..8u32)
+                    .map(|i| {
+                        let (job, start) = ((i % 2) as usize, &start);
+                        let sink = &jobs[job];
+                        scope.spawn(move || {
+                            start.wait();
+                            let ctx = checkpointed("out", i / 2, 4, 0);
+                            (
+                                job,
+                                sink.create_writer(&ctx, None)
+                                    .map(drop)
+                                    .map_err(|e| e.to_string()),
+                            )
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("no panic"))
+                    .collect()
+            });
+            let winners: HashSet<usize> = results
+                .iter()
+                .filter(|(_, r)| r.is_ok())
+                .map(|(job, _)| *job)
+                .collect();
+            assert_eq!(winners.len(), 1, "{results:?}");
+            let winner = *winners.iter().next().expect("one");
+            let owner = ["job 'job-a'", "job 'job-b'"][winner];
+            for (job, result) in &results {
+                match result {
+                    Ok(()) => assert_eq!(*job, winner),
+                    Err(e) => assert!(
+                        *job != winner && e.contains(&format!("belongs to {owner}")),
+                        "{e}"
+                    ),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_unreadable_owner_marker_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker = dir.path().join(OWNER_MARKER);
+        let sink = FileSink::<u32>::new(dir.path()).owned_by("a");
+        for (content, reason) in [
+            (&b""[..], "not a file sink owner marker"),
+            (b"\x00garbage", "not a file sink owner marker"),
+            (
+                br#"{"version":2,"owner":{"job":"a"}}"#,
+                "owner marker version 2 is not supported",
+            ),
+            (br#"{"version":1,"owner":"a"}"#, "cannot be decoded"),
+        ] {
+            fs::write(&marker, content).expect("write");
+            let err = sink
+                .create_writer(&checkpointed("out", 0, 1, 0), None)
+                .err()
+                .expect("refused");
+            let message = err.to_string();
+            assert!(
+                matches!(
+                    ownership_error(&err),
+                    OwnershipError::UnreadableMarker { .. }
+                ) && message.contains(&format!("'{}'", marker.display()))
+                    && message.contains(reason),
+                "{message}"
+            );
+            assert_eq!(fs::read(&marker).expect("read"), content);
+            assert_eq!(every_file(dir.path()), vec![OWNER_MARKER]);
+        }
+    }
+
+    #[test]
+    fn a_run_without_checkpoints_never_replaces_a_part_file_it_did_not_write() {
+        for name in ["part-out-0", ".part-out-0.inprogress"] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let theirs = dir.path().join(name);
+            fs::write(&theirs, "theirs\n").expect("write");
+            let err = FileSink::<u32>::new(dir.path())
+                .owned_by("a")
+                .create_writer(&ctx("out", 0, 1), None)
+                .err()
+                .expect("refused");
+            assert!(
+                matches!(ownership_error(&err), OwnershipError::NotOwnFile { .. })
+                    && err.to_string().contains(&format!("'{}'", theirs.display()))
+                    && err
+                        .to_string()
+                        .contains("output of job 'a', which did not write it"),
+                "{err}"
+            );
+            assert_eq!(fs::read_to_string(&theirs).expect("read"), "theirs\n");
+        }
+    }
+
+    #[test]
+    fn the_same_job_rerun_without_checkpoints_replaces_its_own_output() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = FileSink::<u32>::new(dir.path()).owned_by("a");
+        let mut failed = sink.create_writer(&ctx("out", 0, 1), None).expect("writer");
+        failed.write_batch(vec![0]).expect("write");
+        drop(failed); // leaves its in-progress file
+        for run in [1, 2] {
+            let mut writer = sink.create_writer(&ctx("out", 0, 1), None).expect("writer");
+            writer.write_batch(vec![run]).expect("write");
+            writer.finish().expect("finish");
+            assert_eq!(read_part_files(dir.path()).expect("read"), lines([run]));
+        }
+        assert_eq!(all_files(dir.path()), vec!["part-out-0"]);
+    }
+
+    #[test]
+    fn the_staging_log_records_each_transaction_before_its_file_exists() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join(".part-out-0.staging");
+        // A crash tore the last line of an earlier run's log.
+        fs::write(&log, r#"{"owner":{"job":"a"},"file":{"trans"#).expect("write");
+        let sink = FileSink::<u32>::new(dir.path()).owned_by("a");
+        let mut writer = sink
+            .create_writer(&checkpointed("out", 0, 1, 3), None)
+            .expect("writer");
+        writer.write_batch(vec![1]).expect("write");
+        let text = fs::read_to_string(&log).expect("read");
+        assert_eq!(
+            text.lines().last(),
+            Some(r#"{"owner":{"job":"a"},"file":{"transaction":{"attempt":3,"seq":0}}}"#),
+            "{text}"
+        );
+        let own = OwnFiles::from_log(&Owner::Job("a".into()), &text);
+        assert!(own.owns(OwnFile::InProgress { attempt: 3, seq: 0 }));
+    }
+
     // --- names and decisions ------------------------------------------------------------------
 
     #[test]
@@ -1558,8 +2577,12 @@ mod tests {
         );
     }
 
+    fn strings(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
     #[test]
-    fn an_abort_deletes_only_own_hidden_files_and_numbers_past_every_file() {
+    fn an_abort_deletes_only_files_its_staging_log_records_and_numbers_past_every_file() {
         let out0 = names("out", 0);
         let listed = vec![StagedTransaction {
             checkpoint: CheckpointId(4),
@@ -1569,31 +2592,102 @@ mod tests {
             size: 1,
             crc32: 0,
         }];
-        let directory: Vec<String> = [
-            ".part-out-0-a1-6.pending", // listed: kept
-            ".part-out-0-a1-7.pending", // staged after the checkpoint
-            ".part-out-0-a2-9.inprogress",
+        let mut own = OwnFiles::default();
+        for (attempt, seq) in [(1, 6), (1, 7), (2, 8), (2, 9), (2, 25)] {
+            own.insert(Created::Transaction { attempt, seq });
+        }
+        own.insert(Created::Unversioned);
+        let directory = strings(&[
+            ".part-out-0-a1-6.pending",    // listed: kept
+            ".part-out-0-a1-7.pending",    // staged after the checkpoint
+            ".part-out-0-a2-9.inprogress", // written after it
             ".part-out-0.inprogress",
-            "part-out-0-11", // visible: never deleted, but numbered past
+            "part-out-0-5",             // published before the checkpoint: kept
+            "part-out-0-8",             // published after it: unpublished
+            "part-out-0-11", // named like ours, not in the log: left alone, numbered past
+            ".part-out-0-a3-4.pending", // likewise
+            ".part-out-0-a1-9.pending", // our seq, another attempt's name: not ours
             ".part-out-1-a2-20.inprogress",
             "part-out-0-1-30",
             "unrelated.txt",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        ]);
         assert_eq!(
-            plan_abort(&out0, &listed, &directory),
+            plan_abort(&out0, &own, &listed, Some(7), &directory),
             Abort {
-                stale: vec![
-                    ".part-out-0-a1-7.pending".to_string(),
-                    ".part-out-0-a2-9.inprogress".to_string(),
-                    ".part-out-0.inprogress".to_string(),
-                ],
-                next_seq: 12,
+                stale: strings(&[
+                    ".part-out-0-a1-7.pending",
+                    ".part-out-0-a2-9.inprogress",
+                    ".part-out-0.inprogress",
+                ]),
+                unpublish: strings(&["part-out-0-8"]),
+                foreign: strings(&[
+                    ".part-out-0-a1-9.pending",
+                    ".part-out-0-a3-4.pending",
+                    "part-out-0-11",
+                ]),
+                // Above seq 25 of the log, whose file never appeared.
+                next_seq: 26,
             }
         );
-        assert_eq!(plan_abort(&out0, &[], &[]).next_seq, 0);
+        // Without a manifest nothing visible is a candidate; with an empty log nothing is ours.
+        let fresh = plan_abort(&out0, &OwnFiles::default(), &[], None, &directory);
+        assert!(fresh.stale.is_empty() && fresh.unpublish.is_empty());
+        assert_eq!(fresh.next_seq, 12);
+        assert_eq!(
+            plan_abort(&out0, &OwnFiles::default(), &[], None, &[]).next_seq,
+            0
+        );
+    }
+
+    #[test]
+    fn a_staging_log_is_read_for_its_own_owner_only() {
+        let job = Owner::Job("a".into());
+        let text = concat!(
+            r#"{"owner":{"job":"a"},"file":{"transaction":{"attempt":0,"seq":1}}}"#,
+            "\n",
+            r#"{"owner":{"job":"b"},"file":{"transaction":{"attempt":0,"seq":2}}}"#,
+            "\n",
+            r#"{"owner":{"sink_uid":"a"},"file":"unversioned"}"#,
+            "\n",
+            r#"{"owner":{"job":"a"},"file":"unversioned"}"#,
+            "\n",
+            r#"{"owner":{"job":"a"},"file":{"transac"#, // torn by a crash
+        );
+        let own = OwnFiles::from_log(&job, text);
+        assert!(own.owns(OwnFile::Pending { attempt: 0, seq: 1 }));
+        assert!(own.owns(OwnFile::Final { seq: 1 }));
+        assert!(own.owns(OwnFile::UnversionedFinal));
+        assert!(!own.owns(OwnFile::Final { seq: 2 }), "job b's");
+        assert!(!own.owns(OwnFile::InProgress { attempt: 1, seq: 1 }));
+        let uid = OwnFiles::from_log(&Owner::SinkUid("a".into()), text);
+        assert!(uid.unversioned && uid.seqs.is_empty());
+    }
+
+    #[test]
+    fn claim_steps_accept_only_the_owner_or_the_job_whose_checkpoint_is_restored() {
+        let (a, b) = (Owner::Job("a".into()), Owner::Job("b".into()));
+        let uid = Owner::SinkUid("a".into());
+        assert_eq!(claim_step(&a, None, None), ClaimStep::Create(a.clone()));
+        assert_eq!(claim_step(&a, Some(&b), None), ClaimStep::Create(b.clone()));
+        assert_eq!(claim_step(&a, None, Some(&a)), ClaimStep::Accept(a.clone()));
+        assert_eq!(
+            claim_step(&a, Some(&b), Some(&a)),
+            ClaimStep::Accept(a.clone())
+        );
+        assert_eq!(
+            claim_step(&a, Some(&b), Some(&b)),
+            ClaimStep::Accept(b.clone())
+        );
+        assert_eq!(claim_step(&a, None, Some(&b)), ClaimStep::Refuse(b.clone()));
+        assert_eq!(
+            claim_step(&a, Some(&uid), Some(&b)),
+            ClaimStep::Refuse(b.clone())
+        );
+        assert_eq!(
+            claim_step(&uid, None, Some(&a)),
+            ClaimStep::Refuse(a.clone()),
+            "a job name and a sink uid are different identities"
+        );
     }
 
     #[test]

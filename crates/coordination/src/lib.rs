@@ -1,11 +1,13 @@
-//! What the job master role decides and drives, shared by the embedded executor
-//! (`weir_runtime::LocalExecutor`) and the cluster's JobMaster (`weir-jobmanager`):
+//! What the JobMaster (`weir-jobmanager`, the one orchestrator of every mode) decides and
+//! drives, kept apart from it because the TaskManager side shares its vocabulary (task events,
+//! checkpoint records, the clock):
 //!
 //! - [`driver`]: performs the pure checkpoint [`weir_checkpoint::Coordinator`]'s actions —
 //!   triggers through a [`driver::TaskGateway`], `_metadata` written create-only and last,
 //!   completions, deletions — and keeps the checkpoint history;
 //! - [`restart`]: restart strategies as pure decisions;
-//! - [`resume`]: finding a job's intact completed checkpoints in storage.
+//! - [`resume`]: finding a job's intact completed checkpoints in storage;
+//! - [`lease`]: one live owner per job checkpoint folder (numbered create-only leases).
 //!
 //! Must not depend on the runtime, the TaskManager, the JobManager, RocksDB or tonic: both
 //! sides of the cluster use it, so it knows neither.
@@ -13,5 +15,6 @@
 #![warn(missing_docs)]
 
 pub mod driver;
+pub mod lease;
 pub mod restart;
 pub mod resume;

@@ -31,6 +31,8 @@ pub(crate) struct JobStatus {
     pub checkpoints: Vec<CheckpointRecord>,
     pub latest_completed: Option<CheckpointId>,
     pub recoveries: Vec<RecoveryRecord>,
+    /// Every synchronous snapshot pause of every attempt, in microseconds (benchmarks).
+    pub sync_pauses_us: Vec<u64>,
 }
 
 impl JobStatus {
@@ -165,13 +167,22 @@ impl Shared {
         let Some(lost) = self.resources().mark_lost(id, session, reason, now_ms()) else {
             return;
         };
-        tracing::warn!(
-            taskmanager = %lost.id,
-            reason = %lost.reason,
-            silent_ms = lost.detected_ms.saturating_sub(lost.last_heartbeat_ms),
-            jobs = lost.jobs.len(),
-            "TaskManager lost"
-        );
+        if lost.jobs.is_empty() || self.is_shutting_down() {
+            // Nothing ran there: a TaskManager that stops while idle is no failure.
+            tracing::info!(
+                taskmanager = %lost.id,
+                reason = %lost.reason,
+                "TaskManager left (it held no slots)"
+            );
+        } else {
+            tracing::warn!(
+                taskmanager = %lost.id,
+                reason = %lost.reason,
+                silent_ms = lost.detected_ms.saturating_sub(lost.last_heartbeat_ms),
+                jobs = lost.jobs.len(),
+                "TaskManager lost"
+            );
+        }
         let lost: Arc<LostTaskManager> = Arc::new(lost);
         let jobs = lock(&self.jobs);
         for job in &lost.jobs {

@@ -19,6 +19,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use tonic::{Request, Response, Status};
 use weir_checkpoint::{Coordinator, TaskId};
+use weir_coordination::driver::now_ms;
+use weir_coordination::lease::{JobLease, LeaseError};
 use weir_coordination::resume::{check_compatible, load_completed};
 use weir_graph::Plan;
 use weir_proto::v1::dispatcher_service_server::DispatcherService;
@@ -99,11 +101,62 @@ where
         .map_err(|_| DispatchError::Internal("the JobManager runtime stopped".into()))
 }
 
-/// Checks that a decoded plan is consistent enough to schedule (indexes in range).
+/// How long a job's checkpoint-folder lease lives without renewal (renewed every third of it);
+/// a JobManager on another host that dies leaves the folder blocked this long at most (on the
+/// same host its death is seen at once).
+pub const LEASE_DURATION: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Largest `plan_json` accepted, in bytes (a plan of thousands of operators fits).
+pub const MAX_PLAN_BYTES: usize = 4 << 20;
+
+/// Most subtasks one job may have, over all its vertices: every count a plan carries is
+/// bounded before anything is sized by it.
+pub const MAX_SUBTASKS: usize = 100_000;
+
+/// Checks that a decoded plan is consistent enough to schedule (indexes in range) and that
+/// every count in it is bounded: parallelism at most the max parallelism, which is at most
+/// 32768; each subtask listed exactly once; at most [`MAX_SUBTASKS`] subtasks.
 fn validate_plan(plan: &Plan) -> Result<(), String> {
     let nodes = plan.stream.nodes.len();
     if plan.execution.subtasks.is_empty() {
         return Err("the plan has no subtasks".into());
+    }
+    let max_p = plan.job.max_parallelism;
+    if max_p == 0 || max_p > weir_types::MAX_MAX_PARALLELISM {
+        return Err(format!(
+            "the plan's max parallelism {max_p} is out of range (1..={})",
+            weir_types::MAX_MAX_PARALLELISM
+        ));
+    }
+    let mut total: usize = 0;
+    for v in &plan.job.vertices {
+        if v.parallelism > max_p {
+            return Err(format!(
+                "vertex {} ({}) has parallelism {}, above the max parallelism {max_p}",
+                v.id, v.name, v.parallelism
+            ));
+        }
+        total = total.saturating_add(v.parallelism as usize);
+    }
+    if total > MAX_SUBTASKS {
+        return Err(format!(
+            "the plan has {total} subtasks; at most {MAX_SUBTASKS} per job"
+        ));
+    }
+    if plan.execution.subtasks.len() != total {
+        return Err(format!(
+            "the plan lists {} subtasks but its vertices have {total}",
+            plan.execution.subtasks.len()
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for ev in &plan.execution.subtasks {
+        if !seen.insert((ev.vertex, ev.subtask)) {
+            return Err(format!(
+                "subtask {} of {} is listed twice",
+                ev.subtask, ev.vertex
+            ));
+        }
     }
     if plan.uids.len() != nodes {
         return Err(format!(
@@ -158,6 +211,12 @@ pub(crate) fn submit(
     let mut spec = request
         .job
         .ok_or_else(|| DispatchError::InvalidArgument("SubmitJobRequest.job is missing".into()))?;
+    if request.plan_json.len() > MAX_PLAN_BYTES {
+        return Err(DispatchError::InvalidArgument(format!(
+            "plan_json has {} bytes; at most {MAX_PLAN_BYTES}",
+            request.plan_json.len()
+        )));
+    }
     let plan: Plan = serde_json::from_slice(&request.plan_json).map_err(|e| {
         DispatchError::InvalidArgument(format!("plan_json is not a valid plan: {e}"))
     })?;
@@ -179,7 +238,7 @@ pub(crate) fn submit(
         .restart
         .validate()
         .map_err(|e| DispatchError::InvalidArgument(format!("job {job}: {e}")))?;
-    let checkpointing = match (settings.checkpoint, settings.store) {
+    let mut checkpointing = match (settings.checkpoint, settings.store) {
         (Some(config), Some(store)) => {
             let tasks = plan
                 .execution
@@ -188,15 +247,35 @@ pub(crate) fn submit(
                 .map(|s| TaskId::new(s.vertex, s.subtask));
             let coordinator = Coordinator::new(job, plan.job.max_parallelism, config, tasks)
                 .map_err(|e| DispatchError::InvalidArgument(format!("job {job}: {e}")))?;
+            let paths = CheckpointPaths::new(job);
+            // A previous run of this id here may still be cleaning up after its end.
+            await_previous_master(shared, job);
+            // The folder is this JobMaster's before anything in it is read or written.
+            let lease = {
+                let (store, paths) = (store.clone(), paths.clone());
+                let owner = format!("the JobManager listening on {}", shared.options.rpc_bind);
+                run_on(&shared.runtime, async move {
+                    JobLease::acquire(&store, &paths, &owner, now_ms(), LEASE_DURATION).await
+                })?
+                .map_err(|e| match e {
+                    e @ LeaseError::Held { .. } => DispatchError::FailedPrecondition(e.to_string()),
+                    e => DispatchError::Internal(e.to_string()),
+                })?
+            };
             let mut cp = Checkpointing {
                 coordinator,
                 store,
-                paths: CheckpointPaths::new(job),
+                paths,
                 history: Vec::new(),
                 deletions: Vec::new(),
+                lease: Some(lease),
+                lease_keeper: None,
             };
             if request.resume {
-                resume(shared, job, &plan, &mut cp)?;
+                if let Err(e) = resume(shared, job, &plan, &mut cp) {
+                    release_lease(shared, &mut cp);
+                    return Err(e);
+                }
             }
             Some(cp)
         }
@@ -227,6 +306,10 @@ pub(crate) fn submit(
     let mut jobs = lock(&shared.jobs);
     if let Some(e) = jobs.get(&job) {
         if !lock(&e.status).details.state.is_terminal() {
+            drop(jobs);
+            if let Some(cp) = checkpointing.as_mut() {
+                release_lease(shared, cp);
+            }
             return Err(DispatchError::AlreadyRunning(job));
         }
     }
@@ -238,6 +321,7 @@ pub(crate) fn submit(
         checkpointing,
         status: status.clone(),
         inbox: inbox_rx,
+        to_self: inbox_tx.clone(),
         shared: shared.clone(),
     };
     let id = job.to_string();
@@ -255,7 +339,18 @@ pub(crate) fn submit(
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
-                tracing::error!(%job, panic = %what, "the JobMaster panicked");
+                tracing::error!(%job, panic = %what, "the JobMaster panicked; cancelling its tasks everywhere");
+                {
+                    let rm = owner.resources();
+                    rm.broadcast(weir_proto::v1::job_manager_message::Kind::Cancel(
+                        weir_proto::v1::CancelAttempt {
+                            job_id: job.to_string(),
+                            // Every attempt up to this one: all of them.
+                            attempt: u32::MAX,
+                            reason: format!("the JobMaster of job {job} panicked: {what}"),
+                        },
+                    ));
+                }
                 owner.resources().release_job(job);
                 let mut s = lock(&watched);
                 s.details.state = crate::view::JobState::Failed;
@@ -278,6 +373,40 @@ pub(crate) fn submit(
     );
     tracing::info!(%job, resume = request.resume, "job accepted");
     Ok(job)
+}
+
+/// Waits (bounded) for the JobMaster thread of an ended earlier run of `job` in this
+/// JobManager: it releases the job's checkpoint folder only after its last deletions.
+fn await_previous_master(shared: &Shared, job: JobId) {
+    let thread = lock(&shared.jobs)
+        .get_mut(&job)
+        .and_then(|e| e.thread.take());
+    let Some(thread) = thread else {
+        return;
+    };
+    let deadline = std::time::Instant::now()
+        + shared.options.cancel_timeout
+        + crate::job_master::LATE_ACK_GRACE
+        + std::time::Duration::from_secs(30);
+    while !thread.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    if thread.is_finished() {
+        let _ = thread.join();
+    } else {
+        tracing::warn!(%job, "the previous JobMaster of this job is still finishing");
+    }
+}
+
+/// Gives a refused submission's lease back at once, so the next try need not wait for it to
+/// expire.
+fn release_lease(shared: &Shared, cp: &mut Checkpointing) {
+    if let Some(lease) = cp.lease.take() {
+        let released = run_on(&shared.runtime, async move { lease.release().await });
+        if let Ok(Err(e)) = released {
+            tracing::warn!(error = %e, "the lease of a refused submission was not released");
+        }
+    }
 }
 
 fn ensure_not_running(shared: &Shared, job: JobId) -> Result<(), DispatchError> {

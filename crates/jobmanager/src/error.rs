@@ -30,6 +30,9 @@ pub enum JobManagerError {
     /// The JobManager's tokio runtime could not start.
     #[error("cannot start the JobManager runtime: {0}")]
     Runtime(std::io::Error),
+    /// An in-process TaskManager session was refused (a bad `Register`, a stopped runtime).
+    #[error("the in-process TaskManager session was refused: {0}")]
+    InProcess(String),
 }
 
 /// Why the Dispatcher refused a job or a request about one.

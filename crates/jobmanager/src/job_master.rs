@@ -45,8 +45,10 @@ use crate::options::keys;
 use crate::recovery::{self, RecoveryRecord, RecoveryStatus};
 use crate::resource_manager::LostTaskManager;
 use crate::slots::Assignment;
-use crate::view::{execution_state_name, JobDetails, JobState, SubtaskDetails, VertexDetails};
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crate::view::{
+    execution_state_name, JobDetails, JobIoMetrics, JobState, SubtaskDetails, VertexDetails,
+};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,15 +59,16 @@ use weir_checkpoint::{
 use weir_coordination::driver::{
     now_ms, spawn_deletions, CheckpointRecord, CheckpointStatus, Driver, TaskEvent, TaskGateway,
 };
+use weir_coordination::lease::{JobLease, LeaseError};
 use weir_coordination::restart::{RestartDecision, RestartStrategy, RestartTracker};
 use weir_coordination::resume::check_compatible;
 use weir_graph::Plan;
 use weir_proto::v1::job_manager_message::Kind as Down;
 use weir_proto::v1::task_manager_message::Kind as Up;
 use weir_proto::v1::{
-    CancelAttempt, CheckpointAck, DeployTask, ExecutionState, JobSpec, NotifyCheckpointAborted,
-    NotifyCheckpointComplete, StopTasks, SubtaskLocation, TaskKey, TaskStateUpdate,
-    TriggerCheckpoint,
+    AttemptMetrics, CancelAttempt, CheckpointAck, DeployTask, ExecutionState, JobSpec,
+    NotifyCheckpointAborted, NotifyCheckpointComplete, StopTasks, SubtaskLocation, TaskKey,
+    TaskStateUpdate, TriggerCheckpoint,
 };
 use weir_storage::{CheckpointPaths, Store};
 use weir_types::{Barrier, CheckpointId, JobId, SubtaskIndex, VertexId};
@@ -80,6 +83,9 @@ pub(crate) const LATE_ACK_GRACE: Duration = Duration::from_secs(1);
 /// Checkpoint records kept per job (the oldest go first).
 const MAX_HISTORY: usize = 10_000;
 
+/// Most sync pauses one `AttemptMetrics` may carry.
+const MAX_SYNC_PAUSES: usize = 100_000;
+
 /// What reaches a JobMaster.
 #[derive(Debug)]
 pub(crate) enum JobMasterMsg {
@@ -89,6 +95,9 @@ pub(crate) enum JobMasterMsg {
     TaskManagerLost(Arc<LostTaskManager>),
     /// A client cancels the job.
     Cancel,
+    /// The job's checkpoint folder was taken over by another owner, or its lease could not be
+    /// renewed in time: stop writing at once and fail the job.
+    LeaseLost(String),
     /// The JobManager shuts down.
     Shutdown,
 }
@@ -100,6 +109,68 @@ pub(crate) struct Checkpointing {
     pub paths: CheckpointPaths,
     pub history: Vec<CheckpointRecord>,
     pub deletions: Vec<tokio::task::JoinHandle<()>>,
+    /// The job's checkpoint folder lease, until the keeper takes it.
+    pub lease: Option<JobLease>,
+    /// Renews the lease off this thread while the job runs; releases it at the end.
+    pub lease_keeper: Option<LeaseKeeper>,
+}
+
+/// Renews a [`JobLease`] on the JobManager's runtime every third of its duration; tells the
+/// JobMaster ([`JobMasterMsg::LeaseLost`]) when it was taken over or could not be renewed
+/// within its duration.
+pub(crate) struct LeaseKeeper {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LeaseKeeper {
+    fn spawn(
+        runtime: &tokio::runtime::Handle,
+        mut lease: JobLease,
+        duration: Duration,
+        to_master: Sender<JobMasterMsg>,
+    ) -> Self {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = runtime.spawn(async move {
+            let mut last_ok = Instant::now();
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => {
+                        if let Err(e) = lease.release().await {
+                            tracing::warn!(error = %e, "the checkpoint folder lease was not released");
+                        }
+                        return;
+                    }
+                    _ = tokio::time::sleep(duration / 3) => {}
+                }
+                match lease.renew(now_ms()).await {
+                    Ok(()) => last_ok = Instant::now(),
+                    Err(e @ LeaseError::Lost { .. }) => {
+                        tracing::error!(error = %e, "checkpoint folder lease lost");
+                        let _ = to_master.send(JobMasterMsg::LeaseLost(e.to_string()));
+                        return;
+                    }
+                    Err(e) if last_ok.elapsed() >= duration => {
+                        tracing::error!(error = %e, "checkpoint folder lease not renewed in time");
+                        let _ = to_master.send(JobMasterMsg::LeaseLost(format!(
+                            "the checkpoint folder lease could not be renewed for {duration:?}: {e}"
+                        )));
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "lease renewal failed; retrying"),
+                }
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// Releases the lease (bounded wait).
+    fn release(self, runtime: &tokio::runtime::Handle) {
+        let _ = self.stop.send(());
+        let task = self.task;
+        let _ =
+            runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
+    }
 }
 
 /// Everything a JobMaster starts with.
@@ -111,6 +182,8 @@ pub(crate) struct JobMasterSetup {
     pub checkpointing: Option<Checkpointing>,
     pub status: Arc<Mutex<JobStatus>>,
     pub inbox: Receiver<JobMasterMsg>,
+    /// The JobMaster's own inbox, for the lease keeper.
+    pub to_self: Sender<JobMasterMsg>,
     pub shared: Arc<Shared>,
 }
 
@@ -144,12 +217,14 @@ pub(crate) fn initial_status(
             restart_strategy: restart.name().to_string(),
             restored_from: None,
             vertices: vertex_details(plan, &BTreeMap::new(), 0),
+            metrics: JobIoMetrics::default(),
         },
         tasks_total: plan.execution.subtasks.len() as u32,
         tasks_running: 0,
         checkpoints: Vec::new(),
         latest_completed: latest,
         recoveries: Vec::new(),
+        sync_pauses_us: Vec::new(),
     }
 }
 
@@ -396,10 +471,27 @@ pub(crate) struct JobMaster {
     /// Checkpoint records before this index are settled and published.
     history_cursor: usize,
     aborted_notified: BTreeSet<CheckpointId>,
+    /// The attempt before the current one and where its tasks ran: its late acks are still
+    /// classified (so their files are deleted), but only from the TaskManager that ran them.
+    previous_hosts: Option<(u32, BTreeMap<TaskId, TaskManagerId>)>,
+    /// What each attempt did on each TaskManager (the latest report wins).
+    io: BTreeMap<(u32, TaskManagerId), AttemptMetrics>,
+    /// Why the job's checkpoint folder is no longer this JobMaster's, if it was lost.
+    lease_lost: Option<String>,
 }
 
 impl JobMaster {
-    pub(crate) fn new(s: JobMasterSetup) -> Self {
+    pub(crate) fn new(mut s: JobMasterSetup) -> Self {
+        if let Some(cp) = s.checkpointing.as_mut() {
+            if let Some(lease) = cp.lease.take() {
+                cp.lease_keeper = Some(LeaseKeeper::spawn(
+                    &s.shared.runtime,
+                    lease,
+                    crate::dispatcher::LEASE_DURATION,
+                    s.to_self.clone(),
+                ));
+            }
+        }
         let ever_completed = s
             .checkpointing
             .as_ref()
@@ -432,6 +524,9 @@ impl JobMaster {
             dirty: true,
             history_cursor: 0,
             aborted_notified: BTreeSet::new(),
+            previous_hosts: None,
+            io: BTreeMap::new(),
+            lease_lost: None,
         }
     }
 
@@ -643,11 +738,20 @@ impl JobMaster {
             0
         };
         self.deployed_any = true;
+        let previous_attempt = self.attempt;
         self.attempt = attempt;
         self.all_running = false;
         self.ended_input.clear();
         self.stop_sent = false;
         self.restored_from = restore.as_ref().map(|m| m.checkpoint_id);
+        if !self.tasks.is_empty() {
+            let hosts = self
+                .tasks
+                .iter()
+                .map(|(t, s)| (*t, s.taskmanager.clone()))
+                .collect();
+            self.previous_hosts = Some((previous_attempt, hosts));
+        }
         let span = tracing::info_span!("attempt", attempt);
         let _entered = span.enter();
         self.tasks = self
@@ -981,6 +1085,12 @@ impl JobMaster {
                 self.stop.get_or_insert(Stop::Shutdown);
                 None
             }
+            JobMasterMsg::LeaseLost(reason) => {
+                tracing::error!(%reason, "stopping: the checkpoint folder is no longer this JobMaster's");
+                self.lease_lost.get_or_insert(reason);
+                self.stop.get_or_insert(Stop::Cancel);
+                None
+            }
             JobMasterMsg::TaskManagerLost(lost) => self.on_taskmanager_lost(&lost),
             JobMasterMsg::FromTaskManager { from, kind } => match kind {
                 Up::TaskState(u) => self.on_task_state(&from, u, mode),
@@ -990,6 +1100,9 @@ impl JobMaster {
                 }
                 Up::Decline(d) => {
                     let key = d.task?;
+                    if !self.sent_by_host(&from, &key, true, "CheckpointDecline") {
+                        return None;
+                    }
                     let task = TaskId::new(key.vertex_id(), key.subtask_index());
                     tracing::info!(checkpoint = d.checkpoint_id, vertex = key.vertex, subtask = key.subtask, taskmanager = %from, reason = %d.reason, "checkpoint declined");
                     self.checkpoint_event(
@@ -1004,7 +1117,9 @@ impl JobMaster {
                 }
                 Up::EndOfInput(e) => {
                     let key = e.task?;
-                    if key.attempt != self.attempt || mode != Mode::Active {
+                    if !self.sent_by_host(&from, &key, false, "TaskEndOfInput")
+                        || mode != Mode::Active
+                    {
                         return None;
                     }
                     let task = TaskId::new(key.vertex_id(), key.subtask_index());
@@ -1025,6 +1140,9 @@ impl JobMaster {
                 }
                 Up::Restored(r) => {
                     let key = r.task?;
+                    if !self.sent_by_host(&from, &key, false, "TaskRestored") {
+                        return None;
+                    }
                     tracing::info!(
                         vertex = key.vertex,
                         subtask = key.subtask,
@@ -1052,14 +1170,84 @@ impl JobMaster {
                     None
                 }
                 Up::FirstRecord(f) => {
-                    if f.attempt == self.attempt {
+                    let hosts_any = self.tasks.values().any(|t| t.taskmanager == from);
+                    if f.attempt == self.attempt && hosts_any {
                         self.on_first_record(f.at_ms);
                     }
+                    None
+                }
+                Up::AttemptMetrics(m) => {
+                    self.on_attempt_metrics(&from, m);
                     None
                 }
                 Up::Register(_) | Up::Heartbeat(_) => None,
             },
         }
+    }
+
+    /// Whether `from` runs the task of `key` in the current attempt (or, with
+    /// `previous_too`, ran it in the previous one). A message that fails this is dropped and
+    /// logged: it changes no state (DESIGN §8, invariant 7).
+    fn sent_by_host(
+        &self,
+        from: &TaskManagerId,
+        key: &weir_proto::v1::TaskKey,
+        previous_too: bool,
+        what: &str,
+    ) -> bool {
+        let task = TaskId::new(key.vertex_id(), key.subtask_index());
+        let current = key.attempt == self.attempt
+            && self
+                .tasks
+                .get(&task)
+                .is_some_and(|t| &t.taskmanager == from);
+        let previous = previous_too
+            && self
+                .previous_hosts
+                .as_ref()
+                .is_some_and(|(attempt, hosts)| {
+                    key.attempt == *attempt && hosts.get(&task) == Some(from)
+                });
+        if !(current || previous) {
+            tracing::warn!(
+                taskmanager = %from,
+                message = what,
+                attempt = key.attempt,
+                current_attempt = self.attempt,
+                vertex = key.vertex,
+                subtask = key.subtask,
+                "message about a task this TaskManager does not run in this attempt dropped"
+            );
+        }
+        current || previous
+    }
+
+    /// Keeps what one TaskManager reported of one attempt (records, state size, pauses).
+    fn on_attempt_metrics(&mut self, from: &TaskManagerId, m: AttemptMetrics) {
+        let hosts_any = self.tasks.values().any(|t| &t.taskmanager == from);
+        if m.attempt != self.attempt || !hosts_any {
+            tracing::warn!(taskmanager = %from, attempt = m.attempt, "attempt metrics from a TaskManager without tasks of this attempt dropped");
+            return;
+        }
+        if m.sync_pauses_us.len() > MAX_SYNC_PAUSES {
+            tracing::warn!(taskmanager = %from, pauses = m.sync_pauses_us.len(), "attempt metrics with too many pauses dropped");
+            return;
+        }
+        self.io.insert((m.attempt, from.clone()), m);
+        let latest = self.io.keys().map(|(a, _)| *a).max().unwrap_or(0);
+        let mut metrics = JobIoMetrics::default();
+        let mut pauses = Vec::new();
+        for ((attempt, _), m) in &self.io {
+            metrics.source_records += m.source_records;
+            metrics.sink_records += m.sink_records;
+            if *attempt == latest {
+                metrics.state_bytes += m.state_bytes;
+            }
+            pauses.extend_from_slice(&m.sync_pauses_us);
+        }
+        let mut status = lock(&self.status);
+        status.details.metrics = metrics;
+        status.sync_pauses_us = pauses;
     }
 
     fn on_taskmanager_lost(&mut self, lost: &LostTaskManager) -> Option<Failure> {
@@ -1317,6 +1505,9 @@ impl JobMaster {
             tracing::warn!(taskmanager = %from, "checkpoint ack without a task key dropped");
             return;
         };
+        if !self.sent_by_host(from, &key, true, "CheckpointAck") {
+            return;
+        }
         let task = TaskId::new(key.vertex_id(), key.subtask_index());
         let id = CheckpointId(ack.checkpoint_id);
         if self.cp.is_none() {
@@ -1462,6 +1653,10 @@ impl JobMaster {
 
     /// The job reached its end: final state, checkpoint cleanup, late acks, slots released.
     fn finish(&mut self, end: End) {
+        let end = match (self.lease_lost.clone(), end) {
+            (Some(reason), End::Canceled(Stop::Cancel)) => End::Failed(reason),
+            (_, end) => end,
+        };
         let (state, cause) = match end {
             End::Finished => (JobState::Finished, None),
             End::Canceled(Stop::Cancel) => (JobState::Canceled, None),
@@ -1519,6 +1714,10 @@ impl JobMaster {
                 if done.is_err() {
                     tracing::warn!("checkpoint file deletions did not end within 30 s");
                 }
+            }
+            // Last: the folder is free for a resume once every write of this job is done.
+            if let Some(keeper) = cp.lease_keeper.take() {
+                keeper.release(&self.shared.runtime);
             }
         }
         self.publish();

@@ -262,6 +262,48 @@ impl JobManagerHandle {
         Some(self.shared.job_status(&job.to_string()).ok()?.recoveries())
     }
 
+    /// Every synchronous snapshot pause of `job`'s tasks so far, in microseconds (reported by
+    /// the TaskManagers as each attempt's tasks there end; for benchmarks).
+    pub fn sync_pauses_us(&self, job: JobId) -> Option<Vec<u64>> {
+        Some(
+            self.shared
+                .job_status(&job.to_string())
+                .ok()?
+                .sync_pauses_us,
+        )
+    }
+
+    /// Opens a TaskManager session over in-memory channels instead of gRPC: `inbound` carries
+    /// the TaskManager's messages, starting with `Register`; the answer carries the
+    /// JobManager's, starting with `Registered` (or `Refused`). From then on the session is
+    /// the same as a remote one: same registration checks, heartbeats, routing and loss
+    /// detection (the channel closing is a broken stream). Blocks until `Register` arrived
+    /// (bounded); do not call from async code.
+    pub fn connect_in_process(
+        &self,
+        inbound: tokio::sync::mpsc::UnboundedReceiver<weir_proto::v1::TaskManagerMessage>,
+    ) -> Result<
+        tokio::sync::mpsc::UnboundedReceiver<
+            Result<weir_proto::v1::JobManagerMessage, tonic::Status>,
+        >,
+        JobManagerError,
+    > {
+        let shared = self.shared.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.shared.runtime.spawn(async move {
+            let mut inbound = tokio_stream::wrappers::UnboundedReceiverStream::new(inbound)
+                .map(Ok::<_, tonic::Status>);
+            let accepted = match session::first_register(&mut inbound).await {
+                Ok(register) => session::accept(&shared, register, inbound),
+                Err(status) => Err(status),
+            };
+            let _ = tx.send(accepted);
+        });
+        rx.recv()
+            .map_err(|_| JobManagerError::InProcess("the JobManager runtime stopped".into()))?
+            .map_err(|status| JobManagerError::InProcess(status.message().to_string()))
+    }
+
     /// Stops the JobManager, in this order (each wait bounded):
     ///
     /// 1. new submissions and registrations are refused;

@@ -249,6 +249,16 @@ impl ResourceManager {
             .map(|e| e.registration.data_address.as_str())
     }
 
+    /// Sends `message` to every live TaskManager (e.g. a `CancelAttempt` for a job whose
+    /// JobMaster died).
+    pub fn broadcast(&self, message: Kind) {
+        for e in self.taskmanagers.values() {
+            let _ = e.outbox.send(Ok(JobManagerMessage {
+                kind: Some(message.clone()),
+            }));
+        }
+    }
+
     /// Shutting down: refuses registrations from now on, sends `message` (a `Shutdown`) to
     /// every TaskManager and closes every control stream.
     pub fn close_all(&mut self, message: Kind) {

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use weir_coordination::driver::now_ms;
 use weir_proto::v1::job_manager_service_server::JobManagerService;
@@ -31,6 +32,13 @@ use weir_proto::v1::{
 /// How long a new stream may take to send `Register`.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most slots one TaskManager may offer: a peer-controlled count, bounded before the slot
+/// table is sized by it.
+pub const MAX_SLOTS_PER_TASKMANAGER: u32 = 4096;
+
+/// Longest `data_address` a TaskManager may register (a host:port fits many times over).
+const MAX_DATA_ADDRESS_LEN: usize = 512;
+
 /// The gRPC service TaskManagers connect to.
 pub(crate) struct SessionService {
     pub shared: Arc<Shared>,
@@ -39,12 +47,24 @@ pub(crate) struct SessionService {
 type SessionStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<JobManagerMessage, Status>> + Send>>;
 
-fn registration(r: Register) -> Result<Registration, Status> {
+fn registration(r: Register, max_slots: u32) -> Result<Registration, Status> {
     let id = TaskManagerId::new(r.taskmanager_id)
         .map_err(|e| Status::invalid_argument(format!("Register: {e}")))?;
     if r.slots == 0 {
         return Err(Status::invalid_argument(format!(
             "Register: TaskManager '{id}' offers 0 slots (taskmanager.numberOfTaskSlots must be at least 1)"
+        )));
+    }
+    if r.slots > max_slots {
+        return Err(Status::invalid_argument(format!(
+            "Register: TaskManager '{id}' offers {} slots; at most {max_slots} per TaskManager",
+            r.slots
+        )));
+    }
+    if r.data_address.len() > MAX_DATA_ADDRESS_LEN {
+        return Err(Status::invalid_argument(format!(
+            "Register: TaskManager '{id}' has a data_address of {} bytes; at most {MAX_DATA_ADDRESS_LEN}",
+            r.data_address.len()
         )));
     }
     if r.data_address.is_empty() {
@@ -71,6 +91,7 @@ fn kind_name(kind: &Option<Kind>) -> &'static str {
         Some(Kind::EndOfInput(_)) => "TaskEndOfInput",
         Some(Kind::Restored(_)) => "TaskRestored",
         Some(Kind::FirstRecord(_)) => "FirstRecord",
+        Some(Kind::AttemptMetrics(_)) => "AttemptMetrics",
     }
 }
 
@@ -83,88 +104,112 @@ impl JobManagerService for SessionService {
         request: Request<Streaming<TaskManagerMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let mut inbound = request.into_inner();
-        let first = match tokio::time::timeout(REGISTER_TIMEOUT, inbound.message()).await {
-            Err(_) => {
-                return Err(Status::deadline_exceeded(format!(
-                    "no Register within {REGISTER_TIMEOUT:?}"
-                )))
-            }
-            Ok(Err(status)) => return Err(status),
-            Ok(Ok(None)) => {
-                return Err(Status::invalid_argument(
-                    "the stream ended before its first message (Register)",
-                ))
-            }
-            Ok(Ok(Some(m))) => m,
-        };
-        let register = match first.kind {
-            Some(Kind::Register(r)) => r,
-            other => {
-                tracing::warn!(
-                    got = kind_name(&other),
-                    "a session did not start with Register; rejected"
-                );
-                return Err(Status::invalid_argument(format!(
-                    "the first message of a Session must be Register, got {}",
-                    kind_name(&other)
-                )));
-            }
-        };
-        let registration = registration(register)?;
-        let id = registration.id.clone();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let kill = Arc::new(Notify::new());
-        let options = &self.shared.options;
-        let registered = JobManagerMessage {
-            kind: Some(job_manager_message::Kind::Registered(Registered {
-                heartbeat_interval_ms: options.heartbeat_interval.as_millis() as u64,
-                heartbeat_timeout_ms: options.heartbeat_timeout.as_millis() as u64,
-            })),
-        };
-        let (slots, data_address, pid) = (
-            registration.slots,
-            registration.data_address.clone(),
-            registration.pid,
-        );
-        let outcome = self.shared.resources().register(
-            registration,
-            tx.clone(),
-            kill.clone(),
-            registered,
-            now_ms(),
-        );
-        match outcome {
-            Err(reason) => {
-                tracing::warn!(taskmanager = %id, %reason, "TaskManager refused");
-                let _ = tx.send(Ok(JobManagerMessage {
-                    kind: Some(job_manager_message::Kind::Refused(Refused { reason })),
-                }));
-            }
-            Ok(session) => {
-                tracing::info!(taskmanager = %id, slots, %data_address, pid, "TaskManager registered");
-                let shared = self.shared.clone();
-                tokio::spawn(read_session(shared, id, session, inbound, kill));
-            }
-        }
-        // The registry holds the only other sender: dropping ours lets the stream end when
-        // the TaskManager is lost (or right after `Refused`).
-        drop(tx);
+        let register = first_register(&mut inbound).await?;
+        let rx = accept(&self.shared, register, inbound)?;
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }
 }
 
+/// The stream of messages to one TaskManager.
+pub(crate) type Downstream = mpsc::UnboundedReceiver<Result<JobManagerMessage, Status>>;
+
+/// Registers the TaskManager of `register` and starts reading `inbound` (the rest of its
+/// session, gRPC or in-memory alike); returns the stream of messages to it, which starts with
+/// `Registered` (or is `Refused` and ends).
+pub(crate) fn accept<S>(
+    shared: &Arc<Shared>,
+    register: Register,
+    inbound: S,
+) -> Result<Downstream, Status>
+where
+    S: Stream<Item = Result<TaskManagerMessage, Status>> + Send + Unpin + 'static,
+{
+    let registration = registration(register, MAX_SLOTS_PER_TASKMANAGER)?;
+    let id = registration.id.clone();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let kill = Arc::new(Notify::new());
+    let options = &shared.options;
+    let registered = JobManagerMessage {
+        kind: Some(job_manager_message::Kind::Registered(Registered {
+            heartbeat_interval_ms: options.heartbeat_interval.as_millis() as u64,
+            heartbeat_timeout_ms: options.heartbeat_timeout.as_millis() as u64,
+        })),
+    };
+    let (slots, data_address, pid) = (
+        registration.slots,
+        registration.data_address.clone(),
+        registration.pid,
+    );
+    let outcome =
+        shared
+            .resources()
+            .register(registration, tx.clone(), kill.clone(), registered, now_ms());
+    match outcome {
+        Err(reason) => {
+            tracing::warn!(taskmanager = %id, %reason, "TaskManager refused");
+            let _ = tx.send(Ok(JobManagerMessage {
+                kind: Some(job_manager_message::Kind::Refused(Refused { reason })),
+            }));
+        }
+        Ok(session) => {
+            tracing::info!(taskmanager = %id, slots, %data_address, pid, "TaskManager registered");
+            tokio::spawn(read_session(shared.clone(), id, session, inbound, kill));
+        }
+    }
+    // The registry holds the only other sender: dropping ours lets the stream end when the
+    // TaskManager is lost (or right after `Refused`).
+    drop(tx);
+    Ok(rx)
+}
+
+/// Waits (bounded) for a session's first message, which must be `Register`.
+pub(crate) async fn first_register<S>(inbound: &mut S) -> Result<Register, Status>
+where
+    S: Stream<Item = Result<TaskManagerMessage, Status>> + Unpin,
+{
+    let first = match tokio::time::timeout(REGISTER_TIMEOUT, inbound.next()).await {
+        Err(_) => {
+            return Err(Status::deadline_exceeded(format!(
+                "no Register within {REGISTER_TIMEOUT:?}"
+            )))
+        }
+        Ok(Some(Err(status))) => return Err(status),
+        Ok(None) => {
+            return Err(Status::invalid_argument(
+                "the stream ended before its first message (Register)",
+            ))
+        }
+        Ok(Some(Ok(m))) => m,
+    };
+    match first.kind {
+        Some(Kind::Register(r)) => Ok(r),
+        other => {
+            tracing::warn!(
+                got = kind_name(&other),
+                "a session did not start with Register; rejected"
+            );
+            Err(Status::invalid_argument(format!(
+                "the first message of a Session must be Register, got {}",
+                kind_name(&other)
+            )))
+        }
+    }
+}
+
 /// Reads one registered TaskManager's messages until its stream ends or it is declared lost.
-async fn read_session(
+async fn read_session<S>(
     shared: Arc<Shared>,
     id: TaskManagerId,
     session: u64,
-    mut inbound: Streaming<TaskManagerMessage>,
+    mut inbound: S,
     kill: Arc<Notify>,
-) {
+) where
+    S: Stream<Item = Result<TaskManagerMessage, Status>> + Unpin,
+{
     loop {
         let message = tokio::select! {
             _ = kill.notified() => return,
-            m = inbound.message() => m,
+            m = inbound.next() => m.transpose(),
         };
         match message {
             Ok(Some(m)) => {
@@ -206,6 +251,7 @@ fn dispatch(shared: &Shared, from: &TaskManagerId, kind: Option<Kind>) {
         Kind::EndOfInput(m) => m.task.as_ref().map(|t| t.job_id.clone()),
         Kind::Restored(m) => m.task.as_ref().map(|t| t.job_id.clone()),
         Kind::FirstRecord(m) => Some(m.job_id.clone()),
+        Kind::AttemptMetrics(m) => Some(m.job_id.clone()),
     };
     match job {
         Some(job) => shared.route(from, &job, kind),

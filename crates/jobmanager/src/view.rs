@@ -199,6 +199,21 @@ pub struct JobDetails {
     pub restored_from: Option<CheckpointId>,
     /// Vertices in topological order.
     pub vertices: Vec<VertexDetails>,
+    /// What the job's tasks did, as their TaskManagers reported it when each attempt's tasks
+    /// there ended (zero while the first attempt runs).
+    #[serde(default)]
+    pub metrics: JobIoMetrics,
+}
+
+/// Records and state of a job, over its attempts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobIoMetrics {
+    /// Records the sources emitted, over every attempt (replayed records count again).
+    pub source_records: u64,
+    /// Records the sinks wrote, over every attempt.
+    pub sink_records: u64,
+    /// Keyed state at end of input of the last attempt, in bytes.
+    pub state_bytes: u64,
 }
 
 /// A JobGraph vertex of `/jobs/{id}`.

@@ -1,11 +1,11 @@
 //! The DataStream API: a typed builder that records a [`StreamGraph`] plus one typed factory
 //! per node and per edge.
 
-use crate::channel::{make_channels, KeyBytesFn, RecordWriter, Router};
-use crate::executor::SubtaskCtx;
+use crate::channel::{KeyBytesFn, RecordWriter, Router};
 use crate::function::{Collector, KeyedContext, KeyedProcessFunction, OpenContext, Sink, Source};
 use crate::link::{combine, AnyBox, Link};
 use crate::operators::{encode_key, FilterOp, FlatMapOp, KeyedProcessOp, MapOp, OpIdent, SinkOp};
+use crate::subtask::SubtaskCtx;
 use crate::task::{run_inputs, run_source, LoopEnv};
 use crate::{TaskError, UserError};
 use crossbeam_channel::{Receiver, Sender};
@@ -48,15 +48,6 @@ pub(crate) trait ErasedOperator: Send + Sync {
 }
 
 pub(crate) trait ErasedEdge: Send + Sync {
-    /// The channels of the edge: (per upstream subtask `Vec<Sender>`, per downstream subtask
-    /// receivers, each `Receiver<StreamElement<T>>`).
-    fn channels(
-        &self,
-        n_up: usize,
-        n_down: usize,
-        forward: bool,
-        capacity: usize,
-    ) -> (Vec<AnyBox>, Vec<Vec<AnyBox>>);
     /// One in-memory channel: `(Box<Sender>, Box<Receiver>)`.
     fn pair(&self, capacity: usize) -> (AnyBox, AnyBox);
     /// Bundles single senders (from [`Self::pair`] or [`Self::outbound`]), in downstream
@@ -140,23 +131,6 @@ struct EdgeNode<T> {
 }
 
 impl<T: Data> ErasedEdge for EdgeNode<T> {
-    fn channels(
-        &self,
-        n_up: usize,
-        n_down: usize,
-        forward: bool,
-        capacity: usize,
-    ) -> (Vec<AnyBox>, Vec<Vec<AnyBox>>) {
-        let (senders, receivers) = make_channels::<T>(n_up, n_down, forward, capacity);
-        (
-            senders.into_iter().map(|s| Box::new(s) as AnyBox).collect(),
-            receivers
-                .into_iter()
-                .map(|rs| rs.into_iter().map(|r| Box::new(r) as AnyBox).collect())
-                .collect(),
-        )
-    }
-
     fn pair(&self, capacity: usize) -> (AnyBox, AnyBox) {
         let (tx, rx) = crossbeam_channel::bounded::<StreamElement<T>>(capacity);
         (Box::new(tx), Box::new(rx))

@@ -9,7 +9,7 @@
 use crate::link::Link;
 use crate::snapshot::ChainSnapshot;
 use crate::TaskError;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_types::{
@@ -40,7 +40,8 @@ pub(crate) enum Router<T> {
 }
 
 /// Makes the channels of one edge: `(senders per upstream subtask, receivers per downstream
-/// subtask)`.
+/// subtask)` (the tests' wiring; a TaskManager makes them pair by pair).
+#[cfg(test)]
 #[allow(clippy::type_complexity)]
 pub(crate) fn make_channels<T>(
     n_up: usize,
@@ -49,10 +50,10 @@ pub(crate) fn make_channels<T>(
     capacity: usize,
 ) -> (
     Vec<Vec<Sender<StreamElement<T>>>>,
-    Vec<Vec<Receiver<StreamElement<T>>>>,
+    Vec<Vec<crossbeam_channel::Receiver<StreamElement<T>>>>,
 ) {
     let mut senders: Vec<Vec<Sender<StreamElement<T>>>> = (0..n_up).map(|_| Vec::new()).collect();
-    let mut receivers: Vec<Vec<Receiver<StreamElement<T>>>> =
+    let mut receivers: Vec<Vec<crossbeam_channel::Receiver<StreamElement<T>>>> =
         (0..n_down).map(|_| Vec::new()).collect();
     for (up, s) in senders.iter_mut().enumerate() {
         for (down, r) in receivers.iter_mut().enumerate() {
@@ -243,7 +244,7 @@ impl<T: Clone + Send> Link<T> for RecordWriter<T> {
 mod tests {
     use super::*;
 
-    fn drain(rx: &Receiver<StreamElement<u32>>) -> Vec<StreamElement<u32>> {
+    fn drain(rx: &crossbeam_channel::Receiver<StreamElement<u32>>) -> Vec<StreamElement<u32>> {
         rx.try_iter().collect()
     }
 

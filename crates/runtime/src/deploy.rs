@@ -12,11 +12,11 @@
 //!    thread's result: `Ok` at a clean end, the root cause otherwise (panics included).
 
 use crate::api::ErasedEdge;
-use crate::executor::{panic_error, run_task, thread_name, BaseCtx, TaskSpec};
 use crate::link::AnyBox;
 use crate::metrics::JobMetrics;
 use crate::remote::{NextEncoded, PushEncoded};
 use crate::snapshot::{Control, TaskCheckpointing, TaskEvent, TaskRestore, Transfer};
+use crate::subtask::{panic_error, run_task, thread_name, BaseCtx, TaskSpec};
 use crate::{JobDefinition, RuntimeOptions, TaskError};
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::{BTreeMap, HashMap};
@@ -132,6 +132,9 @@ pub struct CheckpointEnv {
     pub transfer: Arc<Transfer>,
     /// Uploads running, over this process's tasks (wait for them before exiting).
     pub in_flight: Arc<AtomicUsize>,
+    /// Where the task records each synchronous snapshot pause, in microseconds (shared by
+    /// the tasks of one attempt; reported to the JobMaster for benchmarks).
+    pub sync_pauses: Arc<Mutex<Vec<u64>>>,
 }
 
 /// What a deployed subtask restores from.
@@ -227,7 +230,7 @@ pub fn spawn_subtask(
             control: c.control,
             events: c.events,
             transfer: c.transfer,
-            sync_pauses: Arc::default(),
+            sync_pauses: c.sync_pauses,
             attempt: env.attempt,
             in_flight: c.in_flight,
         })

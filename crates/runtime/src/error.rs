@@ -85,45 +85,6 @@ impl TaskError {
     }
 }
 
-/// Why a job did not finish.
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    /// The job's graph is invalid (uids, parallelism).
-    #[error(transparent)]
-    Graph(#[from] weir_graph::GraphError),
-    /// A task failed; this is the root cause.
-    #[error(transparent)]
-    Task(#[from] TaskError),
-    /// Checkpointing could not be set up (storage, the upload runtime, the coordinator).
-    #[error("checkpointing: {detail}")]
-    Checkpointing {
-        /// What failed.
-        detail: String,
-    },
-    /// No checkpoint can be restored: none is intact, or the one found does not fit the job.
-    #[error("cannot restore: {detail}")]
-    Restore {
-        /// Which checkpoint, and why.
-        detail: String,
-    },
-    /// The restart strategy allows no more restarts.
-    #[error("{reason}; the last failure: {last}")]
-    RestartsExhausted {
-        /// The strategy and the limit it reached.
-        reason: String,
-        /// The failure that was not restarted.
-        last: String,
-    },
-    /// A task thread could not be started or panicked.
-    #[error("task '{task}' {detail}")]
-    Thread {
-        /// Which task.
-        task: String,
-        /// What happened.
-        detail: String,
-    },
-}
-
 /// Formats an error with its whole `source()` chain, `: `-separated.
 pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();

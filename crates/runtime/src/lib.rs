@@ -1,20 +1,23 @@
 //! The dataflow runtime: the typed DataStream API, operators, the task mailbox loop, channels
-//! and partitioners, and the in-process executor behind `weir local`.
+//! and partitioners, and the deploy API a TaskManager runs subtasks with. It holds no job
+//! orchestration: attempts, restarts and checkpoint coordination are the JobMaster's
+//! (`weir-jobmanager`), in `weir local` as in a cluster.
 //!
 //! Must not depend on RocksDB (state backends arrive as a [`weir_state::StateBackendFactory`]),
 //! on the network crates, or on the job manager.
 //!
 //! Key types: [`StreamEnvironment`] → [`DataStream`] / [`KeyedStream`] build a
-//! [`JobDefinition`]; [`LocalExecutor`] runs it. User code plugs in through [`Source`],
+//! [`JobDefinition`]; a TaskManager runs its subtasks through [`deploy`]. User code plugs in through [`Source`],
 //! [`Sink`] and [`KeyedProcessFunction`].
 //!
 //! How a job runs (the `task` module tells the loop itself, step by step):
 //! 1. The builder records a [`weir_graph::StreamGraph`] (pure description) plus, per node and
 //!    per edge, a typed factory. Types are erased only at factory boundaries, once per task,
 //!    never per record.
-//! 2. The executor resolves the graph into a JobGraph (chains) and an ExecutionGraph (subtasks),
-//!    creates one bounded channel per (upstream subtask, downstream subtask) pair of every
-//!    edge, and starts one thread per subtask.
+//! 2. [`JobDefinition::plan`] resolves the graph into a JobGraph (chains) and an
+//!    ExecutionGraph (subtasks); a TaskManager creates one bounded channel per (upstream
+//!    subtask, downstream subtask) pair of every edge it hosts ([`deploy`]) and starts one
+//!    thread per subtask.
 //! 3. Each thread assembles its chain tail-first — sink or network writer, then each operator
 //!    wrapping the next — and runs the mailbox loop: a source task polls its reader; any other
 //!    task selects over its input channels. Records move in batches; watermarks and end of
@@ -22,7 +25,8 @@
 //! 4. A bounded channel that is full blocks its producer: that is backpressure, and it reaches
 //!    the sources, so memory stays bounded.
 //! 5. Errors: an operator error fails its task with the operator uid and subtask; its channels
-//!    close, which fails its neighbours as "lost"; the executor reports the root cause.
+//!    close, which fails its neighbours as "lost" (a secondary error); the TaskManager reports
+//!    each task's end and the JobMaster picks the root cause.
 
 #![warn(missing_docs)]
 
@@ -31,7 +35,6 @@ mod api;
 mod channel;
 pub mod deploy;
 mod error;
-mod executor;
 mod function;
 mod link;
 mod metrics;
@@ -39,19 +42,18 @@ mod operators;
 pub mod remote;
 mod restore;
 mod snapshot;
+mod subtask;
 mod task;
 
 pub use api::{Data, DataStream, DataStreamSink, JobDefinition, KeyedStream, StreamEnvironment};
-pub use error::{chain as error_chain, JobError, TaskError, UserError};
-pub use executor::{
-    CheckpointReport, CheckpointSettings, JobReport, LocalExecutor, Plan, RuntimeOptions,
-};
+pub use error::{chain as error_chain, TaskError, UserError};
 pub use function::{
     Collector, EndOfInputContext, KeyedContext, KeyedProcessFunction, OpenContext, Sink,
     SinkContext, SinkWriter, Source, SourceContext, SourcePoll, SourceReader, COLLECTOR_BATCH,
 };
 pub use metrics::JobMetrics;
 pub use snapshot::{Control, Transfer};
+pub use subtask::{Plan, RuntimeOptions};
 pub use weir_coordination::driver::TaskEvent;
 pub use weir_coordination::driver::{CheckpointRecord, CheckpointStatus};
 pub use weir_coordination::restart;

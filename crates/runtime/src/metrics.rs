@@ -15,12 +15,6 @@ pub struct JobMetrics {
 }
 
 impl JobMetrics {
-    /// A restarted attempt counts state again at its end of input; records keep counting
-    /// (replayed records are work done).
-    pub(crate) fn reset_for_restart(&self) {
-        self.state_bytes.store(0, Ordering::Relaxed);
-    }
-
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }

@@ -6,9 +6,9 @@
 //! the file, so the executor falls back to the previous completed checkpoint. Never restores
 //! silently from damaged bytes.
 
-use crate::executor::SubtaskCtx;
 use crate::operators::OpIdent;
 use crate::snapshot::{damaged, KeyedUploads, SINK_MANIFEST_FILE};
+use crate::subtask::SubtaskCtx;
 use crate::TaskError;
 use weir_state::KeyedStateBackend;
 use weir_state_transfer::TransferError;

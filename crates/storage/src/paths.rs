@@ -35,6 +35,10 @@ pub const SHARED_DIR_NAME: &str = "shared";
 pub const CHECKPOINT_DIR_PREFIX: &str = "chk-";
 /// How a savepoint directory's name starts; the savepoint id follows.
 pub const SAVEPOINT_DIR_PREFIX: &str = "savepoint-";
+/// The directory, under a job's directory, of its ownership leases (`lease-<n>`).
+pub const LEASE_DIR_NAME: &str = "_lease";
+/// How a lease object's name starts; its epoch follows.
+pub const LEASE_PREFIX: &str = "lease-";
 
 /// The directory name of checkpoint `id`: `chk-<n>`.
 pub fn checkpoint_dir_name(id: CheckpointId) -> String {
@@ -126,6 +130,35 @@ impl CheckpointPaths {
     /// `<job-id>/shared/<name>`.
     pub fn shared_file(&self, name: &str) -> Result<Path, PathError> {
         Ok(join(&self.shared_dir(), &relative_path(name)?))
+    }
+
+    /// `<job-id>/_lease`: the numbered ownership leases of the job's checkpoint folder.
+    pub fn lease_dir(&self) -> Path {
+        self.job_dir.clone().join(LEASE_DIR_NAME)
+    }
+
+    /// `<job-id>/_lease/lease-<epoch>`.
+    pub fn lease(&self, epoch: u64) -> Path {
+        self.lease_dir().join(format!("{LEASE_PREFIX}{epoch}"))
+    }
+
+    /// The epoch of a path built by [`lease`](Self::lease), or `None`.
+    pub fn lease_epoch(&self, path: &Path) -> Option<u64> {
+        let rest: Vec<_> = path.prefix_match(&self.lease_dir())?.collect();
+        match rest.as_slice() {
+            [name] => {
+                let digits = name.as_ref().strip_prefix(LEASE_PREFIX)?;
+                let canonical = !digits.is_empty()
+                    && digits.bytes().all(|b| b.is_ascii_digit())
+                    && (digits == "0" || !digits.starts_with('0'));
+                if canonical {
+                    digits.parse().ok()
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
     }
 
     /// Resolves a path relative to the job directory, as `weir-checkpoint`'s `FileHandle`

@@ -20,6 +20,10 @@
 //!    the session. A completed checkpoint prunes the local state copies older than it.
 //! 5. `CancelAttempt` cancels the tasks of that attempt and older; `Shutdown`, or a broken
 //!    session, cancels everything, then the TaskManager reconnects (step 1).
+//!
+//! [`session::InProcessTaskManager`] is the same TaskManager inside the JobManager's process
+//! (`weir local --taskmanagers 0`): its session is a pair of in-memory channels and it serves
+//! no data-exchange port; everything from step 2 on is the same code.
 
 #![warn(missing_docs)]
 

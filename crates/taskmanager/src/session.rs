@@ -6,15 +6,88 @@ use crate::{JobFactory, TaskManagerError, TaskManagerOptions};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tokio_stream::{Stream, StreamExt};
 use weir_exchange::{ConnectOptions, Connections, ExchangeOptions, ExchangeService};
 use weir_proto::v1::job_manager_service_client::JobManagerServiceClient;
 use weir_proto::v1::{self, job_manager_message::Kind as Down, task_manager_message::Kind as Up};
+
+/// How long a new session waits for `Registered`.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How one session ended.
 enum SessionEnd {
     /// Could not connect or the stream broke: try again after a backoff.
     Retry(String),
+    /// The JobManager announced its shutdown, then closed the session: try again (quietly).
+    JobManagerStopped,
+}
+
+/// What every TaskManager runs whatever its session: the I/O runtime, the control thread
+/// ([`Tasks`]) and the outbox its reports leave through.
+struct Core {
+    runtime: tokio::runtime::Runtime,
+    outbox: Outbox,
+    control_tx: crossbeam_channel::Sender<Down>,
+    control: std::thread::JoinHandle<()>,
+    exchange: ExchangeService,
+}
+
+impl Core {
+    fn start(
+        options: &TaskManagerOptions,
+        factory: Arc<dyn JobFactory>,
+    ) -> Result<Self, TaskManagerError> {
+        std::fs::create_dir_all(&options.state_dir).map_err(|e| {
+            TaskManagerError::Setup(format!(
+                "state dir '{}' cannot be created: {e}",
+                options.state_dir.display()
+            ))
+        })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("weir-tm-io")
+            .enable_all()
+            .build()
+            .map_err(|e| TaskManagerError::Setup(format!("cannot start the I/O runtime: {e}")))?;
+        let exchange = ExchangeService::new(ExchangeOptions::default());
+        let outbox = Outbox::default();
+        let (control_tx, control_rx) = crossbeam_channel::unbounded::<Down>();
+        let tasks = Tasks::new(TaskContext {
+            id: options.id.clone(),
+            runtime: runtime.handle().clone(),
+            exchange: exchange.clone(),
+            connections: Connections::new(ConnectOptions::default()),
+            factory,
+            state_dir: options.state_dir.clone(),
+            outbox: outbox.clone(),
+        });
+        let control = std::thread::Builder::new()
+            .name("tm-control".into())
+            .spawn(move || tasks.run(control_rx))
+            .map_err(|e| {
+                TaskManagerError::Setup(format!("cannot start the control thread: {e}"))
+            })?;
+        Ok(Self {
+            runtime,
+            outbox,
+            control_tx,
+            control,
+            exchange,
+        })
+    }
+
+    /// Cancels every task, stops the control thread, then the runtime.
+    fn stop(self, reason: &str) {
+        self.outbox.set(None);
+        let _ = self.control_tx.send(Down::Shutdown(v1::Shutdown {
+            reason: reason.to_string(),
+        }));
+        drop(self.control_tx);
+        let _ = self.control.join();
+        self.runtime.shutdown_timeout(Duration::from_secs(2));
+    }
 }
 
 /// Runs a TaskManager until `stop` is set or the JobManager refuses it. Blocks the caller.
@@ -23,20 +96,9 @@ pub fn run(
     factory: Arc<dyn JobFactory>,
     stop: Arc<AtomicBool>,
 ) -> Result<(), TaskManagerError> {
-    std::fs::create_dir_all(&options.state_dir).map_err(|e| {
-        TaskManagerError::Setup(format!(
-            "state dir '{}' cannot be created: {e}",
-            options.state_dir.display()
-        ))
-    })?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("weir-tm-io")
-        .enable_all()
-        .build()
-        .map_err(|e| TaskManagerError::Setup(format!("cannot start the I/O runtime: {e}")))?;
-    let exchange = ExchangeService::new(ExchangeOptions::default());
-    let listener = runtime
+    let core = Core::start(&options, factory)?;
+    let listener = core
+        .runtime
         .block_on(tokio::net::TcpListener::bind(options.data_bind))
         .map_err(|e| {
             TaskManagerError::Setup(format!(
@@ -48,8 +110,8 @@ pub fn run(
         .local_addr()
         .map_err(|e| TaskManagerError::Setup(e.to_string()))?
         .to_string();
-    let server = exchange.server();
-    runtime.spawn(async move {
+    let server = core.exchange.server();
+    core.runtime.spawn(async move {
         let served = tonic::transport::Server::builder()
             .add_service(server)
             .serve_with_incoming(TcpListenerStream::new(listener))
@@ -59,39 +121,24 @@ pub fn run(
         }
     });
     tracing::info!(id = %options.id, slots = options.slots, %data_address, jobmanager = %options.jobmanager, "TaskManager started");
-    let outbox = Outbox::default();
-    let (control_tx, control_rx) = crossbeam_channel::unbounded::<Down>();
-    let tasks = Tasks::new(TaskContext {
-        id: options.id.clone(),
-        runtime: runtime.handle().clone(),
-        exchange,
-        connections: Connections::new(ConnectOptions::default()),
-        factory,
-        state_dir: options.state_dir.clone(),
-        outbox: outbox.clone(),
-    });
-    let control = std::thread::Builder::new()
-        .name("tm-control".into())
-        .spawn(move || tasks.run(control_rx))
-        .map_err(|e| TaskManagerError::Setup(format!("cannot start the control thread: {e}")))?;
     let mut backoff = options.initial_backoff;
     let result = loop {
         if stop.load(Ordering::SeqCst) {
             break Ok(());
         }
-        let outcome = runtime.block_on(session(
+        let outcome = core.runtime.block_on(session(
             &options,
             &data_address,
-            &outbox,
-            &control_tx,
+            &core.outbox,
+            &core.control_tx,
             &stop,
             &mut backoff,
         ));
-        outbox.set(None);
+        core.outbox.set(None);
         match outcome {
             Ok(SessionEnd::Retry(reason)) => {
                 // Whatever ran belongs to a JobMaster that has given up on it.
-                let _ = control_tx.send(Down::Shutdown(v1::Shutdown {
+                let _ = core.control_tx.send(Down::Shutdown(v1::Shutdown {
                     reason: format!("lost the JobManager: {reason}"),
                 }));
                 if stop.load(Ordering::SeqCst) {
@@ -101,12 +148,18 @@ pub fn run(
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(options.max_backoff);
             }
+            Ok(SessionEnd::JobManagerStopped) => {
+                if stop.load(Ordering::SeqCst) {
+                    break Ok(());
+                }
+                tracing::info!(jobmanager = %options.jobmanager, retry_in_ms = backoff.as_millis() as u64, "the JobManager shut down; waiting for it to come back");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(options.max_backoff);
+            }
             Err(e) => break Err(e),
         }
     };
-    drop(control_tx);
-    let _ = control.join();
-    runtime.shutdown_timeout(Duration::from_secs(2));
+    core.stop("the TaskManager is stopping");
     result
 }
 
@@ -138,15 +191,8 @@ async fn session(
     };
     let mut client = JobManagerServiceClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let _ = tx.send(v1::TaskManagerMessage {
-        kind: Some(Up::Register(v1::Register {
-            taskmanager_id: options.id.clone(),
-            slots: options.slots,
-            data_address: data_address.to_string(),
-            pid: std::process::id(),
-        })),
-    });
-    let mut inbound = match client.session(UnboundedReceiverStream::new(rx)).await {
+    let _ = tx.send(register_message(options, data_address));
+    let inbound = match client.session(UnboundedReceiverStream::new(rx)).await {
         Ok(r) => r.into_inner(),
         Err(status) => {
             return Ok(SessionEnd::Retry(format!(
@@ -155,32 +201,71 @@ async fn session(
             )))
         }
     };
-    let answer = match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await {
+    let end = drive(&options.id, inbound, tx, outbox, control, stop).await?;
+    *backoff = options.initial_backoff;
+    Ok(end)
+}
+
+/// The first message of every session.
+pub fn register_message(
+    options: &TaskManagerOptions,
+    data_address: &str,
+) -> v1::TaskManagerMessage {
+    v1::TaskManagerMessage {
+        kind: Some(Up::Register(v1::Register {
+            taskmanager_id: options.id.clone(),
+            slots: options.slots,
+            data_address: data_address.to_string(),
+            pid: std::process::id(),
+        })),
+    }
+}
+
+/// One session after `Register` went out, whatever carries it (gRPC or in-memory channels):
+/// waits for `Registered` (bounded), then sends heartbeats and hands every JobManager message
+/// to the control thread until the stream ends, breaks or `stop` is set.
+async fn drive<S>(
+    id: &str,
+    mut inbound: S,
+    tx: UnboundedSender<v1::TaskManagerMessage>,
+    outbox: &Outbox,
+    control: &crossbeam_channel::Sender<Down>,
+    stop: &Arc<AtomicBool>,
+) -> Result<SessionEnd, TaskManagerError>
+where
+    S: Stream<Item = Result<v1::JobManagerMessage, tonic::Status>> + Unpin,
+{
+    let answer = match tokio::time::timeout(REGISTER_TIMEOUT, inbound.next()).await {
         Ok(answer) => answer,
         Err(_) => {
-            return Ok(SessionEnd::Retry(
-                "no answer to Register within 10 s".into(),
-            ))
+            return Ok(SessionEnd::Retry(format!(
+                "no answer to Register within {REGISTER_TIMEOUT:?}"
+            )))
         }
     };
     let (interval, timeout) = match answer {
-        Ok(Some(v1::JobManagerMessage {
+        Some(Ok(v1::JobManagerMessage {
             kind: Some(Down::Registered(r)),
         })) => (r.heartbeat_interval_ms, r.heartbeat_timeout_ms),
-        Ok(Some(v1::JobManagerMessage {
+        Some(Ok(v1::JobManagerMessage {
             kind: Some(Down::Refused(r)),
         })) => {
             return Err(TaskManagerError::Refused {
-                id: options.id.clone(),
+                id: id.to_string(),
                 reason: r.reason,
             })
         }
-        Ok(other) => {
+        Some(Ok(other)) => {
             return Ok(SessionEnd::Retry(format!(
                 "expected Registered, got {other:?}"
             )))
         }
-        Err(status) => {
+        None => {
+            return Ok(SessionEnd::Retry(
+                "the session ended before Registered".into(),
+            ))
+        }
+        Some(Err(status)) => {
             return Ok(SessionEnd::Retry(format!(
                 "the session broke while registering: {}",
                 status.message()
@@ -188,12 +273,11 @@ async fn session(
         }
     };
     tracing::info!(
-        id = %options.id,
+        id,
         heartbeat_interval_ms = interval,
         heartbeat_timeout_ms = timeout,
         "registered with the JobManager"
     );
-    *backoff = options.initial_backoff;
     outbox.set(Some(tx.clone()));
     let heartbeat = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(interval.max(10)));
@@ -210,23 +294,110 @@ async fn session(
             }
         }
     });
+    let mut announced_stop = false;
     let end = loop {
         if stop.load(Ordering::SeqCst) {
             break SessionEnd::Retry("stopping".into());
         }
-        let next = tokio::time::timeout(Duration::from_millis(200), inbound.message()).await;
+        let next = tokio::time::timeout(Duration::from_millis(200), inbound.next()).await;
         match next {
             Err(_) => continue,
-            Ok(Ok(Some(v1::JobManagerMessage { kind: Some(kind) }))) => {
+            Ok(Some(Ok(v1::JobManagerMessage { kind: Some(kind) }))) => {
+                announced_stop |= matches!(kind, Down::Shutdown(_));
                 let _ = control.send(kind);
             }
-            Ok(Ok(Some(_))) => tracing::warn!("an empty JobManager message is ignored"),
-            Ok(Ok(None)) => break SessionEnd::Retry("the JobManager closed the session".into()),
-            Ok(Err(status)) => {
+            Ok(Some(Ok(_))) => tracing::warn!("an empty JobManager message is ignored"),
+            Ok(None) if announced_stop => break SessionEnd::JobManagerStopped,
+            Ok(None) => break SessionEnd::Retry("the JobManager closed the session".into()),
+            Ok(Some(Err(status))) if announced_stop => {
+                tracing::debug!(reason = %status.message(), "the session of a stopped JobManager ended");
+                break SessionEnd::JobManagerStopped;
+            }
+            Ok(Some(Err(status))) => {
                 break SessionEnd::Retry(format!("the session broke: {}", status.message()))
             }
         }
     };
     heartbeat.abort();
     Ok(end)
+}
+
+/// The in-memory ends of a session with a JobManager in this process.
+pub struct InProcessLink {
+    /// Messages to the JobManager; the caller has already sent [`register_message`] on it.
+    pub up: UnboundedSender<v1::TaskManagerMessage>,
+    /// Messages from the JobManager, starting with `Registered` or `Refused`.
+    pub down: UnboundedReceiver<Result<v1::JobManagerMessage, tonic::Status>>,
+}
+
+/// A TaskManager inside the JobManager's process (Flink's MiniCluster; `weir local
+/// --taskmanagers 0`): the same control thread, task code and session logic as `weir
+/// taskmanager`, but its session is a pair of in-memory channels (no gRPC) and it serves no
+/// data-exchange port, since every channel of its jobs is in memory. It does not reconnect: when
+/// the session ends its tasks are cancelled and it stops.
+pub struct InProcessTaskManager {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The `data_address` an in-process TaskManager registers with: no data-exchange server.
+pub const IN_PROCESS_DATA_ADDRESS: &str = "in-process";
+
+impl InProcessTaskManager {
+    /// Starts it on `link` (whose `Register` went out already).
+    pub fn start(
+        options: TaskManagerOptions,
+        factory: Arc<dyn JobFactory>,
+        link: InProcessLink,
+    ) -> Result<Self, TaskManagerError> {
+        let core = Core::start(&options, factory)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("tm-session".into())
+            .spawn(move || {
+                let InProcessLink { up, down } = link;
+                let ended = core.runtime.block_on(drive(
+                    &options.id,
+                    UnboundedReceiverStream::new(down),
+                    up,
+                    &core.outbox,
+                    &core.control_tx,
+                    &flag,
+                ));
+                match ended {
+                    Ok(SessionEnd::Retry(reason)) => {
+                        tracing::debug!(id = %options.id, %reason, "in-process session ended")
+                    }
+                    Ok(SessionEnd::JobManagerStopped) => {
+                        tracing::debug!(id = %options.id, "in-process session ended with the JobManager")
+                    }
+                    Err(e) => tracing::error!(id = %options.id, error = %e, "in-process TaskManager stopped"),
+                }
+                core.stop("the in-process session ended");
+            })
+            .map_err(|e| TaskManagerError::Setup(format!("cannot start the session thread: {e}")))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops it (its tasks are cancelled) and waits for its threads.
+    pub fn stop(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for InProcessTaskManager {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
 }

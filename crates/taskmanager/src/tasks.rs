@@ -90,6 +90,8 @@ struct Attempt {
     metrics: Arc<JobMetrics>,
     events: Option<Sender<TaskEvent>>,
     live: Arc<AtomicUsize>,
+    /// Synchronous snapshot pauses of this attempt's tasks here, in microseconds.
+    sync_pauses: Arc<Mutex<Vec<u64>>>,
 }
 
 impl Attempt {
@@ -391,6 +393,7 @@ impl Tasks {
                 metrics,
                 events,
                 live: Arc::default(),
+                sync_pauses: Arc::default(),
             }
         });
         if attempt.cancelled.load(Ordering::SeqCst) {
@@ -468,6 +471,7 @@ impl Tasks {
                     events: events.clone(),
                     transfer: transfer.clone(),
                     in_flight: entry.built.in_flight.clone(),
+                    sync_pauses: attempt.sync_pauses.clone(),
                 })
             }
             _ => None,
@@ -515,15 +519,23 @@ impl Tasks {
             .map_err(|e| format!("cannot start the task thread: {e}"))?;
         attempt.live.fetch_add(1, Ordering::SeqCst);
         let (key, live) = (key.clone(), attempt.live.clone());
+        let (metrics, sync_pauses) = (attempt.metrics.clone(), attempt.sync_pauses.clone());
         std::thread::Builder::new()
             .name(format!("wait-{}-{}", key.vertex, key.subtask))
             .spawn(move || {
                 let result = handle
                     .join()
                     .unwrap_or(Err(TaskError::Cancelled));
+                // The last task of the attempt here reports the attempt's figures before its
+                // own end, so the JobMaster has them when the attempt ends.
+                if live.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    outbox.send(attempt_metrics(&key, &metrics, &sync_pauses));
+                }
                 match result {
                     Ok(()) => report_state(&outbox, &key, v1::ExecutionState::Finished, None),
-                    Err(_) if cancelled.load(Ordering::SeqCst) => {
+                    // A task that failed on its own is reported FAILED even when the attempt
+                    // was cancelled meanwhile: it may be the root cause the JobMaster looks for.
+                    Err(e) if cancelled.load(Ordering::SeqCst) && e.is_secondary() => {
                         report_state(&outbox, &key, v1::ExecutionState::Canceled, None)
                     }
                     Err(e) => {
@@ -531,7 +543,6 @@ impl Tasks {
                         report_state(&outbox, &key, v1::ExecutionState::Failed, Some(&e));
                     }
                 }
-                live.fetch_sub(1, Ordering::SeqCst);
                 let _ = ended_tx.send((key.job_id.clone(), key.attempt));
             })
             .map_err(|e| format!("cannot start the task waiter: {e}"))?;
@@ -642,6 +653,21 @@ impl Tasks {
             tracing::info!(job, "job finished on this TaskManager");
         }
     }
+}
+
+/// Most sync pauses one `AttemptMetrics` carries (the JobMaster's bound too).
+const MAX_SYNC_PAUSES: usize = 100_000;
+
+fn attempt_metrics(key: &v1::TaskKey, metrics: &JobMetrics, sync_pauses: &Mutex<Vec<u64>>) -> Up {
+    let pauses = sync_pauses.lock().unwrap_or_else(PoisonError::into_inner);
+    Up::AttemptMetrics(v1::AttemptMetrics {
+        job_id: key.job_id.clone(),
+        attempt: key.attempt,
+        source_records: JobMetrics::get(&metrics.source_records),
+        sink_records: JobMetrics::get(&metrics.sink_records),
+        state_bytes: JobMetrics::get(&metrics.state_bytes),
+        sync_pauses_us: pauses.iter().take(MAX_SYNC_PAUSES).copied().collect(),
+    })
 }
 
 fn report_state(
