@@ -408,6 +408,12 @@ fn flip_byte(path: &Path) {
 }
 
 fn damage_latest_then_resume(target: Target) {
+    damage_latest_then_resume_retaining(target, 3);
+}
+
+/// Damages the latest of three retained checkpoints, then resumes with
+/// `state.checkpoints.num-retained=retain_on_resume`.
+fn damage_latest_then_resume_retaining(target: Target, retain_on_resume: u32) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (out, state) = (dir.path().join("out"), dir.path().join("state"));
     let job_dir = run_until_checkpoints_then_kill(&out, &state, 3);
@@ -438,7 +444,10 @@ fn damage_latest_then_resume(target: Target) {
         .into_owned();
     let mut args = keyed_agg_args(400_000, 400_000, &out, &state);
     args.extend(checkpointing("200ms"));
-    args.extend(["-D".into(), "state.checkpoints.num-retained=3".into()]);
+    args.extend([
+        "-D".into(),
+        format!("state.checkpoints.num-retained={retain_on_resume}"),
+    ]);
     args.extend(["--restore".into(), job_id]);
     let err = run_ok(&args);
     let file_name = victim.rsplit('/').next().expect("name");
@@ -471,6 +480,71 @@ fn a_flipped_byte_in_an_sst_of_the_latest_checkpoint_is_named_and_the_previous_o
 #[test]
 fn a_flipped_byte_in_a_sink_staging_manifest_is_named_and_the_previous_checkpoint_is_used() {
     damage_latest_then_resume(Target::SinkManifest);
+}
+
+#[test]
+fn a_resume_with_a_smaller_retention_still_falls_back_from_a_damaged_latest_checkpoint() {
+    // The SST's damage shows only when a task restores it: by then the older checkpoints must
+    // still exist, whatever the new retention count.
+    damage_latest_then_resume_retaining(Target::Sst, 1);
+}
+
+#[test]
+fn a_second_concurrent_resume_of_one_job_is_refused_naming_the_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (out, state) = (dir.path().join("out"), dir.path().join("state"));
+    let job_dir = run_until_checkpoints_then_kill(&out, &state, 2);
+    let job_id = job_dir
+        .file_name()
+        .expect("job id")
+        .to_string_lossy()
+        .into_owned();
+    // The first resume runs slowly, holding the job's checkpoint folder.
+    let mut args = keyed_agg_args(400_000, 20_000, &out, &state);
+    args.extend(checkpointing("200ms"));
+    args.extend(["--restore".into(), job_id.clone()]);
+    let mut first = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(&args)
+        .env_remove("WEIR_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the first resume");
+    let pid = first.id();
+    let start = Instant::now();
+    loop {
+        let held = files_below(&job_dir)
+            .into_iter()
+            .filter(|f| f.starts_with("_lease/"))
+            .filter_map(|f| std::fs::read(job_dir.join(f)).ok())
+            .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .any(|l| l["pid"] == pid && l["released"] == false);
+        if held {
+            break;
+        }
+        assert!(
+            first.try_wait().expect("poll").is_none(),
+            "the first resume ended early"
+        );
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the first resume never took the lease"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = weir(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        DEADLINE,
+    );
+    first.kill().expect("SIGKILL the first resume");
+    first.wait().expect("reap");
+    let err = stderr(&second);
+    assert_eq!(second.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("checkpoints of job {job_id} are in use"))
+            && err.contains(&format!("pid {pid}")),
+        "the refusal does not name the first run:\n{err}"
+    );
 }
 
 #[test]

@@ -109,3 +109,77 @@ fn run_word_count(dir: &std::path::Path, source: &str, backend: &str) -> BTreeMa
     assert!(o.status.success(), "weir failed: {}", stderr(&o));
     final_counts(&read_parts(&dir.join("out")))
 }
+
+/// `weir local word-count` over `input` into `output` with `--taskmanagers N`.
+fn word_count_into(
+    input: &std::path::Path,
+    output: &std::path::Path,
+    tms: u32,
+) -> std::process::Output {
+    let state = output.with_extension("state");
+    weir(
+        &[
+            "local",
+            &format!("--taskmanagers={tms}"),
+            "word-count",
+            "-p",
+            "2",
+            "--param",
+            &format!("input={}", input.display()),
+            "--param",
+            &format!("output={}", output.display()),
+            "--state-dir",
+            &state.display().to_string(),
+        ],
+        Duration::from_secs(120),
+    )
+}
+
+#[test]
+fn a_job_writing_into_another_jobs_output_folder_is_refused_and_the_first_jobs_files_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.txt");
+    write_text(&input, 20_000, 500, 3);
+    let out = dir.path().join("out");
+    let first = word_count_into(&input, &out, 0);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let files = |d: &std::path::Path| -> BTreeMap<String, Vec<u8>> {
+        std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| {
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
+            .collect()
+    };
+    let before = files(&out);
+    let second = word_count_into(&input, &out, 0);
+    let err = stderr(&second);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("belongs to job") && err.contains("_weir_owner"),
+        "the refusal does not name the owner:\n{err}"
+    );
+    assert_eq!(files(&out), before, "the first job's files changed");
+}
+
+#[test]
+fn an_in_process_taskmanager_and_two_taskmanager_processes_give_the_same_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.txt");
+    write_text(&input, 50_000, 2_000, 11);
+    let mut outputs = Vec::new();
+    for tms in [0, 2] {
+        let out = dir.path().join(format!("out-{tms}"));
+        let o = word_count_into(&input, &out, tms);
+        assert!(o.status.success(), "--taskmanagers {tms}: {}", stderr(&o));
+        let mut lines = read_parts(&out);
+        lines.sort();
+        outputs.push(lines);
+    }
+    assert!(!outputs[0].is_empty());
+    assert_eq!(outputs[0], outputs[1]);
+}

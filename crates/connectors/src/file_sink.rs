@@ -72,10 +72,10 @@ const OWNER_MARKER_VERSION: u32 = 1;
 /// - otherwise refuse (`OwnershipError::Owned`, naming the folder, the marker, the owner and
 ///   this job). The task fails; nothing in the folder is touched.
 ///
-/// The job's identity is what [`owned_by`](Self::owned_by) gave (the job's name or id). A sink
-/// built without it is known by its operator uid, the one identity a [`SinkContext`] carries
-/// (it has no job id or job name): two unnamed jobs whose file sinks share a uid count as the
-/// same job.
+/// The job's identity is what [`owned_by`](Self::owned_by) gave, else the job's id from the
+/// [`SinkContext`]: the same in every attempt and in a resumed run (`--restore JOB_ID`), another
+/// for any other run. Markers and manifests written by an earlier build, which named the job
+/// by its sink's uid, are still read.
 ///
 /// Every file a writer creates is first recorded, durably, in its subtask's *staging log*
 /// `<dir>/.part-<uid>-<subtask>.staging` (one JSON line per transaction, tagged with the
@@ -153,7 +153,7 @@ pub struct FileSink<T> {
 
 impl<T> FileSink<T> {
     /// A sink writing into `dir`, which is created when the first writer opens if needed. Its
-    /// job is known by the sink's operator uid; see [`owned_by`](Self::owned_by).
+    /// job is known by its id; see [`owned_by`](Self::owned_by).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
@@ -170,11 +170,12 @@ impl<T> FileSink<T> {
         self
     }
 
-    /// This sink's identity for subtasks named by `names`.
-    fn owner(&self, names: &PartNames) -> Owner {
+    /// This sink's identity: the name its builder gave, else the job's id (the same in every
+    /// attempt and in a resumed run, another for any other job).
+    fn owner(&self, ctx: &SinkContext) -> Owner {
         match &self.job {
             Some(job) => Owner::Job(job.clone()),
-            None => Owner::SinkUid(names.uid.clone()),
+            None => Owner::Job(ctx.job.to_string()),
         }
     }
 
@@ -251,7 +252,7 @@ impl<T: Display + Send + 'static> Sink<T> for FileSink<T> {
         let restored_owner = manifest.as_ref().and_then(|m| m.owner.as_ref());
         let owner = claim_folder(
             &self.dir,
-            &self.owner(&names),
+            &self.owner(ctx),
             restored_owner,
             &names,
             ctx.attempt,
@@ -351,8 +352,7 @@ pub enum OwnershipError {
 enum Owner {
     /// A job named by its builder with [`FileSink::owned_by`] (its name or its id).
     Job(String),
-    /// A job that named none, known by its file sink's operator uid: the one identity a
-    /// [`SinkContext`] carries.
+    /// A job known by its file sink's operator uid (markers of an earlier build only).
     SinkUid(String),
 }
 
@@ -1721,7 +1721,7 @@ mod tests {
             "uid": "out",
             "subtask": 2,
             "next_seq": 1,
-            "owner": {"sink_uid": "out"},
+            "owner": {"job": weir_types::JobId(1).to_string()},
             "transactions": [{
                 "checkpoint": 4,
                 "seq": 0,
@@ -2228,35 +2228,32 @@ mod tests {
         assert_eq!(read_part_files(dir.path()).expect("read"), lines([1, 2]));
     }
 
+    fn of_job(mut ctx: SinkContext, job: u128) -> SinkContext {
+        ctx.job = weir_types::JobId(job);
+        ctx
+    }
+
     #[test]
-    fn a_sink_without_a_job_name_is_known_by_its_uid() {
+    fn a_sink_without_a_job_name_is_known_by_its_job_id() {
         let dir = tempfile::tempdir().expect("tempdir");
         let sink = FileSink::<u32>::new(dir.path());
-        sink.create_writer(&checkpointed("out", 0, 1, 0), None)
+        sink.create_writer(&of_job(checkpointed("out", 0, 1, 0), 7), None)
             .expect("writer");
-        sink.create_writer(&checkpointed("out", 0, 1, 1), None)
-            .expect("the same uid again");
+        sink.create_writer(&of_job(checkpointed("out", 0, 1, 1), 7), None)
+            .expect("the same job again");
         let err = sink
-            .create_writer(&checkpointed("other", 0, 1, 0), None)
+            .create_writer(&of_job(checkpointed("out", 0, 1, 0), 8), None)
             .err()
             .expect("refused");
+        let (seven, eight) = (weir_types::JobId(7), weir_types::JobId(8));
         assert!(
             err.to_string()
-                .contains("belongs to the job whose file sink has uid 'out' (owner marker")
+                .contains(&format!("belongs to job '{seven}' (owner marker"))
                 && err
                     .to_string()
-                    .contains("so the job whose file sink has uid 'other' may not"),
+                    .contains(&format!("so job '{eight}' may not")),
             "{err}"
         );
-        let err = FileSink::<u32>::new(dir.path())
-            .owned_by("out")
-            .create_writer(&checkpointed("out", 0, 1, 0), None)
-            .err()
-            .expect("a job name is not a sink uid");
-        assert!(matches!(
-            ownership_error(&err),
-            OwnershipError::Owned { .. }
-        ));
     }
 
     #[test]
@@ -2302,7 +2299,10 @@ mod tests {
             .expect("the owner's checkpoint");
         let manifest: serde_json::Value =
             serde_json::from_slice(&commit_one(&mut writer, 2, vec![2])).expect("json");
-        assert_eq!(manifest["owner"], serde_json::json!({"sink_uid": "out"}));
+        assert_eq!(
+            manifest["owner"],
+            serde_json::json!({"job": weir_types::JobId(1).to_string()})
+        );
         // A fresh start under the new name is another job.
         let err = renamed
             .create_writer(&checkpointed("out", 0, 1, 0), None)

@@ -107,6 +107,7 @@ pub(crate) mod test_util {
     /// A context for subtask `subtask` of `parallelism`.
     pub fn ctx(uid: &str, subtask: u32, parallelism: u32) -> SourceContext {
         SourceContext {
+            job: weir_types::JobId(1),
             uid: OperatorUid::new(uid).expect("valid uid"),
             subtask: SubtaskIndex(subtask),
             parallelism,

@@ -12,6 +12,7 @@ use weir_types::{CheckpointId, OperatorUid, SubtaskIndex};
 /// Subtask `subtask` of a checkpointed sink `sink`, in attempt `attempt`.
 fn ctx(subtask: u32, attempt: u32) -> SinkContext {
     SinkContext {
+        job: weir_types::JobId(1),
         uid: OperatorUid::new("sink").expect("uid"),
         subtask: SubtaskIndex(subtask),
         parallelism: 2,

@@ -28,7 +28,7 @@ use weir_checkpoint::{CheckpointingMode, OperatorSubtaskState, TaskId};
 use weir_graph::{NodeKind, Partitioning, Plan};
 use weir_state::StateBackendFactory;
 use weir_state_transfer::DownloadStats;
-use weir_types::{CheckpointId, OperatorUid, SubtaskIndex, VertexId};
+use weir_types::{CheckpointId, JobId, OperatorUid, SubtaskIndex, VertexId};
 
 /// A channel end of some edge's record type, type-erased (made by an [`EdgeFactory`]).
 pub struct ChannelEnd(AnyBox);
@@ -151,6 +151,8 @@ pub struct RestoreEnv {
 
 /// Everything a deployed subtask runs with besides its channels.
 pub struct SubtaskEnv {
+    /// The job.
+    pub job: JobId,
     /// The vertex.
     pub vertex: VertexId,
     /// The subtask index.
@@ -274,6 +276,7 @@ pub fn spawn_subtask(
         on_running: env.on_running,
     };
     let base = BaseCtx {
+        job: env.job,
         state_backend: env.state_backend,
         keyed_subtasks_in_process: env.keyed_subtasks_in_process,
         metrics: env.metrics,

@@ -9,11 +9,13 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 use weir_state::{KeyedScope, KeyedStateBackend, StateRegistry, ValueState};
-use weir_types::{CheckpointId, OperatorUid, SubtaskIndex};
+use weir_types::{CheckpointId, JobId, OperatorUid, SubtaskIndex};
 
 /// Where a source or sink instance runs.
 #[derive(Clone, Debug)]
 pub struct SourceContext {
+    /// The job's id: the same in every attempt and in a resumed run, another for another job.
+    pub job: JobId,
     /// The operator's uid.
     pub uid: OperatorUid,
     /// Which subtask.

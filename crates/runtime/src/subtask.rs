@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use weir_graph::ParallelismSettings;
 use weir_state::{BackendScope, StateBackendFactory};
-use weir_types::{KeyGroupRange, NodeId, OperatorUid, SubtaskIndex, VertexId};
+use weir_types::{JobId, KeyGroupRange, NodeId, OperatorUid, SubtaskIndex, VertexId};
 
 /// Tunables of the data plane.
 #[derive(Clone, Debug)]
@@ -51,6 +51,7 @@ impl JobDefinition {
 
 /// What one subtask's operators are built with.
 pub(crate) struct SubtaskCtx {
+    pub job: JobId,
     pub uid: OperatorUid,
     pub subtask: SubtaskIndex,
     pub parallelism: u32,
@@ -77,6 +78,7 @@ impl SubtaskCtx {
 
     pub(crate) fn source_context(&self) -> SourceContext {
         SourceContext {
+            job: self.job,
             uid: self.uid.clone(),
             subtask: self.subtask,
             parallelism: self.parallelism,
@@ -132,6 +134,7 @@ pub(crate) fn panic_error(task: &str, panic: Box<dyn std::any::Any + Send>) -> T
 }
 
 pub(crate) struct BaseCtx {
+    pub(crate) job: JobId,
     pub(crate) state_backend: Arc<dyn StateBackendFactory>,
     pub(crate) keyed_subtasks_in_process: u32,
     pub(crate) metrics: Arc<JobMetrics>,
@@ -149,6 +152,7 @@ pub(crate) fn run_task(
 ) -> Result<(), TaskError> {
     let vertex = &plan.job.vertices[spec.vertex.0 as usize];
     let ctx_for = |node: NodeId| SubtaskCtx {
+        job: base.job,
         uid: plan.uids[node.0 as usize].clone(),
         subtask: spec.subtask,
         parallelism: vertex.parallelism,

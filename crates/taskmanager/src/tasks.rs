@@ -503,6 +503,7 @@ impl Tasks {
         };
         let cancelled = attempt.cancelled.clone();
         let env = SubtaskEnv {
+            job: JobId::parse(&key.job_id)?,
             vertex,
             subtask,
             attempt: key.attempt,
