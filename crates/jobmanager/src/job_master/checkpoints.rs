@@ -1,0 +1,369 @@
+//! The job's checkpointing across attempts: the coordinator and its storage, the folder lease
+//! and its keeper, the per-attempt [`Driver`] state, the restore spec of a deployment, and
+//! what the JobMaster does with checkpoint messages.
+
+use super::*;
+
+/// The checkpointing machinery of one job, alive across its attempts.
+pub(crate) struct Checkpointing {
+    pub coordinator: Coordinator,
+    pub store: Store,
+    pub paths: CheckpointPaths,
+    pub history: Vec<CheckpointRecord>,
+    pub deletions: Vec<tokio::task::JoinHandle<()>>,
+    /// The job's checkpoint folder lease, until the keeper takes it.
+    pub lease: Option<JobLease>,
+    /// Renews the lease off this thread while the job runs; releases it at the end.
+    pub lease_keeper: Option<LeaseKeeper>,
+}
+
+/// Renews a [`JobLease`] on the JobManager's runtime every third of its duration; tells the
+/// JobMaster ([`JobMasterMsg::LeaseLost`]) when it was taken over or could not be renewed
+/// within its duration.
+pub(crate) struct LeaseKeeper {
+    pub(super) stop: tokio::sync::oneshot::Sender<()>,
+    pub(super) task: tokio::task::JoinHandle<()>,
+}
+
+impl LeaseKeeper {
+    pub(super) fn spawn(
+        runtime: &tokio::runtime::Handle,
+        mut lease: JobLease,
+        duration: Duration,
+        to_master: Sender<JobMasterMsg>,
+    ) -> Self {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = runtime.spawn(async move {
+            let mut last_ok = Instant::now();
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => {
+                        if let Err(e) = lease.release().await {
+                            tracing::warn!(error = %e, "the checkpoint folder lease was not released");
+                        }
+                        return;
+                    }
+                    _ = tokio::time::sleep(duration / 3) => {}
+                }
+                match lease.renew(now_ms()).await {
+                    Ok(()) => last_ok = Instant::now(),
+                    Err(e @ LeaseError::Lost { .. }) => {
+                        tracing::error!(error = %e, "checkpoint folder lease lost");
+                        let _ = to_master.send(JobMasterMsg::LeaseLost(e.to_string()));
+                        return;
+                    }
+                    Err(e) if last_ok.elapsed() >= duration => {
+                        tracing::error!(error = %e, "checkpoint folder lease not renewed in time");
+                        let _ = to_master.send(JobMasterMsg::LeaseLost(format!(
+                            "the checkpoint folder lease could not be renewed for {duration:?}: {e}"
+                        )));
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "lease renewal failed; retrying"),
+                }
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// Releases the lease (bounded wait).
+    pub(super) fn release(self, runtime: &tokio::runtime::Handle) {
+        let _ = self.stop.send(());
+        let task = self.task;
+        let _ =
+            runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), task).await });
+    }
+}
+
+/// The [`Driver`]'s per-attempt state, kept between calls.
+pub(super) struct AttemptDriver {
+    pub(super) tasks: BTreeSet<TaskId>,
+    pub(super) sources: BTreeSet<TaskId>,
+    pub(super) finished: BTreeSet<TaskId>,
+    pub(super) barriers: BTreeMap<CheckpointId, Barrier>,
+    pub(super) final_from: Option<CheckpointId>,
+    pub(super) done: bool,
+    pub(super) failed: Option<String>,
+}
+
+/// Runs `f` on a [`Driver`] assembled from the job's and the attempt's state.
+pub(super) fn with_driver<R>(
+    cp: &mut Checkpointing,
+    runtime: &tokio::runtime::Handle,
+    gateway: &ClusterGateway,
+    a: &mut AttemptDriver,
+    f: impl FnOnce(&mut Driver<'_, ClusterGateway>) -> R,
+) -> R {
+    let mut d = Driver {
+        coordinator: &mut cp.coordinator,
+        store: &cp.store,
+        paths: &cp.paths,
+        runtime,
+        gateway: gateway.clone(),
+        tasks: std::mem::take(&mut a.tasks),
+        sources: std::mem::take(&mut a.sources),
+        history: &mut cp.history,
+        deletions: &mut cp.deletions,
+        attempt: gateway.attempt,
+        finished: std::mem::take(&mut a.finished),
+        barriers: std::mem::take(&mut a.barriers),
+        final_from: a.final_from,
+        done: a.done,
+        failed: a.failed.take(),
+    };
+    let r = f(&mut d);
+    a.tasks = d.tasks;
+    a.sources = d.sources;
+    a.finished = d.finished;
+    a.barriers = d.barriers;
+    a.final_from = d.final_from;
+    a.done = d.done;
+    a.failed = d.failed;
+    r
+}
+
+/// `restore_json` of a `DeployTask`: a [`TaskRestoreSpec`] as JSON,
+/// `{"checkpoint": n, "operators": {uid: state}}`, for the operators of `vertex`'s chain and
+/// subtask `subtask`. A chain without state gets an empty map: the task still learns which
+/// checkpoint it restores.
+pub(crate) fn restore_json(
+    plan: &Plan,
+    vertex: VertexId,
+    subtask: SubtaskIndex,
+    metadata: &CheckpointMetadata,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let v = &plan.job.vertices[vertex.0 as usize];
+    let operators = v
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let uid = &plan.uids[n.0 as usize];
+            let state = metadata.operators.get(uid)?.subtasks.get(&subtask)?;
+            Some((uid.clone(), state.clone()))
+        })
+        .collect();
+    serde_json::to_vec(&TaskRestoreSpec {
+        checkpoint: metadata.checkpoint_id,
+        operators,
+    })
+}
+
+/// Performs what the coordinator asks outside a live attempt: deletions, and aborted
+/// checkpoints marked in the history (no task is left to tell).
+pub(super) fn apply_outside(
+    cp: &mut Checkpointing,
+    runtime: &tokio::runtime::Handle,
+    actions: Vec<Action>,
+) {
+    let mut deletions = Vec::new();
+    for action in actions {
+        match action {
+            Action::DeleteFiles { paths } => deletions.extend(paths),
+            Action::NotifyAborted { id, reason } => {
+                let now = now_ms();
+                if let Some(r) = cp.history.iter_mut().rev().find(|r| r.id == id) {
+                    if r.status == CheckpointStatus::InProgress {
+                        r.status = CheckpointStatus::Aborted(reason.to_string());
+                        r.duration_ms = now.saturating_sub(r.trigger_ms);
+                    }
+                }
+                tracing::info!(checkpoint = %id, %reason, "checkpoint aborted");
+            }
+            other => {
+                tracing::debug!(action = ?other, "coordinator action outside an attempt ignored")
+            }
+        }
+    }
+    if !deletions.is_empty() {
+        cp.deletions
+            .push(spawn_deletions(runtime, &cp.store, &cp.paths, deletions));
+    }
+}
+
+impl JobMaster {
+    pub(super) fn on_ack(
+        &mut self,
+        from: &TaskManagerId,
+        ack: CheckpointAck,
+        drv: &mut Option<AttemptDriver>,
+    ) {
+        let Some(key) = ack.task else {
+            tracing::warn!(taskmanager = %from, "checkpoint ack without a task key dropped");
+            return;
+        };
+        if !self.sent_by_host(from, &key, true, "CheckpointAck") {
+            return;
+        }
+        let task = TaskId::new(key.vertex_id(), key.subtask_index());
+        let id = CheckpointId(ack.checkpoint_id);
+        if self.cp.is_none() {
+            tracing::warn!(taskmanager = %from, checkpoint = %id, "checkpoint ack for a job without checkpointing dropped");
+            return;
+        }
+        let event = match serde_json::from_slice::<TaskStateSnapshot>(&ack.snapshot_json) {
+            Ok(snapshot) => {
+                let m = ack.metrics.unwrap_or_default();
+                TaskEvent::Ack {
+                    task,
+                    id,
+                    snapshot,
+                    metrics: TaskAckMetrics {
+                        sync_ms: m.sync_ms,
+                        async_ms: m.async_ms,
+                        alignment_ms: m.alignment_ms,
+                        bytes_uploaded: m.bytes_uploaded,
+                        full_size: m.full_size,
+                    },
+                }
+            }
+            Err(e) => {
+                tracing::error!(taskmanager = %from, %task, checkpoint = %id, error = %e, "unreadable snapshot_json; counted as a decline");
+                TaskEvent::Decline {
+                    task,
+                    id,
+                    reason: format!(
+                        "{task} acknowledged {id} with an unreadable snapshot_json: {e}"
+                    ),
+                }
+            }
+        };
+        self.checkpoint_event(event, drv);
+    }
+
+    /// Gives a task's checkpoint event to the driver (in an attempt) or straight to the
+    /// coordinator (between attempts: only classification and cleanup are left to do).
+    pub(super) fn checkpoint_event(&mut self, event: TaskEvent, drv: &mut Option<AttemptDriver>) {
+        let Some(cp) = self.cp.as_mut() else {
+            return;
+        };
+        match (drv.as_mut(), self.gateway.as_ref()) {
+            (Some(d), Some(g)) => {
+                with_driver(cp, &self.shared.runtime, g, d, |d| d.on_event(event));
+            }
+            _ => {
+                let actions = match event {
+                    TaskEvent::Ack {
+                        task,
+                        id,
+                        snapshot,
+                        metrics,
+                    } => {
+                        cp.coordinator
+                            .on_ack(now_ms(), id, task, snapshot, metrics)
+                            .actions
+                    }
+                    TaskEvent::Decline { task, id, reason } => {
+                        cp.coordinator.on_decline(id, task, reason)
+                    }
+                    TaskEvent::Finished { .. } => Vec::new(),
+                };
+                apply_outside(cp, &self.shared.runtime, actions);
+            }
+        }
+        self.sync_history();
+    }
+
+    /// Publishes new and changed checkpoint records, tells the attempt's TaskManagers about
+    /// aborted checkpoints, and trims the history.
+    pub(super) fn sync_history(&mut self) {
+        let Some(cp) = self.cp.as_mut() else {
+            return;
+        };
+        self.ever_completed |= cp.coordinator.store().latest().is_some();
+        let from = self.history_cursor.min(cp.history.len());
+        if let Some(g) = self.gateway.as_ref() {
+            for r in &cp.history[from..] {
+                if let CheckpointStatus::Aborted(reason) = &r.status {
+                    if r.attempt == g.attempt && self.aborted_notified.insert(r.id) {
+                        g.aborted(r.id, reason);
+                    }
+                }
+            }
+        }
+        let mut cursor = from;
+        while cursor < cp.history.len() && cp.history[cursor].status != CheckpointStatus::InProgress
+        {
+            cursor += 1;
+        }
+        let mut status = lock(&self.status);
+        status.checkpoints.truncate(from);
+        status.checkpoints.extend_from_slice(&cp.history[from..]);
+        status.latest_completed = cp.coordinator.store().latest().map(|c| c.id());
+        if cp.history.len() > MAX_HISTORY + MAX_HISTORY / 10 {
+            let n = (cp.history.len() - MAX_HISTORY).min(cursor);
+            cp.history.drain(..n);
+            status.checkpoints.drain(..n);
+            cursor -= n;
+        }
+        drop(status);
+        if let Some(first_open) = cp.history.get(cursor) {
+            let floor = first_open.id;
+            self.aborted_notified.retain(|id| *id >= floor);
+        } else {
+            self.aborted_notified.clear();
+        }
+        self.history_cursor = cursor;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_checkpoint::{CheckpointKind, FileHandle, OperatorState, OperatorSubtaskState};
+    use weir_types::{JobId, OperatorUid};
+
+    #[test]
+    fn restore_json_holds_only_the_chain_operators_of_the_subtask() {
+        let plan = crate::recovery::tests::two_vertex_plan(2);
+        let count = OperatorUid::new("count").unwrap();
+        let source = OperatorUid::new("source").unwrap();
+        let state = |n: u8| OperatorSubtaskState {
+            files: vec![FileHandle::new(format!("chk-3/f{n}"), 10, 1, false).unwrap()],
+            inline: None,
+            finished: false,
+        };
+        let metadata = CheckpointMetadata {
+            job_id: JobId(1),
+            checkpoint_id: CheckpointId(3),
+            kind: CheckpointKind::Checkpoint,
+            timestamp: 0,
+            max_parallelism: plan.job.max_parallelism,
+            key_group_hash_version: 1,
+            operators: BTreeMap::from([
+                (
+                    count.clone(),
+                    OperatorState {
+                        vertex: VertexId(1),
+                        parallelism: 2,
+                        subtasks: BTreeMap::from([
+                            (SubtaskIndex(0), state(0)),
+                            (SubtaskIndex(1), state(1)),
+                        ]),
+                    },
+                ),
+                (
+                    source,
+                    OperatorState {
+                        vertex: VertexId(0),
+                        parallelism: 2,
+                        subtasks: BTreeMap::from([(SubtaskIndex(1), state(9))]),
+                    },
+                ),
+            ]),
+            self_contained: true,
+        };
+        let bytes = restore_json(&plan, VertexId(1), SubtaskIndex(1), &metadata).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["checkpoint"], 3);
+        let ops = v["operators"].as_object().unwrap();
+        assert_eq!(ops.len(), 1);
+        let decoded: TaskRestoreSpec = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(decoded.checkpoint, CheckpointId(3));
+        assert_eq!(decoded.operators, BTreeMap::from([(count, state(1))]));
+        // A stateless subtask still learns which checkpoint it restores.
+        let bytes = restore_json(&plan, VertexId(0), SubtaskIndex(0), &metadata).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["checkpoint"], 3);
+        assert!(v["operators"].as_object().unwrap().is_empty());
+    }
+}

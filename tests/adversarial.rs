@@ -1,0 +1,778 @@
+//! A hostile peer against a real cluster on loopback: one `weir jobmanager`, one
+//! `weir taskmanager` (tm-0, two slots) running `keyed-agg` at p=2 with 200 ms checkpoints, and
+//! this test speaking raw gRPC to the JobManager while the job runs. Every hostile act must be
+//! refused or dropped, the JobManager must keep serving, and the job must still end with
+//! exactly-once output and restorable checkpoints:
+//!
+//! 1. a `Register` offering `u32::MAX` slots is refused, naming the count;
+//! 2. a plan whose vertex parallelism is 1 000 000 000 is `INVALID_ARGUMENT`, naming it;
+//! 3. an impostor TaskManager (registered, hosting nothing) acknowledges a checkpoint for a
+//!    task tm-0 runs, with handles that point at a retained checkpoint's `_metadata` and files:
+//!    dropped, so nothing retained is deleted;
+//! 4. the impostor declines checkpoints and reports end of input for every task: dropped, so
+//!    no checkpoint aborts for its reason and the job neither restarts nor ends early;
+//! 5. the impostor reports FAILED for an unknown vertex (and for a task it does not run):
+//!    dropped, so the job does not restart.
+
+mod common;
+
+use common::{exactly_once_updates, expected_keyed_agg, read_parts};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use weir_checkpoint::CheckpointMetadata;
+use weir_graph::{
+    NodeKind, ParallelismSettings, Partitioning, Plan, StreamEdge, StreamGraph, StreamNode,
+};
+use weir_proto::v1::dispatcher_service_client::DispatcherServiceClient;
+use weir_proto::v1::job_manager_message::Kind as Down;
+use weir_proto::v1::job_manager_service_client::JobManagerServiceClient;
+use weir_proto::v1::task_manager_message::Kind as Up;
+use weir_proto::v1::{
+    AckMetrics, CheckpointAck, CheckpointDecline, ExecutionState, GetJobRequest, Heartbeat,
+    JobManagerMessage, JobSpec, ListJobsRequest, Register, SubmitJobRequest, TaskEndOfInput,
+    TaskKey, TaskManagerMessage, TaskStateUpdate,
+};
+use weir_types::NodeId;
+
+/// Bounds every single wait (a process start, an RPC, a state to be reached).
+const WAIT: Duration = Duration::from_secs(30);
+/// Bounds the whole job run.
+const JOB_DEADLINE: Duration = Duration::from_secs(120);
+const SEED: u64 = 42;
+const KEYS: u64 = 2000;
+/// 80 000 records at 20 000/s over all sources: about four seconds of RUNNING to attack in.
+const RECORDS: u64 = 80_000;
+const RATE: u64 = 20_000;
+/// The text of every forged decline and failure, looked for in the job's history afterwards.
+const FORGED: &str = "forged by the impostor TaskManager";
+const HUGE: u32 = 1_000_000_000;
+
+/// A child process killed (by its PID) and reaped when dropped, also when a test panics.
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Proc {
+    fn assert_alive(&mut self) {
+        let status = self.child.try_wait().expect("poll the process");
+        assert!(status.is_none(), "{} exited: {status:?}", self.name);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // `Child::kill` signals this child's own PID; `wait` reaps it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn weir_cmd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+}
+
+/// The JobManager on ports the OS picks (port 0, so no other process can take them between
+/// picking and binding); returns it with its RPC URL and REST address, read from its log.
+fn start_jobmanager() -> (Proc, String, String) {
+    let mut proc = Proc {
+        name: "jobmanager".into(),
+        child: weir_cmd()
+            .args([
+                "jobmanager",
+                "--rpc-bind",
+                "127.0.0.1:0",
+                "--rest-bind",
+                "127.0.0.1:0",
+            ])
+            .env("WEIR_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("jobmanager starts"),
+    };
+    let stderr = proc.child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent && line.contains("JobManager: RPC on ") {
+                let _ = tx.send(line.clone());
+                sent = true;
+            }
+            eprintln!("[jm] {line}");
+        }
+    });
+    // On a timeout, the panic drops `proc`, which kills the JobManager.
+    let line = rx
+        .recv_timeout(WAIT)
+        .expect("the JobManager prints its addresses");
+    let rpc = line
+        .split("RPC on ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .expect("rpc address")
+        .trim()
+        .to_string();
+    let rest = line
+        .split("REST on http://")
+        .nth(1)
+        .expect("rest address")
+        .trim()
+        .to_string();
+    (proc, format!("http://{rpc}"), rest)
+}
+
+fn start_taskmanager(jm: &str, id: &str, state: &Path) -> Proc {
+    let child = weir_cmd()
+        .args([
+            "taskmanager",
+            "--jobmanager",
+            jm,
+            "--slots",
+            "2",
+            "--id",
+            id,
+        ])
+        .arg("--state-dir")
+        .arg(state)
+        .env("WEIR_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("taskmanager starts");
+    Proc {
+        name: id.to_string(),
+        child,
+    }
+}
+
+/// `GET path` on the REST API; the JSON body.
+fn rest(addr: &str, path: &str) -> serde_json::Value {
+    let mut s = std::net::TcpStream::connect(addr).expect("REST reachable");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("REST answers");
+    let json = body.split("\r\n\r\n").nth(1).unwrap_or_default();
+    // A chunked body: take the JSON between the first '{' and the last '}'.
+    let start = json.find(['{', '[']).unwrap_or(0);
+    let end = json.rfind(['}', ']']).map_or(json.len(), |e| e + 1);
+    serde_json::from_str(&json[start..end])
+        .unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"))
+}
+
+fn wait_for(what: &str, deadline: Duration, mut ok: impl FnMut() -> bool) {
+    let until = Instant::now() + deadline;
+    while Instant::now() < until {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out after {deadline:?} waiting for {what}");
+}
+
+/// `weir run keyed-agg -p 2 --detached --json`; the job id.
+fn submit(rpc: &str, out: &Path, checkpoints: &Path) -> String {
+    let o = weir_cmd()
+        .args(["run", "keyed-agg", "-p", "2", "--detached", "--json"])
+        .args(["--jobmanager", rpc])
+        .args(["--param", &format!("records={RECORDS}")])
+        .args(["--param", &format!("keys={KEYS}")])
+        .args(["--param", &format!("rate={RATE}")])
+        .args(["--param", "emit=updates"])
+        .args(["--param", &format!("output={}", out.display())])
+        .args(["-D", "execution.checkpointing.interval=200ms"])
+        .args([
+            "-D",
+            &format!("state.checkpoints.dir=file://{}", checkpoints.display()),
+        ])
+        .args(["-D", "state.checkpoints.num-retained=3"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("weir run");
+    assert!(
+        o.status.success(),
+        "weir run failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    v["job_id"].as_str().expect("job id").to_string()
+}
+
+fn up(kind: Up) -> TaskManagerMessage {
+    TaskManagerMessage { kind: Some(kind) }
+}
+
+fn task(job: &str, vertex: u32, subtask: u32) -> Option<TaskKey> {
+    Some(TaskKey {
+        job_id: job.into(),
+        attempt: 0,
+        vertex,
+        subtask,
+    })
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Opens a session whose first message is `register`: `Ok` when the JobManager answers
+/// `Registered` (with the session's sender and inbound stream), `Err(text)` when it refuses
+/// (an error status, or `Refused` then the end of the stream).
+async fn open_session(
+    url: &str,
+    register: Register,
+) -> Result<
+    (
+        mpsc::Sender<TaskManagerMessage>,
+        tonic::Streaming<JobManagerMessage>,
+        u64,
+    ),
+    String,
+> {
+    let mut client = tokio::time::timeout(WAIT, JobManagerServiceClient::connect(url.to_string()))
+        .await
+        .expect("connect within the wait")
+        .expect("the JobManager accepts connections");
+    let (out, rx) = mpsc::channel(64);
+    out.send(up(Up::Register(register))).await.unwrap();
+    let opened = tokio::time::timeout(WAIT, client.session(ReceiverStream::new(rx)))
+        .await
+        .expect("the session is answered within the wait");
+    let mut inbound = match opened {
+        Err(status) => return Err(format!("{:?}: {}", status.code(), status.message())),
+        Ok(r) => r.into_inner(),
+    };
+    let first = tokio::time::timeout(WAIT, inbound.message())
+        .await
+        .expect("a first message within the wait");
+    match first {
+        Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
+        Ok(None) => Err("the stream ended without an answer".into()),
+        Ok(Some(JobManagerMessage {
+            kind: Some(Down::Refused(r)),
+        })) => Err(format!("Refused: {}", r.reason)),
+        Ok(Some(JobManagerMessage {
+            kind: Some(Down::Registered(r)),
+        })) => Ok((out, inbound, r.heartbeat_interval_ms)),
+        Ok(Some(other)) => panic!("unexpected first answer {other:?}"),
+    }
+}
+
+/// A registered TaskManager session that hosts nothing: it heartbeats (so it stays
+/// registered), records what it receives, and sends whatever the test forges.
+struct Impostor {
+    out: mpsc::Sender<TaskManagerMessage>,
+    received: Arc<Mutex<Vec<JobManagerMessage>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Impostor {
+    async fn register(url: &str, id: &str) -> Impostor {
+        let register = Register {
+            taskmanager_id: id.into(),
+            slots: 1,
+            data_address: "127.0.0.1:1".into(),
+            pid: std::process::id(),
+        };
+        let (out, mut inbound, interval_ms) = open_session(url, register)
+            .await
+            .unwrap_or_else(|e| panic!("the impostor {id} was refused: {e}"));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let keep = received.clone();
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(m)) = inbound.message().await {
+                keep.lock().unwrap().push(m);
+            }
+        });
+        let beat = out.clone();
+        let heartbeat = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms.max(10)));
+            for sequence in 1.. {
+                ticker.tick().await;
+                let m = up(Up::Heartbeat(Heartbeat {
+                    sequence,
+                    sent_ms: now_ms(),
+                }));
+                if beat.send(m).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Impostor {
+            out,
+            received,
+            tasks: vec![reader, heartbeat],
+        }
+    }
+
+    async fn send(&self, kind: Up) {
+        tokio::time::timeout(WAIT, self.out.send(up(kind)))
+            .await
+            .expect("the session takes the message within the wait")
+            .expect("the impostor's session is open");
+    }
+}
+
+impl Drop for Impostor {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn node(id: u32, uid: &str, kind: NodeKind) -> StreamNode {
+    StreamNode {
+        id: NodeId(id),
+        uid: Some(uid.into()),
+        name: uid.into(),
+        kind,
+        parallelism: None,
+        resolved_parallelism: 0,
+    }
+}
+
+/// A valid two-vertex plan (`source -> (hash) count`, p=2) as `weir run` sends it, then with
+/// every vertex's parallelism (and, with `raise_max`, the max parallelism too) set to
+/// [`HUGE`] in its JSON.
+fn huge_plan_request(raise_max: bool) -> SubmitJobRequest {
+    let plan = Plan::resolve(
+        StreamGraph {
+            job_name: "huge".into(),
+            nodes: vec![
+                node(0, "source", NodeKind::Source { parallel: true }),
+                node(1, "count", NodeKind::KeyedOperator),
+            ],
+            edges: vec![StreamEdge {
+                source: NodeId(0),
+                target: NodeId(1),
+                partitioning: Some(Partitioning::Hash),
+            }],
+            job_parallelism: None,
+            max_parallelism: None,
+            resolved_max_parallelism: 0,
+        },
+        ParallelismSettings {
+            config_default: 2,
+            cli: None,
+            config_max_parallelism: None,
+        },
+    )
+    .expect("a valid plan");
+    let mut json = serde_json::to_value(&plan).expect("plan to JSON");
+    let vertices = json["job"]["vertices"]
+        .as_array_mut()
+        .expect("job.vertices in the plan JSON");
+    assert!(!vertices.is_empty());
+    for v in vertices {
+        assert!(v["parallelism"].is_u64(), "{v}");
+        v["parallelism"] = HUGE.into();
+    }
+    if raise_max {
+        assert!(json["job"]["max_parallelism"].is_u64(), "{json}");
+        json["job"]["max_parallelism"] = HUGE.into();
+    }
+    SubmitJobRequest {
+        job: Some(JobSpec {
+            job_name: "huge".into(),
+            ..Default::default()
+        }),
+        plan_json: serde_json::to_vec(&json).unwrap(),
+        resume: false,
+    }
+}
+
+/// Every `chk-<n>/_metadata` in a job's checkpoint folder, decoded (one that does not decode
+/// fails the test: the store writes `_metadata` atomically).
+fn retained(job_dir: &Path) -> BTreeMap<u64, CheckpointMetadata> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(job_dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(n) = name
+            .strip_prefix("chk-")
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let Ok(bytes) = std::fs::read(e.path().join("_metadata")) else {
+            continue; // In progress, or deleted meanwhile.
+        };
+        let m = CheckpointMetadata::decode(&bytes)
+            .unwrap_or_else(|err| panic!("{name}/_metadata does not decode: {err:?}"));
+        out.insert(n, m);
+    }
+    out
+}
+
+/// The files a checkpoint needs to be restored (its `_metadata` and every file it
+/// references), relative to the job's folder, that are missing.
+fn missing_files(job_dir: &Path, id: u64, m: &CheckpointMetadata) -> Vec<String> {
+    std::iter::once(format!("chk-{id}/_metadata"))
+        .chain(m.files().map(|f| f.path().to_string()))
+        .filter(|p| !job_dir.join(p).is_file())
+        .collect()
+}
+
+fn checkpoints_view(rest_addr: &str, job: &str) -> serde_json::Value {
+    rest(rest_addr, &format!("/jobs/{job}/checkpoints"))
+}
+
+/// Completed checkpoints with an id above `id`, by the JobManager's history.
+fn completed_after(view: &serde_json::Value, id: u64) -> usize {
+    view["history"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .filter(|r| r["status"] == "completed" && r["id"].as_u64() > Some(id))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn forged_aborts(view: &serde_json::Value) -> Vec<serde_json::Value> {
+    view["history"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .filter(|r| r.to_string().contains(FORGED))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The running job's state must be untouched by the impostor: RUNNING, first attempt, no
+/// restart, no failure.
+fn assert_undisturbed(job: &serde_json::Value) {
+    assert_eq!(job["restarts"], 0, "the job restarted: {job}");
+    assert_eq!(job["attempt"], 0, "the job restarted: {job}");
+    assert!(job["failure_cause"].is_null(), "{job}");
+}
+
+#[test]
+fn a_hostile_peer_is_refused_and_dropped_while_the_job_still_ends_exactly_once_and_restorable() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let checkpoints: PathBuf = dir.path().join("checkpoints");
+    let out = dir.path().join("out");
+    let (mut jm, rpc, rest_addr) = start_jobmanager();
+    let mut tm = start_taskmanager(&rpc, "tm-0", &dir.path().join("tm-0"));
+    wait_for("tm-0 to register", WAIT, || {
+        rest(&rest_addr, "/taskmanagers")["taskmanagers"]
+            .as_array()
+            .is_some_and(|t| t.len() == 1)
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let mut dispatcher = rt
+        .block_on(tokio::time::timeout(
+            WAIT,
+            DispatcherServiceClient::connect(rpc.clone()),
+        ))
+        .expect("connect within the wait")
+        .expect("the dispatcher accepts connections");
+    let list_jobs = |d: &mut DispatcherServiceClient<_>| -> serde_json::Value {
+        let r = rt
+            .block_on(tokio::time::timeout(WAIT, d.list_jobs(ListJobsRequest {})))
+            .expect("ListJobs within the wait")
+            .expect("ListJobs answers");
+        serde_json::from_slice(&r.into_inner().jobs_json).expect("jobs_json")
+    };
+
+    let id = submit(&rpc, &out, &checkpoints);
+    let job_dir = checkpoints.join(&id);
+    let job = || rest(&rest_addr, &format!("/jobs/{id}"));
+    // Attack a RUNNING job whose tasks all run on tm-0 and that has a retained checkpoint.
+    wait_for("the job to run with a completed checkpoint", WAIT, || {
+        let j = job();
+        j["state"] == "RUNNING"
+            && j["vertices"].as_array().is_some_and(|vs| {
+                vs.iter().all(|v| {
+                    v["subtasks"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().all(|s| s["state"] == "RUNNING"))
+                })
+            })
+            && !retained(&job_dir).is_empty()
+    });
+    let running = job();
+    let vertices: Vec<(u32, u32)> = running["vertices"]
+        .as_array()
+        .expect("vertices")
+        .iter()
+        .map(|v| {
+            for s in v["subtasks"].as_array().expect("subtasks") {
+                assert_eq!(s["taskmanager"], "tm-0", "{running}");
+            }
+            (
+                v["id"].as_u64().expect("vertex id") as u32,
+                v["parallelism"].as_u64().expect("parallelism") as u32,
+            )
+        })
+        .collect();
+    assert!(
+        vertices.iter().any(|&(v, p)| v == 1 && p == 2),
+        "keyed-agg has a vertex 1 at p=2: {running}"
+    );
+
+    // 1. A Register offering u32::MAX slots.
+    let greedy = rt.block_on(open_session(
+        &rpc,
+        Register {
+            taskmanager_id: "tm-greedy".into(),
+            slots: u32::MAX,
+            data_address: "127.0.0.1:1".into(),
+            pid: std::process::id(),
+        },
+    ));
+    match greedy {
+        Ok(_) => panic!("a Register offering {} slots was accepted", u32::MAX),
+        Err(reason) => assert!(reason.contains(&u32::MAX.to_string()), "{reason}"),
+    }
+    let tms = rest(&rest_addr, "/taskmanagers");
+    let ids: Vec<&str> = tms["taskmanagers"]
+        .as_array()
+        .expect("taskmanagers")
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["tm-0"], "{tms}");
+    let jobs = list_jobs(&mut dispatcher);
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(1), "{jobs}");
+
+    // 2. A plan of a billion subtasks per vertex (with the max parallelism as it was, and raised
+    //    to match).
+    for raise_max in [false, true] {
+        let refused = rt
+            .block_on(tokio::time::timeout(
+                WAIT,
+                dispatcher.submit_job(huge_plan_request(raise_max)),
+            ))
+            .expect("SubmitJob within the wait");
+        match refused {
+            Ok(r) => panic!(
+                "a plan with parallelism {HUGE} was accepted as job {}",
+                r.into_inner().job_id
+            ),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+                assert!(
+                    status.message().contains("parallelism")
+                        && status.message().contains(&HUGE.to_string()),
+                    "{status:?}"
+                );
+            }
+        }
+    }
+    let jobs = list_jobs(&mut dispatcher);
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(1), "{jobs}");
+    assert_eq!(jobs["jobs"][0]["id"], id.as_str(), "{jobs}");
+
+    // 3. An impostor acknowledges, for tm-0's task (vertex 1, subtask 0), the newest retained
+    //    checkpoint (a late ack) and the next one, with handles to that checkpoint's files.
+    let impostor = rt.block_on(Impostor::register(&rpc, "tm-impostor"));
+    let before = retained(&job_dir);
+    let (&target, target_meta) = before.iter().next_back().expect("a retained checkpoint");
+    let mut files = vec![serde_json::json!({
+        "path": format!("chk-{target}/_metadata"),
+        "size": std::fs::metadata(job_dir.join(format!("chk-{target}/_metadata")))
+            .expect("_metadata")
+            .len(),
+        "crc32": 0,
+        "shared": false,
+    })];
+    for f in target_meta.files() {
+        files.push(serde_json::json!({
+            "path": f.path(),
+            "size": f.size(),
+            "crc32": f.crc32(),
+            "shared": f.is_shared(),
+        }));
+    }
+    let uid = target_meta
+        .operators
+        .keys()
+        .next()
+        .expect("an operator in the metadata")
+        .to_string();
+    let snapshot = serde_json::json!({ "operators": { uid: { "files": files, "inline": null } } });
+    let in_flight = checkpoints_view(&rest_addr, &id)["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|r| r["status"] == "in_progress")
+        .filter_map(|r| r["id"].as_u64())
+        .collect::<Vec<_>>();
+    let mut forged_ids: Vec<u64> = vec![target, target + 1, target + 2];
+    forged_ids.extend(&in_flight);
+    forged_ids.sort_unstable();
+    forged_ids.dedup();
+    rt.block_on(async {
+        for &checkpoint_id in &forged_ids {
+            impostor
+                .send(Up::Ack(CheckpointAck {
+                    task: task(&id, 1, 0),
+                    checkpoint_id,
+                    snapshot_json: serde_json::to_vec(&snapshot).unwrap(),
+                    metrics: Some(AckMetrics::default()),
+                }))
+                .await;
+        }
+        // 4. Declines of those checkpoints, and end of input for every task of the job.
+        for &checkpoint_id in &forged_ids {
+            for &(vertex, parallelism) in &vertices {
+                for subtask in 0..parallelism {
+                    impostor
+                        .send(Up::Decline(CheckpointDecline {
+                            task: task(&id, vertex, subtask),
+                            checkpoint_id,
+                            reason: FORGED.into(),
+                        }))
+                        .await;
+                }
+            }
+        }
+        for &(vertex, parallelism) in &vertices {
+            for subtask in 0..parallelism {
+                impostor
+                    .send(Up::EndOfInput(TaskEndOfInput {
+                        task: task(&id, vertex, subtask),
+                    }))
+                    .await;
+            }
+        }
+        // 5. FAILED for an unknown vertex, and for a task tm-0 runs.
+        for (vertex, subtask) in [(99, 0), (1, 0)] {
+            impostor
+                .send(Up::TaskState(TaskStateUpdate {
+                    task: task(&id, vertex, subtask),
+                    state: ExecutionState::Failed as i32,
+                    error: FORGED.into(),
+                    ..Default::default()
+                }))
+                .await;
+        }
+    });
+    let attacked_at = now_ms();
+
+    // While two more checkpoints complete (so the JobMaster has handled the forged messages),
+    // the targeted checkpoint stays whole as long as it is retained, and the job runs on.
+    let mut undisturbed_checks = 0;
+    wait_for("two checkpoints to complete after the attack", WAIT, || {
+        let missing = missing_files(&job_dir, target, target_meta);
+        let view = checkpoints_view(&rest_addr, &id);
+        let newer = completed_after(&view, target);
+        // Retention 3 deletes the target only after 3 newer ones; one of margin.
+        assert!(
+            missing.is_empty() || newer >= 2,
+            "retained checkpoint {target} lost {missing:?} after the forged ack \
+                 ({newer} newer completed): {view}"
+        );
+        let j = job();
+        assert_undisturbed(&j);
+        assert!(
+            j["state"] == "RUNNING",
+            "the job left RUNNING before the attack was over (raise RECORDS?): {j}"
+        );
+        undisturbed_checks += 1;
+        completed_after(&view, *forged_ids.last().unwrap()) >= 2
+    });
+    assert!(undisturbed_checks > 0);
+    eprintln!(
+        "attacked at {attacked_at}; job still running {} ms later",
+        now_ms() - attacked_at
+    );
+    // The impostor hosts nothing: nothing of the job was sent to it.
+    let got = impostor.received.lock().unwrap().clone();
+    assert!(
+        got.iter().all(|m| !matches!(
+            m.kind,
+            Some(Down::Deploy(_) | Down::Trigger(_) | Down::Stop(_))
+        )),
+        "{got:?}"
+    );
+    // The dispatcher still answers about the attacked job.
+    let details = rt
+        .block_on(tokio::time::timeout(
+            WAIT,
+            dispatcher.get_job(GetJobRequest { job_id: id.clone() }),
+        ))
+        .expect("GetJob within the wait")
+        .expect("GetJob answers");
+    let details: serde_json::Value =
+        serde_json::from_slice(&details.into_inner().job_json).expect("job_json");
+    assert_undisturbed(&details);
+
+    // The job finishes on its own, never restarted, with every record exactly once.
+    let mut last = serde_json::Value::Null;
+    wait_for("the job to finish", JOB_DEADLINE, || {
+        last = job();
+        assert_undisturbed(&last);
+        matches!(
+            last["state"].as_str(),
+            Some("FINISHED" | "FAILED" | "CANCELED")
+        )
+    });
+    assert_eq!(last["state"], "FINISHED", "{last}");
+    let lines = read_parts(&out);
+    assert_eq!(lines.len() as u64, RECORDS, "one update line per record");
+    assert_eq!(
+        exactly_once_updates(&lines),
+        expected_keyed_agg(SEED, KEYS, RECORDS)
+    );
+    let view = checkpoints_view(&rest_addr, &id);
+    let forged = forged_aborts(&view);
+    assert!(
+        forged.is_empty(),
+        "aborted for the forged reason: {forged:?}"
+    );
+
+    // Every retained checkpoint is restorable, and references only its own folder and
+    // `shared/` (never another checkpoint's files, as the forged handles did).
+    let after = retained(&job_dir);
+    assert!(!after.is_empty(), "no retained checkpoint");
+    for (n, m) in &after {
+        let missing = missing_files(&job_dir, *n, m);
+        assert!(missing.is_empty(), "chk-{n} lacks {missing:?}");
+        for f in m.files() {
+            assert!(
+                f.path().starts_with(&format!("chk-{n}/")) || f.path().starts_with("shared/"),
+                "chk-{n} references {}",
+                f.path()
+            );
+            assert!(!f.path().ends_with("/_metadata"), "chk-{n}: {}", f.path());
+        }
+    }
+
+    // Both processes are still up after all of it.
+    jm.assert_alive();
+    tm.assert_alive();
+    let overview = rest(&rest_addr, "/overview");
+    assert_eq!(overview["jobs_finished"], 1, "{overview}");
+    drop(impostor);
+    drop(rt);
+    eprintln!("adversarial run took {:?}", started.elapsed());
+}
