@@ -322,7 +322,10 @@ pub(crate) fn submit(
         status: status.clone(),
         inbox: inbox_rx,
         to_self: inbox_tx.clone(),
-        shared: shared.clone(),
+        cluster: shared.clone(),
+        runtime: shared.runtime.clone(),
+        slot_request_timeout: shared.options.slot_request_timeout,
+        cancel_timeout: shared.options.cancel_timeout,
     };
     let id = job.to_string();
     let (watched, owner) = (status.clone(), shared.clone());

@@ -238,7 +238,7 @@ impl JobMaster {
         };
         match (drv.as_mut(), self.gateway.as_ref()) {
             (Some(d), Some(g)) => {
-                with_driver(cp, &self.shared.runtime, g, d, |d| d.on_event(event));
+                with_driver(cp, &self.runtime, g, d, |d| d.on_event(event));
             }
             _ => {
                 let actions = match event {
@@ -257,7 +257,7 @@ impl JobMaster {
                     }
                     TaskEvent::Finished { .. } => Vec::new(),
                 };
-                apply_outside(cp, &self.shared.runtime, actions);
+                apply_outside(cp, &self.runtime, actions);
             }
         }
         self.sync_history();

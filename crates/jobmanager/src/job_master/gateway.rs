@@ -1,12 +1,66 @@
-//! How the JobMaster reaches the TaskManagers of one attempt: the checkpoint [`TaskGateway`]
-//! over their control streams.
+//! How the JobMaster reaches the cluster: [`TaskManagers`], the one side-effect context it
+//! drives (slots, control messages), which the JobManager's ResourceManager implements and the
+//! failover tests fake; and the checkpoint [`TaskGateway`] of one attempt over it.
 
 use super::*;
+use crate::slots::NotEnoughSlots;
+
+/// Everything a JobMaster asks of the cluster. Implementors guarantee:
+/// - [`allocate`](Self::allocate) claims the slots it returns for `job` until
+///   [`release_job`](Self::release_job), and keeps a job slot on its `previous` TaskManager
+///   when that one still has it free;
+/// - [`send`](Self::send) queues `message` on the TaskManager's session in order, and is false
+///   only when that TaskManager is not (any more) registered;
+/// - none of them blocks on I/O: the JobMaster calls them on its own thread between messages.
+pub(crate) trait TaskManagers: Send + Sync {
+    /// Claims `needed` slots for `job`.
+    fn allocate(
+        &self,
+        job: JobId,
+        previous: &BTreeMap<u32, TaskManagerId>,
+        needed: u32,
+    ) -> Result<Assignment, NotEnoughSlots>;
+    /// Frees every slot of `job`.
+    fn release_job(&self, job: JobId);
+    /// Queues `message` for TaskManager `tm`; false when it is gone.
+    fn send(&self, tm: &TaskManagerId, message: Down) -> bool;
+    /// Where `tm` serves its data plane, if it is registered.
+    fn data_address(&self, tm: &TaskManagerId) -> Option<String>;
+    /// The JobManager is stopping (late acks are not waited for).
+    fn is_shutting_down(&self) -> bool;
+}
+
+impl TaskManagers for Shared {
+    fn allocate(
+        &self,
+        job: JobId,
+        previous: &BTreeMap<u32, TaskManagerId>,
+        needed: u32,
+    ) -> Result<Assignment, NotEnoughSlots> {
+        self.resources().allocate(job, previous, needed)
+    }
+
+    fn release_job(&self, job: JobId) {
+        self.resources().release_job(job)
+    }
+
+    fn send(&self, tm: &TaskManagerId, message: Down) -> bool {
+        self.resources().send(tm, message)
+    }
+
+    fn data_address(&self, tm: &TaskManagerId) -> Option<String> {
+        self.resources().data_address(tm).map(str::to_string)
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        Shared::is_shutting_down(self)
+    }
+}
 
 /// The [`TaskGateway`] of one attempt: the TaskManagers' control streams.
 #[derive(Clone)]
 pub(crate) struct ClusterGateway {
-    pub(super) shared: Arc<Shared>,
+    pub(super) cluster: Arc<dyn TaskManagers>,
     pub(super) job: String,
     pub(super) attempt: u32,
     pub(super) task_tm: Arc<BTreeMap<TaskId, TaskManagerId>>,
@@ -15,9 +69,8 @@ pub(crate) struct ClusterGateway {
 
 impl ClusterGateway {
     pub(super) fn to_all(&self, kind: Down) {
-        let rm = self.shared.resources();
         for tm in self.taskmanagers.iter() {
-            rm.send(tm, kind.clone());
+            self.cluster.send(tm, kind.clone());
         }
     }
 
@@ -37,7 +90,7 @@ impl TaskGateway for ClusterGateway {
             return;
         };
         tracing::debug!(checkpoint = %barrier.checkpoint, vertex = %task.vertex, subtask = %task.subtask, taskmanager = %tm, "trigger");
-        self.shared.resources().send(
+        self.cluster.send(
             tm,
             Down::Trigger(TriggerCheckpoint {
                 task: Some(TaskKey::new(

@@ -233,11 +233,13 @@ impl JobMaster {
             return None;
         }
         let task = TaskId::new(key.vertex_id(), key.subtask_index());
-        let name = self.task_name(task);
-        let Some(t) = self.tasks.get_mut(&task) else {
+        // Looked up before anything is indexed by it: a peer may name any vertex.
+        if !self.tasks.contains_key(&task) {
             tracing::warn!(taskmanager = %from, %task, "state of an unknown task dropped");
             return None;
-        };
+        }
+        let name = self.task_name(task);
+        let t = self.tasks.get_mut(&task).expect("checked above");
         if &t.taskmanager != from {
             tracing::warn!(taskmanager = %from, runs_on = %t.taskmanager, %task, "state from a TaskManager that does not run the task dropped");
             return None;
@@ -310,7 +312,9 @@ impl JobMaster {
     }
 
     pub(super) fn task_name(&self, task: TaskId) -> String {
-        let v = &self.plan.job.vertices[task.vertex.0 as usize];
-        format!("{} ({}/{})", v.name, task.subtask.0 + 1, v.parallelism)
+        match self.plan.job.vertices.get(task.vertex.0 as usize) {
+            Some(v) => format!("{} ({}/{})", v.name, task.subtask.0 + 1, v.parallelism),
+            None => task.to_string(),
+        }
     }
 }

@@ -79,10 +79,13 @@ mod messages;
 mod phase;
 mod recoveries;
 mod status;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use checkpoints::Checkpointing;
 use checkpoints::{apply_outside, restore_json, with_driver, AttemptDriver, LeaseKeeper};
 use gateway::ClusterGateway;
+pub(crate) use gateway::TaskManagers;
 use phase::JobPhase;
 pub(crate) use status::initial_status;
 
@@ -126,7 +129,14 @@ pub(crate) struct JobMasterSetup {
     pub inbox: Receiver<JobMasterMsg>,
     /// The JobMaster's own inbox, for the lease keeper.
     pub to_self: Sender<JobMasterMsg>,
-    pub shared: Arc<Shared>,
+    /// The cluster (the ResourceManager in production).
+    pub cluster: Arc<dyn TaskManagers>,
+    /// The JobManager's runtime.
+    pub runtime: tokio::runtime::Handle,
+    /// `slot.request.timeout`.
+    pub slot_request_timeout: Duration,
+    /// `jobmanager.cancel.timeout`.
+    pub cancel_timeout: Duration,
 }
 
 /// Why the job is stopping on request.
@@ -205,7 +215,14 @@ pub(crate) struct JobMaster {
     job_str: String,
     spec: JobSpec,
     plan: Plan,
-    shared: Arc<Shared>,
+    /// The cluster: slots and TaskManager sessions.
+    cluster: Arc<dyn TaskManagers>,
+    /// The JobManager's runtime: the checkpoint driver's storage calls, the lease keeper.
+    runtime: tokio::runtime::Handle,
+    /// `slot.request.timeout`.
+    slot_request_timeout: Duration,
+    /// `jobmanager.cancel.timeout`.
+    cancel_timeout: Duration,
     inbox: Receiver<JobMasterMsg>,
     status: Arc<Mutex<JobStatus>>,
     cp: Option<Checkpointing>,
@@ -248,7 +265,7 @@ impl JobMaster {
         if let Some(cp) = s.checkpointing.as_mut() {
             if let Some(lease) = cp.lease.take() {
                 cp.lease_keeper = Some(LeaseKeeper::spawn(
-                    &s.shared.runtime,
+                    &s.runtime,
                     lease,
                     crate::dispatcher::LEASE_DURATION,
                     s.to_self.clone(),
@@ -264,7 +281,10 @@ impl JobMaster {
             job_str: s.job.to_string(),
             spec: s.spec,
             plan: s.plan,
-            shared: s.shared,
+            cluster: s.cluster,
+            runtime: s.runtime,
+            slot_request_timeout: s.slot_request_timeout,
+            cancel_timeout: s.cancel_timeout,
             inbox: s.inbox,
             status: s.status,
             cp: s.checkpointing,
@@ -447,17 +467,14 @@ impl JobMaster {
     fn schedule(&mut self) -> Result<Assignment, Interrupted> {
         self.enter(JobPhase::WaitingForSlots);
         let needed = self.plan.slots_needed();
-        let timeout = self.shared.options.slot_request_timeout;
+        let timeout = self.slot_request_timeout;
         let deadline = Instant::now() + timeout;
         let mut logged = false;
         loop {
             if let Some(stop) = self.stop {
                 return Err(Interrupted::Stop(stop));
             }
-            let allocated = self
-                .shared
-                .resources()
-                .allocate(self.job, &self.previous, needed);
+            let allocated = self.cluster.allocate(self.job, &self.previous, needed);
             match allocated {
                 Ok(a) => {
                     tracing::info!(
@@ -559,7 +576,7 @@ impl JobMaster {
             .map(|(t, s)| (*t, s.taskmanager.clone()))
             .collect();
         let gateway = ClusterGateway {
-            shared: self.shared.clone(),
+            cluster: self.cluster.clone(),
             job: self.job_str.clone(),
             attempt,
             taskmanagers: Arc::new(task_tm.values().cloned().collect()),
@@ -611,7 +628,7 @@ impl JobMaster {
                     drv.as_mut(),
                     self.gateway.as_ref(),
                 ) {
-                    with_driver(cp, &self.shared.runtime, g, d, |d| d.on_tick());
+                    with_driver(cp, &self.runtime, g, d, |d| d.on_tick());
                 }
                 self.sync_history();
                 next_tick = Instant::now() + TICK;
@@ -642,13 +659,13 @@ impl JobMaster {
             .enumerate()
             .map(|(i, s)| (i as u32, s.taskmanager.clone()))
             .collect();
-        self.shared.resources().release_job(self.job);
+        self.cluster.release_job(self.job);
         self.gateway = None;
         match failure {
             Some(f) => {
                 if let Some(cp) = self.cp.as_mut() {
                     let actions = cp.coordinator.on_failover();
-                    apply_outside(cp, &self.shared.runtime, actions);
+                    apply_outside(cp, &self.runtime, actions);
                 }
                 self.sync_history();
                 AttemptEnd::Failed(f)
@@ -665,20 +682,17 @@ impl JobMaster {
     ) -> Option<Failure> {
         let attempt = self.attempt;
         let mut locations = Vec::with_capacity(self.plan.execution.subtasks.len());
-        {
-            let rm = self.shared.resources();
-            for ev in &self.plan.execution.subtasks {
-                let tm = &assignment.slots[ev.slot as usize].taskmanager;
-                let Some(address) = rm.data_address(tm) else {
-                    return Some(vanished(tm, "before deployment"));
-                };
-                locations.push(SubtaskLocation {
-                    vertex: ev.vertex.0,
-                    subtask: ev.subtask.0,
-                    taskmanager_id: tm.to_string(),
-                    data_address: address.to_string(),
-                });
-            }
+        for ev in &self.plan.execution.subtasks {
+            let tm = &assignment.slots[ev.slot as usize].taskmanager;
+            let Some(address) = self.cluster.data_address(tm) else {
+                return Some(vanished(tm, "before deployment"));
+            };
+            locations.push(SubtaskLocation {
+                vertex: ev.vertex.0,
+                subtask: ev.subtask.0,
+                taskmanager_id: tm.to_string(),
+                data_address: address,
+            });
         }
         for ev in &self.plan.execution.subtasks {
             let task = TaskId::new(ev.vertex, ev.subtask);
@@ -695,7 +709,7 @@ impl JobMaster {
                     }
                 };
             let tm = assignment.slots[ev.slot as usize].taskmanager.clone();
-            let sent = self.shared.resources().send(
+            let sent = self.cluster.send(
                 &tm,
                 Down::Deploy(DeployTask {
                     task: Some(TaskKey::new(&self.job_str, attempt, ev.vertex, ev.subtask)),
@@ -743,20 +757,17 @@ impl JobMaster {
             .map(|t| t.taskmanager.clone())
             .collect();
         let mut gone = Vec::new();
-        {
-            let rm = self.shared.resources();
-            for tm in &live {
-                let sent = rm.send(
-                    tm,
-                    Down::Cancel(CancelAttempt {
-                        job_id: self.job_str.clone(),
-                        attempt: self.attempt,
-                        reason: reason.clone(),
-                    }),
-                );
-                if !sent {
-                    gone.push(tm.clone());
-                }
+        for tm in &live {
+            let sent = self.cluster.send(
+                tm,
+                Down::Cancel(CancelAttempt {
+                    job_id: self.job_str.clone(),
+                    attempt: self.attempt,
+                    reason: reason.clone(),
+                }),
+            );
+            if !sent {
+                gone.push(tm.clone());
             }
         }
         for t in self.tasks.values_mut() {
@@ -773,7 +784,7 @@ impl JobMaster {
         }
         tracing::info!(taskmanagers = live.len(), %reason, "cancelling the attempt");
         self.publish();
-        let timeout = self.shared.options.cancel_timeout;
+        let timeout = self.cancel_timeout;
         let deadline = Instant::now() + timeout;
         while !self.tasks.values().all(|t| t.state.is_terminal()) {
             let now = Instant::now();
@@ -834,10 +845,10 @@ impl JobMaster {
         }
         if let Some(cp) = self.cp.as_mut() {
             let actions = cp.coordinator.shutdown();
-            apply_outside(cp, &self.shared.runtime, actions);
+            apply_outside(cp, &self.runtime, actions);
         }
         self.sync_history();
-        self.shared.resources().release_job(self.job);
+        self.cluster.release_job(self.job);
         self.end_ms = Some(now_ms());
         self.enter(match state {
             JobState::Finished => JobPhase::Finished,
@@ -854,7 +865,7 @@ impl JobMaster {
             _ => tracing::info!(attempt = self.attempt, state = ?state, "job ended"),
         }
         // Late acks of the last attempt: classified (discarded), so their files are deleted.
-        if state != JobState::Finished && self.cp.is_some() && !self.shared.is_shutting_down() {
+        if state != JobState::Finished && self.cp.is_some() && !self.cluster.is_shutting_down() {
             let until = Instant::now() + LATE_ACK_GRACE;
             loop {
                 let now = Instant::now();
@@ -872,7 +883,6 @@ impl JobMaster {
         if let Some(cp) = self.cp.as_mut() {
             for d in cp.deletions.drain(..) {
                 let done = self
-                    .shared
                     .runtime
                     .block_on(async { tokio::time::timeout(Duration::from_secs(30), d).await });
                 if done.is_err() {
@@ -881,7 +891,7 @@ impl JobMaster {
             }
             // Last: the folder is free for a resume once every write of this job is done.
             if let Some(keeper) = cp.lease_keeper.take() {
-                keeper.release(&self.shared.runtime);
+                keeper.release(&self.runtime);
             }
         }
         self.publish();

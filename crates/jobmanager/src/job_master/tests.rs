@@ -1,0 +1,410 @@
+//! Failover orderings against a fake cluster that implements the production [`TaskManagers`]
+//! trait: the real JobMaster runs on its own thread; the test plays the TaskManagers by reading
+//! what the JobMaster sent and answering through its inbox.
+
+use super::*;
+use crate::recovery::tests::two_vertex_plan;
+use crate::slots::{assign_slots, NotEnoughSlots, TaskManagerSlots};
+use std::sync::MutexGuard;
+use weir_proto::v1::{TaskKey, TaskStateUpdate};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct FakeState {
+    /// Live TaskManagers: id → (slots, the job slots each of its slots holds).
+    taskmanagers: BTreeMap<TaskManagerId, Vec<Option<u32>>>,
+    /// Every message sent, in order.
+    sent: Vec<(TaskManagerId, Down)>,
+}
+
+#[derive(Default)]
+struct FakeCluster(Mutex<FakeState>);
+
+impl FakeCluster {
+    fn with(tms: &[(&str, u32)]) -> Arc<Self> {
+        let fake = Self::default();
+        for (id, slots) in tms {
+            fake.state()
+                .taskmanagers
+                .insert(tm(id), vec![None; *slots as usize]);
+        }
+        Arc::new(fake)
+    }
+
+    fn state(&self) -> MutexGuard<'_, FakeState> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn remove(&self, id: &str) {
+        self.state().taskmanagers.remove(&tm(id));
+    }
+
+    /// `DeployTask`s of `attempt`: (TaskManager, task).
+    fn deploys(&self, attempt: u32) -> Vec<(TaskManagerId, TaskKey)> {
+        self.state()
+            .sent
+            .iter()
+            .filter_map(|(to, m)| match m {
+                Down::Deploy(d) => d
+                    .task
+                    .clone()
+                    .filter(|k| k.attempt == attempt)
+                    .map(|k| (to.clone(), k)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn cancels(&self, attempt: u32) -> Vec<TaskManagerId> {
+        self.state()
+            .sent
+            .iter()
+            .filter_map(|(to, m)| match m {
+                Down::Cancel(c) if c.attempt == attempt => Some(to.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl TaskManagers for FakeCluster {
+    fn allocate(
+        &self,
+        _job: JobId,
+        previous: &BTreeMap<u32, TaskManagerId>,
+        needed: u32,
+    ) -> Result<Assignment, NotEnoughSlots> {
+        let mut s = self.state();
+        let alive: Vec<TaskManagerSlots> = s
+            .taskmanagers
+            .iter()
+            .map(|(id, slots)| TaskManagerSlots {
+                id: id.clone(),
+                total: slots.len() as u32,
+                free: (0..slots.len() as u32)
+                    .filter(|i| slots[*i as usize].is_none())
+                    .collect(),
+            })
+            .collect();
+        let a = assign_slots(previous, &alive, needed)?;
+        for (job_slot, slot) in a.slots.iter().enumerate() {
+            s.taskmanagers.get_mut(&slot.taskmanager).expect("alive")[slot.slot as usize] =
+                Some(job_slot as u32);
+        }
+        Ok(a)
+    }
+
+    fn release_job(&self, _job: JobId) {
+        for slots in self.state().taskmanagers.values_mut() {
+            slots.iter_mut().for_each(|s| *s = None);
+        }
+    }
+
+    fn send(&self, to: &TaskManagerId, message: Down) -> bool {
+        let mut s = self.state();
+        if !s.taskmanagers.contains_key(to) {
+            return false;
+        }
+        s.sent.push((to.clone(), message));
+        true
+    }
+
+    fn data_address(&self, to: &TaskManagerId) -> Option<String> {
+        self.state()
+            .taskmanagers
+            .contains_key(to)
+            .then(|| format!("{to}:1"))
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        false
+    }
+}
+
+fn tm(id: &str) -> TaskManagerId {
+    TaskManagerId::new(id).expect("valid id")
+}
+
+struct Harness {
+    job: JobId,
+    cluster: Arc<FakeCluster>,
+    inbox: Sender<JobMasterMsg>,
+    status: Arc<Mutex<JobStatus>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Harness {
+    fn start(cluster: Arc<FakeCluster>, restart: RestartStrategy) -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let job = JobId(0xfa11);
+        let plan = two_vertex_plan(2);
+        let spec = JobSpec {
+            job_id: job.to_string(),
+            job_name: "t".into(),
+            ..Default::default()
+        };
+        let status = Arc::new(Mutex::new(initial_status(
+            job, &spec, &plan, None, &restart,
+        )));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let master = JobMaster::new(JobMasterSetup {
+            job,
+            spec,
+            plan,
+            restart,
+            checkpointing: None,
+            status: status.clone(),
+            inbox: rx,
+            to_self: tx.clone(),
+            cluster: cluster.clone(),
+            runtime: runtime.handle().clone(),
+            slot_request_timeout: Duration::from_secs(2),
+            cancel_timeout: Duration::from_secs(2),
+        });
+        let thread = std::thread::spawn(move || master.run());
+        Self {
+            job,
+            cluster,
+            inbox: tx,
+            status,
+            thread: Some(thread),
+            _runtime: runtime,
+        }
+    }
+
+    fn status(&self) -> JobStatus {
+        lock(&self.status).clone()
+    }
+
+    fn until<T>(&self, what: &str, mut f: impl FnMut(&Self) -> Option<T>) -> T {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(t) = f(self) {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; status {:?}",
+                self.status().details
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Waits for every `DeployTask` of `attempt` (4 tasks).
+    fn deployed(&self, attempt: u32) -> Vec<(TaskManagerId, TaskKey)> {
+        self.until(&format!("attempt {attempt} deployed"), |h| {
+            let d = h.cluster.deploys(attempt);
+            (d.len() == 4).then_some(d)
+        })
+    }
+
+    fn report(&self, from: &TaskManagerId, key: &TaskKey, state: ExecutionState, error: &str) {
+        let _ = self.inbox.send(JobMasterMsg::FromTaskManager {
+            from: from.clone(),
+            kind: Up::TaskState(TaskStateUpdate {
+                task: Some(key.clone()),
+                state: state as i32,
+                error: error.into(),
+                secondary: false,
+                damaged_checkpoint: None,
+            }),
+        });
+    }
+
+    fn all(&self, tasks: &[(TaskManagerId, TaskKey)], state: ExecutionState) {
+        for (from, key) in tasks {
+            self.report(from, key, state, "");
+        }
+    }
+
+    fn lose(&self, id: &str) {
+        self.cluster.remove(id);
+        let _ = self
+            .inbox
+            .send(JobMasterMsg::TaskManagerLost(Arc::new(LostTaskManager {
+                id: tm(id),
+                data_address: format!("{id}:1"),
+                pid: 1,
+                detected_ms: now_ms(),
+                last_heartbeat_ms: now_ms(),
+                reason: "killed by the test".into(),
+                jobs: BTreeSet::from([self.job]),
+            })));
+    }
+
+    /// Waits until recovery `n` (from 1) is `status`.
+    fn recovery_is(&self, n: usize, status: RecoveryStatus) {
+        self.until(&format!("recovery {n} {status:?}"), |h| {
+            (h.status().recoveries.get(n - 1).map(|r| r.status) == Some(status)).then_some(())
+        });
+    }
+
+    fn state_is(&self, state: JobState) {
+        self.until(&format!("{state:?}"), |h| {
+            (h.status().details.state == state).then_some(())
+        });
+    }
+
+    fn end(mut self) -> JobStatus {
+        let _ = self.inbox.send(JobMasterMsg::Cancel);
+        let thread = self.thread.take().expect("running");
+        let deadline = Instant::now() + WAIT;
+        while !thread.is_finished() {
+            // Whatever is still live confirms its cancellation.
+            let attempt = self.status().details.attempt;
+            let live = self.cluster.deploys(attempt);
+            self.all(&live, ExecutionState::Canceled);
+            assert!(Instant::now() < deadline, "the JobMaster did not end");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        thread.join().expect("the JobMaster did not panic");
+        self.status()
+    }
+}
+
+fn on(tasks: &[(TaskManagerId, TaskKey)], id: &str) -> Vec<(TaskManagerId, TaskKey)> {
+    tasks
+        .iter()
+        .filter(|(t, _)| *t == tm(id))
+        .cloned()
+        .collect()
+}
+
+fn restarts(n: u32) -> RestartStrategy {
+    RestartStrategy::FixedDelay {
+        attempts: n,
+        delay_ms: 0,
+    }
+}
+
+#[test]
+fn a_loss_during_deploy_cancels_the_attempt_and_redeploys_everything_on_the_survivor() {
+    let h = Harness::start(FakeCluster::with(&[("tm-a", 2), ("tm-b", 2)]), restarts(3));
+    let first = h.deployed(0);
+    let lost = first[0].0.to_string();
+    let survivor = if lost == "tm-a" { "tm-b" } else { "tm-a" };
+    // Before any task runs, the TaskManager of the first deployment dies.
+    h.lose(&lost);
+    h.until("CancelAttempt to the survivor", |h| {
+        h.cluster.cancels(0).contains(&tm(survivor)).then_some(())
+    });
+    h.all(&on(&first, survivor), ExecutionState::Canceled);
+    let second = h.deployed(1);
+    assert!(second.iter().all(|(t, _)| *t == tm(survivor)), "{second:?}");
+    h.all(&second, ExecutionState::Running);
+    h.recovery_is(1, RecoveryStatus::Completed);
+    let s = h.status();
+    assert_eq!(s.details.state, JobState::Running);
+    assert_eq!(s.recoveries.len(), 1);
+    assert!(
+        s.recoveries[0].cause.contains(&lost),
+        "{}",
+        s.recoveries[0].cause
+    );
+    assert_eq!(s.recoveries[0].status, RecoveryStatus::Completed);
+    h.end();
+}
+
+#[test]
+fn a_loss_while_cancelling_ends_the_job_cancelled_without_a_restart() {
+    let h = Harness::start(FakeCluster::with(&[("tm-a", 1), ("tm-b", 1)]), restarts(3));
+    let first = h.deployed(0);
+    h.all(&first, ExecutionState::Running);
+    h.state_is(JobState::Running);
+    let _ = h.inbox.send(JobMasterMsg::Cancel);
+    h.state_is(JobState::Canceling);
+    h.lose("tm-a");
+    h.all(&on(&first, "tm-b"), ExecutionState::Canceled);
+    h.state_is(JobState::Canceled);
+    assert!(h.cluster.deploys(1).is_empty(), "no second attempt");
+    let s = h.end();
+    assert_eq!(s.details.restarts, 0);
+    assert!(s.recoveries.is_empty(), "{:?}", s.recoveries);
+}
+
+#[test]
+fn a_second_loss_during_recovery_supersedes_the_first_recovery() {
+    let h = Harness::start(
+        FakeCluster::with(&[("tm-a", 2), ("tm-b", 2), ("tm-c", 2)]),
+        restarts(5),
+    );
+    let first = h.deployed(0);
+    h.all(&first, ExecutionState::Running);
+    h.state_is(JobState::Running);
+    let lost = first[0].0.to_string();
+    h.lose(&lost);
+    for (t, k) in first.iter().filter(|(t, _)| t.to_string() != lost) {
+        h.report(t, k, ExecutionState::Canceled, "");
+    }
+    let second = h.deployed(1);
+    // Recovering (nothing runs yet), and another TaskManager of the new attempt dies.
+    let lost_again = second[0].0.to_string();
+    h.lose(&lost_again);
+    for (t, k) in second.iter().filter(|(t, _)| t.to_string() != lost_again) {
+        h.report(t, k, ExecutionState::Canceled, "");
+    }
+    let third = h.deployed(2);
+    h.all(&third, ExecutionState::Running);
+    h.recovery_is(2, RecoveryStatus::Completed);
+    let s = h.status();
+    assert_eq!(s.recoveries.len(), 2, "{:?}", s.recoveries);
+    assert_eq!(s.recoveries[0].status, RecoveryStatus::Superseded);
+    assert_eq!(s.recoveries[1].status, RecoveryStatus::Completed);
+    assert!(
+        s.recoveries[1].cause.contains(&lost_again),
+        "{}",
+        s.recoveries[1].cause
+    );
+    h.end();
+}
+
+#[test]
+fn late_reports_from_an_old_attempt_or_from_a_taskmanager_without_the_task_change_nothing() {
+    let h = Harness::start(FakeCluster::with(&[("tm-a", 1), ("tm-b", 1)]), restarts(3));
+    let first = h.deployed(0);
+    h.all(&first, ExecutionState::Running);
+    let (t, k) = first[0].clone();
+    h.report(&t, &k, ExecutionState::Failed, "boom");
+    h.all(&first[1..], ExecutionState::Canceled);
+    let second = h.deployed(1);
+    h.all(&second, ExecutionState::Running);
+    h.state_is(JobState::Running);
+    // Attempt 0 speaks again: a failure, an end of input.
+    for (t, k) in &first {
+        h.report(t, k, ExecutionState::Failed, "late failure of attempt 0");
+        let _ = h.inbox.send(JobMasterMsg::FromTaskManager {
+            from: t.clone(),
+            kind: Up::EndOfInput(weir_proto::v1::TaskEndOfInput {
+                task: Some(k.clone()),
+            }),
+        });
+    }
+    // A TaskManager reports a failure of a task that runs elsewhere, and of an unknown vertex.
+    let (runs_on, key) = second[0].clone();
+    let other = if runs_on == tm("tm-a") {
+        tm("tm-b")
+    } else {
+        tm("tm-a")
+    };
+    h.report(&other, &key, ExecutionState::Failed, "forged");
+    let unknown = TaskKey {
+        vertex: 99,
+        ..key.clone()
+    };
+    h.report(&runs_on, &unknown, ExecutionState::Failed, "unknown vertex");
+    std::thread::sleep(Duration::from_millis(200));
+    let s = h.status();
+    assert_eq!(s.details.state, JobState::Running);
+    assert_eq!(s.details.attempt, 1);
+    assert_eq!(s.recoveries.len(), 1, "{:?}", s.recoveries);
+    assert!(h.cluster.deploys(2).is_empty(), "no third attempt");
+    h.end();
+}
