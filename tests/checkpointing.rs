@@ -414,6 +414,11 @@ fn damage_latest_then_resume(target: Target) {
 /// Damages the latest of three retained checkpoints, then resumes with
 /// `state.checkpoints.num-retained=retain_on_resume`.
 fn damage_latest_then_resume_retaining(target: Target, retain_on_resume: u32) {
+    damage_latest_then_resume_on(target, retain_on_resume, 0);
+}
+
+/// As above, the resume running on `taskmanagers` TaskManager processes (0: in-process).
+fn damage_latest_then_resume_on(target: Target, retain_on_resume: u32, taskmanagers: u32) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (out, state) = (dir.path().join("out"), dir.path().join("state"));
     let job_dir = run_until_checkpoints_then_kill(&out, &state, 3);
@@ -442,7 +447,16 @@ fn damage_latest_then_resume_retaining(target: Target, retain_on_resume: u32) {
         .expect("job id")
         .to_string_lossy()
         .into_owned();
-    let mut args = keyed_agg_args(400_000, 400_000, &out, &state);
+    let mut args: Vec<String> = keyed_agg_args(400_000, 400_000, &out, &state)
+        .into_iter()
+        .map(|a| {
+            if a == "--taskmanagers=0" {
+                format!("--taskmanagers={taskmanagers}")
+            } else {
+                a
+            }
+        })
+        .collect();
     args.extend(checkpointing("200ms"));
     args.extend([
         "-D".into(),
@@ -487,6 +501,11 @@ fn a_resume_with_a_smaller_retention_still_falls_back_from_a_damaged_latest_chec
     // The SST's damage shows only when a task restores it: by then the older checkpoints must
     // still exist, whatever the new retention count.
     damage_latest_then_resume_retaining(Target::Sst, 1);
+}
+
+#[test]
+fn a_damaged_sst_is_detected_on_a_real_taskmanager_and_the_jobmaster_falls_back() {
+    damage_latest_then_resume_on(Target::Sst, 3, 2);
 }
 
 #[test]
