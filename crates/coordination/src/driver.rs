@@ -1,7 +1,10 @@
-//! The checkpoint driver of the job master role (in-process for `weir local`): performs the
-//! pure [`Coordinator`]'s actions — triggers go to the source tasks' control channels, acks
-//! come back as [`TaskEvent`]s, `_metadata` is written create-only and last, completions are
-//! sent to every task, unreferenced files are deleted — and keeps the checkpoint history.
+//! The JobMaster's checkpoint driver: performs the pure [`Coordinator`]'s actions — triggers
+//! go to the source tasks through a [`TaskGateway`], acks come back as [`TaskEvent`]s,
+//! `_metadata` is written create-only and last, completions are sent to every task,
+//! unreferenced files are deleted — and keeps the checkpoint history. No storage call runs on
+//! the caller's thread: `_metadata` writes ([`spawn_metadata_write`]) and deletions
+//! ([`spawn_deletions`]) run on the runtime, and a write's outcome comes back as a
+//! [`MetadataWritten`] event for [`Driver::on_metadata_written`].
 //!
 //! End of a bounded job: once every task reported [`TaskEvent::Finished`], the next checkpoint
 //! (triggered at once, min-pause aside) is the final one; when it completes, every task is
@@ -129,11 +132,100 @@ impl CheckpointRecord {
     }
 }
 
-/// Whether a `_metadata` whose write reported an error exists.
-enum MetadataOutcome {
+/// What became of one `_metadata` write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetadataOutcome {
+    /// It is durable (or a failed write turned out to have landed): the checkpoint completed.
     Written,
-    Absent,
-    Unknown(String),
+    /// It failed and is not there: the checkpoint is aborted, its files deleted.
+    Failed(String),
+    /// It failed and whether it exists cannot be told: the checkpoint is aborted but every
+    /// file is kept (a `_metadata` might verify and point at them).
+    Unknown {
+        /// The write's error.
+        detail: String,
+        /// Why the check afterwards could not tell.
+        check: String,
+    },
+}
+
+/// The outcome of the `_metadata` write of checkpoint `id`, reported to the JobMaster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetadataWritten {
+    /// The checkpoint.
+    pub id: CheckpointId,
+    /// What happened.
+    pub outcome: MetadataOutcome,
+}
+
+/// Where `_metadata` write outcomes are reported (the JobMaster's inbox). Called from the
+/// runtime's threads; must not block.
+pub type MetadataSink = std::sync::Arc<dyn Fn(MetadataWritten) + Send + Sync>;
+
+/// Writes `bytes` as `_metadata` of `id` create-only on `runtime`; after a failed write, reads
+/// it back to tell whether it landed. Reports through `sink`.
+pub fn spawn_metadata_write(
+    runtime: &tokio::runtime::Handle,
+    store: &Store,
+    paths: &CheckpointPaths,
+    id: CheckpointId,
+    bytes: Vec<u8>,
+    sink: MetadataSink,
+) {
+    let (store, path) = (store.clone(), paths.metadata(id));
+    runtime.spawn(async move {
+        let outcome = match store.put_create(&path, bytes.into()).await {
+            Ok(()) => MetadataOutcome::Written,
+            Err(e) => {
+                let detail = e.to_string();
+                match store.get(&path).await {
+                    Ok(bytes) => match weir_checkpoint::CheckpointMetadata::decode(&bytes) {
+                        Ok(m) if m.checkpoint_id == id => {
+                            tracing::warn!(checkpoint = %id, %detail, "writing _metadata reported an error, but it is there: complete");
+                            MetadataOutcome::Written
+                        }
+                        Ok(_) | Err(_) => MetadataOutcome::Unknown {
+                            detail,
+                            check: format!("{path} does not verify"),
+                        },
+                    },
+                    Err(e) if e.is_not_found() => MetadataOutcome::Failed(detail),
+                    Err(e) => MetadataOutcome::Unknown {
+                        detail,
+                        check: e.to_string(),
+                    },
+                }
+            }
+        };
+        sink(MetadataWritten { id, outcome });
+    });
+}
+
+/// The coordinator's transition for a settled `_metadata` write, with or without a live
+/// attempt (a write that outlived its attempt still completes or aborts its checkpoint).
+pub fn settle_metadata(
+    coordinator: &mut Coordinator,
+    m: MetadataWritten,
+) -> Result<Vec<Action>, weir_checkpoint::CoordinatorError> {
+    let id = m.id;
+    match m.outcome {
+        MetadataOutcome::Written => coordinator.on_metadata_written(now_ms(), id),
+        MetadataOutcome::Failed(detail) => {
+            tracing::warn!(checkpoint = %id, %detail, "writing _metadata failed");
+            coordinator.on_metadata_failed(id, detail)
+        }
+        MetadataOutcome::Unknown { detail, check } => {
+            // It may exist: deleting its files could leave a `_metadata` that verifies but
+            // points at nothing. Keep every file.
+            tracing::error!(checkpoint = %id, %detail, %check, "cannot tell whether _metadata was written; its files are kept");
+            coordinator.on_metadata_failed(id, detail).map(|actions| {
+                actions
+                    .into_iter()
+                    .filter(|a| !matches!(a, Action::DeleteFiles { .. }))
+                    .collect()
+            })
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch: the coordinator's clock.
@@ -166,6 +258,10 @@ pub struct Driver<'a, G: TaskGateway> {
     pub done: bool,
     /// Too many checkpoint failures in a row: the job must fail (restart strategy applies).
     pub failed: Option<String>,
+    /// Where `_metadata` write outcomes go.
+    pub metadata_sink: &'a MetadataSink,
+    /// Checkpoints whose `_metadata` write is in flight (across attempts).
+    pub writing: &'a mut BTreeSet<CheckpointId>,
 }
 
 impl<G: TaskGateway> Driver<'_, G> {
@@ -261,49 +357,25 @@ impl<G: TaskGateway> Driver<'_, G> {
                         self.gateway.trigger(t, barrier);
                     }
                 }
-                Action::WriteMetadata { id, metadata } => {
-                    let written = metadata
-                        .encode()
-                        .map_err(|e| e.to_string())
-                        .and_then(|bytes| {
-                            let path = self.paths.metadata(id);
-                            self.runtime
-                                .block_on(self.store.put_create(&path, bytes.into()))
-                                .map_err(|e| e.to_string())
-                        });
-                    let more = match written {
-                        Ok(()) => self.coordinator.on_metadata_written(now_ms(), id),
-                        Err(detail) => match self.metadata_outcome(id) {
-                            MetadataOutcome::Written => {
-                                tracing::warn!(checkpoint = %id, %detail, "writing _metadata reported an error, but it is there: complete");
-                                self.coordinator.on_metadata_written(now_ms(), id)
-                            }
-                            MetadataOutcome::Absent => {
-                                tracing::warn!(checkpoint = %id, %detail, "writing _metadata failed");
-                                self.coordinator.on_metadata_failed(id, detail)
-                            }
-                            MetadataOutcome::Unknown(check) => {
-                                // It may exist: deleting its files could leave a `_metadata`
-                                // that verifies but points at nothing. Keep every file.
-                                tracing::error!(checkpoint = %id, %detail, %check, "cannot tell whether _metadata was written; its files are kept");
-                                self.coordinator
-                                    .on_metadata_failed(id, detail)
-                                    .map(|actions| {
-                                        actions
-                                            .into_iter()
-                                            .filter(|a| !matches!(a, Action::DeleteFiles { .. }))
-                                            .collect()
-                                    })
-                            }
-                        },
-                    };
-                    match more {
-                        Ok(more) => queue.extend(more),
-                        Err(e) => {
-                            self.failed = Some(format!("checkpoint coordinator: {e}"));
-                        }
+                Action::WriteMetadata { id, metadata } => match metadata.encode() {
+                    Ok(bytes) => {
+                        // Off this thread: a slow or hung store never stalls the JobMaster;
+                        // the outcome comes back through `metadata_sink`.
+                        self.writing.insert(id);
+                        spawn_metadata_write(
+                            self.runtime,
+                            self.store,
+                            self.paths,
+                            id,
+                            bytes,
+                            self.metadata_sink.clone(),
+                        );
                     }
-                }
+                    Err(e) => match self.coordinator.on_metadata_failed(id, e.to_string()) {
+                        Ok(more) => queue.extend(more),
+                        Err(e) => self.failed = Some(format!("checkpoint coordinator: {e}")),
+                    },
+                },
                 Action::NotifyComplete { id } => {
                     let now = now_ms();
                     if let Some(r) = self.record(id) {
@@ -353,16 +425,13 @@ impl<G: TaskGateway> Driver<'_, G> {
         }
     }
 
-    /// After a failed create-only write of `_metadata`: was it written after all?
-    fn metadata_outcome(&self, id: CheckpointId) -> MetadataOutcome {
-        let path = self.paths.metadata(id);
-        match self.runtime.block_on(self.store.get(&path)) {
-            Ok(bytes) => match weir_checkpoint::CheckpointMetadata::decode(&bytes) {
-                Ok(m) if m.checkpoint_id == id => MetadataOutcome::Written,
-                Ok(_) | Err(_) => MetadataOutcome::Unknown(format!("{path} does not verify")),
-            },
-            Err(e) if e.is_not_found() => MetadataOutcome::Absent,
-            Err(e) => MetadataOutcome::Unknown(e.to_string()),
+    /// Settles the write of `_metadata` of `m.id` (from [`spawn_metadata_write`]) and performs
+    /// what follows: completion and subsumption, or the abort.
+    pub fn on_metadata_written(&mut self, m: MetadataWritten) {
+        self.writing.remove(&m.id);
+        match settle_metadata(self.coordinator, m) {
+            Ok(actions) => self.perform(actions),
+            Err(e) => self.failed = Some(format!("checkpoint coordinator: {e}")),
         }
     }
 

@@ -270,6 +270,8 @@ pub(crate) fn submit(
                 deletions: Vec::new(),
                 lease: Some(lease),
                 lease_keeper: None,
+                metadata_sink: Checkpointing::no_sink(),
+                writing: Default::default(),
             };
             if request.resume {
                 if let Err(e) = resume(shared, job, &plan, &mut cp) {

@@ -53,6 +53,8 @@ struct FaultState {
     corrupt_gets: u32,
     fail_puts_matching: Option<PathPredicate>,
     corrupt_gets_matching: Option<PathPredicate>,
+    /// Puts of matching paths wait this long first (a slow or hung store).
+    delay_puts_matching: Option<(PathPredicate, std::time::Duration)>,
     put_attempts: u64,
     get_attempts: u64,
     delete_attempts: u64,
@@ -113,6 +115,24 @@ impl Faults {
         self.lock().fail_puts_matching = Some(Arc::new(pred));
     }
 
+    /// Makes every put whose path satisfies `pred` wait `delay` before it starts, until
+    /// [`clear`](Self::clear): a slow or hung store.
+    pub fn delay_puts_matching(
+        &self,
+        pred: impl Fn(&Path) -> bool + Send + Sync + 'static,
+        delay: std::time::Duration,
+    ) {
+        self.lock().delay_puts_matching = Some((Arc::new(pred), delay));
+    }
+
+    fn put_delay(&self, location: &Path) -> Option<std::time::Duration> {
+        let s = self.lock();
+        s.delay_puts_matching
+            .as_ref()
+            .filter(|(pred, _)| pred(location))
+            .map(|(_, d)| *d)
+    }
+
     /// Flips a byte in what each of the next `n` gets returns.
     pub fn corrupt_next_gets(&self, n: u32) {
         self.lock().corrupt_gets += n;
@@ -134,6 +154,7 @@ impl Faults {
         s.corrupt_gets = 0;
         s.fail_puts_matching = None;
         s.corrupt_gets_matching = None;
+        s.delay_puts_matching = None;
     }
 
     /// Puts seen so far, failed ones included.
@@ -279,6 +300,9 @@ impl ObjectStore for FaultyStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
+        if let Some(delay) = self.faults.put_delay(location) {
+            tokio::time::sleep(delay).await;
+        }
         let lose_answer = self.faults.on_put(location)?;
         let result = self.inner.put_opts(location, payload, opts).await?;
         if lose_answer {

@@ -15,6 +15,19 @@ pub(crate) struct Checkpointing {
     pub lease: Option<JobLease>,
     /// Renews the lease off this thread while the job runs; releases it at the end.
     pub lease_keeper: Option<LeaseKeeper>,
+    /// Where `_metadata` write outcomes go: the JobMaster's inbox (set when it starts).
+    pub metadata_sink: MetadataSink,
+    /// Checkpoints whose `_metadata` write is in flight.
+    pub writing: BTreeSet<CheckpointId>,
+}
+
+impl Checkpointing {
+    /// A sink for `_metadata` write outcomes that drops them (replaced by the JobMaster's).
+    pub(crate) fn no_sink() -> MetadataSink {
+        Arc::new(|m: MetadataWritten| {
+            tracing::warn!(checkpoint = %m.id, "a _metadata outcome arrived before its JobMaster started");
+        })
+    }
 }
 
 /// Renews a [`JobLease`] on the JobManager's runtime every third of its duration; tells the
@@ -110,6 +123,8 @@ pub(super) fn with_driver<R>(
         final_from: a.final_from,
         done: a.done,
         failed: a.failed.take(),
+        metadata_sink: &cp.metadata_sink,
+        writing: &mut cp.writing,
     };
     let r = f(&mut d);
     a.tasks = d.tasks;
@@ -169,6 +184,16 @@ pub(super) fn apply_outside(
                 }
                 tracing::info!(checkpoint = %id, %reason, "checkpoint aborted");
             }
+            Action::NotifyComplete { id } => {
+                // Its attempt ended while `_metadata` was written: durable all the same, and
+                // restoring it commits what its sinks staged.
+                let now = now_ms();
+                if let Some(r) = cp.history.iter_mut().rev().find(|r| r.id == id) {
+                    r.status = CheckpointStatus::Completed;
+                    r.duration_ms = now.saturating_sub(r.trigger_ms);
+                }
+                tracing::info!(checkpoint = %id, "checkpoint complete (after its attempt ended)");
+            }
             other => {
                 tracing::debug!(action = ?other, "coordinator action outside an attempt ignored")
             }
@@ -181,6 +206,67 @@ pub(super) fn apply_outside(
 }
 
 impl JobMaster {
+    /// A `_metadata` write settled: in an attempt the driver completes (and notifies) or
+    /// aborts the checkpoint; between attempts the coordinator does, with no task to tell.
+    pub(super) fn on_metadata_written(
+        &mut self,
+        m: MetadataWritten,
+        drv: &mut Option<AttemptDriver>,
+    ) {
+        let Some(cp) = self.cp.as_mut() else {
+            return;
+        };
+        match (drv.as_mut(), self.gateway.as_ref()) {
+            (Some(d), Some(g)) => {
+                with_driver(cp, &self.runtime, g, d, |d| d.on_metadata_written(m));
+            }
+            _ => {
+                cp.writing.remove(&m.id);
+                match settle_metadata(&mut cp.coordinator, m) {
+                    Ok(actions) => apply_outside(cp, &self.runtime, actions),
+                    Err(e) => {
+                        tracing::error!(error = %e, "a _metadata outcome the coordinator did not expect")
+                    }
+                }
+            }
+        }
+        self.sync_history();
+    }
+
+    /// Before the next attempt picks its checkpoint: waits until every `_metadata` write in
+    /// flight settled (serving the inbox meanwhile), so a checkpoint completing late can never
+    /// be newer than the one restored. A stop request ends the wait; a store that does not
+    /// answer within [`METADATA_SETTLE_TIMEOUT`] fails the job, naming the checkpoints.
+    pub(super) fn settle_metadata_writes(&mut self) -> Result<(), End> {
+        let deadline = Instant::now() + METADATA_SETTLE_TIMEOUT;
+        loop {
+            let pending: Vec<CheckpointId> = match &self.cp {
+                Some(cp) if !cp.writing.is_empty() => cp.writing.iter().copied().collect(),
+                _ => return Ok(()),
+            };
+            if let Some(stop) = self.stop {
+                return Err(End::Canceled(stop));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(End::Failed(format!(
+                    "the checkpoint store did not settle the _metadata of {} within {:?}; no \
+                     checkpoint can safely be chosen to restore",
+                    pending
+                        .iter()
+                        .map(|id| id.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    METADATA_SETTLE_TIMEOUT
+                )));
+            }
+            if let Some(msg) = self.next_message((deadline - now).min(TICK)) {
+                self.handle(msg, &mut None, Mode::Between);
+            }
+            self.housekeeping();
+        }
+    }
+
     pub(super) fn on_ack(
         &mut self,
         from: &TaskManagerId,

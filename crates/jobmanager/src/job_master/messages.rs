@@ -22,6 +22,10 @@ impl JobMaster {
                 self.stop.get_or_insert(Stop::Shutdown);
                 None
             }
+            JobMasterMsg::MetadataWritten(m) => {
+                self.on_metadata_written(m, drv);
+                None
+            }
             JobMasterMsg::LeaseLost(reason) => {
                 tracing::error!(%reason, "stopping: the checkpoint folder is no longer this JobMaster's");
                 self.lease_lost.get_or_insert(reason);

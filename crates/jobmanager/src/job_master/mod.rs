@@ -57,7 +57,8 @@ use weir_checkpoint::{
     TaskStateSnapshot,
 };
 use weir_coordination::driver::{
-    now_ms, spawn_deletions, CheckpointRecord, CheckpointStatus, Driver, TaskEvent, TaskGateway,
+    now_ms, settle_metadata, spawn_deletions, CheckpointRecord, CheckpointStatus, Driver,
+    MetadataSink, MetadataWritten, TaskEvent, TaskGateway,
 };
 use weir_coordination::lease::{JobLease, LeaseError};
 use weir_coordination::restart::{RestartDecision, RestartStrategy, RestartTracker};
@@ -96,6 +97,9 @@ const TICK: Duration = Duration::from_millis(10);
 /// coordinator deletes their files).
 pub(crate) const LATE_ACK_GRACE: Duration = Duration::from_secs(1);
 
+/// Longest wait for in-flight `_metadata` writes before an attempt picks its checkpoint.
+pub(crate) const METADATA_SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Checkpoint records kept per job (the oldest go first).
 const MAX_HISTORY: usize = 10_000;
 
@@ -109,6 +113,8 @@ pub(crate) enum JobMasterMsg {
     FromTaskManager { from: TaskManagerId, kind: Up },
     /// A TaskManager where this job held slots was declared lost.
     TaskManagerLost(Arc<LostTaskManager>),
+    /// The `_metadata` write of a checkpoint settled (off the JobMaster's thread).
+    MetadataWritten(MetadataWritten),
     /// A client cancels the job.
     Cancel,
     /// The job's checkpoint folder was taken over by another owner, or its lease could not be
@@ -263,6 +269,10 @@ pub(crate) struct JobMaster {
 impl JobMaster {
     pub(crate) fn new(mut s: JobMasterSetup) -> Self {
         if let Some(cp) = s.checkpointing.as_mut() {
+            let inbox = s.to_self.clone();
+            cp.metadata_sink = Arc::new(move |m| {
+                let _ = inbox.send(JobMasterMsg::MetadataWritten(m));
+            });
             if let Some(lease) = cp.lease.take() {
                 cp.lease_keeper = Some(LeaseKeeper::spawn(
                     &s.runtime,
@@ -333,6 +343,9 @@ impl JobMaster {
         loop {
             if let Some(stop) = self.stop {
                 return End::Canceled(stop);
+            }
+            if let Err(end) = self.settle_metadata_writes() {
+                return end;
             }
             let restore = match self.restore_point() {
                 Ok(r) => r,
@@ -878,6 +891,22 @@ impl JobMaster {
                     }
                     Err(_) => break,
                 }
+            }
+        }
+        // `_metadata` writes still in flight settle before the lease goes (bounded).
+        let until = Instant::now() + METADATA_SETTLE_TIMEOUT;
+        while self.cp.as_ref().is_some_and(|cp| !cp.writing.is_empty()) {
+            let now = Instant::now();
+            if now >= until {
+                tracing::warn!("_metadata writes did not settle in time; their checkpoints stay as the store left them");
+                break;
+            }
+            match self.inbox.recv_timeout((until - now).min(TICK)) {
+                Ok(msg) => {
+                    self.handle(msg, &mut None, Mode::Between);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
             }
         }
         if let Some(cp) = self.cp.as_mut() {

@@ -139,7 +139,22 @@ struct Harness {
 
 impl Harness {
     fn start(cluster: Arc<FakeCluster>, restart: RestartStrategy) -> Self {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        Self::start_with(cluster, restart, None)
+    }
+
+    /// With checkpoints every 50 ms on `store`.
+    fn checkpointed(cluster: Arc<FakeCluster>, restart: RestartStrategy, store: Store) -> Self {
+        Self::start_with(cluster, restart, Some(store))
+    }
+
+    fn start_with(
+        cluster: Arc<FakeCluster>,
+        restart: RestartStrategy,
+        store: Option<Store>,
+    ) -> Self {
+        // Multi-threaded, as the JobManager's: spawned storage calls run on their own.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
             .enable_all()
             .build()
             .expect("runtime");
@@ -150,8 +165,35 @@ impl Harness {
             job_name: "t".into(),
             ..Default::default()
         };
+        let checkpointing = store.map(|store| {
+            let config = weir_checkpoint::CheckpointConfig {
+                interval_ms: 50,
+                ..Default::default()
+            };
+            let tasks = plan
+                .execution
+                .subtasks
+                .iter()
+                .map(|s| TaskId::new(s.vertex, s.subtask));
+            Checkpointing {
+                coordinator: Coordinator::new(job, plan.job.max_parallelism, config, tasks)
+                    .expect("coordinator"),
+                store,
+                paths: CheckpointPaths::new(job),
+                history: Vec::new(),
+                deletions: Vec::new(),
+                lease: None,
+                lease_keeper: None,
+                metadata_sink: Checkpointing::no_sink(),
+                writing: BTreeSet::new(),
+            }
+        });
         let status = Arc::new(Mutex::new(initial_status(
-            job, &spec, &plan, None, &restart,
+            job,
+            &spec,
+            &plan,
+            checkpointing.as_ref(),
+            &restart,
         )));
         let (tx, rx) = crossbeam_channel::unbounded();
         let master = JobMaster::new(JobMasterSetup {
@@ -159,7 +201,7 @@ impl Harness {
             spec,
             plan,
             restart,
-            checkpointing: None,
+            checkpointing,
             status: status.clone(),
             inbox: rx,
             to_self: tx.clone(),
@@ -223,6 +265,33 @@ impl Harness {
         for (from, key) in tasks {
             self.report(from, key, state, "");
         }
+    }
+
+    /// Acknowledges checkpoint `id` for every task (stateless snapshots).
+    fn ack_all(&self, tasks: &[(TaskManagerId, TaskKey)], id: u64) {
+        for (from, key) in tasks {
+            let _ = self.inbox.send(JobMasterMsg::FromTaskManager {
+                from: from.clone(),
+                kind: Up::Ack(CheckpointAck {
+                    task: Some(key.clone()),
+                    checkpoint_id: id,
+                    snapshot_json: br#"{"operators":{}}"#.to_vec(),
+                    metrics: None,
+                }),
+            });
+        }
+    }
+
+    /// The first checkpoint id triggered in `attempt`.
+    fn triggered(&self, attempt: u32) -> u64 {
+        self.until("a checkpoint trigger", |h| {
+            h.cluster.state().sent.iter().find_map(|(_, m)| match m {
+                Down::Trigger(t) if t.task.as_ref().is_some_and(|k| k.attempt == attempt) => {
+                    Some(t.checkpoint_id)
+                }
+                _ => None,
+            })
+        })
     }
 
     fn lose(&self, id: &str) {
@@ -407,4 +476,90 @@ fn late_reports_from_an_old_attempt_or_from_a_taskmanager_without_the_task_chang
     assert_eq!(s.recoveries.len(), 1, "{:?}", s.recoveries);
     assert!(h.cluster.deploys(2).is_empty(), "no third attempt");
     h.end();
+}
+
+/// A store whose `_metadata` puts hang for `delay`.
+fn slow_metadata_store(delay: Duration) -> Store {
+    let (store, faults) = weir_storage::FaultyStore::wrap(&Store::in_memory());
+    faults.delay_puts_matching(|p| p.as_ref().ends_with("_metadata"), delay);
+    store
+}
+
+#[test]
+fn a_hung_metadata_write_stalls_neither_failover_nor_the_choice_of_the_checkpoint_restored() {
+    let delay = Duration::from_millis(1500);
+    let h = Harness::checkpointed(
+        FakeCluster::with(&[("tm-a", 2)]),
+        restarts(3),
+        slow_metadata_store(delay),
+    );
+    let first = h.deployed(0);
+    h.all(&first, ExecutionState::Running);
+    let id = h.triggered(0);
+    h.ack_all(&first, id);
+    // Every ack is in: `_metadata` is being written, slowly. A task fails meanwhile.
+    std::thread::sleep(Duration::from_millis(100));
+    let failed_at = Instant::now();
+    h.report(&first[0].0, &first[0].1, ExecutionState::Failed, "boom");
+    h.until("CancelAttempt while _metadata hangs", |h| {
+        (!h.cluster.cancels(0).is_empty()).then_some(())
+    });
+    assert!(
+        failed_at.elapsed() < delay / 2,
+        "the cancel waited for the store: {:?}",
+        failed_at.elapsed()
+    );
+    h.all(&first[1..], ExecutionState::Canceled);
+    // The next attempt restores the checkpoint whose `_metadata` landed late.
+    let second = h.deployed(1);
+    let restored: Vec<u64> = h
+        .cluster
+        .state()
+        .sent
+        .iter()
+        .filter_map(|(_, m)| match m {
+            Down::Deploy(d) if d.task.as_ref().is_some_and(|k| k.attempt == 1) => {
+                serde_json::from_slice::<serde_json::Value>(&d.restore_json)
+                    .ok()
+                    .and_then(|v| v["checkpoint"].as_u64())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(restored, vec![id; second.len()], "attempt 1 restores {id}");
+    h.end();
+}
+
+#[test]
+fn a_cancel_while_metadata_is_written_ends_the_job_at_once() {
+    let delay = Duration::from_millis(1500);
+    let h = Harness::checkpointed(
+        FakeCluster::with(&[("tm-a", 2)]),
+        restarts(3),
+        slow_metadata_store(delay),
+    );
+    let first = h.deployed(0);
+    h.all(&first, ExecutionState::Running);
+    let id = h.triggered(0);
+    h.ack_all(&first, id);
+    std::thread::sleep(Duration::from_millis(100));
+    let asked = Instant::now();
+    let _ = h.inbox.send(JobMasterMsg::Cancel);
+    h.state_is(JobState::Canceling);
+    h.all(&first, ExecutionState::Canceled);
+    h.state_is(JobState::Canceled);
+    assert!(
+        asked.elapsed() < delay / 2,
+        "the cancel waited for the store: {:?}",
+        asked.elapsed()
+    );
+    // The write still settles before the JobMaster lets go of the folder.
+    let s = h.end();
+    assert!(
+        s.checkpoints
+            .iter()
+            .any(|r| r.id.0 == id && r.status == CheckpointStatus::Completed),
+        "{:?}",
+        s.checkpoints
+    );
 }
