@@ -299,6 +299,7 @@ impl Impostor {
             slots: 1,
             data_address: "127.0.0.1:1".into(),
             pid: std::process::id(),
+            build_id: weir_build(),
         };
         let (out, mut inbound, interval_ms) = open_session(url, register)
             .await
@@ -709,6 +710,7 @@ fn a_greedy_register_a_huge_plan_and_forged_acks_declines_and_ends_of_input_chan
             slots: u32::MAX,
             data_address: "127.0.0.1:1".into(),
             pid: std::process::id(),
+            build_id: weir_build(),
         },
     ));
     match greedy {
@@ -864,4 +866,10 @@ fn a_forged_failure_of_an_unknown_vertex_or_of_anothers_task_is_dropped() {
     assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(1), "{jobs}");
     c.finishes_exactly_once_and_restorable();
     eprintln!("took {:?}", started.elapsed());
+}
+
+/// The build identity of the `weir` binary under test (a peer must present it to register).
+fn weir_build() -> String {
+    weir_proto::build_identity_of(std::path::Path::new(env!("CARGO_BIN_EXE_weir")))
+        .expect("read the weir binary")
 }

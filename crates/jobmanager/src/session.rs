@@ -67,6 +67,14 @@ fn registration(r: Register, max_slots: u32) -> Result<Registration, Status> {
             r.data_address.len()
         )));
     }
+    let ours = weir_proto::build_identity();
+    if r.build_id != ours {
+        return Err(Status::failed_precondition(format!(
+            "Register: TaskManager '{id}' runs build '{}', this JobManager runs build '{ours}': \
+             every process of a cluster must run the same binary",
+            r.build_id
+        )));
+    }
     if r.data_address.is_empty() {
         return Err(Status::invalid_argument(format!(
             "Register: TaskManager '{id}' has no data_address"
@@ -290,5 +298,45 @@ pub(crate) async fn check_heartbeats(
                 ),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register(slots: u32, build_id: &str) -> Register {
+        Register {
+            taskmanager_id: "tm-x".into(),
+            slots,
+            data_address: "127.0.0.1:1".into(),
+            pid: 1,
+            build_id: build_id.into(),
+        }
+    }
+
+    #[test]
+    fn a_register_of_another_build_is_refused_naming_both_builds() {
+        let err =
+            registration(register(2, "0.0.9+feedface"), MAX_SLOTS_PER_TASKMANAGER).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            err.message().contains("0.0.9+feedface")
+                && err.message().contains(weir_proto::build_identity()),
+            "{}",
+            err.message()
+        );
+    }
+
+    #[test]
+    fn a_register_beyond_the_slot_bound_is_refused_naming_the_count() {
+        let err = registration(
+            register(u32::MAX, weir_proto::build_identity()),
+            MAX_SLOTS_PER_TASKMANAGER,
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("4294967295"), "{}", err.message());
+        assert!(registration(register(4, weir_proto::build_identity()), 4096).is_ok());
     }
 }

@@ -16,6 +16,10 @@ pub mod v1 {
     tonic::include_proto!("weir.v1");
 }
 
+pub mod identity;
+
+pub use identity::{build_identity, build_identity_of, plan_fingerprint};
+
 use weir_types::{Barrier, CheckpointId, SubtaskIndex, VertexId};
 
 impl From<Barrier> for v1::BarrierFrame {

@@ -217,6 +217,7 @@ pub fn register_message(
             slots: options.slots,
             data_address: data_address.to_string(),
             pid: std::process::id(),
+            build_id: weir_proto::build_identity().to_string(),
         })),
     }
 }

@@ -65,6 +65,9 @@ struct JobEntry {
     spec: JobSpec,
     job: Arc<JobDefinition>,
     plan: Arc<Plan>,
+    /// The rebuilt plan's fingerprint (its JSON and this build), checked against every
+    /// deployment's.
+    fingerprint: String,
     built: BuiltJobEnv,
     cache: Option<Arc<LocalStateCache>>,
     attempts: BTreeMap<u32, Attempt>,
@@ -268,6 +271,10 @@ impl Tasks {
                 JobEntry {
                     spec: spec.clone(),
                     job: Arc::new(job),
+                    fingerprint: weir_proto::plan_fingerprint(
+                        &serde_json::to_vec(&plan).map_err(|e| e.to_string())?,
+                        weir_proto::build_identity(),
+                    ),
                     plan: Arc::new(plan),
                     built: BuiltJobEnv {
                         options,
@@ -326,6 +333,18 @@ impl Tasks {
         );
         let ended_tx = self.ended.0.clone();
         let entry = self.job_entry(&spec)?;
+        if entry.fingerprint != d.plan_fingerprint {
+            return Err(format!(
+                "plan fingerprint mismatch for job '{}': the JobMaster's is '{}' (build '{}'), \
+                 this TaskManager's is '{}' (build '{}'): the binaries or the job's parameters \
+                 differ",
+                spec.job_name,
+                d.plan_fingerprint,
+                d.build_id,
+                entry.fingerprint,
+                weir_proto::build_identity()
+            ));
+        }
         let (vertex, subtask) = (VertexId(key.vertex), SubtaskIndex(key.subtask));
         let plan = entry.plan.clone();
         let job = entry.job.clone();

@@ -145,6 +145,12 @@ pub(crate) struct JobMasterSetup {
     pub cancel_timeout: Duration,
 }
 
+/// The fingerprint every `DeployTask` of `plan` carries: its JSON and this build.
+pub(crate) fn fingerprint_of(plan: &Plan) -> String {
+    let json = serde_json::to_vec(plan).unwrap_or_default();
+    weir_proto::plan_fingerprint(&json, weir_proto::build_identity())
+}
+
 /// Why the job is stopping on request.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Stop {
@@ -223,6 +229,8 @@ pub(crate) struct JobMaster {
     plan: Plan,
     /// The cluster: slots and TaskManager sessions.
     cluster: Arc<dyn TaskManagers>,
+    /// The plan's fingerprint, sent with every deployment.
+    fingerprint: String,
     /// The JobManager's runtime: the checkpoint driver's storage calls, the lease keeper.
     runtime: tokio::runtime::Handle,
     /// `slot.request.timeout`.
@@ -268,6 +276,7 @@ pub(crate) struct JobMaster {
 
 impl JobMaster {
     pub(crate) fn new(mut s: JobMasterSetup) -> Self {
+        let fingerprint = fingerprint_of(&s.plan);
         if let Some(cp) = s.checkpointing.as_mut() {
             let inbox = s.to_self.clone();
             cp.metadata_sink = Arc::new(move |m| {
@@ -291,6 +300,7 @@ impl JobMaster {
             job_str: s.job.to_string(),
             spec: s.spec,
             plan: s.plan,
+            fingerprint,
             cluster: s.cluster,
             runtime: s.runtime,
             slot_request_timeout: s.slot_request_timeout,
@@ -729,6 +739,8 @@ impl JobMaster {
                     job: Some(self.spec.clone()),
                     locations: locations.clone(),
                     restore_json,
+                    plan_fingerprint: self.fingerprint.clone(),
+                    build_id: weir_proto::build_identity().to_string(),
                 }),
             );
             if !sent {

@@ -258,6 +258,8 @@ impl FakeTm {
             slots,
             data_address: format!("127.0.0.1:{}", 9000 + slots),
             pid: 4242,
+            // The JobManager of these tests runs in this very process.
+            build_id: weir_proto::build_identity().to_string(),
         })))
         .await
         .unwrap();
