@@ -197,7 +197,17 @@ impl Tasks {
             }
             Down::Stop(s) => self.stop(&s.job_id, s.attempt),
             Down::Shutdown(s) => {
-                tracing::warn!(reason = %s.reason, "the JobManager shuts down: cancelling every task");
+                let live = self
+                    .jobs
+                    .values()
+                    .flat_map(|j| j.attempts.values())
+                    .any(|a| a.live.load(Ordering::SeqCst) > 0);
+                if live {
+                    tracing::warn!(reason = %s.reason, "the JobManager shuts down: cancelling every task");
+                } else {
+                    // Nothing runs: an orderly end (e.g. `weir local` after its job), no failure.
+                    tracing::debug!(reason = %s.reason, "the JobManager shuts down; no task runs here");
+                }
                 self.cancel_all(&s.reason);
             }
             Down::Registered(_) | Down::Refused(_) => {
@@ -559,7 +569,12 @@ impl Tasks {
                         report_state(&outbox, &key, v1::ExecutionState::Canceled, None)
                     }
                     Err(e) => {
-                        tracing::error!(job = %key.job_id, attempt = key.attempt, vertex = key.vertex, subtask = key.subtask, error = %e, "task failed");
+                        if e.is_secondary() {
+                            // A consequence of another task's failure, which is the one to read.
+                            tracing::info!(job = %key.job_id, attempt = key.attempt, vertex = key.vertex, subtask = key.subtask, error = %e, "task stopped after another failure");
+                        } else {
+                            tracing::error!(job = %key.job_id, attempt = key.attempt, vertex = key.vertex, subtask = key.subtask, error = %e, "task failed");
+                        }
                         report_state(&outbox, &key, v1::ExecutionState::Failed, Some(&e));
                     }
                 }
