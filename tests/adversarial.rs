@@ -18,11 +18,11 @@
 
 mod common;
 
+use common::procs::{rest, start_jobmanager, start_taskmanager, wait_for, weir_cmd, Proc};
 use common::{exactly_once_updates, expected_keyed_agg, read_parts};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -54,137 +54,6 @@ const RATE: u64 = 20_000;
 /// The text of every forged decline and failure, looked for in the job's history afterwards.
 const FORGED: &str = "forged by the impostor TaskManager";
 const HUGE: u32 = 1_000_000_000;
-
-/// A child process killed (by its PID) and reaped when dropped, also when a test panics.
-struct Proc {
-    name: String,
-    child: Child,
-}
-
-impl Proc {
-    fn assert_alive(&mut self) {
-        let status = self.child.try_wait().expect("poll the process");
-        assert!(status.is_none(), "{} exited: {status:?}", self.name);
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // `Child::kill` signals this child's own PID; `wait` reaps it.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn weir_cmd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_weir"))
-}
-
-/// The JobManager on ports the OS picks (port 0, so no other process can take them between
-/// picking and binding); returns it with its RPC URL and REST address, read from its log.
-fn start_jobmanager() -> (Proc, String, String) {
-    let mut proc = Proc {
-        name: "jobmanager".into(),
-        child: weir_cmd()
-            .args([
-                "jobmanager",
-                "--rpc-bind",
-                "127.0.0.1:0",
-                "--rest-bind",
-                "127.0.0.1:0",
-            ])
-            .env("WEIR_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("jobmanager starts"),
-    };
-    let stderr = proc.child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent && line.contains("JobManager: RPC on ") {
-                let _ = tx.send(line.clone());
-                sent = true;
-            }
-            eprintln!("[jm] {line}");
-        }
-    });
-    // On a timeout, the panic drops `proc`, which kills the JobManager.
-    let line = rx
-        .recv_timeout(WAIT)
-        .expect("the JobManager prints its addresses");
-    let rpc = line
-        .split("RPC on ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .expect("rpc address")
-        .trim()
-        .to_string();
-    let rest = line
-        .split("REST on http://")
-        .nth(1)
-        .expect("rest address")
-        .trim()
-        .to_string();
-    (proc, format!("http://{rpc}"), rest)
-}
-
-fn start_taskmanager(jm: &str, id: &str, state: &Path) -> Proc {
-    let child = weir_cmd()
-        .args([
-            "taskmanager",
-            "--jobmanager",
-            jm,
-            "--slots",
-            "2",
-            "--id",
-            id,
-        ])
-        .arg("--state-dir")
-        .arg(state)
-        .env("WEIR_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("taskmanager starts");
-    Proc {
-        name: id.to_string(),
-        child,
-    }
-}
-
-/// `GET path` on the REST API; the JSON body.
-fn rest(addr: &str, path: &str) -> serde_json::Value {
-    let mut s = std::net::TcpStream::connect(addr).expect("REST reachable");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("REST answers");
-    let json = body.split("\r\n\r\n").nth(1).unwrap_or_default();
-    // A chunked body: take the JSON between the first '{' and the last '}'.
-    let start = json.find(['{', '[']).unwrap_or(0);
-    let end = json.rfind(['}', ']']).map_or(json.len(), |e| e + 1);
-    serde_json::from_str(&json[start..end])
-        .unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"))
-}
-
-fn wait_for(what: &str, deadline: Duration, mut ok: impl FnMut() -> bool) {
-    let until = Instant::now() + deadline;
-    while Instant::now() < until {
-        if ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("timed out after {deadline:?} waiting for {what}");
-}
 
 /// `weir run keyed-agg -p 2 --detached --json`; the job id.
 fn submit(rpc: &str, out: &Path, checkpoints: &Path) -> String {
@@ -499,7 +368,7 @@ impl Running {
         let dir = tempfile::tempdir().expect("tempdir");
         let checkpoints = dir.path().join("checkpoints");
         let out = dir.path().join("out");
-        let (jm, rpc, rest_addr) = start_jobmanager();
+        let (jm, rpc, rest_addr) = start_jobmanager(&[]);
         let tm = start_taskmanager(&rpc, "tm-0", &dir.path().join("tm-0"));
         wait_for("tm-0 to register", WAIT, || {
             rest(&rest_addr, "/taskmanagers")["taskmanagers"]

@@ -7,164 +7,15 @@
 
 mod common;
 
+use common::procs::{rest, start_jobmanager, start_taskmanager, wait_for, weir_cmd, Proc};
 use common::{exactly_once_updates, expected_keyed_agg, read_parts};
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(150);
 const SEED: u64 = 42;
 const KEYS: u64 = 2000;
-
-/// A child process killed (by its PID) and reaped when dropped.
-struct Proc {
-    name: String,
-    child: Child,
-}
-
-impl Proc {
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("kill runs")
-            .success();
-        assert!(ok, "kill -{sig} {} ({})", self.pid(), self.name);
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // A stopped process must be continued to die of SIGKILL promptly on every kernel.
-        let _ = self.child.kill();
-        let _ = Command::new("kill")
-            .arg("-CONT")
-            .arg(self.pid().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-fn weir_cmd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_weir"))
-}
-
-/// The JobManager on OS-picked ports; returns it with its RPC URL and REST address.
-fn start_jobmanager(heartbeat_timeout: &str, slot_timeout: &str) -> (Proc, String, String) {
-    let mut child = weir_cmd()
-        .args([
-            "jobmanager",
-            "--rpc-bind",
-            "127.0.0.1:0",
-            "--rest-bind",
-            "127.0.0.1:0",
-        ])
-        .args(["-D", &format!("heartbeat.timeout={heartbeat_timeout}")])
-        .args(["-D", "heartbeat.interval=100ms"])
-        .args(["-D", &format!("slot.request.timeout={slot_timeout}")])
-        .env("WEIR_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("jobmanager starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent && line.contains("JobManager: RPC on ") {
-                let _ = tx.send(line.clone());
-                sent = true;
-            }
-            eprintln!("[jm] {line}");
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the JobManager prints its addresses");
-    let rpc = line
-        .split("RPC on ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .expect("rpc address")
-        .trim()
-        .to_string();
-    let rest = line
-        .split("REST on http://")
-        .nth(1)
-        .expect("rest address")
-        .trim()
-        .to_string();
-    (
-        Proc {
-            name: "jobmanager".into(),
-            child,
-        },
-        format!("http://{rpc}"),
-        rest,
-    )
-}
-
-fn start_taskmanager(jm: &str, id: &str, state: &Path) -> Proc {
-    let child = weir_cmd()
-        .args([
-            "taskmanager",
-            "--jobmanager",
-            jm,
-            "--slots",
-            "2",
-            "--id",
-            id,
-        ])
-        .arg("--state-dir")
-        .arg(state)
-        .env("WEIR_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("taskmanager starts");
-    Proc {
-        name: id.to_string(),
-        child,
-    }
-}
-
-/// `GET path` on the REST API; the JSON body.
-fn rest(addr: &str, path: &str) -> serde_json::Value {
-    let mut s = std::net::TcpStream::connect(addr).expect("REST reachable");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("REST answers");
-    let json = body.split("\r\n\r\n").nth(1).unwrap_or_default();
-    // A chunked body: take the JSON between the first '{' and the last '}'.
-    let start = json.find(['{', '[']).unwrap_or(0);
-    let end = json.rfind(['}', ']']).map_or(json.len(), |e| e + 1);
-    serde_json::from_str(&json[start..end])
-        .unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"))
-}
-
-fn wait_for(what: &str, deadline: Duration, mut ok: impl FnMut() -> bool) {
-    let until = Instant::now() + deadline;
-    while Instant::now() < until {
-        if ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
-}
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -183,7 +34,11 @@ struct Cluster {
 
 fn cluster(heartbeat_timeout: &str) -> Cluster {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (jm, rpc, rest_addr) = start_jobmanager(heartbeat_timeout, "20s");
+    let (jm, rpc, rest_addr) = start_jobmanager(&[
+        &format!("heartbeat.timeout={heartbeat_timeout}"),
+        "heartbeat.interval=100ms",
+        "slot.request.timeout=20s",
+    ]);
     let tms: Vec<Proc> = (0..3)
         .map(|i| {
             start_taskmanager(
@@ -401,7 +256,11 @@ fn two_kills_in_a_row_still_end_exactly_once() {
 #[test]
 fn a_job_needing_more_slots_than_the_cluster_has_fails_naming_both_counts() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_jm, rpc, rest_addr) = start_jobmanager("3s", "2s");
+    let (_jm, rpc, rest_addr) = start_jobmanager(&[
+        "heartbeat.timeout=3s",
+        "heartbeat.interval=100ms",
+        "slot.request.timeout=2s",
+    ]);
     let _tm = start_taskmanager(&rpc, "tm-0", &dir.path().join("tm-0"));
     wait_for(
         "the TaskManager to register",

@@ -2,6 +2,8 @@
 //! inputs, read outputs.
 #![allow(dead_code)]
 
+pub mod procs;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
