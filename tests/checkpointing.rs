@@ -630,3 +630,41 @@ fn resuming_a_finished_job_publishes_nothing_twice() {
         "the resumed finished job published its output again"
     );
 }
+
+#[test]
+fn a_checkpoint_storage_the_taskmanagers_cannot_read_fails_the_submission_naming_them() {
+    // `memory://` lives in one process: TaskManager processes cannot see the JobManager's.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (out, state) = (dir.path().join("out"), dir.path().join("state"));
+    let mut args: Vec<String> = keyed_agg_args(10_000, 1_000_000, &out, &state)
+        .into_iter()
+        .map(|a| {
+            if a == "--taskmanagers=0" {
+                "--taskmanagers=2".into()
+            } else {
+                a
+            }
+        })
+        .collect();
+    args.extend(checkpointing("200ms"));
+    args.extend(["-D".into(), "state.checkpoints.dir=memory://probe".into()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = weir(&refs, DEADLINE);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("is not readable by every TaskManager")
+            && err.contains("TaskManager local-tm-0 cannot read it")
+            && err.contains("TaskManager local-tm-1 cannot read it"),
+        "the refusal does not name the TaskManagers:\n{err}"
+    );
+    assert!(!out.exists(), "nothing ran");
+    // In one process the same storage is readable, and the job runs.
+    let mut inproc = args.clone();
+    for a in inproc.iter_mut() {
+        if a == "--taskmanagers=2" {
+            *a = "--taskmanagers=0".into();
+        }
+    }
+    run_ok(&inproc);
+}

@@ -59,6 +59,20 @@ pub(crate) fn param_args(params: &BTreeMap<String, String>) -> Vec<String> {
 }
 
 impl JobFactory for CatalogJobFactory {
+    fn checkpoint_store(&self, spec: &JobSpec) -> Result<Option<weir_storage::Store>, String> {
+        let config = self
+            .config
+            .with_job_config(&spec.config.clone().into_iter().collect())
+            .map_err(|e| e.to_string())?;
+        if config.checkpoint_config().is_none() {
+            return Ok(None);
+        }
+        let (url, s3) = config.checkpoint_storage();
+        open_store(&url, &s3)
+            .map(Some)
+            .map_err(|e| format!("state.checkpoints.dir '{url}': {e}"))
+    }
+
     fn build(&self, spec: &JobSpec) -> Result<BuiltJob, String> {
         let config = self
             .config
@@ -874,6 +888,20 @@ pub(crate) fn local_command(
             .collect::<Vec<_>>()
             .join(", ")
     );
+    // Every TaskManager registers before the job is submitted, so the submission's storage probe
+    // reaches them all.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while handle.overview().taskmanagers < taskmanagers {
+        if Instant::now() >= deadline {
+            let registered = handle.overview().taskmanagers;
+            handle.shutdown();
+            cluster.stop(Duration::from_secs(5));
+            return Err(Failure::Job(format!(
+                "only {registered} of {taskmanagers} TaskManagers registered within 30 s"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let outcome = run_on(&handle, config, spec, plan, resume, json);
     // The JobManager first: it tells the TaskManagers it is going (they stop quietly), then
     // the TaskManagers, which run nothing any more.

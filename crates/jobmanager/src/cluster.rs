@@ -101,6 +101,14 @@ pub(crate) struct Shared {
     pub runtime: tokio::runtime::Handle,
     pub resolver: Arc<dyn JobSettingsResolver>,
     pub shutting_down: AtomicBool,
+    /// Storage probes of submissions waiting for their TaskManagers' answers, by probe id.
+    pub probes: Mutex<BTreeMap<u64, ProbeWait>>,
+}
+
+/// One submission's storage probe: who must answer, and where answers go.
+pub(crate) struct ProbeWait {
+    pub expected: std::collections::BTreeSet<TaskManagerId>,
+    pub answers: std::sync::mpsc::Sender<(TaskManagerId, String)>,
 }
 
 /// Locks `m`, ignoring poisoning: every critical section leaves the data consistent.
@@ -121,6 +129,21 @@ impl Shared {
             runtime,
             resolver,
             shutting_down: AtomicBool::new(false),
+            probes: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// A TaskManager answered storage probe `probe_id`; an answer from one that was not asked
+    /// is dropped.
+    pub fn on_probe_answer(&self, from: &TaskManagerId, probe_id: u64, error: String) {
+        let probes = lock(&self.probes);
+        match probes.get(&probe_id) {
+            Some(w) if w.expected.contains(from) => {
+                let _ = w.answers.send((from.clone(), error));
+            }
+            _ => {
+                tracing::warn!(taskmanager = %from, probe_id, "an unexpected storage probe answer dropped")
+            }
         }
     }
 

@@ -262,6 +262,14 @@ pub(crate) fn submit(
                     e => DispatchError::Internal(e.to_string()),
                 })?
             };
+            if let Err(e) = probe_storage(shared, &spec, &store, &paths) {
+                let lease_cp = lease;
+                let released = run_on(&shared.runtime, async move { lease_cp.release().await });
+                if let Ok(Err(err)) = released {
+                    tracing::warn!(error = %err, "the lease of a refused submission was not released");
+                }
+                return Err(e);
+            }
             let mut cp = Checkpointing {
                 coordinator,
                 store,
@@ -401,6 +409,103 @@ fn await_previous_master(shared: &Shared, job: JobId) {
     } else {
         tracing::warn!(%job, "the previous JobMaster of this job is still finishing");
     }
+}
+
+/// How long a submission waits for every TaskManager's answer to its storage probe.
+pub const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Checks that every registered TaskManager can read the job's checkpoint storage: writes a
+/// probe object into the job's folder, asks each to read it back (`ProbeStorage`), waits for
+/// every answer (bounded by [`PROBE_WAIT`]) and deletes it. A TaskManager that cannot read it,
+/// reads other bytes, or does not answer fails the submission, named with its reason.
+fn probe_storage(
+    shared: &Arc<Shared>,
+    spec: &weir_proto::v1::JobSpec,
+    store: &weir_storage::Store,
+    paths: &CheckpointPaths,
+) -> Result<(), DispatchError> {
+    let expected: std::collections::BTreeSet<_> = shared.resources().ids().into_iter().collect();
+    if expected.is_empty() {
+        return Ok(());
+    }
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let nonce = now_ms()
+        ^ (u64::from(std::process::id()) << 40)
+        ^ NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let relative = CheckpointPaths::probe_relative(nonce);
+    let object = paths
+        .handle_path(&relative)
+        .map_err(|e| DispatchError::Internal(e.to_string()))?;
+    let bytes = format!("weir storage probe {nonce} of job {}", paths.job()).into_bytes();
+    {
+        let (put_store, object, bytes) = (store.clone(), object.clone(), bytes.clone());
+        run_on(&shared.runtime, async move {
+            put_store.put(&object, bytes.into()).await
+        })?
+        .map_err(|e| {
+            DispatchError::FailedPrecondition(format!(
+                "job {}: the JobManager cannot write to the checkpoint storage {store}: {e}",
+                paths.job()
+            ))
+        })?;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    lock(&shared.probes).insert(
+        nonce,
+        crate::cluster::ProbeWait {
+            expected: expected.clone(),
+            answers: tx,
+        },
+    );
+    {
+        let rm = shared.resources();
+        for tm in &expected {
+            rm.send(
+                tm,
+                weir_proto::v1::job_manager_message::Kind::Probe(weir_proto::v1::ProbeStorage {
+                    probe_id: nonce,
+                    job: Some(spec.clone()),
+                    path: relative.clone(),
+                    expected: bytes.clone(),
+                }),
+            );
+        }
+    }
+    let deadline = std::time::Instant::now() + PROBE_WAIT;
+    let mut waiting = expected;
+    let mut failures = Vec::new();
+    while !waiting.is_empty() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((tm, error)) => {
+                if waiting.remove(&tm) && !error.is_empty() {
+                    failures.push(format!("TaskManager {tm} cannot read it: {error}"));
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    lock(&shared.probes).remove(&nonce);
+    for tm in &waiting {
+        failures.push(format!(
+            "TaskManager {tm} did not answer within {PROBE_WAIT:?}"
+        ));
+    }
+    {
+        let (store, object) = (store.clone(), object.clone());
+        if let Ok(Err(e)) = run_on(&shared.runtime, async move { store.delete(&object).await }) {
+            tracing::warn!(error = %e, "the storage probe object was not deleted");
+        }
+    }
+    if failures.is_empty() {
+        return Ok(());
+    }
+    Err(DispatchError::FailedPrecondition(format!(
+        "job {}: the checkpoint storage {store} is not readable by every TaskManager \
+         (probe {relative}): {}",
+        paths.job(),
+        failures.join("; ")
+    )))
 }
 
 /// Gives a refused submission's lease back at once, so the next try need not wait for it to

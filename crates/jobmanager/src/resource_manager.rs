@@ -271,6 +271,11 @@ impl ResourceManager {
         }
     }
 
+    /// The live TaskManagers.
+    pub fn ids(&self) -> Vec<TaskManagerId> {
+        self.taskmanagers.keys().cloned().collect()
+    }
+
     /// Live TaskManagers, their slots total and free.
     pub fn slot_counts(&self) -> (u32, u32, u32) {
         let tms = self.taskmanagers.len() as u32;

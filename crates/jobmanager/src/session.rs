@@ -100,6 +100,7 @@ fn kind_name(kind: &Option<Kind>) -> &'static str {
         Some(Kind::Restored(_)) => "TaskRestored",
         Some(Kind::FirstRecord(_)) => "FirstRecord",
         Some(Kind::AttemptMetrics(_)) => "AttemptMetrics",
+        Some(Kind::StorageProbed(_)) => "StorageProbed",
     }
 }
 
@@ -249,6 +250,10 @@ fn dispatch(shared: &Shared, from: &TaskManagerId, kind: Option<Kind>) {
     };
     let job = match &kind {
         Kind::Heartbeat(_) => return,
+        Kind::StorageProbed(p) => {
+            shared.on_probe_answer(from, p.probe_id, p.error.clone());
+            return;
+        }
         Kind::Register(_) => {
             tracing::warn!(taskmanager = %from, "Register on a registered session ignored");
             return;

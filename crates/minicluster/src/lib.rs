@@ -236,13 +236,17 @@ impl MiniCluster {
             plan_json,
             resume: job.checkpointing.as_ref().is_some_and(|c| c.resume),
         };
-        let factory = Arc::new(OneJob(Mutex::new(Some(BuiltJob {
-            job: job.job,
-            plan,
-            options: job.options,
-            state_backend: job.state_backend,
-            checkpointing: mode_store,
-        }))));
+        let probe_store = job.checkpointing.as_ref().map(|c| c.store.clone());
+        let factory = Arc::new(OneJob(
+            Mutex::new(Some(BuiltJob {
+                job: job.job,
+                plan,
+                options: job.options,
+                state_backend: job.state_backend,
+                checkpointing: mode_store,
+            })),
+            probe_store,
+        ));
         let options = MiniClusterOptions {
             slots: options.slots.max(slots),
             ..options
@@ -304,9 +308,13 @@ pub struct LocalCheckpointing {
 }
 
 /// Hands the one job of [`MiniCluster::run_local`] to the TaskManager.
-struct OneJob(Mutex<Option<BuiltJob>>);
+struct OneJob(Mutex<Option<BuiltJob>>, Option<Store>);
 
 impl JobFactory for OneJob {
+    fn checkpoint_store(&self, _spec: &v1::JobSpec) -> Result<Option<Store>, String> {
+        Ok(self.1.clone())
+    }
+
     fn build(&self, spec: &v1::JobSpec) -> Result<BuiltJob, String> {
         self.0
             .lock()

@@ -37,6 +37,8 @@ pub const CHECKPOINT_DIR_PREFIX: &str = "chk-";
 pub const SAVEPOINT_DIR_PREFIX: &str = "savepoint-";
 /// The directory, under a job's directory, of its ownership leases (`lease-<n>`).
 pub const LEASE_DIR_NAME: &str = "_lease";
+/// The directory, under a job's directory, of submission probes.
+pub const PROBE_DIR_NAME: &str = "_probe";
 /// How a lease object's name starts; its epoch follows.
 pub const LEASE_PREFIX: &str = "lease-";
 
@@ -130,6 +132,12 @@ impl CheckpointPaths {
     /// `<job-id>/shared/<name>`.
     pub fn shared_file(&self, name: &str) -> Result<Path, PathError> {
         Ok(join(&self.shared_dir(), &relative_path(name)?))
+    }
+
+    /// `_probe/probe-<nonce>`, relative to the job directory: the object a submission writes
+    /// for every TaskManager to read back (see [`handle_path`](Self::handle_path)).
+    pub fn probe_relative(nonce: u64) -> String {
+        format!("{PROBE_DIR_NAME}/probe-{nonce}")
     }
 
     /// `<job-id>/_lease`: the numbered ownership leases of the job's checkpoint folder.

@@ -80,6 +80,10 @@ pub struct BuiltJob {
 pub trait JobFactory: Send + Sync {
     /// Builds `spec`'s job; an error names what is wrong (unknown job, bad parameter or key).
     fn build(&self, spec: &JobSpec) -> Result<BuiltJob, String>;
+
+    /// The checkpoint storage `spec`'s configuration names on this TaskManager (`None`
+    /// without checkpointing), without building the job: what a storage probe reads.
+    fn checkpoint_store(&self, spec: &JobSpec) -> Result<Option<Store>, String>;
 }
 
 /// Why a TaskManager stopped.

@@ -210,10 +210,54 @@ impl Tasks {
                 }
                 self.cancel_all(&s.reason);
             }
+            Down::Probe(p) => self.probe(p),
             Down::Registered(_) | Down::Refused(_) => {
                 tracing::warn!("unexpected registration answer on an established session");
             }
         }
+    }
+
+    /// Reads a submission's probe object from the job's checkpoint storage, off this thread,
+    /// and answers whether it could (and whether the bytes matched).
+    fn probe(&mut self, p: v1::ProbeStorage) {
+        let outbox = self.ctx.outbox.clone();
+        let reply = move |error: String| {
+            outbox.send(Up::StorageProbed(v1::StorageProbed {
+                probe_id: p.probe_id,
+                error,
+            }))
+        };
+        let store = match p
+            .job
+            .as_ref()
+            .map(|spec| self.ctx.factory.checkpoint_store(spec))
+        {
+            Some(Ok(Some(store))) => store,
+            Some(Ok(None)) => return reply("the job has no checkpoint storage here".into()),
+            Some(Err(e)) => return reply(e),
+            None => return reply("a ProbeStorage without a job spec".into()),
+        };
+        let job_id = p.job.as_ref().map(|s| s.job_id.clone()).unwrap_or_default();
+        let (path, expected) = (p.path, p.expected);
+        self.ctx.runtime.spawn(async move {
+            let paths = match JobId::parse(&job_id) {
+                Ok(job) => CheckpointPaths::new(job),
+                Err(e) => return reply(e),
+            };
+            let object = match paths.handle_path(&path) {
+                Ok(o) => o,
+                Err(e) => return reply(format!("probe path '{path}': {e}")),
+            };
+            let read = tokio::time::timeout(PROBE_TIMEOUT, store.get(&object)).await;
+            reply(match read {
+                Ok(Ok(bytes)) if bytes.as_ref() == expected.as_slice() => String::new(),
+                Ok(Ok(_)) => {
+                    format!("{store}/{object} holds other bytes than the JobManager wrote")
+                }
+                Ok(Err(e)) => format!("cannot read {store}/{object}: {e}"),
+                Err(_) => format!("reading {store}/{object} took over {PROBE_TIMEOUT:?}"),
+            });
+        });
     }
 
     /// Cancels every attempt of every job (the session broke or the JobManager shut down).
@@ -689,6 +733,9 @@ impl Tasks {
         }
     }
 }
+
+/// Longest read of a storage probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most sync pauses one `AttemptMetrics` carries (the JobMaster's bound too).
 const MAX_SYNC_PAUSES: usize = 100_000;

@@ -121,7 +121,7 @@ impl JobMaster {
                     self.on_attempt_metrics(&from, m);
                     None
                 }
-                Up::Register(_) | Up::Heartbeat(_) => None,
+                Up::Register(_) | Up::Heartbeat(_) | Up::StorageProbed(_) => None,
             },
         }
     }

@@ -421,6 +421,11 @@ fn answer(
         subtask: t.3,
     };
     match &m.kind {
+        // The tests' stores live in this process: the probe would read fine.
+        Some(Down::Probe(p)) => replies.push(up(Up::StorageProbed(StorageProbed {
+            probe_id: p.probe_id,
+            error: String::new(),
+        }))),
         Some(Down::Deploy(d)) => {
             let k = d.task.clone().unwrap();
             tasks
