@@ -224,3 +224,11 @@ fn word_count_without_input_or_socket_says_what_it_needs() {
         "job 'word-count' needs --param input (or socket)=…",
     );
 }
+
+#[test]
+fn a_padding_beyond_its_bound_is_refused_naming_it() {
+    fails_with(
+        &["plan", "keyed-agg", "--param", "padding=1000000000000"],
+        "padding",
+    );
+}

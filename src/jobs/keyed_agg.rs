@@ -201,6 +201,9 @@ pub fn keyed_agg_spec() -> JobSpec {
     }
 }
 
+/// The largest `padding` (bytes stored per key): a TaskManager allocates it per record.
+const MAX_PADDING: usize = 1 << 20;
+
 fn build_from_params(params: &Params) -> Result<JobDefinition, ParamError> {
     let keys: u64 = params.get_or("keys", 1000)?;
     if keys == 0 {
@@ -230,7 +233,14 @@ fn build_from_params(params: &Params) -> Result<JobDefinition, ParamError> {
         output,
         emit_updates,
         fail: fail_after(params)?,
-        padding: params.get_or("padding", 0)?,
+        padding: match params.get_or("padding", 0)? {
+            p if p > MAX_PADDING => {
+                return Err(
+                    params.invalid("padding", format!("at most {MAX_PADDING} bytes per key"))
+                )
+            }
+            p => p,
+        },
     };
     keyed_agg(&options).map_err(|e| params.invalid("keys", e.to_string()))
 }

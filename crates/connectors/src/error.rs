@@ -36,6 +36,17 @@ pub enum ConnectorError {
         /// The offset of the first invalid byte in the file.
         offset: u64,
     },
+    /// A line is longer than [`crate::MAX_LINE_BYTES`] (a file without newlines, or a peer
+    /// that never ends its line): refused before it fills the memory.
+    #[error("a line of {source_name} at byte offset {offset} is longer than {max} bytes")]
+    LineTooLong {
+        /// The file or `host:port`.
+        source_name: String,
+        /// Where the line starts (for a socket: bytes read before it).
+        offset: u64,
+        /// The bound.
+        max: usize,
+    },
     /// A TCP connection could not be opened.
     #[error("cannot connect to {addr}: {cause}")]
     Connect {
@@ -164,6 +175,7 @@ impl ConnectorError {
             ),
             Self::InvalidConfig { .. }
             | Self::InvalidUtf8 { .. }
+            | Self::LineTooLong { .. }
             | Self::SocketUtf8 { .. }
             | Self::WriterFinished { .. }
             | Self::BadSubtask { .. }

@@ -6,7 +6,7 @@
 use crate::{position, subtask_of, ConnectorError};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use weir_runtime::{Source, SourceContext, SourcePoll, SourceReader, UserError};
@@ -539,11 +539,19 @@ impl FileLinesReader {
             reader
                 .seek(SeekFrom::Start(split.start - 1))
                 .map_err(|cause| unreadable(path, cause))?;
-            let mut skipped = Vec::new();
-            let n = reader
-                .read_until(b'\n', &mut skipped)
-                .map_err(|cause| unreadable(path, cause))?;
-            offset = split.start - 1 + n as u64;
+            // Skipped in bounded pieces: a file without newlines never fills the memory.
+            let mut n = 0u64;
+            loop {
+                let mut skipped = Vec::new();
+                let read =
+                    crate::read_line_bounded(&mut reader, &mut skipped, crate::MAX_LINE_BYTES)
+                        .map_err(|cause| unreadable(path, cause))?;
+                n += read as u64;
+                if read == 0 || skipped.last() == Some(&b'\n') {
+                    break;
+                }
+            }
+            offset = split.start - 1 + n;
         }
         Ok(OpenSplit {
             split,
@@ -571,10 +579,17 @@ impl SourceReader<String> for FileLinesReader {
             }
             let path = &self.files[open.split.file].path;
             self.line.clear();
-            let n = open
-                .reader
-                .read_until(b'\n', &mut self.line)
-                .map_err(|cause| unreadable(path, cause))?;
+            let n =
+                crate::read_line_bounded(&mut open.reader, &mut self.line, crate::MAX_LINE_BYTES)
+                    .map_err(|cause| unreadable(path, cause))?;
+            if crate::overran(&self.line, crate::MAX_LINE_BYTES) {
+                return Err(ConnectorError::LineTooLong {
+                    source_name: path.display().to_string(),
+                    offset: open.offset,
+                    max: crate::MAX_LINE_BYTES,
+                }
+                .into());
+            }
             if n == 0 {
                 // The file is shorter than when it was listed.
                 self.current = None;
@@ -731,6 +746,27 @@ mod tests {
         reader.poll(&mut out, lines).expect("poll");
         assert_eq!(out.len(), lines);
         reader.saved_position()
+    }
+
+    #[test]
+    fn a_line_longer_than_the_bound_fails_the_source_naming_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("in.txt");
+        let mut text = b"ok\n".to_vec();
+        text.extend(std::iter::repeat_n(b'x', crate::MAX_LINE_BYTES + 10));
+        fs::write(&path, &text).expect("write");
+        let source = FileLinesSource::new(&path).expect("source");
+        let mut reader = source.reader(0, 1).expect("reader");
+        let mut out = Vec::new();
+        let err = reader.poll(&mut out, 10).expect_err("too long");
+        assert_eq!(out, vec!["ok"]);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("in.txt")
+                && msg.contains("at byte offset 3")
+                && msg.contains("longer than"),
+            "{msg}"
+        );
     }
 
     #[test]

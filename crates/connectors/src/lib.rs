@@ -26,6 +26,28 @@
 
 #![warn(missing_docs)]
 
+/// The longest line a text source reads (files and sockets): a longer one fails the source
+/// with [`ConnectorError::LineTooLong`] instead of growing without bound.
+pub const MAX_LINE_BYTES: usize = 4 << 20;
+
+/// Appends to `line` up to and including the next `\n`, reading at most what keeps `line`
+/// within `max + 1` bytes; returns the bytes read. A `line` longer than `max` without its
+/// `\n` means the line is too long.
+pub(crate) fn read_line_bounded(
+    reader: &mut impl std::io::BufRead,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<usize> {
+    use std::io::{BufRead as _, Read as _};
+    let room = (max + 1).saturating_sub(line.len()) as u64;
+    reader.by_ref().take(room).read_until(b'\n', line)
+}
+
+/// Whether `line`, read by [`read_line_bounded`], overran `max` without ending.
+pub(crate) fn overran(line: &[u8], max: usize) -> bool {
+    line.len() > max && line.last() != Some(&b'\n')
+}
+
 mod error;
 mod file;
 mod file_sink;
@@ -192,5 +214,23 @@ pub(crate) mod test_util {
                 "a poll returned more than max records"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod bounded_line_tests {
+    use super::*;
+
+    #[test]
+    fn a_line_within_the_bound_is_read_whole_and_a_longer_one_is_cut_at_the_bound() {
+        let mut input = std::io::Cursor::new(b"short\nxxxxxxxxxx\n".to_vec());
+        let mut line = Vec::new();
+        read_line_bounded(&mut input, &mut line, 8).unwrap();
+        assert_eq!(line, b"short\n");
+        assert!(!overran(&line, 8));
+        line.clear();
+        read_line_bounded(&mut input, &mut line, 8).unwrap();
+        assert_eq!(line.len(), 9, "max + 1 bytes, no more");
+        assert!(overran(&line, 8));
     }
 }

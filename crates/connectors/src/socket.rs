@@ -1,7 +1,7 @@
 //! Lines from a TCP socket, as Flink's `socketTextStream` (try it with `nc -lk 9999`).
 
 use crate::{subtask_of, ConnectorError};
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufReader};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -165,7 +165,17 @@ impl SourceReader<String> for SocketTextReader {
                 break;
             }
             // On a timeout, bytes read so far stay in `self.line` (read_until appends as it goes).
-            match self.reader.read_until(b'\n', &mut self.line) {
+            let read =
+                crate::read_line_bounded(&mut self.reader, &mut self.line, crate::MAX_LINE_BYTES);
+            if crate::overran(&self.line, crate::MAX_LINE_BYTES) {
+                return Err(ConnectorError::LineTooLong {
+                    source_name: self.addr.clone(),
+                    offset: 0,
+                    max: crate::MAX_LINE_BYTES,
+                }
+                .into());
+            }
+            match read {
                 Ok(0) => {
                     if !self.line.is_empty() {
                         self.take_line(out)?;
