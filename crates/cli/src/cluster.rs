@@ -428,13 +428,14 @@ use crate::commands::Failure;
 use weir_proto::v1::dispatcher_service_client::DispatcherServiceClient;
 use weir_proto::v1::{self};
 
-/// The spec of a job to submit: name, parameters, this process's job configuration, and the
-/// id (`--restore`'s, or a new one).
+/// The spec of a job to submit: name, parameters (as parsed once, see
+/// [`crate::commands::ResolvedJob`]), this process's job configuration, and the id
+/// (`--restore`'s, or a new one).
 pub(crate) fn job_spec(
     config: &Config,
     job: &str,
     parallelism: Option<u32>,
-    params: &[String],
+    params: &Params,
     restore: Option<&str>,
 ) -> Result<v1::JobSpec, Failure> {
     let job_id = match restore {
@@ -448,7 +449,6 @@ pub(crate) fn job_spec(
             "--restore needs checkpointing: set execution.checkpointing.interval".into(),
         ));
     }
-    let params = Params::parse(job, params)?;
     Ok(v1::JobSpec {
         job_id,
         job_name: job.to_string(),

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use weir_graph::ParallelismSettings;
-use weir_runtime::{JobDefinition, Plan};
+use weir_runtime::Plan;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -290,8 +290,15 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Plan { job, json } => {
-            let (_, plan) =
-                build_and_plan(catalog, &config, &job.job, job.parallelism, &job.params)?;
+            let plan = resolve_job(
+                catalog,
+                &config,
+                &job.job,
+                job.parallelism,
+                &job.params,
+                None,
+            )?
+            .plan;
             if json {
                 println!(
                     "{}",
@@ -335,16 +342,22 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             restore,
             json,
         } => {
-            let (_, plan) =
-                build_and_plan(catalog, &config, &job.job, job.parallelism, &job.params)?;
-            let spec = crate::cluster::job_spec(
+            let r = resolve_job(
+                catalog,
                 &config,
                 &job.job,
                 job.parallelism,
                 &job.params,
                 restore.as_deref(),
             )?;
-            crate::cluster::run_command(&jobmanager, spec, &plan, restore.is_some(), detached, json)
+            crate::cluster::run_command(
+                &jobmanager,
+                r.spec,
+                &r.plan,
+                restore.is_some(),
+                detached,
+                json,
+            )
         }
         Command::List { jobmanager, json } => crate::cluster::list_command(&jobmanager, json),
         Command::Cancel {
@@ -360,15 +373,15 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             slots,
             ..
         } => {
-            let (_, plan) =
-                build_and_plan(catalog, &config, &job.job, job.parallelism, &job.params)?;
-            let spec = crate::cluster::job_spec(
+            let r = resolve_job(
+                catalog,
                 &config,
                 &job.job,
                 job.parallelism,
                 &job.params,
                 restore.as_deref(),
             )?;
+            let (spec, plan) = (r.spec, r.plan);
             let mut forward = Vec::new();
             if let Some(file) = &cli.config {
                 forward.push("--config".to_string());
@@ -425,7 +438,15 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             if let Some(rate) = rate {
                 params.push(format!("rate={rate}"));
             }
-            let (_, plan) = build_and_plan(catalog, &config, &workload, parallelism, &params)?;
+            let plain_job = resolve_job(
+                catalog,
+                &plain_config(&config),
+                &workload,
+                parallelism,
+                &params,
+                None,
+            )?;
+            let plan = plain_job.plan.clone();
             let p = plan
                 .job
                 .vertices
@@ -433,8 +454,6 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                 .map(|v| v.parallelism)
                 .max()
                 .unwrap_or(1);
-            let mut plain = config.clone();
-            plain.checkpoint_interval = None;
             check_writable_dir(&config.state_dir).map_err(Failure::Usage)?;
             let root = config
                 .state_dir
@@ -445,10 +464,10 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                 config.taskmanager_slots.max(plan.slots_needed()),
                 &root,
             )?;
-            let run = |config: &Config, plan: &Plan| {
-                let spec = crate::cluster::job_spec(config, &workload, parallelism, &params, None)?;
+            let run = |job: ResolvedJob| {
+                let (spec, plan) = (job.spec, job.plan);
                 let plan_json =
-                    serde_json::to_vec(plan).map_err(|e| Failure::Job(e.to_string()))?;
+                    serde_json::to_vec(&plan).map_err(|e| Failure::Job(e.to_string()))?;
                 let outcome = cluster
                     .run(
                         weir_proto::v1::SubmitJobRequest {
@@ -464,7 +483,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                     Some(cause) => Err(Failure::Job(format!("{workload} failed: {cause}"))),
                 }
             };
-            let report = run(&plain, &plan)?;
+            let report = run(plain_job)?;
             let secs = report.duration().as_secs_f64().max(1e-9);
             let source_records = report.details.metrics.source_records;
             let state_bytes = report.details.metrics.state_bytes;
@@ -509,8 +528,14 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                     crate::config::parse_duration(&interval)
                         .map_err(|e| Failure::Usage(format!("--checkpoint-interval: {e}")))?,
                 );
-                let (_, plan) = build_and_plan(catalog, &with, &workload, parallelism, &params)?;
-                let r = run(&with, &plan)?;
+                let r = run(resolve_job(
+                    catalog,
+                    &with,
+                    &workload,
+                    parallelism,
+                    &params,
+                    None,
+                )?)?;
                 let secs_cp = r.duration().as_secs_f64().max(1e-9);
                 let rate_cp = r.details.metrics.source_records as f64 / secs_cp;
                 let summary = bench::CheckpointSummary::new(
@@ -530,6 +555,13 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// `config` without checkpointing (the benchmark's first run).
+fn plain_config(config: &Config) -> Config {
+    let mut plain = config.clone();
+    plain.checkpoint_interval = None;
+    plain
 }
 
 fn list_jobs(catalog: &Catalog, json: bool) {
@@ -556,25 +588,38 @@ fn list_jobs(catalog: &Catalog, json: bool) {
     }
 }
 
-fn build_and_plan(
+/// One job as this binary resolves it, built once: the catalog entry, its parameters parsed
+/// once and this process's configuration give the plan and the spec from which every
+/// TaskManager rebuilds the same job (their plan fingerprints must match this plan's).
+pub(crate) struct ResolvedJob {
+    /// The plan the JobMaster schedules.
+    pub plan: Plan,
+    /// What is submitted: name, parameters, job configuration, parallelism, id to resume.
+    pub spec: weir_proto::v1::JobSpec,
+}
+
+/// Resolves `job` (see [`ResolvedJob`]); bad names, parameters or settings are usage errors.
+pub(crate) fn resolve_job(
     catalog: &Catalog,
     config: &Config,
     job: &str,
     parallelism: Option<u32>,
     params: &[String],
-) -> Result<(JobDefinition, Plan), Failure> {
-    let spec = catalog.get(job).ok_or_else(|| {
+    restore: Option<&str>,
+) -> Result<ResolvedJob, Failure> {
+    let entry = catalog.get(job).ok_or_else(|| {
         let known: Vec<&str> = catalog.jobs().iter().map(|j| j.name).collect();
         Failure::Usage(format!("unknown job '{job}' (known: {})", known.join(", ")))
     })?;
     let params = Params::parse(job, params)?;
-    let def = catalog.build(spec, &params)?;
+    let def = catalog.build(entry, &params)?;
     let plan = def.plan(ParallelismSettings {
         config_default: config.parallelism_default,
         cli: parallelism,
         config_max_parallelism: config.max_parallelism,
     })?;
-    Ok((def, plan))
+    let spec = crate::cluster::job_spec(config, job, parallelism, &params, restore)?;
+    Ok(ResolvedJob { plan, spec })
 }
 
 /// Checks that `dir` exists or can be created, and that a file can be written in it.

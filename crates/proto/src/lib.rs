@@ -20,7 +20,7 @@ pub mod identity;
 
 pub use identity::{build_identity, build_identity_of, plan_fingerprint};
 
-use weir_types::{Barrier, CheckpointId, SubtaskIndex, VertexId};
+use weir_types::{AttemptId, Barrier, CheckpointId, SubtaskIndex, VertexId};
 
 impl From<Barrier> for v1::BarrierFrame {
     fn from(b: Barrier) -> Self {
@@ -44,13 +44,18 @@ impl From<v1::BarrierFrame> for Barrier {
 
 impl v1::TaskKey {
     /// The task key of `vertex`/`subtask` in attempt `attempt` of `job_id`.
-    pub fn new(job_id: &str, attempt: u32, vertex: VertexId, subtask: SubtaskIndex) -> Self {
+    pub fn new(job_id: &str, attempt: AttemptId, vertex: VertexId, subtask: SubtaskIndex) -> Self {
         Self {
             job_id: job_id.to_string(),
-            attempt,
+            attempt: attempt.get(),
             vertex: vertex.0,
             subtask: subtask.0,
         }
+    }
+
+    /// The attempt.
+    pub fn attempt_id(&self) -> AttemptId {
+        AttemptId(self.attempt)
     }
 
     /// The vertex.

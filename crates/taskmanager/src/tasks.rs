@@ -804,7 +804,7 @@ fn forward_events(
         .name("tm-events".into())
         .spawn(move || {
             let key = |t: weir_checkpoint::TaskId| {
-                v1::TaskKey::new(&job_id, attempt, t.vertex, t.subtask)
+                v1::TaskKey::new(&job_id, weir_types::AttemptId(attempt), t.vertex, t.subtask)
             };
             for event in rx {
                 let msg = match event {

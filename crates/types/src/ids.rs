@@ -119,6 +119,20 @@ numeric_id!(
     "chk-"
 );
 
+numeric_id!(
+    /// One deployment of a job: 0 for the first, one more for every redeployment after a
+    /// failure. Messages about a task name the attempt they belong to.
+    AttemptId(u32),
+    "attempt-"
+);
+
+impl AttemptId {
+    /// The attempt after this one.
+    pub fn next(self) -> Self {
+        Self(self.0 + 1)
+    }
+}
+
 /// A job's id: 128 random bits, printed as 32 hex digits like Flink's `JobID`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct JobId(pub u128);

@@ -13,7 +13,9 @@ pub mod ids;
 pub mod key_group;
 pub mod message;
 
-pub use ids::{CheckpointId, JobId, NodeId, OperatorUid, SubtaskIndex, UidError, VertexId};
+pub use ids::{
+    AttemptId, CheckpointId, JobId, NodeId, OperatorUid, SubtaskIndex, UidError, VertexId,
+};
 pub use key_group::{
     default_max_parallelism, key_group_for_key_bytes, key_group_range_for_subtask, stable_hash64,
     subtask_for_key_group, KeyGroup, KeyGroupRange, KEY_GROUP_HASH_VERSION, MAX_MAX_PARALLELISM,

@@ -117,7 +117,7 @@ pub(super) fn with_driver<R>(
         sources: std::mem::take(&mut a.sources),
         history: &mut cp.history,
         deletions: &mut cp.deletions,
-        attempt: gateway.attempt,
+        attempt: gateway.attempt.get(),
         finished: std::mem::take(&mut a.finished),
         barriers: std::mem::take(&mut a.barriers),
         final_from: a.final_from,
@@ -360,7 +360,7 @@ impl JobMaster {
         if let Some(g) = self.gateway.as_ref() {
             for r in &cp.history[from..] {
                 if let CheckpointStatus::Aborted(reason) = &r.status {
-                    if r.attempt == g.attempt && self.aborted_notified.insert(r.id) {
+                    if r.attempt == g.attempt.get() && self.aborted_notified.insert(r.id) {
                         g.aborted(r.id, reason);
                     }
                 }

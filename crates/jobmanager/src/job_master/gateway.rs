@@ -62,7 +62,7 @@ impl TaskManagers for Shared {
 pub(crate) struct ClusterGateway {
     pub(super) cluster: Arc<dyn TaskManagers>,
     pub(super) job: String,
-    pub(super) attempt: u32,
+    pub(super) attempt: AttemptId,
     pub(super) task_tm: Arc<BTreeMap<TaskId, TaskManagerId>>,
     pub(super) taskmanagers: Arc<BTreeSet<TaskManagerId>>,
 }
@@ -77,7 +77,7 @@ impl ClusterGateway {
     pub(super) fn aborted(&self, id: CheckpointId, reason: &str) {
         self.to_all(Down::Aborted(NotifyCheckpointAborted {
             job_id: self.job.clone(),
-            attempt: self.attempt,
+            attempt: self.attempt.get(),
             checkpoint_id: id.0,
             reason: reason.to_string(),
         }));
@@ -109,7 +109,7 @@ impl TaskGateway for ClusterGateway {
     fn complete(&mut self, id: CheckpointId) {
         self.to_all(Down::Complete(NotifyCheckpointComplete {
             job_id: self.job.clone(),
-            attempt: self.attempt,
+            attempt: self.attempt.get(),
             checkpoint_id: id.0,
         }));
     }
@@ -117,7 +117,7 @@ impl TaskGateway for ClusterGateway {
     fn shutdown(&mut self) {
         self.to_all(Down::Stop(StopTasks {
             job_id: self.job.clone(),
-            attempt: self.attempt,
+            attempt: self.attempt.get(),
         }));
     }
 }

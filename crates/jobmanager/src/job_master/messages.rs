@@ -94,8 +94,8 @@ impl JobMaster {
                         duration_ms = r.duration_ms,
                         "task restored"
                     );
-                    if key.attempt == self.attempt {
-                        let attempt = self.attempt;
+                    if key.attempt_id() == self.attempt {
+                        let attempt = self.attempt.get();
                         if let Some(rec) = self
                             .recoveries
                             .last_mut()
@@ -112,7 +112,7 @@ impl JobMaster {
                 }
                 Up::FirstRecord(f) => {
                     let hosts_any = self.tasks.values().any(|t| t.taskmanager == from);
-                    if f.attempt == self.attempt && hosts_any {
+                    if AttemptId(f.attempt) == self.attempt && hosts_any {
                         self.on_first_record(f.at_ms);
                     }
                     None
@@ -137,7 +137,7 @@ impl JobMaster {
         what: &str,
     ) -> bool {
         let task = TaskId::new(key.vertex_id(), key.subtask_index());
-        let current = key.attempt == self.attempt
+        let current = key.attempt_id() == self.attempt
             && self
                 .tasks
                 .get(&task)
@@ -147,14 +147,14 @@ impl JobMaster {
                 .previous_hosts
                 .as_ref()
                 .is_some_and(|(attempt, hosts)| {
-                    key.attempt == *attempt && hosts.get(&task) == Some(from)
+                    key.attempt_id() == *attempt && hosts.get(&task) == Some(from)
                 });
         if !(current || previous) {
             tracing::warn!(
                 taskmanager = %from,
                 message = what,
                 attempt = key.attempt,
-                current_attempt = self.attempt,
+                current_attempt = %self.attempt,
                 vertex = key.vertex,
                 subtask = key.subtask,
                 "message about a task this TaskManager does not run in this attempt dropped"
@@ -166,7 +166,7 @@ impl JobMaster {
     /// Keeps what one TaskManager reported of one attempt (records, state size, pauses).
     pub(super) fn on_attempt_metrics(&mut self, from: &TaskManagerId, m: AttemptMetrics) {
         let hosts_any = self.tasks.values().any(|t| &t.taskmanager == from);
-        if m.attempt != self.attempt || !hosts_any {
+        if AttemptId(m.attempt) != self.attempt || !hosts_any {
             tracing::warn!(taskmanager = %from, attempt = m.attempt, "attempt metrics from a TaskManager without tasks of this attempt dropped");
             return;
         }
@@ -174,8 +174,13 @@ impl JobMaster {
             tracing::warn!(taskmanager = %from, pauses = m.sync_pauses_us.len(), "attempt metrics with too many pauses dropped");
             return;
         }
-        self.io.insert((m.attempt, from.clone()), m);
-        let latest = self.io.keys().map(|(a, _)| *a).max().unwrap_or(0);
+        self.io.insert((AttemptId(m.attempt), from.clone()), m);
+        let latest = self
+            .io
+            .keys()
+            .map(|(a, _)| *a)
+            .max()
+            .unwrap_or(AttemptId(0));
         let mut metrics = JobIoMetrics::default();
         let mut pauses = Vec::new();
         for ((attempt, _), m) in &self.io {
@@ -232,7 +237,7 @@ impl JobMaster {
             tracing::warn!(taskmanager = %from, "task state without a task key dropped");
             return None;
         };
-        if key.attempt != self.attempt {
+        if key.attempt_id() != self.attempt {
             tracing::debug!(taskmanager = %from, attempt = key.attempt, "state of another attempt ignored");
             return None;
         }

@@ -72,7 +72,7 @@ use weir_proto::v1::{
     TaskStateUpdate, TriggerCheckpoint,
 };
 use weir_storage::{CheckpointPaths, Store};
-use weir_types::{Barrier, CheckpointId, JobId, SubtaskIndex, VertexId};
+use weir_types::{AttemptId, Barrier, CheckpointId, JobId, SubtaskIndex, VertexId};
 
 mod checkpoints;
 mod gateway;
@@ -243,7 +243,8 @@ pub(crate) struct JobMaster {
     tracker: RestartTracker,
     /// Where the job is in its life ([`JobPhase`]: every move goes through [`Self::enter`]).
     phase: JobPhase,
-    attempt: u32,
+    /// The current (or last) attempt.
+    attempt: AttemptId,
     deployed_any: bool,
     /// The current attempt's TaskManagers.
     gateway: Option<ClusterGateway>,
@@ -267,9 +268,9 @@ pub(crate) struct JobMaster {
     aborted_notified: BTreeSet<CheckpointId>,
     /// The attempt before the current one and where its tasks ran: its late acks are still
     /// classified (so their files are deleted), but only from the TaskManager that ran them.
-    previous_hosts: Option<(u32, BTreeMap<TaskId, TaskManagerId>)>,
+    previous_hosts: Option<(AttemptId, BTreeMap<TaskId, TaskManagerId>)>,
     /// What each attempt did on each TaskManager (the latest report wins).
-    io: BTreeMap<(u32, TaskManagerId), AttemptMetrics>,
+    io: BTreeMap<(AttemptId, TaskManagerId), AttemptMetrics>,
     /// Why the job's checkpoint folder is no longer this JobMaster's, if it was lost.
     lease_lost: Option<String>,
 }
@@ -310,7 +311,7 @@ impl JobMaster {
             cp: s.checkpointing,
             tracker: RestartTracker::new(s.restart),
             phase: JobPhase::Created,
-            attempt: 0,
+            attempt: AttemptId(0),
             deployed_any: false,
             gateway: None,
             previous: BTreeMap::new(),
@@ -445,9 +446,12 @@ impl JobMaster {
 
     /// Consults the restart strategy about `f` and waits its delay.
     fn decide_restart(&mut self, f: &Failure) -> Result<(), End> {
-        match self.tracker.on_failure(now_ms(), u64::from(self.attempt)) {
+        match self
+            .tracker
+            .on_failure(now_ms(), u64::from(self.attempt.get()))
+        {
             RestartDecision::Restart { delay_ms, attempt } => {
-                tracing::warn!(attempt = self.attempt, restart = attempt, delay_ms, cause = %f.cause, "job failed; restarting");
+                tracing::warn!(attempt = %self.attempt, restart = attempt, delay_ms, cause = %f.cause, "job failed; restarting");
                 self.enter(JobPhase::Restarting);
                 if !self.wait(Duration::from_millis(delay_ms)) {
                     return Err(End::Canceled(self.stop.unwrap_or(Stop::Cancel)));
@@ -536,9 +540,9 @@ impl JobMaster {
         restore: Option<CheckpointMetadata>,
     ) -> AttemptEnd {
         let attempt = if self.deployed_any {
-            self.attempt + 1
+            self.attempt.next()
         } else {
-            0
+            AttemptId(0)
         };
         self.deployed_any = true;
         let previous_attempt = self.attempt;
@@ -555,7 +559,7 @@ impl JobMaster {
                 .collect();
             self.previous_hosts = Some((previous_attempt, hosts));
         }
-        let span = tracing::info_span!("attempt", attempt);
+        let span = tracing::info_span!("attempt", attempt = attempt.get());
         let _entered = span.enter();
         self.tasks = self
             .plan
@@ -578,7 +582,7 @@ impl JobMaster {
             .collect();
         let moves = recovery::moves(&self.plan, &self.previous, &assignment);
         if let Some(r) = self.open_recovery() {
-            r.attempt = Some(attempt);
+            r.attempt = Some(attempt.get());
             r.scheduled_ms = Some(now_ms());
             r.restored_checkpoint = restore.as_ref().map(|m| m.checkpoint_id);
             r.moves = moves;
@@ -586,7 +590,7 @@ impl JobMaster {
             tracing::info!(
                 phase = "scheduled",
                 recovery = r.id,
-                attempt,
+                attempt = attempt.get(),
                 checkpoint = ?r.restored_checkpoint.map(|c| c.0),
                 moves = r.moves.len(),
                 schedule_ms = ?r.durations.schedule_ms,
@@ -787,7 +791,7 @@ impl JobMaster {
                 tm,
                 Down::Cancel(CancelAttempt {
                     job_id: self.job_str.clone(),
-                    attempt: self.attempt,
+                    attempt: self.attempt.get(),
                     reason: reason.clone(),
                 }),
             );
@@ -883,11 +887,11 @@ impl JobMaster {
         self.publish();
         match state {
             JobState::Failed => tracing::error!(
-                attempt = self.attempt,
+                attempt = %self.attempt,
                 cause = self.failure_cause.as_deref().unwrap_or(""),
                 "job failed"
             ),
-            _ => tracing::info!(attempt = self.attempt, state = ?state, "job ended"),
+            _ => tracing::info!(attempt = %self.attempt, state = ?state, "job ended"),
         }
         // Late acks of the last attempt: classified (discarded), so their files are deleted.
         if state != JobState::Finished && self.cp.is_some() && !self.cluster.is_shutting_down() {

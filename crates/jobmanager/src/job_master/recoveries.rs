@@ -55,7 +55,7 @@ impl JobMaster {
     }
 
     pub(super) fn on_first_record(&mut self, at_ms: u64) {
-        let attempt = self.attempt;
+        let attempt = self.attempt.get();
         let Some(r) = self
             .recoveries
             .last_mut()
@@ -131,7 +131,7 @@ impl JobMaster {
         tracing::warn!(
             phase = "detected",
             recovery = r.id,
-            attempt = self.attempt,
+            attempt = %self.attempt,
             taskmanager = ?r.lost_taskmanager,
             cause = %f.cause,
             detection_ms = ?r.durations.detection_ms,

@@ -79,7 +79,7 @@ pub(super) fn vertex_details(
 impl JobMaster {
     pub(super) fn publish(&mut self) {
         self.dirty = false;
-        let attempt = self.attempt;
+        let attempt = self.attempt.get();
         let vertices = vertex_details(&self.plan, &self.tasks, attempt);
         let running = self
             .tasks
@@ -89,7 +89,7 @@ impl JobMaster {
         let mut s = lock(&self.status);
         let d = &mut s.details;
         let deployed_before = match self.phase {
-            JobPhase::Deploying => self.attempt > 0,
+            JobPhase::Deploying => self.attempt > AttemptId(0),
             _ => self.deployed_any,
         };
         d.state = self.phase.state(deployed_before);
