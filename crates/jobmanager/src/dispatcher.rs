@@ -262,14 +262,6 @@ pub(crate) fn submit(
                     e => DispatchError::Internal(e.to_string()),
                 })?
             };
-            if let Err(e) = probe_storage(shared, &spec, &store, &paths) {
-                let lease_cp = lease;
-                let released = run_on(&shared.runtime, async move { lease_cp.release().await });
-                if let Ok(Err(err)) = released {
-                    tracing::warn!(error = %err, "the lease of a refused submission was not released");
-                }
-                return Err(e);
-            }
             let mut cp = Checkpointing {
                 coordinator,
                 store,
@@ -281,11 +273,16 @@ pub(crate) fn submit(
                 metadata_sink: Checkpointing::no_sink(),
                 writing: Default::default(),
             };
-            if request.resume {
-                if let Err(e) = resume(shared, job, &plan, &mut cp) {
-                    release_lease(shared, &mut cp);
-                    return Err(e);
+            let checked = probe_storage(shared, &spec, &cp.store, &cp.paths).and_then(|()| {
+                if request.resume {
+                    resume(shared, job, &plan, &mut cp)
+                } else {
+                    Ok(())
                 }
+            });
+            if let Err(e) = checked {
+                release_lease(shared, &mut cp);
+                return Err(e);
             }
             Some(cp)
         }

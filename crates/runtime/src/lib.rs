@@ -52,7 +52,7 @@ pub use function::{
     SinkContext, SinkWriter, Source, SourceContext, SourcePoll, SourceReader, COLLECTOR_BATCH,
 };
 pub use metrics::JobMetrics;
-pub use snapshot::{Control, Transfer};
+pub use snapshot::{Control, Transfer, MAX_RECORDED_SYNC_PAUSES};
 pub use subtask::{Plan, RuntimeOptions};
 pub use weir_coordination::driver::TaskEvent;
 pub use weir_coordination::driver::{CheckpointRecord, CheckpointStatus};

@@ -114,6 +114,9 @@ pub struct Transfer {
     pub runtime: tokio::runtime::Handle,
 }
 
+/// Most synchronous pauses one attempt's tasks record in one process (the first ones).
+pub const MAX_RECORDED_SYNC_PAUSES: usize = 100_000;
+
 /// One task's side of checkpointing.
 pub(crate) struct TaskCheckpointing {
     pub task: TaskId,
@@ -122,7 +125,8 @@ pub(crate) struct TaskCheckpointing {
     pub control: Receiver<Control>,
     pub events: Sender<TaskEvent>,
     pub transfer: Arc<Transfer>,
-    /// Synchronous pauses of this job's snapshots, in microseconds (for benchmarks).
+    /// Synchronous pauses of this job's snapshots, in microseconds (for benchmarks), at most
+    /// [`MAX_RECORDED_SYNC_PAUSES`].
     pub sync_pauses: Arc<Mutex<Vec<u64>>>,
     /// The job attempt this task belongs to.
     pub attempt: u32,
@@ -139,10 +143,16 @@ impl TaskCheckpointing {
         let events = self.events.clone();
         let (task, subtask) = (self.task, self.subtask);
         let sync_us = sync.as_micros() as u64;
-        self.sync_pauses
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(sync_us);
+        {
+            // A job that runs for months checkpoints millions of times: keep the first ones.
+            let mut pauses = self
+                .sync_pauses
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if pauses.len() < MAX_RECORDED_SYNC_PAUSES {
+                pauses.push(sync_us);
+            }
+        }
         let id = snapshot.barrier.checkpoint;
         let in_flight = self.in_flight.clone();
         in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

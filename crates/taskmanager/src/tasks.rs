@@ -737,9 +737,6 @@ impl Tasks {
 /// Longest read of a storage probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Most sync pauses one `AttemptMetrics` carries (the JobMaster's bound too).
-const MAX_SYNC_PAUSES: usize = 100_000;
-
 fn attempt_metrics(key: &v1::TaskKey, metrics: &JobMetrics, sync_pauses: &Mutex<Vec<u64>>) -> Up {
     let pauses = sync_pauses.lock().unwrap_or_else(PoisonError::into_inner);
     Up::AttemptMetrics(v1::AttemptMetrics {
@@ -748,7 +745,11 @@ fn attempt_metrics(key: &v1::TaskKey, metrics: &JobMetrics, sync_pauses: &Mutex<
         source_records: JobMetrics::get(&metrics.source_records),
         sink_records: JobMetrics::get(&metrics.sink_records),
         state_bytes: JobMetrics::get(&metrics.state_bytes),
-        sync_pauses_us: pauses.iter().take(MAX_SYNC_PAUSES).copied().collect(),
+        sync_pauses_us: pauses
+            .iter()
+            .take(weir_runtime::MAX_RECORDED_SYNC_PAUSES)
+            .copied()
+            .collect(),
     })
 }
 

@@ -174,22 +174,33 @@ impl JobMaster {
             tracing::warn!(taskmanager = %from, pauses = m.sync_pauses_us.len(), "attempt metrics with too many pauses dropped");
             return;
         }
-        self.io.insert((AttemptId(m.attempt), from.clone()), m);
-        let latest = self
-            .io
-            .keys()
-            .map(|(a, _)| *a)
-            .max()
-            .unwrap_or(AttemptId(0));
-        let mut metrics = JobIoMetrics::default();
-        let mut pauses = Vec::new();
-        for ((attempt, _), m) in &self.io {
+        if self.io.attempt != self.attempt {
+            // The first report of a new attempt: the earlier one's figures become totals, so
+            // what is kept does not grow with the number of restarts.
+            let done = std::mem::take(&mut self.io.current);
+            for m in done.values() {
+                self.io.earlier_records.0 += m.source_records;
+                self.io.earlier_records.1 += m.sink_records;
+                let room = MAX_SYNC_PAUSES.saturating_sub(self.io.earlier_pauses.len());
+                self.io
+                    .earlier_pauses
+                    .extend(m.sync_pauses_us.iter().take(room));
+            }
+            self.io.attempt = self.attempt;
+        }
+        self.io.current.insert(from.clone(), m);
+        let mut metrics = JobIoMetrics {
+            source_records: self.io.earlier_records.0,
+            sink_records: self.io.earlier_records.1,
+            state_bytes: 0,
+        };
+        let mut pauses = self.io.earlier_pauses.clone();
+        for m in self.io.current.values() {
             metrics.source_records += m.source_records;
             metrics.sink_records += m.sink_records;
-            if *attempt == latest {
-                metrics.state_bytes += m.state_bytes;
-            }
-            pauses.extend_from_slice(&m.sync_pauses_us);
+            metrics.state_bytes += m.state_bytes;
+            let room = MAX_SYNC_PAUSES.saturating_sub(pauses.len());
+            pauses.extend(m.sync_pauses_us.iter().take(room));
         }
         let mut status = lock(&self.status);
         status.details.metrics = metrics;

@@ -151,6 +151,18 @@ pub(crate) fn fingerprint_of(plan: &Plan) -> String {
     weir_proto::plan_fingerprint(&json, weir_proto::build_identity())
 }
 
+/// What TaskManagers reported of the job's attempts: the current attempt's reports by
+/// TaskManager (the latest wins), and the earlier attempts folded into totals.
+#[derive(Default)]
+struct IoReports {
+    attempt: AttemptId,
+    current: BTreeMap<TaskManagerId, AttemptMetrics>,
+    /// Records read and written by earlier attempts.
+    earlier_records: (u64, u64),
+    /// Sync pauses of earlier attempts, at most [`MAX_SYNC_PAUSES`].
+    earlier_pauses: Vec<u64>,
+}
+
 /// Why the job is stopping on request.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Stop {
@@ -269,8 +281,8 @@ pub(crate) struct JobMaster {
     /// The attempt before the current one and where its tasks ran: its late acks are still
     /// classified (so their files are deleted), but only from the TaskManager that ran them.
     previous_hosts: Option<(AttemptId, BTreeMap<TaskId, TaskManagerId>)>,
-    /// What each attempt did on each TaskManager (the latest report wins).
-    io: BTreeMap<(AttemptId, TaskManagerId), AttemptMetrics>,
+    /// What the job's tasks did, as their TaskManagers reported it.
+    io: IoReports,
     /// Why the job's checkpoint folder is no longer this JobMaster's, if it was lost.
     lease_lost: Option<String>,
 }
@@ -329,7 +341,7 @@ impl JobMaster {
             history_cursor: 0,
             aborted_notified: BTreeSet::new(),
             previous_hosts: None,
-            io: BTreeMap::new(),
+            io: IoReports::default(),
             lease_lost: None,
         }
     }

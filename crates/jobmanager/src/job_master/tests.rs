@@ -485,9 +485,9 @@ fn slow_metadata_store(delay: Duration) -> Store {
     store
 }
 
-#[test]
-fn a_hung_metadata_write_stalls_neither_failover_nor_the_choice_of_the_checkpoint_restored() {
-    let delay = Duration::from_millis(1500);
+/// A running job on one TaskManager whose first checkpoint every task acknowledged, its
+/// `_metadata` write now hanging for `delay`: the harness, the tasks and the checkpoint id.
+fn acked_while_metadata_hangs(delay: Duration) -> (Harness, Vec<(TaskManagerId, TaskKey)>, u64) {
     let h = Harness::checkpointed(
         FakeCluster::with(&[("tm-a", 2)]),
         restarts(3),
@@ -497,6 +497,13 @@ fn a_hung_metadata_write_stalls_neither_failover_nor_the_choice_of_the_checkpoin
     h.all(&first, ExecutionState::Running);
     let id = h.triggered(0);
     h.ack_all(&first, id);
+    (h, first, id)
+}
+
+#[test]
+fn a_hung_metadata_write_stalls_neither_failover_nor_the_choice_of_the_checkpoint_restored() {
+    let delay = Duration::from_millis(1500);
+    let (h, first, id) = acked_while_metadata_hangs(delay);
     // Every ack is in: `_metadata` is being written, slowly. A task fails meanwhile.
     std::thread::sleep(Duration::from_millis(100));
     let failed_at = Instant::now();
@@ -533,15 +540,7 @@ fn a_hung_metadata_write_stalls_neither_failover_nor_the_choice_of_the_checkpoin
 #[test]
 fn a_cancel_while_metadata_is_written_ends_the_job_at_once() {
     let delay = Duration::from_millis(1500);
-    let h = Harness::checkpointed(
-        FakeCluster::with(&[("tm-a", 2)]),
-        restarts(3),
-        slow_metadata_store(delay),
-    );
-    let first = h.deployed(0);
-    h.all(&first, ExecutionState::Running);
-    let id = h.triggered(0);
-    h.ack_all(&first, id);
+    let (h, first, id) = acked_while_metadata_hangs(delay);
     std::thread::sleep(Duration::from_millis(100));
     let asked = Instant::now();
     let _ = h.inbox.send(JobMasterMsg::Cancel);
@@ -562,4 +561,58 @@ fn a_cancel_while_metadata_is_written_ends_the_job_at_once() {
         "{:?}",
         s.checkpoints
     );
+}
+
+#[test]
+fn attempt_metrics_add_records_over_restarts_keep_the_last_state_size_and_ignore_strangers() {
+    let h = Harness::start(FakeCluster::with(&[("tm-a", 2)]), restarts(3));
+    let metrics = |attempt: u32, records: u64, state: u64| JobMasterMsg::FromTaskManager {
+        from: tm("tm-a"),
+        kind: Up::AttemptMetrics(AttemptMetrics {
+            job_id: h.job.to_string(),
+            attempt,
+            source_records: records,
+            sink_records: records / 2,
+            state_bytes: state,
+            sync_pauses_us: vec![7; 3],
+        }),
+    };
+    let first = h.deployed(0);
+    h.all(&first, ExecutionState::Running);
+    let _ = h.inbox.send(metrics(0, 100, 10));
+    // A TaskManager without tasks of this job reports too: dropped.
+    let _ = h.inbox.send(JobMasterMsg::FromTaskManager {
+        from: tm("tm-x"),
+        kind: Up::AttemptMetrics(AttemptMetrics {
+            job_id: h.job.to_string(),
+            attempt: 0,
+            source_records: 1_000_000,
+            ..Default::default()
+        }),
+    });
+    h.report(&first[0].0, &first[0].1, ExecutionState::Failed, "boom");
+    h.all(&first[1..], ExecutionState::Canceled);
+    let second = h.deployed(1);
+    h.all(&second, ExecutionState::Running);
+    let _ = h.inbox.send(metrics(1, 40, 30));
+    // A late report of attempt 0 changes nothing.
+    let _ = h.inbox.send(metrics(0, 5_000, 99));
+    let m = h.until("both attempts' metrics", |h| {
+        let s = h.status();
+        (s.details.metrics.source_records >= 140).then_some(s)
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let s = h.status();
+    assert_eq!(
+        s.details.metrics.source_records, 140,
+        "{:?}",
+        m.details.metrics
+    );
+    assert_eq!(s.details.metrics.sink_records, 70);
+    assert_eq!(
+        s.details.metrics.state_bytes, 30,
+        "the last attempt's state"
+    );
+    assert_eq!(s.sync_pauses_us, vec![7; 6]);
+    h.end();
 }
