@@ -394,4 +394,33 @@ mod tests {
             );
         });
     }
+
+    #[test]
+    fn a_damaged_lease_blocks_the_folder_with_an_error_naming_it_and_is_left_alone() {
+        block_on(async {
+            let store = Store::in_memory();
+            let paths = CheckpointPaths::new(JobId(9));
+            let first = JobLease::acquire(&store, &paths, "one", 1_000, D)
+                .await
+                .unwrap();
+            first.release().await.unwrap();
+            // A flipped byte: the record no longer parses.
+            let path = paths.lease(1);
+            let mut bytes = store.get(&path).await.unwrap().to_vec();
+            bytes[0] ^= 0x20;
+            store.put(&path, bytes.clone().into()).await.unwrap();
+            let err = JobLease::acquire(&store, &paths, "two", 2_000, D)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, LeaseError::Storage { .. }) && err.to_string().contains("lease-1"),
+                "{err}"
+            );
+            assert_eq!(
+                store.get(&path).await.unwrap().to_vec(),
+                bytes,
+                "left as found"
+            );
+        });
+    }
 }
