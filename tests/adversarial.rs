@@ -275,6 +275,7 @@ fn huge_plan_request(raise_max: bool) -> SubmitJobRequest {
         }),
         plan_json: serde_json::to_vec(&json).unwrap(),
         resume: false,
+        ..Default::default()
     }
 }
 

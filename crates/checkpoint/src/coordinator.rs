@@ -191,6 +191,8 @@ pub struct Coordinator {
     consecutive_failures: u32,
     last_completion_ms: Option<u64>,
     next_periodic_ms: Option<u64>,
+    /// No periodic checkpoint is triggered while set ([`Coordinator::suspend_periodic`]).
+    periodic_suspended: bool,
 }
 
 impl Coordinator {
@@ -226,6 +228,7 @@ impl Coordinator {
             consecutive_failures: 0,
             last_completion_ms: None,
             next_periodic_ms: None,
+            periodic_suspended: false,
         })
     }
 
@@ -281,7 +284,7 @@ impl Coordinator {
     pub fn on_tick(&mut self, now: u64) -> Vec<Action> {
         let mut actions = self.expire(now);
         let interval = self.config.interval_ms;
-        if interval == 0 {
+        if interval == 0 || self.periodic_suspended {
             return actions;
         }
         match self.next_periodic_ms {
@@ -385,6 +388,13 @@ impl Coordinator {
             let result = pending.acknowledge(task, snapshot, metrics);
             let full = pending.is_fully_acknowledged();
             match result {
+                // A savepoint's files live in its own folder and belong to the user: the
+                // registry (which frees files of the job's folder) never sees them.
+                AckResult::Success if pending.kind().is_savepoint() => {
+                    if full {
+                        actions.extend(self.begin_completion(id));
+                    }
+                }
                 AckResult::Success => {
                     self.registry.hold(id, paths);
                     if full {
@@ -469,11 +479,14 @@ impl Coordinator {
             .remove(&id)
             .ok_or(CoordinatorError::UnexpectedMetadataOutcome { id })?;
         let kind = completing.metadata.kind;
-        let mut deletions: BTreeSet<String> = self
-            .registry
-            .register_completed(id, kind, completing.metadata.files())
-            .into_iter()
-            .collect();
+        let mut deletions: BTreeSet<String> = if kind.is_savepoint() {
+            BTreeSet::new()
+        } else {
+            self.registry
+                .register_completed(id, kind, completing.metadata.files())
+                .into_iter()
+                .collect()
+        };
         let mut actions = vec![Action::NotifyComplete { id }];
         let mut metadata_files = Vec::new();
         for subsumed in self
@@ -554,6 +567,18 @@ impl Coordinator {
         )
         .into_iter()
         .collect()
+    }
+
+    /// Suspends (or resumes) periodic checkpoints: while the job stops with a savepoint, no
+    /// checkpoint may follow the savepoint's barrier.
+    pub fn suspend_periodic(&mut self, suspended: bool) {
+        self.periodic_suspended = suspended;
+    }
+
+    /// Moves the id counter past `id` (a restored savepoint's): the job's ids continue above
+    /// it and never reuse it.
+    pub fn continue_after(&mut self, id: CheckpointId) {
+        self.counter.restore_from(id);
     }
 
     /// The configuration.
@@ -658,13 +683,17 @@ impl Coordinator {
         reason: CheckpointFailureReason,
     ) -> Vec<Action> {
         let id = pending.id();
+        let savepoint = pending.kind().is_savepoint();
         let mut deletions: BTreeSet<String> = self
             .registry
             .unregister_checkpoint(id)
             .into_iter()
             .collect();
         let aborted = pending.abort(reason, |path| self.registry.is_referenced(path));
-        deletions.extend(aborted.files_to_delete);
+        // An aborted savepoint's folder is removed whole by the driver.
+        if !savepoint {
+            deletions.extend(aborted.files_to_delete);
+        }
         self.after_abort(id, aborted.reason, deletions)
     }
 
@@ -700,8 +729,10 @@ impl Coordinator {
     }
 
     fn delete_unreferenced(&self, paths: Vec<String>) -> Option<Action> {
+        // Only files of the job's own folder: a savepoint's late files are in its folder.
         let unreferenced: BTreeSet<String> = paths
             .into_iter()
+            .filter(|p| p.starts_with("chk-") || p.starts_with("shared/"))
             .filter(|p| !self.registry.is_referenced(p))
             .collect();
         delete_action(unreferenced)
@@ -723,11 +754,15 @@ pub fn check_handle_paths(
         let mut segments = path.split('/');
         let first = segments.next().unwrap_or_default();
         let last = path.rsplit('/').next().unwrap_or_default();
+        let savepoint = kind.is_some_and(|k| k.is_savepoint());
         let allowed = path.contains('/')
             && last != "_metadata"
-            && (first == "shared"
-                || first == own
-                || (!first.starts_with("chk-") && kind.is_some_and(|k| k.is_savepoint())));
+            && if savepoint {
+                // In the savepoint's own folder, never a name of the job's folder.
+                first != "shared" && !first.starts_with("chk-")
+            } else {
+                first == "shared" || first == own
+            };
         if !allowed {
             return Err(format!(
                 "the handle '{path}' of {id} is outside {own}/ and shared/ (or names _metadata)"

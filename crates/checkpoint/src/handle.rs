@@ -212,4 +212,8 @@ pub struct TaskRestoreSpec {
     pub checkpoint: weir_types::CheckpointId,
     /// Per operator uid of the chain, the state that operator's subtask stored.
     pub operators: BTreeMap<OperatorUid, OperatorSubtaskState>,
+    /// The URL of the folder the handles are relative to, when it is not the job's checkpoint
+    /// folder (a savepoint's own folder, or another job's retained checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }

@@ -73,6 +73,15 @@ impl JobFactory for CatalogJobFactory {
             .map_err(|e| format!("state.checkpoints.dir '{url}': {e}"))
     }
 
+    fn open_storage(&self, spec: &JobSpec, url: &str) -> Result<weir_storage::Store, String> {
+        let config = self
+            .config
+            .with_job_config(&spec.config.clone().into_iter().collect())
+            .map_err(|e| e.to_string())?;
+        let parsed = weir_storage::StorageUrl::parse(url).map_err(|e| format!("'{url}': {e}"))?;
+        open_store(&parsed, &config.checkpoint_storage().1).map_err(|e| format!("'{url}': {e}"))
+    }
+
     fn build(&self, spec: &JobSpec) -> Result<BuiltJob, String> {
         let config = self
             .config
@@ -154,6 +163,8 @@ impl JobSettingsResolver for ConfigResolver {
             checkpoint,
             store,
             restart: config.restart_strategy(),
+            savepoint_dir: config.savepoint_dir.as_ref().map(ToString::to_string),
+            s3: config.checkpoint_storage().1,
         })
     }
 }
@@ -461,14 +472,14 @@ pub(crate) fn job_spec(
     })
 }
 
-fn io_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+pub(crate) fn io_runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::Job(format!("cannot start the client runtime: {e}")))
 }
 
-fn connect(
+pub(crate) fn connect(
     rt: &tokio::runtime::Runtime,
     url: &str,
 ) -> Result<DispatcherServiceClient<tonic::transport::Channel>, Failure> {
@@ -482,7 +493,7 @@ fn connect(
     Ok(DispatcherServiceClient::new(channel))
 }
 
-fn status_failure(what: &str, s: tonic::Status) -> Failure {
+pub(crate) fn status_failure(what: &str, s: tonic::Status) -> Failure {
     match s.code() {
         tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::AlreadyExists => {
             Failure::Usage(format!("{what}: {}", s.message()))
@@ -589,12 +600,35 @@ fn fetch_grpc(
     JobView::decode(&r.into_inner())
 }
 
+/// Where a submitted job starts: afresh, resumed from its own latest checkpoint
+/// (`--restore`), or from a savepoint or retained checkpoint (`-s`).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct StartFrom {
+    pub resume: bool,
+    pub restore_path: Option<String>,
+    pub allow_non_restored_state: bool,
+    pub claim_mode: Option<String>,
+}
+
+impl StartFrom {
+    fn request(&self, spec: v1::JobSpec, plan_json: Vec<u8>) -> v1::SubmitJobRequest {
+        v1::SubmitJobRequest {
+            job: Some(spec),
+            plan_json,
+            resume: self.resume,
+            restore_path: self.restore_path.clone().unwrap_or_default(),
+            allow_non_restored_state: self.allow_non_restored_state,
+            claim_mode: self.claim_mode.clone().unwrap_or_default(),
+        }
+    }
+}
+
 /// `weir run`.
 pub(crate) fn run_command(
     url: &str,
     spec: v1::JobSpec,
     plan: &weir_graph::Plan,
-    resume: bool,
+    start: &StartFrom,
     detached: bool,
     json: bool,
 ) -> Result<(), Failure> {
@@ -602,11 +636,7 @@ pub(crate) fn run_command(
     let mut client = connect(&rt, url)?;
     let plan_json = serde_json::to_vec(plan).map_err(|e| Failure::Job(e.to_string()))?;
     let job_id = rt
-        .block_on(client.submit_job(v1::SubmitJobRequest {
-            job: Some(spec),
-            plan_json,
-            resume,
-        }))
+        .block_on(client.submit_job(start.request(spec, plan_json)))
         .map_err(|s| status_failure("submit", s))?
         .into_inner()
         .job_id;
@@ -817,7 +847,7 @@ pub(crate) fn local_command(
     config: &Config,
     spec: v1::JobSpec,
     plan: &weir_graph::Plan,
-    resume: bool,
+    start: &StartFrom,
     taskmanagers: u32,
     slots: Option<u32>,
     forward: &[String],
@@ -849,7 +879,7 @@ pub(crate) fn local_command(
             cluster.jobmanager().rest_addr(),
             slots
         );
-        let outcome = run_on(cluster.jobmanager(), config, spec, plan, resume, json);
+        let outcome = run_on(cluster.jobmanager(), config, spec, plan, start, json);
         cluster.stop();
         let _ = std::fs::remove_dir_all(&root);
         return outcome;
@@ -902,7 +932,7 @@ pub(crate) fn local_command(
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let outcome = run_on(&handle, config, spec, plan, resume, json);
+    let outcome = run_on(&handle, config, spec, plan, start, json);
     // The JobManager first: it tells the TaskManagers it is going (they stop quietly), then
     // the TaskManagers, which run nothing any more.
     handle.shutdown();
@@ -916,16 +946,12 @@ fn run_on(
     config: &Config,
     spec: v1::JobSpec,
     plan: &weir_graph::Plan,
-    resume: bool,
+    start: &StartFrom,
     json: bool,
 ) -> Result<(), Failure> {
     let plan_json = serde_json::to_vec(plan).map_err(|e| Failure::Job(e.to_string()))?;
     let job_id = handle
-        .submit(v1::SubmitJobRequest {
-            job: Some(spec),
-            plan_json,
-            resume,
-        })
+        .submit(start.request(spec, plan_json))
         .map_err(|e| Failure::Usage(e.to_string()))?;
     let id = job_id.to_string();
     let history_path = crate::checkpoints::jobs_dir(&config.state_dir)

@@ -63,6 +63,8 @@ enum Command {
         /// (the run takes over that job's checkpoint directory and continues its ids).
         #[arg(long, value_name = "JOB_ID")]
         restore: Option<String>,
+        #[command(flatten)]
+        from: FromSavepointArgs,
         /// Print the result summary as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -114,6 +116,34 @@ enum Command {
         /// Resume job JOB_ID from its latest intact checkpoint.
         #[arg(long, value_name = "JOB_ID")]
         restore: Option<String>,
+        #[command(flatten)]
+        from: FromSavepointArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Takes a savepoint of a running job and prints its folder; or disposes of or inspects a
+    /// savepoint (`weir savepoint dispose|inspect PATH`).
+    Savepoint(SavepointArgs),
+    /// Stops a running job with a savepoint: sources stop at its barrier, sinks commit it, and
+    /// the job FINISHES; prints the savepoint's folder.
+    Stop {
+        /// The job's id.
+        job_id: String,
+        /// The folder the savepoint's folder goes under (default:
+        /// execution.checkpointing.savepoint-dir).
+        #[arg(long = "savepoint-path", short = 'p', value_name = "TARGET")]
+        savepoint_path: Option<String>,
+        /// canonical (any backend, any parallelism, readable offline) or native (the backend's
+        /// own files).
+        #[arg(long = "type", default_value = "canonical", value_parser = ["canonical", "native"])]
+        format: String,
+        /// End the sources' input first (not supported yet).
+        #[arg(long)]
+        drain: bool,
+        /// The JobManager's RPC URL.
+        #[arg(long, default_value = "http://127.0.0.1:6123", value_name = "URL")]
+        jobmanager: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -178,6 +208,94 @@ enum Command {
         /// Also run with checkpoints at this interval (e.g. 1s) and compare.
         #[arg(long, value_name = "DURATION")]
         checkpoint_interval: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Starting a job from a savepoint or retained checkpoint (`weir run`, `weir local`).
+#[derive(Args, Debug, Default)]
+struct FromSavepointArgs {
+    /// Start from this savepoint or retained checkpoint: its folder or its _metadata (a path
+    /// or a file://, memory:// or s3:// URL).
+    #[arg(short = 's', long = "from-savepoint", value_name = "PATH")]
+    from_savepoint: Option<String>,
+    /// With -s: drop the state of operators the job no longer has instead of refusing.
+    #[arg(
+        short = 'n',
+        long = "allow-non-restored-state",
+        requires = "from_savepoint"
+    )]
+    allow_non_restored_state: bool,
+    /// With -s: no-claim (the job never references or deletes the snapshot's files) or claim.
+    #[arg(long = "claim-mode", value_parser = ["no-claim", "claim"], requires = "from_savepoint")]
+    claim_mode: Option<String>,
+}
+
+impl FromSavepointArgs {
+    fn start(&self, resume: bool) -> crate::cluster::StartFrom {
+        crate::cluster::StartFrom {
+            resume,
+            restore_path: self.from_savepoint.as_ref().map(|p| absolute_url(p)),
+            allow_non_restored_state: self.allow_non_restored_state,
+            claim_mode: self.claim_mode.clone(),
+        }
+    }
+}
+
+/// A relative local path made absolute (URLs and absolute paths as they are), so that a
+/// JobManager in another directory reads the same folder.
+fn absolute_url(path: &str) -> String {
+    if path.contains("://") || path.starts_with('/') {
+        return path.to_string();
+    }
+    std::path::absolute(path).map_or_else(|_| path.to_string(), |p| p.display().to_string())
+}
+
+/// `weir savepoint`.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct SavepointArgs {
+    #[command(subcommand)]
+    action: Option<SavepointAction>,
+    /// The running job's id.
+    #[arg(required = true)]
+    job_id: Option<String>,
+    /// The folder the savepoint's folder goes under (default:
+    /// execution.checkpointing.savepoint-dir).
+    target: Option<String>,
+    /// canonical (any backend, any parallelism, readable offline) or native (the backend's own
+    /// files).
+    #[arg(long = "type", default_value = "canonical", value_parser = ["canonical", "native"])]
+    format: String,
+    /// Return once the savepoint is triggered (prints its request id).
+    #[arg(long)]
+    detached: bool,
+    /// The JobManager's RPC URL.
+    #[arg(long, default_value = "http://127.0.0.1:6123", value_name = "URL")]
+    jobmanager: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum SavepointAction {
+    /// Deletes a savepoint's folder (its _metadata first, so a half-deleted folder is never a
+    /// savepoint).
+    Dispose {
+        /// The savepoint's folder or its _metadata.
+        path: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Describes a savepoint or retained checkpoint from its files alone: job, format, id, max
+    /// parallelism, and per operator its parallelism, states, bytes and key-group ranges.
+    Inspect {
+        /// The savepoint's folder or its _metadata.
+        path: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -340,6 +458,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             detached,
             jobmanager,
             restore,
+            from,
             json,
         } => {
             let r = resolve_job(
@@ -354,7 +473,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                 &jobmanager,
                 r.spec,
                 &r.plan,
-                restore.is_some(),
+                &from.start(restore.is_some()),
                 detached,
                 json,
             )
@@ -365,10 +484,46 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             jobmanager,
             json,
         } => crate::cluster::cancel_command(&jobmanager, &job_id, json),
+        Command::Savepoint(a) => match a.action {
+            Some(SavepointAction::Dispose { path, json }) => {
+                crate::savepoint::dispose_command(&config, &absolute_url(&path), json)
+            }
+            Some(SavepointAction::Inspect { path, json }) => {
+                crate::savepoint::inspect_command(&config, &absolute_url(&path), json)
+            }
+            None => crate::savepoint::trigger_command(
+                &a.jobmanager,
+                a.job_id.as_deref().unwrap_or_default(),
+                a.target.as_deref().map(absolute_url),
+                &a.format,
+                false,
+                false,
+                a.detached,
+                a.json,
+            ),
+        },
+        Command::Stop {
+            job_id,
+            savepoint_path,
+            format,
+            drain,
+            jobmanager,
+            json,
+        } => crate::savepoint::trigger_command(
+            &jobmanager,
+            &job_id,
+            savepoint_path.as_deref().map(absolute_url),
+            &format,
+            true,
+            drain,
+            false,
+            json,
+        ),
         Command::Local {
             job,
             json,
             restore,
+            from,
             taskmanagers,
             slots,
             ..
@@ -396,7 +551,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                 &config,
                 spec,
                 &plan,
-                restore.is_some(),
+                &from.start(restore.is_some()),
                 taskmanagers,
                 slots,
                 &forward,
@@ -474,6 +629,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                             job: Some(spec),
                             plan_json,
                             resume: false,
+                            ..Default::default()
                         },
                         &AtomicBool::new(false),
                     )

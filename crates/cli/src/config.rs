@@ -113,6 +113,9 @@ pub struct Config {
     /// `state.checkpoints.dir`; `None`: `<state.backend.rocksdb.localdir>/checkpoints` (see
     /// [`Config::checkpoint_storage`]).
     pub checkpoints_dir: Option<StorageUrl>,
+    /// `execution.checkpointing.savepoint-dir`: where `weir savepoint` / `weir stop` put a
+    /// savepoint's folder when they name no target; `None`: they must name one.
+    pub savepoint_dir: Option<StorageUrl>,
     /// `restart-strategy.type`; `None`: exponential-delay with checkpointing, none without.
     pub restart_strategy_type: Option<RestartStrategyType>,
     /// `restart-strategy.fixed-delay.attempts` (`u32::MAX`: infinite).
@@ -373,6 +376,18 @@ pub static KEYS: &[KeySpec] = &[
         apply: |c, v| {
             c.checkpoints_dir = match v.trim() {
                 "" | "auto" => None,
+                url => Some(StorageUrl::parse(url).map_err(|e| e.to_string())?),
+            };
+            Ok(())
+        },
+    },
+    KeySpec {
+        key: "execution.checkpointing.savepoint-dir",
+        default: || "none".into(),
+        help: "where savepoints go when weir savepoint / weir stop name no target: file:///abs/dir, /abs/dir, memory://name or s3://bucket/prefix (none: a target must be named)",
+        apply: |c, v| {
+            c.savepoint_dir = match v.trim() {
+                "" | "none" => None,
                 url => Some(StorageUrl::parse(url).map_err(|e| e.to_string())?),
             };
             Ok(())
@@ -743,6 +758,7 @@ impl Config {
             checkpoint_mode: CheckpointingMode::ExactlyOnce,
             checkpoints_num_retained: 0,
             checkpoints_dir: None,
+            savepoint_dir: None,
             restart_strategy_type: None,
             fixed_delay_attempts: 0,
             fixed_delay: Duration::ZERO,
@@ -804,6 +820,10 @@ impl Config {
             },
             "state.checkpoints.num-retained" => self.checkpoints_num_retained.to_string(),
             "state.checkpoints.dir" => self.checkpoint_storage().0.to_string(),
+            "execution.checkpointing.savepoint-dir" => self
+                .savepoint_dir
+                .as_ref()
+                .map_or_else(|| "none".into(), ToString::to_string),
             "restart-strategy.type" => self.restart_strategy().name().into(),
             "restart-strategy.fixed-delay.attempts" => format_count(self.fixed_delay_attempts),
             "restart-strategy.fixed-delay.delay" => format_duration(self.fixed_delay),

@@ -20,6 +20,7 @@ mod config;
 mod params;
 mod render;
 mod rss;
+mod savepoint;
 
 pub use catalog::{Catalog, JobSpec, ParamSpec};
 pub use config::{Config, ConfigError, RestartStrategyType, StateBackendKind};

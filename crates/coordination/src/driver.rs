@@ -14,9 +14,12 @@
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
-use weir_checkpoint::{AckResult, Action, Coordinator, TaskAckMetrics, TaskId, TaskStateSnapshot};
+use weir_checkpoint::{
+    AckResult, Action, CheckpointKind, Coordinator, SavepointFormat, TaskAckMetrics, TaskId,
+    TaskStateSnapshot,
+};
 use weir_storage::{CheckpointPaths, Store};
-use weir_types::{Barrier, CheckpointId};
+use weir_types::{Barrier, CheckpointId, SavepointBarrier};
 
 /// What a task tells the checkpoint driver.
 #[derive(Debug)]
@@ -162,17 +165,27 @@ pub struct MetadataWritten {
 /// runtime's threads; must not block.
 pub type MetadataSink = std::sync::Arc<dyn Fn(MetadataWritten) + Send + Sync>;
 
-/// Writes `bytes` as `_metadata` of `id` create-only on `runtime`; after a failed write, reads
-/// it back to tell whether it landed. Reports through `sink`.
+/// Where a savepoint is written: the store opened at its own folder, and the folder's URL
+/// (what `weir savepoint` prints and `-s` takes).
+#[derive(Clone, Debug)]
+pub struct SavepointTarget {
+    /// The store rooted at the savepoint's folder.
+    pub store: Store,
+    /// The folder's URL.
+    pub url: String,
+}
+
+/// Writes `bytes` as `_metadata` of `id` at `path` of `store`, create-only, on `runtime`; after
+/// a failed write, reads it back to tell whether it landed. Reports through `sink`.
 pub fn spawn_metadata_write(
     runtime: &tokio::runtime::Handle,
     store: &Store,
-    paths: &CheckpointPaths,
+    path: weir_storage::ObjectPath,
     id: CheckpointId,
     bytes: Vec<u8>,
     sink: MetadataSink,
 ) {
-    let (store, path) = (store.clone(), paths.metadata(id));
+    let store = store.clone();
     runtime.spawn(async move {
         let outcome = match store.put_create(&path, bytes.into()).await {
             Ok(()) => MetadataOutcome::Written,
@@ -262,6 +275,10 @@ pub struct Driver<'a, G: TaskGateway> {
     pub metadata_sink: &'a MetadataSink,
     /// Checkpoints whose `_metadata` write is in flight (across attempts).
     pub writing: &'a mut BTreeSet<CheckpointId>,
+    /// Where each savepoint in flight is written.
+    pub savepoints: &'a BTreeMap<CheckpointId, SavepointTarget>,
+    /// The savepoint the job stops with (`weir stop`), if one is in flight.
+    pub stop: Option<CheckpointId>,
 }
 
 impl<G: TaskGateway> Driver<'_, G> {
@@ -330,7 +347,8 @@ impl<G: TaskGateway> Driver<'_, G> {
         self.history.iter_mut().rev().find(|r| r.id == id)
     }
 
-    fn perform(&mut self, actions: Vec<Action>) {
+    /// Performs the coordinator's `actions` in order (what every entry point above does).
+    pub fn perform(&mut self, actions: Vec<Action>) {
         let mut queue: std::collections::VecDeque<Action> = actions.into();
         // Deletions run in one task, in the order the coordinator gave them: a subsumed
         // checkpoint's `_metadata` goes before the files it references.
@@ -343,10 +361,17 @@ impl<G: TaskGateway> Driver<'_, G> {
                     kind,
                     base,
                 } => {
+                    let savepoint = match kind {
+                        CheckpointKind::Checkpoint => None,
+                        CheckpointKind::Savepoint { format } => Some(SavepointBarrier {
+                            canonical: format == SavepointFormat::Canonical,
+                            stop: self.stop == Some(id),
+                        }),
+                    };
                     let barrier = Barrier {
                         checkpoint: id,
                         base,
-                        savepoint: kind.is_savepoint(),
+                        savepoint,
                     };
                     self.barriers.insert(id, barrier);
                     self.history
@@ -360,12 +385,20 @@ impl<G: TaskGateway> Driver<'_, G> {
                 Action::WriteMetadata { id, metadata } => match metadata.encode() {
                     Ok(bytes) => {
                         // Off this thread: a slow or hung store never stalls the JobMaster;
-                        // the outcome comes back through `metadata_sink`.
+                        // the outcome comes back through `metadata_sink`. A savepoint's
+                        // `_metadata` goes to the root of its own folder.
+                        let (store, path) = match self.savepoints.get(&id) {
+                            Some(t) if metadata.kind.is_savepoint() => (
+                                &t.store,
+                                weir_storage::ObjectPath::from(weir_checkpoint::METADATA_FILE_NAME),
+                            ),
+                            _ => (self.store, self.paths.metadata(id)),
+                        };
                         self.writing.insert(id);
                         spawn_metadata_write(
                             self.runtime,
-                            self.store,
-                            self.paths,
+                            store,
+                            path,
                             id,
                             bytes,
                             self.metadata_sink.clone(),
@@ -392,8 +425,14 @@ impl<G: TaskGateway> Driver<'_, G> {
                             "checkpoint complete"
                         );
                     }
-                    self.barriers.remove(&id);
-                    self.gateway.complete(id);
+                    let savepoint = self.barriers.remove(&id).and_then(|b| b.savepoint);
+                    // As in Flink, only a savepoint the job stops with commits side effects:
+                    // a sink's transaction staged by any other savepoint is published by the
+                    // next checkpoint's completion (or by a job restored from the savepoint),
+                    // so a failover to an older checkpoint never publishes it twice.
+                    if savepoint.is_none_or(|s| s.stop) {
+                        self.gateway.complete(id);
+                    }
                     if self.final_from.is_some_and(|f| id >= f) {
                         self.gateway.shutdown();
                         self.done = true;
@@ -407,6 +446,10 @@ impl<G: TaskGateway> Driver<'_, G> {
                     }
                     self.barriers.remove(&id);
                     tracing::warn!(checkpoint = %id, %reason, "checkpoint aborted");
+                    if let Some(t) = self.savepoints.get(&id) {
+                        // The folder is this savepoint's alone: nothing of it may stay.
+                        self.deletions.push(spawn_folder_deletion(self.runtime, t));
+                    }
                 }
                 Action::DeleteFiles { paths } => deletions.extend(paths),
                 Action::FailJob {
@@ -439,6 +482,21 @@ impl<G: TaskGateway> Driver<'_, G> {
         self.deletions
             .push(spawn_deletions(self.runtime, self.store, self.paths, paths));
     }
+}
+
+/// Deletes everything in an aborted savepoint's folder, on the runtime; a failure is logged
+/// (the folder has no `_metadata`, so it is no savepoint; `weir savepoint dispose` removes it).
+pub fn spawn_folder_deletion(
+    runtime: &tokio::runtime::Handle,
+    target: &SavepointTarget,
+) -> tokio::task::JoinHandle<()> {
+    let target = target.clone();
+    runtime.spawn(async move {
+        match target.store.delete_prefix(&weir_storage::ObjectPath::default()).await {
+            Ok(n) => tracing::info!(folder = %target.url, objects = n, "aborted savepoint's folder removed"),
+            Err(e) => tracing::warn!(folder = %target.url, error = %e, "could not remove an aborted savepoint's folder"),
+        }
+    })
 }
 
 /// Deletes `files` (paths relative to the job's checkpoint directory) on the upload runtime,

@@ -256,7 +256,7 @@ mod tests {
             Frame::Barrier(Barrier {
                 checkpoint: CheckpointId(3),
                 base: Some(CheckpointId(2)),
-                savepoint: false,
+                savepoint: None,
             }),
             Frame::EndOfInput,
         ];

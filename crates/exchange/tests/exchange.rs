@@ -170,7 +170,10 @@ async fn frames_arrive_in_order_with_barriers_and_watermarks_in_band() {
             sent.push(Frame::Barrier(Barrier {
                 checkpoint: CheckpointId(u64::from(i)),
                 base: (i > 7).then_some(CheckpointId(6)),
-                savepoint: i == 13,
+                savepoint: (i == 13).then_some(weir_types::SavepointBarrier {
+                    canonical: false,
+                    stop: false,
+                }),
             }));
         }
     }

@@ -33,6 +33,8 @@ pub(crate) struct JobStatus {
     pub recoveries: Vec<RecoveryRecord>,
     /// Every synchronous snapshot pause of every attempt, in microseconds (benchmarks).
     pub sync_pauses_us: Vec<u64>,
+    /// Every savepoint request, oldest first.
+    pub savepoints: Vec<crate::view::SavepointOperation>,
 }
 
 impl JobStatus {
@@ -283,4 +285,62 @@ impl Shared {
             .send(JobMasterMsg::Cancel)
             .map_err(|_| DispatchError::Internal(format!("the JobMaster of job {job} is gone")))
     }
+
+    /// Asks job `id`'s JobMaster for a savepoint; returns the request id. Blocks (bounded)
+    /// for the JobMaster's answer: call it from a blocking thread.
+    pub(crate) fn trigger_savepoint(
+        &self,
+        id: &str,
+        request: crate::job_master::SavepointRequest,
+    ) -> Result<u64, DispatchError> {
+        let job = JobId::parse(id).map_err(|_| DispatchError::UnknownJob(id.to_string()))?;
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        {
+            let jobs = lock(&self.jobs);
+            let entry = jobs
+                .get(&job)
+                .ok_or_else(|| DispatchError::UnknownJob(id.to_string()))?;
+            if lock(&entry.status).details.state.is_terminal() {
+                return Err(DispatchError::FailedPrecondition(format!(
+                    "job {job} has ended: no savepoint can be taken"
+                )));
+            }
+            entry
+                .inbox
+                .send(JobMasterMsg::TriggerSavepoint { request, reply })
+                .map_err(|_| {
+                    DispatchError::Internal(format!("the JobMaster of job {job} is gone"))
+                })?;
+        }
+        match answer.recv_timeout(SAVEPOINT_ANSWER_TIMEOUT) {
+            Ok(Ok(request_id)) => Ok(request_id),
+            Ok(Err(reason)) => Err(DispatchError::FailedPrecondition(reason)),
+            Err(_) => Err(DispatchError::Internal(format!(
+                "the JobMaster of job {job} did not answer the savepoint request within \
+                 {SAVEPOINT_ANSWER_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    /// Savepoint request `request` of job `id`.
+    pub fn savepoint_status(
+        &self,
+        id: &str,
+        request: u64,
+    ) -> Result<crate::view::SavepointOperation, DispatchError> {
+        let status = self.job_status(id)?;
+        status
+            .savepoints
+            .iter()
+            .find(|s| s.request_id == request)
+            .cloned()
+            .ok_or_else(|| {
+                DispatchError::InvalidArgument(format!(
+                    "job {id} has no savepoint request {request}"
+                ))
+            })
+    }
 }
+
+/// How long a savepoint request waits for its JobMaster's answer (it checks the target folder).
+const SAVEPOINT_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

@@ -25,8 +25,9 @@ use weir_coordination::resume::{check_compatible, load_completed};
 use weir_graph::Plan;
 use weir_proto::v1::dispatcher_service_server::DispatcherService;
 use weir_proto::v1::{
-    CancelJobRequest, CancelJobResponse, GetJobRequest, GetJobResponse, ListJobsRequest,
-    ListJobsResponse, SubmitJobRequest, SubmitJobResponse,
+    CancelJobRequest, CancelJobResponse, GetJobRequest, GetJobResponse, GetSavepointRequest,
+    GetSavepointResponse, ListJobsRequest, ListJobsResponse, SubmitJobRequest, SubmitJobResponse,
+    TriggerSavepointRequest, TriggerSavepointResponse,
 };
 use weir_storage::CheckpointPaths;
 use weir_types::JobId;
@@ -85,6 +86,66 @@ impl DispatcherService for DispatcherRpc {
         self.shared.cancel(&request.get_ref().job_id)?;
         Ok(Response::new(CancelJobResponse {}))
     }
+
+    async fn trigger_savepoint(
+        &self,
+        request: Request<TriggerSavepointRequest>,
+    ) -> Result<Response<TriggerSavepointResponse>, Status> {
+        let r = request.into_inner();
+        let parsed = savepoint_request(&r.target, &r.format, r.stop, r.drain)?;
+        let shared = self.shared.clone();
+        let request_id =
+            tokio::task::spawn_blocking(move || shared.trigger_savepoint(&r.job_id, parsed))
+                .await
+                .map_err(|e| Status::internal(format!("the savepoint request failed: {e}")))??;
+        Ok(Response::new(TriggerSavepointResponse { request_id }))
+    }
+
+    async fn get_savepoint(
+        &self,
+        request: Request<GetSavepointRequest>,
+    ) -> Result<Response<GetSavepointResponse>, Status> {
+        let r = request.get_ref();
+        let op = self.shared.savepoint_status(&r.job_id, r.request_id)?;
+        Ok(Response::new(GetSavepointResponse {
+            status_json: json(&op)?,
+        }))
+    }
+}
+
+/// A savepoint request from its wire fields: `format` is `canonical`, `native` or empty
+/// (canonical); `drain` is refused for now.
+pub(crate) fn savepoint_request(
+    target: &str,
+    format: &str,
+    stop: bool,
+    drain: bool,
+) -> Result<crate::job_master::SavepointRequest, DispatchError> {
+    let format = match format {
+        "" | "canonical" => weir_checkpoint::SavepointFormat::Canonical,
+        "native" => weir_checkpoint::SavepointFormat::Native,
+        other => {
+            return Err(DispatchError::InvalidArgument(format!(
+                "savepoint format '{other}': expected canonical or native"
+            )))
+        }
+    };
+    if drain {
+        return Err(DispatchError::InvalidArgument(
+            "--drain is not supported yet: stop without it (sources stop at the savepoint)".into(),
+        ));
+    }
+    let target = target.trim();
+    if !target.is_empty() {
+        weir_storage::StorageUrl::parse(target).map_err(|e| {
+            DispatchError::InvalidArgument(format!("savepoint target '{target}': {e}"))
+        })?;
+    }
+    Ok(crate::job_master::SavepointRequest {
+        target: (!target.is_empty()).then(|| target.to_string()),
+        format,
+        stop,
+    })
 }
 
 /// Runs `future` on the JobManager's runtime and waits for it from this (non-async) thread.
@@ -208,8 +269,10 @@ pub(crate) fn submit(
     if shared.is_shutting_down() {
         return Err(DispatchError::ShuttingDown);
     }
+    let mut request = request;
     let mut spec = request
         .job
+        .take()
         .ok_or_else(|| DispatchError::InvalidArgument("SubmitJobRequest.job is missing".into()))?;
     if request.plan_json.len() > MAX_PLAN_BYTES {
         return Err(DispatchError::InvalidArgument(format!(
@@ -238,6 +301,7 @@ pub(crate) fn submit(
         .restart
         .validate()
         .map_err(|e| DispatchError::InvalidArgument(format!("job {job}: {e}")))?;
+    let mut external = None;
     let mut checkpointing = match (settings.checkpoint, settings.store) {
         (Some(config), Some(store)) => {
             let tasks = plan
@@ -272,14 +336,27 @@ pub(crate) fn submit(
                 lease_keeper: None,
                 metadata_sink: Checkpointing::no_sink(),
                 writing: Default::default(),
+                savepoints: Default::default(),
+                stop: None,
+                savepoint_dir: settings.savepoint_dir.clone(),
+                s3: settings.s3.clone(),
             };
-            let checked = probe_storage(shared, &spec, &cp.store, &cp.paths).and_then(|()| {
-                if request.resume {
-                    resume(shared, job, &plan, &mut cp)
-                } else {
+            let checked = probe_storage(shared, &spec, &cp.store, &cp.paths)
+                .and_then(|()| {
+                    if request.resume {
+                        resume(shared, job, &plan, &mut cp)
+                    } else {
+                        Ok(())
+                    }
+                })
+                .and_then(|()| {
+                    let point = load_external(shared, &request, &plan, &cp.s3)?;
+                    if let Some(p) = &point {
+                        cp.coordinator.continue_after(p.metadata.checkpoint_id);
+                    }
+                    external = point;
                     Ok(())
-                }
-            });
+                });
             if let Err(e) = checked {
                 release_lease(shared, &mut cp);
                 return Err(e);
@@ -293,6 +370,12 @@ pub(crate) fn submit(
             )))
         }
         (None, _) => {
+            if !request.restore_path.is_empty() {
+                return Err(DispatchError::FailedPrecondition(format!(
+                    "job {job}: starting from a savepoint (-s) needs checkpointing \
+                     (execution.checkpointing.interval) and state.checkpoints.dir"
+                )));
+            }
             if request.resume {
                 return Err(DispatchError::FailedPrecondition(format!(
                     "job {job}: resuming needs checkpointing (execution.checkpointing.interval) \
@@ -333,6 +416,7 @@ pub(crate) fn submit(
         runtime: shared.runtime.clone(),
         slot_request_timeout: shared.options.slot_request_timeout,
         cancel_timeout: shared.options.cancel_timeout,
+        external,
     };
     let id = job.to_string();
     let (watched, owner) = (status.clone(), shared.clone());
@@ -383,6 +467,143 @@ pub(crate) fn submit(
     );
     tracing::info!(%job, resume = request.resume, "job accepted");
     Ok(job)
+}
+
+/// How long reading a restore path's `_metadata` may take.
+const RESTORE_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The savepoint or retained checkpoint `request.restore_path` names (its folder, or its
+/// `_metadata`), read, verified and checked against `plan`; `None` without a restore path.
+///
+/// Refused, naming the path and what differs: a folder without an intact `_metadata`; another
+/// max parallelism or key-group hash; state of an operator uid the job lacks (unless
+/// `allow_non_restored_state`); a claim mode other than `no-claim` or `claim`.
+fn load_external(
+    shared: &Arc<Shared>,
+    request: &SubmitJobRequest,
+    plan: &Plan,
+    s3: &weir_storage::S3Options,
+) -> Result<Option<crate::job_master::RestorePoint>, DispatchError> {
+    let path = request.restore_path.trim();
+    if path.is_empty() {
+        return Ok(None);
+    }
+    match request.claim_mode.as_str() {
+        "" | "no-claim" => {}
+        "claim" => {
+            return Err(DispatchError::InvalidArgument(
+                "--claim-mode claim is not supported yet; use no-claim (the default)".into(),
+            ))
+        }
+        other => {
+            return Err(DispatchError::InvalidArgument(format!(
+                "--claim-mode '{other}': expected no-claim or claim"
+            )))
+        }
+    }
+    let folder = path
+        .trim_end_matches('/')
+        .strip_suffix("/_metadata")
+        .unwrap_or(path.trim_end_matches('/'))
+        .to_string();
+    let bad = |detail: String| {
+        DispatchError::FailedPrecondition(format!("restore path '{path}': {detail}"))
+    };
+    let url = weir_storage::StorageUrl::parse(&folder)
+        .map_err(|e| DispatchError::InvalidArgument(format!("restore path '{path}': {e}")))?;
+    let store = weir_storage::open_store(&url, s3).map_err(|e| bad(e.to_string()))?;
+    let read = run_on(&shared.runtime, async move {
+        tokio::time::timeout(
+            RESTORE_READ_TIMEOUT,
+            store.get(&weir_storage::ObjectPath::from("_metadata")),
+        )
+        .await
+    })?;
+    let bytes = match read {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) if e.is_not_found() => {
+            return Err(bad(format!(
+                "{folder}/_metadata does not exist: not a savepoint or a retained checkpoint"
+            )))
+        }
+        Ok(Err(e)) => return Err(bad(format!("cannot read {folder}/_metadata: {e}"))),
+        Err(_) => {
+            return Err(bad(format!(
+                "reading {folder}/_metadata took over {RESTORE_READ_TIMEOUT:?}"
+            )))
+        }
+    };
+    let metadata = weir_checkpoint::CheckpointMetadata::decode(&bytes)
+        .map_err(|e| bad(format!("{folder}/_metadata: {e}")))?;
+    check_restorable(&metadata, plan, request.allow_non_restored_state).map_err(bad)?;
+    // A retained checkpoint's handles are relative to its job's folder, a savepoint's to its
+    // own.
+    let last = folder.rsplit('/').next().unwrap_or_default();
+    let location = match weir_storage::parse_checkpoint_dir_name(last) {
+        Some(_) => folder[..folder.len() - last.len()]
+            .trim_end_matches('/')
+            .to_string(),
+        None => folder.clone(),
+    };
+    tracing::info!(path = %folder, checkpoint = %metadata.checkpoint_id, kind = %metadata.kind, "the job starts from a snapshot outside its folder");
+    Ok(Some(crate::job_master::RestorePoint {
+        metadata,
+        location: Some(location),
+    }))
+}
+
+/// Whether `plan` can start from `metadata`: the same max parallelism and key-group hash, and
+/// (unless `allow_non_restored`) an operator for every uid with state. The error names the
+/// first difference.
+pub(crate) fn check_restorable(
+    metadata: &weir_checkpoint::CheckpointMetadata,
+    plan: &Plan,
+    allow_non_restored: bool,
+) -> Result<(), String> {
+    if metadata.max_parallelism != plan.job.max_parallelism {
+        return Err(format!(
+            "its max parallelism is {}, the job's is {}: key groups cannot be remapped \
+             (set the job's max parallelism to {})",
+            metadata.max_parallelism, plan.job.max_parallelism, metadata.max_parallelism
+        ));
+    }
+    if metadata.key_group_hash_version != weir_types::KEY_GROUP_HASH_VERSION {
+        return Err(format!(
+            "its key-group hash is version {}, this build's is {}",
+            metadata.key_group_hash_version,
+            weir_types::KEY_GROUP_HASH_VERSION
+        ));
+    }
+    for (uid, op) in &metadata.operators {
+        let has_state = op
+            .subtasks
+            .values()
+            .any(|s| !s.files.is_empty() || s.inline.is_some());
+        let Some(node) = plan.uids.iter().position(|u| u == uid) else {
+            if has_state && !allow_non_restored {
+                return Err(format!(
+                    "it holds state of operator '{uid}', which the job does not have \
+                     (pass --allow-non-restored-state to drop it)"
+                ));
+            }
+            continue;
+        };
+        let vertex = plan
+            .job
+            .vertices
+            .iter()
+            .find(|v| v.nodes.iter().any(|n| n.0 as usize == node));
+        if let Some(v) = vertex {
+            if v.parallelism != op.parallelism && has_state {
+                return Err(format!(
+                    "operator '{uid}' ran at parallelism {} and would run at {}: rescaling \
+                     on restore is not supported yet",
+                    op.parallelism, v.parallelism
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Waits (bounded) for the JobMaster thread of an ended earlier run of `job` in this

@@ -9,6 +9,12 @@
 //! | `GET /jobs/{id}/checkpoints`  | [`CheckpointsView`](crate::view::CheckpointsView)   |
 //! | `GET /jobs/{id}/recoveries`   | [`RecoveriesView`](crate::view::RecoveriesView)     |
 //! | `PATCH /jobs/{id}`            | cancels the job (Flink's `PATCH /jobs/:id`): 202    |
+//! | `POST /jobs/{id}/savepoints`  | triggers a savepoint: 202 `{"request-id": n}`       |
+//! | `POST /jobs/{id}/stop`        | stops the job with a savepoint: 202, as above      |
+//! | `GET /jobs/{id}/savepoints/{n}` | [`SavepointOperation`](crate::view::SavepointOperation) |
+//!
+//! The POST bodies are JSON, every field optional: `{"target-directory": url, "format-type":
+//! "canonical" | "native"}`, and for `/stop` also `"drain": bool`.
 //!
 //! Errors are `{"error": "…"}`: 404 for an unknown job or path (naming it), 409 for
 //! cancelling a job that already ended.
@@ -33,6 +39,12 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/jobs/{id}", get(job).patch(cancel))
         .route("/jobs/{id}/checkpoints", get(checkpoints))
         .route("/jobs/{id}/recoveries", get(recoveries))
+        .route(
+            "/jobs/{id}/savepoints",
+            axum::routing::post(trigger_savepoint),
+        )
+        .route("/jobs/{id}/stop", axum::routing::post(stop_with_savepoint))
+        .route("/jobs/{id}/savepoints/{request}", get(savepoint_status))
         .fallback(unknown_path)
         .with_state(shared)
 }
@@ -99,6 +111,61 @@ async fn cancel(
 ) -> Result<impl IntoResponse, ApiError> {
     shared.cancel(&id)?;
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "job": id }))))
+}
+
+/// The body of `POST /jobs/{id}/savepoints` and `/stop`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct SavepointBody {
+    target_directory: Option<String>,
+    format_type: Option<String>,
+    #[serde(default)]
+    drain: bool,
+}
+
+async fn savepoint(
+    shared: Arc<Shared>,
+    id: String,
+    body: Option<Json<SavepointBody>>,
+    stop: bool,
+) -> Result<impl IntoResponse, ApiError> {
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let request = crate::dispatcher::savepoint_request(
+        body.target_directory.as_deref().unwrap_or(""),
+        body.format_type.as_deref().unwrap_or(""),
+        stop,
+        body.drain,
+    )?;
+    let request_id = tokio::task::spawn_blocking(move || shared.trigger_savepoint(&id, request))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "request-id": request_id })),
+    ))
+}
+
+async fn trigger_savepoint(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: Option<Json<SavepointBody>>,
+) -> Result<impl IntoResponse, ApiError> {
+    savepoint(shared, id, body, false).await
+}
+
+async fn stop_with_savepoint(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: Option<Json<SavepointBody>>,
+) -> Result<impl IntoResponse, ApiError> {
+    savepoint(shared, id, body, true).await
+}
+
+async fn savepoint_status(
+    State(shared): State<Arc<Shared>>,
+    Path((id, request)): Path<(String, u64)>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(shared.savepoint_status(&id, request)?))
 }
 
 async fn unknown_path(uri: Uri) -> ApiError {

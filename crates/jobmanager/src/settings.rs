@@ -4,7 +4,7 @@
 use weir_checkpoint::CheckpointConfig;
 use weir_coordination::restart::RestartStrategy;
 use weir_proto::v1::JobSpec;
-use weir_storage::Store;
+use weir_storage::{S3Options, Store};
 
 /// What the JobMaster needs to know about one job besides its plan.
 #[derive(Clone, Debug)]
@@ -17,6 +17,10 @@ pub struct JobSettings {
     pub store: Option<Store>,
     /// What to do when the job fails.
     pub restart: RestartStrategy,
+    /// `execution.checkpointing.savepoint-dir`: the default savepoint target (a URL).
+    pub savepoint_dir: Option<String>,
+    /// How to reach S3 for savepoint targets and restore paths on `s3://`.
+    pub s3: S3Options,
 }
 
 /// Turns a submitted job's spec (its `config` map: `execution.checkpointing.*`,

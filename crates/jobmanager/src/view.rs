@@ -306,3 +306,36 @@ pub struct ErrorBody {
     /// What is wrong, naming the job or path.
     pub error: String,
 }
+
+/// Where a savepoint request stands (`GET /jobs/{id}/savepoints/{request}`, `GetSavepoint`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SavepointState {
+    /// Triggered; tasks are writing it.
+    InProgress,
+    /// Its `_metadata` is durable at `location`.
+    Completed,
+    /// Aborted or refused; `failure_cause` says why (its folder was removed).
+    Failed,
+}
+
+/// One savepoint request of a job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavepointOperation {
+    /// Names the request (the savepoint's checkpoint id).
+    pub request_id: u64,
+    /// `canonical` or `native`.
+    pub format: String,
+    /// The job stops with it.
+    pub stop: bool,
+    /// Where it stands.
+    pub status: SavepointState,
+    /// The savepoint's folder URL (what `-s` takes), once completed.
+    pub location: Option<String>,
+    /// Why it failed.
+    pub failure_cause: Option<String>,
+    /// Trigger time, ms since the Unix epoch.
+    pub trigger_ms: u64,
+    /// Completion or failure time.
+    pub end_ms: Option<u64>,
+}

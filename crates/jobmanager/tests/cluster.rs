@@ -260,6 +260,8 @@ async fn checkpoints_complete_and_a_failover_restores_the_latest_one() {
         }),
         store: Some(Store::in_memory()),
         restart: RESTART_TWICE,
+        savepoint_dir: None,
+        s3: weir_storage::S3Options::default(),
     };
     let jm = start(fast_options(), settings);
     let addr = jm.rpc_addr();
@@ -532,6 +534,8 @@ fn checkpointed(store: Store, restart: RestartStrategy) -> JobSettings {
         }),
         store: Some(store),
         restart,
+        savepoint_dir: None,
+        s3: weir_storage::S3Options::default(),
     }
 }
 

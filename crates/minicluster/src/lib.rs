@@ -205,6 +205,8 @@ impl MiniCluster {
                     checkpoint: Some(c.config),
                     store: Some(c.store.clone()),
                     restart: job.restart,
+                    savepoint_dir: None,
+                    s3: weir_storage::S3Options::default(),
                 },
                 Some((c.config.mode, c.store.clone())),
             ),
@@ -213,6 +215,8 @@ impl MiniCluster {
                     checkpoint: None,
                     store: None,
                     restart: job.restart,
+                    savepoint_dir: None,
+                    s3: weir_storage::S3Options::default(),
                 },
                 None,
             ),
@@ -235,6 +239,7 @@ impl MiniCluster {
             }),
             plan_json,
             resume: job.checkpointing.as_ref().is_some_and(|c| c.resume),
+            ..Default::default()
         };
         let probe_store = job.checkpointing.as_ref().map(|c| c.store.clone());
         let factory = Arc::new(OneJob(

@@ -20,14 +20,16 @@ pub mod identity;
 
 pub use identity::{build_identity, build_identity_of, plan_fingerprint};
 
-use weir_types::{AttemptId, Barrier, CheckpointId, SubtaskIndex, VertexId};
+use weir_types::{AttemptId, Barrier, CheckpointId, SavepointBarrier, SubtaskIndex, VertexId};
 
 impl From<Barrier> for v1::BarrierFrame {
     fn from(b: Barrier) -> Self {
         Self {
             checkpoint_id: b.checkpoint.0,
             base: b.base.map(|c| c.0),
-            savepoint: b.savepoint,
+            savepoint: b.savepoint.is_some(),
+            canonical: b.savepoint.is_some_and(|s| s.canonical),
+            stop: b.stops(),
         }
     }
 }
@@ -37,7 +39,10 @@ impl From<v1::BarrierFrame> for Barrier {
         Barrier {
             checkpoint: CheckpointId(b.checkpoint_id),
             base: b.base.map(CheckpointId),
-            savepoint: b.savepoint,
+            savepoint: b.savepoint.then_some(SavepointBarrier {
+                canonical: b.canonical,
+                stop: b.stop,
+            }),
         }
     }
 }
@@ -90,7 +95,10 @@ mod tests {
         let b = Barrier {
             checkpoint: CheckpointId(7),
             base: Some(CheckpointId(5)),
-            savepoint: true,
+            savepoint: Some(SavepointBarrier {
+                canonical: true,
+                stop: true,
+            }),
         };
         let frame: v1::BarrierFrame = b.into();
         assert_eq!(Barrier::from(frame), b);

@@ -163,7 +163,7 @@ mod tests {
         Barrier {
             checkpoint: CheckpointId(n),
             base: None,
-            savepoint: false,
+            savepoint: None,
         }
     }
 

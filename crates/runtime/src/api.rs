@@ -586,6 +586,10 @@ where
                 uid: ctx.uid.clone(),
                 uploads,
                 restored_finished: ctx.restore.as_ref().is_some_and(|r| r.finished(&ctx.uid)),
+                canonical: crate::snapshot::CanonicalSource {
+                    factory: ctx.state_backend.clone(),
+                    scope: ctx.backend_scope(),
+                },
             }) as Box<dyn Link<T>>)
         });
         self.stream

@@ -147,6 +147,9 @@ pub struct RestoreEnv {
     pub local_dir: PathBuf,
     /// Filled while the chain restores: bytes downloaded and read from the local copy.
     pub stats: Arc<Mutex<DownloadStats>>,
+    /// Reads the files of a snapshot outside the job's checkpoint folder (a savepoint's own
+    /// folder); `None`: the job's folder. Such files are never the job's incremental base.
+    pub external: Option<weir_state_transfer::Uploader>,
 }
 
 /// Everything a deployed subtask runs with besides its channels.
@@ -241,7 +244,11 @@ pub fn spawn_subtask(
         (Some(r), Some(cp)) => Some(Arc::new(TaskRestore {
             checkpoint: r.checkpoint,
             operators: r.operators,
-            transfer: cp.transfer.clone(),
+            external: r.external.is_some(),
+            transfer: match r.external {
+                Some(uploader) => Arc::new(Transfer::new(uploader, cp.transfer.runtime.clone())),
+                None => cp.transfer.clone(),
+            },
             local_dir: r.local_dir,
             stats: r.stats,
         })),

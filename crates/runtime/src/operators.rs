@@ -6,7 +6,9 @@ use crate::function::{
 };
 use crate::link::Link;
 use crate::metrics::JobMetrics;
-use crate::snapshot::{ChainSnapshot, KeyedUploads, OperatorPart, SINK_MANIFEST_FILE};
+use crate::snapshot::{
+    CanonicalSource, ChainSnapshot, KeyedUploads, OperatorPart, SINK_MANIFEST_FILE,
+};
 use crate::{TaskError, UserError};
 use serde::Serialize;
 use std::marker::PhantomData;
@@ -166,6 +168,8 @@ pub(crate) struct KeyedProcessOp<K, IN, OUT, F> {
     /// Restored from a checkpoint taken after this subtask's end of input: the function's
     /// end-of-input output was already emitted (and staged by the sinks); do not repeat it.
     pub restored_finished: bool,
+    /// How a canonical savepoint reads this operator's snapshot back.
+    pub canonical: CanonicalSource,
 }
 
 impl<K, IN, OUT, F> KeyedProcessOp<K, IN, OUT, F>
@@ -258,8 +262,16 @@ where
             &self.uid,
             OperatorPart::Keyed {
                 snapshot: local,
-                base: self.uploads.base_for(barrier.base),
+                // A savepoint is self-contained: it reuses nothing.
+                base: match barrier.savepoint {
+                    None => self.uploads.base_for(barrier.base),
+                    Some(_) => None,
+                },
                 uploads: self.uploads.clone(),
+                canonical: barrier
+                    .savepoint
+                    .filter(|s| s.canonical)
+                    .map(|_| self.canonical.clone()),
             },
         );
         self.out.next().barrier(barrier, snapshot)

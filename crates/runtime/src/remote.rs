@@ -72,7 +72,7 @@ mod tests {
         let barrier = Barrier {
             checkpoint: CheckpointId(3),
             base: None,
-            savepoint: false,
+            savepoint: None,
         };
         let sent = vec![
             StreamElement::Batch(vec![("a".to_string(), 1), ("b".to_string(), 2)]),

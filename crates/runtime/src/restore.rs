@@ -71,7 +71,11 @@ pub(crate) fn keyed_backend(
             });
         }
     };
-    let backend = ctx.state_backend.restore(&ctx.backend_scope(), snapshot);
+    let backend = if snapshot.backend == weir_state::canonical::CANONICAL_BACKEND {
+        restore_canonical(ctx, &snapshot)
+    } else {
+        ctx.state_backend.restore(&ctx.backend_scope(), snapshot)
+    };
     let _ = std::fs::remove_dir_all(&dir);
     let backend = backend.map_err(fail)?;
     {
@@ -94,8 +98,41 @@ pub(crate) fn keyed_backend(
         files_local = stats.files_local,
         "keyed state restored"
     );
-    uploads.record(id, shared);
+    // A restored checkpoint of the job's own folder is the next incremental base; a snapshot
+    // from elsewhere (a savepoint) is never referenced: the next checkpoint is a full one.
+    if !restore.external {
+        uploads.record(id, shared);
+    }
     Ok((backend, uploads))
+}
+
+/// A fresh backend of the job's kind, filled from a canonical snapshot's entries of the key
+/// groups this subtask owns.
+fn restore_canonical(
+    ctx: &SubtaskCtx,
+    snapshot: &weir_state::RestoredSnapshot,
+) -> Result<Box<dyn KeyedStateBackend>, weir_state::StateError> {
+    use weir_state::canonical::{
+        restore_into, CanonicalFile, CANONICAL_FILE_NAME, CANONICAL_VERSION,
+    };
+    if snapshot.format != u32::from(CANONICAL_VERSION) {
+        return Err(snapshot.error(
+            "canonical",
+            format!(
+                "canonical format {} is not the supported format {CANONICAL_VERSION}",
+                snapshot.format
+            ),
+        ));
+    }
+    let path = snapshot
+        .file(CANONICAL_FILE_NAME)
+        .ok_or_else(|| snapshot.error("canonical", format!("no {CANONICAL_FILE_NAME} file")))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| snapshot.error("canonical", format!("cannot read {}: {e}", path.display())))?;
+    let file = CanonicalFile::parse(&bytes).map_err(|e| snapshot.error("canonical", e))?;
+    let mut backend = ctx.state_backend.create(&ctx.backend_scope())?;
+    restore_into(&mut *backend, &file)?;
+    Ok(backend)
 }
 
 /// The staging manifest `ctx`'s sink stored with the checkpoint being restored, if any.

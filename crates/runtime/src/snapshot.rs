@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use weir_checkpoint::{
     CheckpointingMode, FileHandle, OperatorSubtaskState, TaskAckMetrics, TaskId, TaskStateSnapshot,
 };
-use weir_state::LocalSnapshot;
+use weir_state::{BackendScope, LocalSnapshot, StateBackendFactory};
 use weir_state_transfer::{SharedFiles, Uploader};
 use weir_types::{Barrier, CheckpointId, OperatorUid, SubtaskIndex};
 
@@ -38,6 +38,8 @@ pub enum Control {
     Trigger(Barrier),
     /// The checkpoint completed.
     Complete(CheckpointId),
+    /// The checkpoint was aborted (a task waiting for a stop savepoint goes on).
+    Aborted(CheckpointId),
     /// The job is done (its final checkpoint completed): stop.
     Shutdown,
 }
@@ -55,6 +57,8 @@ pub(crate) enum OperatorPart {
         snapshot: LocalSnapshot,
         base: Option<SharedFiles>,
         uploads: KeyedUploads,
+        /// A canonical savepoint: convert the native snapshot before the upload.
+        canonical: Option<CanonicalSource>,
     },
 }
 
@@ -99,10 +103,13 @@ impl KeyedUploads {
         map.insert(id, files);
     }
 
-    /// `id` completed: older uploads can no longer be a base.
+    /// `id` completed: older uploads can no longer be a base. A savepoint's completion (its
+    /// uploads are never recorded) changes nothing.
     pub(crate) fn completed(&self, id: CheckpointId) {
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        map.retain(|k, _| *k >= id);
+        if map.contains_key(&id) {
+            map.retain(|k, _| *k >= id);
+        }
     }
 }
 
@@ -112,6 +119,119 @@ pub struct Transfer {
     pub uploader: Uploader,
     /// The runtime uploads run on (never a task thread).
     pub runtime: tokio::runtime::Handle,
+    /// Where each savepoint in flight is written (registered by the TaskManager).
+    pub savepoints: SavepointTargets,
+}
+
+impl Transfer {
+    /// A transfer to `uploader` on `runtime`, with no savepoint registered yet.
+    pub fn new(uploader: Uploader, runtime: tokio::runtime::Handle) -> Self {
+        Self {
+            uploader,
+            runtime,
+            savepoints: SavepointTargets::default(),
+        }
+    }
+}
+
+/// How long a savepoint's upload waits for its target to be registered (the JobMaster sends
+/// the target to every TaskManager before it triggers the sources, but the barrier may
+/// overtake it on another TaskManager's session).
+pub const SAVEPOINT_TARGET_WAIT: Duration = Duration::from_secs(30);
+
+/// Savepoints kept registered per job (the newest ones).
+const MAX_SAVEPOINT_TARGETS: usize = 16;
+
+/// The uploaders of a job's savepoints in flight, by savepoint id: each writes to the
+/// savepoint's own folder ([`Uploader::self_contained`]). The TaskManager registers them when
+/// the JobMaster announces a savepoint; a task's upload waits (bounded) for its savepoint's.
+pub struct SavepointTargets {
+    targets: tokio::sync::watch::Sender<BTreeMap<CheckpointId, Uploader>>,
+}
+
+impl Default for SavepointTargets {
+    fn default() -> Self {
+        Self {
+            targets: tokio::sync::watch::Sender::new(BTreeMap::new()),
+        }
+    }
+}
+
+impl SavepointTargets {
+    /// Registers the uploader of savepoint `id` (the oldest registrations beyond a bound go).
+    pub fn register(&self, id: CheckpointId, uploader: Uploader) {
+        self.targets.send_modify(|m| {
+            m.insert(id, uploader);
+            while m.len() > MAX_SAVEPOINT_TARGETS {
+                m.pop_first();
+            }
+        });
+    }
+
+    /// The uploader of savepoint `id`, waiting at most `wait` for it to be registered.
+    pub async fn uploader(&self, id: CheckpointId, wait: Duration) -> Option<Uploader> {
+        let mut rx = self.targets.subscribe();
+        let found = tokio::time::timeout(wait, rx.wait_for(|m| m.contains_key(&id))).await;
+        match found {
+            Ok(Ok(m)) => m.get(&id).cloned(),
+            _ => None,
+        }
+    }
+}
+
+/// What a canonical savepoint needs to read a keyed snapshot back: the backend factory and
+/// the operator subtask's scope.
+#[derive(Clone)]
+pub(crate) struct CanonicalSource {
+    pub factory: Arc<dyn StateBackendFactory>,
+    pub scope: BackendScope,
+}
+
+/// Turns a backend's native snapshot into a canonical one (blocking: call it off the task
+/// thread). The snapshot is opened as a temporary backend in a directory next to it, read
+/// state by state, and removed again.
+fn canonicalize(
+    snapshot: LocalSnapshot,
+    source: &CanonicalSource,
+) -> Result<LocalSnapshot, String> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let snapshot = snapshot.resolve().map_err(|e| e.to_string())?;
+    let id = snapshot.checkpoint;
+    let dir = std::env::temp_dir().join(format!(
+        "weir-canonical-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let restored = snapshot.link_to_dir(&dir).map_err(|e| e.to_string())?;
+        let mut scope = source.scope.clone();
+        scope.key_group_range = snapshot.key_groups;
+        let mut backend = source
+            .factory
+            .restore(&scope, restored)
+            .map_err(|e| format!("cannot read the snapshot back for a canonical savepoint: {e}"))?;
+        weir_state::canonical::write_from(&mut *backend).map_err(|e| e.to_string())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(d) = &snapshot.cleanup_dir {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let bytes = result?;
+    Ok(LocalSnapshot {
+        checkpoint: id,
+        backend: weir_state::canonical::CANONICAL_BACKEND,
+        format: u32::from(weir_state::canonical::CANONICAL_VERSION),
+        key_groups: snapshot.key_groups,
+        descriptors: snapshot.descriptors.clone(),
+        files: vec![weir_state::SnapshotFile {
+            name: weir_state::canonical::CANONICAL_FILE_NAME.to_string(),
+            content: weir_state::SnapshotContent::Bytes(bytes),
+            shareable: false,
+        }],
+        cleanup_dir: None,
+        pending: None,
+    })
 }
 
 /// Most synchronous pauses one attempt's tasks record in one process (the first ones).
@@ -159,7 +279,24 @@ impl TaskCheckpointing {
         self.transfer.runtime.spawn(async move {
             let started = Instant::now();
             let mut uploaded: Vec<FileHandle> = Vec::new();
-            let result = upload(&transfer.uploader, subtask, snapshot, &mut uploaded).await;
+            // A savepoint goes to its own folder, through the uploader its target registered.
+            let uploader = match snapshot.barrier.savepoint {
+                None => Ok(transfer.uploader.clone()),
+                Some(_) => transfer
+                    .savepoints
+                    .uploader(id, SAVEPOINT_TARGET_WAIT)
+                    .await
+                    .ok_or_else(|| {
+                        format!(
+                            "the target of savepoint {id} was not announced within \
+                             {SAVEPOINT_TARGET_WAIT:?}"
+                        )
+                    }),
+            };
+            let result = match &uploader {
+                Ok(uploader) => upload(uploader, subtask, snapshot, &mut uploaded).await,
+                Err(e) => Err(e.clone()),
+            };
             let event = match result {
                 Ok((snapshot, bytes_uploaded, full_size)) => TaskEvent::Ack {
                     task,
@@ -174,7 +311,9 @@ impl TaskCheckpointing {
                     },
                 },
                 Err(reason) => {
-                    delete_files(&transfer.uploader, &uploaded).await;
+                    if let Ok(uploader) = &uploader {
+                        delete_files(uploader, &uploaded).await;
+                    }
                     tracing::warn!(checkpoint = %id, %task, %reason, "declining checkpoint");
                     TaskEvent::Decline { task, id, reason }
                 }
@@ -212,6 +351,7 @@ async fn upload(
     uploaded: &mut Vec<FileHandle>,
 ) -> Result<(TaskStateSnapshot, u64, u64), String> {
     let id = snapshot.barrier.checkpoint;
+    let is_savepoint = snapshot.barrier.is_savepoint();
     let finished = snapshot.finished;
     let mut out = TaskStateSnapshot::default();
     let (mut bytes_uploaded, mut full_size) = (0u64, 0u64);
@@ -236,7 +376,16 @@ async fn upload(
                 snapshot,
                 base,
                 uploads,
+                canonical,
             } => {
+                let snapshot = match canonical {
+                    None => snapshot,
+                    Some(source) => {
+                        tokio::task::spawn_blocking(move || canonicalize(snapshot, &source))
+                            .await
+                            .map_err(|e| format!("the canonical conversion panicked: {e}"))??
+                    }
+                };
                 let result = uploader
                     .upload_keyed(&uid, subtask, snapshot, base.as_ref())
                     .await
@@ -255,7 +404,9 @@ async fn upload(
                 );
                 bytes_uploaded += result.bytes_uploaded;
                 full_size += result.full_size;
-                uploads.record(id, result.shared);
+                if !is_savepoint {
+                    uploads.record(id, result.shared);
+                }
                 *state = result.state;
             }
         }
@@ -269,6 +420,9 @@ async fn upload(
 pub(crate) struct TaskRestore {
     pub checkpoint: CheckpointId,
     pub operators: BTreeMap<OperatorUid, OperatorSubtaskState>,
+    /// The snapshot lies outside the job's checkpoint folder (a savepoint): its files are read,
+    /// never referenced by the job's own checkpoints.
+    pub external: bool,
     pub transfer: Arc<Transfer>,
     /// Bytes this subtask's restore downloaded and read from the local copy.
     pub stats: Arc<Mutex<weir_state_transfer::DownloadStats>>,

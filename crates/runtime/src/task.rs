@@ -79,7 +79,9 @@ pub(crate) fn run_source<T: Send>(
         }
         if let Some(cp) = env.checkpointing {
             while let Ok(msg) = cp.control.try_recv() {
-                source_control(env, cp, &mut order, uid, reader, chain, msg)?;
+                if source_control(env, cp, &mut order, uid, reader, chain, msg)? {
+                    return Ok(());
+                }
             }
         }
         let mut batch = Vec::with_capacity(env.batch_size);
@@ -97,7 +99,11 @@ pub(crate) fn run_source<T: Send>(
                 let wait = wait.min(CANCEL_CHECK);
                 match env.checkpointing {
                     Some(cp) => match cp.control.recv_timeout(wait) {
-                        Ok(msg) => source_control(env, cp, &mut order, uid, reader, chain, msg)?,
+                        Ok(msg) => {
+                            if source_control(env, cp, &mut order, uid, reader, chain, msg)? {
+                                return Ok(());
+                            }
+                        }
                         Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => return Err(TaskError::Cancelled),
                     },
@@ -126,7 +132,7 @@ fn source_control<T: Send>(
     reader: &mut dyn SourceReader<T>,
     chain: &mut dyn Link<T>,
     msg: Control,
-) -> Result<(), TaskError> {
+) -> Result<bool, TaskError> {
     match msg {
         Control::Trigger(barrier) => {
             order
@@ -140,10 +146,53 @@ fn source_control<T: Send>(
                 false,
                 chain,
                 &mut |snapshot| add_position(env, uid, reader, snapshot),
-            )
+            )?;
+            // A stop savepoint: nothing is read after its barrier.
+            if barrier.stops() {
+                return await_stop(env, cp, barrier, chain);
+            }
+            Ok(false)
         }
-        Control::Complete(id) => chain.checkpoint_complete(id),
+        Control::Complete(id) => chain.checkpoint_complete(id).map(|()| false),
+        Control::Aborted(_) => Ok(false),
         Control::Shutdown => Err(TaskError::Cancelled),
+    }
+}
+
+/// After its snapshot of a stop savepoint (`weir stop`), a task reads only its control channel:
+/// the savepoint's completion is passed down the chain (sinks commit it) and ends the task
+/// (`Ok(true)`), without end of input — nothing follows the barrier; its abort lets the task
+/// go on (`Ok(false)`).
+fn await_stop<T>(
+    env: &LoopEnv<'_>,
+    cp: &TaskCheckpointing,
+    barrier: Barrier,
+    chain: &mut dyn Link<T>,
+) -> Result<bool, TaskError> {
+    let id = barrier.checkpoint;
+    tracing::debug!(uid = %env.ident.uid, subtask = %env.ident.subtask, savepoint = %id, "waiting for the stop savepoint");
+    loop {
+        if env.cancelled.load(Ordering::Relaxed) {
+            return Err(TaskError::Cancelled);
+        }
+        match cp.control.recv_timeout(CANCEL_CHECK) {
+            Ok(Control::Complete(done)) => {
+                chain.checkpoint_complete(done)?;
+                if done == id {
+                    tracing::info!(uid = %env.ident.uid, subtask = %env.ident.subtask, savepoint = %id, "stopped with the savepoint");
+                    return Ok(true);
+                }
+            }
+            Ok(Control::Aborted(aborted)) if aborted == id => {
+                tracing::warn!(uid = %env.ident.uid, subtask = %env.ident.subtask, savepoint = %id, "the stop savepoint was aborted; going on");
+                return Ok(false);
+            }
+            Ok(Control::Aborted(_)) | Ok(Control::Trigger(_)) => {}
+            Ok(Control::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
+                return Err(TaskError::Cancelled)
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+        }
     }
 }
 
@@ -215,9 +264,13 @@ fn run_finished<T>(
                         .accept(barrier.checkpoint)
                         .map_err(|d| invariant(env, d))?;
                     take_snapshot(env, cp, barrier, Duration::ZERO, true, chain, before)?;
+                    if barrier.stops() && await_stop(env, cp, barrier, chain)? {
+                        return Ok(());
+                    }
                 }
             }
             Ok(Control::Complete(id)) => chain.checkpoint_complete(id)?,
+            Ok(Control::Aborted(_)) => {}
             Ok(Control::Shutdown) => return Ok(()),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return Err(TaskError::Cancelled),
@@ -265,6 +318,7 @@ pub(crate) fn run_inputs<T: Send>(
             if slot == control_index {
                 match op.recv(control) {
                     Ok(Control::Complete(id)) => chain.checkpoint_complete(id)?,
+                    Ok(Control::Aborted(_)) => {}
                     Ok(Control::Trigger(b)) => {
                         // Only sources and finished tasks are triggered directly.
                         return Err(invariant(
@@ -337,6 +391,9 @@ pub(crate) fn run_inputs<T: Send>(
                     take_snapshot(env, cp, d.barrier, d.alignment, false, chain, &mut |_| {
                         Ok(())
                     })?;
+                    if d.barrier.stops() && await_stop(env, cp, d.barrier, chain)? {
+                        return Ok(());
+                    }
                 }
             }
             // The readable set may have changed: rebuild the select.

@@ -75,6 +75,9 @@ pub struct Uploader {
     store: Store,
     paths: CheckpointPaths,
     cache: Option<Arc<LocalStateCache>>,
+    /// A savepoint's uploader: every file is private and lives at `<uid>/<subtask>/<name>`
+    /// under the store's root (the savepoint folder); nothing is reused or shared.
+    self_contained: bool,
 }
 
 /// What [`Uploader::upload_keyed`] stored for one keyed operator of one subtask.
@@ -167,6 +170,20 @@ impl Uploader {
             store,
             paths,
             cache: None,
+            self_contained: false,
+        }
+    }
+
+    /// An uploader for a self-contained snapshot (a savepoint) in `store`, which is opened at
+    /// the snapshot's own folder: every file goes to `<uid>/<subtask>/<name>` relative to that
+    /// folder, as a private file; no base is reused and no local copy is kept, so the folder
+    /// references nothing outside itself and can be moved or copied whole.
+    pub fn self_contained(store: Store, job: weir_types::JobId) -> Self {
+        Self {
+            store,
+            paths: CheckpointPaths::rooted(job),
+            cache: None,
+            self_contained: true,
         }
     }
 
@@ -396,11 +413,22 @@ impl Uploader {
             .into_iter()
             .map(|file| {
                 let reused = base
-                    .filter(|_| file.shareable)
+                    .filter(|_| file.shareable && !self.self_contained)
                     .and_then(|base| base.get(&file.name))
                     .filter(|handle| handle.is_shared());
                 let action = match reused {
                     Some(handle) => Action::Reuse(handle.clone()),
+                    None if self.self_contained => {
+                        let object = self
+                            .paths
+                            .handle_path(&format!("{uid}/{subtask}/{}", file.name));
+                        let (object, handle_path) = self.locate(checkpoint, &file.name, object)?;
+                        Action::Upload {
+                            object,
+                            handle_path,
+                            shared: false,
+                        }
+                    }
                     None => {
                         let object = if file.shareable {
                             self.paths.shared_file(&format!(
@@ -470,9 +498,12 @@ impl Uploader {
         name: &str,
         bytes: Vec<u8>,
     ) -> Result<FileHandle, TransferError> {
-        let object = self
-            .paths
-            .checkpoint_file(id, &format!("{uid}/{subtask}/{name}"));
+        let relative = format!("{uid}/{subtask}/{name}");
+        let object = if self.self_contained {
+            self.paths.handle_path(&relative)
+        } else {
+            self.paths.checkpoint_file(id, &relative)
+        };
         let (object, handle_path) = self.locate(id, name, object)?;
         let bytes = Bytes::from(bytes);
         let size = bytes.len() as u64;

@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod canonical;
 pub mod conformance;
 pub mod encoding;
 pub mod error;

@@ -104,10 +104,20 @@ impl LocalSnapshot {
             .sum()
     }
 
+    /// Like [`copy_to_dir`](Self::copy_to_dir), but a file on disk is hard-linked when the file
+    /// system allows (its bytes never change), copied otherwise.
+    pub fn link_to_dir(&self, dir: &Path) -> Result<RestoredSnapshot, StateError> {
+        self.materialize(dir, true)
+    }
+
     /// Writes every file into `dir` (created if missing) and describes the copy as a
     /// [`RestoredSnapshot`]: what an upload followed by a download yields, without the object
     /// store. For tests, benchmarks and local recovery; the snapshot itself is left as it is.
     pub fn copy_to_dir(&self, dir: &Path) -> Result<RestoredSnapshot, StateError> {
+        self.materialize(dir, false)
+    }
+
+    fn materialize(&self, dir: &Path, link: bool) -> Result<RestoredSnapshot, StateError> {
         let failed = |op: String, e: std::io::Error| StateError::Snapshot {
             checkpoint: self.checkpoint,
             backend: self.backend,
@@ -126,9 +136,12 @@ impl LocalSnapshot {
         for file in &self.files {
             let to = dir.join(&file.name);
             match &file.content {
-                SnapshotContent::Path(from) => std::fs::copy(from, &to)
-                    .map(drop)
-                    .map_err(|e| failed(format!("copy {} to {}", from.display(), to.display()), e)),
+                SnapshotContent::Path(from) => (if link {
+                    std::fs::hard_link(from, &to).or_else(|_| std::fs::copy(from, &to).map(drop))
+                } else {
+                    std::fs::copy(from, &to).map(drop)
+                })
+                .map_err(|e| failed(format!("copy {} to {}", from.display(), to.display()), e)),
                 SnapshotContent::Bytes(bytes) => std::fs::write(&to, bytes)
                     .map_err(|e| failed(format!("write {}", to.display()), e)),
             }?;

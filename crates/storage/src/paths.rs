@@ -98,6 +98,16 @@ impl CheckpointPaths {
         }
     }
 
+    /// Paths of `job`'s files in a store opened at a self-contained snapshot's own folder (a
+    /// savepoint): the folder is the root, so every handle path is relative to the folder and
+    /// the folder can be moved as a whole.
+    pub fn rooted(job: JobId) -> Self {
+        Self {
+            job,
+            job_dir: Path::default(),
+        }
+    }
+
     /// The job these paths belong to.
     pub fn job(&self) -> JobId {
         self.job
@@ -345,6 +355,17 @@ mod tests {
         assert_eq!(
             p.handle_path("shared/a.sst").unwrap(),
             p.shared_file("a.sst").unwrap()
+        );
+    }
+
+    #[test]
+    fn rooted_paths_are_relative_to_the_store_root() {
+        let p = CheckpointPaths::rooted(JobId(7));
+        assert_eq!(p.handle_path("op/0/state").unwrap().as_ref(), "op/0/state");
+        assert_eq!(p.metadata(CheckpointId(3)).as_ref(), "chk-3/_metadata");
+        assert_eq!(
+            p.relative_to_job(&Path::from("op/0/state")).as_deref(),
+            Some("op/0/state")
         );
     }
 

@@ -84,6 +84,14 @@ pub trait JobFactory: Send + Sync {
     /// The checkpoint storage `spec`'s configuration names on this TaskManager (`None`
     /// without checkpointing), without building the job: what a storage probe reads.
     fn checkpoint_store(&self, spec: &JobSpec) -> Result<Option<Store>, String>;
+
+    /// Opens the store at `url` (a savepoint's folder) with `spec`'s storage settings (S3
+    /// endpoint and credentials). The default knows no S3 settings beyond the defaults.
+    fn open_storage(&self, _spec: &JobSpec, url: &str) -> Result<Store, String> {
+        let parsed = weir_storage::StorageUrl::parse(url).map_err(|e| e.to_string())?;
+        weir_storage::open_store(&parsed, &weir_storage::S3Options::default())
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Why a TaskManager stopped.

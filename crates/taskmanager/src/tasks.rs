@@ -188,8 +188,13 @@ impl Tasks {
             Down::Trigger(t) => self.trigger(t),
             Down::Complete(c) => self.complete(&c.job_id, c.attempt, CheckpointId(c.checkpoint_id)),
             Down::Aborted(a) => {
+                let id = CheckpointId(a.checkpoint_id);
+                if let Some(att) = self.attempt_mut(&a.job_id, a.attempt) {
+                    for tx in att.controls.values() {
+                        let _ = tx.send(Control::Aborted(id));
+                    }
+                }
                 if let Some(cache) = self.jobs.get(&a.job_id).and_then(|j| j.cache.clone()) {
-                    let id = CheckpointId(a.checkpoint_id);
                     self.ctx
                         .runtime
                         .spawn(async move { cache.discard(id).await });
@@ -211,6 +216,7 @@ impl Tasks {
                 self.cancel_all(&s.reason);
             }
             Down::Probe(p) => self.probe(p),
+            Down::Savepoint(p) => self.prepare_savepoint(p),
             Down::Registered(_) | Down::Refused(_) => {
                 tracing::warn!("unexpected registration answer on an established session");
             }
@@ -258,6 +264,37 @@ impl Tasks {
                 Err(_) => format!("reading {store}/{object} took over {PROBE_TIMEOUT:?}"),
             });
         });
+    }
+
+    /// Registers where the tasks of a job write a savepoint (before its barrier reaches them;
+    /// their uploads wait for it, bounded).
+    fn prepare_savepoint(&mut self, p: v1::PrepareSavepoint) {
+        let Some(entry) = self.jobs.get(&p.job_id) else {
+            tracing::debug!(job = %p.job_id, "a savepoint target for a job not running here");
+            return;
+        };
+        let Some((_, transfer)) = &entry.built.checkpointing else {
+            tracing::warn!(job = %p.job_id, "a savepoint target for a job without checkpointing");
+            return;
+        };
+        let opened = JobId::parse(&p.job_id).and_then(|job| {
+            self.ctx
+                .factory
+                .open_storage(&entry.spec, &p.folder_url)
+                .map(|store| Uploader::self_contained(store, job))
+        });
+        match opened {
+            Ok(uploader) => {
+                tracing::info!(job = %p.job_id, savepoint = p.checkpoint_id, folder = %p.folder_url, "savepoint target registered");
+                transfer
+                    .savepoints
+                    .register(CheckpointId(p.checkpoint_id), uploader);
+            }
+            // The tasks decline the savepoint when their wait for the target ends.
+            Err(e) => {
+                tracing::error!(job = %p.job_id, savepoint = p.checkpoint_id, folder = %p.folder_url, error = %e, "cannot open the savepoint folder")
+            }
+        }
     }
 
     /// Cancels every attempt of every job (the session broke or the JobManager shut down).
@@ -314,10 +351,7 @@ impl Tasks {
                 }
                 (
                     mode,
-                    Arc::new(Transfer {
-                        uploader,
-                        runtime: self.ctx.runtime.clone(),
-                    }),
+                    Arc::new(Transfer::new(uploader, self.ctx.runtime.clone())),
                 )
             });
             self.jobs.insert(
@@ -376,6 +410,15 @@ impl Tasks {
                 serde_json::from_slice(&d.restore_json)
                     .map_err(|e| format!("the restore spec does not parse: {e}"))?,
             )
+        };
+        let external = match restore.as_ref().and_then(|r| r.location.as_deref()) {
+            None => None,
+            Some(url) => {
+                let store = self.ctx.factory.open_storage(&spec, url).map_err(|e| {
+                    format!("cannot open the snapshot folder {url} to restore from: {e}")
+                })?;
+                Some(Uploader::self_contained(store, JobId::parse(&key.job_id)?))
+            }
         };
         let self_id = self.ctx.id.clone();
         let (runtime, exchange, connections, outbox, state_dir) = (
@@ -556,6 +599,7 @@ impl Tasks {
             operators: r.operators,
             local_dir: state_dir.join("restore").join(&key.job_id),
             stats: stats.clone(),
+            external,
         });
         let on_running = {
             let (outbox, key) = (outbox.clone(), key.clone());
@@ -637,7 +681,10 @@ impl Tasks {
         let barrier = Barrier {
             checkpoint: CheckpointId(t.checkpoint_id),
             base: t.base.map(CheckpointId),
-            savepoint: t.savepoint,
+            savepoint: t.savepoint.then_some(weir_types::SavepointBarrier {
+                canonical: t.canonical,
+                stop: t.stop,
+            }),
         };
         match self
             .attempt_mut(&key.job_id, key.attempt)

@@ -26,8 +26,33 @@ pub struct Barrier {
     /// task may reuse shareable files it uploaded for exactly that checkpoint, nothing else
     /// (an aborted or pending checkpoint's uploads are never reused).
     pub base: Option<CheckpointId>,
-    /// Whether this is a savepoint (self-contained, never subsumed) rather than a checkpoint.
-    pub savepoint: bool,
+    /// `Some` for a savepoint (self-contained, never subsumed, written to its own folder),
+    /// `None` for a checkpoint.
+    pub savepoint: Option<SavepointBarrier>,
+}
+
+impl Barrier {
+    /// Whether this barrier belongs to a savepoint.
+    pub fn is_savepoint(&self) -> bool {
+        self.savepoint.is_some()
+    }
+
+    /// Whether the job stops once this barrier's savepoint completes (`weir stop`): sources
+    /// emit nothing after it, and every task ends when it learns the savepoint completed.
+    pub fn stops(&self) -> bool {
+        self.savepoint.is_some_and(|s| s.stop)
+    }
+}
+
+/// What a savepoint barrier asks of every task besides a snapshot.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavepointBarrier {
+    /// Write keyed state in the backend-neutral canonical format (else the backend's own
+    /// files).
+    pub canonical: bool,
+    /// Stop with this savepoint: sources emit nothing after the barrier, and every task ends
+    /// once the savepoint completed (its sinks committed it); an aborted one resumes the job.
+    pub stop: bool,
 }
 
 /// One message on a channel between two tasks.

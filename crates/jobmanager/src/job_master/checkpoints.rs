@@ -19,6 +19,14 @@ pub(crate) struct Checkpointing {
     pub metadata_sink: MetadataSink,
     /// Checkpoints whose `_metadata` write is in flight.
     pub writing: BTreeSet<CheckpointId>,
+    /// Where each savepoint in flight is written.
+    pub savepoints: BTreeMap<CheckpointId, weir_coordination::driver::SavepointTarget>,
+    /// The savepoint the job stops with, while it is in flight.
+    pub stop: Option<CheckpointId>,
+    /// `execution.checkpointing.savepoint-dir`.
+    pub savepoint_dir: Option<String>,
+    /// How savepoint targets on `s3://` are reached.
+    pub s3: weir_storage::S3Options,
 }
 
 impl Checkpointing {
@@ -125,6 +133,8 @@ pub(super) fn with_driver<R>(
         failed: a.failed.take(),
         metadata_sink: &cp.metadata_sink,
         writing: &mut cp.writing,
+        savepoints: &cp.savepoints,
+        stop: cp.stop,
     };
     let r = f(&mut d);
     a.tasks = d.tasks;
@@ -138,16 +148,18 @@ pub(super) fn with_driver<R>(
 }
 
 /// `restore_json` of a `DeployTask`: a [`TaskRestoreSpec`] as JSON,
-/// `{"checkpoint": n, "operators": {uid: state}}`, for the operators of `vertex`'s chain and
-/// subtask `subtask`. A chain without state gets an empty map: the task still learns which
-/// checkpoint it restores.
+/// `{"checkpoint": n, "operators": {uid: state}, "location": url?}`, for the operators of
+/// `vertex`'s chain and subtask `subtask`. A chain without state gets an empty map: the task
+/// still learns which checkpoint it restores. `location` is set when the handles are relative
+/// to a folder other than the job's checkpoint folder (a savepoint's).
 pub(crate) fn restore_json(
     plan: &Plan,
     vertex: VertexId,
     subtask: SubtaskIndex,
-    metadata: &CheckpointMetadata,
+    point: &RestorePoint,
 ) -> Result<Vec<u8>, serde_json::Error> {
     let v = &plan.job.vertices[vertex.0 as usize];
+    let metadata = &point.metadata;
     let operators = v
         .nodes
         .iter()
@@ -160,6 +172,7 @@ pub(crate) fn restore_json(
     serde_json::to_vec(&TaskRestoreSpec {
         checkpoint: metadata.checkpoint_id,
         operators,
+        location: point.location.clone(),
     })
 }
 
@@ -175,6 +188,10 @@ pub(super) fn apply_outside(
         match action {
             Action::DeleteFiles { paths } => deletions.extend(paths),
             Action::NotifyAborted { id, reason } => {
+                if let Some(t) = cp.savepoints.get(&id) {
+                    cp.deletions
+                        .push(weir_coordination::driver::spawn_folder_deletion(runtime, t));
+                }
                 let now = now_ms();
                 if let Some(r) = cp.history.iter_mut().rev().find(|r| r.id == id) {
                     if r.status == CheckpointStatus::InProgress {
@@ -389,6 +406,7 @@ impl JobMaster {
             self.aborted_notified.clear();
         }
         self.history_cursor = cursor;
+        self.settle_savepoints();
     }
 }
 
@@ -438,7 +456,11 @@ mod tests {
             ]),
             self_contained: true,
         };
-        let bytes = restore_json(&plan, VertexId(1), SubtaskIndex(1), &metadata).unwrap();
+        let point = RestorePoint {
+            metadata,
+            location: None,
+        };
+        let bytes = restore_json(&plan, VertexId(1), SubtaskIndex(1), &point).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["checkpoint"], 3);
         let ops = v["operators"].as_object().unwrap();
@@ -447,7 +469,7 @@ mod tests {
         assert_eq!(decoded.checkpoint, CheckpointId(3));
         assert_eq!(decoded.operators, BTreeMap::from([(count, state(1))]));
         // A stateless subtask still learns which checkpoint it restores.
-        let bytes = restore_json(&plan, VertexId(0), SubtaskIndex(0), &metadata).unwrap();
+        let bytes = restore_json(&plan, VertexId(0), SubtaskIndex(0), &point).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["checkpoint"], 3);
         assert!(v["operators"].as_object().unwrap().is_empty());

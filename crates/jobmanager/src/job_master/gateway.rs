@@ -101,7 +101,9 @@ impl TaskGateway for ClusterGateway {
                 )),
                 checkpoint_id: barrier.checkpoint.0,
                 base: barrier.base.map(|b| b.0),
-                savepoint: barrier.savepoint,
+                savepoint: barrier.is_savepoint(),
+                canonical: barrier.savepoint.is_some_and(|s| s.canonical),
+                stop: barrier.stops(),
             }),
         );
     }

@@ -22,6 +22,14 @@ impl JobMaster {
                 self.stop.get_or_insert(Stop::Shutdown);
                 None
             }
+            JobMasterMsg::TriggerSavepoint { request, reply } => {
+                let answer = self.trigger_savepoint(request, drv, mode);
+                if let Err(reason) = &answer {
+                    tracing::warn!(%reason, "savepoint refused");
+                }
+                let _ = reply.send(answer);
+                None
+            }
             JobMasterMsg::MetadataWritten(m) => {
                 self.on_metadata_written(m, drv);
                 None

@@ -79,6 +79,7 @@ mod gateway;
 mod messages;
 mod phase;
 mod recoveries;
+mod savepoints;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -88,6 +89,7 @@ use checkpoints::{apply_outside, restore_json, with_driver, AttemptDriver, Lease
 use gateway::ClusterGateway;
 pub(crate) use gateway::TaskManagers;
 use phase::JobPhase;
+pub(crate) use savepoints::{RestorePoint, SavepointRequest};
 pub(crate) use status::initial_status;
 
 /// The loop's tick: checkpoint timers, slot polling, timeouts.
@@ -122,6 +124,11 @@ pub(crate) enum JobMasterMsg {
     LeaseLost(String),
     /// The JobManager shuts down.
     Shutdown,
+    /// A client asks for a savepoint; the answer is its request id or why not.
+    TriggerSavepoint {
+        request: SavepointRequest,
+        reply: Sender<Result<u64, String>>,
+    },
 }
 
 /// Everything a JobMaster starts with.
@@ -143,6 +150,8 @@ pub(crate) struct JobMasterSetup {
     pub slot_request_timeout: Duration,
     /// `jobmanager.cancel.timeout`.
     pub cancel_timeout: Duration,
+    /// The savepoint or retained checkpoint the job starts from (`-s`), if any.
+    pub external: Option<RestorePoint>,
 }
 
 /// The fingerprint every `DeployTask` of `plan` carries: its JSON and this build.
@@ -285,6 +294,11 @@ pub(crate) struct JobMaster {
     io: IoReports,
     /// Why the job's checkpoint folder is no longer this JobMaster's, if it was lost.
     lease_lost: Option<String>,
+    /// Every savepoint request, by request id.
+    savepoint_ops: BTreeMap<u64, crate::view::SavepointOperation>,
+    /// A restore point outside the job's folder: the savepoint it started from, or the one it
+    /// stopped with.
+    external: Option<RestorePoint>,
 }
 
 impl JobMaster {
@@ -343,6 +357,8 @@ impl JobMaster {
             previous_hosts: None,
             io: IoReports::default(),
             lease_lost: None,
+            savepoint_ops: BTreeMap::new(),
+            external: s.external,
         }
     }
 
@@ -417,19 +433,6 @@ impl JobMaster {
                 }
             }
         }
-    }
-
-    /// The checkpoint the next attempt restores: the latest retained completed one.
-    fn restore_point(&self) -> Result<Option<CheckpointMetadata>, String> {
-        let Some(cp) = &self.cp else {
-            return Ok(None);
-        };
-        let Some(latest) = cp.coordinator.store().latest() else {
-            return Ok(None);
-        };
-        let m = latest.metadata().clone();
-        check_compatible(&m, &self.plan)?;
-        Ok(Some(m))
     }
 
     /// Forgets damaged checkpoint `id`, so the next attempt restores the previous one.
@@ -546,11 +549,7 @@ impl JobMaster {
 
     /// Deploys one attempt on `assignment` and runs it until it finishes, fails or is stopped;
     /// a failed or stopped attempt is cancelled before this returns.
-    fn run_attempt(
-        &mut self,
-        assignment: Assignment,
-        restore: Option<CheckpointMetadata>,
-    ) -> AttemptEnd {
+    fn run_attempt(&mut self, assignment: Assignment, restore: Option<RestorePoint>) -> AttemptEnd {
         let attempt = if self.deployed_any {
             self.attempt.next()
         } else {
@@ -562,7 +561,7 @@ impl JobMaster {
         self.all_running = false;
         self.ended_input.clear();
         self.stop_sent = false;
-        self.restored_from = restore.as_ref().map(|m| m.checkpoint_id);
+        self.restored_from = restore.as_ref().map(|r| r.metadata.checkpoint_id);
         if !self.tasks.is_empty() {
             let hosts = self
                 .tasks
@@ -596,7 +595,7 @@ impl JobMaster {
         if let Some(r) = self.open_recovery() {
             r.attempt = Some(attempt.get());
             r.scheduled_ms = Some(now_ms());
-            r.restored_checkpoint = restore.as_ref().map(|m| m.checkpoint_id);
+            r.restored_checkpoint = restore.as_ref().map(|r| r.metadata.checkpoint_id);
             r.moves = moves;
             r.refresh();
             tracing::info!(
@@ -717,7 +716,7 @@ impl JobMaster {
     fn deploy(
         &mut self,
         assignment: &Assignment,
-        restore: Option<&CheckpointMetadata>,
+        restore: Option<&RestorePoint>,
     ) -> Option<Failure> {
         let attempt = self.attempt;
         let mut locations = Vec::with_capacity(self.plan.execution.subtasks.len());
@@ -770,7 +769,7 @@ impl JobMaster {
         tracing::info!(
             tasks = self.tasks.len(),
             taskmanagers = self.gateway.as_ref().map_or(0, |g| g.taskmanagers.len()),
-            checkpoint = ?restore.map(|m| m.checkpoint_id.0),
+            checkpoint = ?restore.map(|r| r.metadata.checkpoint_id.0),
             "attempt deployed"
         );
         None

@@ -40,6 +40,7 @@ pub(crate) fn initial_status(
         latest_completed: latest,
         recoveries: Vec::new(),
         sync_pauses_us: Vec::new(),
+        savepoints: Vec::new(),
     }
 }
 
@@ -101,6 +102,7 @@ impl JobMaster {
         d.vertices = vertices;
         s.tasks_running = running;
         s.recoveries = self.recoveries.clone();
+        s.savepoints = self.savepoint_ops.values().cloned().collect();
     }
 
     /// Moves the job to phase `to` (see [`super::phase::TRANSITIONS`]) and publishes it.

@@ -186,6 +186,10 @@ impl Harness {
                 lease_keeper: None,
                 metadata_sink: Checkpointing::no_sink(),
                 writing: BTreeSet::new(),
+                savepoints: BTreeMap::new(),
+                stop: None,
+                savepoint_dir: None,
+                s3: weir_storage::S3Options::default(),
             }
         });
         let status = Arc::new(Mutex::new(initial_status(
@@ -209,6 +213,7 @@ impl Harness {
             runtime: runtime.handle().clone(),
             slot_request_timeout: Duration::from_secs(2),
             cancel_timeout: Duration::from_secs(2),
+            external: None,
         });
         let thread = std::thread::spawn(move || master.run());
         Self {

@@ -54,6 +54,8 @@ pub fn no_checkpoints(restart: RestartStrategy) -> JobSettings {
         checkpoint: None,
         store: None,
         restart,
+        savepoint_dir: None,
+        s3: weir_storage::S3Options::default(),
     }
 }
 
@@ -145,6 +147,7 @@ pub fn submit_request(plan: &Plan, job_id: &str) -> SubmitJobRequest {
         }),
         plan_json: serde_json::to_vec(plan).unwrap(),
         resume: false,
+        ..Default::default()
     }
 }
 

@@ -1,0 +1,300 @@
+//! Savepoints end to end, with real processes on loopback: one `weir jobmanager`, two
+//! `weir taskmanager`s with two slots each. `keyed-agg` is stopped with a savepoint half-way
+//! (`weir stop`), the savepoint's folder is moved, and a new job started from it (`weir run -s`)
+//! must end with the exactly-once output of an uninterrupted run. `weir savepoint inspect`
+//! and `dispose` read the folder alone; bad restore paths are refused naming the problem.
+
+mod common;
+
+use common::procs::{rest, start_jobmanager, start_taskmanager, wait_for, weir_cmd, Proc};
+use common::{exactly_once_updates, expected_keyed_agg, read_parts};
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+const DEADLINE: Duration = Duration::from_secs(150);
+const SEED: u64 = 42;
+const KEYS: u64 = 2000;
+const RECORDS: u64 = 160_000;
+
+struct Cluster {
+    _jm: Proc,
+    _tms: Vec<Proc>,
+    rpc: String,
+    rest: String,
+    dir: tempfile::TempDir,
+}
+
+fn cluster() -> Cluster {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (jm, rpc, rest_addr) = start_jobmanager(&[
+        "heartbeat.timeout=3s",
+        "heartbeat.interval=100ms",
+        "slot.request.timeout=20s",
+    ]);
+    let tms: Vec<Proc> = (0..2)
+        .map(|i| {
+            start_taskmanager(
+                &rpc,
+                &format!("tm-{i}"),
+                &dir.path().join(format!("tm-{i}")),
+            )
+        })
+        .collect();
+    wait_for(
+        "2 TaskManagers to register",
+        Duration::from_secs(30),
+        || {
+            rest(&rest_addr, "/taskmanagers")["taskmanagers"]
+                .as_array()
+                .is_some_and(|t| t.len() == 2)
+        },
+    );
+    Cluster {
+        _jm: jm,
+        _tms: tms,
+        rpc,
+        rest: rest_addr,
+        dir,
+    }
+}
+
+/// `weir run keyed-agg` (detached) with checkpoints every 300 ms; `extra` adds flags.
+fn run(c: &Cluster, p: u32, rate: u64, out: &Path, extra: &[&str]) -> Output {
+    let checkpoints: PathBuf = c.dir.path().join("checkpoints");
+    weir_cmd()
+        .args([
+            "run",
+            "keyed-agg",
+            "-p",
+            &p.to_string(),
+            "--detached",
+            "--json",
+        ])
+        .args(["--jobmanager", &c.rpc])
+        .args(["--param", &format!("records={RECORDS}")])
+        .args(["--param", &format!("keys={KEYS}")])
+        .args(["--param", &format!("rate={rate}")])
+        .args(["--param", "emit=updates"])
+        .args(["--param", &format!("output={}", out.display())])
+        .args(["-D", "execution.checkpointing.interval=300ms"])
+        .args([
+            "-D",
+            &format!("state.checkpoints.dir=file://{}", checkpoints.display()),
+        ])
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .expect("weir run")
+}
+
+fn submitted(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "weir run failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    v["job_id"].as_str().expect("job id").to_string()
+}
+
+fn job(c: &Cluster, id: &str) -> serde_json::Value {
+    rest(&c.rest, &format!("/jobs/{id}"))
+}
+
+fn wait_state(c: &Cluster, id: &str, state: &str) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    wait_for(&format!("job {id} to end"), DEADLINE, || {
+        last = job(c, id);
+        matches!(
+            last["state"].as_str(),
+            Some("FINISHED" | "FAILED" | "CANCELED")
+        )
+    });
+    assert_eq!(last["state"], state, "job {id}: {last}");
+    last
+}
+
+fn wait_checkpoints(c: &Cluster, id: &str, n: u64) {
+    wait_for("completed checkpoints", DEADLINE, || {
+        rest(&c.rest, &format!("/jobs/{id}/checkpoints"))["counts"]["completed"]
+            .as_u64()
+            .unwrap_or(0)
+            >= n
+    });
+}
+
+/// `weir stop` with a savepoint under `target`; returns the savepoint's folder.
+fn stop(c: &Cluster, id: &str, target: &Path, format: &str) -> String {
+    let o = weir_cmd()
+        .args([
+            "stop",
+            id,
+            "--type",
+            format,
+            "--json",
+            "--jobmanager",
+            &c.rpc,
+        ])
+        .arg("--savepoint-path")
+        .arg(target)
+        .stdin(Stdio::null())
+        .output()
+        .expect("weir stop");
+    assert!(
+        o.status.success(),
+        "weir stop failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["status"], "COMPLETED", "{v}");
+    v["location"].as_str().expect("location").to_string()
+}
+
+fn local_path(url: &str) -> PathBuf {
+    PathBuf::from(url.strip_prefix("file://").unwrap_or(url))
+}
+
+fn assert_exactly_once(out: &Path) {
+    let last = exactly_once_updates(&read_parts(out));
+    assert_eq!(last, expected_keyed_agg(SEED, KEYS, RECORDS));
+}
+
+/// Stops a p=2 RocksDB job half-way with a `format` savepoint, moves the folder, and resumes
+/// from the moved folder with `resume_flags`; the output must be exactly once.
+fn stop_move_resume(format: &str, resume_flags: &[&str]) -> (Cluster, PathBuf) {
+    let c = cluster();
+    let out = c.dir.path().join("out");
+    let id = submitted(&run(&c, 2, 30_000, &out, &[]));
+    wait_checkpoints(&c, &id, 2);
+    let location = stop(&c, &id, &c.dir.path().join("savepoints"), format);
+    let stopped = wait_state(&c, &id, "FINISHED");
+    let partial = read_parts(&out).len() as u64;
+    assert!(
+        partial > 0 && partial < RECORDS,
+        "stopped half-way: {partial} of {RECORDS} lines ({stopped})"
+    );
+    // Relocatable: every path in `_metadata` is relative to the folder.
+    let moved = c.dir.path().join("moved");
+    std::fs::create_dir_all(&moved).unwrap();
+    let moved = moved.join("sp");
+    std::fs::rename(local_path(&location), &moved).expect("move the savepoint folder");
+    let mut flags = vec!["-s", moved.to_str().unwrap()];
+    flags.extend_from_slice(resume_flags);
+    let resumed = submitted(&run(&c, 2, 200_000, &out, &flags));
+    let done = wait_state(&c, &resumed, "FINISHED");
+    assert!(done["restored_from"].as_u64().is_some(), "{done}");
+    assert_exactly_once(&out);
+    (c, moved)
+}
+
+#[test]
+fn a_job_stopped_with_a_native_savepoint_resumes_from_the_moved_folder_exactly_once() {
+    let (c, moved) = stop_move_resume("native", &[]);
+    // inspect reads the folder alone.
+    let o = weir_cmd()
+        .args(["savepoint", "inspect", "--json"])
+        .arg(&moved)
+        .output()
+        .expect("inspect");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["kind"], "savepoint (native)", "{v}");
+    assert_eq!(v["self_contained"], true, "{v}");
+    let agg = &v["operators"]["aggregate"];
+    assert_eq!(agg["parallelism"], 2, "{v}");
+    assert_eq!(agg["subtasks"][0]["backend"], "rocksdb", "{v}");
+    assert!(agg["bytes"].as_u64().unwrap() > 0, "{v}");
+    // dispose removes it, _metadata first.
+    let o = weir_cmd()
+        .args(["savepoint", "dispose"])
+        .arg(&moved)
+        .output()
+        .expect("dispose");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!moved.join("_metadata").exists());
+    assert!(
+        std::fs::read_dir(&moved).map_or(true, |mut d| d.next().is_none()),
+        "files left after dispose"
+    );
+    drop(c);
+}
+
+#[test]
+fn a_canonical_savepoint_of_rocksdb_state_resumes_on_the_heap_backend_exactly_once() {
+    let (c, moved) = stop_move_resume("canonical", &["-D", "state.backend=heap"]);
+    let o = weir_cmd()
+        .args(["savepoint", "inspect", "--json"])
+        .arg(&moved)
+        .output()
+        .expect("inspect");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["kind"], "savepoint (canonical)", "{v}");
+    assert_eq!(
+        v["operators"]["aggregate"]["subtasks"][1]["backend"], "canonical",
+        "{v}"
+    );
+    drop(c);
+}
+
+#[test]
+fn bad_restore_paths_and_savepoint_requests_are_refused_naming_the_problem() {
+    let c = cluster();
+    let out = c.dir.path().join("out");
+    // A folder without _metadata.
+    let empty = c.dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = run(&c, 2, 1000, &out, &["-s", empty.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("_metadata does not exist"), "{err}");
+    // A damaged _metadata.
+    std::fs::write(empty.join("_metadata"), b"WEIR garbage").unwrap();
+    let o = run(&c, 2, 1000, &out, &["-s", empty.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("_metadata"), "{err}");
+    // A savepoint of a job whose operators this job lacks.
+    let id = submitted(&run(&c, 2, 20_000, &out, &[]));
+    wait_checkpoints(&c, &id, 1);
+    // No target and no savepoint-dir configured.
+    let o = weir_cmd()
+        .args(["savepoint", &id, "--jobmanager", &c.rpc])
+        .output()
+        .expect("weir savepoint");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("execution.checkpointing.savepoint-dir"),
+        "{err}"
+    );
+    let target = c.dir.path().join("sp");
+    let o = weir_cmd()
+        .args(["savepoint", &id, "--jobmanager", &c.rpc, "--type", "native"])
+        .arg(&target)
+        .output()
+        .expect("weir savepoint");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let location = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    // The job goes on after a savepoint that does not stop it.
+    assert_eq!(job(&c, &id)["state"], "RUNNING");
+    let words = c.dir.path().join("words.txt");
+    std::fs::write(&words, "a b c\n").unwrap();
+    let o = weir_cmd()
+        .args(["run", "word-count", "--detached", "--jobmanager", &c.rpc])
+        .args(["--param", &format!("input={}", words.display())])
+        .args(["-D", "execution.checkpointing.interval=300ms"])
+        .args(["-s", &location])
+        .output()
+        .expect("weir run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("operator 'aggregate'") || err.contains("operator 'generator'"),
+        "{err}"
+    );
+    assert!(err.contains("--allow-non-restored-state"), "{err}");
+    // The savepoint is intact after every refusal.
+    assert!(local_path(&location).join("_metadata").exists());
+    wait_state(&c, &id, "FINISHED");
+    assert_exactly_once(&out);
+}
