@@ -161,8 +161,9 @@ fn assert_exactly_once(out: &Path) {
 }
 
 /// Stops a p=2 RocksDB job half-way with a `format` savepoint, moves the folder, and resumes
-/// from the moved folder with `resume_flags`; the output must be exactly once.
-fn stop_move_resume(format: &str, resume_flags: &[&str]) -> (Cluster, PathBuf) {
+/// from the moved folder at parallelism `p` with `resume_flags`; the output must be exactly
+/// once.
+fn stop_move_resume(format: &str, p: u32, resume_flags: &[&str]) -> (Cluster, PathBuf) {
     let c = cluster();
     let out = c.dir.path().join("out");
     let id = submitted(&run(&c, 2, 30_000, &out, &[]));
@@ -181,7 +182,7 @@ fn stop_move_resume(format: &str, resume_flags: &[&str]) -> (Cluster, PathBuf) {
     std::fs::rename(local_path(&location), &moved).expect("move the savepoint folder");
     let mut flags = vec!["-s", moved.to_str().unwrap()];
     flags.extend_from_slice(resume_flags);
-    let resumed = submitted(&run(&c, 2, 200_000, &out, &flags));
+    let resumed = submitted(&run(&c, p, 200_000, &out, &flags));
     let done = wait_state(&c, &resumed, "FINISHED");
     assert!(done["restored_from"].as_u64().is_some(), "{done}");
     assert_exactly_once(&out);
@@ -189,8 +190,8 @@ fn stop_move_resume(format: &str, resume_flags: &[&str]) -> (Cluster, PathBuf) {
 }
 
 #[test]
-fn a_job_stopped_with_a_native_savepoint_resumes_from_the_moved_folder_exactly_once() {
-    let (c, moved) = stop_move_resume("native", &[]);
+fn a_job_stopped_at_p2_with_a_native_savepoint_resumes_at_p3_from_the_moved_folder_exactly_once() {
+    let (c, moved) = stop_move_resume("native", 3, &[]);
     // inspect reads the folder alone.
     let o = weir_cmd()
         .args(["savepoint", "inspect", "--json"])
@@ -221,8 +222,8 @@ fn a_job_stopped_with_a_native_savepoint_resumes_from_the_moved_folder_exactly_o
 }
 
 #[test]
-fn a_canonical_savepoint_of_rocksdb_state_resumes_on_the_heap_backend_exactly_once() {
-    let (c, moved) = stop_move_resume("canonical", &["-D", "state.backend=heap"]);
+fn a_canonical_savepoint_of_rocksdb_state_at_p2_resumes_at_p1_on_the_heap_backend_exactly_once() {
+    let (c, moved) = stop_move_resume("canonical", 1, &["-D", "state.backend=heap"]);
     let o = weir_cmd()
         .args(["savepoint", "inspect", "--json"])
         .arg(&moved)

@@ -216,4 +216,18 @@ pub struct TaskRestoreSpec {
     /// folder (a savepoint's own folder, or another job's retained checkpoints).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// Operators of the chain restored at another parallelism than the snapshot's: every old
+    /// subtask's state, for the task to take its share (keyed state by key group, source
+    /// positions and sink transactions as the connector splits them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rescaled: BTreeMap<OperatorUid, RescaledOperator>,
+}
+
+/// An operator's state taken at another parallelism than the one it is restored at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RescaledOperator {
+    /// The parallelism the snapshot was taken at.
+    pub old_parallelism: u32,
+    /// What each old subtask stored.
+    pub subtasks: BTreeMap<SubtaskIndex, OperatorSubtaskState>,
 }

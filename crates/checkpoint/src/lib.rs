@@ -40,8 +40,8 @@ pub use context::{
 pub use coordinator::{AckOutcome, Action, Coordinator, CoordinatorError, RECENT_CHECKPOINT_IDS};
 pub use failure::CheckpointFailureReason;
 pub use handle::{
-    FileHandle, HandleError, OperatorSubtaskState, TaskAckMetrics, TaskId, TaskRestoreSpec,
-    TaskStateSnapshot,
+    FileHandle, HandleError, OperatorSubtaskState, RescaledOperator, TaskAckMetrics, TaskId,
+    TaskRestoreSpec, TaskStateSnapshot,
 };
 pub use id_counter::CheckpointIdCounter;
 pub use kind::{CheckpointKind, SavepointFormat};

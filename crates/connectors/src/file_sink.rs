@@ -274,6 +274,70 @@ impl<T: Display + Send + 'static> Sink<T> for FileSink<T> {
             &self.dir, &names, owner,
         )?))
     }
+
+    /// Restored at another parallelism: every old subtask's manifest is settled — its listed
+    /// transactions published, the rest of what it staged aborted — by exactly one new
+    /// subtask ([`settled_by`]), which then writes as its own index. The folder's owner is the
+    /// one the manifests name (so new subtasks without an old one are accepted too).
+    fn create_rescaled_writer(
+        &self,
+        ctx: &SinkContext,
+        _old_parallelism: u32,
+        manifests: &[(u32, Vec<u8>)],
+    ) -> Result<Box<dyn SinkWriter<T>>, UserError> {
+        fs::create_dir_all(&self.dir).map_err(|cause| unwritable(&self.dir, cause))?;
+        let names = PartNames::new(ctx);
+        let (subtask, parallelism) = (ctx.subtask.get(), ctx.parallelism);
+        let mut own = None;
+        let mut others = Vec::new();
+        let mut restored_owner = None;
+        for (old, bytes) in manifests {
+            let old_names = PartNames::of(ctx.uid.to_string(), *old);
+            let manifest = Manifest::decode(&old_names, bytes)?;
+            if restored_owner.is_none() {
+                restored_owner = manifest.owner.clone();
+            }
+            if *old == subtask {
+                own = Some(manifest);
+            } else if settled_by(subtask, parallelism, *old) {
+                others.push((old_names, manifest));
+            }
+        }
+        let owner = claim_folder(
+            &self.dir,
+            &self.owner(ctx),
+            restored_owner.as_ref(),
+            &names,
+            ctx.attempt,
+        )?;
+        for (old_names, manifest) in others {
+            tracing::info!(uid = %ctx.uid, subtask, old_subtask = old_names.subtask, "settling the transactions of a subtask that no longer exists");
+            // Opening a writer settles what the manifest lists and aborts the rest; this one
+            // writes nothing more.
+            drop(TwoPhaseWriter::<T>::open(
+                &self.dir,
+                old_names,
+                owner.clone(),
+                ctx.attempt,
+                Some(manifest),
+            )?);
+        }
+        Ok(Box::new(TwoPhaseWriter::<T>::open(
+            &self.dir,
+            names,
+            owner,
+            ctx.attempt,
+            own,
+        )?))
+    }
+}
+
+/// Which old subtasks' transactions new subtask `subtask` of `parallelism` settles when the
+/// sink is restored at another parallelism: its own index, if it existed, and every old index
+/// `k ≥ parallelism` with `k mod parallelism = subtask`. Over the new subtasks every old index
+/// is settled exactly once.
+fn settled_by(subtask: u32, parallelism: u32, old: u32) -> bool {
+    old == subtask || (old >= parallelism && old % parallelism == subtask)
 }
 
 fn unwritable(path: &Path, cause: io::Error) -> ConnectorError {
@@ -722,7 +786,11 @@ impl OwnFile {
 
 impl PartNames {
     fn new(ctx: &SinkContext) -> Self {
-        let (uid, subtask) = (ctx.uid.to_string(), ctx.subtask.get());
+        Self::of(ctx.uid.to_string(), ctx.subtask.get())
+    }
+
+    /// The names of subtask `subtask` of the sink `uid`.
+    fn of(uid: String, subtask: u32) -> Self {
         Self {
             stem: format!("part-{uid}-{subtask}"),
             uid,
@@ -2715,5 +2783,22 @@ mod tests {
             Ordering::Equal,
             "ties broken by text"
         );
+    }
+
+    #[test]
+    fn every_old_sink_subtask_is_settled_by_exactly_one_new_subtask() {
+        for old_p in 1..=9u32 {
+            for new_p in 1..=9u32 {
+                for old in 0..old_p {
+                    let settlers: Vec<u32> =
+                        (0..new_p).filter(|&j| settled_by(j, new_p, old)).collect();
+                    assert_eq!(
+                        settlers.len(),
+                        1,
+                        "old {old} of {old_p} → {new_p}: {settlers:?}"
+                    );
+                }
+            }
+        }
     }
 }

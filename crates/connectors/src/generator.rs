@@ -137,6 +137,7 @@ impl GeneratorSource {
             parallelism,
             next_seq: u64::from(subtask),
             exhausted: false,
+            lanes: Vec::new(),
             pacing: self.rate.map(|rate| Pacing {
                 per_second: rate as f64 / f64::from(parallelism),
                 started: None,
@@ -159,9 +160,102 @@ impl GeneratorSource {
         position: &[u8],
     ) -> Result<GeneratorReader, ConnectorError> {
         let mut reader = self.reader(subtask, parallelism)?;
+        if position.first() == Some(&GENERATOR_LANES_VERSION) {
+            let saved: LanesPosition =
+                position::decode("generator", GENERATOR_LANES_VERSION, position)?;
+            let identity = GeneratorPosition {
+                subtask: saved.subtask,
+                parallelism: saved.parallelism,
+                seed: saved.seed,
+                keys: saved.keys,
+                total: saved.total,
+                next_seq: None,
+            };
+            check_identity(&identity, &reader.identity())?;
+            reader.set_lanes(saved.lanes)?;
+            return Ok(reader);
+        }
         let saved: GeneratorPosition =
             position::decode("generator", GENERATOR_POSITION_VERSION, position)?;
         let here = reader.identity();
+        check_identity(&saved, &here)?;
+        match saved.next_seq {
+            Some(seq) if seq % u64::from(parallelism) != u64::from(subtask) => {
+                return Err(ConnectorError::BadPosition {
+                    connector: "generator",
+                    reason: format!(
+                        "record {seq} is not produced by subtask {subtask} of {parallelism}"
+                    ),
+                });
+            }
+            Some(seq) => reader.next_seq = seq,
+            None => reader.exhausted = true,
+        }
+        Ok(reader)
+    }
+
+    /// The reader of subtask `subtask` of `parallelism` restored from `positions`, every old
+    /// subtask's position taken at `old_parallelism` (index, bytes): each old reader's
+    /// unread records (its lanes) are split `parallelism` ways by record number — lane
+    /// `next, next + d, …` gives subtask `j` the lane `next + j·d, next + j·d + p·d, …` — so
+    /// the new subtasks together read every unread record exactly once. Refused, naming the
+    /// problem: a position of a differently configured generator, of another parallelism, a
+    /// missing or repeated old subtask.
+    pub fn rescaled(
+        &self,
+        subtask: u32,
+        parallelism: u32,
+        old_parallelism: u32,
+        positions: &[(u32, Vec<u8>)],
+    ) -> Result<GeneratorReader, ConnectorError> {
+        let mut reader = self.reader(subtask, parallelism)?;
+        let bad = |reason: String| ConnectorError::BadPosition {
+            connector: "generator",
+            reason,
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        let mut old_lanes = Vec::new();
+        for (old, bytes) in positions {
+            if !seen.insert(*old) || *old >= old_parallelism {
+                return Err(bad(format!(
+                    "old subtask {old} of {old_parallelism} appears twice or is out of range"
+                )));
+            }
+            let old_reader = self.resume(*old, old_parallelism, bytes)?;
+            old_lanes.extend(old_reader.remaining_lanes());
+        }
+        if seen.len() != old_parallelism as usize {
+            return Err(bad(format!(
+                "positions of {} old subtasks of {old_parallelism}: the records of the others \
+                 would be lost",
+                seen.len()
+            )));
+        }
+        let p = u64::from(parallelism);
+        let j = u64::from(subtask);
+        let mut lanes = Vec::with_capacity(old_lanes.len());
+        for lane in old_lanes {
+            let (Some(stride), Some(next)) = (
+                lane.stride.checked_mul(p),
+                lane.stride
+                    .checked_mul(j)
+                    .and_then(|o| lane.next.checked_add(o)),
+            ) else {
+                continue; // beyond u64::MAX: nothing left there
+            };
+            lanes.push(Lane { next, stride });
+        }
+        reader.set_lanes(lanes)?;
+        Ok(reader)
+    }
+}
+
+/// Refuses a position taken by a differently configured split, naming every difference.
+fn check_identity(
+    saved: &GeneratorPosition,
+    here: &GeneratorPosition,
+) -> Result<(), ConnectorError> {
+    {
         let mut differences = Vec::new();
         let mut differs = |what: &str, then: String, now: String| {
             if then != now {
@@ -188,20 +282,8 @@ impl GeneratorSource {
                 ),
             });
         }
-        match saved.next_seq {
-            Some(seq) if seq % u64::from(parallelism) != u64::from(subtask) => {
-                return Err(ConnectorError::BadPosition {
-                    connector: "generator",
-                    reason: format!(
-                        "record {seq} is not produced by subtask {subtask} of {parallelism}"
-                    ),
-                });
-            }
-            Some(seq) => reader.next_seq = seq,
-            None => reader.exhausted = true,
-        }
-        Ok(reader)
     }
+    Ok(())
 }
 
 /// The format version of [`GeneratorPosition`] bytes.
@@ -235,6 +317,21 @@ impl Source<GeneratedRecord> for GeneratorSource {
             None => self.reader(subtask, parallelism)?,
             Some(position) => self.resume(subtask, parallelism, position)?,
         }))
+    }
+
+    fn create_rescaled_reader(
+        &self,
+        ctx: &SourceContext,
+        old_parallelism: u32,
+        positions: &[(u32, Vec<u8>)],
+    ) -> Result<Box<dyn SourceReader<GeneratedRecord>>, UserError> {
+        let (subtask, parallelism) = subtask_of(ctx)?;
+        Ok(Box::new(self.rescaled(
+            subtask,
+            parallelism,
+            old_parallelism,
+            positions,
+        )?))
     }
 }
 
@@ -276,6 +373,35 @@ pub struct GeneratorReader {
     /// Set once the next record number would pass `u64::MAX`: an unbounded generator stops.
     exhausted: bool,
     pacing: Option<Pacing>,
+    /// A reader restored at another parallelism reads these lanes instead of
+    /// `subtask, subtask + p, …` (see [`GeneratorSource::rescaled`]); empty otherwise.
+    lanes: Vec<Lane>,
+}
+
+/// An arithmetic sequence of record numbers still to read: `next, next + stride, …` (below
+/// the total).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Lane {
+    next: u64,
+    stride: u64,
+}
+
+/// The format version of [`LanesPosition`] bytes (a rescaled reader's position).
+const GENERATOR_LANES_VERSION: u8 = 2;
+
+/// Most lanes one reader may hold: each rescale multiplies the lanes over all subtasks by the
+/// new parallelism.
+const MAX_LANES: usize = 1 << 16;
+
+/// A rescaled reader's saved position: its split's identity and its unfinished lanes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct LanesPosition {
+    subtask: u32,
+    parallelism: u32,
+    seed: u64,
+    keys: u64,
+    total: Option<u64>,
+    lanes: Vec<Lane>,
 }
 
 impl GeneratorReader {
@@ -287,6 +413,18 @@ impl GeneratorReader {
     /// The saved form of the reader's position (versioned bytes), from which
     /// [`GeneratorSource::resume`] continues with the next record.
     pub fn saved_position(&self) -> Vec<u8> {
+        if !self.lanes.is_empty() {
+            let id = self.identity();
+            let saved = LanesPosition {
+                subtask: id.subtask,
+                parallelism: id.parallelism,
+                seed: id.seed,
+                keys: id.keys,
+                total: id.total,
+                lanes: self.remaining_lanes(),
+            };
+            return position::encode(GENERATOR_LANES_VERSION, &saved);
+        }
         let saved = GeneratorPosition {
             next_seq: (!self.exhausted).then_some(self.next_seq),
             ..self.identity()
@@ -307,7 +445,84 @@ impl GeneratorReader {
     }
 
     fn finished(&self) -> bool {
+        if !self.lanes.is_empty() {
+            return self.lanes.iter().all(|l| self.lane_done(l));
+        }
         self.exhausted || self.end.is_some_and(|end| self.next_seq >= end)
+    }
+
+    fn lane_done(&self, lane: &Lane) -> bool {
+        self.end.is_some_and(|end| lane.next >= end)
+    }
+
+    /// The record numbers this reader has not returned yet, as lanes.
+    fn remaining_lanes(&self) -> Vec<Lane> {
+        if !self.lanes.is_empty() {
+            return self
+                .lanes
+                .iter()
+                .filter(|l| !self.lane_done(l))
+                .copied()
+                .collect();
+        }
+        if self.finished() {
+            return Vec::new();
+        }
+        vec![Lane {
+            next: self.next_seq,
+            stride: u64::from(self.parallelism),
+        }]
+    }
+
+    /// Makes the reader read `lanes` (none left: it is finished).
+    fn set_lanes(&mut self, lanes: Vec<Lane>) -> Result<(), ConnectorError> {
+        if lanes.len() > MAX_LANES {
+            return Err(ConnectorError::BadPosition {
+                connector: "generator",
+                reason: format!(
+                    "{} lanes exceed {MAX_LANES}: the job was rescaled too many times",
+                    lanes.len()
+                ),
+            });
+        }
+        if lanes.iter().any(|l| l.stride == 0) {
+            return Err(ConnectorError::BadPosition {
+                connector: "generator",
+                reason: "a lane with stride 0".into(),
+            });
+        }
+        self.exhausted = lanes.is_empty();
+        self.lanes = lanes;
+        Ok(())
+    }
+
+    /// Polls the lanes: the lowest record number first. A lane whose next number would pass
+    /// `u64::MAX` ends.
+    fn poll_lanes(&mut self, out: &mut Vec<GeneratedRecord>, budget: u64) -> u64 {
+        let mut emitted = 0;
+        while emitted < budget {
+            let end = self.end;
+            let Some(i) = (0..self.lanes.len())
+                .filter(|&i| end.is_none_or(|e| self.lanes[i].next < e))
+                .min_by_key(|&i| self.lanes[i].next)
+            else {
+                break;
+            };
+            let lane = self.lanes[i];
+            out.push(record_at(self.seed, self.keys, lane.next));
+            emitted += 1;
+            match lane.next.checked_add(lane.stride) {
+                Some(next) => self.lanes[i].next = next,
+                None => {
+                    self.lanes.swap_remove(i);
+                    if self.lanes.is_empty() {
+                        self.exhausted = true;
+                        break;
+                    }
+                }
+            }
+        }
+        emitted
     }
 }
 
@@ -328,7 +543,10 @@ impl SourceReader<GeneratedRecord> for GeneratorReader {
             }
         }
         let mut emitted = 0;
-        while emitted < budget && !self.finished() {
+        if !self.lanes.is_empty() {
+            emitted = self.poll_lanes(out, budget);
+        }
+        while self.lanes.is_empty() && emitted < budget && !self.finished() {
             out.push(record_at(self.seed, self.keys, self.next_seq));
             emitted += 1;
             // Past u64::MAX an unbounded generator simply stops.
@@ -566,9 +784,9 @@ mod tests {
                 "{err}"
             );
         }
-        position[0] = 2;
-        let err = source.resume(0, 1, &position).expect_err("version 2");
-        assert!(err.to_string().contains("format version 2"), "{err}");
+        position[0] = 9;
+        let err = source.resume(0, 1, &position).expect_err("version 9");
+        assert!(err.to_string().contains("format version 9"), "{err}");
         position[0] = 1;
         position.push(0);
         let err = source.resume(0, 1, &position).expect_err("trailing byte");
@@ -628,5 +846,87 @@ mod tests {
         assert!(GeneratorSource::new(1, 0)
             .create_reader(&ctx("gen", 0, 1), None)
             .is_err());
+    }
+
+    /// Reads `steps[i]` records from each of the `old` readers, snapshots them, rescales to
+    /// `new` readers (twice: `old` → `new` → `old`), drains; returns every record read.
+    fn read_across_rescales(records: u64, old: u32, new: u32, steps: &[usize]) -> Vec<u64> {
+        let source = GeneratorSource::new(5, 17).records(records);
+        let mut seen = Vec::new();
+        let mut positions = Vec::new();
+        for i in 0..old {
+            let mut r = source.reader(i, old).expect("reader");
+            let mut out = Vec::new();
+            let n = steps.get(i as usize).copied().unwrap_or(3);
+            r.poll(&mut out, n).expect("poll");
+            seen.extend(out.iter().map(|r| r.seq));
+            positions.push((i, r.saved_position()));
+        }
+        // Rescale to `new`, read a little, then back to `old`.
+        let mut middle = Vec::new();
+        for j in 0..new {
+            let mut r = source.rescaled(j, new, old, &positions).expect("rescaled");
+            let mut out = Vec::new();
+            r.poll(&mut out, 5).expect("poll");
+            seen.extend(out.iter().map(|r| r.seq));
+            middle.push((j, r.saved_position()));
+        }
+        for i in 0..old {
+            let mut r = source
+                .rescaled(i, old, new, &middle)
+                .expect("rescaled back");
+            seen.extend(drain(&mut r, 11).iter().map(|r| r.seq));
+        }
+        seen
+    }
+
+    #[test]
+    fn a_generator_rescaled_from_two_to_three_and_back_reads_every_record_once() {
+        let mut seen = read_across_rescales(1000, 2, 3, &[10, 4]);
+        seen.sort_unstable();
+        assert_eq!(seen, (0..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_rescaled_generator_position_survives_a_same_parallelism_restore() {
+        let source = GeneratorSource::new(5, 17).records(100);
+        let positions: Vec<(u32, Vec<u8>)> = (0..2)
+            .map(|i| (i, source.reader(i, 2).expect("r").saved_position()))
+            .collect();
+        let mut a = source.rescaled(0, 3, 2, &positions).expect("rescaled");
+        let mut first = Vec::new();
+        a.poll(&mut first, 7).expect("poll");
+        let again = source.resume(0, 3, &a.saved_position()).expect("resume");
+        let rest = drain(&mut again.clone(), 5);
+        let direct = drain(&mut a, 5);
+        assert_eq!(rest, direct);
+    }
+
+    #[test]
+    fn rescaling_with_a_missing_or_foreign_position_is_refused() {
+        let source = GeneratorSource::new(5, 17).records(100);
+        let one = vec![(0, source.reader(0, 2).expect("r").saved_position())];
+        let err = source.rescaled(0, 3, 2, &one).unwrap_err().to_string();
+        assert!(err.contains("would be lost"), "{err}");
+        let other = GeneratorSource::new(6, 17).records(100);
+        let foreign: Vec<(u32, Vec<u8>)> = (0..2)
+            .map(|i| (i, other.reader(i, 2).expect("r").saved_position()))
+            .collect();
+        let err = source.rescaled(0, 3, 2, &foreign).unwrap_err().to_string();
+        assert!(err.contains("seed"), "{err}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_record_is_read_exactly_once_across_any_rescale(
+            records in 0u64..400,
+            old in 1u32..6,
+            new in 1u32..6,
+            steps in proptest::collection::vec(0usize..40, 6),
+        ) {
+            let mut seen = read_across_rescales(records, old, new, &steps);
+            seen.sort_unstable();
+            proptest::prop_assert_eq!(seen, (0..records).collect::<Vec<_>>());
+        }
     }
 }

@@ -579,28 +579,11 @@ pub(crate) fn check_restorable(
             .subtasks
             .values()
             .any(|s| !s.files.is_empty() || s.inline.is_some());
-        let Some(node) = plan.uids.iter().position(|u| u == uid) else {
-            if has_state && !allow_non_restored {
-                return Err(format!(
-                    "it holds state of operator '{uid}', which the job does not have \
-                     (pass --allow-non-restored-state to drop it)"
-                ));
-            }
-            continue;
-        };
-        let vertex = plan
-            .job
-            .vertices
-            .iter()
-            .find(|v| v.nodes.iter().any(|n| n.0 as usize == node));
-        if let Some(v) = vertex {
-            if v.parallelism != op.parallelism && has_state {
-                return Err(format!(
-                    "operator '{uid}' ran at parallelism {} and would run at {}: rescaling \
-                     on restore is not supported yet",
-                    op.parallelism, v.parallelism
-                ));
-            }
+        if !plan.uids.iter().any(|u| u == uid) && has_state && !allow_non_restored {
+            return Err(format!(
+                "it holds state of operator '{uid}', which the job does not have \
+                 (pass --allow-non-restored-state to drop it)"
+            ));
         }
     }
     Ok(())

@@ -5,6 +5,7 @@ use crate::channel::{KeyBytesFn, RecordWriter, Router};
 use crate::function::{Collector, KeyedContext, KeyedProcessFunction, OpenContext, Sink, Source};
 use crate::link::{combine, AnyBox, Link};
 use crate::operators::{encode_key, FilterOp, FlatMapOp, KeyedProcessOp, MapOp, OpIdent, SinkOp};
+use crate::restore::SinkRestore;
 use crate::subtask::SubtaskCtx;
 use crate::task::{run_inputs, run_source, LoopEnv};
 use crate::{TaskError, UserError};
@@ -82,15 +83,31 @@ impl<T: Data> ErasedSource for SourceNode<T> {
     fn run(&self, ctx: &SubtaskCtx, outputs: Vec<AnyBox>) -> Result<(), TaskError> {
         let ident = ctx.ident();
         let mut chain = combine::<T>(outputs);
-        let restored = ctx
-            .restore
-            .as_ref()
-            .and_then(|r| r.state_of(&ctx.uid))
-            .and_then(|s| s.inline.as_deref());
-        let mut reader = self
-            .source
-            .create_reader(&ctx.source_context(), restored)
-            .map_err(|e| ident.user(e))?;
+        let restore = ctx.restore.as_ref();
+        let source_ctx = ctx.source_context();
+        let reader = match restore.and_then(|r| r.rescaled_of(&ctx.uid)) {
+            // Restored at another parallelism: every old subtask's position, to split.
+            Some(op) => {
+                let positions: Vec<(u32, Vec<u8>)> = op
+                    .subtasks
+                    .iter()
+                    .filter_map(|(i, s)| s.inline.clone().map(|b| (i.0, b)))
+                    .collect();
+                if positions.is_empty() {
+                    self.source.create_reader(&source_ctx, None)
+                } else {
+                    self.source
+                        .create_rescaled_reader(&source_ctx, op.old_parallelism, &positions)
+                }
+            }
+            None => {
+                let restored = restore
+                    .and_then(|r| r.state_of(&ctx.uid))
+                    .and_then(|s| s.inline.as_deref());
+                self.source.create_reader(&source_ctx, restored)
+            }
+        };
+        let mut reader = reader.map_err(|e| ident.user(e))?;
         run_source(&env_of(ctx, &ident), &ctx.uid, &mut *reader, &mut *chain)
     }
 }
@@ -498,10 +515,18 @@ impl<T: Data> DataStream<T> {
         let sink: Arc<dyn Sink<T>> = Arc::new(sink);
         let make: MakeLink<T, ()> = Arc::new(move |ctx, _next| {
             let ident = ctx.ident();
-            let manifest = crate::restore::sink_manifest(ctx, &ident)?;
-            let writer = sink
-                .create_writer(&ctx.source_context(), manifest.as_deref())
-                .map_err(|e| ident.user(e))?;
+            let sink_ctx = ctx.source_context();
+            let writer = match crate::restore::sink_manifests(ctx, &ident)? {
+                SinkRestore::None => sink.create_writer(&sink_ctx, None),
+                SinkRestore::Own(manifest) => sink.create_writer(&sink_ctx, Some(&manifest)),
+                SinkRestore::Rescaled(_, manifests) if manifests.is_empty() => {
+                    sink.create_writer(&sink_ctx, None)
+                }
+                SinkRestore::Rescaled(old, manifests) => {
+                    sink.create_rescaled_writer(&sink_ctx, old, &manifests)
+                }
+            }
+            .map_err(|e| ident.user(e))?;
             Ok(Box::new(SinkOp {
                 ident,
                 writer,

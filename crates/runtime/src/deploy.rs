@@ -143,6 +143,8 @@ pub struct RestoreEnv {
     pub checkpoint: CheckpointId,
     /// Per operator uid of the chain, the state its subtask stored.
     pub operators: BTreeMap<OperatorUid, OperatorSubtaskState>,
+    /// Operators restored at another parallelism: every old subtask's state.
+    pub rescaled: BTreeMap<OperatorUid, weir_checkpoint::RescaledOperator>,
     /// Where downloads go before the backend takes them.
     pub local_dir: PathBuf,
     /// Filled while the chain restores: bytes downloaded and read from the local copy.
@@ -244,6 +246,7 @@ pub fn spawn_subtask(
         (Some(r), Some(cp)) => Some(Arc::new(TaskRestore {
             checkpoint: r.checkpoint,
             operators: r.operators,
+            rescaled: r.rescaled,
             external: r.external.is_some(),
             transfer: match r.external {
                 Some(uploader) => Arc::new(Transfer::new(uploader, cp.transfer.runtime.clone())),

@@ -62,6 +62,27 @@ pub trait Source<T>: Send + Sync + 'static {
         ctx: &SourceContext,
         restored: Option<&[u8]>,
     ) -> Result<Box<dyn SourceReader<T>>, UserError>;
+
+    /// Opens the reader of one subtask when the job restores at another parallelism than
+    /// `old_parallelism`, the one `positions` were taken at: `positions` holds every old
+    /// subtask's position (its index and bytes). Over all new subtasks, every record the old
+    /// readers had not returned must be read exactly once. The default refuses: the source
+    /// cannot be rescaled.
+    fn create_rescaled_reader(
+        &self,
+        ctx: &SourceContext,
+        old_parallelism: u32,
+        positions: &[(u32, Vec<u8>)],
+    ) -> Result<Box<dyn SourceReader<T>>, UserError> {
+        let _ = positions;
+        Err(format!(
+            "the {} source cannot restore positions taken at parallelism {old_parallelism} \
+             at parallelism {}; restore it at {old_parallelism}",
+            self.name(),
+            ctx.parallelism
+        )
+        .into())
+    }
 }
 
 /// One subtask's reader. Called from the task thread only; it may block briefly (bounded),
@@ -92,6 +113,28 @@ pub trait Sink<T>: Send + Sync + 'static {
         ctx: &SinkContext,
         restored: Option<&[u8]>,
     ) -> Result<Box<dyn SinkWriter<T>>, UserError>;
+
+    /// Opens the writer of one subtask when the job restores at another parallelism than
+    /// `old_parallelism`: `manifests` holds what every old subtask's
+    /// [`SinkWriter::prepare_commit`] returned (its index and bytes). Over all new subtasks,
+    /// every transaction the manifests list must be committed exactly once and everything
+    /// else the old subtasks staged aborted. The default refuses: the sink cannot be
+    /// rescaled.
+    fn create_rescaled_writer(
+        &self,
+        ctx: &SinkContext,
+        old_parallelism: u32,
+        manifests: &[(u32, Vec<u8>)],
+    ) -> Result<Box<dyn SinkWriter<T>>, UserError> {
+        let _ = manifests;
+        Err(format!(
+            "the {} sink cannot restore transactions staged at parallelism {old_parallelism} \
+             at parallelism {}; restore it at {old_parallelism}",
+            self.name(),
+            ctx.parallelism
+        )
+        .into())
+    }
 }
 
 /// One subtask's writer.

@@ -420,6 +420,8 @@ async fn upload(
 pub(crate) struct TaskRestore {
     pub checkpoint: CheckpointId,
     pub operators: BTreeMap<OperatorUid, OperatorSubtaskState>,
+    /// Operators restored at another parallelism: every old subtask's state.
+    pub rescaled: BTreeMap<OperatorUid, weir_checkpoint::RescaledOperator>,
     /// The snapshot lies outside the job's checkpoint folder (a savepoint): its files are read,
     /// never referenced by the job's own checkpoints.
     pub external: bool,
@@ -433,6 +435,14 @@ pub(crate) struct TaskRestore {
 impl TaskRestore {
     pub(crate) fn state_of(&self, uid: &OperatorUid) -> Option<&OperatorSubtaskState> {
         self.operators.get(uid)
+    }
+
+    /// Every old subtask's state of `uid`, when it is restored at another parallelism.
+    pub(crate) fn rescaled_of(
+        &self,
+        uid: &OperatorUid,
+    ) -> Option<&weir_checkpoint::RescaledOperator> {
+        self.rescaled.get(uid)
     }
 
     /// Whether `uid`'s subtask had finished its input when the restored checkpoint was taken.

@@ -597,6 +597,7 @@ impl Tasks {
         let restore = restore.map(|r| RestoreEnv {
             checkpoint: r.checkpoint,
             operators: r.operators,
+            rescaled: r.rescaled,
             local_dir: state_dir.join("restore").join(&key.job_id),
             stats: stats.clone(),
             external,

@@ -160,19 +160,32 @@ pub(crate) fn restore_json(
 ) -> Result<Vec<u8>, serde_json::Error> {
     let v = &plan.job.vertices[vertex.0 as usize];
     let metadata = &point.metadata;
-    let operators = v
-        .nodes
-        .iter()
-        .filter_map(|n| {
-            let uid = &plan.uids[n.0 as usize];
-            let state = metadata.operators.get(uid)?.subtasks.get(&subtask)?;
-            Some((uid.clone(), state.clone()))
-        })
-        .collect();
+    let mut operators = BTreeMap::new();
+    let mut rescaled = BTreeMap::new();
+    for n in &v.nodes {
+        let uid = &plan.uids[n.0 as usize];
+        let Some(op) = metadata.operators.get(uid) else {
+            continue;
+        };
+        if op.parallelism == v.parallelism {
+            if let Some(state) = op.subtasks.get(&subtask) {
+                operators.insert(uid.clone(), state.clone());
+            }
+        } else {
+            rescaled.insert(
+                uid.clone(),
+                weir_checkpoint::RescaledOperator {
+                    old_parallelism: op.parallelism,
+                    subtasks: op.subtasks.clone(),
+                },
+            );
+        }
+    }
     serde_json::to_vec(&TaskRestoreSpec {
         checkpoint: metadata.checkpoint_id,
         operators,
         location: point.location.clone(),
+        rescaled,
     })
 }
 
