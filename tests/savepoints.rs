@@ -19,7 +19,7 @@ const RECORDS: u64 = 160_000;
 
 struct Cluster {
     _jm: Proc,
-    _tms: Vec<Proc>,
+    tms: Vec<Proc>,
     rpc: String,
     rest: String,
     dir: tempfile::TempDir,
@@ -52,7 +52,7 @@ fn cluster() -> Cluster {
     );
     Cluster {
         _jm: jm,
-        _tms: tms,
+        tms: tms,
         rpc,
         rest: rest_addr,
         dir,
@@ -297,5 +297,79 @@ fn bad_restore_paths_and_savepoint_requests_are_refused_naming_the_problem() {
     // The savepoint is intact after every refusal.
     assert!(local_path(&location).join("_metadata").exists());
     wait_state(&c, &id, "FINISHED");
+    assert_exactly_once(&out);
+}
+
+/// `-D` flags that reach `server`.
+fn s3_flags(server: &weir_testkit::S3Server) -> Vec<String> {
+    [
+        format!("s3.endpoint={}", server.endpoint()),
+        format!("s3.access-key={}", server.access_key()),
+        format!("s3.secret-key={}", server.secret_key()),
+        "s3.path.style.access=true".into(),
+    ]
+    .into_iter()
+    .flat_map(|d| ["-D".to_string(), d])
+    .collect()
+}
+
+#[test]
+fn a_job_resumed_from_a_savepoint_on_s3_outlives_the_disposed_savepoint_and_a_killed_taskmanager()
+{
+    let Some(server) = weir_testkit::require_or_skip(
+        "a_job_resumed_from_a_savepoint_on_s3_outlives_the_disposed_savepoint_and_a_killed_taskmanager",
+    ) else {
+        return;
+    };
+    let c = cluster();
+    let out = c.dir.path().join("out");
+    let s3 = s3_flags(&server);
+    let s3: Vec<&str> = s3.iter().map(String::as_str).collect();
+    let id = submitted(&run(&c, 2, 30_000, &out, &s3));
+    wait_checkpoints(&c, &id, 2);
+    let o = weir_cmd()
+        .args(["stop", &id, "--type", "native", "--json", "--jobmanager", &c.rpc])
+        .args(["--savepoint-path", &server.url("savepoints")])
+        .output()
+        .expect("weir stop");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let location = v["location"].as_str().expect("location").to_string();
+    assert!(location.starts_with("s3://"), "{location}");
+    wait_state(&c, &id, "FINISHED");
+    // Resumed (no-claim, the default) from S3, slowly enough to checkpoint and fail first.
+    let mut flags = vec!["-s", location.as_str(), "--claim-mode", "no-claim"];
+    flags.extend(&s3);
+    let resumed = submitted(&run(&c, 2, 25_000, &out, &flags));
+    wait_checkpoints(&c, &resumed, 1);
+    // The savepoint is not the job's: once its first checkpoint completed it may go.
+    let o = weir_cmd()
+        .args(["savepoint", "dispose", &location])
+        .args(&s3)
+        .output()
+        .expect("dispose");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let gone = weir_cmd()
+        .args(["savepoint", "inspect", &location])
+        .args(&s3)
+        .output()
+        .expect("inspect");
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("does not exist"),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
+    wait_checkpoints(&c, &resumed, 2);
+    // A TaskManager dies: the job recovers from its own checkpoint.
+    let j = job(&c, &resumed);
+    let busy = j["vertices"][1]["subtasks"][0]["taskmanager"]
+        .as_str()
+        .expect("a keyed subtask's TaskManager")
+        .trim_start_matches("tm-")
+        .parse::<usize>()
+        .expect("tm-<i>");
+    c.tms[busy].signal("KILL");
+    let done = wait_state(&c, &resumed, "FINISHED");
+    assert!(done["restarts"].as_u64().unwrap_or(0) >= 1, "{done}");
     assert_exactly_once(&out);
 }
