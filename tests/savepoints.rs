@@ -52,7 +52,7 @@ fn cluster() -> Cluster {
     );
     Cluster {
         _jm: jm,
-        tms: tms,
+        tms,
         rpc,
         rest: rest_addr,
         dir,
@@ -314,8 +314,7 @@ fn s3_flags(server: &weir_testkit::S3Server) -> Vec<String> {
 }
 
 #[test]
-fn a_job_resumed_from_a_savepoint_on_s3_outlives_the_disposed_savepoint_and_a_killed_taskmanager()
-{
+fn a_job_resumed_from_a_savepoint_on_s3_outlives_the_disposed_savepoint_and_a_killed_taskmanager() {
     let Some(server) = weir_testkit::require_or_skip(
         "a_job_resumed_from_a_savepoint_on_s3_outlives_the_disposed_savepoint_and_a_killed_taskmanager",
     ) else {
@@ -328,7 +327,15 @@ fn a_job_resumed_from_a_savepoint_on_s3_outlives_the_disposed_savepoint_and_a_ki
     let id = submitted(&run(&c, 2, 30_000, &out, &s3));
     wait_checkpoints(&c, &id, 2);
     let o = weir_cmd()
-        .args(["stop", &id, "--type", "native", "--json", "--jobmanager", &c.rpc])
+        .args([
+            "stop",
+            &id,
+            "--type",
+            "native",
+            "--json",
+            "--jobmanager",
+            &c.rpc,
+        ])
         .args(["--savepoint-path", &server.url("savepoints")])
         .output()
         .expect("weir stop");
@@ -371,5 +378,53 @@ fn a_job_resumed_from_a_savepoint_on_s3_outlives_the_disposed_savepoint_and_a_ki
     c.tms[busy].signal("KILL");
     let done = wait_state(&c, &resumed, "FINISHED");
     assert!(done["restarts"].as_u64().unwrap_or(0) >= 1, "{done}");
+    assert_exactly_once(&out);
+}
+
+#[test]
+fn a_claimed_savepoint_cannot_be_disposed_while_its_job_runs_and_goes_when_subsumed() {
+    let c = cluster();
+    let out = c.dir.path().join("out");
+    let id = submitted(&run(&c, 2, 30_000, &out, &[]));
+    wait_checkpoints(&c, &id, 2);
+    let location = stop(&c, &id, &c.dir.path().join("savepoints"), "canonical");
+    wait_state(&c, &id, "FINISHED");
+    let folder = local_path(&location);
+    let resumed = submitted(&run(
+        &c,
+        2,
+        20_000,
+        &out,
+        &[
+            "-s",
+            &location,
+            "--claim-mode",
+            "claim",
+            "-D",
+            "execution.checkpointing.interval=5s",
+        ],
+    ));
+    assert!(folder.join("_claim").exists(), "no claim marker");
+    let o = weir_cmd()
+        .args(["savepoint", "dispose", &location])
+        .output()
+        .expect("dispose");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("claimed by running job {resumed}")),
+        "{err}"
+    );
+    assert!(
+        folder.join("_metadata").exists(),
+        "a refused dispose deleted it"
+    );
+    wait_state(&c, &resumed, "FINISHED");
+    // The job's own (final) checkpoint subsumed the claimed savepoint: it is gone.
+    assert!(
+        !folder.join("_metadata").exists(),
+        "the claimed savepoint stayed"
+    );
+    assert!(!folder.join("_claim").exists(), "the claim marker stayed");
     assert_exactly_once(&out);
 }

@@ -151,6 +151,13 @@ pub(crate) fn dispose_command(config: &Config, path: &str, json: bool) -> Result
     let rt = io_runtime()?;
     let (folder, store) = open_folder(config, path)?;
     let metadata = read_metadata(&rt, &store, &folder)?;
+    rt.block_on(weir_coordination::claim::check_disposable(
+        &store,
+        &config.checkpoint_storage().1,
+        weir_jobmanager::LEASE_DURATION,
+        weir_coordination::driver::now_ms(),
+    ))
+    .map_err(|e| Failure::Usage(format!("{folder} is not disposed: {e}")))?;
     if !metadata.kind.is_savepoint() {
         return Err(Failure::Usage(format!(
             "{folder} is a retained checkpoint of job {}, not a savepoint: its files may be \

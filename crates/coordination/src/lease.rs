@@ -199,6 +199,23 @@ impl JobLease {
         })
     }
 
+    /// Who holds `paths`'s folder now, when its newest lease is live (the rule of
+    /// [`decide`]); `None` when a newcomer could take it.
+    pub async fn live_holder(
+        store: &Store,
+        paths: &CheckpointPaths,
+        now_ms: u64,
+        duration: Duration,
+    ) -> Result<Option<LeaseRecord>, LeaseError> {
+        let (current, _) = newest(store, paths).await?;
+        Ok(
+            match decide(current.as_ref(), now_ms, duration, local_process_alive) {
+                LeaseDecision::Held(holder) => Some(holder),
+                LeaseDecision::Take { .. } => None,
+            },
+        )
+    }
+
     /// This lease.
     pub fn record(&self) -> &LeaseRecord {
         &self.record

@@ -7,13 +7,15 @@
 //!   completions, deletions — and keeps the checkpoint history;
 //! - [`restart`]: restart strategies as pure decisions;
 //! - [`resume`]: finding a job's intact completed checkpoints in storage;
-//! - [`lease`]: one live owner per job checkpoint folder (numbered create-only leases).
+//! - [`lease`]: one live owner per job checkpoint folder (numbered create-only leases);
+//! - [`claim`]: a savepoint claimed by the job started from it (`--claim-mode claim`).
 //!
 //! Must not depend on the runtime, the TaskManager, the JobManager, RocksDB or tonic: both
 //! sides of the cluster use it, so it knows neither.
 
 #![warn(missing_docs)]
 
+pub mod claim;
 pub mod driver;
 pub mod lease;
 pub mod restart;

@@ -350,7 +350,7 @@ pub(crate) fn submit(
                     }
                 })
                 .and_then(|()| {
-                    let point = load_external(shared, &request, &plan, &cp.s3)?;
+                    let point = load_external(shared, &request, &plan, job, &cp.store, &cp.s3)?;
                     if let Some(p) = &point {
                         cp.coordinator.continue_after(p.metadata.checkpoint_id);
                     }
@@ -482,25 +482,23 @@ fn load_external(
     shared: &Arc<Shared>,
     request: &SubmitJobRequest,
     plan: &Plan,
+    job: JobId,
+    checkpoints: &weir_storage::Store,
     s3: &weir_storage::S3Options,
 ) -> Result<Option<crate::job_master::RestorePoint>, DispatchError> {
     let path = request.restore_path.trim();
     if path.is_empty() {
         return Ok(None);
     }
-    match request.claim_mode.as_str() {
-        "" | "no-claim" => {}
-        "claim" => {
-            return Err(DispatchError::InvalidArgument(
-                "--claim-mode claim is not supported yet; use no-claim (the default)".into(),
-            ))
-        }
+    let claim = match request.claim_mode.as_str() {
+        "" | "no-claim" => false,
+        "claim" => true,
         other => {
             return Err(DispatchError::InvalidArgument(format!(
                 "--claim-mode '{other}': expected no-claim or claim"
             )))
         }
-    }
+    };
     let folder = path
         .trim_end_matches('/')
         .strip_suffix("/_metadata")
@@ -512,13 +510,16 @@ fn load_external(
     let url = weir_storage::StorageUrl::parse(&folder)
         .map_err(|e| DispatchError::InvalidArgument(format!("restore path '{path}': {e}")))?;
     let store = weir_storage::open_store(&url, s3).map_err(|e| bad(e.to_string()))?;
-    let read = run_on(&shared.runtime, async move {
-        tokio::time::timeout(
-            RESTORE_READ_TIMEOUT,
-            store.get(&weir_storage::ObjectPath::from("_metadata")),
-        )
-        .await
-    })?;
+    let read = {
+        let store = store.clone();
+        run_on(&shared.runtime, async move {
+            tokio::time::timeout(
+                RESTORE_READ_TIMEOUT,
+                store.get(&weir_storage::ObjectPath::from("_metadata")),
+            )
+            .await
+        })?
+    };
     let bytes = match read {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(e)) if e.is_not_found() => {
@@ -545,10 +546,30 @@ fn load_external(
             .to_string(),
         None => folder.clone(),
     };
-    tracing::info!(path = %folder, checkpoint = %metadata.checkpoint_id, kind = %metadata.kind, "the job starts from a snapshot outside its folder");
+    if claim {
+        if !metadata.kind.is_savepoint() {
+            return Err(bad(
+                "it is a retained checkpoint: only a savepoint can be claimed (restore it with \
+                 --claim-mode no-claim)"
+                    .into(),
+            ));
+        }
+        let marker = weir_coordination::claim::ClaimMarker {
+            version: weir_coordination::claim::CLAIM_VERSION,
+            job,
+            checkpoints: checkpoints.to_string(),
+        };
+        let s3 = s3.clone();
+        run_on(&shared.runtime, async move {
+            weir_coordination::claim::claim(&store, &marker, &s3, LEASE_DURATION, now_ms()).await
+        })?
+        .map_err(|e| bad(e.to_string()))?;
+    }
+    tracing::info!(path = %folder, checkpoint = %metadata.checkpoint_id, kind = %metadata.kind, claim, "the job starts from a snapshot outside its folder");
     Ok(Some(crate::job_master::RestorePoint {
         metadata,
         location: Some(location),
+        claimed: claim,
     }))
 }
 

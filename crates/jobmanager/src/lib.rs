@@ -83,6 +83,7 @@ mod settings;
 mod slots;
 pub mod view;
 
+pub use dispatcher::LEASE_DURATION;
 pub use error::{DispatchError, JobManagerError};
 pub use ids::TaskManagerId;
 pub use options::{keys, JobManagerOptions};

@@ -420,6 +420,7 @@ impl JobMaster {
         }
         self.history_cursor = cursor;
         self.settle_savepoints();
+        self.settle_claim();
     }
 }
 
@@ -472,6 +473,7 @@ mod tests {
         let point = RestorePoint {
             metadata,
             location: None,
+            claimed: false,
         };
         let bytes = restore_json(&plan, VertexId(1), SubtaskIndex(1), &point).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();

@@ -45,6 +45,9 @@ pub(crate) struct RestorePoint {
     pub metadata: CheckpointMetadata,
     /// `None`: the job's own checkpoint folder.
     pub location: Option<String>,
+    /// The job claimed it (`--claim-mode claim`): it deletes the folder once its own
+    /// checkpoints subsume it.
+    pub claimed: bool,
 }
 
 /// `<target>/savepoint-<job prefix>-<id>`.
@@ -186,7 +189,8 @@ impl JobMaster {
                 end_ms: None,
             },
         );
-        self.dirty = true;
+        // Published before the answer, so a client may poll the request at once.
+        self.publish();
         Ok(id.0)
     }
 
@@ -224,6 +228,7 @@ impl JobMaster {
                             self.external = Some(RestorePoint {
                                 metadata,
                                 location: Some(location),
+                                claimed: false,
                             });
                         }
                     }
@@ -244,6 +249,46 @@ impl JobMaster {
         }
     }
 
+    /// A claimed savepoint the job's own checkpoints subsumed (as many completed after it as
+    /// `state.checkpoints.num-retained`) is deleted, `_metadata` first, and forgotten.
+    pub(super) fn settle_claim(&mut self) {
+        let (Some(cp), Some(ext)) = (self.cp.as_mut(), self.external.as_ref()) else {
+            return;
+        };
+        let (Some(location), true) = (ext.location.clone(), ext.claimed) else {
+            return;
+        };
+        let id = ext.metadata.checkpoint_id;
+        let newer = cp
+            .coordinator
+            .store()
+            .all()
+            .iter()
+            .filter(|c| !c.kind().is_savepoint() && c.id() > id)
+            .count();
+        if newer < cp.coordinator.config().num_retained as usize {
+            return;
+        }
+        self.external = None;
+        let store = StorageUrl::parse(&location)
+            .map_err(|e| e.to_string())
+            .and_then(|url| open_store(&url, &cp.s3).map_err(|e| e.to_string()));
+        let store = match store {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(folder = %location, error = %e, "cannot open the claimed savepoint to delete it");
+                return;
+            }
+        };
+        tracing::info!(savepoint = %id, folder = %location, "claimed savepoint subsumed; deleting it");
+        cp.deletions.push(self.runtime.spawn(async move {
+            match weir_coordination::claim::delete_subsumed(&store).await {
+                Ok(n) => tracing::info!(folder = %location, objects = n, "claimed savepoint deleted"),
+                Err(e) => tracing::warn!(folder = %location, error = %e, "claimed savepoint not fully deleted"),
+            }
+        }));
+    }
+
     /// The checkpoint the next attempt restores: the newest of the job's latest retained
     /// checkpoint and the restore point from outside its folder (the savepoint it started from,
     /// or the savepoint it is stopping with).
@@ -255,6 +300,7 @@ impl JobMaster {
             .map(|c| RestorePoint {
                 metadata: c.metadata().clone(),
                 location: None,
+                claimed: false,
             });
         let point = match (own, self.external.clone()) {
             (Some(own), Some(ext)) if ext.metadata.checkpoint_id > own.metadata.checkpoint_id => {
