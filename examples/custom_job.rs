@@ -33,6 +33,8 @@ fn main() -> ExitCode {
             help: "records to generate (default 100)",
         }],
         build: even_squares,
+        // A stateless job: nothing for `weir savepoint dump` to decode.
+        states: Vec::new(),
     });
     weir::cli::main(catalog)
 }

@@ -206,6 +206,49 @@ fn a_job_stopped_at_p2_with_a_native_savepoint_resumes_at_p3_from_the_moved_fold
     assert_eq!(agg["parallelism"], 2, "{v}");
     assert_eq!(agg["subtasks"][0]["backend"], "rocksdb", "{v}");
     assert!(agg["bytes"].as_u64().unwrap() > 0, "{v}");
+    // dump decodes the state: this binary's catalog knows keyed-agg.
+    let dump = |what: &str| -> Vec<serde_json::Value> {
+        let o = weir_cmd()
+            .args([
+                "savepoint",
+                "dump",
+                "--uid",
+                "aggregate",
+                "--state",
+                "count-sum",
+            ])
+            .arg(&moved)
+            .output()
+            .expect("dump");
+        assert!(
+            o.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    };
+    let lines = dump("known job");
+    assert!(
+        !lines.is_empty() && lines.len() <= KEYS as usize,
+        "{}",
+        lines.len()
+    );
+    assert!(lines[0]["key"].is_u64(), "{}", lines[0]);
+    assert!(lines[0]["value"][0].as_u64().unwrap() >= 1, "{}", lines[0]);
+    // A job this binary does not know: the same entries, as hex.
+    let meta = moved.join("_metadata");
+    let mut m = weir_checkpoint::CheckpointMetadata::decode(&std::fs::read(&meta).unwrap())
+        .expect("metadata");
+    assert_eq!(m.job_name.as_deref(), Some("keyed-agg"));
+    m.job_name = Some("not-in-this-binary".into());
+    std::fs::write(&meta, m.encode().unwrap()).unwrap();
+    let raw = dump("unknown job");
+    assert_eq!(raw.len(), lines.len());
+    assert!(raw[0]["key"]["hex"].is_string(), "{}", raw[0]);
+    assert!(raw[0]["value"]["hex"].is_string(), "{}", raw[0]);
     // dispose removes it, _metadata first.
     let o = weir_cmd()
         .args(["savepoint", "dispose"])

@@ -4,7 +4,7 @@
 
 use crate::jobs::{check_output_dir, fail_after, fail_after_param, FailAfter};
 use std::path::PathBuf;
-use weir_cli::{JobSpec, ParamError, ParamSpec, Params};
+use weir_cli::{JobSpec, ParamError, ParamSpec, Params, StateSchema};
 use weir_connectors::{BlackholeSink, FileSink, GeneratedRecord, GeneratorSource};
 use weir_runtime::{
     Collector, EndOfInputContext, JobDefinition, KeyedContext, KeyedProcessFunction, OpenContext,
@@ -198,6 +198,10 @@ pub fn keyed_agg_spec() -> JobSpec {
             fail_after_param(),
         ],
         build: build_from_params,
+        states: vec![
+            StateSchema::value::<u64, (u64, u64)>("aggregate", "count-sum"),
+            StateSchema::value::<u64, Vec<u8>>("aggregate", "padding"),
+        ],
     }
 }
 

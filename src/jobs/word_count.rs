@@ -3,7 +3,7 @@
 
 use crate::jobs::{check_output_dir, fail_after, fail_after_param, FailAfter};
 use std::path::PathBuf;
-use weir_cli::{JobSpec, ParamError, ParamSpec, Params};
+use weir_cli::{JobSpec, ParamError, ParamSpec, Params, StateSchema};
 use weir_connectors::{FileLinesSource, FileSink, PrintSink, SocketTextSource};
 use weir_runtime::{
     Collector, JobDefinition, KeyedContext, KeyedProcessFunction, OpenContext, StreamEnvironment,
@@ -114,6 +114,7 @@ pub fn word_count_spec() -> JobSpec {
             fail_after_param(),
         ],
         build: build_from_params,
+        states: vec![StateSchema::value::<String, u64>("count", "count")],
     }
 }
 

@@ -158,6 +158,7 @@ mod tests {
             key_group_hash_version: 1,
             operators: BTreeMap::new(),
             self_contained: true,
+            job_name: None,
         })
     }
 

@@ -193,6 +193,8 @@ pub struct Coordinator {
     next_periodic_ms: Option<u64>,
     /// No periodic checkpoint is triggered while set ([`Coordinator::suspend_periodic`]).
     periodic_suspended: bool,
+    /// Recorded in every `_metadata` ([`Coordinator::set_job_name`]).
+    job_name: Option<String>,
 }
 
 impl Coordinator {
@@ -229,6 +231,7 @@ impl Coordinator {
             last_completion_ms: None,
             next_periodic_ms: None,
             periodic_suspended: false,
+            job_name: None,
         })
     }
 
@@ -569,6 +572,11 @@ impl Coordinator {
         .collect()
     }
 
+    /// Names the job (its catalog name) in every `_metadata` written from now on.
+    pub fn set_job_name(&mut self, name: impl Into<String>) {
+        self.job_name = Some(name.into());
+    }
+
     /// Suspends (or resumes) periodic checkpoints: while the job stops with a savepoint, no
     /// checkpoint may follow the savepoint's barrier.
     pub fn suspend_periodic(&mut self, suspended: bool) {
@@ -655,7 +663,8 @@ impl Coordinator {
             return Vec::new();
         };
         match pending.finalize(self.job_id, self.max_parallelism) {
-            Ok(metadata) => {
+            Ok(mut metadata) => {
+                metadata.job_name = self.job_name.clone();
                 let acked = pending.acknowledged().keys().copied().collect();
                 self.completing.insert(
                     id,

@@ -18,6 +18,7 @@
 //! - 1: the first layout.
 //! - 2: an operator subtask's state may say `"finished": true` (taken after its end of input).
 //!   Version 1 bodies read as version 2 with `finished` false, which is what they meant.
+//! - 3: the body may name the job (`"job_name"`). Older bodies read with no name.
 
 use crate::handle::{FileHandle, OperatorSubtaskState};
 use crate::kind::CheckpointKind;
@@ -28,7 +29,7 @@ use weir_types::{CheckpointId, JobId, OperatorUid, SubtaskIndex, VertexId};
 /// The first four bytes of every `_metadata` file.
 pub const METADATA_MAGIC: [u8; 4] = *b"WEIR";
 /// The format version this crate writes.
-pub const METADATA_VERSION: u16 = 2;
+pub const METADATA_VERSION: u16 = 3;
 
 /// The oldest format version this crate reads.
 pub const METADATA_OLDEST_READABLE_VERSION: u16 = 1;
@@ -69,6 +70,10 @@ pub struct CheckpointMetadata {
     /// True when no file lies outside the snapshot's own directory (no `shared/` reference), so
     /// the snapshot may be moved or outlive the job's checkpoint directory.
     pub self_contained: bool,
+    /// The job's name in its binary's catalog (version 3 on), so tools can decode its state
+    /// without being told which job wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
 }
 
 /// Why bytes are not a valid `_metadata` file.
@@ -97,7 +102,7 @@ pub enum MetadataError {
         expected: [u8; 4],
     },
     /// A format version this build cannot read.
-    #[error("unsupported metadata format version {0} (this build reads versions 1 and 2)")]
+    #[error("unsupported metadata format version {0} (this build reads versions 1 to 3)")]
     UnsupportedVersion(u16),
     /// The bytes changed after they were written.
     #[error("metadata CRC mismatch: trailer says {expected:#010x}, bytes give {actual:#010x}")]
@@ -231,6 +236,7 @@ mod tests {
             key_group_hash_version: weir_types::KEY_GROUP_HASH_VERSION,
             operators,
             self_contained: false,
+            job_name: None,
         }
     }
 
@@ -255,13 +261,13 @@ mod tests {
     #[test]
     fn a_newer_version_is_reported_with_its_number() {
         let mut bytes = sample().encode().unwrap();
-        bytes[5] = 3;
+        bytes[5] = 4;
         let n = bytes.len() - 4;
         let crc = crc32fast::hash(&bytes[..n]).to_be_bytes();
         bytes[n..].copy_from_slice(&crc);
         let err = CheckpointMetadata::decode(&bytes).unwrap_err();
-        assert_eq!(err, MetadataError::UnsupportedVersion(3));
-        assert!(err.to_string().contains("version 3"));
+        assert_eq!(err, MetadataError::UnsupportedVersion(4));
+        assert!(err.to_string().contains("version 4"));
     }
 
     #[test]

@@ -189,6 +189,7 @@ impl PendingCheckpoint {
             key_group_hash_version: weir_types::KEY_GROUP_HASH_VERSION,
             operators,
             self_contained: false,
+            job_name: None,
         };
         metadata.self_contained = metadata.computes_self_contained();
         Ok(metadata)

@@ -488,6 +488,7 @@ fn metadata() -> impl Strategy<Value = CheckpointMetadata> {
                     })
                     .collect(),
                 self_contained: false,
+                job_name: None,
             };
             m.self_contained = m.computes_self_contained();
             m

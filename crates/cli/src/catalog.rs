@@ -26,6 +26,46 @@ pub struct JobSpec {
     /// Checks the parameters and builds the job. Must not start any work or write anything;
     /// it may check that inputs are readable and outputs writable.
     pub build: fn(&Params) -> Result<JobDefinition, ParamError>,
+    /// How `weir savepoint dump` decodes the job's keyed states (others print as hex).
+    pub states: Vec<StateSchema>,
+}
+
+/// How `weir savepoint dump` turns one keyed state's bytes into JSON: the operator's uid, the
+/// state's name, and decoders of its key and its value.
+#[derive(Clone, Debug)]
+pub struct StateSchema {
+    /// The keyed operator's uid.
+    pub uid: &'static str,
+    /// The state's name.
+    pub state: &'static str,
+    /// Decodes a key.
+    pub key: fn(&[u8]) -> Result<serde_json::Value, String>,
+    /// Decodes a value.
+    pub value: fn(&[u8]) -> Result<serde_json::Value, String>,
+}
+
+impl StateSchema {
+    /// A value (or reducing) state keyed by `K` holding `V`, encoded as the typed state handles
+    /// and the keyed operators encode them (postcard).
+    pub fn value<K, V>(uid: &'static str, state: &'static str) -> Self
+    where
+        K: serde::de::DeserializeOwned + serde::Serialize,
+        V: serde::de::DeserializeOwned + serde::Serialize,
+    {
+        Self {
+            uid,
+            state,
+            key: decode_postcard::<K>,
+            value: decode_postcard::<V>,
+        }
+    }
+}
+
+fn decode_postcard<T: serde::de::DeserializeOwned + serde::Serialize>(
+    bytes: &[u8],
+) -> Result<serde_json::Value, String> {
+    let value: T = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
+    serde_json::to_value(value).map_err(|e| e.to_string())
 }
 
 /// The jobs of one binary, by name.

@@ -291,6 +291,18 @@ enum SavepointAction {
         #[arg(long)]
         json: bool,
     },
+    /// Prints every key and value of one operator's keyed state as JSON lines, decoded when
+    /// this binary's catalog knows the job, hex otherwise (a source's position as hex).
+    Dump {
+        /// The savepoint's (or retained checkpoint's) folder or its _metadata.
+        path: String,
+        /// The operator.
+        #[arg(long)]
+        uid: String,
+        /// Only this state.
+        #[arg(long)]
+        state: Option<String>,
+    },
     /// Describes a savepoint or retained checkpoint from its files alone: job, format, id, max
     /// parallelism, and per operator its parallelism, states, bytes and key-group ranges.
     Inspect {
@@ -491,6 +503,13 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             Some(SavepointAction::Inspect { path, json }) => {
                 crate::savepoint::inspect_command(&config, &absolute_url(&path), json)
             }
+            Some(SavepointAction::Dump { path, uid, state }) => crate::savepoint::dump_command(
+                catalog,
+                &config,
+                &absolute_url(&path),
+                &uid,
+                state.as_deref(),
+            ),
             None => crate::savepoint::trigger_command(
                 &a.jobmanager,
                 a.job_id.as_deref().unwrap_or_default(),

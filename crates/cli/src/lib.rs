@@ -22,7 +22,7 @@ mod render;
 mod rss;
 mod savepoint;
 
-pub use catalog::{Catalog, JobSpec, ParamSpec};
+pub use catalog::{Catalog, JobSpec, ParamSpec, StateSchema};
 pub use config::{Config, ConfigError, RestartStrategyType, StateBackendKind};
 pub use params::{ParamError, Params};
 pub use rss::peak_rss_bytes;

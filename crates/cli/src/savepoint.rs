@@ -352,3 +352,189 @@ pub(crate) fn inspect_command(config: &Config, path: &str, json: bool) -> Result
     }
     Ok(())
 }
+
+/// The URL handles of the snapshot in `folder` are relative to: the folder itself for a
+/// savepoint, its job's folder for a retained checkpoint (`…/<job>/chk-<n>`).
+fn handles_root(folder: &str) -> String {
+    let last = folder.rsplit('/').next().unwrap_or_default();
+    match weir_storage::parse_checkpoint_dir_name(last) {
+        Some(_) => folder[..folder.len() - last.len()]
+            .trim_end_matches('/')
+            .to_string(),
+        None => folder.to_string(),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A catalog's decoder of state bytes.
+type Decoder = fn(&[u8]) -> Result<serde_json::Value, String>;
+
+/// A decoded value, or `{"hex": …}` when there is no decoder or it fails.
+fn decoded(
+    decoder: Option<Decoder>,
+    bytes: &[u8],
+) -> serde_json::Value {
+    match decoder.map(|d| d(bytes)) {
+        Some(Ok(v)) => v,
+        Some(Err(e)) => serde_json::json!({ "hex": hex(bytes), "undecodable": e }),
+        None => serde_json::json!({ "hex": hex(bytes) }),
+    }
+}
+
+/// `weir savepoint dump PATH --uid UID [--state NAME]`.
+pub(crate) fn dump_command(
+    catalog: &crate::catalog::Catalog,
+    config: &Config,
+    path: &str,
+    uid: &str,
+    only: Option<&str>,
+) -> Result<(), Failure> {
+    use std::io::Write;
+    use weir_state::canonical::{CanonicalFile, CANONICAL_BACKEND, CANONICAL_FILE_NAME};
+    let rt = io_runtime()?;
+    let (folder, store) = open_folder(config, path)?;
+    let m = read_metadata(&rt, &store, &folder)?;
+    let op = m
+        .operators
+        .iter()
+        .find(|(u, _)| u.as_str() == uid)
+        .map(|(_, op)| op)
+        .ok_or_else(|| {
+            Failure::Usage(format!(
+                "{folder} holds no state of operator '{uid}'; its operators: {}",
+                m.operators
+                    .keys()
+                    .map(|u| u.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+    let schemas: Vec<&crate::catalog::StateSchema> = m
+        .job_name
+        .as_deref()
+        .and_then(|name| catalog.get(name))
+        .map(|job| job.states.iter().filter(|s| s.uid == uid).collect())
+        .unwrap_or_default();
+    let root = handles_root(&folder);
+    let root_store = open_folder(config, &root)?.1;
+    let reader = weir_state_transfer::Uploader::self_contained(root_store, m.job_id);
+    let scratch = tempfile::tempdir()
+        .map_err(|e| Failure::Job(format!("cannot make a scratch directory: {e}")))?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut print = |line: serde_json::Value| -> Result<(), Failure> {
+        writeln!(out, "{line}").map_err(|e| Failure::Job(format!("cannot write: {e}")))
+    };
+    for (subtask, state) in &op.subtasks {
+        let keyed = state
+            .inline
+            .as_deref()
+            .and_then(|b| weir_state_transfer::KeyedStateMeta::decode(b).ok());
+        let Some(meta) = keyed else {
+            if let Some(bytes) = &state.inline {
+                print(
+                    serde_json::json!({ "subtask": subtask.0, "position": { "hex": hex(bytes) } }),
+                )?;
+            }
+            continue;
+        };
+        let dir = scratch.path().join(format!("subtask-{}", subtask.0));
+        let (snapshot, _, _) = rt
+            .block_on(reader.download_keyed(m.checkpoint_id, state, &dir))
+            .map_err(|e| Failure::Job(format!("subtask {subtask}: {e}")))?;
+        let names: Vec<String> = meta.descriptors.iter().map(|d| d.name.clone()).collect();
+        let mut emit = |state_index: usize,
+                        key: &weir_state::StateKey<'_>,
+                        value: &[u8]|
+         -> Result<(), Failure> {
+            let name = &names[state_index];
+            if only.is_some_and(|o| o != name) {
+                return Ok(());
+            }
+            let schema = schemas.iter().find(|s| s.state == name);
+            let mut line = serde_json::json!({
+                "subtask": subtask.0,
+                "state": name,
+                "key_group": key.key_group.0,
+                "key": decoded(schema.map(|s| s.key), key.key),
+                "value": decoded(schema.map(|s| s.value), value),
+            });
+            if !key.namespace.is_empty() {
+                line["namespace"] = serde_json::json!({ "hex": hex(key.namespace) });
+            }
+            if !key.user_key.is_empty() {
+                line["user_key"] = serde_json::json!({ "hex": hex(key.user_key) });
+            }
+            print(line)
+        };
+        if snapshot.backend == CANONICAL_BACKEND {
+            let file = snapshot.file(CANONICAL_FILE_NAME).ok_or_else(|| {
+                Failure::Job(format!("subtask {subtask}: no {CANONICAL_FILE_NAME} file"))
+            })?;
+            let bytes = std::fs::read(file)
+                .map_err(|e| Failure::Job(format!("cannot read {}: {e}", file.display())))?;
+            let parsed = CanonicalFile::parse(&bytes)
+                .map_err(|e| Failure::Job(format!("subtask {subtask}: {e}")))?;
+            let mut failed = None;
+            parsed
+                .for_each(&mut |e| {
+                    if let Err(f) = emit(e.state, &e.key, e.value) {
+                        failed = Some(f);
+                        return Err(weir_state::StateError::UnknownState(0));
+                    }
+                    Ok(())
+                })
+                .map_err(|e| match failed.take() {
+                    Some(f) => f,
+                    None => Failure::Job(format!("subtask {subtask}: {e}")),
+                })?;
+            continue;
+        }
+        let factory: Box<dyn weir_state::StateBackendFactory> = match snapshot.backend.as_str() {
+            "heap" => Box::new(weir_state::HeapStateBackendFactory::new()),
+            "rocksdb" => Box::new(
+                weir_state_rocksdb::RocksDbStateBackendFactory::new(
+                    scratch.path().join("rocksdb"),
+                    64 << 20,
+                )
+                .map_err(|e| Failure::Job(e.to_string()))?,
+            ),
+            other => {
+                return Err(Failure::Usage(format!(
+                    "subtask {subtask}: state of the unknown backend '{other}'"
+                )))
+            }
+        };
+        let scope = weir_state::BackendScope {
+            operator_uid: weir_types::OperatorUid::new(uid)
+                .map_err(|e| Failure::Usage(e.to_string()))?,
+            subtask: *subtask,
+            parallelism: op.parallelism,
+            max_parallelism: m.max_parallelism,
+            key_group_range: meta.key_groups,
+            keyed_subtasks_in_process: 1,
+        };
+        let mut backend = factory
+            .restore(&scope, snapshot)
+            .map_err(|e| Failure::Job(format!("subtask {subtask}: {e}")))?;
+        for i in 0..names.len() {
+            let mut failed = None;
+            backend
+                .scan(weir_state::StateId(i as u32), &mut |e| {
+                    if let Err(f) = emit(i, &e.key, e.value) {
+                        failed = Some(f);
+                        return Err(weir_state::StateError::UnknownState(0));
+                    }
+                    Ok(())
+                })
+                .map_err(|e| match failed.take() {
+                    Some(f) => f,
+                    None => Failure::Job(format!("subtask {subtask}: {e}")),
+                })?;
+        }
+    }
+    Ok(())
+}

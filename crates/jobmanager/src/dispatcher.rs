@@ -309,8 +309,11 @@ pub(crate) fn submit(
                 .subtasks
                 .iter()
                 .map(|s| TaskId::new(s.vertex, s.subtask));
-            let coordinator = Coordinator::new(job, plan.job.max_parallelism, config, tasks)
+            let mut coordinator = Coordinator::new(job, plan.job.max_parallelism, config, tasks)
                 .map_err(|e| DispatchError::InvalidArgument(format!("job {job}: {e}")))?;
+            if !spec.job_name.is_empty() {
+                coordinator.set_job_name(spec.job_name.clone());
+            }
             let paths = CheckpointPaths::new(job);
             // A previous run of this id here may still be cleaning up after its end.
             await_previous_master(shared, job);

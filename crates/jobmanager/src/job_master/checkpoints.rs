@@ -469,6 +469,7 @@ mod tests {
                 ),
             ]),
             self_contained: true,
+            job_name: None,
         };
         let point = RestorePoint {
             metadata,
