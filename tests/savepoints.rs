@@ -337,6 +337,21 @@ fn bad_restore_paths_and_savepoint_requests_are_refused_naming_the_problem() {
         "{err}"
     );
     assert!(err.contains("--allow-non-restored-state"), "{err}");
+    // A native RocksDB savepoint on the heap backend: refused at submission, naming both.
+    let elsewhere = c.dir.path().join("out-heap");
+    let o = run(
+        &c,
+        2,
+        1000,
+        &elsewhere,
+        &["-s", &location, "-D", "state.backend=heap"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("operator 'aggregate' has native rocksdb state but the job runs the heap"),
+        "{err}"
+    );
     // The savepoint is intact after every refusal.
     assert!(local_path(&location).join("_metadata").exists());
     wait_state(&c, &id, "FINISHED");

@@ -1,5 +1,7 @@
 //! `weir bench … --checkpoint-interval`: throughput with and without checkpoints, and the
-//! checkpoints' pauses, durations and sizes.
+//! checkpoints' pauses, durations and sizes. `weir bench … --savepoint FORMAT`: a savepoint
+//! taken while the job runs flat out (its duration, rate, task pause and the throughput lost
+//! meanwhile), then a restore of it at one more subtask (the time until every task runs).
 
 use weir_runtime::{CheckpointRecord, CheckpointStatus};
 
@@ -110,6 +112,54 @@ impl CheckpointSummary {
             self.duration_max_ms,
             human_bytes(self.uploaded_mean),
             human_bytes(self.full_size_last),
+        )
+    }
+}
+
+/// What `weir bench --savepoint` measured.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct SavepointFigures {
+    pub format: String,
+    /// The job's duration without a savepoint, and with one taken half-way.
+    pub run_s: f64,
+    pub run_with_savepoint_s: f64,
+    /// Trigger to `_metadata` durable.
+    pub savepoint_s: f64,
+    pub savepoint_bytes: u64,
+    pub savepoint_mb_per_s: f64,
+    /// The same per subtask writing it (each writes its share on its own thread).
+    pub savepoint_mb_per_s_per_subtask: f64,
+    /// The longest synchronous pause of a task for the savepoint.
+    pub task_pause_ms: u64,
+    /// The share of the records the job did not process while the savepoint was written,
+    /// from the extra run time: (with − without) / savepoint duration.
+    pub throughput_loss_during_savepoint_percent: f64,
+    pub restore_parallelism: u32,
+    /// Submission of the job started from the savepoint (at one more subtask) until every task
+    /// runs: download, rescale and restore included.
+    pub restore_to_running_s: f64,
+    pub restore_mb_per_s: f64,
+}
+
+impl SavepointFigures {
+    pub(crate) fn text(&self) -> String {
+        format!(
+            "savepoint ({})   {:.2} s for {} ({:.0} MB/s, {:.0} MB/s per subtask), task pause {} ms\n\
+             throughput      run {:.2} s, with the savepoint {:.2} s: ~{:.1} % of the records \
+             lost while it was written\n\
+             restore         at p={} from the savepoint: running after {:.2} s ({:.0} MB/s)\n",
+            self.format,
+            self.savepoint_s,
+            crate::commands::human_bytes(self.savepoint_bytes),
+            self.savepoint_mb_per_s,
+            self.savepoint_mb_per_s_per_subtask,
+            self.task_pause_ms,
+            self.run_s,
+            self.run_with_savepoint_s,
+            self.throughput_loss_during_savepoint_percent,
+            self.restore_parallelism,
+            self.restore_to_running_s,
+            self.restore_mb_per_s,
         )
     }
 }

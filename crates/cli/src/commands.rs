@@ -208,6 +208,13 @@ enum Command {
         /// Also run with checkpoints at this interval (e.g. 1s) and compare.
         #[arg(long, value_name = "DURATION")]
         checkpoint_interval: Option<String>,
+        /// Also run with a savepoint of this format taken half-way, then restore it at one
+        /// more subtask: savepoint duration, rate, task pause, throughput lost, restore time.
+        #[arg(long, value_name = "FORMAT", value_parser = ["canonical", "native"])]
+        savepoint: Option<String>,
+        /// Bytes of incompressible state per key (state ≈ keys × padding).
+        #[arg(long, default_value_t = 0)]
+        padding: u64,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -601,6 +608,8 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             seed,
             rate,
             checkpoint_interval,
+            savepoint,
+            padding,
             json,
             ..
         } => {
@@ -608,6 +617,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                 format!("keys={keys}"),
                 format!("records={records}"),
                 format!("seed={seed}"),
+                format!("padding={padding}"),
             ];
             if let Some(rate) = rate {
                 params.push(format!("rate={rate}"));
@@ -632,10 +642,12 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             let root = config
                 .state_dir
                 .join(format!("bench-{}", std::process::id()));
+            // A savepoint run restores at one more subtask afterwards: room for it.
+            let extra = u32::from(savepoint.is_some());
             let cluster = crate::cluster::start_minicluster(
                 catalog,
                 &config,
-                config.taskmanager_slots.max(plan.slots_needed()),
+                config.taskmanager_slots.max(plan.slots_needed() + extra),
                 &root,
             )?;
             let run = |job: ResolvedJob| {
@@ -725,11 +737,160 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                     print!("{}", summary.text(&interval));
                 }
             }
+            if let Some(format) = savepoint {
+                let figures = savepoint_bench(
+                    &cluster,
+                    catalog,
+                    &config,
+                    (&workload, &params, parallelism, p),
+                    &format,
+                    secs,
+                    &root,
+                )?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&figures).expect("figures serialise")
+                    );
+                } else {
+                    print!("{}", figures.text());
+                }
+            }
             cluster.stop();
             let _ = std::fs::remove_dir_all(&root);
             Ok(())
         }
     }
+}
+
+/// Waits until every subtask of job `id` runs (state restored); fails if the job ends.
+fn await_all_running(
+    jm: &weir_jobmanager::JobManagerHandle,
+    id: weir_types::JobId,
+) -> Result<(), Failure> {
+    loop {
+        let d = jm
+            .job(id)
+            .ok_or_else(|| Failure::Job(format!("job {id} vanished")))?;
+        if d.state.is_terminal() {
+            return Err(Failure::Job(format!(
+                "job {id} ended before running: {}",
+                d.failure_cause.unwrap_or_default()
+            )));
+        }
+        let running = d
+            .vertices
+            .iter()
+            .flat_map(|v| v.subtasks.iter())
+            .all(|s| s.state == "RUNNING");
+        if running {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// `weir bench --savepoint`: see [`bench::SavepointFigures`].
+fn savepoint_bench(
+    cluster: &weir_minicluster::MiniCluster,
+    catalog: &Catalog,
+    config: &Config,
+    (workload, params, parallelism, p): (&str, &[String], Option<u32>, u32),
+    format: &str,
+    plain_s: f64,
+    root: &Path,
+) -> Result<bench::SavepointFigures, Failure> {
+    use std::time::{Duration, Instant};
+    let jm = cluster.jobmanager();
+    let failed = |e: weir_jobmanager::DispatchError| Failure::Job(e.to_string());
+    // Checkpointing on (savepoints need it) but no periodic checkpoint during the run.
+    let mut with = config.clone();
+    with.checkpoint_interval = Some(Duration::from_secs(3600));
+    let submit = || -> Result<weir_types::JobId, Failure> {
+        let job = resolve_job(catalog, &with, workload, parallelism, params, None)?;
+        let plan_json = serde_json::to_vec(&job.plan).map_err(|e| Failure::Job(e.to_string()))?;
+        jm.submit(weir_proto::v1::SubmitJobRequest {
+            job: Some(job.spec),
+            plan_json,
+            ..Default::default()
+        })
+        .map_err(failed)
+    };
+    // The baseline: the same job with checkpointing on, no savepoint.
+    let base = submit()?;
+    let base_s = cluster
+        .wait(base, &AtomicBool::new(false))
+        .map_err(|e| Failure::Job(e.to_string()))?
+        .duration()
+        .as_secs_f64();
+    let _ = plain_s;
+    let plain_s = base_s;
+    let id = submit()?;
+    await_all_running(jm, id)?;
+    std::thread::sleep(Duration::from_secs_f64(plain_s * 0.4));
+    let target = format!("file://{}", root.join("savepoints").display());
+    let request = jm
+        .trigger_savepoint(id, Some(&target), format, false)
+        .map_err(failed)?;
+    let op = loop {
+        let op = jm.savepoint(id, request).map_err(failed)?;
+        if op.status != weir_jobmanager::view::SavepointState::InProgress {
+            break op;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let location = op.location.clone().ok_or_else(|| {
+        Failure::Job(format!(
+            "the savepoint failed: {}",
+            op.failure_cause.clone().unwrap_or_default()
+        ))
+    })?;
+    let outcome = cluster
+        .wait(id, &AtomicBool::new(false))
+        .map_err(|e| Failure::Job(e.to_string()))?;
+    let run_with = outcome.duration().as_secs_f64();
+    let record = outcome
+        .checkpoints
+        .history
+        .iter()
+        .find(|r| r.id.0 == request)
+        .ok_or_else(|| Failure::Job("the savepoint is not in the job's history".into()))?;
+    let savepoint_s = (op.end_ms.unwrap_or(op.trigger_ms) - op.trigger_ms) as f64 / 1000.0;
+    let mb = record.full_size as f64 / 1e6;
+    let rate = mb / savepoint_s.max(1e-9);
+    // Restore at one more subtask.
+    let p2 = p + 1;
+    let job = resolve_job(catalog, &with, workload, Some(p2), params, None)?;
+    let plan_json = serde_json::to_vec(&job.plan).map_err(|e| Failure::Job(e.to_string()))?;
+    let started = Instant::now();
+    let restored = jm
+        .submit(weir_proto::v1::SubmitJobRequest {
+            job: Some(job.spec),
+            plan_json,
+            restore_path: location,
+            ..Default::default()
+        })
+        .map_err(failed)?;
+    await_all_running(jm, restored)?;
+    let restore_s = started.elapsed().as_secs_f64();
+    let _ = jm.cancel(restored);
+    let _ = cluster.wait(restored, &AtomicBool::new(false));
+    Ok(bench::SavepointFigures {
+        format: format.to_string(),
+        run_s: plain_s,
+        run_with_savepoint_s: run_with,
+        savepoint_s,
+        savepoint_bytes: record.full_size,
+        savepoint_mb_per_s: rate,
+        savepoint_mb_per_s_per_subtask: rate / f64::from(p.max(1)),
+        task_pause_ms: record.sync_ms,
+        throughput_loss_during_savepoint_percent: ((run_with - plain_s) / savepoint_s.max(1e-9)
+            * 100.0)
+            .clamp(0.0, 100.0),
+        restore_parallelism: p2,
+        restore_to_running_s: restore_s,
+        restore_mb_per_s: mb / restore_s.max(1e-9),
+    })
 }
 
 /// `config` without checkpointing (the benchmark's first run).

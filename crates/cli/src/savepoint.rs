@@ -373,10 +373,7 @@ fn hex(bytes: &[u8]) -> String {
 type Decoder = fn(&[u8]) -> Result<serde_json::Value, String>;
 
 /// A decoded value, or `{"hex": …}` when there is no decoder or it fails.
-fn decoded(
-    decoder: Option<Decoder>,
-    bytes: &[u8],
-) -> serde_json::Value {
+fn decoded(decoder: Option<Decoder>, bytes: &[u8]) -> serde_json::Value {
     match decoder.map(|d| d(bytes)) {
         Some(Ok(v)) => v,
         Some(Err(e)) => serde_json::json!({ "hex": hex(bytes), "undecodable": e }),

@@ -269,10 +269,9 @@ pub(crate) fn submit(
     if shared.is_shutting_down() {
         return Err(DispatchError::ShuttingDown);
     }
-    let mut request = request;
     let mut spec = request
         .job
-        .take()
+        .clone()
         .ok_or_else(|| DispatchError::InvalidArgument("SubmitJobRequest.job is missing".into()))?;
     if request.plan_json.len() > MAX_PLAN_BYTES {
         return Err(DispatchError::InvalidArgument(format!(
@@ -539,7 +538,12 @@ fn load_external(
     };
     let metadata = weir_checkpoint::CheckpointMetadata::decode(&bytes)
         .map_err(|e| bad(format!("{folder}/_metadata: {e}")))?;
-    check_restorable(&metadata, plan, request.allow_non_restored_state).map_err(bad)?;
+    let backend = request
+        .job
+        .as_ref()
+        .and_then(|j| j.config.get("state.backend"))
+        .map(String::as_str);
+    check_restorable(&metadata, plan, request.allow_non_restored_state, backend).map_err(bad)?;
     // A retained checkpoint's handles are relative to its job's folder, a savepoint's to its
     // own.
     let last = folder.rsplit('/').next().unwrap_or_default();
@@ -583,6 +587,7 @@ pub(crate) fn check_restorable(
     metadata: &weir_checkpoint::CheckpointMetadata,
     plan: &Plan,
     allow_non_restored: bool,
+    backend: Option<&str>,
 ) -> Result<(), String> {
     if metadata.max_parallelism != plan.job.max_parallelism {
         return Err(format!(
@@ -603,6 +608,21 @@ pub(crate) fn check_restorable(
             .subtasks
             .values()
             .any(|s| !s.files.is_empty() || s.inline.is_some());
+        // Native keyed state restores only on the backend that wrote it (canonical on any).
+        let native = op.subtasks.values().find_map(|s| {
+            let meta: serde_json::Value = serde_json::from_slice(s.inline.as_deref()?).ok()?;
+            let written_by = meta.get("backend")?.as_str()?.to_string();
+            (written_by != "canonical").then_some(written_by)
+        });
+        if let (Some(written_by), Some(backend)) = (native, backend) {
+            if written_by != backend && plan.uids.iter().any(|u| u == uid) {
+                return Err(format!(
+                    "operator '{uid}' has native {written_by} state but the job runs the \
+                     {backend} backend: take a canonical savepoint, or run with \
+                     state.backend={written_by}"
+                ));
+            }
+        }
         if !plan.uids.iter().any(|u| u == uid) && has_state && !allow_non_restored {
             return Err(format!(
                 "it holds state of operator '{uid}', which the job does not have \

@@ -230,6 +230,30 @@ impl JobManagerHandle {
         self.shared.cancel(&job.to_string())
     }
 
+    /// Triggers a savepoint as `DispatcherService.TriggerSavepoint` does (`format`:
+    /// `canonical` or `native`); returns its request id. Blocks (bounded) for the JobMaster's
+    /// answer.
+    pub fn trigger_savepoint(
+        &self,
+        job: JobId,
+        target: Option<&str>,
+        format: &str,
+        stop: bool,
+    ) -> Result<u64, DispatchError> {
+        let request =
+            dispatcher::savepoint_request(target.unwrap_or_default(), format, stop, false)?;
+        self.shared.trigger_savepoint(&job.to_string(), request)
+    }
+
+    /// `GET /jobs/{id}/savepoints/{request}`.
+    pub fn savepoint(
+        &self,
+        job: JobId,
+        request: u64,
+    ) -> Result<view::SavepointOperation, DispatchError> {
+        self.shared.savepoint_status(&job.to_string(), request)
+    }
+
     /// `GET /overview`.
     pub fn overview(&self) -> Overview {
         self.shared.overview()

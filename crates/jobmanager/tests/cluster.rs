@@ -576,6 +576,7 @@ async fn a_damaged_checkpoint_falls_back_without_consuming_a_restart() {
         error: format!("{damaged}/x: CRC mismatch"),
         secondary: false,
         damaged_checkpoint: Some(damaged.0),
+        incompatible_state: false,
     }));
     let details = eventually("attempt 2 runs", || {
         jm.job(job).filter(|j| j.attempt == 2 && all_running(j))

@@ -61,6 +61,17 @@ pub enum TaskError {
         /// Which file, and what is wrong with it.
         detail: String,
     },
+    /// The job cannot run on the state it restores — a state declared with another kind, a
+    /// native snapshot of another backend, an unknown snapshot format: no restart can help.
+    #[error("operator '{uid}' subtask {subtask} cannot run on the restored state: {detail}")]
+    IncompatibleState {
+        /// The restoring operator's uid.
+        uid: String,
+        /// Which subtask.
+        subtask: SubtaskIndex,
+        /// What differs.
+        detail: String,
+    },
     /// A message arrived that the protocol forbids at this point (a bug, reported loudly).
     #[error("invariant broken in '{uid}' subtask {subtask}: {detail}")]
     Invariant {

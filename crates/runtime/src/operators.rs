@@ -38,7 +38,22 @@ impl OpIdent {
     }
 
     pub(crate) fn user(&self, err: UserError) -> TaskError {
+        // A state declared with another kind than the restored one: no restart helps.
+        if let Some(e @ weir_state::StateError::KindMismatch { .. }) =
+            err.downcast_ref::<weir_state::StateError>()
+        {
+            return self.incompatible(e);
+        }
         self.fail(chain(&*err))
+    }
+
+    /// The restored state does not fit this operator.
+    pub(crate) fn incompatible(&self, e: &weir_state::StateError) -> TaskError {
+        TaskError::IncompatibleState {
+            uid: self.uid.clone(),
+            subtask: self.subtask,
+            detail: chain(e),
+        }
     }
 }
 

@@ -67,7 +67,7 @@ pub(crate) fn keyed_backend(
         ctx.state_backend.restore(&ctx.backend_scope(), snapshot)
     };
     let _ = std::fs::remove_dir_all(&dir);
-    let backend = backend.map_err(fail)?;
+    let backend = backend.map_err(|e| restore_failure(ident, &e))?;
     // A restored checkpoint of the job's own folder is the next incremental base; a snapshot
     // from elsewhere (a savepoint) is never referenced: the next checkpoint is a full one.
     if !restore.external {
@@ -139,6 +139,17 @@ fn download(
     Ok((snapshot, shared, dir))
 }
 
+/// A backend's refusal of a snapshot it cannot read (another backend, format or kind) is
+/// [`TaskError::IncompatibleState`]; anything else an operator failure.
+fn restore_failure(ident: &OpIdent, e: &weir_state::StateError) -> TaskError {
+    match e {
+        weir_state::StateError::Restore { .. } | weir_state::StateError::KindMismatch { .. } => {
+            ident.incompatible(e)
+        }
+        _ => ident.fail(crate::error::chain(e)),
+    }
+}
+
 /// Whether two inclusive key-group ranges share a key group.
 fn overlaps(a: KeyGroupRange, b: KeyGroupRange) -> bool {
     !a.is_empty() && !b.is_empty() && a.start <= b.end && b.start <= a.end
@@ -184,7 +195,7 @@ fn rescaled_backend(
             snapshot,
         );
         let _ = std::fs::remove_dir_all(&dir);
-        let copied = copied.map_err(fail)?;
+        let copied = copied.map_err(|e| restore_failure(ident, &e))?;
         merged.push(format!("{old}: {} ({copied} entries)", meta.key_groups));
     }
     tracing::info!(

@@ -813,7 +813,14 @@ fn report_state(
                 TaskError::CheckpointDamaged { checkpoint, .. } => Some(checkpoint.0),
                 _ => None,
             };
-            report_failed(outbox, task, &e.to_string(), e.is_secondary(), damaged)
+            outbox.send(Up::TaskState(v1::TaskStateUpdate {
+                task: Some(task.clone()),
+                state: v1::ExecutionState::Failed as i32,
+                error: e.to_string(),
+                secondary: e.is_secondary(),
+                damaged_checkpoint: damaged,
+                incompatible_state: matches!(e, TaskError::IncompatibleState { .. }),
+            }))
         }
         None => outbox.send(Up::TaskState(v1::TaskStateUpdate {
             task: Some(task.clone()),
@@ -821,6 +828,7 @@ fn report_state(
             error: String::new(),
             secondary: false,
             damaged_checkpoint: None,
+            incompatible_state: false,
         })),
     }
 }
@@ -838,6 +846,7 @@ fn report_failed(
         error: error.to_string(),
         secondary,
         damaged_checkpoint,
+        incompatible_state: false,
     }));
 }
 

@@ -291,9 +291,10 @@ impl JobMaster {
             }
             ExecutionState::Failed => {
                 t.failure = Some(u.error.clone());
-                let kind = match u.damaged_checkpoint {
-                    Some(id) => FailureKind::Damaged(CheckpointId(id)),
-                    None => FailureKind::Task {
+                let kind = match (u.damaged_checkpoint, u.incompatible_state) {
+                    (_, true) => FailureKind::Incompatible,
+                    (Some(id), false) => FailureKind::Damaged(CheckpointId(id)),
+                    (None, false) => FailureKind::Task {
                         primary: !u.secondary,
                     },
                 };

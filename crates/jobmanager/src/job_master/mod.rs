@@ -185,6 +185,8 @@ enum FailureKind {
     Task { primary: bool },
     /// A task could not restore checkpoint `.0`: its files are damaged.
     Damaged(CheckpointId),
+    /// The job cannot run on the state it restores: no restart can help.
+    Incompatible,
     TaskManagerLost {
         taskmanager: TaskManagerId,
         last_heartbeat_ms: u64,
@@ -418,6 +420,12 @@ impl JobMaster {
                 AttemptEnd::Failed(f) => {
                     if let Some(stop) = self.stop {
                         return End::Canceled(stop);
+                    }
+                    if matches!(f.kind, FailureKind::Incompatible) {
+                        return End::Failed(format!(
+                            "{}; not restarted: the job cannot run on this state",
+                            f.cause
+                        ));
                     }
                     if let FailureKind::Damaged(id) = f.kind {
                         match self.fall_back_from_damaged(id, &f) {

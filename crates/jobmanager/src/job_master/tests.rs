@@ -262,6 +262,7 @@ impl Harness {
                 error: error.into(),
                 secondary: false,
                 damaged_checkpoint: None,
+                incompatible_state: false,
             }),
         });
     }
