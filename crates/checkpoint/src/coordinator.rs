@@ -306,10 +306,11 @@ impl Coordinator {
         actions
     }
 
-    /// Triggers a checkpoint or savepoint at `now`. Refused (nothing changes) with
-    /// [`CheckpointFailureReason::TooManyConcurrent`] when `max_concurrent` checkpoints of any
-    /// kind are in progress, and, for checkpoints only, with
-    /// [`CheckpointFailureReason::MinPauseNotElapsed`]. Refusals do not count as failures.
+    /// Triggers a checkpoint or savepoint at `now`. A checkpoint is refused (nothing changes)
+    /// with [`CheckpointFailureReason::TooManyConcurrent`] when `max_concurrent` checkpoints
+    /// or savepoints are in progress, and with
+    /// [`CheckpointFailureReason::MinPauseNotElapsed`]; a savepoint only with
+    /// [`CheckpointFailureReason::SavepointInProgress`]. Refusals do not count as failures.
     pub fn trigger(
         &mut self,
         now: u64,
@@ -330,8 +331,20 @@ impl Coordinator {
         kind: CheckpointKind,
         min_pause_applies: bool,
     ) -> Result<Vec<Action>, CheckpointFailureReason> {
+        // As in Flink, a savepoint does not wait for checkpoints in flight (a user waits for
+        // it), but only one savepoint runs at a time.
         let max = self.config.max_concurrent;
-        if self.num_in_progress() >= max as usize {
+        if kind.is_savepoint() {
+            let running = self
+                .pending
+                .values()
+                .map(|p| (p.id(), p.kind()))
+                .chain(self.completing.iter().map(|(id, c)| (*id, c.metadata.kind)))
+                .find(|(_, k)| k.is_savepoint());
+            if let Some((id, _)) = running {
+                return Err(CheckpointFailureReason::SavepointInProgress { id });
+            }
+        } else if self.num_in_progress() >= max as usize {
             return Err(CheckpointFailureReason::TooManyConcurrent { max });
         }
         if !kind.is_savepoint() && min_pause_applies {
@@ -976,6 +989,30 @@ mod tests {
             Err(CheckpointFailureReason::TooManyConcurrent { max: 2 })
         );
         assert_eq!(c.next_checkpoint_id(), CheckpointId(3));
+    }
+
+    #[test]
+    fn a_savepoint_does_not_wait_for_checkpoints_in_flight_but_for_another_savepoint() {
+        let mut c = coordinator(config());
+        c.trigger(0, CheckpointKind::Checkpoint).unwrap();
+        c.trigger(0, CheckpointKind::Checkpoint).unwrap();
+        let sp = CheckpointKind::Savepoint {
+            format: SavepointFormat::Native,
+        };
+        assert!(
+            c.trigger(0, sp).is_ok(),
+            "a savepoint beyond max-concurrent"
+        );
+        assert_eq!(
+            c.trigger(0, sp),
+            Err(CheckpointFailureReason::SavepointInProgress {
+                id: CheckpointId(3)
+            })
+        );
+        assert_eq!(
+            c.trigger(0, CheckpointKind::Checkpoint),
+            Err(CheckpointFailureReason::TooManyConcurrent { max: 2 })
+        );
     }
 
     #[test]

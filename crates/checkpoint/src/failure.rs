@@ -39,6 +39,12 @@ pub enum CheckpointFailureReason {
         /// The configured maximum.
         max: u32,
     },
+    /// A savepoint was asked for while another one is still in progress.
+    #[error("savepoint {id} is still in progress")]
+    SavepointInProgress {
+        /// The savepoint in progress.
+        id: weir_types::CheckpointId,
+    },
     /// `execution.checkpointing.min-pause` has not elapsed since the last completion.
     #[error("minimum pause between checkpoints not elapsed ({remaining_ms} ms left)")]
     MinPauseNotElapsed {

@@ -267,7 +267,9 @@ impl Observer {
                 Action::FailJob { .. } => {}
             }
         }
-        prop_assert!(c.num_in_progress() <= c.config().max_concurrent as usize);
+        // At most max-concurrent checkpoints, plus one savepoint (a savepoint does not wait).
+        prop_assert!(c.pending().filter(|p| p.kind().is_savepoint()).count() <= 1);
+        prop_assert!(c.num_in_progress() <= c.config().max_concurrent as usize + 1);
         let retained_now = retained_paths(c);
         let lost: Vec<_> = retained_now.intersection(&self.deleted_ever).collect();
         prop_assert!(
@@ -354,7 +356,8 @@ proptest! {
                         Err(reason) => {
                             let refusal = matches!(reason,
                                 CheckpointFailureReason::TooManyConcurrent { .. }
-                                | CheckpointFailureReason::MinPauseNotElapsed { .. });
+                                | CheckpointFailureReason::MinPauseNotElapsed { .. }
+                                | CheckpointFailureReason::SavepointInProgress { .. });
                             prop_assert!(refusal, "unexpected refusal {}", reason);
                         }
                     }

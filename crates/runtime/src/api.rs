@@ -516,17 +516,23 @@ impl<T: Data> DataStream<T> {
         let make: MakeLink<T, ()> = Arc::new(move |ctx, _next| {
             let ident = ctx.ident();
             let sink_ctx = ctx.source_context();
-            let writer = match crate::restore::sink_manifests(ctx, &ident)? {
-                SinkRestore::None => sink.create_writer(&sink_ctx, None),
-                SinkRestore::Own(manifest) => sink.create_writer(&sink_ctx, Some(&manifest)),
-                SinkRestore::Rescaled(_, manifests) if manifests.is_empty() => {
-                    sink.create_writer(&sink_ctx, None)
+            // Downloaded now (no side effect); opened on first use (see `SinkWriterSlot`).
+            let restored = crate::restore::sink_manifests(ctx, &ident)?;
+            let (sink, open_ident) = (sink.clone(), ident.clone());
+            let open: crate::operators::OpenWriter<T> = Box::new(move || {
+                match restored {
+                    SinkRestore::None => sink.create_writer(&sink_ctx, None),
+                    SinkRestore::Own(manifest) => sink.create_writer(&sink_ctx, Some(&manifest)),
+                    SinkRestore::Rescaled(_, manifests) if manifests.is_empty() => {
+                        sink.create_writer(&sink_ctx, None)
+                    }
+                    SinkRestore::Rescaled(old, manifests) => {
+                        sink.create_rescaled_writer(&sink_ctx, old, &manifests)
+                    }
                 }
-                SinkRestore::Rescaled(old, manifests) => {
-                    sink.create_rescaled_writer(&sink_ctx, old, &manifests)
-                }
-            }
-            .map_err(|e| ident.user(e))?;
+                .map_err(|e| open_ident.user(e))
+            });
+            let writer = crate::operators::SinkWriterSlot::Closed(Some(open));
             Ok(Box::new(SinkOp {
                 ident,
                 writer,

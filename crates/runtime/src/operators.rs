@@ -298,10 +298,24 @@ where
     }
 }
 
+/// Opens a sink's writer (and with it settles what the restored checkpoint staged).
+pub(crate) type OpenWriter<T> =
+    Box<dyn FnOnce() -> Result<Box<dyn SinkWriter<T>>, TaskError> + Send>;
+
+/// A sink's writer, opened at the first record, barrier, completion or end of input — never
+/// while the chain is assembled: a restored writer publishes and rolls back output, which
+/// must not happen when another operator of the job then cannot restore its state.
+pub(crate) enum SinkWriterSlot<T> {
+    /// Not opened yet.
+    Closed(Option<OpenWriter<T>>),
+    /// Open.
+    Open(Box<dyn SinkWriter<T>>),
+}
+
 /// The end of a chain that writes to a sink.
 pub(crate) struct SinkOp<T> {
     pub ident: OpIdent,
-    pub writer: Box<dyn SinkWriter<T>>,
+    pub writer: SinkWriterSlot<T>,
     pub pending: Vec<T>,
     pub batch_size: usize,
     pub metrics: Arc<JobMetrics>,
@@ -310,11 +324,25 @@ pub(crate) struct SinkOp<T> {
 }
 
 impl<T: Send> SinkOp<T> {
+    /// The writer, opened now if it is not yet.
+    fn writer(&mut self) -> Result<&mut Box<dyn SinkWriter<T>>, TaskError> {
+        if let SinkWriterSlot::Closed(open) = &mut self.writer {
+            let open = open.take().ok_or_else(|| {
+                self.ident
+                    .fail("the sink's writer failed to open before".to_string())
+            })?;
+            self.writer = SinkWriterSlot::Open(open()?);
+        }
+        match &mut self.writer {
+            SinkWriterSlot::Open(w) => Ok(w),
+            SinkWriterSlot::Closed(_) => unreachable!("opened above"),
+        }
+    }
+
     fn write(&mut self, batch: Vec<T>) -> Result<(), TaskError> {
         JobMetrics::add(&self.metrics.sink_records, batch.len() as u64);
-        self.writer
-            .write_batch(batch)
-            .map_err(|e| self.ident.user(e))
+        let ident = self.ident.clone();
+        self.writer()?.write_batch(batch).map_err(|e| ident.user(e))
     }
 
     fn write_pending(&mut self) -> Result<(), TaskError> {
@@ -346,7 +374,8 @@ impl<T: Send> Link<T> for SinkOp<T> {
 
     fn end_of_input(&mut self) -> Result<(), TaskError> {
         self.write_pending()?;
-        self.writer.finish().map_err(|e| self.ident.user(e))
+        let ident = self.ident.clone();
+        self.writer()?.finish().map_err(|e| ident.user(e))
     }
 
     fn flush(&mut self, _force: bool) -> Result<(), TaskError> {
@@ -355,10 +384,11 @@ impl<T: Send> Link<T> for SinkOp<T> {
 
     fn barrier(&mut self, barrier: Barrier, snapshot: &mut ChainSnapshot) -> Result<(), TaskError> {
         self.write_pending()?;
+        let ident = self.ident.clone();
         let manifest = self
-            .writer
+            .writer()?
             .prepare_commit(barrier.checkpoint)
-            .map_err(|e| self.ident.user(e))?;
+            .map_err(|e| ident.user(e))?;
         if let Some(bytes) = manifest {
             snapshot.add(
                 &self.uid,
@@ -372,6 +402,7 @@ impl<T: Send> Link<T> for SinkOp<T> {
     }
 
     fn checkpoint_complete(&mut self, id: CheckpointId) -> Result<(), TaskError> {
-        self.writer.commit(id).map_err(|e| self.ident.user(e))
+        let ident = self.ident.clone();
+        self.writer()?.commit(id).map_err(|e| ident.user(e))
     }
 }
