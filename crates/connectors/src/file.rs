@@ -48,7 +48,7 @@ impl ListingDigest {
 }
 
 /// A byte range `start..end` of input file number `file` (an index into the listing).
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileSplit {
     /// Index of the file in the source's sorted listing.
     pub file: usize,
@@ -205,6 +205,7 @@ impl FileLinesSource {
             next_split: 0,
             current: None,
             line: Vec::new(),
+            explicit: false,
         })
     }
 
@@ -223,7 +224,19 @@ impl FileLinesSource {
         position: &[u8],
     ) -> Result<FileLinesReader, ConnectorError> {
         let mut reader = self.reader(subtask, parallelism)?;
-        let saved: FilePosition = position::decode("file", FILE_POSITION_VERSION, position)?;
+        let (saved, explicit_splits) = if position.first() == Some(&FILE_RESCALED_VERSION) {
+            let r: RescaledPosition = position::decode("file", FILE_RESCALED_VERSION, position)?;
+            (
+                FilePosition {
+                    plan: r.plan,
+                    cursor: r.cursor,
+                },
+                Some(r.splits),
+            )
+        } else {
+            let p: FilePosition = position::decode("file", FILE_POSITION_VERSION, position)?;
+            (p, None)
+        };
         let bad = |reason: String| ConnectorError::BadPosition {
             connector: "file",
             reason,
@@ -288,6 +301,24 @@ impl FileLinesSource {
             });
         }
 
+        // A rescaled reader's splits come with its position: each must lie within its file.
+        if let Some(splits) = explicit_splits {
+            for split in &splits {
+                let fits = self
+                    .files
+                    .get(split.file)
+                    .is_some_and(|f| split.start <= split.end && split.end <= f.len);
+                if !fits {
+                    return Err(bad(format!(
+                        "split {}..{} of file {} does not fit the listing",
+                        split.start, split.end, split.file
+                    )));
+                }
+            }
+            reader.splits = splits;
+            reader.explicit = true;
+        }
+
         // 4. The cursor within this reader's splits.
         match saved.cursor {
             Cursor::Between { next_split } => {
@@ -341,8 +372,66 @@ impl FileLinesSource {
     }
 }
 
+impl FileLinesSource {
+    /// The reader of subtask `subtask` of `parallelism` restored from `positions`, every old
+    /// subtask's position taken at `old_parallelism` (index, bytes): the byte ranges the old
+    /// readers had not read (each from the start of its next line) are dealt out in order,
+    /// range `i` to subtask `i mod parallelism`, so the new subtasks together read every
+    /// unread line exactly once. Each old position is checked as [`Self::resume`] checks it; a
+    /// missing or repeated old subtask is refused.
+    pub fn rescaled(
+        &self,
+        subtask: u32,
+        parallelism: u32,
+        old_parallelism: u32,
+        positions: &[(u32, Vec<u8>)],
+    ) -> Result<FileLinesReader, ConnectorError> {
+        let mut reader = self.reader(subtask, parallelism)?;
+        let bad = |reason: String| ConnectorError::BadPosition {
+            connector: "file",
+            reason,
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        let mut remaining = Vec::new();
+        for (old, bytes) in positions {
+            if !seen.insert(*old) || *old >= old_parallelism {
+                return Err(bad(format!(
+                    "old subtask {old} of {old_parallelism} appears twice or is out of range"
+                )));
+            }
+            remaining.extend(self.resume(*old, old_parallelism, bytes)?.remaining());
+        }
+        if seen.len() != old_parallelism as usize {
+            return Err(bad(format!(
+                "positions of {} old subtasks of {old_parallelism}: the lines of the others \
+                 would be lost",
+                seen.len()
+            )));
+        }
+        reader.splits = remaining
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| *i as u64 % u64::from(parallelism) == u64::from(subtask))
+            .map(|(_, split)| split)
+            .collect();
+        reader.explicit = true;
+        Ok(reader)
+    }
+}
+
 /// The format version of [`FilePosition`] bytes.
 const FILE_POSITION_VERSION: u8 = 1;
+
+/// The format version of [`RescaledPosition`] bytes.
+const FILE_RESCALED_VERSION: u8 = 2;
+
+/// A rescaled reader's saved position: its splits are saved with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct RescaledPosition {
+    plan: SplitPlan,
+    splits: Vec<FileSplit>,
+    cursor: Cursor,
+}
 
 /// What a reader's splits were planned from.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -391,6 +480,21 @@ impl Source<String> for FileLinesSource {
             None => self.reader(subtask, parallelism)?,
             Some(position) => self.resume(subtask, parallelism, position)?,
         }))
+    }
+
+    fn create_rescaled_reader(
+        &self,
+        ctx: &SourceContext,
+        old_parallelism: u32,
+        positions: &[(u32, Vec<u8>)],
+    ) -> Result<Box<dyn SourceReader<String>>, UserError> {
+        let (subtask, parallelism) = subtask_of(ctx)?;
+        Ok(Box::new(self.rescaled(
+            subtask,
+            parallelism,
+            old_parallelism,
+            positions,
+        )?))
     }
 }
 
@@ -450,6 +554,9 @@ pub struct FileLinesReader {
     current: Option<OpenSplit>,
     /// Reused line buffer.
     line: Vec<u8>,
+    /// The splits were handed over by a rescale ([`FileLinesSource::rescaled`]) rather than
+    /// planned from the parallelism: the position saves them.
+    explicit: bool,
 }
 
 impl FileLinesReader {
@@ -484,11 +591,35 @@ impl FileLinesReader {
                 next_split: self.next_split as u32,
             },
         };
+        if self.explicit {
+            let saved = RescaledPosition {
+                plan: self.plan,
+                splits: self.splits.clone(),
+                cursor,
+            };
+            return position::encode(FILE_RESCALED_VERSION, &saved);
+        }
         let saved = FilePosition {
             plan: self.plan,
             cursor,
         };
         position::encode(FILE_POSITION_VERSION, &saved)
+    }
+
+    /// The byte ranges whose lines this reader has not returned yet: the rest of the open
+    /// split (from the next line) and every split after it.
+    fn remaining(&self) -> Vec<FileSplit> {
+        let mut out = Vec::new();
+        if let Some(open) = &self.current {
+            if open.offset < open.split.end {
+                out.push(FileSplit {
+                    start: open.offset,
+                    ..open.split
+                });
+            }
+        }
+        out.extend_from_slice(&self.splits[self.next_split.min(self.splits.len())..]);
+        out
     }
 
     /// Opens `split` at `offset`, a saved position: checks that a line starts there (the byte
@@ -1078,5 +1209,66 @@ mod tests {
             reader.poll(&mut Vec::new(), 10).expect("poll"),
             SourcePoll::Finished
         );
+    }
+
+    /// Reads `steps[k]` lines with each of `old` readers, rescales to `new`, reads a little,
+    /// rescales back to `old` and drains: every line exactly once.
+    fn lines_across_rescales(
+        source: &FileLinesSource,
+        old: u32,
+        new: u32,
+        steps: &[usize],
+    ) -> Vec<String> {
+        let mut seen = Vec::new();
+        let mut positions = Vec::new();
+        for k in 0..old {
+            let mut r = source.reader(k, old).expect("reader");
+            let mut out = Vec::new();
+            let n = steps.get(k as usize).copied().unwrap_or(2);
+            if n > 0 {
+                r.poll(&mut out, n).expect("poll");
+            }
+            seen.extend(out);
+            positions.push((k, r.saved_position()));
+        }
+        let mut middle = Vec::new();
+        for j in 0..new {
+            let mut r = source.rescaled(j, new, old, &positions).expect("rescaled");
+            let mut out = Vec::new();
+            r.poll(&mut out, 3).expect("poll");
+            seen.extend(out);
+            middle.push((j, r.saved_position()));
+        }
+        for k in 0..old {
+            let mut r = source
+                .rescaled(k, old, new, &middle)
+                .expect("rescaled back");
+            seen.extend(crate::test_util::drain(&mut r, 4));
+        }
+        seen.sort();
+        seen
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_line_is_read_exactly_once_across_any_rescale(
+            lines in 0usize..120,
+            old in 1u32..5,
+            new in 1u32..5,
+            steps in proptest::collection::vec(0usize..30, 5),
+            files in 1usize..3,
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut expected = Vec::new();
+            for f in 0..files {
+                let text: String = (0..lines).map(|i| format!("f{f}-line-{i}\n")).collect();
+                expected.extend((0..lines).map(|i| format!("f{f}-line-{i}")));
+                fs::write(dir.path().join(format!("in-{f}.txt")), text).expect("write");
+            }
+            expected.sort();
+            let source = FileLinesSource::new(dir.path()).expect("source").min_split_bytes(16);
+            let seen = lines_across_rescales(&source, old, new, &steps);
+            proptest::prop_assert_eq!(seen, expected);
+        }
     }
 }
