@@ -486,3 +486,46 @@ fn a_claimed_savepoint_cannot_be_disposed_while_its_job_runs_and_goes_when_subsu
     assert!(!folder.join("_claim").exists(), "the claim marker stayed");
     assert_exactly_once(&out);
 }
+
+#[test]
+fn a_drained_stop_ends_the_sources_input_and_its_final_snapshot_is_the_savepoint() {
+    let c = cluster();
+    let out = c.dir.path().join("out");
+    let id = submitted(&run(&c, 2, 30_000, &out, &[]));
+    wait_checkpoints(&c, &id, 2);
+    let o = weir_cmd()
+        .args(["stop", &id, "--drain", "--type", "canonical", "--json"])
+        .args(["--jobmanager", &c.rpc, "--savepoint-path"])
+        .arg(c.dir.path().join("drained"))
+        .output()
+        .expect("weir stop --drain");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["status"], "COMPLETED", "{v}");
+    let location = v["location"].as_str().expect("location").to_string();
+    wait_state(&c, &id, "FINISHED");
+    let lines = read_parts(&out);
+    assert!(
+        !lines.is_empty() && (lines.len() as u64) < RECORDS,
+        "drained half-way: {} lines",
+        lines.len()
+    );
+    exactly_once_updates(&lines);
+    // Every operator finished before the savepoint: its snapshot says so.
+    let m = weir_checkpoint::CheckpointMetadata::decode(
+        &std::fs::read(local_path(&location).join("_metadata")).unwrap(),
+    )
+    .expect("metadata");
+    assert!(m.kind.is_savepoint());
+    assert!(
+        m.operators
+            .values()
+            .flat_map(|op| op.subtasks.values())
+            .all(|s| s.finished),
+        "not every subtask finished"
+    );
+    // A new run from it reads the rest: together exactly once.
+    let resumed = submitted(&run(&c, 2, 200_000, &out, &["-s", &location]));
+    wait_state(&c, &resumed, "FINISHED");
+    assert_exactly_once(&out);
+}

@@ -325,6 +325,16 @@ impl Coordinator {
         self.trigger_checked(now, CheckpointKind::Checkpoint, false)
     }
 
+    /// Like [`Self::trigger_final`], taking the final snapshot as `kind` (a savepoint when the
+    /// job stops with `weir stop --drain`).
+    pub fn trigger_final_as(
+        &mut self,
+        now: u64,
+        kind: CheckpointKind,
+    ) -> Result<Vec<Action>, CheckpointFailureReason> {
+        self.trigger_checked(now, kind, false)
+    }
+
     fn trigger_checked(
         &mut self,
         now: u64,

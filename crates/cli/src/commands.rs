@@ -138,7 +138,8 @@ enum Command {
         /// own files).
         #[arg(long = "type", default_value = "canonical", value_parser = ["canonical", "native"])]
         format: String,
-        /// End the sources' input first (not supported yet).
+        /// End the sources' input first (operators finish, as in a bounded job); the job's
+        /// final snapshot is the savepoint.
         #[arg(long)]
         drain: bool,
         /// The JobManager's RPC URL.

@@ -279,6 +279,9 @@ pub struct Driver<'a, G: TaskGateway> {
     pub savepoints: &'a BTreeMap<CheckpointId, SavepointTarget>,
     /// The savepoint the job stops with (`weir stop`), if one is in flight.
     pub stop: Option<CheckpointId>,
+    /// What the final snapshot of a bounded (or drained) job is: a checkpoint, or the
+    /// savepoint of `weir stop --drain`.
+    pub final_kind: CheckpointKind,
 }
 
 impl<G: TaskGateway> Driver<'_, G> {
@@ -287,7 +290,7 @@ impl<G: TaskGateway> Driver<'_, G> {
         let now = now_ms();
         let mut actions = self.coordinator.on_tick(now);
         if self.final_from.is_some() && !self.done && self.coordinator.num_in_progress() == 0 {
-            match self.coordinator.trigger_final(now) {
+            match self.coordinator.trigger_final_as(now, self.final_kind) {
                 Ok(more) => actions.extend(more),
                 Err(reason) => tracing::debug!(%reason, "final checkpoint postponed"),
             }

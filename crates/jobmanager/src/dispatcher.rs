@@ -114,7 +114,7 @@ impl DispatcherService for DispatcherRpc {
 }
 
 /// A savepoint request from its wire fields: `format` is `canonical`, `native` or empty
-/// (canonical); `drain` is refused for now.
+/// (canonical); `drain` only with `stop`.
 pub(crate) fn savepoint_request(
     target: &str,
     format: &str,
@@ -130,9 +130,9 @@ pub(crate) fn savepoint_request(
             )))
         }
     };
-    if drain {
+    if drain && !stop {
         return Err(DispatchError::InvalidArgument(
-            "--drain is not supported yet: stop without it (sources stop at the savepoint)".into(),
+            "drain applies to stopping a job (weir stop --drain)".into(),
         ));
     }
     let target = target.trim();
@@ -145,6 +145,7 @@ pub(crate) fn savepoint_request(
         target: (!target.is_empty()).then(|| target.to_string()),
         format,
         stop,
+        drain,
     })
 }
 
@@ -340,6 +341,7 @@ pub(crate) fn submit(
                 writing: Default::default(),
                 savepoints: Default::default(),
                 stop: None,
+                final_kind: weir_checkpoint::CheckpointKind::Checkpoint,
                 savepoint_dir: settings.savepoint_dir.clone(),
                 s3: settings.s3.clone(),
             };

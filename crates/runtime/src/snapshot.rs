@@ -40,6 +40,8 @@ pub enum Control {
     Complete(CheckpointId),
     /// The checkpoint was aborted (a task waiting for a stop savepoint goes on).
     Aborted(CheckpointId),
+    /// A source ends its input now (`weir stop --drain`); other tasks ignore it.
+    Drain,
     /// The job is done (its final checkpoint completed): stop.
     Shutdown,
 }

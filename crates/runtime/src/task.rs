@@ -73,21 +73,31 @@ pub(crate) fn run_source<T: Send>(
     chain: &mut dyn Link<T>,
 ) -> Result<(), TaskError> {
     let mut order = BarrierOrder::default();
+    let mut draining = false;
     loop {
         if env.cancelled.load(Ordering::Relaxed) {
             return Err(TaskError::Cancelled);
         }
         if let Some(cp) = env.checkpointing {
             while let Ok(msg) = cp.control.try_recv() {
+                if matches!(msg, Control::Drain) {
+                    draining = true;
+                    continue;
+                }
                 if source_control(env, cp, &mut order, uid, reader, chain, msg)? {
                     return Ok(());
                 }
             }
         }
         let mut batch = Vec::with_capacity(env.batch_size);
-        let status = reader
-            .poll(&mut batch, env.batch_size)
-            .map_err(|e| env.ident.user(e))?;
+        // Drained (`weir stop --drain`): the input ends here, as a bounded source's would.
+        let status = if draining {
+            SourcePoll::Finished
+        } else {
+            reader
+                .poll(&mut batch, env.batch_size)
+                .map_err(|e| env.ident.user(e))?
+        };
         if !batch.is_empty() {
             JobMetrics::add(&env.metrics.source_records, batch.len() as u64);
             chain.push_batch(batch)?;
@@ -99,6 +109,7 @@ pub(crate) fn run_source<T: Send>(
                 let wait = wait.min(CANCEL_CHECK);
                 match env.checkpointing {
                     Some(cp) => match cp.control.recv_timeout(wait) {
+                        Ok(Control::Drain) => draining = true,
                         Ok(msg) => {
                             if source_control(env, cp, &mut order, uid, reader, chain, msg)? {
                                 return Ok(());
@@ -154,7 +165,7 @@ fn source_control<T: Send>(
             Ok(false)
         }
         Control::Complete(id) => chain.checkpoint_complete(id).map(|()| false),
-        Control::Aborted(_) => Ok(false),
+        Control::Aborted(_) | Control::Drain => Ok(false),
         Control::Shutdown => Err(TaskError::Cancelled),
     }
 }
@@ -187,7 +198,7 @@ fn await_stop<T>(
                 tracing::warn!(uid = %env.ident.uid, subtask = %env.ident.subtask, savepoint = %id, "the stop savepoint was aborted; going on");
                 return Ok(false);
             }
-            Ok(Control::Aborted(_)) | Ok(Control::Trigger(_)) => {}
+            Ok(Control::Aborted(_)) | Ok(Control::Trigger(_)) | Ok(Control::Drain) => {}
             Ok(Control::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
                 return Err(TaskError::Cancelled)
             }
@@ -270,7 +281,7 @@ fn run_finished<T>(
                 }
             }
             Ok(Control::Complete(id)) => chain.checkpoint_complete(id)?,
-            Ok(Control::Aborted(_)) => {}
+            Ok(Control::Aborted(_)) | Ok(Control::Drain) => {}
             Ok(Control::Shutdown) => return Ok(()),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return Err(TaskError::Cancelled),
@@ -318,7 +329,7 @@ pub(crate) fn run_inputs<T: Send>(
             if slot == control_index {
                 match op.recv(control) {
                     Ok(Control::Complete(id)) => chain.checkpoint_complete(id)?,
-                    Ok(Control::Aborted(_)) => {}
+                    Ok(Control::Aborted(_)) | Ok(Control::Drain) => {}
                     Ok(Control::Trigger(b)) => {
                         // Only sources and finished tasks are triggered directly.
                         return Err(invariant(

@@ -217,6 +217,14 @@ impl Tasks {
             }
             Down::Probe(p) => self.probe(p),
             Down::Savepoint(p) => self.prepare_savepoint(p),
+            Down::Drain(d) => {
+                if let Some(a) = self.attempt_mut(&d.job_id, d.attempt) {
+                    tracing::info!(job = %d.job_id, attempt = d.attempt, "draining the sources");
+                    for tx in a.controls.values() {
+                        let _ = tx.send(Control::Drain);
+                    }
+                }
+            }
             Down::Registered(_) | Down::Refused(_) => {
                 tracing::warn!("unexpected registration answer on an established session");
             }

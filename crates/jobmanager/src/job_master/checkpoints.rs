@@ -23,6 +23,8 @@ pub(crate) struct Checkpointing {
     pub savepoints: BTreeMap<CheckpointId, weir_coordination::driver::SavepointTarget>,
     /// The savepoint the job stops with, while it is in flight.
     pub stop: Option<CheckpointId>,
+    /// The final snapshot's kind: the savepoint of `weir stop --drain` while one is asked for.
+    pub final_kind: weir_checkpoint::CheckpointKind,
     /// `execution.checkpointing.savepoint-dir`.
     pub savepoint_dir: Option<String>,
     /// How savepoint targets on `s3://` are reached.
@@ -135,6 +137,7 @@ pub(super) fn with_driver<R>(
         writing: &mut cp.writing,
         savepoints: &cp.savepoints,
         stop: cp.stop,
+        final_kind: cp.final_kind,
     };
     let r = f(&mut d);
     a.tasks = d.tasks;
@@ -169,7 +172,11 @@ pub(crate) fn restore_json(
         };
         if op.parallelism == v.parallelism {
             if let Some(state) = op.subtasks.get(&subtask) {
-                operators.insert(uid.clone(), state.clone());
+                let mut state = state.clone();
+                // A job started from a savepoint is a new run: an operator that had finished
+                // (a drained `weir stop`) runs its input — and its end — again.
+                state.finished &= point.location.is_none();
+                operators.insert(uid.clone(), state);
             }
         } else {
             rescaled.insert(

@@ -713,6 +713,7 @@ impl JobMaster {
                     let actions = cp.coordinator.on_failover();
                     apply_outside(cp, &self.runtime, actions);
                 }
+                self.abandon_untriggered_savepoints(&format!("the job failed over: {}", f.cause));
                 self.sync_history();
                 AttemptEnd::Failed(f)
             }

@@ -36,6 +36,9 @@ pub(crate) struct SavepointRequest {
     pub format: SavepointFormat,
     /// Stop the job with it.
     pub stop: bool,
+    /// With `stop`: the sources end their input first; the job's final snapshot is the
+    /// savepoint.
+    pub drain: bool,
 }
 
 /// What an attempt restores: a completed checkpoint or savepoint and, when its files are not
@@ -158,24 +161,40 @@ impl JobMaster {
             cp.stop = Some(id);
             cp.coordinator.suspend_periodic(true);
         }
-        match cp.coordinator.trigger(now, kind) {
-            Ok(actions) => {
-                debug_assert!(matches!(
-                    actions.first(),
-                    Some(Action::TriggerSources { id: t, .. }) if *t == id
-                ));
-                with_driver(cp, &self.runtime, g, d, |d| d.perform(actions));
+        if request.drain {
+            // The sources end their input; once every task finished, the final snapshot —
+            // the next id, as no periodic checkpoint is triggered meanwhile — is this
+            // savepoint.
+            cp.final_kind = kind;
+            for tm in g.taskmanagers.iter() {
+                self.cluster.send(
+                    tm,
+                    Down::Drain(weir_proto::v1::DrainSources {
+                        job_id: self.job_str.clone(),
+                        attempt: self.attempt.get(),
+                    }),
+                );
             }
-            Err(reason) => {
-                cp.savepoints.remove(&id);
-                if request.stop {
-                    cp.stop = None;
-                    cp.coordinator.suspend_periodic(false);
+        } else {
+            match cp.coordinator.trigger(now, kind) {
+                Ok(actions) => {
+                    debug_assert!(matches!(
+                        actions.first(),
+                        Some(Action::TriggerSources { id: t, .. }) if *t == id
+                    ));
+                    with_driver(cp, &self.runtime, g, d, |d| d.perform(actions));
                 }
-                return Err(format!("savepoint not triggered: {reason}"));
+                Err(reason) => {
+                    cp.savepoints.remove(&id);
+                    if request.stop {
+                        cp.stop = None;
+                        cp.coordinator.suspend_periodic(false);
+                    }
+                    return Err(format!("savepoint not triggered: {reason}"));
+                }
             }
         }
-        tracing::info!(savepoint = %id, folder = %url, format = format_name(request.format), stop = request.stop, "savepoint triggered");
+        tracing::info!(savepoint = %id, folder = %url, format = format_name(request.format), stop = request.stop, drain = request.drain, "savepoint triggered");
         self.savepoint_ops.insert(
             id.0,
             SavepointOperation {
@@ -245,6 +264,31 @@ impl JobMaster {
                 }
             }
             op.end_ms = Some(now_ms());
+            self.dirty = true;
+        }
+    }
+
+    /// The attempt ended (failover): a requested savepoint that was never triggered (a drain
+    /// waiting for the final snapshot) fails, and the job runs on as before the request.
+    pub(super) fn abandon_untriggered_savepoints(&mut self, reason: &str) {
+        let Some(cp) = self.cp.as_mut() else {
+            return;
+        };
+        for op in self.savepoint_ops.values_mut() {
+            let id = CheckpointId(op.request_id);
+            if op.status != SavepointState::InProgress || cp.history.iter().any(|r| r.id == id) {
+                continue;
+            }
+            op.status = SavepointState::Failed;
+            op.failure_cause = Some(reason.to_string());
+            op.end_ms = Some(now_ms());
+            cp.savepoints.remove(&id);
+            if cp.stop == Some(id) {
+                cp.stop = None;
+                cp.final_kind = CheckpointKind::Checkpoint;
+                cp.coordinator.suspend_periodic(false);
+            }
+            tracing::warn!(savepoint = %id, %reason, "savepoint abandoned");
             self.dirty = true;
         }
     }

@@ -188,6 +188,7 @@ impl Harness {
                 writing: BTreeSet::new(),
                 savepoints: BTreeMap::new(),
                 stop: None,
+                final_kind: weir_checkpoint::CheckpointKind::Checkpoint,
                 savepoint_dir: None,
                 s3: weir_storage::S3Options::default(),
             }
