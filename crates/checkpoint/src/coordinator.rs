@@ -595,6 +595,24 @@ impl Coordinator {
         .collect()
     }
 
+    /// The job now runs `tasks` (the adaptive scheduler changed its parallelism): every
+    /// checkpoint from now on is acknowledged by them. Refused while a checkpoint is pending or
+    /// completing (they belong to the old tasks).
+    pub fn set_tasks(&mut self, tasks: impl IntoIterator<Item = TaskId>) -> Result<(), String> {
+        if self.num_in_progress() > 0 {
+            return Err(format!(
+                "{} checkpoint(s) still in progress",
+                self.num_in_progress()
+            ));
+        }
+        let tasks: BTreeSet<TaskId> = tasks.into_iter().collect();
+        if tasks.is_empty() {
+            return Err("no tasks".into());
+        }
+        self.tasks = tasks;
+        Ok(())
+    }
+
     /// Names the job (its catalog name) in every `_metadata` written from now on.
     pub fn set_job_name(&mut self, name: impl Into<String>) {
         self.job_name = Some(name.into());

@@ -547,6 +547,9 @@ fn jobmanager_options(
         heartbeat_interval: config.heartbeat_interval,
         heartbeat_timeout: config.heartbeat_timeout,
         slot_request_timeout: config.slot_request_timeout,
+        adaptive: config
+            .adaptive_scheduler
+            .then_some(config.resource_stabilization_timeout),
         ..Default::default()
     })
 }

@@ -153,6 +153,10 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// `slot.request.timeout`.
     pub slot_request_timeout: Duration,
+    /// `jobmanager.scheduler`: adaptive (true) or default.
+    pub adaptive_scheduler: bool,
+    /// `jobmanager.adaptive-scheduler.resource-stabilization-timeout`.
+    pub resource_stabilization_timeout: Duration,
 }
 
 /// A configuration problem; every message names the key or file.
@@ -608,6 +612,28 @@ pub static KEYS: &[KeySpec] = &[
         },
     },
     KeySpec {
+        key: "jobmanager.scheduler",
+        default: || "default".into(),
+        help: "default (a job runs at its parallelism or waits) or adaptive (a job short of slots after slot.request.timeout runs at the parallelism the free slots allow, and scales back up when slots return)",
+        apply: |c, v| {
+            c.adaptive_scheduler = match v.trim() {
+                "default" => false,
+                "adaptive" => true,
+                _ => return Err("expected default or adaptive".into()),
+            };
+            Ok(())
+        },
+    },
+    KeySpec {
+        key: "jobmanager.adaptive-scheduler.resource-stabilization-timeout",
+        default: || "10s".into(),
+        help: "with the adaptive scheduler: how long enough slots must stay available before a job scales back up",
+        apply: |c, v| {
+            c.resource_stabilization_timeout = parse_nonzero_duration(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
         key: "slot.request.timeout",
         default: || "30s".into(),
         help: "how long a job waits for enough free slots before its (re)deployment fails",
@@ -777,6 +803,8 @@ impl Config {
             heartbeat_interval: Duration::from_millis(200),
             heartbeat_timeout: Duration::from_secs(2),
             slot_request_timeout: Duration::from_secs(30),
+            adaptive_scheduler: false,
+            resource_stabilization_timeout: Duration::from_secs(10),
         };
         for k in KEYS {
             (k.apply)(&mut c, &(k.default)()).expect("defaults parse");
@@ -869,6 +897,15 @@ impl Config {
             "heartbeat.interval" => format_duration(self.heartbeat_interval),
             "heartbeat.timeout" => format_duration(self.heartbeat_timeout),
             "slot.request.timeout" => format_duration(self.slot_request_timeout),
+            "jobmanager.scheduler" => if self.adaptive_scheduler {
+                "adaptive"
+            } else {
+                "default"
+            }
+            .into(),
+            "jobmanager.adaptive-scheduler.resource-stabilization-timeout" => {
+                format_duration(self.resource_stabilization_timeout)
+            }
             other => unreachable!("key {other} is declared in KEYS but has no value_of arm"),
         }
     }

@@ -53,20 +53,14 @@ pub async fn load_completed(
 }
 
 /// Whether `metadata` can be restored by `plan`: every operator with state exists in the job
-/// (by uid) with the same parallelism. Rescaling needs a savepoint.
+/// (by uid). Another parallelism is fine: the tasks rescale the state (key groups, source
+/// positions, sink transactions) as they restore it.
 pub fn check_compatible(metadata: &CheckpointMetadata, plan: &Plan) -> Result<(), String> {
     let id = metadata.checkpoint_id;
-    for (uid, state) in &metadata.operators {
-        let Some(parallelism) = plan.parallelism_of(uid) else {
+    for uid in metadata.operators.keys() {
+        if plan.parallelism_of(uid).is_none() {
             return Err(format!(
                 "{id} has state for operator '{uid}', which this job does not have"
-            ));
-        };
-        if parallelism != state.parallelism {
-            return Err(format!(
-                "{id} was taken with operator '{uid}' at parallelism {}, but the job runs it at \
-                 {parallelism}; restoring at another parallelism needs a savepoint",
-                state.parallelism
             ));
         }
     }

@@ -16,6 +16,10 @@ pub struct Plan {
     pub job: JobGraph,
     /// Vertices split into subtasks.
     pub execution: ExecutionGraph,
+    /// The StreamGraph as the user wrote it, before resolution: a JobMaster re-resolves it at
+    /// another parallelism ([`Plan::at_parallelism`]) when it rescales the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unresolved: Option<StreamGraph>,
 }
 
 impl Plan {
@@ -24,6 +28,7 @@ impl Plan {
         mut stream: StreamGraph,
         settings: crate::ParallelismSettings,
     ) -> Result<Plan, crate::GraphError> {
+        let unresolved = Some(stream.clone());
         let uids = stream.resolve(settings)?;
         let job = JobGraph::from_stream_graph(&stream);
         let execution = ExecutionGraph::from_job_graph(&job);
@@ -32,7 +37,24 @@ impl Plan {
             uids,
             job,
             execution,
+            unresolved,
         })
+    }
+
+    /// The same job resolved as `-p parallelism` with this plan's max parallelism: what a
+    /// TaskManager builds from the job's spec with `parallelism` and
+    /// `pipeline.max-parallelism` set to those. `None` for a plan without its unresolved
+    /// graph.
+    pub fn at_parallelism(&self, parallelism: u32) -> Option<Result<Plan, crate::GraphError>> {
+        let stream = self.unresolved.clone()?;
+        Some(Plan::resolve(
+            stream,
+            crate::ParallelismSettings {
+                config_default: parallelism,
+                cli: Some(parallelism),
+                config_max_parallelism: Some(self.job.max_parallelism),
+            },
+        ))
     }
 
     /// Whether `vertex` starts with a source (checkpoints are triggered there).

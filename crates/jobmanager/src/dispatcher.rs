@@ -421,6 +421,7 @@ pub(crate) fn submit(
         slot_request_timeout: shared.options.slot_request_timeout,
         cancel_timeout: shared.options.cancel_timeout,
         external,
+        adaptive: shared.options.adaptive,
     };
     let id = job.to_string();
     let (watched, owner) = (status.clone(), shared.clone());

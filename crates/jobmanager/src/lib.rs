@@ -87,7 +87,7 @@ pub use dispatcher::LEASE_DURATION;
 pub use error::{DispatchError, JobManagerError};
 pub use ids::TaskManagerId;
 pub use options::{keys, JobManagerOptions};
-pub use recovery::{RecoveryDurations, RecoveryRecord, RecoveryStatus, SubtaskMove};
+pub use recovery::{RecoveryDurations, RecoveryRecord, RecoveryStatus, Rescale, SubtaskMove};
 pub use settings::{FixedSettings, JobSettings, JobSettingsResolver};
 pub use slots::{assign_slots, Assignment, NotEnoughSlots, SlotRef, TaskManagerSlots};
 

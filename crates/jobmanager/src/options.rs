@@ -22,6 +22,11 @@ pub mod keys {
     /// [`super::JobManagerOptions::cancel_timeout`] (Flink's nearest:
     /// `task.cancellation.timeout`).
     pub const CANCEL_TIMEOUT: &str = "jobmanager.cancel.timeout";
+    /// [`super::JobManagerOptions::adaptive`]: `default` or `adaptive`.
+    pub const SCHEDULER: &str = "jobmanager.scheduler";
+    /// [`super::JobManagerOptions::adaptive`]'s duration.
+    pub const RESOURCE_STABILIZATION_TIMEOUT: &str =
+        "jobmanager.adaptive-scheduler.resource-stabilization-timeout";
 }
 
 /// How the JobManager listens and how patient it is.
@@ -46,6 +51,11 @@ pub struct JobManagerOptions {
     /// How long a JobMaster waits for the tasks of a cancelled attempt to confirm, before it
     /// goes on without them. Default 10 s.
     pub cancel_timeout: Duration,
+    /// `jobmanager.scheduler: adaptive`: `Some(resource-stabilization-timeout)` — a job that
+    /// lacks slots after `slot_request_timeout` runs at the parallelism the free slots allow,
+    /// and scales back up once enough slots were available for this long. `None`: a job
+    /// runs at its parallelism or not at all.
+    pub adaptive: Option<Duration>,
 }
 
 impl Default for JobManagerOptions {
@@ -57,6 +67,7 @@ impl Default for JobManagerOptions {
             heartbeat_timeout: Duration::from_secs(2),
             slot_request_timeout: Duration::from_secs(30),
             cancel_timeout: Duration::from_secs(10),
+            adaptive: None,
         }
     }
 }

@@ -102,6 +102,20 @@ pub struct RecoveryRecord {
     pub tasks_restored: u32,
     /// The slowest task restore, in ms.
     pub restore_ms: u64,
+    /// The adaptive scheduler changed the job's parallelism with this recovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescale: Option<Rescale>,
+}
+
+/// A parallelism change of the adaptive scheduler.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rescale {
+    /// The parallelism before.
+    pub from: u32,
+    /// The parallelism after.
+    pub to: u32,
+    /// Why.
+    pub reason: String,
 }
 
 impl RecoveryRecord {
@@ -127,6 +141,7 @@ impl RecoveryRecord {
             bytes_local: 0,
             tasks_restored: 0,
             restore_ms: 0,
+            rescale: None,
         }
     }
 

@@ -219,6 +219,16 @@ impl ResourceManager {
     }
 
     /// Frees every slot `job` holds.
+    /// Slots `job` could hold now: free ones and its own, over the live TaskManagers.
+    pub fn available_slots(&self, job: JobId) -> u32 {
+        self.taskmanagers
+            .values()
+            .flat_map(|e| e.slots.iter())
+            .filter(|s| s.is_none_or(|h| h.job == job))
+            .count() as u32
+    }
+
+    /// Frees every slot `job` holds.
     pub fn release_job(&mut self, job: JobId) {
         for e in self.taskmanagers.values_mut() {
             for s in &mut e.slots {

@@ -200,8 +200,15 @@ fn canonicalize(
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let snapshot = snapshot.resolve().map_err(|e| e.to_string())?;
     let id = snapshot.checkpoint;
-    let dir = std::env::temp_dir().join(format!(
-        "weir-canonical-{}-{}",
+    // Next to the snapshot (the state directory, same file system: hard links), else the
+    // system's temporary directory (heap snapshots are in memory).
+    let base = snapshot
+        .cleanup_dir
+        .as_deref()
+        .and_then(std::path::Path::parent)
+        .map_or_else(std::env::temp_dir, std::path::Path::to_path_buf);
+    let dir = base.join(format!(
+        ".weir-canonical-{}-{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));

@@ -22,6 +22,8 @@ pub(crate) trait TaskManagers: Send + Sync {
     ) -> Result<Assignment, NotEnoughSlots>;
     /// Frees every slot of `job`.
     fn release_job(&self, job: JobId);
+    /// Slots `job` could hold now: the free ones and its own.
+    fn available_slots(&self, job: JobId) -> u32;
     /// Queues `message` for TaskManager `tm`; false when it is gone.
     fn send(&self, tm: &TaskManagerId, message: Down) -> bool;
     /// Where `tm` serves its data plane, if it is registered.
@@ -42,6 +44,10 @@ impl TaskManagers for Shared {
 
     fn release_job(&self, job: JobId) {
         self.resources().release_job(job)
+    }
+
+    fn available_slots(&self, job: JobId) -> u32 {
+        self.resources().available_slots(job)
     }
 
     fn send(&self, tm: &TaskManagerId, message: Down) -> bool {

@@ -74,6 +74,7 @@ use weir_proto::v1::{
 use weir_storage::{CheckpointPaths, Store};
 use weir_types::{AttemptId, Barrier, CheckpointId, JobId, SubtaskIndex, VertexId};
 
+mod adaptive;
 mod checkpoints;
 mod gateway;
 mod messages;
@@ -152,6 +153,8 @@ pub(crate) struct JobMasterSetup {
     pub cancel_timeout: Duration,
     /// The savepoint or retained checkpoint the job starts from (`-s`), if any.
     pub external: Option<RestorePoint>,
+    /// `jobmanager.scheduler: adaptive`: the resource-stabilization timeout.
+    pub adaptive: Option<Duration>,
 }
 
 /// The fingerprint every `DeployTask` of `plan` carries: its JSON and this build.
@@ -187,6 +190,8 @@ enum FailureKind {
     Damaged(CheckpointId),
     /// The job cannot run on the state it restores: no restart can help.
     Incompatible,
+    /// Not a failure: the adaptive scheduler ends the attempt to run at parallelism `to`.
+    Rescale { to: u32 },
     TaskManagerLost {
         taskmanager: TaskManagerId,
         last_heartbeat_ms: u64,
@@ -301,6 +306,8 @@ pub(crate) struct JobMaster {
     /// A restore point outside the job's folder: the savepoint it started from, or the one it
     /// stopped with.
     external: Option<RestorePoint>,
+    /// The adaptive scheduler, when the JobManager runs it.
+    adaptive: Option<adaptive::Adaptive>,
 }
 
 impl JobMaster {
@@ -320,6 +327,7 @@ impl JobMaster {
                 ));
             }
         }
+        let adaptive = s.adaptive.and_then(|d| adaptive::Adaptive::new(d, &s.plan));
         let ever_completed = s
             .checkpointing
             .as_ref()
@@ -361,6 +369,7 @@ impl JobMaster {
             lease_lost: None,
             savepoint_ops: BTreeMap::new(),
             external: s.external,
+            adaptive,
         }
     }
 
@@ -395,9 +404,13 @@ impl JobMaster {
             let assignment = match self.schedule() {
                 Ok(a) => a,
                 Err(Interrupted::Stop(stop)) => return End::Canceled(stop),
-                Err(Interrupted::Timeout(message)) => {
+                Err(Interrupted::Timeout(message, free)) => {
                     if !self.deployed_any {
                         return End::Failed(message);
+                    }
+                    // Adaptive: run at what the free slots allow rather than fail.
+                    if self.scale_down(free) {
+                        continue;
                     }
                     let f = Failure {
                         cause: message,
@@ -420,6 +433,17 @@ impl JobMaster {
                 AttemptEnd::Failed(f) => {
                     if let Some(stop) = self.stop {
                         return End::Canceled(stop);
+                    }
+                    if let FailureKind::Rescale { to } = f.kind {
+                        let plan = self
+                            .adaptive
+                            .as_ref()
+                            .and_then(|a| a.submitted.at_parallelism(to))
+                            .and_then(Result::ok);
+                        if let Some(plan) = plan {
+                            self.switch_plan(to, plan, f.cause.clone());
+                        }
+                        continue;
                     }
                     if matches!(f.kind, FailureKind::Incompatible) {
                         return End::Failed(format!(
@@ -536,10 +560,10 @@ impl JobMaster {
                 }
                 Err(e) => {
                     if Instant::now() >= deadline {
-                        return Err(Interrupted::Timeout(format!(
-                            "{e}; waited {timeout:?} ({})",
-                            keys::SLOT_REQUEST_TIMEOUT
-                        )));
+                        return Err(Interrupted::Timeout(
+                            format!("{e}; waited {timeout:?} ({})", keys::SLOT_REQUEST_TIMEOUT),
+                            e.free,
+                        ));
                     }
                     if !logged {
                         tracing::info!(reason = %e, timeout = ?timeout, "waiting for slots");
@@ -677,6 +701,9 @@ impl JobMaster {
                     with_driver(cp, &self.runtime, g, d, |d| d.on_tick());
                 }
                 self.sync_history();
+                if failure.is_none() {
+                    failure = self.watch_for_scale_up(&mut drv);
+                }
                 next_tick = Instant::now() + TICK;
             }
             if let Some(reason) = drv.as_mut().and_then(|d| d.failed.take()) {
@@ -966,7 +993,8 @@ impl JobMaster {
 /// Why scheduling stopped without slots.
 enum Interrupted {
     Stop(Stop),
-    Timeout(String),
+    /// The message, and how many slots were free.
+    Timeout(String, u32),
 }
 
 fn vanished(tm: &TaskManagerId, when: &str) -> Failure {

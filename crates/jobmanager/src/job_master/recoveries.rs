@@ -126,7 +126,10 @@ impl JobMaster {
             r.lost_taskmanager = Some(taskmanager.to_string());
             r.last_heartbeat_ms = Some(*last_heartbeat_ms);
         }
-        r.counts_as_restart = !matches!(f.kind, FailureKind::Damaged(_));
+        r.counts_as_restart = !matches!(
+            f.kind,
+            FailureKind::Damaged(_) | FailureKind::Rescale { .. }
+        );
         r.refresh();
         tracing::warn!(
             phase = "detected",
@@ -137,7 +140,9 @@ impl JobMaster {
             detection_ms = ?r.durations.detection_ms,
             "recovery: failure detected"
         );
-        self.failure_cause = Some(f.cause.clone());
+        if !matches!(f.kind, FailureKind::Rescale { .. }) {
+            self.failure_cause = Some(f.cause.clone());
+        }
         self.recoveries.push(r);
         self.dirty = true;
     }

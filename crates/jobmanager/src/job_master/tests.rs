@@ -103,6 +103,15 @@ impl TaskManagers for FakeCluster {
         }
     }
 
+    fn available_slots(&self, _job: JobId) -> u32 {
+        // One job per fake cluster: every live slot is available to it.
+        self.state()
+            .taskmanagers
+            .values()
+            .map(|s| s.len() as u32)
+            .sum()
+    }
+
     fn send(&self, to: &TaskManagerId, message: Down) -> bool {
         let mut s = self.state();
         if !s.taskmanagers.contains_key(to) {
@@ -215,6 +224,7 @@ impl Harness {
             slot_request_timeout: Duration::from_secs(2),
             cancel_timeout: Duration::from_secs(2),
             external: None,
+            adaptive: None,
         });
         let thread = std::thread::spawn(move || master.run());
         Self {

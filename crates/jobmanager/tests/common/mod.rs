@@ -46,6 +46,7 @@ pub fn fast_options() -> JobManagerOptions {
         heartbeat_timeout: Duration::from_millis(400),
         slot_request_timeout: Duration::from_secs(5),
         cancel_timeout: Duration::from_secs(3),
+        adaptive: None,
     }
 }
 
