@@ -710,10 +710,10 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                     human_bytes(config.managed_memory_bytes)
                 );
             }
-            if let Some(interval) = checkpoint_interval {
+            if let Some(interval) = &checkpoint_interval {
                 let mut with = config.clone();
                 with.checkpoint_interval = Some(
-                    crate::config::parse_duration(&interval)
+                    crate::config::parse_duration(interval)
                         .map_err(|e| Failure::Usage(format!("--checkpoint-interval: {e}")))?,
                 );
                 let r = run(resolve_job(
@@ -733,16 +733,24 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                     rate_cp,
                 );
                 if json {
-                    println!("{}", summary.json(&interval));
+                    println!("{}", summary.json(interval));
                 } else {
-                    print!("{}", summary.text(&interval));
+                    print!("{}", summary.text(interval));
                 }
             }
             if let Some(format) = savepoint {
+                // Periodic checkpoints (if asked) run on during the savepoint runs too.
+                let mut sp_config = config.clone();
+                sp_config.checkpoint_interval = match &checkpoint_interval {
+                    Some(i) => Some(crate::config::parse_duration(i).map_err(|e| {
+                        Failure::Usage(format!("--checkpoint-interval: {e}"))
+                    })?),
+                    None => None,
+                };
                 let figures = savepoint_bench(
                     &cluster,
                     catalog,
-                    &config,
+                    &sp_config,
                     (&workload, &params, parallelism, p),
                     &format,
                     secs,
@@ -804,9 +812,11 @@ fn savepoint_bench(
     use std::time::{Duration, Instant};
     let jm = cluster.jobmanager();
     let failed = |e: weir_jobmanager::DispatchError| Failure::Job(e.to_string());
-    // Checkpointing on (savepoints need it) but no periodic checkpoint during the run.
+    // Checkpointing on (savepoints need it): at `--checkpoint-interval`, else none periodic.
     let mut with = config.clone();
-    with.checkpoint_interval = Some(Duration::from_secs(3600));
+    with.checkpoint_interval = with
+        .checkpoint_interval
+        .or(Some(Duration::from_secs(3600)));
     let submit = || -> Result<weir_types::JobId, Failure> {
         let job = resolve_job(catalog, &with, workload, parallelism, params, None)?;
         let plan_json = serde_json::to_vec(&job.plan).map_err(|e| Failure::Job(e.to_string()))?;
