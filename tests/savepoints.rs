@@ -247,6 +247,14 @@ fn a_job_stopped_at_p2_with_a_native_savepoint_resumes_at_p3_from_the_moved_fold
     std::fs::write(&meta, m.encode().unwrap()).unwrap();
     let raw = dump("unknown job");
     assert_eq!(raw.len(), lines.len());
+    let o = weir_cmd()
+        .args(["savepoint", "inspect", "--json"])
+        .arg(&moved)
+        .output()
+        .expect("inspect");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["operators"]["aggregate"]["parallelism"], 2, "{v}");
     assert!(raw[0]["key"]["hex"].is_string(), "{}", raw[0]);
     assert!(raw[0]["value"]["hex"].is_string(), "{}", raw[0]);
     // dispose removes it, _metadata first.
@@ -528,4 +536,85 @@ fn a_drained_stop_ends_the_sources_input_and_its_final_snapshot_is_the_savepoint
     let resumed = submitted(&run(&c, 2, 200_000, &out, &["-s", &location]));
     wait_state(&c, &resumed, "FINISHED");
     assert_exactly_once(&out);
+}
+
+#[test]
+fn a_savepoint_of_another_max_parallelism_format_version_or_state_kind_is_refused_naming_it() {
+    let c = cluster();
+    let out = c.dir.path().join("out");
+    let id = submitted(&run(&c, 2, 30_000, &out, &[]));
+    wait_checkpoints(&c, &id, 2);
+    let location = stop(&c, &id, &c.dir.path().join("savepoints"), "native");
+    wait_state(&c, &id, "FINISHED");
+    let folder = local_path(&location);
+    let elsewhere = c.dir.path().join("out-2");
+    // Another max parallelism: key groups cannot be remapped.
+    let o = run(
+        &c,
+        2,
+        1000,
+        &elsewhere,
+        &["-s", &location, "-D", "pipeline.max-parallelism=256"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("its max parallelism is 128, the job's is 256"),
+        "{err}"
+    );
+    // A _metadata of a format version this build cannot read.
+    let meta = folder.join("_metadata");
+    let original = std::fs::read(&meta).unwrap();
+    let mut newer = original.clone();
+    newer[5] = 9;
+    let n = newer.len() - 4;
+    let crc = crc32(&newer[..n]);
+    newer[n..].copy_from_slice(&crc.to_be_bytes());
+    std::fs::write(&meta, &newer).unwrap();
+    let o = run(&c, 2, 1000, &elsewhere, &["-s", &location]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("unsupported metadata format version 9"),
+        "{err}"
+    );
+    // A state whose kind changed: the job fails at once, naming the state, no restart.
+    let mut m = weir_checkpoint::CheckpointMetadata::decode(&original).expect("metadata");
+    let (_, aggregate) = m
+        .operators
+        .iter_mut()
+        .find(|(uid, _)| uid.as_str() == "aggregate")
+        .expect("the aggregate's state");
+    for st in aggregate.subtasks.values_mut() {
+        let mut keyed: serde_json::Value =
+            serde_json::from_slice(st.inline.as_ref().unwrap()).unwrap();
+        keyed["descriptors"][0]["kind"] = "Map".into();
+        st.inline = Some(serde_json::to_vec(&keyed).unwrap());
+    }
+    std::fs::write(&meta, m.encode().unwrap()).unwrap();
+    let job_id = submitted(&run(&c, 2, 1000, &elsewhere, &["-s", &location]));
+    let failed = wait_state(&c, &job_id, "FAILED");
+    let cause = failed["failure_cause"].as_str().unwrap_or_default();
+    assert!(
+        cause.contains("cannot run on the restored state"),
+        "{cause}"
+    );
+    assert!(cause.contains("'count-sum'"), "{cause}");
+    assert_eq!(failed["restarts"], 0, "{failed}");
+    // The sink never opened (no output folder made, nothing published), and the savepoint's
+    // files are intact.
+    assert!(!elsewhere.exists() || read_parts(&elsewhere).is_empty());
+    assert!(folder.join("_metadata").exists());
+}
+
+/// CRC32 (IEEE), as `_metadata`'s trailer has it.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
 }

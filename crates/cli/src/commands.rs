@@ -742,9 +742,10 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                 // Periodic checkpoints (if asked) run on during the savepoint runs too.
                 let mut sp_config = config.clone();
                 sp_config.checkpoint_interval = match &checkpoint_interval {
-                    Some(i) => Some(crate::config::parse_duration(i).map_err(|e| {
-                        Failure::Usage(format!("--checkpoint-interval: {e}"))
-                    })?),
+                    Some(i) => Some(
+                        crate::config::parse_duration(i)
+                            .map_err(|e| Failure::Usage(format!("--checkpoint-interval: {e}")))?,
+                    ),
                     None => None,
                 };
                 let figures = savepoint_bench(
@@ -814,9 +815,7 @@ fn savepoint_bench(
     let failed = |e: weir_jobmanager::DispatchError| Failure::Job(e.to_string());
     // Checkpointing on (savepoints need it): at `--checkpoint-interval`, else none periodic.
     let mut with = config.clone();
-    with.checkpoint_interval = with
-        .checkpoint_interval
-        .or(Some(Duration::from_secs(3600)));
+    with.checkpoint_interval = with.checkpoint_interval.or(Some(Duration::from_secs(3600)));
     let submit = || -> Result<weir_types::JobId, Failure> {
         let job = resolve_job(catalog, &with, workload, parallelism, params, None)?;
         let plan_json = serde_json::to_vec(&job.plan).map_err(|e| Failure::Job(e.to_string()))?;
