@@ -78,6 +78,9 @@ pub struct Uploader {
     /// A savepoint's uploader: every file is private and lives at `<uid>/<subtask>/<name>`
     /// under the store's root (the savepoint folder); nothing is reused or shared.
     self_contained: bool,
+    /// The local directory the store writes to, when it is a `file://` store: a snapshot file
+    /// already on disk is hard-linked there (its bytes never change) instead of copied.
+    link_root: Option<PathBuf>,
 }
 
 /// What [`Uploader::upload_keyed`] stored for one keyed operator of one subtask.
@@ -171,6 +174,7 @@ impl Uploader {
             paths,
             cache: None,
             self_contained: false,
+            link_root: None,
         }
     }
 
@@ -184,7 +188,17 @@ impl Uploader {
             paths: CheckpointPaths::rooted(job),
             cache: None,
             self_contained: true,
+            link_root: None,
         }
+    }
+
+    /// This uploader, hard-linking files already on local disk into `root` — the directory a
+    /// `file://` store writes to — rather than copying them (a native savepoint of local
+    /// RocksDB files costs no copy then). A file that cannot be linked (another file system)
+    /// is copied as usual.
+    pub fn with_link_root(mut self, root: PathBuf) -> Self {
+        self.link_root = Some(root);
+        self
     }
 
     /// This uploader, keeping local copies in `cache` for task-local recovery: every file of an
@@ -322,6 +336,7 @@ impl Uploader {
                         object,
                         handle_path,
                         shared,
+                        self.link_root.clone(),
                     );
                     jobs.push((file.name, job));
                 }
@@ -743,6 +758,34 @@ struct Attempt<T> {
 }
 
 /// Upload step 4 for one file: read, CRC32, create-only put.
+/// Hard-links `from` to `to` (create-only; parents created), syncs both, and returns the
+/// file's size and CRC32 (read back from disk).
+fn link_and_crc(from: &Path, to: &Path) -> io::Result<(u64, u32)> {
+    use std::io::Read;
+    if let Some(dir) = to.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::hard_link(from, to)?;
+    let mut file = std::fs::File::open(to)?;
+    file.sync_all()?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    if let Some(dir) = to.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok((size, hasher.finalize()))
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn upload_one(
     store: Store,
     checkpoint: CheckpointId,
@@ -751,7 +794,44 @@ async fn upload_one(
     object: ObjectPath,
     handle_path: String,
     shared: bool,
+    link_root: Option<PathBuf>,
 ) -> Attempt<FileHandle> {
+    if let (Some(root), LocalBytes::File(path)) = (&link_root, &content) {
+        let (from, to) = (path.clone(), root.join(object.as_ref()));
+        let linked = tokio::task::spawn_blocking(move || link_and_crc(&from, &to)).await;
+        match linked {
+            Ok(Ok((size, crc))) => {
+                return Attempt {
+                    result: FileHandle::new(handle_path, size, crc, shared).map_err(|source| {
+                        TransferError::Handle {
+                            checkpoint,
+                            name,
+                            source,
+                        }
+                    }),
+                    touched: true,
+                }
+            }
+            Ok(Err(e)) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Attempt {
+                    result: Err(TransferError::Upload {
+                        checkpoint,
+                        name,
+                        path: handle_path,
+                        source: Box::new(weir_storage::StorageError::AlreadyExists {
+                            path: object.to_string(),
+                        }),
+                    }),
+                    touched: false,
+                }
+            }
+            // Another file system, or no hard links: copy as usual.
+            Ok(Err(e)) => {
+                tracing::debug!(file = %name, error = %e, "cannot hard-link; copying")
+            }
+            Err(e) => tracing::debug!(file = %name, error = %e, "link task failed; copying"),
+        }
+    }
     let bytes = match content {
         LocalBytes::Bytes(bytes) => bytes,
         LocalBytes::File(path) => match tokio::fs::read(&path).await {

@@ -345,3 +345,39 @@ async fn a_private_file_is_read_from_the_cache_when_it_is_intact() {
         "the damaged copy was not used"
     );
 }
+
+#[tokio::test]
+async fn a_savepoint_into_a_local_folder_hard_links_files_on_disk_and_restores_from_them() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("savepoint-x-9");
+    let url = weir_storage::StorageUrl::parse(&format!("file://{}", folder.display())).unwrap();
+    let store = weir_storage::open_store(&url, &weir_storage::S3Options::default()).unwrap();
+    let up = Uploader::self_contained(store, JOB).with_link_root(folder.clone());
+    let snap = snapshot(dir.path(), 9, &["1.sst", "MANIFEST-1"]);
+    let sst = dir.path().join("snap-9").join("1.sst");
+    let inode = std::fs::metadata(&sst).unwrap().ino();
+    let done = up.upload_keyed(&uid(), SUBTASK, snap, None).await.unwrap();
+    // The SST is the same inode under the savepoint folder; the in-memory file was written.
+    let linked = folder.join(format!("{}/{}/1.sst", uid(), SUBTASK));
+    assert_eq!(std::fs::metadata(&linked).unwrap().ino(), inode);
+    assert_eq!(std::fs::read(&linked).unwrap(), bytes_of("1.sst"));
+    assert!(done.state.files.iter().all(|h| !h.is_shared()));
+    let sst_handle = done
+        .state
+        .files
+        .iter()
+        .find(|h| h.path().ends_with("1.sst"))
+        .unwrap();
+    assert_eq!(sst_handle.crc32(), crc32fast::hash(&bytes_of("1.sst")));
+    // The snapshot's own directory is gone; the linked file stays and restores.
+    assert!(!dir.path().join("snap-9").exists());
+    let (restored, _, _) = up
+        .download_keyed(CheckpointId(9), &done.state, &dir.path().join("restore"))
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(restored.file("1.sst").unwrap()).unwrap(),
+        bytes_of("1.sst")
+    );
+}

@@ -286,10 +286,16 @@ impl Tasks {
             return;
         };
         let opened = JobId::parse(&p.job_id).and_then(|job| {
-            self.ctx
+            let uploader = self
+                .ctx
                 .factory
                 .open_storage(&entry.spec, &p.folder_url)
-                .map(|store| Uploader::self_contained(store, job))
+                .map(|store| Uploader::self_contained(store, job))?;
+            // A local folder: files already on disk (RocksDB's SSTs) are hard-linked, not copied.
+            Ok(match weir_storage::StorageUrl::parse(&p.folder_url) {
+                Ok(weir_storage::StorageUrl::File { root }) => uploader.with_link_root(root),
+                _ => uploader,
+            })
         });
         match opened {
             Ok(uploader) => {
