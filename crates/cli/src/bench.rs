@@ -134,6 +134,10 @@ pub(crate) struct SavepointFigures {
     /// The share of the records the job did not process while the savepoint was written,
     /// from the extra run time: (with − without) / savepoint duration.
     pub throughput_loss_during_savepoint_percent: f64,
+    /// The live record rate over the savepoint's duration (at least 2 s) before it was
+    /// triggered, and from its trigger to its completion (TaskManagers report every 200 ms).
+    pub records_per_s_before: f64,
+    pub records_per_s_during: f64,
     pub restore_parallelism: u32,
     /// Submission of the job started from the savepoint (at one more subtask) until every task
     /// runs: download, rescale and restore included.
@@ -147,6 +151,7 @@ impl SavepointFigures {
             "savepoint ({})   {:.2} s for {} ({:.0} MB/s, {:.0} MB/s per subtask), task pause {} ms\n\
              throughput      run {:.2} s, with the savepoint {:.2} s: ~{:.1} % of the records \
              lost while it was written\n\
+             live rate       {:.0} records/s before, {:.0} while it was written ({:.1} % lower)\n\
              restore         at p={} from the savepoint: running after {:.2} s ({:.0} MB/s)\n",
             self.format,
             self.savepoint_s,
@@ -157,6 +162,9 @@ impl SavepointFigures {
             self.run_s,
             self.run_with_savepoint_s,
             self.throughput_loss_during_savepoint_percent,
+            self.records_per_s_before,
+            self.records_per_s_during,
+            (1.0 - self.records_per_s_during / self.records_per_s_before.max(1e-9)) * 100.0,
             self.restore_parallelism,
             self.restore_to_running_s,
             self.restore_mb_per_s,
@@ -164,9 +172,42 @@ impl SavepointFigures {
     }
 }
 
+/// The record rate between `from` and `to`, from `(time, count)` samples: the counts at the
+/// last samples at or before each end, over the time between those samples (0 without two).
+pub(crate) fn rate_between(
+    samples: &[(std::time::Instant, u64)],
+    from: std::time::Instant,
+    to: std::time::Instant,
+) -> f64 {
+    let at = |t: std::time::Instant| samples.iter().rev().find(|(s, _)| *s <= t).copied();
+    match (at(from), at(to)) {
+        (Some((t0, c0)), Some((t1, c1))) if t1 > t0 => {
+            c1.saturating_sub(c0) as f64 / (t1 - t0).as_secs_f64()
+        }
+        _ => 0.0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rate_is_measured_between_the_samples_at_the_window_ends() {
+        let t = std::time::Instant::now();
+        let ms = |n: u64| t + std::time::Duration::from_millis(n);
+        let samples = [
+            (ms(0), 0),
+            (ms(500), 500),
+            (ms(1000), 1500),
+            (ms(1500), 1600),
+        ];
+        assert_eq!(rate_between(&samples, ms(0), ms(1000)), 1500.0);
+        // The ends fall between samples: the last sample at or before each is used.
+        assert_eq!(rate_between(&samples, ms(600), ms(1400)), 2000.0);
+        assert_eq!(rate_between(&samples, ms(1000), ms(1000)), 0.0);
+        assert_eq!(rate_between(&[], ms(0), ms(9)), 0.0);
+    }
 
     #[test]
     fn percentiles_pick_the_nearest_rank() {

@@ -837,18 +837,47 @@ fn savepoint_bench(
     let plain_s = base_s;
     let id = submit()?;
     await_all_running(jm, id)?;
-    std::thread::sleep(Duration::from_secs_f64(plain_s * 0.4));
+    // The job's live record count (TaskManagers report it every 200 ms), sampled throughout.
+    let mut samples: Vec<(Instant, u64)> = Vec::new();
+    let sample = |samples: &mut Vec<(Instant, u64)>| {
+        if let Some(d) = jm.job(id) {
+            samples.push((Instant::now(), d.metrics.source_records));
+        }
+    };
+    let until = Instant::now() + Duration::from_secs_f64(plain_s * 0.4);
+    while Instant::now() < until {
+        sample(&mut samples);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let triggered = Instant::now();
     let target = format!("file://{}", root.join("savepoints").display());
     let request = jm
         .trigger_savepoint(id, Some(&target), format, false)
         .map_err(failed)?;
     let op = loop {
         let op = jm.savepoint(id, request).map_err(failed)?;
+        sample(&mut samples);
         if op.status != weir_jobmanager::view::SavepointState::InProgress {
             break op;
         }
         std::thread::sleep(Duration::from_millis(5));
     };
+    let completed = Instant::now();
+    // A little after, so the last report of the window has arrived.
+    let settle = completed + Duration::from_millis(400);
+    while Instant::now() < settle {
+        sample(&mut samples);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let during = bench::rate_between(&samples, triggered, completed);
+    let window = completed
+        .saturating_duration_since(triggered)
+        .max(Duration::from_secs(2));
+    let before = bench::rate_between(
+        &samples,
+        triggered.checked_sub(window).unwrap_or(triggered),
+        triggered,
+    );
     let location = op.location.clone().ok_or_else(|| {
         Failure::Job(format!(
             "the savepoint failed: {}",
@@ -897,6 +926,8 @@ fn savepoint_bench(
         throughput_loss_during_savepoint_percent: ((run_with - plain_s) / savepoint_s.max(1e-9)
             * 100.0)
             .clamp(0.0, 100.0),
+        records_per_s_before: before,
+        records_per_s_during: during,
         restore_parallelism: p2,
         restore_to_running_s: restore_s,
         restore_mb_per_s: mb / restore_s.max(1e-9),

@@ -509,6 +509,8 @@ impl Tasks {
             let metrics = Arc::new(JobMetrics::default());
             let cancelled = Arc::new(AtomicBool::new(false));
             watch_first_record(&metrics, &cancelled, &outbox, &key.job_id, key.attempt);
+            let live: Arc<AtomicUsize> = Arc::default();
+            report_progress(&metrics, &cancelled, &live, &outbox, key);
             let events = entry.built.checkpointing.as_ref().map(|_| {
                 let (tx, rx) = crossbeam_channel::unbounded::<TaskEvent>();
                 forward_events(rx, outbox.clone(), key.job_id.clone(), key.attempt);
@@ -522,7 +524,7 @@ impl Tasks {
                 outbound: Vec::new(),
                 metrics,
                 events,
-                live: Arc::default(),
+                live,
                 sync_pauses: Arc::default(),
             }
         });
@@ -922,6 +924,45 @@ fn forward_events(
 }
 
 /// Reports the first record this TaskManager's sources of an attempt emitted.
+/// How often a running attempt's record counts go to the JobMaster (its live metrics).
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Reports the attempt's record counts (no pauses: the final report carries them) every
+/// [`PROGRESS_INTERVAL`] while its tasks here run; stops when it is cancelled or its last task
+/// here ended.
+fn report_progress(
+    metrics: &Arc<JobMetrics>,
+    cancelled: &Arc<AtomicBool>,
+    live: &Arc<AtomicUsize>,
+    outbox: &Outbox,
+    key: &v1::TaskKey,
+) {
+    let (metrics, cancelled, live, outbox, key) = (
+        metrics.clone(),
+        cancelled.clone(),
+        live.clone(),
+        outbox.clone(),
+        key.clone(),
+    );
+    let none = Mutex::new(Vec::new());
+    let _ = std::thread::Builder::new()
+        .name("tm-progress".into())
+        .spawn(move || {
+            let mut seen_live = false;
+            while !cancelled.load(Ordering::SeqCst) {
+                std::thread::sleep(PROGRESS_INTERVAL);
+                let running = live.load(Ordering::SeqCst) > 0;
+                if seen_live && !running {
+                    return;
+                }
+                seen_live |= running;
+                if running {
+                    outbox.send(attempt_metrics(&key, &metrics, &none));
+                }
+            }
+        });
+}
+
 fn watch_first_record(
     metrics: &Arc<JobMetrics>,
     cancelled: &Arc<AtomicBool>,

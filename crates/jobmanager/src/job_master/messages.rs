@@ -196,6 +196,26 @@ impl JobMaster {
             }
             self.io.attempt = self.attempt;
         }
+        // Progress reports come while the attempt runs (no pauses), the final one at its end:
+        // counts only rise, and pauses a report lacks are kept.
+        let m = match self.io.current.remove(from) {
+            Some(old) => AttemptMetrics {
+                source_records: m.source_records.max(old.source_records),
+                sink_records: m.sink_records.max(old.sink_records),
+                state_bytes: if m.state_bytes > 0 {
+                    m.state_bytes
+                } else {
+                    old.state_bytes
+                },
+                sync_pauses_us: if m.sync_pauses_us.is_empty() {
+                    old.sync_pauses_us
+                } else {
+                    m.sync_pauses_us
+                },
+                ..m
+            },
+            None => m,
+        };
         self.io.current.insert(from.clone(), m);
         let mut metrics = JobIoMetrics {
             source_records: self.io.earlier_records.0,
