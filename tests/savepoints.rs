@@ -155,6 +155,16 @@ fn local_path(url: &str) -> PathBuf {
     PathBuf::from(url.strip_prefix("file://").unwrap_or(url))
 }
 
+/// The command failed, and its stderr names `what`.
+fn assert_refused(o: &Output, what: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "not refused: {err}");
+    assert!(
+        err.contains(what),
+        "the refusal does not name '{what}': {err}"
+    );
+}
+
 fn assert_exactly_once(out: &Path) {
     let last = exactly_once_updates(&read_parts(out));
     assert_eq!(last, expected_keyed_agg(SEED, KEYS, RECORDS));
@@ -297,14 +307,11 @@ fn bad_restore_paths_and_savepoint_requests_are_refused_naming_the_problem() {
     let empty = c.dir.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let o = run(&c, 2, 1000, &out, &["-s", empty.to_str().unwrap()]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{err}");
-    assert!(err.contains("_metadata does not exist"), "{err}");
+    assert_refused(&o, "_metadata does not exist");
     // A damaged _metadata.
     std::fs::write(empty.join("_metadata"), b"WEIR garbage").unwrap();
     let o = run(&c, 2, 1000, &out, &["-s", empty.to_str().unwrap()]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("_metadata"), "{err}");
+    assert_refused(&o, "_metadata: metadata is truncated");
     // A savepoint of a job whose operators this job lacks.
     let id = submitted(&run(&c, 2, 20_000, &out, &[]));
     wait_checkpoints(&c, &id, 1);
@@ -313,12 +320,7 @@ fn bad_restore_paths_and_savepoint_requests_are_refused_naming_the_problem() {
         .args(["savepoint", &id, "--jobmanager", &c.rpc])
         .output()
         .expect("weir savepoint");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{err}");
-    assert!(
-        err.contains("execution.checkpointing.savepoint-dir"),
-        "{err}"
-    );
+    assert_refused(&o, "execution.checkpointing.savepoint-dir");
     let target = c.dir.path().join("sp");
     let o = weir_cmd()
         .args(["savepoint", &id, "--jobmanager", &c.rpc, "--type", "native"])
@@ -354,11 +356,9 @@ fn bad_restore_paths_and_savepoint_requests_are_refused_naming_the_problem() {
         &elsewhere,
         &["-s", &location, "-D", "state.backend=heap"],
     );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{err}");
-    assert!(
-        err.contains("operator 'aggregate' has native rocksdb state but the job runs the heap"),
-        "{err}"
+    assert_refused(
+        &o,
+        "operator 'aggregate' has native rocksdb state but the job runs the heap",
     );
     // The savepoint is intact after every refusal.
     assert!(local_path(&location).join("_metadata").exists());
@@ -556,12 +556,7 @@ fn a_savepoint_of_another_max_parallelism_format_version_or_state_kind_is_refuse
         &elsewhere,
         &["-s", &location, "-D", "pipeline.max-parallelism=256"],
     );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{err}");
-    assert!(
-        err.contains("its max parallelism is 128, the job's is 256"),
-        "{err}"
-    );
+    assert_refused(&o, "its max parallelism is 128, the job's is 256");
     // A _metadata of a format version this build cannot read.
     let meta = folder.join("_metadata");
     let original = std::fs::read(&meta).unwrap();
@@ -572,12 +567,7 @@ fn a_savepoint_of_another_max_parallelism_format_version_or_state_kind_is_refuse
     newer[n..].copy_from_slice(&crc.to_be_bytes());
     std::fs::write(&meta, &newer).unwrap();
     let o = run(&c, 2, 1000, &elsewhere, &["-s", &location]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{err}");
-    assert!(
-        err.contains("unsupported metadata format version 9"),
-        "{err}"
-    );
+    assert_refused(&o, "unsupported metadata format version 9");
     // A state whose kind changed: the job fails at once, naming the state, no restart.
     let mut m = weir_checkpoint::CheckpointMetadata::decode(&original).expect("metadata");
     let (_, aggregate) = m

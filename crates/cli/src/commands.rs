@@ -754,7 +754,6 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                     &sp_config,
                     (&workload, &params, parallelism, p),
                     &format,
-                    secs,
                     &root,
                 )?;
                 if json {
@@ -807,7 +806,6 @@ fn savepoint_bench(
     config: &Config,
     (workload, params, parallelism, p): (&str, &[String], Option<u32>, u32),
     format: &str,
-    plain_s: f64,
     root: &Path,
 ) -> Result<bench::SavepointFigures, Failure> {
     use std::time::{Duration, Instant};
@@ -833,8 +831,6 @@ fn savepoint_bench(
         .map_err(|e| Failure::Job(e.to_string()))?
         .duration()
         .as_secs_f64();
-    let _ = plain_s;
-    let plain_s = base_s;
     let id = submit()?;
     await_all_running(jm, id)?;
     // The job's live record count (TaskManagers report it every 200 ms), sampled throughout.
@@ -844,7 +840,7 @@ fn savepoint_bench(
             samples.push((Instant::now(), d.metrics.source_records));
         }
     };
-    let until = Instant::now() + Duration::from_secs_f64(plain_s * 0.4);
+    let until = Instant::now() + Duration::from_secs_f64(base_s * 0.4);
     while Instant::now() < until {
         sample(&mut samples);
         std::thread::sleep(Duration::from_millis(50));
@@ -916,14 +912,14 @@ fn savepoint_bench(
     let _ = cluster.wait(restored, &AtomicBool::new(false));
     Ok(bench::SavepointFigures {
         format: format.to_string(),
-        run_s: plain_s,
+        run_s: base_s,
         run_with_savepoint_s: run_with,
         savepoint_s,
         savepoint_bytes: record.full_size,
         savepoint_mb_per_s: rate,
         savepoint_mb_per_s_per_subtask: rate / f64::from(p.max(1)),
         task_pause_ms: record.sync_ms,
-        throughput_loss_during_savepoint_percent: ((run_with - plain_s) / savepoint_s.max(1e-9)
+        throughput_loss_during_savepoint_percent: ((run_with - base_s) / savepoint_s.max(1e-9)
             * 100.0)
             .clamp(0.0, 100.0),
         records_per_s_before: before,

@@ -387,26 +387,10 @@ impl FileLinesSource {
         positions: &[(u32, Vec<u8>)],
     ) -> Result<FileLinesReader, ConnectorError> {
         let mut reader = self.reader(subtask, parallelism)?;
-        let bad = |reason: String| ConnectorError::BadPosition {
-            connector: "file",
-            reason,
-        };
-        let mut seen = std::collections::BTreeSet::new();
+        position::check_rescaled("file", old_parallelism, positions)?;
         let mut remaining = Vec::new();
         for (old, bytes) in positions {
-            if !seen.insert(*old) || *old >= old_parallelism {
-                return Err(bad(format!(
-                    "old subtask {old} of {old_parallelism} appears twice or is out of range"
-                )));
-            }
             remaining.extend(self.resume(*old, old_parallelism, bytes)?.remaining());
-        }
-        if seen.len() != old_parallelism as usize {
-            return Err(bad(format!(
-                "positions of {} old subtasks of {old_parallelism}: the lines of the others \
-                 would be lost",
-                seen.len()
-            )));
         }
         reader.splits = remaining
             .into_iter()

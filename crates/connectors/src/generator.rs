@@ -209,27 +209,11 @@ impl GeneratorSource {
         positions: &[(u32, Vec<u8>)],
     ) -> Result<GeneratorReader, ConnectorError> {
         let mut reader = self.reader(subtask, parallelism)?;
-        let bad = |reason: String| ConnectorError::BadPosition {
-            connector: "generator",
-            reason,
-        };
-        let mut seen = std::collections::BTreeSet::new();
+        position::check_rescaled("generator", old_parallelism, positions)?;
         let mut old_lanes = Vec::new();
         for (old, bytes) in positions {
-            if !seen.insert(*old) || *old >= old_parallelism {
-                return Err(bad(format!(
-                    "old subtask {old} of {old_parallelism} appears twice or is out of range"
-                )));
-            }
             let old_reader = self.resume(*old, old_parallelism, bytes)?;
             old_lanes.extend(old_reader.remaining_lanes());
-        }
-        if seen.len() != old_parallelism as usize {
-            return Err(bad(format!(
-                "positions of {} old subtasks of {old_parallelism}: the records of the others \
-                 would be lost",
-                seen.len()
-            )));
         }
         let p = u64::from(parallelism);
         let j = u64::from(subtask);

@@ -79,6 +79,33 @@ pub(crate) mod position {
         bytes
     }
 
+    /// Checks the old subtasks' positions handed to a source restored at another parallelism:
+    /// each index below `old_parallelism`, none twice, none missing (a missing one's input
+    /// would be lost). The error names the `connector` and the problem.
+    pub fn check_rescaled(
+        connector: &'static str,
+        old_parallelism: u32,
+        positions: &[(u32, Vec<u8>)],
+    ) -> Result<(), ConnectorError> {
+        let bad = |reason: String| ConnectorError::BadPosition { connector, reason };
+        let mut seen = std::collections::BTreeSet::new();
+        for (old, _) in positions {
+            if !seen.insert(*old) || *old >= old_parallelism {
+                return Err(bad(format!(
+                    "old subtask {old} of {old_parallelism} appears twice or is out of range"
+                )));
+            }
+        }
+        if seen.len() != old_parallelism as usize {
+            return Err(bad(format!(
+                "positions of {} old subtasks of {old_parallelism}: the input of the others \
+                 would be lost",
+                seen.len()
+            )));
+        }
+        Ok(())
+    }
+
     /// The inverse of [`encode`]: refuses an unknown version, undecodable bytes and trailing
     /// garbage, naming the `connector`.
     pub fn decode<P: DeserializeOwned>(
