@@ -82,6 +82,13 @@ impl Cells {
         }
     }
 
+    fn len(&self) -> usize {
+        match self {
+            Cells::Hashed(m) => m.len(),
+            Cells::Ordered(m) => m.len(),
+        }
+    }
+
     fn clear(&mut self) {
         match self {
             Cells::Hashed(m) => m.clear(),
@@ -223,23 +230,33 @@ impl Drop for InstanceDir {
 /// So a clean entry always equals RocksDB's value, and every read sees the latest write.
 ///
 /// # Snapshots
-/// [`snapshot`](KeyedStateBackend::snapshot) keeps the task's pause short: only step 1 runs on
-/// the task thread.
-/// 1. **Synchronous**: the dirty entries (found through each state's dirty-key log, so the cost
-///    is O(dirty), not O(cache)) are copied into one `WriteBatch` and marked clean.
-/// 2. **Background thread**: the batch is written (WAL off), then a RocksDB native checkpoint
-///    is created in [`snapshot_dir`](Self::snapshot_dir), which must not exist: RocksDB
-///    flushes every memtable, hard-links the live SST files and copies the small metadata
-///    files. The snapshot's [`pending`](LocalSnapshot::pending) part waits for it and lists
-///    the directory: every `*.sst` is shareable — RocksDB never rewrites an SST nor reuses a
-///    file number, also after a restore, where it continues from the MANIFEST's next file
-///    number — and every other file (`CURRENT`, `MANIFEST-*`, `OPTIONS-*`, `*.log`) is private.
-/// 3. Until that thread is joined, nothing else touches RocksDB: every write (spill, flush),
-///    scan, prefix read, size query, registration and the next snapshot joins it first. So a
+/// [`snapshot`](KeyedStateBackend::snapshot) keeps the task's pause O(number of states): only
+/// step 1 runs on the task thread, and it copies nothing.
+/// 1. **Synchronous (the freeze)**: the cache is frozen as it is (a pointer swap per state)
+///    and the task goes on with an empty one. The frozen generation is read-only and shared
+///    with the background thread.
+/// 2. **Background thread**: the frozen dirty entries (found through each state's dirty-key
+///    log, so the cost is O(dirty), not O(cache)) are written in one `WriteBatch` (WAL off),
+///    then a RocksDB native checkpoint is created in [`snapshot_dir`](Self::snapshot_dir),
+///    which must not exist: RocksDB flushes every memtable, hard-links the live SST files and
+///    copies the small metadata files. The snapshot's [`pending`](LocalSnapshot::pending) part
+///    waits for it and lists the directory: every `*.sst` is shareable — RocksDB never
+///    rewrites an SST nor reuses a file number, also after a restore, where it continues from
+///    the MANIFEST's next file number — and every other file (`CURRENT`, `MANIFEST-*`,
+///    `OPTIONS-*`, `*.log`) is private.
+/// 3. Meanwhile a point read that misses the cache looks in the frozen generation before
+///    RocksDB: a frozen key's value is the barrier's, which RocksDB may not hold yet, and any
+///    other key's value is already in RocksDB. A hit is copied into the cache as clean.
+/// 4. Until that thread is joined, nothing else touches RocksDB: every write (spill, flush),
+///    scan, prefix read, size query, registration and the next snapshot joins it first, and
+///    the join releases the frozen generation (freed off the task thread when large). So a
 ///    write made after the barrier can never reach the checkpoint, and "clean" still means
-///    "RocksDB holds it" whenever RocksDB is looked at. (Point reads need no wait: a key whose
-///    value is in flight is still in the cache.) If the batch write failed, the backend is
-///    poisoned: every later operation fails, and the task restores from a checkpoint.
+///    "RocksDB holds it" whenever RocksDB is looked at. If the batch write failed, the backend
+///    is poisoned: every later operation fails, and the task restores from a checkpoint.
+///
+/// The frozen generation is not charged to the budget: while a background part runs, the
+/// write-back memory may reach twice the budget (the frozen generation and a refilled cache).
+/// It is never copied, so at steady state one cache generation is held.
 ///
 /// If the checkpoint fails, its directory is removed and the pending part returns a
 /// [`StateError::Snapshot`]. Otherwise the directory is the snapshot's
@@ -251,6 +268,10 @@ pub struct RocksDbStateBackend {
     /// The background part of the last snapshot (batch write + native checkpoint), until
     /// joined: every read or write of RocksDB waits for it first.
     in_flight: Option<std::thread::JoinHandle<Result<(), String>>>,
+    /// The cache generation the last snapshot froze at its barrier, until its background part
+    /// is joined: read-only, shared with that part (which writes its dirty entries), and
+    /// consulted by point reads that miss the cache before RocksDB is.
+    frozen: Option<Arc<Vec<Slot>>>,
     /// Set when a snapshot's batch could not be written: the cache marked entries clean that
     /// RocksDB does not hold, so every later operation fails (the task restores instead).
     poisoned: Option<String>,
@@ -293,6 +314,7 @@ impl RocksDbStateBackend {
         Self {
             db: Arc::new(db),
             in_flight: None,
+            frozen: None,
             poisoned: None,
             range,
             descriptors: Vec::new(),
@@ -417,43 +439,7 @@ impl RocksDbStateBackend {
     /// The dirty entries of every state (or only of state `only`) as one batch, in key order
     /// per state; the entries stay marked dirty. Costs O(dirty) for hashed states.
     fn dirty_batch(&self, only: Option<usize>) -> Result<WriteBatch, StateError> {
-        let mut batch = WriteBatch::default();
-        let mut dirty: Vec<(&[u8], Option<&[u8]>)> = Vec::new();
-        for (idx, slot) in self.slots.iter().enumerate() {
-            if slot.dirty == 0 || only.is_some_and(|o| o != idx) {
-                continue;
-            }
-            let cf = column_family(&self.db, &self.descriptors[idx].name)?;
-            dirty.clear();
-            dirty.reserve(slot.dirty);
-            match &slot.cells {
-                Cells::Hashed(map) => {
-                    for key in &slot.dirty_log {
-                        if let Some((key, entry)) = map.get_key_value(key) {
-                            if entry.dirty {
-                                dirty.push((key, entry.value.as_deref()));
-                            }
-                        }
-                    }
-                    dirty.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                    dirty.dedup_by(|a, b| a.0 == b.0);
-                }
-                Cells::Ordered(map) => {
-                    for (key, entry) in map {
-                        if entry.dirty {
-                            dirty.push((key, entry.value.as_deref()));
-                        }
-                    }
-                }
-            }
-            for &(key, value) in &dirty {
-                match value {
-                    Some(value) => batch.put_cf(cf, key, value),
-                    None => batch.delete_cf(cf, key),
-                }
-            }
-        }
-        Ok(batch)
+        dirty_batch(&self.db, &self.descriptors, &self.slots, only)
     }
 
     /// Waits for the background part of the last snapshot; RocksDB holds every write made
@@ -466,6 +452,9 @@ impl RocksDbStateBackend {
             if let Err(detail) = outcome {
                 self.poisoned = Some(detail);
             }
+        }
+        if let Some(frozen) = self.frozen.take() {
+            release(frozen);
         }
         match &self.poisoned {
             Some(detail) => Err(backend_error(
@@ -489,51 +478,6 @@ impl RocksDbStateBackend {
             })?;
         }
         Ok(n)
-    }
-
-    /// The synchronous part of a snapshot: copies every dirty entry into a [`Frozen`] arena
-    /// and marks it clean, in one pass over the dirty-key logs (ordered cells are walked).
-    /// Writing the arena to RocksDB is the background thread's job.
-    fn freeze_dirty(&mut self) -> Frozen {
-        let mut frozen = Frozen::default();
-        for (idx, slot) in self.slots.iter_mut().enumerate() {
-            if slot.dirty == 0 {
-                continue;
-            }
-            match &mut slot.cells {
-                // Few dirty entries: look them up through the log. Many: one sequential walk
-                // of the table is cheaper than a random lookup per entry.
-                Cells::Hashed(map) if slot.dirty * 4 < map.len() => {
-                    for key in slot.dirty_log.drain(..) {
-                        if let Some(entry) = map.get_mut(&key) {
-                            if entry.dirty {
-                                entry.dirty = false;
-                                frozen.push(idx, &key, entry.value.as_deref());
-                            }
-                        }
-                    }
-                }
-                Cells::Hashed(map) => {
-                    slot.dirty_log.clear();
-                    for (key, entry) in map.iter_mut() {
-                        if entry.dirty {
-                            entry.dirty = false;
-                            frozen.push(idx, key, entry.value.as_deref());
-                        }
-                    }
-                }
-                Cells::Ordered(map) => {
-                    for (key, entry) in map.iter_mut() {
-                        if entry.dirty {
-                            entry.dirty = false;
-                            frozen.push(idx, key, entry.value.as_deref());
-                        }
-                    }
-                }
-            }
-            slot.dirty = 0;
-        }
-        frozen
     }
 
     /// Marks the entries of every state (or only of state `only`) clean.
@@ -719,13 +663,32 @@ impl KeyedStateBackend for RocksDbStateBackend {
             let entry = self.slots[idx].cells.get(&self.scratch);
             return Ok(entry.and_then(|e| e.value.as_deref()));
         }
-        let name = &self.descriptors[idx].name;
-        let cf = column_family(&self.db, name)?;
-        let loaded: Option<Box<[u8]>> = self
-            .db
-            .get_pinned_cf_opt(cf, &self.scratch, &self.read_options)
-            .map_err(|e| backend_error(format!("get from state '{name}'"), e))?
-            .map(|v| Box::from(&*v));
+        // A finished background part needs no more reads from the frozen generation.
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(std::thread::JoinHandle::is_finished)
+        {
+            self.settle()?;
+        }
+        let frozen = self
+            .frozen
+            .as_ref()
+            .and_then(|f| f.get(idx))
+            .and_then(|slot| slot.cells.get(&self.scratch));
+        let loaded: Option<Box<[u8]>> = match frozen {
+            // Its value as of the barrier, which the background part may be writing to RocksDB
+            // right now; clean, since RocksDB holds it once that part is joined.
+            Some(entry) => entry.value.clone(),
+            None => {
+                let name = &self.descriptors[idx].name;
+                let cf = column_family(&self.db, name)?;
+                self.db
+                    .get_pinned_cf_opt(cf, &self.scratch, &self.read_options)
+                    .map_err(|e| backend_error(format!("get from state '{name}'"), e))?
+                    .map(|v| Box::from(&*v))
+            }
+        };
         let size = entry_bytes(self.scratch.len(), loaded.as_deref().map_or(0, <[u8]>::len));
         self.make_room(size)?;
         self.cached_bytes += size;
@@ -913,12 +876,17 @@ impl KeyedStateBackend for RocksDbStateBackend {
                 &"it already exists",
             ));
         }
-        // Synchronous: the dirty entries, copied into one batch, are clean from now on (every
-        // later read or write of RocksDB settles the background part first).
-        let frozen = self.freeze_dirty();
-        let dirty = frozen.entries.len();
-        let names: Vec<String> = self.descriptors.iter().map(|d| d.name.clone()).collect();
-        // Background: write the batch, then the native checkpoint (flush, hard links).
+        // Synchronous, O(states): the cache generation is frozen as it is and the task goes on
+        // with an empty one. Point reads that miss it find the frozen values; every other read
+        // or write of RocksDB settles the background part first.
+        let fresh = self.descriptors.iter().map(|d| Slot::new(d.kind)).collect();
+        let frozen = Arc::new(std::mem::replace(&mut self.slots, fresh));
+        let frozen_bytes = std::mem::take(&mut self.cached_bytes);
+        let dirty: usize = frozen.iter().map(|slot| slot.dirty).sum();
+        self.frozen = Some(Arc::clone(&frozen));
+        let descriptors = self.descriptors.clone();
+        // Background: write the frozen dirty entries, then the native checkpoint (flush, hard
+        // links).
         let db = self.db.clone();
         let target = dir.clone();
         let (files_tx, files_rx) = std::sync::mpsc::sync_channel(1);
@@ -927,10 +895,13 @@ impl KeyedStateBackend for RocksDbStateBackend {
             .spawn(move || -> Result<(), String> {
                 let mut write_options = WriteOptions::default();
                 write_options.disable_wal(true);
-                let written = frozen.into_batch(&db, &names).and_then(|batch| {
-                    db.write_opt(batch, &write_options)
-                        .map_err(|e| e.to_string())
-                });
+                let written = dirty_batch(&db, &descriptors, &frozen, None)
+                    .map_err(|e| e.to_string())
+                    .and_then(|batch| {
+                        db.write_opt(batch, &write_options)
+                            .map_err(|e| e.to_string())
+                    });
+                drop(frozen);
                 if let Err(e) = written {
                     let detail = format!("write the snapshot's batch: {e}");
                     let _ = files_tx.send(Err(detail.clone()));
@@ -952,7 +923,8 @@ impl KeyedStateBackend for RocksDbStateBackend {
                 Ok(())
             })
             .map_err(|e| {
-                // The frozen entries were marked clean and their batch is lost with the thread.
+                // The frozen generation's dirty entries are lost with the thread.
+                self.frozen = None;
                 self.poisoned = Some(format!("the snapshot thread could not start: {e}"));
                 failed("start the snapshot thread".into(), &e)
             })?;
@@ -961,6 +933,7 @@ impl KeyedStateBackend for RocksDbStateBackend {
             path = %dir.display(),
             %checkpoint,
             dirty,
+            frozen_bytes,
             sync_millis = started.elapsed().as_secs_f64() * 1e3,
             "RocksDB snapshot started"
         );
@@ -998,56 +971,78 @@ impl Drop for RocksDbStateBackend {
     }
 }
 
-/// The dirty entries of a snapshot, copied into one arena on the task thread (a memcpy per
-/// entry; no RocksDB call) and turned into a sorted `WriteBatch` on the snapshot thread.
-#[derive(Default)]
-struct Frozen {
-    bytes: Vec<u8>,
-    entries: Vec<FrozenEntry>,
+/// Drops a frozen cache generation: on a thread of its own when it is large, so that freeing
+/// up to a whole cache's entries never pauses the task.
+fn release(frozen: Arc<Vec<Slot>>) {
+    const INLINE_ENTRIES: usize = 4096;
+    let entries: usize = frozen.iter().map(|slot| slot.cells.len()).sum();
+    if entries <= INLINE_ENTRIES {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("weir-rocksdb-release".into())
+        .spawn(move || drop(frozen));
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "freeing a frozen cache generation on the task thread");
+    }
 }
 
-/// A byte range of [`Frozen::bytes`].
-type Span = (usize, usize);
-
-/// `(state index, key, value or None for a delete)`.
-type FrozenEntry = (usize, Span, Option<Span>);
-
-impl Frozen {
-    fn push(&mut self, state: usize, key: &[u8], value: Option<&[u8]>) {
-        let k = (self.bytes.len(), self.bytes.len() + key.len());
-        self.bytes.extend_from_slice(key);
-        let v = value.map(|v| {
-            let start = self.bytes.len();
-            self.bytes.extend_from_slice(v);
-            (start, self.bytes.len())
-        });
-        self.entries.push((state, k, v));
-    }
-
-    /// One batch, in key order per state (the memtable is a skip list: sorted inserts reuse
-    /// each search path). `names` are the states' column families, by index.
-    fn into_batch(mut self, db: &DB, names: &[String]) -> Result<WriteBatch, String> {
-        let bytes = &self.bytes;
-        self.entries.sort_unstable_by(|a, b| {
-            (a.0, &bytes[a.1 .0..a.1 .1]).cmp(&(b.0, &bytes[b.1 .0..b.1 .1]))
-        });
-        let cfs = names
-            .iter()
-            .map(|name| {
-                db.cf_handle(name)
-                    .ok_or_else(|| format!("state '{name}' has no column family"))
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        let mut batch = WriteBatch::default();
-        for &(state, (ks, ke), value) in &self.entries {
-            let cf = cfs[state];
-            match value {
-                Some((vs, ve)) => batch.put_cf(cf, &bytes[ks..ke], &bytes[vs..ve]),
-                None => batch.delete_cf(cf, &bytes[ks..ke]),
+/// The dirty entries of `slots` (every state, or only state `only`) as one batch, in key order
+/// per state (the memtable is a skip list: sorted inserts reuse each search path). Costs
+/// O(dirty) for hashed states; the entries stay marked dirty.
+fn dirty_batch(
+    db: &DB,
+    descriptors: &[StateDescriptor],
+    slots: &[Slot],
+    only: Option<usize>,
+) -> Result<WriteBatch, StateError> {
+    let mut batch = WriteBatch::default();
+    let mut dirty: Vec<(&[u8], Option<&[u8]>)> = Vec::new();
+    for (idx, slot) in slots.iter().enumerate() {
+        if slot.dirty == 0 || only.is_some_and(|o| o != idx) {
+            continue;
+        }
+        let cf = column_family(db, &descriptors[idx].name)?;
+        dirty.clear();
+        dirty.reserve(slot.dirty);
+        match &slot.cells {
+            Cells::Hashed(map) => {
+                // Few dirty entries: look them up through the log. Many: one sequential walk
+                // of the table is cheaper than a random lookup per entry.
+                if slot.dirty * 4 < map.len() {
+                    for key in &slot.dirty_log {
+                        if let Some((key, entry)) = map.get_key_value(key) {
+                            if entry.dirty {
+                                dirty.push((key, entry.value.as_deref()));
+                            }
+                        }
+                    }
+                } else {
+                    for (key, entry) in map {
+                        if entry.dirty {
+                            dirty.push((key, entry.value.as_deref()));
+                        }
+                    }
+                }
+                dirty.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                dirty.dedup_by(|a, b| a.0 == b.0);
+            }
+            Cells::Ordered(map) => {
+                for (key, entry) in map {
+                    if entry.dirty {
+                        dirty.push((key, entry.value.as_deref()));
+                    }
+                }
             }
         }
-        Ok(batch)
+        for &(key, value) in &dirty {
+            match value {
+                Some(value) => batch.put_cf(cf, key, value),
+                None => batch.delete_cf(cf, key),
+            }
+        }
     }
+    Ok(batch)
 }
 
 /// The files of a native checkpoint in `dir`, by name: `*.sst` shareable, the rest private.
