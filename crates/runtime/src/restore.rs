@@ -139,13 +139,13 @@ fn download(
     Ok((snapshot, shared, dir))
 }
 
-/// A backend's refusal of a snapshot it cannot read (another backend, format or kind) is
-/// [`TaskError::IncompatibleState`]; anything else an operator failure.
+/// A backend's refusal of a snapshot it can never read (another backend, format, range or
+/// kind) is [`TaskError::IncompatibleState`]; anything else — a missing or damaged file, a full
+/// disk — an operator failure that a restart may get past.
 fn restore_failure(ident: &OpIdent, e: &weir_state::StateError) -> TaskError {
     match e {
-        weir_state::StateError::Restore { .. } | weir_state::StateError::KindMismatch { .. } => {
-            ident.incompatible(e)
-        }
+        weir_state::StateError::Incompatible { .. }
+        | weir_state::StateError::KindMismatch { .. } => ident.incompatible(e),
         _ => ident.fail(crate::error::chain(e)),
     }
 }
@@ -351,6 +351,36 @@ mod tests {
         })
         .expect("scan");
         out
+    }
+
+    #[test]
+    fn only_a_snapshot_no_restart_can_read_fails_the_job_for_good() {
+        let ident = OpIdent {
+            uid: "agg".into(),
+            subtask: SubtaskIndex(0),
+            parallelism: 2,
+        };
+        let checkpoint = weir_types::CheckpointId(3);
+        let incompatible = weir_state::StateError::Incompatible {
+            checkpoint,
+            backend: "rocksdb",
+            detail: "the snapshot was taken by the heap backend".into(),
+        };
+        let disk_full = weir_state::StateError::Restore {
+            checkpoint,
+            backend: "rocksdb",
+            detail: "IO error: No space left on device".into(),
+        };
+        assert!(matches!(
+            restore_failure(&ident, &incompatible),
+            TaskError::IncompatibleState { .. }
+        ));
+        let restartable = restore_failure(&ident, &disk_full);
+        assert!(
+            matches!(restartable, TaskError::Operator { .. }),
+            "{restartable:?}"
+        );
+        assert!(restartable.to_string().contains("No space left"));
     }
 
     proptest::proptest! {

@@ -207,10 +207,10 @@ pub trait StateBackendFactory: Send + Sync {
 
     /// Rebuilds a backend for `scope` from a checkpoint's snapshot: it scans exactly the
     /// entries the snapshotted backend held, and [`register`](KeyedStateBackend::register)
-    /// returns the snapshot's ids for its descriptors. Refuses — with
-    /// [`StateError::Restore`], naming the checkpoint — a snapshot of another backend, an
-    /// unknown format version, another key-group range
-    /// ([`RestoredSnapshot::check_compatible`]), or missing or damaged files.
+    /// returns the snapshot's ids for its descriptors. Refuses, naming the checkpoint, a
+    /// snapshot of another backend, an unknown format version or another key-group range
+    /// ([`RestoredSnapshot::check_compatible`]: [`StateError::Incompatible`]), and missing or
+    /// damaged files or a local disk that refuses them ([`StateError::Restore`]).
     fn restore(
         &self,
         scope: &BackendScope,

@@ -1673,7 +1673,8 @@ fn scan_all(b: &mut dyn KeyedStateBackend) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
         .collect()
 }
 
-/// Panics unless `result` is a [`StateError::Restore`] for `checkpoint` whose message holds
+/// Panics unless `result` is a [`StateError::Restore`] or [`StateError::Incompatible`] for
+/// `checkpoint` whose message holds
 /// every string of `mentions`.
 fn assert_refused(
     backend: &str,
@@ -1686,7 +1687,9 @@ fn assert_refused(
         Err(e) => e,
     };
     match &err {
-        StateError::Restore { checkpoint: c, .. } if *c == checkpoint => {}
+        StateError::Restore { checkpoint: c, .. }
+        | StateError::Incompatible { checkpoint: c, .. }
+            if *c == checkpoint => {}
         other => panic!("{backend}: expected a restore error for {checkpoint}, got {other:?}"),
     }
     let message = err.to_string();

@@ -66,8 +66,19 @@ pub enum StateError {
         /// The underlying message.
         detail: String,
     },
-    /// A snapshot cannot be restored: it comes from another backend, another format version or
-    /// another key-group range, or its files are missing or damaged.
+    /// A snapshot that cannot be restored by any retry: it comes from another backend, another
+    /// format version or another key-group range.
+    #[error("cannot restore {backend} state from {checkpoint}: {detail}")]
+    Incompatible {
+        /// The checkpoint being restored.
+        checkpoint: CheckpointId,
+        /// The backend asked to restore it.
+        backend: &'static str,
+        /// What differs, naming both values.
+        detail: String,
+    },
+    /// A snapshot could not be restored this time: its files are missing or damaged, or the
+    /// local disk refused them (full, unwritable).
     #[error("cannot restore {backend} state from {checkpoint}: {detail}")]
     Restore {
         /// The checkpoint being restored.

@@ -191,6 +191,19 @@ impl RestoredSnapshot {
         }
     }
 
+    /// A [`StateError::Incompatible`] naming this snapshot's checkpoint.
+    pub fn incompatible(
+        &self,
+        backend: &'static str,
+        detail: impl std::fmt::Display,
+    ) -> StateError {
+        StateError::Incompatible {
+            checkpoint: self.checkpoint,
+            backend,
+            detail: detail.to_string(),
+        }
+    }
+
     /// Checks what every backend checks before reading a file: the snapshot was written by
     /// `backend` in `format`, and covers exactly `range` (rescaling from a checkpoint is not
     /// supported).
@@ -201,13 +214,13 @@ impl RestoredSnapshot {
         range: KeyGroupRange,
     ) -> Result<(), StateError> {
         if self.backend != backend {
-            return Err(self.error(
+            return Err(self.incompatible(
                 backend,
                 format!("the snapshot was taken by the {} backend", self.backend),
             ));
         }
         if self.format != format {
-            return Err(self.error(
+            return Err(self.incompatible(
                 backend,
                 format!(
                     "snapshot format {} is not the supported format {format}",
@@ -216,7 +229,7 @@ impl RestoredSnapshot {
             ));
         }
         if self.key_groups != range {
-            return Err(self.error(
+            return Err(self.incompatible(
                 backend,
                 format!(
                     "the snapshot covers key groups {} but this subtask owns {range}; \
