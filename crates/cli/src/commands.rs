@@ -643,6 +643,18 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             let root = config
                 .state_dir
                 .join(format!("bench-{}", std::process::id()));
+            // The runs' checkpoints are the benchmark's own: kept under its root (removed at
+            // the end) unless state.checkpoints.dir names a place.
+            let mut config = config.clone();
+            if config.checkpoints_dir.is_none() {
+                let dir = root.join("checkpoints");
+                config.checkpoints_dir = Some(weir_storage::StorageUrl::File {
+                    root: std::path::absolute(&dir).unwrap_or(dir),
+                });
+            }
+            // Removed however the benchmark ends (declared before the cluster, so dropped
+            // after it has stopped).
+            let _scratch = RemoveOnDrop(root.clone());
             // A savepoint run restores at one more subtask afterwards: room for it.
             let extra = u32::from(savepoint.is_some());
             let cluster = crate::cluster::start_minicluster(
@@ -766,8 +778,20 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                 }
             }
             cluster.stop();
-            let _ = std::fs::remove_dir_all(&root);
             Ok(())
+        }
+    }
+}
+
+/// A directory removed (with everything in it) when this is dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %self.0.display(), error = %e, "cannot remove the benchmark's scratch directory");
+            }
         }
     }
 }
