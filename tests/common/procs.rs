@@ -94,8 +94,8 @@ pub fn start_jobmanager(defines: &[&str]) -> (Proc, String, String) {
     let rest = line
         .split("REST on http://")
         .nth(1)
+        .and_then(|s| s.split_whitespace().next())
         .expect("rest address")
-        .trim()
         .to_string();
     (
         Proc {

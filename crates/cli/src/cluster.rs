@@ -479,18 +479,81 @@ pub(crate) fn io_runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|e| Failure::Job(format!("cannot start the client runtime: {e}")))
 }
 
+/// A Dispatcher client of the JobManager that leads among `urls` (comma-separated; one URL
+/// without high availability): each is tried in turn, and a standby's refusal moves on.
 pub(crate) fn connect(
     rt: &tokio::runtime::Runtime,
-    url: &str,
+    urls: &str,
 ) -> Result<DispatcherServiceClient<tonic::transport::Channel>, Failure> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| Failure::Usage(format!("--jobmanager '{url}' is not a URL: {e}")))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(30));
-    let channel = rt
-        .block_on(endpoint.connect())
-        .map_err(|e| Failure::Usage(format!("cannot reach the JobManager at {url}: {e}")))?;
-    Ok(DispatcherServiceClient::new(channel))
+    let list: Vec<&str> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    if list.is_empty() {
+        return Err(Failure::Usage(format!(
+            "--jobmanager '{urls}' names no JobManager"
+        )));
+    }
+    let mut problems = Vec::new();
+    for url in &list {
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+            .map_err(|e| Failure::Usage(format!("--jobmanager '{url}' is not a URL: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(30));
+        let channel = match rt.block_on(endpoint.connect()) {
+            Ok(c) => c,
+            Err(e) => {
+                problems.push(format!("cannot reach the JobManager at {url}: {e}"));
+                continue;
+            }
+        };
+        let mut client = DispatcherServiceClient::new(channel);
+        if list.len() == 1 {
+            return Ok(client);
+        }
+        match rt.block_on(client.list_jobs(v1::ListJobsRequest {})) {
+            Ok(_) => return Ok(client),
+            Err(s) => problems.push(format!("{url}: {}", s.message())),
+        }
+    }
+    Err(Failure::Usage(problems.join("; ")))
+}
+
+/// How long an attached client keeps looking for its job's leader after losing it.
+const FOLLOW_LEADER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// [`fetch_grpc`], following the job to a new leader among `urls` when the JobManager it
+/// asked is gone or stands by (high availability), for up to [`FOLLOW_LEADER_TIMEOUT`].
+fn fetch_following(
+    rt: &tokio::runtime::Runtime,
+    client: &mut DispatcherServiceClient<tonic::transport::Channel>,
+    urls: &str,
+    job_id: &str,
+) -> Result<JobView, String> {
+    let several = urls.contains(',');
+    let started = Instant::now();
+    loop {
+        let answer = rt.block_on(client.get_job(v1::GetJobRequest {
+            job_id: job_id.to_string(),
+        }));
+        let status = match answer {
+            Ok(r) => return JobView::decode(&r.into_inner()),
+            Err(s) => s,
+        };
+        // A new leader knows the job only once it took it over: NotFound is transient then.
+        let transient = matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+        ) || (status.code() == tonic::Code::NotFound && several);
+        if !several || !transient || started.elapsed() > FOLLOW_LEADER_TIMEOUT {
+            return Err(status.message().to_string());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        if let Ok(c) = connect(rt, urls) {
+            *client = c;
+        }
+    }
 }
 
 pub(crate) fn status_failure(what: &str, s: tonic::Status) -> Failure {
@@ -509,17 +572,25 @@ pub(crate) fn jobmanager_command(
     rest_bind: &str,
 ) -> Result<(), Failure> {
     let options = jobmanager_options(config, rpc_bind, rest_bind)?;
-    let handle = weir_jobmanager::JobManager::start(
+    let ha = ha_options(config)?;
+    let with_ha = ha.is_some();
+    let handle = weir_jobmanager::JobManager::start_with_ha(
         options,
         Arc::new(ConfigResolver {
             config: config.clone(),
         }),
+        ha,
     )
     .map_err(|e| Failure::Usage(e.to_string()))?;
     eprintln!(
-        "JobManager: RPC on {}, REST on http://{}",
+        "JobManager: RPC on {}, REST on http://{}{}",
         handle.rpc_addr(),
-        handle.rest_addr()
+        handle.rest_addr(),
+        if with_ha {
+            " (high availability: standing by until it leads)"
+        } else {
+            ""
+        }
     );
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s = stop.clone();
@@ -530,6 +601,37 @@ pub(crate) fn jobmanager_command(
     eprintln!("JobManager shutting down: TaskManagers cancel their tasks");
     handle.shutdown();
     Ok(())
+}
+
+/// The high-availability settings of `weir jobmanager`, checked; `None` when it is off.
+fn ha_options(config: &Config) -> Result<Option<weir_jobmanager::HaOptions>, Failure> {
+    if !config.ha_enabled {
+        return Ok(None);
+    }
+    let Some(url) = &config.ha_storage_dir else {
+        return Err(Failure::Usage(
+            "high-availability.type is storage but high-availability.storageDir is not set".into(),
+        ));
+    };
+    if config.ha_renew_interval >= config.ha_lease_duration {
+        return Err(Failure::Usage(format!(
+            "high-availability.lease.renew-interval ({:?}) must be less than \
+             high-availability.lease.duration ({:?})",
+            config.ha_renew_interval, config.ha_lease_duration
+        )));
+    }
+    let store = weir_storage::open_store(url, &config.s3)
+        .map_err(|e| Failure::Usage(format!("high-availability.storageDir '{url}': {e}")))?;
+    Ok(Some(weir_jobmanager::HaOptions {
+        store,
+        lease_duration: config.ha_lease_duration,
+        renew_interval: config.ha_renew_interval,
+        on_lost: Arc::new(|reason| {
+            // Stop acting at once: a JobManager that may have been replaced must not write.
+            eprintln!("JobManager lost its leadership: {reason}; exiting");
+            std::process::exit(crate::EXIT_LEADERSHIP_LOST);
+        }),
+    }))
 }
 
 fn jobmanager_options(
@@ -662,7 +764,7 @@ pub(crate) fn run_command(
     });
     let mut cancel_client = client.clone();
     let view = follow(
-        || fetch_grpc(&rt, &mut client, &job_id),
+        || fetch_following(&rt, &mut client, url, &job_id),
         || {
             eprintln!("cancelling job {job_id}");
             let _ = rt.block_on(cancel_client.cancel_job(v1::CancelJobRequest {

@@ -88,7 +88,7 @@ enum Command {
     },
     /// Runs a TaskManager that registers its slots with a JobManager, until Ctrl-C.
     Taskmanager {
-        /// The JobManager's RPC URL.
+        /// The JobManager's RPC URL; with high availability, every JobManager's, comma-separated (the leader is found and followed).
         #[arg(long, default_value = "http://127.0.0.1:6123", value_name = "URL")]
         jobmanager: String,
         /// Slots (overrides taskmanager.numberOfTaskSlots).
@@ -110,7 +110,7 @@ enum Command {
         /// Return once the job is submitted.
         #[arg(long)]
         detached: bool,
-        /// The JobManager's RPC URL.
+        /// The JobManager's RPC URL; with high availability, every JobManager's, comma-separated (the leader is found and followed).
         #[arg(long, default_value = "http://127.0.0.1:6123", value_name = "URL")]
         jobmanager: String,
         /// Resume job JOB_ID from its latest intact checkpoint.
@@ -142,7 +142,7 @@ enum Command {
         /// final snapshot is the savepoint.
         #[arg(long)]
         drain: bool,
-        /// The JobManager's RPC URL.
+        /// The JobManager's RPC URL; with high availability, every JobManager's, comma-separated (the leader is found and followed).
         #[arg(long, default_value = "http://127.0.0.1:6123", value_name = "URL")]
         jobmanager: String,
         /// Print JSON.
@@ -151,7 +151,7 @@ enum Command {
     },
     /// Lists a JobManager's jobs.
     List {
-        /// The JobManager's RPC URL.
+        /// The JobManager's RPC URL; with high availability, every JobManager's, comma-separated (the leader is found and followed).
         #[arg(long, default_value = "http://127.0.0.1:6123", value_name = "URL")]
         jobmanager: String,
         /// Print JSON.
@@ -162,7 +162,7 @@ enum Command {
     Cancel {
         /// The job's id.
         job_id: String,
-        /// The JobManager's RPC URL.
+        /// The JobManager's RPC URL; with high availability, every JobManager's, comma-separated (the leader is found and followed).
         #[arg(long, default_value = "http://127.0.0.1:6123", value_name = "URL")]
         jobmanager: String,
         /// Print JSON.
@@ -280,7 +280,7 @@ struct SavepointArgs {
     /// Return once the savepoint is triggered (prints its request id).
     #[arg(long)]
     detached: bool,
-    /// The JobManager's RPC URL.
+    /// The JobManager's RPC URL; with high availability, every JobManager's, comma-separated (the leader is found and followed).
     #[arg(long, default_value = "http://127.0.0.1:6123", value_name = "URL")]
     jobmanager: String,
     /// Print JSON.

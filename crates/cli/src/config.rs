@@ -157,6 +157,14 @@ pub struct Config {
     pub adaptive_scheduler: bool,
     /// `jobmanager.adaptive-scheduler.resource-stabilization-timeout`.
     pub resource_stabilization_timeout: Duration,
+    /// `high-availability.type`: storage (true) or none.
+    pub ha_enabled: bool,
+    /// `high-availability.storageDir`.
+    pub ha_storage_dir: Option<StorageUrl>,
+    /// `high-availability.lease.duration`.
+    pub ha_lease_duration: Duration,
+    /// `high-availability.lease.renew-interval`.
+    pub ha_renew_interval: Duration,
 }
 
 /// A configuration problem; every message names the key or file.
@@ -625,6 +633,49 @@ pub static KEYS: &[KeySpec] = &[
         },
     },
     KeySpec {
+        key: "high-availability.type",
+        default: || "none".into(),
+        help: "none, or storage: JobManagers elect a leader through epoch leases in high-availability.storageDir, and a standby takes over the running jobs when the leader dies",
+        apply: |c, v| {
+            c.ha_enabled = match v.trim() {
+                "none" | "NONE" => false,
+                "storage" => true,
+                _ => return Err("expected none or storage".into()),
+            };
+            Ok(())
+        },
+    },
+    KeySpec {
+        key: "high-availability.storageDir",
+        default: || "none".into(),
+        help: "where leader leases, job records and the leader's address live: file:///abs/dir, /abs/dir or s3://bucket/prefix (shared by every JobManager of the cluster)",
+        apply: |c, v| {
+            c.ha_storage_dir = match v.trim() {
+                "" | "none" => None,
+                url => Some(StorageUrl::parse(url).map_err(|e| e.to_string())?),
+            };
+            Ok(())
+        },
+    },
+    KeySpec {
+        key: "high-availability.lease.duration",
+        default: || "3s".into(),
+        help: "a leader that has not renewed its lease for this long is replaced (and stops acting itself)",
+        apply: |c, v| {
+            c.ha_lease_duration = parse_nonzero_duration(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        key: "high-availability.lease.renew-interval",
+        default: || "500ms".into(),
+        help: "how often the leader renews its lease and a standby tries to take over; less than high-availability.lease.duration",
+        apply: |c, v| {
+            c.ha_renew_interval = parse_nonzero_duration(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
         key: "jobmanager.adaptive-scheduler.resource-stabilization-timeout",
         default: || "10s".into(),
         help: "with the adaptive scheduler: how long enough slots must stay available before a job scales back up",
@@ -652,11 +703,16 @@ fn parse_nonzero_duration(v: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Keys that describe the machine a process runs on, not the job: never sent with a job.
+/// Keys that describe the machine a process runs on (or the cluster's JobManagers), not the
+/// job: never sent with a job.
 const MACHINE_KEYS: &[&str] = &[
     "state.backend.rocksdb.localdir",
     "taskmanager.memory.managed.size",
     "taskmanager.numberOfTaskSlots",
+    "high-availability.type",
+    "high-availability.storageDir",
+    "high-availability.lease.duration",
+    "high-availability.lease.renew-interval",
 ];
 
 fn parse_positive(v: &str) -> Result<u64, String> {
@@ -805,6 +861,10 @@ impl Config {
             slot_request_timeout: Duration::from_secs(30),
             adaptive_scheduler: false,
             resource_stabilization_timeout: Duration::from_secs(10),
+            ha_enabled: false,
+            ha_storage_dir: None,
+            ha_lease_duration: Duration::ZERO,
+            ha_renew_interval: Duration::ZERO,
         };
         for k in KEYS {
             (k.apply)(&mut c, &(k.default)()).expect("defaults parse");
@@ -897,6 +957,13 @@ impl Config {
             "heartbeat.interval" => format_duration(self.heartbeat_interval),
             "heartbeat.timeout" => format_duration(self.heartbeat_timeout),
             "slot.request.timeout" => format_duration(self.slot_request_timeout),
+            "high-availability.type" => if self.ha_enabled { "storage" } else { "none" }.into(),
+            "high-availability.storageDir" => self
+                .ha_storage_dir
+                .as_ref()
+                .map_or_else(|| "none".to_string(), ToString::to_string),
+            "high-availability.lease.duration" => format_duration(self.ha_lease_duration),
+            "high-availability.lease.renew-interval" => format_duration(self.ha_renew_interval),
             "jobmanager.scheduler" => if self.adaptive_scheduler {
                 "adaptive"
             } else {

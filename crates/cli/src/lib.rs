@@ -7,7 +7,8 @@
 //!
 //! Exit codes: 0 success, 1 the job failed while running, 2 bad input (an unknown job, flag,
 //! `--param` or config key, a bad value, an unreadable input, an unwritable directory) — always
-//! with a one-line message naming what is wrong.
+//! with a one-line message naming what is wrong; 3 a `weir jobmanager` with high availability
+//! lost its leadership (it stops at once; restart it to stand by again).
 
 #![warn(missing_docs)]
 
@@ -28,6 +29,9 @@ pub use params::{ParamError, Params};
 pub use rss::peak_rss_bytes;
 
 use std::process::ExitCode;
+
+/// The exit code of a `weir jobmanager` that lost its leadership.
+pub(crate) const EXIT_LEADERSHIP_LOST: i32 = 3;
 
 /// Runs the CLI with `std::env::args()` over `catalog`, and returns the process exit code.
 pub fn main(catalog: Catalog) -> ExitCode {

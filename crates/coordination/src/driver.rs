@@ -165,6 +165,16 @@ pub struct MetadataWritten {
 /// runtime's threads; must not block.
 pub type MetadataSink = std::sync::Arc<dyn Fn(MetadataWritten) + Send + Sync>;
 
+/// Whether the JobMaster may still write (`Err`: why not — its JobManager no longer leads);
+/// checked right before every `_metadata` write, so a deposed or stalled leader's checkpoint
+/// never completes. Must not block.
+pub type Fence = std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// A [`Fence`] that always lets the write through (no high availability).
+pub fn no_fence() -> Fence {
+    std::sync::Arc::new(|| Ok(()))
+}
+
 /// Where a savepoint is written: the store opened at its own folder, and the folder's URL
 /// (what `weir savepoint` prints and `-s` takes).
 #[derive(Clone, Debug)]
@@ -176,7 +186,8 @@ pub struct SavepointTarget {
 }
 
 /// Writes `bytes` as `_metadata` of `id` at `path` of `store`, create-only, on `runtime`; after
-/// a failed write, reads it back to tell whether it landed. Reports through `sink`.
+/// a failed write, reads it back to tell whether it landed. Reports through `sink`. Nothing is
+/// written when `fence` refuses.
 pub fn spawn_metadata_write(
     runtime: &tokio::runtime::Handle,
     store: &Store,
@@ -184,9 +195,18 @@ pub fn spawn_metadata_write(
     id: CheckpointId,
     bytes: Vec<u8>,
     sink: MetadataSink,
+    fence: Fence,
 ) {
     let store = store.clone();
     runtime.spawn(async move {
+        if let Err(why) = fence() {
+            tracing::warn!(checkpoint = %id, %why, "_metadata not written");
+            sink(MetadataWritten {
+                id,
+                outcome: MetadataOutcome::Failed(format!("not written: {why}")),
+            });
+            return;
+        }
         let outcome = match store.put_create(&path, bytes.into()).await {
             Ok(()) => MetadataOutcome::Written,
             Err(e) => {
@@ -273,6 +293,8 @@ pub struct Driver<'a, G: TaskGateway> {
     pub failed: Option<String>,
     /// Where `_metadata` write outcomes go.
     pub metadata_sink: &'a MetadataSink,
+    /// Checked before every `_metadata` write.
+    pub fence: &'a Fence,
     /// Checkpoints whose `_metadata` write is in flight (across attempts).
     pub writing: &'a mut BTreeSet<CheckpointId>,
     /// Where each savepoint in flight is written.
@@ -405,6 +427,7 @@ impl<G: TaskGateway> Driver<'_, G> {
                             id,
                             bytes,
                             self.metadata_sink.clone(),
+                            self.fence.clone(),
                         );
                     }
                     Err(e) => match self.coordinator.on_metadata_failed(id, e.to_string()) {

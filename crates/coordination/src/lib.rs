@@ -8,6 +8,7 @@
 //! - [`restart`]: restart strategies as pure decisions;
 //! - [`resume`]: finding a job's intact completed checkpoints in storage;
 //! - [`lease`]: one live owner per job checkpoint folder (numbered create-only leases);
+//! - [`leader`]: JobManager leadership and the jobs a new leader takes over (HA on storage);
 //! - [`claim`]: a savepoint claimed by the job started from it (`--claim-mode claim`).
 //!
 //! Must not depend on the runtime, the TaskManager, the JobManager, RocksDB or tonic: both
@@ -17,6 +18,7 @@
 
 pub mod claim;
 pub mod driver;
+pub mod leader;
 pub mod lease;
 pub mod restart;
 pub mod resume;

@@ -105,6 +105,8 @@ pub(crate) struct Shared {
     pub shutting_down: AtomicBool,
     /// Storage probes of submissions waiting for their TaskManagers' answers, by probe id.
     pub probes: Mutex<BTreeMap<u64, ProbeWait>>,
+    /// Leadership, with high availability on.
+    pub ha: Option<Arc<crate::ha::HaState>>,
 }
 
 /// One submission's storage probe: who must answer, and where answers go.
@@ -123,8 +125,10 @@ impl Shared {
         options: JobManagerOptions,
         runtime: tokio::runtime::Handle,
         resolver: Arc<dyn JobSettingsResolver>,
+        ha: Option<crate::ha::HaOptions>,
     ) -> Self {
         Self {
+            ha: ha.map(|o| Arc::new(crate::ha::HaState::new(o))),
             options,
             resources: Mutex::new(ResourceManager::default()),
             jobs: Mutex::new(BTreeMap::new()),
@@ -155,6 +159,26 @@ impl Shared {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Whether this JobManager may act (always, without high availability; while it leads
+    /// within its lease, with it); `Err` names the leader or why not.
+    pub fn may_act(&self) -> Result<(), DispatchError> {
+        match &self.ha {
+            None => Ok(()),
+            Some(ha) => ha.may_act().map_err(DispatchError::Unavailable),
+        }
+    }
+
+    /// The [`may_act`](Self::may_act) check for `_metadata` writes.
+    pub fn fence(&self) -> weir_coordination::driver::Fence {
+        match &self.ha {
+            None => weir_coordination::driver::no_fence(),
+            Some(ha) => {
+                let ha = ha.clone();
+                Arc::new(move || ha.may_act())
+            }
+        }
     }
 
     /// Hands a TaskManager's message about job `job_id` to that job's JobMaster; messages

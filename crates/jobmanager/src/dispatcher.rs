@@ -61,6 +61,7 @@ impl DispatcherService for DispatcherRpc {
         &self,
         _request: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsResponse>, Status> {
+        self.shared.may_act()?;
         Ok(Response::new(ListJobsResponse {
             jobs_json: json(&self.shared.jobs_view())?,
         }))
@@ -70,6 +71,7 @@ impl DispatcherService for DispatcherRpc {
         &self,
         request: Request<GetJobRequest>,
     ) -> Result<Response<GetJobResponse>, Status> {
+        self.shared.may_act()?;
         let status = self.shared.job_status(&request.get_ref().job_id)?;
         let now = weir_coordination::driver::now_ms();
         Ok(Response::new(GetJobResponse {
@@ -83,6 +85,7 @@ impl DispatcherService for DispatcherRpc {
         &self,
         request: Request<CancelJobRequest>,
     ) -> Result<Response<CancelJobResponse>, Status> {
+        self.shared.may_act()?;
         self.shared.cancel(&request.get_ref().job_id)?;
         Ok(Response::new(CancelJobResponse {}))
     }
@@ -91,6 +94,7 @@ impl DispatcherService for DispatcherRpc {
         &self,
         request: Request<TriggerSavepointRequest>,
     ) -> Result<Response<TriggerSavepointResponse>, Status> {
+        self.shared.may_act()?;
         let r = request.into_inner();
         let parsed = savepoint_request(&r.target, &r.format, r.stop, r.drain)?;
         let shared = self.shared.clone();
@@ -105,6 +109,7 @@ impl DispatcherService for DispatcherRpc {
         &self,
         request: Request<GetSavepointRequest>,
     ) -> Result<Response<GetSavepointResponse>, Status> {
+        self.shared.may_act()?;
         let r = request.get_ref();
         let op = self.shared.savepoint_status(&r.job_id, r.request_id)?;
         Ok(Response::new(GetSavepointResponse {
@@ -150,7 +155,10 @@ pub(crate) fn savepoint_request(
 }
 
 /// Runs `future` on the JobManager's runtime and waits for it from this (non-async) thread.
-fn run_on<F>(runtime: &tokio::runtime::Handle, future: F) -> Result<F::Output, DispatchError>
+pub(crate) fn run_on<F>(
+    runtime: &tokio::runtime::Handle,
+    future: F,
+) -> Result<F::Output, DispatchError>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
@@ -270,6 +278,7 @@ pub(crate) fn submit(
     if shared.is_shutting_down() {
         return Err(DispatchError::ShuttingDown);
     }
+    shared.may_act()?;
     let mut spec = request
         .job
         .clone()
@@ -338,6 +347,7 @@ pub(crate) fn submit(
                 lease: Some(lease),
                 lease_keeper: None,
                 metadata_sink: Checkpointing::no_sink(),
+                fence: shared.fence(),
                 writing: Default::default(),
                 savepoints: Default::default(),
                 stop: None,
@@ -396,6 +406,17 @@ pub(crate) fn submit(
         checkpointing.as_ref(),
         &settings.restart,
     )));
+    // The next leader resumes the job from this record: no record, no job.
+    let recorded = SubmitJobRequest {
+        job: Some(spec.clone()),
+        ..request.clone()
+    };
+    if let Err(e) = crate::ha::record_job(shared, job, &recorded) {
+        if let Some(cp) = checkpointing.as_mut() {
+            release_lease(shared, cp);
+        }
+        return Err(e);
+    }
     let (inbox_tx, inbox_rx) = crossbeam_channel::unbounded();
     let mut jobs = lock(&shared.jobs);
     if let Some(e) = jobs.get(&job) {
@@ -431,6 +452,9 @@ pub(crate) fn submit(
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 JobMaster::new(setup).run()
             }));
+            if run.is_ok() && lock(&watched).details.state.is_terminal() {
+                crate::ha::record_ended(&owner, job);
+            }
             if let Err(panic) = run {
                 // A bug, not a job failure: still leave the job in a final state, its slots free.
                 let what = panic

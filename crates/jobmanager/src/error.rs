@@ -54,6 +54,9 @@ pub enum DispatchError {
     /// The JobManager is shutting down; submit to another one.
     #[error("the JobManager is shutting down")]
     ShuttingDown,
+    /// This JobManager does not lead (high availability): the message names the leader.
+    #[error("{0}")]
+    Unavailable(String),
     /// Something on this side broke (a thread that could not start). A retry may help.
     #[error("{0}")]
     Internal(String),
@@ -67,7 +70,9 @@ impl From<DispatchError> for tonic::Status {
             DispatchError::AlreadyRunning(_) => tonic::Status::already_exists(message),
             DispatchError::UnknownJob(_) => tonic::Status::not_found(message),
             DispatchError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
-            DispatchError::ShuttingDown => tonic::Status::unavailable(message),
+            DispatchError::ShuttingDown | DispatchError::Unavailable(_) => {
+                tonic::Status::unavailable(message)
+            }
             DispatchError::Internal(_) => tonic::Status::internal(message),
         }
     }

@@ -72,6 +72,7 @@
 mod cluster;
 mod dispatcher;
 mod error;
+mod ha;
 mod ids;
 mod job_master;
 mod options;
@@ -85,6 +86,7 @@ pub mod view;
 
 pub use dispatcher::LEASE_DURATION;
 pub use error::{DispatchError, JobManagerError};
+pub use ha::HaOptions;
 pub use ids::TaskManagerId;
 pub use options::{keys, JobManagerOptions};
 pub use recovery::{RecoveryDurations, RecoveryRecord, RecoveryStatus, Rescale, SubtaskMove};
@@ -116,6 +118,16 @@ impl JobManager {
         options: JobManagerOptions,
         resolver: Arc<dyn JobSettingsResolver>,
     ) -> Result<JobManagerHandle, JobManagerError> {
+        Self::start_with_ha(options, resolver, None)
+    }
+
+    /// [`start`](Self::start), taking part in leader election when `ha` is given (see
+    /// [`HaOptions`]): the JobManager stands by until it leads.
+    pub fn start_with_ha(
+        options: JobManagerOptions,
+        resolver: Arc<dyn JobSettingsResolver>,
+        ha: Option<HaOptions>,
+    ) -> Result<JobManagerHandle, JobManagerError> {
         options.validate()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -132,7 +144,7 @@ impl JobManager {
         };
         let (rpc, rpc_addr) = bind("gRPC", options.rpc_bind)?;
         let (rest, rest_addr) = bind("REST", options.rest_bind)?;
-        let shared = Arc::new(Shared::new(options, runtime.handle().clone(), resolver));
+        let shared = Arc::new(Shared::new(options, runtime.handle().clone(), resolver, ha));
         let _entered = runtime.enter();
         let rpc =
             tokio::net::TcpListener::from_std(rpc).map_err(|source| JobManagerError::Bind {
@@ -185,7 +197,15 @@ impl JobManager {
             })
         };
         let heartbeats = runtime.spawn(session::check_heartbeats(shared.clone(), stop_rx));
-        tracing::info!(%rpc_addr, %rest_addr, "JobManager started");
+        let mut tasks = vec![grpc, rest_server, heartbeats];
+        if shared.ha.is_some() {
+            tasks.push(runtime.spawn(ha::run(
+                shared.clone(),
+                format!("http://{rpc_addr}"),
+                format!("http://{rest_addr}"),
+            )));
+        }
+        tracing::info!(%rpc_addr, %rest_addr, ha = shared.ha.is_some(), "JobManager started");
         drop(_entered);
         Ok(JobManagerHandle {
             shared,
@@ -193,7 +213,7 @@ impl JobManager {
             rest_addr,
             runtime: Some(runtime),
             stop: stop_tx,
-            tasks: vec![grpc, rest_server, heartbeats],
+            tasks,
         })
     }
 }
@@ -217,6 +237,12 @@ impl JobManagerHandle {
     /// Where the REST API listens.
     pub fn rest_addr(&self) -> SocketAddr {
         self.rest_addr
+    }
+
+    /// The epoch this JobManager leads with (high availability); `None` while it stands by
+    /// (or without high availability).
+    pub fn leader_epoch(&self) -> Option<u64> {
+        self.shared.ha.as_ref().and_then(|ha| ha.epoch())
     }
 
     /// Submits a job as `DispatcherService.SubmitJob` does. Blocks while storage is read for

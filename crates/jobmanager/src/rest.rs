@@ -17,7 +17,9 @@
 //! "canonical" | "native"}`, and for `/stop` also `"drain": bool`.
 //!
 //! Errors are `{"error": "…"}`: 404 for an unknown job or path (naming it), 409 for
-//! cancelling a job that already ended.
+//! cancelling a job that already ended. A standby JobManager (high availability) answers
+//! every path with 503, `{"error": "… stands by; the leader … is at …", "leader": {"epoch",
+//! "rpc", "rest"}}`.
 
 use crate::cluster::Shared;
 use crate::error::DispatchError;
@@ -46,7 +48,28 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/jobs/{id}/stop", axum::routing::post(stop_with_savepoint))
         .route("/jobs/{id}/savepoints/{request}", get(savepoint_status))
         .fallback(unknown_path)
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            only_when_leading,
+        ))
         .with_state(shared)
+}
+
+/// Lets a request through when this JobManager may act; a standby answers 503 naming the
+/// leader.
+async fn only_when_leading(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match (&shared.ha, shared.may_act()) {
+        (Some(ha), Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "error": e.to_string(), "leader": ha.leader() })),
+        )
+            .into_response(),
+        _ => next.run(request).await,
+    }
 }
 
 struct ApiError(StatusCode, String);
@@ -65,7 +88,9 @@ impl From<DispatchError> for ApiError {
             DispatchError::AlreadyRunning(_) | DispatchError::FailedPrecondition(_) => {
                 StatusCode::CONFLICT
             }
-            DispatchError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            DispatchError::ShuttingDown | DispatchError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             DispatchError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, e.to_string())

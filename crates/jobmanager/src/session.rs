@@ -112,6 +112,8 @@ impl JobManagerService for SessionService {
         &self,
         request: Request<Streaming<TaskManagerMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        // A standby (or deposed) JobManager takes no TaskManager: it must go to the leader.
+        self.shared.may_act()?;
         let mut inbound = request.into_inner();
         let register = first_register(&mut inbound).await?;
         let rx = accept(&self.shared, register, inbound)?;
@@ -249,7 +251,13 @@ fn dispatch(shared: &Shared, from: &TaskManagerId, kind: Option<Kind>) {
         return;
     };
     let job = match &kind {
-        Kind::Heartbeat(_) => return,
+        Kind::Heartbeat(beat) => {
+            if shared.may_act().is_ok() {
+                use crate::job_master::TaskManagers;
+                shared.send(from, job_manager_message::Kind::Heartbeat(*beat));
+            }
+            return;
+        }
         Kind::StorageProbed(p) => {
             shared.on_probe_answer(from, p.probe_id, p.error.clone());
             return;

@@ -45,7 +45,9 @@ pub use weir_proto::v1::JobSpec;
 /// How a TaskManager runs.
 #[derive(Clone, Debug)]
 pub struct TaskManagerOptions {
-    /// The JobManager's RPC address (`http://127.0.0.1:6123`).
+    /// The JobManager's RPC address (`http://127.0.0.1:6123`), or with high availability
+    /// every JobManager's, comma-separated: the TaskManager registers with whichever leads
+    /// and moves to the next when its session breaks or a standby refuses it.
     pub jobmanager: String,
     /// This TaskManager's id, unique in the cluster.
     pub id: String,

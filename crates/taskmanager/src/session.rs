@@ -16,6 +16,9 @@ use weir_proto::v1::{self, job_manager_message::Kind as Down, task_manager_messa
 /// How long a new session waits for `Registered`.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long opening a session may take: a live JobManager answers in milliseconds.
+const SESSION_OPEN_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How one session ended.
 enum SessionEnd {
     /// Could not connect or the stream broke: try again after a backoff.
@@ -122,12 +125,30 @@ pub fn run(
     });
     tracing::info!(id = %options.id, slots = options.slots, %data_address, jobmanager = %options.jobmanager, "TaskManager started");
     let mut backoff = options.initial_backoff;
+    let jobmanagers: Vec<String> = options
+        .jobmanager
+        .split(',')
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
+    if jobmanagers.is_empty() {
+        return Err(TaskManagerError::Setup(format!(
+            "--jobmanager '{}' names no JobManager",
+            options.jobmanager
+        )));
+    }
+    let mut next = 0usize;
     let result = loop {
         if stop.load(Ordering::SeqCst) {
             break Ok(());
         }
+        let jobmanager = &jobmanagers[next % jobmanagers.len()];
+        next += 1;
+        // Wait only after every JobManager was tried: a standby refuses at once.
+        let cycle_done = next % jobmanagers.len() == 0;
         let outcome = core.runtime.block_on(session(
             &options,
+            jobmanager,
             &data_address,
             &core.outbox,
             &core.control_tx,
@@ -144,17 +165,21 @@ pub fn run(
                 if stop.load(Ordering::SeqCst) {
                     break Ok(());
                 }
-                tracing::warn!(jobmanager = %options.jobmanager, %reason, retry_in_ms = backoff.as_millis() as u64, "no session with the JobManager; retrying");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(options.max_backoff);
+                tracing::warn!(%jobmanager, %reason, retry_in_ms = backoff.as_millis() as u64, "no session with the JobManager; retrying");
+                if cycle_done {
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(options.max_backoff);
+                }
             }
             Ok(SessionEnd::JobManagerStopped) => {
                 if stop.load(Ordering::SeqCst) {
                     break Ok(());
                 }
-                tracing::info!(jobmanager = %options.jobmanager, retry_in_ms = backoff.as_millis() as u64, "the JobManager shut down; waiting for it to come back");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(options.max_backoff);
+                tracing::info!(%jobmanager, retry_in_ms = backoff.as_millis() as u64, "the JobManager shut down; waiting for it (or another) to lead");
+                if cycle_done {
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(options.max_backoff);
+                }
             }
             Err(e) => break Err(e),
         }
@@ -165,18 +190,18 @@ pub fn run(
 
 async fn session(
     options: &TaskManagerOptions,
+    jobmanager: &str,
     data_address: &str,
     outbox: &Outbox,
     control: &crossbeam_channel::Sender<Down>,
     stop: &Arc<AtomicBool>,
     backoff: &mut Duration,
 ) -> Result<SessionEnd, TaskManagerError> {
-    let endpoint = match tonic::transport::Endpoint::from_shared(options.jobmanager.clone()) {
+    let endpoint = match tonic::transport::Endpoint::from_shared(jobmanager.to_string()) {
         Ok(e) => e.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true),
         Err(e) => {
             return Err(TaskManagerError::Setup(format!(
-                "--jobmanager '{}' is not a URL: {e}",
-                options.jobmanager
+                "--jobmanager '{jobmanager}' is not a URL: {e}"
             )))
         }
     };
@@ -192,12 +217,24 @@ async fn session(
     let mut client = JobManagerServiceClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let _ = tx.send(register_message(options, data_address));
-    let inbound = match client.session(UnboundedReceiverStream::new(rx)).await {
-        Ok(r) => r.into_inner(),
-        Err(status) => {
+    // Bounded: a JobManager that is paused (SIGSTOP) still completes TCP handshakes in the
+    // kernel, but never answers; the next one must get its turn.
+    let opened = tokio::time::timeout(
+        SESSION_OPEN_TIMEOUT,
+        client.session(UnboundedReceiverStream::new(rx)),
+    )
+    .await;
+    let inbound = match opened {
+        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(status)) => {
             return Ok(SessionEnd::Retry(format!(
                 "the session was refused: {}",
                 status.message()
+            )))
+        }
+        Err(_) => {
+            return Ok(SessionEnd::Retry(format!(
+                "no answer to the session request within {SESSION_OPEN_TIMEOUT:?}"
             )))
         }
     };
@@ -296,13 +333,25 @@ where
         }
     });
     let mut announced_stop = false;
+    // The JobManager answers every heartbeat while it may act: silence for the heartbeat
+    // timeout means it died, hangs, or no longer leads.
+    let silence_limit = Duration::from_millis(timeout.max(interval.saturating_mul(2)).max(20));
+    let mut last_heard = tokio::time::Instant::now();
     let end = loop {
         if stop.load(Ordering::SeqCst) {
             break SessionEnd::Retry("stopping".into());
         }
         let next = tokio::time::timeout(Duration::from_millis(200), inbound.next()).await;
+        if next.is_ok() {
+            last_heard = tokio::time::Instant::now();
+        } else if last_heard.elapsed() > silence_limit {
+            break SessionEnd::Retry(format!("the JobManager sent nothing for {silence_limit:?}"));
+        }
         match next {
             Err(_) => continue,
+            Ok(Some(Ok(v1::JobManagerMessage {
+                kind: Some(Down::Heartbeat(_)),
+            }))) => {}
             Ok(Some(Ok(v1::JobManagerMessage { kind: Some(kind) }))) => {
                 announced_stop |= matches!(kind, Down::Shutdown(_));
                 let _ = control.send(kind);

@@ -183,6 +183,8 @@ impl Tasks {
     /// Handles one message of the JobManager.
     pub fn handle(&mut self, msg: Down) {
         match msg {
+            // Answered liveness: the session keeps track of it, the tasks need nothing.
+            Down::Heartbeat(_) => {}
             Down::Deploy(d) => self.deploy(d),
             Down::Cancel(c) => self.cancel(&c.job_id, c.attempt, &c.reason),
             Down::Trigger(t) => self.trigger(t),

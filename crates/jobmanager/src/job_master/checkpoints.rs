@@ -17,6 +17,8 @@ pub(crate) struct Checkpointing {
     pub lease_keeper: Option<LeaseKeeper>,
     /// Where `_metadata` write outcomes go: the JobMaster's inbox (set when it starts).
     pub metadata_sink: MetadataSink,
+    /// Checked before every `_metadata` write: refuses once this JobManager no longer leads.
+    pub fence: weir_coordination::driver::Fence,
     /// Checkpoints whose `_metadata` write is in flight.
     pub writing: BTreeSet<CheckpointId>,
     /// Where each savepoint in flight is written.
@@ -134,6 +136,7 @@ pub(super) fn with_driver<R>(
         done: a.done,
         failed: a.failed.take(),
         metadata_sink: &cp.metadata_sink,
+        fence: &cp.fence,
         writing: &mut cp.writing,
         savepoints: &cp.savepoints,
         stop: cp.stop,

@@ -30,6 +30,10 @@ pub(crate) trait TaskManagers: Send + Sync {
     fn data_address(&self, tm: &TaskManagerId) -> Option<String>;
     /// The JobManager is stopping (late acks are not waited for).
     fn is_shutting_down(&self) -> bool;
+    /// Whether the JobManager may act (deploy); `Err` says why not (it no longer leads).
+    fn may_act(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 impl TaskManagers for Shared {
@@ -60,6 +64,10 @@ impl TaskManagers for Shared {
 
     fn is_shutting_down(&self) -> bool {
         Shared::is_shutting_down(self)
+    }
+
+    fn may_act(&self) -> Result<(), String> {
+        Shared::may_act(self).map_err(|e| e.to_string())
     }
 }
 

@@ -754,6 +754,14 @@ impl JobMaster {
         assignment: &Assignment,
         restore: Option<&RestorePoint>,
     ) -> Option<Failure> {
+        // A JobManager that no longer leads deploys nothing: the leader runs the job now.
+        if let Err(why) = self.cluster.may_act() {
+            return Some(Failure {
+                cause: format!("not deployed: {why}"),
+                kind: FailureKind::Task { primary: true },
+                detected_ms: now_ms(),
+            });
+        }
         let attempt = self.attempt;
         let mut locations = Vec::with_capacity(self.plan.execution.subtasks.len());
         for ev in &self.plan.execution.subtasks {

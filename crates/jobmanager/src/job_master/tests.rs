@@ -194,6 +194,7 @@ impl Harness {
                 lease: None,
                 lease_keeper: None,
                 metadata_sink: Checkpointing::no_sink(),
+                fence: weir_coordination::driver::no_fence(),
                 writing: BTreeSet::new(),
                 savepoints: BTreeMap::new(),
                 stop: None,

@@ -1,0 +1,318 @@
+//! JobManager high availability with real processes on loopback: two `weir jobmanager`s share
+//! a `file://` HA folder, three `weir taskmanager`s know both, and `keyed-agg` runs at p=4 with
+//! 500 ms checkpoints. The leader is SIGKILLed (or SIGSTOPped until the standby took over):
+//! the standby leads, resumes the job from its latest completed checkpoint, and the job ends
+//! with the exactly-once output of a failure-free run; checkpoint ids keep rising; a paused
+//! old leader that wakes up commits nothing and exits.
+
+mod common;
+
+use common::procs::{rest, start_jobmanager, start_taskmanager, wait_for, weir_cmd, Proc};
+use common::{exactly_once_updates, expected_keyed_agg, read_parts};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(150);
+const SEED: u64 = 42;
+const KEYS: u64 = 2000;
+
+struct JobManager {
+    proc: Proc,
+    rpc: String,
+    rest: String,
+}
+
+struct HaCluster {
+    jms: Vec<JobManager>,
+    _tms: Vec<Proc>,
+    dir: tempfile::TempDir,
+}
+
+impl HaCluster {
+    fn rpc_urls(&self) -> String {
+        self.jms
+            .iter()
+            .map(|j| j.rpc.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The index of the JobManager that answers REST (the leader), if one does.
+    fn leader(&self, skip: Option<usize>) -> Option<usize> {
+        (0..self.jms.len())
+            .filter(|&i| Some(i) != skip)
+            .find(|&i| rest(&self.jms[i].rest, "/overview").get("error").is_none())
+    }
+
+    fn checkpoint_dir(&self) -> PathBuf {
+        self.dir.path().join("checkpoints")
+    }
+}
+
+fn ha_cluster() -> HaCluster {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ha = format!(
+        "high-availability.storageDir=file://{}",
+        dir.path().join("ha").display()
+    );
+    let defines = [
+        "high-availability.type=storage",
+        ha.as_str(),
+        "heartbeat.interval=100ms",
+        "heartbeat.timeout=2s",
+        "slot.request.timeout=20s",
+    ];
+    let jms: Vec<JobManager> = (0..2)
+        .map(|_| {
+            let (proc, rpc, rest) = start_jobmanager(&defines);
+            JobManager { proc, rpc, rest }
+        })
+        .collect();
+    let mut c = HaCluster {
+        jms,
+        _tms: Vec::new(),
+        dir,
+    };
+    wait_for("a leader", Duration::from_secs(30), || {
+        c.leader(None).is_some()
+    });
+    let urls = c.rpc_urls();
+    c._tms = (0..3)
+        .map(|i| {
+            start_taskmanager(
+                &urls,
+                &format!("tm-{i}"),
+                &c.dir.path().join(format!("tm-{i}")),
+            )
+        })
+        .collect();
+    let leader = c.leader(None).expect("leader");
+    wait_for(
+        "3 TaskManagers to register with the leader",
+        Duration::from_secs(30),
+        || {
+            rest(&c.jms[leader].rest, "/taskmanagers")["taskmanagers"]
+                .as_array()
+                .is_some_and(|t| t.len() == 3)
+        },
+    );
+    c
+}
+
+/// Submits keyed-agg at p=4 (detached) through the JobManager list; returns the job id.
+fn submit(c: &HaCluster, records: u64, rate: u64, out: &Path) -> String {
+    let o = weir_cmd()
+        .args(["run", "keyed-agg", "-p", "4", "--detached", "--json"])
+        .args(["--jobmanager", &c.rpc_urls()])
+        .args(["--param", &format!("records={records}")])
+        .args(["--param", &format!("keys={KEYS}")])
+        .args(["--param", &format!("rate={rate}")])
+        .args(["--param", "emit=updates"])
+        .args(["--param", &format!("output={}", out.display())])
+        .args(["-D", "execution.checkpointing.interval=500ms"])
+        .args([
+            "-D",
+            &format!(
+                "state.checkpoints.dir=file://{}",
+                c.checkpoint_dir().display()
+            ),
+        ])
+        .args(["-D", "restart-strategy.type=fixed-delay"])
+        .args(["-D", "restart-strategy.fixed-delay.attempts=10"])
+        .args(["-D", "restart-strategy.fixed-delay.delay=100ms"])
+        .output()
+        .expect("weir run");
+    assert!(
+        o.status.success(),
+        "weir run failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    v["job_id"].as_str().expect("job id").to_string()
+}
+
+fn job(jm: &JobManager, id: &str) -> serde_json::Value {
+    rest(&jm.rest, &format!("/jobs/{id}"))
+}
+
+/// The ids of the completed checkpoints in `jm`'s history of the job.
+fn completed(jm: &JobManager, id: &str) -> Vec<u64> {
+    rest(&jm.rest, &format!("/jobs/{id}/checkpoints"))["history"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .filter(|r| r["status"]["status"] == "completed" || r["status"] == "completed")
+                .filter_map(|r| r["id"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The ids of every `chk-<n>/_metadata` in the job's checkpoint folder.
+fn metadata_on_disk(c: &HaCluster, id: &str) -> BTreeSet<u64> {
+    let dir = c.checkpoint_dir().join(id);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return BTreeSet::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let n: u64 = name.strip_prefix("chk-")?.parse().ok()?;
+            e.path().join("_metadata").exists().then_some(n)
+        })
+        .collect()
+}
+
+/// Waits until `jm` runs the job with every task up; returns when.
+fn wait_running(jm: &JobManager, id: &str) -> Instant {
+    wait_for("the job to run on the new leader", DEADLINE, || {
+        let j = job(jm, id);
+        j["state"] == "RUNNING"
+            && j["vertices"].as_array().is_some_and(|vs| {
+                vs.iter().all(|v| {
+                    v["subtasks"]
+                        .as_array()
+                        .is_some_and(|ss| ss.iter().all(|s| s["state"] == "RUNNING"))
+                })
+            })
+    });
+    Instant::now()
+}
+
+fn wait_finished(jm: &JobManager, id: &str) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    wait_for("the job to finish", DEADLINE, || {
+        last = job(jm, id);
+        matches!(
+            last["state"].as_str(),
+            Some("FINISHED" | "FAILED" | "CANCELED")
+        )
+    });
+    assert_eq!(last["state"], "FINISHED", "job did not finish: {last}");
+    last
+}
+
+fn assert_exactly_once(out: &Path, records: u64) {
+    let lines = read_parts(out);
+    let last = exactly_once_updates(&lines);
+    assert_eq!(last, expected_keyed_agg(SEED, KEYS, records));
+}
+
+#[test]
+fn a_killed_leader_is_replaced_by_the_standby_and_the_job_ends_exactly_once() {
+    let mut c = ha_cluster();
+    let out = c.dir.path().join("out");
+    let records = 120_000;
+    let id = submit(&c, records, 12_000, &out);
+    let old = c.leader(None).expect("leader");
+    wait_for("two completed checkpoints", DEADLINE, || {
+        completed(&c.jms[old], &id).len() >= 2
+    });
+    let before = completed(&c.jms[old], &id);
+    let killed = Instant::now();
+    c.jms[old].proc.signal("KILL");
+    // Reaped at once, as a service manager would: a zombie still looks alive in /proc.
+    c.jms[old].proc.child.wait().expect("reap");
+    let new = 1 - old;
+    wait_for("the standby to lead", Duration::from_secs(20), || {
+        c.leader(Some(old)) == Some(new)
+    });
+    let running = wait_running(&c.jms[new], &id);
+    eprintln!(
+        "leader killed → job running on the new leader after {} ms",
+        running.duration_since(killed).as_millis()
+    );
+    wait_finished(&c.jms[new], &id);
+    assert_exactly_once(&out, records);
+    let after = completed(&c.jms[new], &id);
+    let last_before = *before.iter().max().expect("a checkpoint before the kill");
+    assert!(
+        after.iter().all(|&n| n > last_before),
+        "checkpoint ids must rise across the takeover: before {before:?}, after {after:?}"
+    );
+    assert!(
+        running.duration_since(killed) < Duration::from_secs(10),
+        "takeover took {:?}",
+        running.duration_since(killed)
+    );
+}
+
+#[test]
+fn a_paused_leader_commits_nothing_after_the_standby_took_over_and_exits_when_it_wakes() {
+    let mut c = ha_cluster();
+    let out = c.dir.path().join("out");
+    let records = 150_000;
+    let id = submit(&c, records, 10_000, &out);
+    let old = c.leader(None).expect("leader");
+    wait_for("two completed checkpoints", DEADLINE, || {
+        completed(&c.jms[old], &id).len() >= 2
+    });
+    let before: BTreeSet<u64> = completed(&c.jms[old], &id).into_iter().collect();
+    c.jms[old].proc.signal("STOP");
+    let new = 1 - old;
+    wait_for("the standby to lead", Duration::from_secs(30), || {
+        c.leader(Some(old)) == Some(new)
+    });
+    wait_running(&c.jms[new], &id);
+    wait_for("a checkpoint of the new leader", DEADLINE, || {
+        !completed(&c.jms[new], &id).is_empty()
+    });
+    c.jms[old].proc.signal("CONT");
+    // It finds a newer leader at its next renewal (or its lease ran out) and exits.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = c.jms[old].proc.child.try_wait().expect("poll") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the old leader kept running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(3), "the old leader's exit: {status:?}");
+    wait_finished(&c.jms[new], &id);
+    assert_exactly_once(&out, records);
+    // Every _metadata on disk was written by a leader while it led: the old one's before the
+    // pause, or the new one's.
+    let by_new: BTreeSet<u64> = completed(&c.jms[new], &id).into_iter().collect();
+    let on_disk = metadata_on_disk(&c, &id);
+    let stray: Vec<u64> = on_disk
+        .iter()
+        .filter(|n| !before.contains(n) && !by_new.contains(n))
+        .copied()
+        .collect();
+    // The old leader may have completed one more checkpoint between the last REST read and
+    // the SIGSTOP; none after the new leader's first.
+    let first_new = by_new.iter().min().copied().unwrap_or(u64::MAX);
+    assert!(
+        stray.iter().all(|&n| n < first_new),
+        "the paused leader committed {stray:?} after the takeover (new leader: {by_new:?})"
+    );
+}
+
+#[test]
+fn a_standby_answers_with_the_leaders_address_and_takes_no_taskmanager() {
+    let c = ha_cluster();
+    let leader = c.leader(None).expect("leader");
+    let standby = 1 - leader;
+    let answer = rest(&c.jms[standby].rest, "/jobs");
+    let error = answer["error"].as_str().expect("an error");
+    assert!(error.contains("stands by"), "{answer}");
+    assert_eq!(
+        answer["leader"]["rpc"].as_str(),
+        Some(c.jms[leader].rpc.as_str()),
+        "{answer}"
+    );
+    let tms = rest(&c.jms[leader].rest, "/taskmanagers")["taskmanagers"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(tms, 3, "every TaskManager registered with the leader");
+    // A client that names only the standby is told where the leader is.
+    let o = weir_cmd()
+        .args(["list", "--jobmanager", &c.jms[standby].rpc])
+        .output()
+        .expect("weir list");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&c.jms[leader].rpc), "{err}");
+}
