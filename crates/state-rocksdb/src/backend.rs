@@ -26,14 +26,20 @@ fn entry_bytes(key_len: usize, value_len: usize) -> usize {
 }
 
 /// One cached cell: its value as of the last read or write (`None`: absent, or deleted), and
-/// whether RocksDB has yet to see it.
+/// the cache generation in which RocksDB has yet to see it: the entry is dirty iff that is its
+/// slot's [`generation`](Slot::generation). A snapshot starts a new generation, so every entry
+/// of the generation it froze becomes clean at once when the two merge again.
 ///
-/// Invariant: a clean entry equals what RocksDB holds at that key.
+/// Invariant: a clean entry equals what RocksDB holds at that key (once the snapshot that
+/// froze it is joined).
 #[derive(Debug)]
 struct Entry {
     value: Option<Box<[u8]>>,
-    dirty: bool,
+    dirty_in: u32,
 }
+
+/// [`Entry::dirty_in`] of an entry that is clean in every generation.
+const CLEAN: u32 = 0;
 
 /// The cached cells of one state, by encoded key. Map states keep theirs ordered, so the cells
 /// under one prefix (one key's map) are a range and `prefix_for_each`/`delete_prefix` never
@@ -156,14 +162,17 @@ struct Slot {
     /// so writing the dirty entries costs O(dirty), not O(cache). Empty for ordered cells,
     /// which are walked in order instead.
     dirty_log: Vec<Box<[u8]>>,
+    /// This cache generation (never [`CLEAN`]).
+    generation: u32,
 }
 
 impl Slot {
-    fn new(kind: StateKind) -> Self {
+    fn new(kind: StateKind, generation: u32) -> Self {
         Self {
             cells: Cells::for_kind(kind),
             dirty: 0,
             dirty_log: Vec::new(),
+            generation,
         }
     }
 
@@ -246,17 +255,21 @@ impl Drop for InstanceDir {
 ///    `OPTIONS-*`, `*.log`) is private.
 /// 3. Meanwhile a point read that misses the cache looks in the frozen generation before
 ///    RocksDB: a frozen key's value is the barrier's, which RocksDB may not hold yet, and any
-///    other key's value is already in RocksDB. A hit is copied into the cache as clean.
+///    other key's value is already in RocksDB. A hit is answered from the frozen generation
+///    (no copy); a write goes to the new cache, as always.
 /// 4. Until that thread is joined, nothing else touches RocksDB: every write (spill, flush),
-///    scan, prefix read, size query, registration and the next snapshot joins it first, and
-///    the join releases the frozen generation (freed off the task thread when large). So a
+///    scan, prefix read, size query, registration and the next snapshot joins it first. The
+///    join (also done by the first cache miss after the thread ended) merges the frozen
+///    generation back into the cache — its entries are clean now, the newer ones win —
+///    walking the smaller of the two, so the cache stays as warm as before the barrier. So a
 ///    write made after the barrier can never reach the checkpoint, and "clean" still means
 ///    "RocksDB holds it" whenever RocksDB is looked at. If the batch write failed, the backend
 ///    is poisoned: every later operation fails, and the task restores from a checkpoint.
 ///
-/// The frozen generation is not charged to the budget: while a background part runs, the
-/// write-back memory may reach twice the budget (the frozen generation and a refilled cache).
-/// It is never copied, so at steady state one cache generation is held.
+/// The frozen generation is not charged to the budget while the background part runs: the
+/// write-back memory may then reach twice the budget (the frozen generation and the new
+/// cache); the merge charges it again, and the next write over budget spills. It is never
+/// copied, so at steady state one cache generation is held.
 ///
 /// If the checkpoint fails, its directory is removed and the pending part returns a
 /// [`StateError::Snapshot`]. Otherwise the directory is the snapshot's
@@ -271,7 +284,9 @@ pub struct RocksDbStateBackend {
     /// The cache generation the last snapshot froze at its barrier, until its background part
     /// is joined: read-only, shared with that part (which writes its dirty entries), and
     /// consulted by point reads that miss the cache before RocksDB is.
-    frozen: Option<Arc<Vec<Slot>>>,
+    frozen: Option<Frozen>,
+    /// The live cache's generation (see [`Entry`]); a snapshot starts the next one.
+    generation: u32,
     /// Set when a snapshot's batch could not be written: the cache marked entries clean that
     /// RocksDB does not hold, so every later operation fails (the task restores instead).
     poisoned: Option<String>,
@@ -315,6 +330,7 @@ impl RocksDbStateBackend {
             db: Arc::new(db),
             in_flight: None,
             frozen: None,
+            generation: 1,
             poisoned: None,
             range,
             descriptors: Vec::new(),
@@ -333,7 +349,10 @@ impl RocksDbStateBackend {
     /// Takes over `descriptors` as registered, in order, for a backend opened on a restored
     /// instance whose column families already exist.
     pub(crate) fn with_states(mut self, descriptors: Vec<StateDescriptor>) -> Self {
-        self.slots = descriptors.iter().map(|d| Slot::new(d.kind)).collect();
+        self.slots = descriptors
+            .iter()
+            .map(|d| Slot::new(d.kind, self.generation))
+            .collect();
         self.descriptors = descriptors;
         self
     }
@@ -454,7 +473,12 @@ impl RocksDbStateBackend {
             }
         }
         if let Some(frozen) = self.frozen.take() {
-            release(frozen);
+            // Joined: the thread's handle on the generation is gone.
+            match Arc::try_unwrap(frozen.slots) {
+                Ok(base) if self.poisoned.is_none() => self.merge_frozen(base, frozen.bytes),
+                Ok(base) => release(base),
+                Err(shared) => release_shared(shared),
+            }
         }
         match &self.poisoned {
             Some(detail) => Err(backend_error(
@@ -466,6 +490,42 @@ impl RocksDbStateBackend {
             )),
             None => Ok(()),
         }
+    }
+
+    /// Takes the frozen generation `base` (charged `base_bytes`) back into the cache once the
+    /// snapshot's background part wrote it: the entries written since the barrier win, and
+    /// the cache stays as warm as it was. Costs O(the smaller of the two).
+    fn merge_frozen(&mut self, base: Vec<Slot>, base_bytes: usize) {
+        let newer = std::mem::take(&mut self.slots);
+        let mut bytes = base_bytes + self.cached_bytes;
+        let mut base = base.into_iter();
+        for cur in newer {
+            let Some(old) = base.next() else {
+                self.slots.push(cur);
+                continue;
+            };
+            let (cells, dropped) = match (old.cells, cur.cells) {
+                (Cells::Hashed(b), Cells::Hashed(n)) => {
+                    let (m, d) = merge_maps(b, n);
+                    (Cells::Hashed(m), d)
+                }
+                (Cells::Ordered(b), Cells::Ordered(n)) => {
+                    let (m, d) = merge_maps(b, n);
+                    (Cells::Ordered(m), d)
+                }
+                // A state's kind never changes: keep the newer cells.
+                (_, n) => (n, 0),
+            };
+            bytes -= dropped;
+            // The frozen entries carry the older generation: clean now, without a walk.
+            self.slots.push(Slot {
+                cells,
+                dirty: cur.dirty,
+                dirty_log: cur.dirty_log,
+                generation: cur.generation,
+            });
+        }
+        self.cached_bytes = bytes;
     }
 
     /// Writes `batch` (WAL off); returns how many operations it held.
@@ -490,11 +550,11 @@ impl RocksDbStateBackend {
                 Cells::Hashed(map) => {
                     for key in slot.dirty_log.drain(..) {
                         if let Some(entry) = map.get_mut(&key) {
-                            entry.dirty = false;
+                            entry.dirty_in = CLEAN;
                         }
                     }
                 }
-                Cells::Ordered(_) => slot.cells.for_each_mut(|_, entry| entry.dirty = false),
+                Cells::Ordered(_) => slot.cells.for_each_mut(|_, entry| entry.dirty_in = CLEAN),
             }
             slot.dirty = 0;
         }
@@ -513,9 +573,10 @@ impl RocksDbStateBackend {
             return Ok(());
         };
         let cf = column_family(&self.db, &self.descriptors[idx].name)?;
+        let generation = slot.generation;
         let mut batch = WriteBatch::default();
         for (key, entry) in range_under(map, prefix) {
-            if entry.dirty {
+            if entry.dirty_in == generation {
                 match &entry.value {
                     Some(value) => batch.put_cf(cf, key, value),
                     None => batch.delete_cf(cf, key),
@@ -533,8 +594,8 @@ impl RocksDbStateBackend {
                 None => Bound::Unbounded,
             };
             for (_, entry) in map.range_mut::<[u8], _>((Bound::Included(prefix), upper)) {
-                if entry.dirty {
-                    entry.dirty = false;
+                if entry.dirty_in == slot.generation {
+                    entry.dirty_in = CLEAN;
                     slot.dirty -= 1;
                 }
             }
@@ -577,7 +638,7 @@ impl RocksDbStateBackend {
                     if let Some(entry) = map.remove(&key) {
                         let value_len = entry.value.as_deref().map_or(0, <[u8]>::len);
                         self.cached_bytes -= entry_bytes(key.len(), value_len);
-                        if entry.dirty {
+                        if entry.dirty_in == slot.generation {
                             slot.dirty -= 1;
                         }
                     }
@@ -585,12 +646,13 @@ impl RocksDbStateBackend {
             }
             Cells::Hashed(map) => {
                 let (mut bytes, mut dirty) = (0, 0);
+                let generation = slot.generation;
                 map.retain(|key, entry| {
                     let keep = !key.starts_with(prefix);
                     if !keep {
                         bytes +=
                             entry_bytes(key.len(), entry.value.as_deref().map_or(0, <[u8]>::len));
-                        dirty += usize::from(entry.dirty);
+                        dirty += usize::from(entry.dirty_in == generation);
                     }
                     keep
                 });
@@ -649,7 +711,7 @@ impl KeyedStateBackend for RocksDbStateBackend {
                 })?;
         }
         self.descriptors.push(descriptor.clone());
-        self.slots.push(Slot::new(descriptor.kind));
+        self.slots.push(Slot::new(descriptor.kind, self.generation));
         Ok(id)
     }
 
@@ -671,24 +733,32 @@ impl KeyedStateBackend for RocksDbStateBackend {
         {
             self.settle()?;
         }
-        let frozen = self
+        // Its value as of the barrier, which the background part may be writing to RocksDB
+        // right now: answered from the frozen generation, not copied (it comes back into the
+        // cache when the part is joined).
+        fn frozen_cells(f: &Frozen, idx: usize) -> Option<&Cells> {
+            f.slots.get(idx).map(|slot| &slot.cells)
+        }
+        if self
             .frozen
             .as_ref()
-            .and_then(|f| f.get(idx))
-            .and_then(|slot| slot.cells.get(&self.scratch));
-        let loaded: Option<Box<[u8]>> = match frozen {
-            // Its value as of the barrier, which the background part may be writing to RocksDB
-            // right now; clean, since RocksDB holds it once that part is joined.
-            Some(entry) => entry.value.clone(),
-            None => {
-                let name = &self.descriptors[idx].name;
-                let cf = column_family(&self.db, name)?;
-                self.db
-                    .get_pinned_cf_opt(cf, &self.scratch, &self.read_options)
-                    .map_err(|e| backend_error(format!("get from state '{name}'"), e))?
-                    .map(|v| Box::from(&*v))
-            }
-        };
+            .and_then(|f| frozen_cells(f, idx))
+            .is_some_and(|cells| cells.contains(&self.scratch))
+        {
+            let entry = self
+                .frozen
+                .as_ref()
+                .and_then(|f| frozen_cells(f, idx))
+                .and_then(|cells| cells.get(&self.scratch));
+            return Ok(entry.and_then(|e| e.value.as_deref()));
+        }
+        let name = &self.descriptors[idx].name;
+        let cf = column_family(&self.db, name)?;
+        let loaded: Option<Box<[u8]>> = self
+            .db
+            .get_pinned_cf_opt(cf, &self.scratch, &self.read_options)
+            .map_err(|e| backend_error(format!("get from state '{name}'"), e))?
+            .map(|v| Box::from(&*v));
         let size = entry_bytes(self.scratch.len(), loaded.as_deref().map_or(0, <[u8]>::len));
         self.make_room(size)?;
         self.cached_bytes += size;
@@ -697,7 +767,7 @@ impl KeyedStateBackend for RocksDbStateBackend {
             key,
             Entry {
                 value: loaded,
-                dirty: false,
+                dirty_in: CLEAN,
             },
         );
         Ok(entry.value.as_deref())
@@ -712,8 +782,8 @@ impl KeyedStateBackend for RocksDbStateBackend {
                 Some(old) if old.len() == value.len() => old.copy_from_slice(value),
                 other => *other = Some(value.into()),
             }
-            let newly_dirty = !entry.dirty;
-            entry.dirty = true;
+            let newly_dirty = entry.dirty_in != slot.generation;
+            entry.dirty_in = slot.generation;
             if newly_dirty {
                 slot.log_dirty(&self.scratch);
             }
@@ -730,7 +800,7 @@ impl KeyedStateBackend for RocksDbStateBackend {
             Box::from(&self.scratch[..]),
             Entry {
                 value: Some(value.into()),
-                dirty: true,
+                dirty_in: slot.generation,
             },
         );
         slot.log_dirty(&self.scratch);
@@ -744,8 +814,8 @@ impl KeyedStateBackend for RocksDbStateBackend {
             // Already absent (clean) or deleted (dirty tombstone): nothing to do.
             if let Some(old) = entry.value.take() {
                 self.cached_bytes -= old.len();
-                let newly_dirty = !entry.dirty;
-                entry.dirty = true;
+                let newly_dirty = entry.dirty_in != slot.generation;
+                entry.dirty_in = slot.generation;
                 if newly_dirty {
                     slot.log_dirty(&self.scratch);
                 }
@@ -759,7 +829,7 @@ impl KeyedStateBackend for RocksDbStateBackend {
             Box::from(&self.scratch[..]),
             Entry {
                 value: None,
-                dirty: true,
+                dirty_in: slot.generation,
             },
         );
         slot.log_dirty(&self.scratch);
@@ -879,11 +949,22 @@ impl KeyedStateBackend for RocksDbStateBackend {
         // Synchronous, O(states): the cache generation is frozen as it is and the task goes on
         // with an empty one. Point reads that miss it find the frozen values; every other read
         // or write of RocksDB settles the background part first.
-        let fresh = self.descriptors.iter().map(|d| Slot::new(d.kind)).collect();
+        self.generation = match self.generation.wrapping_add(1) {
+            CLEAN => 1,
+            next => next,
+        };
+        let fresh = self
+            .descriptors
+            .iter()
+            .map(|d| Slot::new(d.kind, self.generation))
+            .collect();
         let frozen = Arc::new(std::mem::replace(&mut self.slots, fresh));
         let frozen_bytes = std::mem::take(&mut self.cached_bytes);
         let dirty: usize = frozen.iter().map(|slot| slot.dirty).sum();
-        self.frozen = Some(Arc::clone(&frozen));
+        self.frozen = Some(Frozen {
+            slots: Arc::clone(&frozen),
+            bytes: frozen_bytes,
+        });
         let descriptors = self.descriptors.clone();
         // Background: write the frozen dirty entries, then the native checkpoint (flush, hard
         // links).
@@ -924,7 +1005,9 @@ impl KeyedStateBackend for RocksDbStateBackend {
             })
             .map_err(|e| {
                 // The frozen generation's dirty entries are lost with the thread.
-                self.frozen = None;
+                if let Some(f) = self.frozen.take() {
+                    release_shared(f.slots);
+                }
                 self.poisoned = Some(format!("the snapshot thread could not start: {e}"));
                 failed("start the snapshot thread".into(), &e)
             })?;
@@ -971,19 +1054,112 @@ impl Drop for RocksDbStateBackend {
     }
 }
 
-/// Drops a frozen cache generation: on a thread of its own when it is large, so that freeing
-/// up to a whole cache's entries never pauses the task.
-fn release(frozen: Arc<Vec<Slot>>) {
+/// The cache generation a snapshot froze at its barrier, and the bytes it was charged.
+struct Frozen {
+    slots: Arc<Vec<Slot>>,
+    bytes: usize,
+}
+
+/// Drops a cache generation: on a thread of its own when it is large, so that freeing up to a
+/// whole cache's entries never pauses the task.
+fn release(slots: Vec<Slot>) {
     const INLINE_ENTRIES: usize = 4096;
-    let entries: usize = frozen.iter().map(|slot| slot.cells.len()).sum();
+    let entries: usize = slots.iter().map(|slot| slot.cells.len()).sum();
     if entries <= INLINE_ENTRIES {
         return;
     }
     let spawned = std::thread::Builder::new()
         .name("weir-rocksdb-release".into())
-        .spawn(move || drop(frozen));
+        .spawn(move || drop(slots));
     if let Err(e) = spawned {
-        tracing::debug!(error = %e, "freeing a frozen cache generation on the task thread");
+        tracing::debug!(error = %e, "freeing a cache generation on the task thread");
+    }
+}
+
+/// [`release`] for a generation something else may still hold.
+fn release_shared(slots: Arc<Vec<Slot>>) {
+    let _ = std::thread::Builder::new()
+        .name("weir-rocksdb-release".into())
+        .spawn(move || drop(slots));
+}
+
+/// Moves every entry of `from` into `into`, replacing what `into` holds at the same key;
+/// returns the bytes of the replaced entries.
+fn move_entries<M>(into: &mut M, from: M) -> usize
+where
+    M: IntoIterator<Item = (Box<[u8]>, Entry)> + Extendable,
+{
+    let mut replaced = 0;
+    for (key, entry) in from {
+        let key_len = key.len();
+        if let Some(old) = into.put(key, entry) {
+            replaced += entry_bytes(key_len, old.value.as_deref().map_or(0, <[u8]>::len));
+        }
+    }
+    replaced
+}
+
+/// Moves the entries of `from` that `into` lacks into it (dropping the others); returns the
+/// bytes of the dropped ones.
+fn fill_gaps<M>(into: &mut M, from: M) -> usize
+where
+    M: IntoIterator<Item = (Box<[u8]>, Entry)> + Extendable,
+{
+    let mut dropped = 0;
+    for (key, entry) in from {
+        if into.has(&key) {
+            dropped += entry_bytes(key.len(), entry.value.as_deref().map_or(0, <[u8]>::len));
+        } else {
+            into.put(key, entry);
+        }
+    }
+    dropped
+}
+
+/// The two map types of [`Cells`], for [`move_entries`] and [`fill_gaps`].
+trait Extendable {
+    fn put(&mut self, key: Box<[u8]>, entry: Entry) -> Option<Entry>;
+    fn has(&self, key: &[u8]) -> bool;
+    fn size(&self) -> usize;
+}
+
+impl Extendable for FxHashMap<Box<[u8]>, Entry> {
+    fn put(&mut self, key: Box<[u8]>, entry: Entry) -> Option<Entry> {
+        self.insert(key, entry)
+    }
+    fn has(&self, key: &[u8]) -> bool {
+        self.contains_key(key)
+    }
+    fn size(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Extendable for BTreeMap<Box<[u8]>, Entry> {
+    fn put(&mut self, key: Box<[u8]>, entry: Entry) -> Option<Entry> {
+        self.insert(key, entry)
+    }
+    fn has(&self, key: &[u8]) -> bool {
+        self.contains_key(key)
+    }
+    fn size(&self) -> usize {
+        self.len()
+    }
+}
+
+/// One cache from a frozen generation `base` (clean now: its dirty entries are in RocksDB) and
+/// the cache `newer` filled since the barrier, whose entries win; walks the smaller of the two.
+/// Returns the merged map and the bytes dropped as superseded.
+fn merge_maps<M>(mut base: M, mut newer: M) -> (M, usize)
+where
+    M: IntoIterator<Item = (Box<[u8]>, Entry)> + Extendable,
+{
+    if newer.size() <= base.size() {
+        let dropped = move_entries(&mut base, newer);
+        (base, dropped)
+    } else {
+        let dropped = fill_gaps(&mut newer, base);
+        (newer, dropped)
     }
 }
 
@@ -1012,14 +1188,14 @@ fn dirty_batch(
                 if slot.dirty * 4 < map.len() {
                     for key in &slot.dirty_log {
                         if let Some((key, entry)) = map.get_key_value(key) {
-                            if entry.dirty {
+                            if entry.dirty_in == slot.generation {
                                 dirty.push((key, entry.value.as_deref()));
                             }
                         }
                     }
                 } else {
                     for (key, entry) in map {
-                        if entry.dirty {
+                        if entry.dirty_in == slot.generation {
                             dirty.push((key, entry.value.as_deref()));
                         }
                     }
@@ -1029,7 +1205,7 @@ fn dirty_batch(
             }
             Cells::Ordered(map) => {
                 for (key, entry) in map {
-                    if entry.dirty {
+                    if entry.dirty_in == slot.generation {
                         dirty.push((key, entry.value.as_deref()));
                     }
                 }
