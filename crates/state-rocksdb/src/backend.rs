@@ -257,11 +257,11 @@ impl Drop for InstanceDir {
 ///    RocksDB: a frozen key's value is the barrier's, which RocksDB may not hold yet, and any
 ///    other key's value is already in RocksDB. A hit is answered from the frozen generation
 ///    (no copy); a write goes to the new cache, as always.
-/// 4. Until that thread is joined, nothing else touches RocksDB: every write (spill, flush),
-///    scan, prefix read, size query, registration and the next snapshot joins it first. The
-///    join (also done by the first cache miss after the thread ended) merges the frozen
-///    generation back into the cache — its entries are clean now, the newer ones win —
-///    walking the smaller of the two, so the cache stays as warm as before the barrier. So a
+/// 4. Once the batch is written (noticed at the next cache miss), the frozen generation
+///    merges back into the cache — its entries are clean now, the newer ones win — walking
+///    the smaller of the two, so the cache stays as warm as before the barrier. Until the
+///    thread is joined, nothing else touches RocksDB: every write (spill, flush), scan, prefix
+///    read, size query, registration and the next snapshot joins it first (and merges). So a
 ///    write made after the barrier can never reach the checkpoint, and "clean" still means
 ///    "RocksDB holds it" whenever RocksDB is looked at. If the batch write failed, the backend
 ///    is poisoned: every later operation fails, and the task restores from a checkpoint.
@@ -528,6 +528,33 @@ impl RocksDbStateBackend {
         self.cached_bytes = bytes;
     }
 
+    /// Merges the frozen generation back as soon as the background part has written its batch
+    /// (RocksDB holds its values; the native checkpoint may still be in the making): the
+    /// window in which reads look in two maps and writes allocate new entries stays short.
+    fn reclaim_written(&mut self) {
+        let written = self
+            .frozen
+            .as_ref()
+            .is_some_and(|f| f.written.load(std::sync::atomic::Ordering::Acquire));
+        if !written {
+            return;
+        }
+        let Some(frozen) = self.frozen.take() else {
+            return;
+        };
+        match Arc::try_unwrap(frozen.slots) {
+            Ok(base) => self.merge_frozen(base, frozen.bytes),
+            Err(shared) => {
+                // Not ours alone yet (cannot happen once `written` is set): look again later.
+                self.frozen = Some(Frozen {
+                    slots: shared,
+                    bytes: frozen.bytes,
+                    written: frozen.written,
+                });
+            }
+        }
+    }
+
     /// Writes `batch` (WAL off); returns how many operations it held.
     fn write(&mut self, batch: WriteBatch) -> Result<usize, StateError> {
         self.settle()?;
@@ -725,14 +752,8 @@ impl KeyedStateBackend for RocksDbStateBackend {
             let entry = self.slots[idx].cells.get(&self.scratch);
             return Ok(entry.and_then(|e| e.value.as_deref()));
         }
-        // A finished background part needs no more reads from the frozen generation.
-        if self
-            .in_flight
-            .as_ref()
-            .is_some_and(std::thread::JoinHandle::is_finished)
-        {
-            self.settle()?;
-        }
+        // A written frozen generation is the cache's again.
+        self.reclaim_written();
         // Its value as of the barrier, which the background part may be writing to RocksDB
         // right now: answered from the frozen generation, not copied (it comes back into the
         // cache when the part is joined).
@@ -961,9 +982,11 @@ impl KeyedStateBackend for RocksDbStateBackend {
         let frozen = Arc::new(std::mem::replace(&mut self.slots, fresh));
         let frozen_bytes = std::mem::take(&mut self.cached_bytes);
         let dirty: usize = frozen.iter().map(|slot| slot.dirty).sum();
+        let batch_written = Arc::new(std::sync::atomic::AtomicBool::new(false));
         self.frozen = Some(Frozen {
             slots: Arc::clone(&frozen),
             bytes: frozen_bytes,
+            written: Arc::clone(&batch_written),
         });
         let descriptors = self.descriptors.clone();
         // Background: write the frozen dirty entries, then the native checkpoint (flush, hard
@@ -983,6 +1006,10 @@ impl KeyedStateBackend for RocksDbStateBackend {
                             .map_err(|e| e.to_string())
                     });
                 drop(frozen);
+                if written.is_ok() {
+                    // RocksDB holds every frozen value now: the task may take it back.
+                    batch_written.store(true, std::sync::atomic::Ordering::Release);
+                }
                 if let Err(e) = written {
                     let detail = format!("write the snapshot's batch: {e}");
                     let _ = files_tx.send(Err(detail.clone()));
@@ -1058,6 +1085,9 @@ impl Drop for RocksDbStateBackend {
 struct Frozen {
     slots: Arc<Vec<Slot>>,
     bytes: usize,
+    /// Set by the background part once RocksDB holds the generation's dirty entries (and it
+    /// dropped its own handle on them), before it creates the native checkpoint.
+    written: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Drops a cache generation: on a thread of its own when it is large, so that freeing up to a
