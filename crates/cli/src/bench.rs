@@ -146,12 +146,19 @@ pub(crate) struct SavepointFigures {
 }
 
 impl SavepointFigures {
+    /// How much lower the live rate was while the savepoint was written; `None` without a rate
+    /// before it (no two progress reports in that window).
+    pub(crate) fn live_rate_drop_percent(&self) -> Option<f64> {
+        (self.records_per_s_before > 0.0)
+            .then(|| (1.0 - self.records_per_s_during / self.records_per_s_before) * 100.0)
+    }
+
     pub(crate) fn text(&self) -> String {
         format!(
             "savepoint ({})   {:.2} s for {} ({:.0} MB/s, {:.0} MB/s per subtask), task pause {} ms\n\
              throughput      run {:.2} s, with the savepoint {:.2} s: ~{:.1} % of the records \
              lost while it was written\n\
-             live rate       {:.0} records/s before, {:.0} while it was written ({:.1} % lower)\n\
+             live rate       {:.0} records/s before, {:.0} while it was written ({})\n\
              restore         at p={} from the savepoint: running after {:.2} s ({:.0} MB/s)\n",
             self.format,
             self.savepoint_s,
@@ -164,7 +171,10 @@ impl SavepointFigures {
             self.throughput_loss_during_savepoint_percent,
             self.records_per_s_before,
             self.records_per_s_during,
-            (1.0 - self.records_per_s_during / self.records_per_s_before.max(1e-9)) * 100.0,
+            match self.live_rate_drop_percent() {
+                Some(p) => format!("{p:.1} % lower"),
+                None => "no progress reported before it: no drop measured".into(),
+            },
             self.restore_parallelism,
             self.restore_to_running_s,
             self.restore_mb_per_s,
@@ -207,6 +217,29 @@ mod tests {
         assert_eq!(rate_between(&samples, ms(600), ms(1400)), 2000.0);
         assert_eq!(rate_between(&samples, ms(1000), ms(1000)), 0.0);
         assert_eq!(rate_between(&[], ms(0), ms(9)), 0.0);
+    }
+
+    #[test]
+    fn a_live_rate_drop_needs_a_rate_before_the_savepoint() {
+        let figures = |before: f64, during: f64| SavepointFigures {
+            format: "native".into(),
+            run_s: 1.0,
+            run_with_savepoint_s: 1.0,
+            savepoint_s: 1.0,
+            savepoint_bytes: 1,
+            savepoint_mb_per_s: 1.0,
+            savepoint_mb_per_s_per_subtask: 1.0,
+            task_pause_ms: 1,
+            throughput_loss_during_savepoint_percent: 0.0,
+            records_per_s_before: before,
+            records_per_s_during: during,
+            restore_parallelism: 3,
+            restore_to_running_s: 1.0,
+            restore_mb_per_s: 1.0,
+        };
+        assert_eq!(figures(1000.0, 750.0).live_rate_drop_percent(), Some(25.0));
+        assert_eq!(figures(0.0, 750.0).live_rate_drop_percent(), None);
+        assert!(figures(0.0, 750.0).text().contains("no drop measured"));
     }
 
     #[test]
