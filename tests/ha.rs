@@ -250,12 +250,17 @@ fn a_paused_leader_commits_nothing_after_the_standby_took_over_and_exits_when_it
         completed(&c.jms[old], &id).len() >= 2
     });
     let before: BTreeSet<u64> = completed(&c.jms[old], &id).into_iter().collect();
+    let stopped = Instant::now();
     c.jms[old].proc.signal("STOP");
     let new = 1 - old;
     wait_for("the standby to lead", Duration::from_secs(30), || {
         c.leader(Some(old)) == Some(new)
     });
-    wait_running(&c.jms[new], &id);
+    let running = wait_running(&c.jms[new], &id);
+    eprintln!(
+        "leader paused → job running on the new leader after {} ms",
+        running.duration_since(stopped).as_millis()
+    );
     wait_for("a checkpoint of the new leader", DEADLINE, || {
         !completed(&c.jms[new], &id).is_empty()
     });

@@ -326,12 +326,18 @@ pub(crate) fn submit(
             let paths = CheckpointPaths::new(job);
             // A previous run of this id here may still be cleaning up after its end.
             await_previous_master(shared, job);
-            // The folder is this JobMaster's before anything in it is read or written.
+            // The folder is this JobMaster's before anything in it is read or written. With high
+            // availability its lease lives as long as the leader's: a new leader takes the job
+            // over once the old one's leadership has run out, not later.
+            let lease_duration = shared
+                .ha
+                .as_ref()
+                .map_or(LEASE_DURATION, |ha| ha.options.lease_duration);
             let lease = {
                 let (store, paths) = (store.clone(), paths.clone());
                 let owner = format!("the JobManager listening on {}", shared.options.rpc_bind);
                 run_on(&shared.runtime, async move {
-                    JobLease::acquire(&store, &paths, &owner, now_ms(), LEASE_DURATION).await
+                    JobLease::acquire(&store, &paths, &owner, now_ms(), lease_duration).await
                 })?
                 .map_err(|e| match e {
                     e @ LeaseError::Held { .. } => DispatchError::FailedPrecondition(e.to_string()),
@@ -348,6 +354,7 @@ pub(crate) fn submit(
                 lease_keeper: None,
                 metadata_sink: Checkpointing::no_sink(),
                 fence: shared.fence(),
+                lease_duration,
                 writing: Default::default(),
                 savepoints: Default::default(),
                 stop: None,

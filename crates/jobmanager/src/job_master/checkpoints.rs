@@ -19,6 +19,8 @@ pub(crate) struct Checkpointing {
     pub metadata_sink: MetadataSink,
     /// Checked before every `_metadata` write: refuses once this JobManager no longer leads.
     pub fence: weir_coordination::driver::Fence,
+    /// How long the job folder's lease lives without renewal.
+    pub lease_duration: Duration,
     /// Checkpoints whose `_metadata` write is in flight.
     pub writing: BTreeSet<CheckpointId>,
     /// Where each savepoint in flight is written.

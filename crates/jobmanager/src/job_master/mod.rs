@@ -322,7 +322,7 @@ impl JobMaster {
                 cp.lease_keeper = Some(LeaseKeeper::spawn(
                     &s.runtime,
                     lease,
-                    crate::dispatcher::LEASE_DURATION,
+                    cp.lease_duration,
                     s.to_self.clone(),
                 ));
             }

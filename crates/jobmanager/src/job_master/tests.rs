@@ -195,6 +195,7 @@ impl Harness {
                 lease_keeper: None,
                 metadata_sink: Checkpointing::no_sink(),
                 fence: weir_coordination::driver::no_fence(),
+                lease_duration: crate::dispatcher::LEASE_DURATION,
                 writing: BTreeSet::new(),
                 savepoints: BTreeMap::new(),
                 stop: None,
