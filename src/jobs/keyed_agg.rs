@@ -21,6 +21,11 @@ pub struct CountSum {
     /// Bytes of incompressible padding stored once per key (state-size experiments).
     padding: usize,
     pad: Option<ValueState<Vec<u8>>>,
+    /// A planted bug for `weir drill`'s own tests: drop the first record this instance
+    /// processes when it runs on restored state.
+    drop_after_restore: bool,
+    /// Whether this instance processed a record yet.
+    processed_any: bool,
 }
 
 impl CountSum {
@@ -32,7 +37,16 @@ impl CountSum {
             fail: FailAfter::default(),
             padding: 0,
             pad: None,
+            drop_after_restore: false,
+            processed_any: false,
         }
+    }
+
+    /// Plants a bug: after a restore, the first record is dropped (never counted). Only for
+    /// checking that `weir drill` catches a lost record.
+    pub fn with_planted_loss(mut self, drop_after_restore: bool) -> Self {
+        self.drop_after_restore = drop_after_restore;
+        self
     }
 
     /// Stores `bytes` of incompressible padding per key, written when the key is first seen,
@@ -67,7 +81,13 @@ impl KeyedProcessFunction<u64, GeneratedRecord, String> for CountSum {
     ) -> Result<(), UserError> {
         self.fail.check()?;
         let state = self.agg.as_ref().ok_or("CountSum used before open")?;
-        let (count, sum) = state.get(ctx)?.unwrap_or((0, 0));
+        let current = state.get(ctx)?;
+        let first = !std::mem::replace(&mut self.processed_any, true);
+        if self.drop_after_restore && first && current.is_some() {
+            // State before the first record: this instance was restored. The planted bug.
+            return Ok(());
+        }
+        let (count, sum) = current.unwrap_or((0, 0));
         let next = (count + 1, sum + r.value);
         state.update(ctx, &next)?;
         if let (0, Some(pad)) = (count, self.pad.as_ref()) {
@@ -130,6 +150,8 @@ pub struct KeyedAggOptions {
     pub fail: FailAfter,
     /// Padding bytes stored per key (0: none).
     pub padding: usize,
+    /// The planted bug of [`CountSum::with_planted_loss`] (`weir drill`'s tests).
+    pub drop_after_restore: bool,
 }
 
 /// Builds `keyed-agg`.
@@ -150,7 +172,8 @@ pub fn keyed_agg(o: &KeyedAggOptions) -> Result<JobDefinition, UserError> {
         .process(
             CountSum::new(o.emit_updates)
                 .with_failure(o.fail)
-                .with_padding(o.padding),
+                .with_padding(o.padding)
+                .with_planted_loss(o.drop_after_restore),
         )
         .uid("aggregate")
         .name("CountSum");
@@ -196,6 +219,10 @@ pub fn keyed_agg_spec() -> JobSpec {
                 help: "bytes of incompressible state stored per key (default 0; state ≈ keys × padding)",
             },
             fail_after_param(),
+            ParamSpec {
+                name: "drop-after-restore",
+                help: "test-only planted bug: true drops the first record after a restore (weir drill must catch it)",
+            },
         ],
         build: build_from_params,
         states: vec![
@@ -245,6 +272,7 @@ fn build_from_params(params: &Params) -> Result<JobDefinition, ParamError> {
             }
             p => p,
         },
+        drop_after_restore: params.get_or("drop-after-restore", false)?,
     };
     keyed_agg(&options).map_err(|e| params.invalid("keys", e.to_string()))
 }

@@ -220,6 +220,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rehearses failures: runs the job on a cluster of its own once without faults, then again
+    /// while injecting faults on a schedule drawn from the seed, and checks that the committed
+    /// output equals the reference, checkpoint ids rise and no file is orphaned. Exit 0 when
+    /// every check passes, 1 otherwise (with the seed that replays the run).
+    Drill {
+        #[command(flatten)]
+        job: JobArgs,
+        #[command(flatten)]
+        state: StateArgs,
+        /// TaskManager processes.
+        #[arg(long, default_value_t = 3)]
+        taskmanagers: u32,
+        /// JobManager processes (high availability on a folder of the drill's own).
+        #[arg(long, default_value_t = 1)]
+        jobmanagers: u32,
+        /// Faults to draw from, comma-separated: kill-tm, stop-tm, kill-jm,
+        /// kill-during-recovery.
+        #[arg(long, default_value = "kill-tm,stop-tm")]
+        faults: String,
+        /// Faults to inject, one per interval once the first checkpoint completed.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Time between two faults.
+        #[arg(long, default_value = "2s", value_name = "DURATION")]
+        interval: String,
+        /// Seed of the fault schedule (default: from the clock; printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Starting a job from a savepoint or retained checkpoint (`weir run`, `weir local`).
@@ -404,6 +436,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
         Command::Local { state, .. }
         | Command::Taskmanager { state, .. }
         | Command::Bench { state, .. }
+        | Command::Drill { state, .. }
         | Command::Checkpoints { state, .. } => Some(state),
         _ => None,
     };
@@ -600,6 +633,46 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                 print!("{}", checkpoints::render(&history));
             }
             Ok(())
+        }
+        Command::Drill {
+            job,
+            taskmanagers,
+            jobmanagers,
+            faults,
+            rounds,
+            interval,
+            seed,
+            json,
+            ..
+        } => {
+            let mut forward = Vec::new();
+            if let Some(file) = &cli.config {
+                forward.push("--config".to_string());
+                forward.push(file.display().to_string());
+            }
+            for d in &defines {
+                forward.push("-D".to_string());
+                forward.push(d.clone());
+            }
+            let options = crate::drill::DrillOptions {
+                job: job.job,
+                parallelism: job.parallelism,
+                params: job.params,
+                taskmanagers,
+                jobmanagers,
+                faults: crate::drill::Fault::parse_list(&faults).map_err(Failure::Usage)?,
+                rounds,
+                interval: crate::config::parse_duration(&interval)
+                    .map_err(|e| Failure::Usage(format!("--interval: {e}")))?,
+                seed: seed.unwrap_or_else(|| {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(1, |d| d.as_nanos() as u64)
+                }),
+                json,
+                forward,
+            };
+            crate::drill::drill_command(catalog, &config, &options)
         }
         Command::Bench {
             workload,

@@ -18,6 +18,7 @@ pub mod checkpoints;
 mod cluster;
 mod commands;
 mod config;
+mod drill;
 mod params;
 mod render;
 mod rss;

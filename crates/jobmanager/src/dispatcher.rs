@@ -818,6 +818,11 @@ fn resume(
 ) -> Result<(), DispatchError> {
     let (store, paths) = (cp.store.clone(), cp.paths.clone());
     let found = run_on(&shared.runtime, async move {
+        // The folder is ours (leased): what checkpoints that never completed left behind —
+        // e.g. the one in flight when a JobManager died — can go before anything is read.
+        if let Err(e) = weir_coordination::resume::sweep_incomplete(&store, &paths).await {
+            tracing::warn!(error = %e, "leftovers of incomplete checkpoints were not swept");
+        }
         load_completed(&store, &paths).await
     })?;
     let (completed, highest) = found.map_err(DispatchError::FailedPrecondition)?;

@@ -1,0 +1,955 @@
+//! `weir drill`: a recovery drill as a command (DESIGN §6). It starts a cluster of its own —
+//! `weir jobmanager`s sharing a high-availability folder and `weir taskmanager`s, all child
+//! processes of this one on loopback — runs the job once without faults as the reference,
+//! then again while it injects faults on a schedule drawn from the seed, and checks:
+//!
+//! - **output**: the committed output lines equal the reference's, as a multiset (no line
+//!   lost, none duplicated; an aborted transaction's output is never committed, so it would
+//!   show as a duplicate or a stranger);
+//! - **checkpoint ids**: every completed checkpoint id the JobManagers reported, in the order
+//!   they were first seen, rises strictly (also across a JobManager takeover);
+//! - **orphans**: after the job ended, every file in its checkpoint folder belongs to a retained
+//!   checkpoint (named by its `_metadata`), or is `_metadata` or a lease.
+//!
+//! Faults: `kill-tm` (SIGKILL of a TaskManager that runs tasks, then a replacement starts),
+//! `stop-tm` (SIGSTOP until the heartbeat timeout has passed, then SIGCONT), `kill-jm` (SIGKILL
+//! of the leading JobManager, then a replacement standby starts on a port the TaskManagers
+//! already know), `kill-during-recovery` (a TaskManager killed, and another one as soon as the
+//! job is restarting). The pure parts — the schedule, the output comparison, the id check and
+//! the orphan check — are functions with unit tests; the processes are at the edge.
+
+use crate::catalog::Catalog;
+use crate::cluster::{connect, io_runtime, JobView};
+use crate::commands::{resolve_job, Failure};
+use crate::config::Config;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use weir_proto::v1;
+
+/// A fault the drill can inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Fault {
+    KillTm,
+    StopTm,
+    KillJm,
+    KillDuringRecovery,
+}
+
+impl Fault {
+    const ALL: [Fault; 4] = [
+        Fault::KillTm,
+        Fault::StopTm,
+        Fault::KillJm,
+        Fault::KillDuringRecovery,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Fault::KillTm => "kill-tm",
+            Fault::StopTm => "stop-tm",
+            Fault::KillJm => "kill-jm",
+            Fault::KillDuringRecovery => "kill-during-recovery",
+        }
+    }
+
+    /// Parses `--faults`: comma-separated names, each known.
+    pub(crate) fn parse_list(s: &str) -> Result<Vec<Fault>, String> {
+        let mut out = Vec::new();
+        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let fault = Fault::ALL
+                .into_iter()
+                .find(|f| f.name() == name)
+                .ok_or_else(|| {
+                    let known: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
+                    format!(
+                        "--faults: unknown fault '{name}' (this build injects: {}; storage \
+                         faults are not built yet)",
+                        known.join(", ")
+                    )
+                })?;
+            if !out.contains(&fault) {
+                out.push(fault);
+            }
+        }
+        if out.is_empty() {
+            return Err("--faults names no fault".into());
+        }
+        Ok(out)
+    }
+}
+
+/// A deterministic generator (splitmix64): the same seed draws the same schedule.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// One planned fault: which, and a draw that picks its target among those available then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Planned {
+    pub fault: Fault,
+    pub target_draw: u64,
+}
+
+/// The schedule of `rounds` faults drawn from `faults` by `seed`.
+pub(crate) fn schedule(faults: &[Fault], rounds: u32, seed: u64) -> Vec<Planned> {
+    let mut rng = SplitMix(seed);
+    (0..rounds)
+        .map(|_| Planned {
+            fault: faults[(rng.next() % faults.len() as u64) as usize],
+            target_draw: rng.next(),
+        })
+        .collect()
+}
+
+/// The output check: lines of the drill run against the reference, as multisets.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct OutputCheck {
+    pub reference_lines: usize,
+    pub drill_lines: usize,
+    /// Lines the reference has more often than the drill run.
+    pub lost: usize,
+    /// Lines the drill run has more often than the reference.
+    pub duplicated: usize,
+    /// A few of the differing lines, for people.
+    pub examples: Vec<String>,
+}
+
+impl OutputCheck {
+    pub(crate) fn passed(&self) -> bool {
+        self.lost == 0 && self.duplicated == 0
+    }
+}
+
+/// Compares two outputs as multisets of lines.
+pub(crate) fn compare_outputs(reference: &[String], drill: &[String]) -> OutputCheck {
+    let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+    for l in reference {
+        *counts.entry(l).or_default() += 1;
+    }
+    for l in drill {
+        *counts.entry(l).or_default() -= 1;
+    }
+    let mut check = OutputCheck {
+        reference_lines: reference.len(),
+        drill_lines: drill.len(),
+        ..OutputCheck::default()
+    };
+    for (line, n) in counts {
+        match n {
+            0 => continue,
+            n if n > 0 => check.lost += n as usize,
+            n => check.duplicated += n.unsigned_abs() as usize,
+        }
+        if check.examples.len() < 5 {
+            let what = if n > 0 { "lost" } else { "extra" };
+            check.examples.push(format!("{what}: {line}"));
+        }
+    }
+    check
+}
+
+/// Completed checkpoint ids in the order they were first seen must rise strictly; `Err` names
+/// the first that did not.
+pub(crate) fn ids_rising(first_seen: &[u64]) -> Result<(), String> {
+    for pair in first_seen.windows(2) {
+        if pair[1] <= pair[0] {
+            return Err(format!(
+                "checkpoint {} completed after checkpoint {}",
+                pair[1], pair[0]
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The files of a job's checkpoint folder (relative paths) that no retained checkpoint names:
+/// `referenced` holds the paths every retained `_metadata` references, relative to the folder.
+pub(crate) fn orphans(listed: &[String], referenced: &BTreeSet<String>) -> Vec<String> {
+    listed
+        .iter()
+        .filter(|p| {
+            let name = p.rsplit('/').next().unwrap_or(p);
+            !(name == weir_checkpoint::METADATA_FILE_NAME
+                || p.starts_with("_lease/")
+                || p.starts_with("_probe")
+                || referenced.contains(p.as_str()))
+        })
+        .cloned()
+        .collect()
+}
+
+/// How a drill runs.
+pub(crate) struct DrillOptions {
+    pub job: String,
+    pub parallelism: Option<u32>,
+    pub params: Vec<String>,
+    pub taskmanagers: u32,
+    pub jobmanagers: u32,
+    pub faults: Vec<Fault>,
+    pub rounds: u32,
+    pub interval: Duration,
+    pub seed: u64,
+    pub json: bool,
+    /// `--config`/`-D` arguments for the children.
+    pub forward: Vec<String>,
+}
+
+/// One injected fault, as it happened.
+#[derive(Debug, serde::Serialize)]
+struct Injected {
+    fault: Fault,
+    target: String,
+    /// Since the drill run's submission.
+    at_ms: u64,
+}
+
+/// Child processes of the drill, killed and reaped when dropped.
+struct Members {
+    exe: PathBuf,
+    scratch: PathBuf,
+    forward: Vec<String>,
+    /// `(rpc port, rest port, process)` per JobManager slot; spare slots start empty.
+    jms: Vec<(u16, u16, Option<Child>)>,
+    tms: Vec<(String, Child)>,
+    next_tm: u32,
+    slots: u32,
+}
+
+fn free_port() -> Result<u16, Failure> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| Failure::Job(format!("cannot find a free port: {e}")))?;
+    Ok(l.local_addr()
+        .map_err(|e| Failure::Job(e.to_string()))?
+        .port())
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: kill(2) on a child of this process that has not been reaped yet.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, sig);
+    }
+}
+
+impl Members {
+    fn rpc_urls(&self) -> String {
+        self.jms
+            .iter()
+            .map(|(rpc, _, _)| format!("http://127.0.0.1:{rpc}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn start_jm(&mut self, i: usize) -> Result<(), Failure> {
+        let (rpc, rest, _) = self.jms[i];
+        let log = std::fs::File::create(self.scratch.join(format!("jobmanager-{i}.log")))
+            .map_err(|e| Failure::Job(format!("cannot write the drill's logs: {e}")))?;
+        let ha = format!(
+            "high-availability.storageDir=file://{}",
+            self.scratch.join("ha").display()
+        );
+        let child = Command::new(&self.exe)
+            .args(["jobmanager", "--rpc-bind"])
+            .arg(format!("127.0.0.1:{rpc}"))
+            .arg("--rest-bind")
+            .arg(format!("127.0.0.1:{rest}"))
+            .args(&self.forward)
+            .args(["-D", "high-availability.type=storage", "-D", &ha])
+            .env("WEIR_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| Failure::Job(format!("cannot start a JobManager: {e}")))?;
+        self.jms[i].2 = Some(child);
+        Ok(())
+    }
+
+    fn start_tm(&mut self) -> Result<String, Failure> {
+        let id = format!("drill-tm-{}", self.next_tm);
+        self.next_tm += 1;
+        let log = std::fs::File::create(self.scratch.join(format!("{id}.log")))
+            .map_err(|e| Failure::Job(format!("cannot write the drill's logs: {e}")))?;
+        let child = Command::new(&self.exe)
+            .args(["taskmanager", "--jobmanager", &self.rpc_urls(), "--id", &id])
+            .arg("--slots")
+            .arg(self.slots.to_string())
+            .arg("--state-dir")
+            .arg(self.scratch.join(&id))
+            .args(&self.forward)
+            .env("WEIR_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| Failure::Job(format!("cannot start a TaskManager: {e}")))?;
+        self.tms.push((id.clone(), child));
+        Ok(id)
+    }
+
+    /// The REST address of the JobManager that leads, if one answers as leader.
+    fn leader(&self) -> Option<usize> {
+        (0..self.jms.len())
+            .find(|&i| self.jms[i].2.is_some() && rest_get(self.jms[i].1, "/overview").is_some())
+    }
+}
+
+impl Drop for Members {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.tms {
+            signal(child, libc::SIGCONT);
+            kill(child);
+        }
+        for (_, _, child) in &mut self.jms {
+            if let Some(c) = child {
+                kill(c);
+            }
+        }
+    }
+}
+
+/// `GET path` on a local REST port; the body when the answer is 200.
+fn rest_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    if !body.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    Some(
+        body.split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+/// Every line of every committed `part-*` file below `dir`.
+fn committed_lines(dir: &Path) -> Vec<String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("part-"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Every file below `dir`, relative, `/`-separated.
+fn list_files(dir: &Path, prefix: &str, out: &mut Vec<String>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let rel = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        if e.path().is_dir() {
+            list_files(&e.path(), &rel, out);
+        } else {
+            out.push(rel);
+        }
+    }
+}
+
+/// The files the retained checkpoints of the job folder `dir` reference, relative to it.
+fn referenced_files(dir: &Path) -> Result<BTreeSet<String>, String> {
+    let mut out = BTreeSet::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(out);
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let metadata = e.path().join(weir_checkpoint::METADATA_FILE_NAME);
+        if !name.starts_with("chk-") || !metadata.exists() {
+            continue;
+        }
+        let bytes = std::fs::read(&metadata)
+            .map_err(|err| format!("cannot read {}: {err}", metadata.display()))?;
+        let m = weir_checkpoint::CheckpointMetadata::decode(&bytes)
+            .map_err(|err| format!("{}: {err}", metadata.display()))?;
+        // Handle paths are relative to the job's folder (`chk-<n>/…` or `shared/…`).
+        out.extend(m.files().map(|f| f.path().to_string()));
+    }
+    Ok(out)
+}
+
+/// What one run of the job ended with.
+struct RunEnd {
+    view: JobView,
+    lines: Vec<String>,
+    /// Completed checkpoint ids in the order first seen.
+    ids: Vec<u64>,
+    injected: Vec<Injected>,
+}
+
+/// Runs `weir drill`.
+pub(crate) fn drill_command(
+    catalog: &Catalog,
+    config: &Config,
+    options: &DrillOptions,
+) -> Result<(), Failure> {
+    if options.faults.contains(&Fault::KillJm) && options.jobmanagers < 2 {
+        return Err(Failure::Usage(
+            "--faults kill-jm needs --jobmanagers 2 or more (a standby to take over)".into(),
+        ));
+    }
+    if options.rounds == 0 {
+        return Err(Failure::Usage("--rounds must be at least 1".into()));
+    }
+    let entry = catalog
+        .get(&options.job)
+        .ok_or_else(|| Failure::Usage(format!("unknown job '{}'", options.job)))?;
+    if !entry.params.iter().any(|p| p.name == "output") {
+        return Err(Failure::Usage(format!(
+            "job '{}' has no `output` parameter: the drill compares committed output",
+            options.job
+        )));
+    }
+    if options.params.iter().any(|p| p.starts_with("output=")) {
+        return Err(Failure::Usage(
+            "--param output is the drill's own: it writes each run's output itself".into(),
+        ));
+    }
+    let scratch = config
+        .state_dir
+        .join(format!("drill-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)
+        .map_err(|e| Failure::Usage(format!("cannot create '{}': {e}", scratch.display())))?;
+    let checkpoints = scratch.join("checkpoints");
+    let mut forward = options.forward.clone();
+    for d in [
+        "heartbeat.interval=100ms".to_string(),
+        "heartbeat.timeout=1s".to_string(),
+        "slot.request.timeout=30s".to_string(),
+        format!("state.checkpoints.dir=file://{}", checkpoints.display()),
+    ] {
+        forward.push("-D".into());
+        forward.push(d);
+    }
+    if config.checkpoint_interval.is_none() {
+        forward.push("-D".into());
+        forward.push("execution.checkpointing.interval=500ms".into());
+    }
+    let kill_jms = schedule(&options.faults, options.rounds, options.seed)
+        .iter()
+        .filter(|p| p.fault == Fault::KillJm)
+        .count();
+    let mut jms = Vec::new();
+    for _ in 0..(options.jobmanagers as usize + kill_jms) {
+        jms.push((free_port()?, free_port()?, None));
+    }
+    let probe = resolve_job(
+        catalog,
+        config,
+        &options.job,
+        options.parallelism,
+        &options.params,
+        None,
+    )?;
+    let needed = probe.plan.slots_needed();
+    let slots = needed
+        .div_ceil(options.taskmanagers.saturating_sub(1).max(1))
+        .max(1);
+    let mut members = Members {
+        exe: std::env::current_exe()
+            .map_err(|e| Failure::Job(format!("cannot find this binary: {e}")))?,
+        scratch: scratch.clone(),
+        forward: forward.clone(),
+        jms,
+        tms: Vec::new(),
+        next_tm: 0,
+        slots,
+    };
+    for i in 0..options.jobmanagers as usize {
+        members.start_jm(i)?;
+    }
+    for _ in 0..options.taskmanagers {
+        members.start_tm()?;
+    }
+    let started = Instant::now();
+    while members.leader().is_none() {
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err(Failure::Job(format!(
+                "no JobManager leads after 30 s (logs in {})",
+                scratch.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let runtime_config = config_with(config, &forward)?;
+    eprintln!(
+        "drill: {} JobManager(s), {} TaskManager(s) × {slots} slot(s); seed {}",
+        options.jobmanagers, options.taskmanagers, options.seed
+    );
+    let reference = run_once(
+        catalog,
+        &runtime_config,
+        options,
+        &mut members,
+        &scratch.join("reference"),
+        &[],
+    )?;
+    eprintln!(
+        "drill: reference run {:?} with {} output lines",
+        reference.view.details.state,
+        reference.lines.len()
+    );
+    let plan = schedule(&options.faults, options.rounds, options.seed);
+    let faulty = run_once(
+        catalog,
+        &runtime_config,
+        options,
+        &mut members,
+        &scratch.join("drill"),
+        &plan,
+    )?;
+    let output = compare_outputs(&reference.lines, &faulty.lines);
+    let ids = ids_rising(&faulty.ids);
+    let job_dir = checkpoints.join(&faulty.view.details.id);
+    let mut listed = Vec::new();
+    list_files(&job_dir, "", &mut listed);
+    let orphan_check = referenced_files(&job_dir).map(|r| orphans(&listed, &r));
+    let finished = faulty.view.details.state == weir_jobmanager::view::JobState::Finished;
+    let orphan_ok = matches!(&orphan_check, Ok(o) if o.is_empty());
+    let passed = finished && output.passed() && ids.is_ok() && orphan_ok;
+    let report = serde_json::json!({
+        "job": options.job,
+        "seed": options.seed,
+        "passed": passed,
+        "faults": faulty.injected,
+        "recoveries": faulty.view.recoveries.recoveries,
+        "checkpoints_completed": faulty.view.checkpoints.counts.completed,
+        "checks": {
+            "finished": { "passed": finished, "state": faulty.view.details.state },
+            "output": { "passed": output.passed(), "detail": output },
+            "checkpoint_ids_rising": {
+                "passed": ids.is_ok(),
+                "ids": faulty.ids,
+                "detail": ids.as_ref().err(),
+            },
+            "no_orphaned_files": {
+                "passed": orphan_ok,
+                "orphans": orphan_check.as_ref().ok(),
+                "detail": orphan_check.as_ref().err(),
+            },
+        },
+    });
+    if options.json {
+        println!("{report}");
+    } else {
+        print_report(&faulty, &output, &ids, &orphan_check, finished);
+    }
+    drop(members);
+    if passed {
+        let _ = std::fs::remove_dir_all(&scratch);
+        Ok(())
+    } else {
+        Err(Failure::Job(format!(
+            "the drill failed; replay it with --seed {} (logs and output kept in {})",
+            options.seed,
+            scratch.display()
+        )))
+    }
+}
+
+/// `config` with the drill's `-D` overrides applied (the job's own configuration).
+fn config_with(config: &Config, forward: &[String]) -> Result<Config, Failure> {
+    let mut pairs = BTreeMap::new();
+    let mut it = forward.iter();
+    while let Some(a) = it.next() {
+        if a == "-D" {
+            if let Some((k, v)) = it.next().and_then(|d| d.split_once('=')) {
+                pairs.insert(k.to_string(), v.to_string());
+            }
+        }
+    }
+    config
+        .with_job_config(&pairs)
+        .map_err(|e| Failure::Usage(e.to_string()))
+}
+
+/// Submits the job with its output in `out`, injects `plan` (one fault per interval once the
+/// first checkpoint completed), and follows it to its end.
+fn run_once(
+    catalog: &Catalog,
+    config: &Config,
+    options: &DrillOptions,
+    members: &mut Members,
+    out: &Path,
+    plan: &[Planned],
+) -> Result<RunEnd, Failure> {
+    let mut params = options.params.clone();
+    params.push(format!("output={}", out.display()));
+    let job = resolve_job(
+        catalog,
+        config,
+        &options.job,
+        options.parallelism,
+        &params,
+        None,
+    )?;
+    let rt = io_runtime()?;
+    let urls = members.rpc_urls();
+    let mut client = connect(&rt, &urls)?;
+    let plan_json = serde_json::to_vec(&job.plan).map_err(|e| Failure::Job(e.to_string()))?;
+    let job_id = rt
+        .block_on(client.submit_job(v1::SubmitJobRequest {
+            job: Some(job.spec),
+            plan_json,
+            ..Default::default()
+        }))
+        .map_err(|s| Failure::Job(format!("submit: {}", s.message())))?
+        .into_inner()
+        .job_id;
+    let submitted = Instant::now();
+    let mut ids = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut injected = Vec::new();
+    let mut next = plan.iter();
+    let mut next_at: Option<Instant> = None;
+    let deadline = Duration::from_secs(600);
+    let view = loop {
+        if submitted.elapsed() > deadline {
+            return Err(Failure::Job(format!(
+                "job {job_id} did not end within {deadline:?}"
+            )));
+        }
+        let view = match fetch(&rt, &mut client, &urls, &job_id) {
+            Some(v) => v,
+            None => {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        for r in &view.checkpoints.history {
+            if r.status == weir_coordination::driver::CheckpointStatus::Completed
+                && seen.insert(r.id.0)
+            {
+                ids.push(r.id.0);
+            }
+        }
+        if view.details.state.is_terminal() {
+            break view;
+        }
+        if next_at.is_none() && !ids.is_empty() {
+            next_at = Some(Instant::now() + options.interval);
+        }
+        if next_at.is_some_and(|t| Instant::now() >= t) {
+            match next.next() {
+                Some(p) => {
+                    let target = inject(p, members, &view)?;
+                    injected.push(Injected {
+                        fault: p.fault,
+                        target,
+                        at_ms: submitted.elapsed().as_millis() as u64,
+                    });
+                    next_at = Some(Instant::now() + options.interval);
+                }
+                None => next_at = Some(Instant::now() + Duration::from_secs(3600)),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if injected.len() < plan.len() {
+        eprintln!(
+            "drill: the job ended after {} of {} faults; give it more records or a shorter --interval",
+            injected.len(),
+            plan.len()
+        );
+    }
+    Ok(RunEnd {
+        view,
+        lines: committed_lines(out),
+        ids,
+        injected,
+    })
+}
+
+/// The job as the current leader sees it; `None` while no leader knows it.
+fn fetch(
+    rt: &tokio::runtime::Runtime,
+    client: &mut weir_proto::v1::dispatcher_service_client::DispatcherServiceClient<
+        tonic::transport::Channel,
+    >,
+    urls: &str,
+    job_id: &str,
+) -> Option<JobView> {
+    let answer = rt.block_on(client.get_job(v1::GetJobRequest {
+        job_id: job_id.to_string(),
+    }));
+    match answer {
+        Ok(r) => JobView::decode(&r.into_inner()).ok(),
+        Err(_) => {
+            if let Ok(c) = connect(rt, urls) {
+                *client = c;
+            }
+            None
+        }
+    }
+}
+
+/// The TaskManagers running a subtask of the job now.
+fn busy_taskmanagers(view: &JobView) -> Vec<String> {
+    let mut out: BTreeSet<String> = BTreeSet::new();
+    for v in &view.details.vertices {
+        for s in &v.subtasks {
+            if let Some(tm) = &s.taskmanager {
+                out.insert(tm.clone());
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Injects one fault; returns what it hit.
+fn inject(p: &Planned, members: &mut Members, view: &JobView) -> Result<String, Failure> {
+    let pick_tm = |members: &Members, draw: u64| -> Option<usize> {
+        let busy = busy_taskmanagers(view);
+        let candidates: Vec<usize> = (0..members.tms.len())
+            .filter(|&i| busy.contains(&members.tms[i].0))
+            .collect();
+        let pool: Vec<usize> = if candidates.is_empty() {
+            (0..members.tms.len()).collect()
+        } else {
+            candidates
+        };
+        (!pool.is_empty()).then(|| pool[(draw % pool.len() as u64) as usize])
+    };
+    match p.fault {
+        Fault::KillTm | Fault::KillDuringRecovery => {
+            let Some(i) = pick_tm(members, p.target_draw) else {
+                return Ok("no TaskManager".into());
+            };
+            let (id, mut child) = members.tms.remove(i);
+            kill(&mut child);
+            let replacement = members.start_tm()?;
+            let mut target = format!("{id} (replaced by {replacement})");
+            if p.fault == Fault::KillDuringRecovery {
+                // The second kill lands while the job restarts from the first.
+                std::thread::sleep(Duration::from_millis(300));
+                if let Some(j) = pick_tm(members, p.target_draw >> 7) {
+                    let (id2, mut child2) = members.tms.remove(j);
+                    kill(&mut child2);
+                    let r2 = members.start_tm()?;
+                    target.push_str(&format!(", then {id2} (replaced by {r2})"));
+                }
+            }
+            Ok(target)
+        }
+        Fault::StopTm => {
+            let Some(i) = pick_tm(members, p.target_draw) else {
+                return Ok("no TaskManager".into());
+            };
+            signal(&members.tms[i].1, libc::SIGSTOP);
+            // Past the heartbeat timeout (1 s): the JobManager declares it lost.
+            std::thread::sleep(Duration::from_millis(1500));
+            signal(&members.tms[i].1, libc::SIGCONT);
+            Ok(members.tms[i].0.clone())
+        }
+        Fault::KillJm => {
+            let Some(leader) = members.leader() else {
+                return Ok("no leader".into());
+            };
+            if let Some(mut c) = members.jms[leader].2.take() {
+                kill(&mut c);
+            }
+            let spare = (0..members.jms.len()).find(|&i| members.jms[i].2.is_none() && i != leader);
+            let mut target = format!("jobmanager-{leader}");
+            if let Some(s) = spare {
+                members.start_jm(s)?;
+                target.push_str(&format!(" (standby jobmanager-{s} started)"));
+            }
+            Ok(target)
+        }
+    }
+}
+
+fn print_report(
+    run: &RunEnd,
+    output: &OutputCheck,
+    ids: &Result<(), String>,
+    orphans: &Result<Vec<String>, String>,
+    finished: bool,
+) {
+    println!("fault                   at        target");
+    for f in &run.injected {
+        println!("{:<23} {:>7} ms {}", f.fault.name(), f.at_ms, f.target);
+    }
+    println!();
+    println!(
+        "recovery  restored  detect  cancel  schedule  deploy  first record  local / downloaded"
+    );
+    let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
+    for r in &run.view.recoveries.recoveries {
+        println!(
+            "{:<9} {:<9} {:<7} {:<7} {:<9} {:<7} {:<13} {} / {} bytes",
+            r.id,
+            r.restored_checkpoint.map_or("-".into(), |c| c.to_string()),
+            ms(r.durations.detection_ms),
+            ms(r.durations.cancel_ms),
+            ms(r.durations.schedule_ms),
+            ms(r.durations.deploy_ms),
+            ms(r.durations.first_record_ms),
+            r.bytes_local,
+            r.bytes_downloaded
+        );
+    }
+    println!();
+    let mark = |ok: bool| if ok { "pass" } else { "FAIL" };
+    println!(
+        "{}  the job finished ({:?})",
+        mark(finished),
+        run.view.details.state
+    );
+    println!(
+        "{}  output equals the reference: {} lines, {} lost, {} duplicated{}",
+        mark(output.passed()),
+        output.drill_lines,
+        output.lost,
+        output.duplicated,
+        if output.examples.is_empty() {
+            String::new()
+        } else {
+            format!(" (e.g. {})", output.examples.join("; "))
+        }
+    );
+    println!(
+        "{}  checkpoint ids rise strictly: {} completed{}",
+        mark(ids.is_ok()),
+        run.ids.len(),
+        ids.as_ref()
+            .err()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default()
+    );
+    match orphans {
+        Ok(o) => println!(
+            "{}  no orphaned files in checkpoint storage{}",
+            mark(o.is_empty()),
+            if o.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", o.join(", "))
+            }
+        ),
+        Err(e) => println!("FAIL  no orphaned files in checkpoint storage: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_draws_the_same_schedule_and_another_seed_another() {
+        let faults = [Fault::KillTm, Fault::StopTm, Fault::KillJm];
+        let a = schedule(&faults, 20, 7);
+        assert_eq!(a, schedule(&faults, 20, 7));
+        assert_ne!(a, schedule(&faults, 20, 8));
+        assert!(a.iter().all(|p| faults.contains(&p.fault)));
+        let kinds: BTreeSet<Fault> = a.iter().map(|p| p.fault).collect();
+        assert_eq!(kinds.len(), 3, "20 rounds draw every fault");
+    }
+
+    #[test]
+    fn an_unknown_fault_is_refused_naming_the_known_ones() {
+        let err = Fault::parse_list("kill-tm,storage-errors").unwrap_err();
+        assert!(
+            err.contains("storage-errors") && err.contains("kill-tm"),
+            "{err}"
+        );
+        assert_eq!(
+            Fault::parse_list("kill-tm, stop-tm,kill-tm").unwrap(),
+            vec![Fault::KillTm, Fault::StopTm]
+        );
+        assert!(Fault::parse_list(" , ").is_err());
+    }
+
+    #[test]
+    fn outputs_are_compared_as_multisets_counting_lost_and_duplicated_lines() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let same = compare_outputs(&s(&["a", "b", "b"]), &s(&["b", "a", "b"]));
+        assert!(same.passed());
+        let c = compare_outputs(&s(&["a", "b", "b"]), &s(&["a", "b", "c", "c"]));
+        assert_eq!((c.lost, c.duplicated), (1, 2));
+        assert!(!c.passed());
+        assert_eq!(c.examples.len(), 2);
+    }
+
+    #[test]
+    fn checkpoint_ids_must_rise_strictly_in_the_order_they_completed() {
+        assert!(ids_rising(&[1, 2, 5, 9]).is_ok());
+        assert!(ids_rising(&[]).is_ok());
+        let err = ids_rising(&[1, 4, 3]).unwrap_err();
+        assert!(
+            err.contains("checkpoint 3 completed after checkpoint 4"),
+            "{err}"
+        );
+        assert!(ids_rising(&[2, 2]).is_err());
+    }
+
+    #[test]
+    fn only_files_no_retained_checkpoint_names_are_orphans() {
+        let listed: Vec<String> = [
+            "chk-4/_metadata",
+            "chk-4/agg/0/MANIFEST-5",
+            "shared/agg/0/000012.sst",
+            "shared/agg/0/000009.sst",
+            "_lease/lease-2",
+            "chk-3/agg/0/OPTIONS-7",
+        ]
+        .map(String::from)
+        .to_vec();
+        let referenced: BTreeSet<String> = ["chk-4/agg/0/MANIFEST-5", "shared/agg/0/000012.sst"]
+            .map(String::from)
+            .into();
+        assert_eq!(
+            orphans(&listed, &referenced),
+            vec![
+                "shared/agg/0/000009.sst".to_string(),
+                "chk-3/agg/0/OPTIONS-7".to_string()
+            ]
+        );
+    }
+}
