@@ -471,6 +471,18 @@ pub(crate) fn drill_command(
         forward.push("-D".into());
         forward.push("execution.checkpointing.interval=500ms".into());
     }
+    // Unless the job names its own, restarts are immediate and unlimited: a drill counts
+    // recoveries, and a growing backoff would make a long drill mostly waiting.
+    if config.restart_strategy_type.is_none() {
+        for d in [
+            "restart-strategy.type=fixed-delay",
+            "restart-strategy.fixed-delay.attempts=infinite",
+            "restart-strategy.fixed-delay.delay=100ms",
+        ] {
+            forward.push("-D".into());
+            forward.push(d.into());
+        }
+    }
     let kill_jms = schedule(&options.faults, options.rounds, options.seed)
         .iter()
         .filter(|p| p.fault == Fault::KillJm)
