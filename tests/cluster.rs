@@ -7,8 +7,10 @@
 
 mod common;
 
-use common::procs::{rest, start_jobmanager, start_taskmanager, wait_for, weir_cmd, Proc};
-use common::{exactly_once_updates, expected_keyed_agg, read_parts};
+use common::assert_keyed_agg_exactly_once;
+use common::procs::{
+    rest, start_jobmanager, start_taskmanager, wait_for, wait_job_finished, weir_cmd, Proc,
+};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -123,23 +125,12 @@ fn a_busy_taskmanager(c: &Cluster, id: &str) -> usize {
 }
 
 fn wait_finished(c: &Cluster, id: &str) -> serde_json::Value {
-    let mut last = serde_json::Value::Null;
-    wait_for("the job to finish", DEADLINE, || {
-        last = job(c, id);
-        matches!(
-            last["state"].as_str(),
-            Some("FINISHED" | "FAILED" | "CANCELED")
-        )
-    });
-    assert_eq!(last["state"], "FINISHED", "job did not finish: {last}");
-    last
+    wait_job_finished(&c.rest, id, DEADLINE)
 }
 
 /// The output is exactly once and equals a failure-free run's final state.
 fn assert_exactly_once(out: &Path, records: u64) {
-    let lines = read_parts(out);
-    let last = exactly_once_updates(&lines);
-    assert_eq!(last, expected_keyed_agg(SEED, KEYS, records));
+    assert_keyed_agg_exactly_once(out, SEED, KEYS, records);
 }
 
 fn recoveries(c: &Cluster, id: &str) -> Vec<serde_json::Value> {

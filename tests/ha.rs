@@ -7,8 +7,10 @@
 
 mod common;
 
-use common::procs::{rest, start_jobmanager, start_taskmanager, wait_for, weir_cmd, Proc};
-use common::{exactly_once_updates, expected_keyed_agg, read_parts};
+use common::assert_keyed_agg_exactly_once;
+use common::procs::{
+    rest, start_jobmanager, start_taskmanager, wait_for, wait_job_finished, weir_cmd, Proc,
+};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -182,22 +184,11 @@ fn wait_running(jm: &JobManager, id: &str) -> Instant {
 }
 
 fn wait_finished(jm: &JobManager, id: &str) -> serde_json::Value {
-    let mut last = serde_json::Value::Null;
-    wait_for("the job to finish", DEADLINE, || {
-        last = job(jm, id);
-        matches!(
-            last["state"].as_str(),
-            Some("FINISHED" | "FAILED" | "CANCELED")
-        )
-    });
-    assert_eq!(last["state"], "FINISHED", "job did not finish: {last}");
-    last
+    wait_job_finished(&jm.rest, id, DEADLINE)
 }
 
 fn assert_exactly_once(out: &Path, records: u64) {
-    let lines = read_parts(out);
-    let last = exactly_once_updates(&lines);
-    assert_eq!(last, expected_keyed_agg(SEED, KEYS, records));
+    assert_keyed_agg_exactly_once(out, SEED, KEYS, records);
 }
 
 #[test]

@@ -7,7 +7,7 @@
 mod common;
 
 use common::procs::{rest, start_jobmanager, start_taskmanager, wait_for, weir_cmd, Proc};
-use common::{exactly_once_updates, expected_keyed_agg, read_parts};
+use common::{assert_keyed_agg_exactly_once, exactly_once_updates, read_parts};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -166,8 +166,7 @@ fn assert_refused(o: &Output, what: &str) {
 }
 
 fn assert_exactly_once(out: &Path) {
-    let last = exactly_once_updates(&read_parts(out));
-    assert_eq!(last, expected_keyed_agg(SEED, KEYS, RECORDS));
+    assert_keyed_agg_exactly_once(out, SEED, KEYS, RECORDS);
 }
 
 /// Stops a p=2 RocksDB job half-way with a `format` savepoint, moves the folder, and resumes

@@ -160,3 +160,10 @@ pub fn expected_keyed_agg(seed: u64, keys: u64, records: u64) -> BTreeMap<String
         .map(|(k, (c, s))| (k.to_string(), format!("{k}\t{c}\t{s}")))
         .collect()
 }
+
+/// `keyed-agg` ran with `emit=updates` into `out`: the output is exactly once and ends with a
+/// failure-free run's final state.
+pub fn assert_keyed_agg_exactly_once(out: &Path, seed: u64, keys: u64, records: u64) {
+    let last = exactly_once_updates(&read_parts(out));
+    assert_eq!(last, expected_keyed_agg(seed, keys, records));
+}

@@ -160,3 +160,18 @@ pub fn wait_for(what: &str, deadline: Duration, mut ok: impl FnMut() -> bool) {
     }
     panic!("timed out waiting for {what}");
 }
+
+/// Waits up to `deadline` for job `id` to end on the JobManager whose REST API is at
+/// `rest_addr`; asserts it FINISHED and returns its details.
+pub fn wait_job_finished(rest_addr: &str, id: &str, deadline: Duration) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    wait_for("the job to finish", deadline, || {
+        last = rest(rest_addr, &format!("/jobs/{id}"));
+        matches!(
+            last["state"].as_str(),
+            Some("FINISHED" | "FAILED" | "CANCELED")
+        )
+    });
+    assert_eq!(last["state"], "FINISHED", "job did not finish: {last}");
+    last
+}

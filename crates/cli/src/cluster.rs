@@ -260,7 +260,7 @@ impl Drop for LocalCluster {
     }
 }
 
-fn signal(pid: u32, sig: libc::c_int) {
+pub(crate) fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: kill(2) with a pid of a child we started and have not reaped.
     unsafe {
         libc::kill(pid as libc::pid_t, sig);
@@ -268,7 +268,7 @@ fn signal(pid: u32, sig: libc::c_int) {
 }
 
 #[cfg(target_os = "linux")]
-fn die_with_parent(cmd: &mut Command) {
+pub(crate) fn die_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
@@ -282,7 +282,7 @@ fn die_with_parent(cmd: &mut Command) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn die_with_parent(_cmd: &mut Command) {}
+pub(crate) fn die_with_parent(_cmd: &mut Command) {}
 
 /// What a client sees of a job at one moment.
 pub(crate) struct JobView {

@@ -597,15 +597,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                 restore.as_deref(),
             )?;
             let (spec, plan) = (r.spec, r.plan);
-            let mut forward = Vec::new();
-            if let Some(file) = &cli.config {
-                forward.push("--config".to_string());
-                forward.push(file.display().to_string());
-            }
-            for d in &defines {
-                forward.push("-D".to_string());
-                forward.push(d.clone());
-            }
+            let forward = forward_args(cli.config.as_deref(), &defines);
             crate::cluster::local_command(
                 catalog,
                 &config,
@@ -645,15 +637,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             json,
             ..
         } => {
-            let mut forward = Vec::new();
-            if let Some(file) = &cli.config {
-                forward.push("--config".to_string());
-                forward.push(file.display().to_string());
-            }
-            for d in &defines {
-                forward.push("-D".to_string());
-                forward.push(d.clone());
-            }
+            let forward = forward_args(cli.config.as_deref(), &defines);
             let options = crate::drill::DrillOptions {
                 job: job.job,
                 parallelism: job.parallelism,
@@ -1090,6 +1074,21 @@ pub(crate) fn resolve_job(
     })?;
     let spec = crate::cluster::job_spec(config, job, parallelism, &params, restore)?;
     Ok(ResolvedJob { plan, spec })
+}
+
+/// The `--config` file and `-D` definitions of this command, as arguments for the child
+/// processes it starts (`weir local`, `weir drill`).
+fn forward_args(config: Option<&Path>, defines: &[String]) -> Vec<String> {
+    let mut forward = Vec::new();
+    if let Some(file) = config {
+        forward.push("--config".to_string());
+        forward.push(file.display().to_string());
+    }
+    for d in defines {
+        forward.push("-D".to_string());
+        forward.push(d.clone());
+    }
+    forward
 }
 
 /// Checks that `dir` exists or can be created, and that a file can be written in it.

@@ -189,6 +189,9 @@ pub(crate) fn orphans(listed: &[String], referenced: &BTreeSet<String>) -> Vec<S
         .collect()
 }
 
+/// Longest the reference run may take before the drill gives up on it.
+const REFERENCE_DEADLINE: Duration = Duration::from_secs(3600);
+
 /// How a drill runs.
 pub(crate) struct DrillOptions {
     pub job: String,
@@ -240,10 +243,7 @@ fn kill(child: &mut Child) {
 }
 
 fn signal(child: &Child, sig: libc::c_int) {
-    // SAFETY: kill(2) on a child of this process that has not been reaped yet.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, sig);
-    }
+    crate::cluster::signal(child.id(), sig);
 }
 
 impl Members {
@@ -263,8 +263,8 @@ impl Members {
             "high-availability.storageDir=file://{}",
             self.scratch.join("ha").display()
         );
-        let child = Command::new(&self.exe)
-            .args(["jobmanager", "--rpc-bind"])
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["jobmanager", "--rpc-bind"])
             .arg(format!("127.0.0.1:{rpc}"))
             .arg("--rest-bind")
             .arg(format!("127.0.0.1:{rest}"))
@@ -273,7 +273,10 @@ impl Members {
             .env("WEIR_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(log);
+        // A killed drill leaves no cluster behind.
+        crate::cluster::die_with_parent(&mut cmd);
+        let child = cmd
             .spawn()
             .map_err(|e| Failure::Job(format!("cannot start a JobManager: {e}")))?;
         self.jms[i].2 = Some(child);
@@ -285,8 +288,8 @@ impl Members {
         self.next_tm += 1;
         let log = std::fs::File::create(self.scratch.join(format!("{id}.log")))
             .map_err(|e| Failure::Job(format!("cannot write the drill's logs: {e}")))?;
-        let child = Command::new(&self.exe)
-            .args(["taskmanager", "--jobmanager", &self.rpc_urls(), "--id", &id])
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["taskmanager", "--jobmanager", &self.rpc_urls(), "--id", &id])
             .arg("--slots")
             .arg(self.slots.to_string())
             .arg("--state-dir")
@@ -295,7 +298,9 @@ impl Members {
             .env("WEIR_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(log);
+        crate::cluster::die_with_parent(&mut cmd);
+        let child = cmd
             .spawn()
             .map_err(|e| Failure::Job(format!("cannot start a TaskManager: {e}")))?;
         self.tms.push((id.clone(), child));
@@ -457,31 +462,36 @@ pub(crate) fn drill_command(
     std::fs::create_dir_all(&scratch)
         .map_err(|e| Failure::Usage(format!("cannot create '{}': {e}", scratch.display())))?;
     let checkpoints = scratch.join("checkpoints");
-    let mut forward = options.forward.clone();
-    for d in [
-        "heartbeat.interval=100ms".to_string(),
-        "heartbeat.timeout=1s".to_string(),
-        "slot.request.timeout=30s".to_string(),
-        format!("state.checkpoints.dir=file://{}", checkpoints.display()),
-    ] {
-        forward.push("-D".into());
-        forward.push(d);
-    }
+    // The drill's own settings, on top of the command's `--config`/`-D`.
+    let mut own: BTreeMap<String, String> = [
+        ("heartbeat.interval", "100ms".to_string()),
+        ("heartbeat.timeout", "1s".to_string()),
+        ("slot.request.timeout", "30s".to_string()),
+        (
+            "state.checkpoints.dir",
+            format!("file://{}", checkpoints.display()),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
     if config.checkpoint_interval.is_none() {
-        forward.push("-D".into());
-        forward.push("execution.checkpointing.interval=500ms".into());
+        own.insert("execution.checkpointing.interval".into(), "500ms".into());
     }
     // Unless the job names its own, restarts are immediate and unlimited: a drill counts
     // recoveries, and a growing backoff would make a long drill mostly waiting.
     if config.restart_strategy_type.is_none() {
-        for d in [
-            "restart-strategy.type=fixed-delay",
-            "restart-strategy.fixed-delay.attempts=infinite",
-            "restart-strategy.fixed-delay.delay=100ms",
-        ] {
-            forward.push("-D".into());
-            forward.push(d.into());
-        }
+        own.insert("restart-strategy.type".into(), "fixed-delay".into());
+        own.insert(
+            "restart-strategy.fixed-delay.attempts".into(),
+            "infinite".into(),
+        );
+        own.insert("restart-strategy.fixed-delay.delay".into(), "100ms".into());
+    }
+    let mut forward = options.forward.clone();
+    for (k, v) in &own {
+        forward.push("-D".into());
+        forward.push(format!("{k}={v}"));
     }
     let kill_jms = schedule(&options.faults, options.rounds, options.seed)
         .iter()
@@ -529,7 +539,9 @@ pub(crate) fn drill_command(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let runtime_config = config_with(config, &forward)?;
+    let runtime_config = config
+        .with_job_config(&own)
+        .map_err(|e| Failure::Usage(e.to_string()))?;
     eprintln!(
         "drill: {} JobManager(s), {} TaskManager(s) × {slots} slot(s); seed {}",
         options.jobmanagers, options.taskmanagers, options.seed
@@ -541,6 +553,7 @@ pub(crate) fn drill_command(
         &mut members,
         &scratch.join("reference"),
         &[],
+        REFERENCE_DEADLINE,
     )?;
     eprintln!(
         "drill: reference run {:?} with {} output lines",
@@ -548,6 +561,11 @@ pub(crate) fn drill_command(
         reference.lines.len()
     );
     let plan = schedule(&options.faults, options.rounds, options.seed);
+    // Bounded against a hang, loosely: the reference's time thrice, plus each fault's interval
+    // and a minute of recovery.
+    let reference_time = Duration::from_millis(reference.view.details.duration_ms);
+    let deadline =
+        reference_time * 3 + (options.interval + Duration::from_secs(60)) * options.rounds;
     let faulty = run_once(
         catalog,
         &runtime_config,
@@ -555,6 +573,7 @@ pub(crate) fn drill_command(
         &mut members,
         &scratch.join("drill"),
         &plan,
+        deadline,
     )?;
     let output = compare_outputs(&reference.lines, &faulty.lines);
     let ids = ids_rising(&faulty.ids);
@@ -605,22 +624,6 @@ pub(crate) fn drill_command(
     }
 }
 
-/// `config` with the drill's `-D` overrides applied (the job's own configuration).
-fn config_with(config: &Config, forward: &[String]) -> Result<Config, Failure> {
-    let mut pairs = BTreeMap::new();
-    let mut it = forward.iter();
-    while let Some(a) = it.next() {
-        if a == "-D" {
-            if let Some((k, v)) = it.next().and_then(|d| d.split_once('=')) {
-                pairs.insert(k.to_string(), v.to_string());
-            }
-        }
-    }
-    config
-        .with_job_config(&pairs)
-        .map_err(|e| Failure::Usage(e.to_string()))
-}
-
 /// Submits the job with its output in `out`, injects `plan` (one fault per interval once the
 /// first checkpoint completed), and follows it to its end.
 fn run_once(
@@ -630,6 +633,7 @@ fn run_once(
     members: &mut Members,
     out: &Path,
     plan: &[Planned],
+    deadline: Duration,
 ) -> Result<RunEnd, Failure> {
     let mut params = options.params.clone();
     params.push(format!("output={}", out.display()));
@@ -660,7 +664,6 @@ fn run_once(
     let mut injected = Vec::new();
     let mut next = plan.iter();
     let mut next_at: Option<Instant> = None;
-    let deadline = Duration::from_secs(600);
     let view = loop {
         if submitted.elapsed() > deadline {
             return Err(Failure::Job(format!(

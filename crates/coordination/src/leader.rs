@@ -347,9 +347,10 @@ pub async fn leader_address(store: &Store) -> Result<Option<LeaderAddress>, HaEr
         .map_err(|e| storage(format!("{} is not a leader address", address_path()), e))
 }
 
-/// Every job recorded in the HA folder. A record that cannot be read or parsed is an error
-/// naming its object: a new leader must not silently skip a running job.
-pub async fn recorded_jobs(store: &Store) -> Result<Vec<RecoveredJob>, HaError> {
+/// Every job recorded in the HA folder: each record read, or the error that names its object
+/// (damaged, or its request missing) — one bad record must neither hide the others nor be
+/// skipped silently. `Err` only when the folder cannot be listed.
+pub async fn recorded_jobs(store: &Store) -> Result<Vec<Result<RecoveredJob, HaError>>, HaError> {
     let dir = ObjectPath::from("jobs");
     let listed = store
         .list(&dir)
@@ -357,37 +358,48 @@ pub async fn recorded_jobs(store: &Store) -> Result<Vec<RecoveredJob>, HaError> 
         .map_err(|e| storage(format!("cannot list {dir}"), e))?;
     let mut jobs = Vec::new();
     for meta in listed {
-        let Some(name) = meta.location.filename() else {
+        let Some(id) = meta
+            .location
+            .filename()
+            .and_then(|n| n.strip_suffix(".state"))
+        else {
             continue;
         };
-        let Some(id) = name.strip_suffix(".state") else {
-            continue;
-        };
-        let job = JobId::parse(id)
-            .map_err(|e| HaError::Storage(format!("{} names no job: {e}", meta.location)))?;
-        let Some(bytes) = read(store, &meta.location).await? else {
-            continue;
-        };
-        let record: JobRecord = serde_json::from_slice(&bytes)
-            .map_err(|e| storage(format!("{} is not a job record", meta.location), e))?;
-        if record.job_id != job.to_string() {
-            return Err(HaError::Storage(format!(
-                "{} records job {}",
-                meta.location, record.job_id
-            )));
-        }
-        let path = request_path(job);
-        let request = read(store, &path)
-            .await?
-            .ok_or_else(|| HaError::Storage(format!("{path} is missing")))?;
-        jobs.push(RecoveredJob {
-            job,
-            record,
-            request,
-        });
+        jobs.push(recorded_job(store, &meta.location, id).await.transpose());
     }
-    jobs.sort_by_key(|j| j.job.to_string());
+    let mut jobs: Vec<Result<RecoveredJob, HaError>> = jobs.into_iter().flatten().collect();
+    jobs.sort_by_key(|j| j.as_ref().map(|j| j.job.to_string()).unwrap_or_default());
     Ok(jobs)
+}
+
+/// The job whose state record is at `location` (`None`: deleted meanwhile).
+async fn recorded_job(
+    store: &Store,
+    location: &ObjectPath,
+    id: &str,
+) -> Result<Option<RecoveredJob>, HaError> {
+    let job =
+        JobId::parse(id).map_err(|e| HaError::Storage(format!("{location} names no job: {e}")))?;
+    let Some(bytes) = read(store, location).await? else {
+        return Ok(None);
+    };
+    let record: JobRecord = serde_json::from_slice(&bytes)
+        .map_err(|e| storage(format!("{location} is not a job record"), e))?;
+    if record.job_id != job.to_string() {
+        return Err(HaError::Storage(format!(
+            "{location} records job {}",
+            record.job_id
+        )));
+    }
+    let path = request_path(job);
+    let request = read(store, &path)
+        .await?
+        .ok_or_else(|| HaError::Storage(format!("{path} is missing")))?;
+    Ok(Some(RecoveredJob {
+        job,
+        record,
+        request,
+    }))
 }
 
 #[cfg(test)]
@@ -511,7 +523,12 @@ mod tests {
             publish_address(&store, e, "http://127.0.0.1:1", "http://127.0.0.1:2")
                 .await
                 .expect("publish");
-            let jobs = recorded_jobs(&store).await.expect("list");
+            let jobs: Vec<RecoveredJob> = recorded_jobs(&store)
+                .await
+                .expect("list")
+                .into_iter()
+                .map(|j| j.expect("readable"))
+                .collect();
             assert_eq!(jobs.len(), 2);
             let find = |id: JobId| jobs.iter().find(|j| j.job == id).expect("recorded");
             assert_eq!(find(running).record.state, RecordedState::Running);
@@ -527,19 +544,30 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_job_record_is_an_error_naming_its_object() {
+    fn a_damaged_job_record_is_an_error_naming_its_object_and_hides_no_other_job() {
         rt().block_on(async {
             let store = Store::in_memory();
-            let job = JobId::generate();
+            let (damaged, intact) = (JobId::generate(), JobId::generate());
             store
-                .put(&state_path(job), Bytes::from_static(b"{not json"))
+                .put(&state_path(damaged), Bytes::from_static(b"{not json"))
                 .await
                 .expect("put");
-            let err = recorded_jobs(&store).await.expect_err("refused");
+            record_job(&store, 1, intact, Bytes::from_static(b"req"))
+                .await
+                .expect("record");
+            let jobs = recorded_jobs(&store).await.expect("listed");
+            assert_eq!(jobs.len(), 2);
+            let err = jobs
+                .iter()
+                .find_map(|j| j.as_ref().err())
+                .expect("the damaged record is an error");
             assert!(
-                err.to_string().contains(&format!("jobs/{job}.state")),
+                err.to_string().contains(&format!("jobs/{damaged}.state")),
                 "{err}"
             );
+            assert!(jobs
+                .iter()
+                .any(|j| j.as_ref().is_ok_and(|j| j.job == intact)));
         });
     }
 

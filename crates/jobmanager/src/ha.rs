@@ -206,19 +206,31 @@ fn take_over(shared: &Arc<Shared>) {
     let Some(ha) = shared.ha.clone() else {
         return;
     };
-    let store = ha.options.store.clone();
-    let jobs = match shared
-        .runtime
-        .block_on(async move { leader::recorded_jobs(&store).await })
-    {
-        Ok(jobs) => jobs,
-        Err(e) => {
-            // Acting on part of the jobs would silently drop the others: give leadership up.
-            ha.lose(format!("cannot read the jobs to take over: {e}"));
+    // The listing is retried while this JobManager leads: acting on part of the jobs would
+    // drop the others, and a storage hiccup is no reason to give leadership up.
+    let jobs = loop {
+        if ha.may_act().is_err() || shared.is_shutting_down() {
             return;
         }
+        let store = ha.options.store.clone();
+        match crate::dispatcher::run_on(&shared.runtime, async move {
+            leader::recorded_jobs(&store).await
+        }) {
+            Ok(Ok(jobs)) => break jobs,
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot list the jobs to take over; retrying"),
+            Err(e) => tracing::warn!(error = %e, "cannot list the jobs to take over; retrying"),
+        }
+        std::thread::sleep(ha.options.renew_interval);
     };
     for recovered in jobs {
+        let recovered = match recovered {
+            Ok(r) => r,
+            Err(e) => {
+                // A damaged record names its object; the other jobs are still taken over.
+                tracing::error!(error = %e, "a job record is unreadable; that job is not resumed");
+                continue;
+            }
+        };
         if recovered.record.state != RecordedState::Running {
             continue;
         }
@@ -295,9 +307,10 @@ pub(crate) fn record_ended(shared: &Shared, job: JobId) {
     }
     let epoch = ha.epoch().unwrap_or(0);
     let store = ha.options.store.clone();
-    let written = shared.runtime.block_on(async move {
+    let written = crate::dispatcher::run_on(&shared.runtime, async move {
         leader::record_state(&store, epoch, job, RecordedState::Ended).await
-    });
+    })
+    .and_then(|r| r.map_err(|e| DispatchError::Internal(e.to_string())));
     if let Err(e) = written {
         tracing::warn!(%job, error = %e, "the job's end was not recorded; a new leader would resume it");
     }
