@@ -105,6 +105,36 @@ fn a_killed_leader_jobmanager_leaves_no_orphan_and_the_output_exact() {
 }
 
 #[test]
+fn a_drill_of_failing_and_slow_checkpoint_storage_passes_every_check() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (o, report) = drill(
+        dir.path(),
+        &[
+            "--rounds",
+            "2",
+            "--seed",
+            "2",
+            "--faults",
+            "storage-errors,storage-slow",
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        faults(&report),
+        vec!["storage-errors", "storage-slow"],
+        "{report}"
+    );
+    assert_eq!(
+        report["checks"]["no_orphaned_files"]["passed"], true,
+        "{report}"
+    );
+}
+
+#[test]
 fn a_planted_lost_record_is_caught_with_its_seed_and_the_seed_replays_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let args = [
@@ -133,17 +163,20 @@ fn a_planted_lost_record_is_caught_with_its_seed_and_the_seed_replays_it() {
 }
 
 #[test]
-fn a_drill_refuses_a_fault_it_cannot_inject_and_kill_jm_without_a_standby() {
+fn a_drill_refuses_an_unknown_fault_and_kill_jm_without_a_standby() {
     let dir = tempfile::tempdir().expect("tempdir");
     let o = weir_cmd()
-        .args(["drill", "keyed-agg", "--faults", "kill-tm,storage-slow"])
+        .args(["drill", "keyed-agg", "--faults", "kill-tm,storage-fire"])
         .arg("--state-dir")
         .arg(dir.path())
         .output()
         .expect("weir drill runs");
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("storage-slow"), "{err}");
+    assert!(
+        err.contains("storage-fire") && err.contains("storage-slow"),
+        "{err}"
+    );
     let o = weir_cmd()
         .args(["drill", "keyed-agg", "--faults", "kill-jm"])
         .arg("--state-dir")

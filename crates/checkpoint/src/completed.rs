@@ -159,6 +159,7 @@ mod tests {
             operators: BTreeMap::new(),
             self_contained: true,
             job_name: None,
+            leader_epoch: None,
         })
     }
 

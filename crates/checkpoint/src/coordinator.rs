@@ -195,6 +195,8 @@ pub struct Coordinator {
     periodic_suspended: bool,
     /// Recorded in every `_metadata` ([`Coordinator::set_job_name`]).
     job_name: Option<String>,
+    /// Recorded in every `_metadata` ([`Coordinator::set_leader_epoch`]).
+    leader_epoch: Option<u64>,
 }
 
 impl Coordinator {
@@ -232,6 +234,7 @@ impl Coordinator {
             next_periodic_ms: None,
             periodic_suspended: false,
             job_name: None,
+            leader_epoch: None,
         })
     }
 
@@ -618,6 +621,12 @@ impl Coordinator {
         self.job_name = Some(name.into());
     }
 
+    /// Records the leader epoch of this JobManager (high availability) in every `_metadata`
+    /// written from now on.
+    pub fn set_leader_epoch(&mut self, epoch: u64) {
+        self.leader_epoch = Some(epoch);
+    }
+
     /// Suspends (or resumes) periodic checkpoints: while the job stops with a savepoint, no
     /// checkpoint may follow the savepoint's barrier.
     pub fn suspend_periodic(&mut self, suspended: bool) {
@@ -706,6 +715,7 @@ impl Coordinator {
         match pending.finalize(self.job_id, self.max_parallelism) {
             Ok(mut metadata) => {
                 metadata.job_name = self.job_name.clone();
+                metadata.leader_epoch = self.leader_epoch;
                 let acked = pending.acknowledged().keys().copied().collect();
                 self.completing.insert(
                     id,

@@ -19,6 +19,8 @@
 //! - 2: an operator subtask's state may say `"finished": true` (taken after its end of input).
 //!   Version 1 bodies read as version 2 with `finished` false, which is what they meant.
 //! - 3: the body may name the job (`"job_name"`). Older bodies read with no name.
+//! - 4: the body may carry the leader epoch of the JobManager that wrote it
+//!   (`"leader_epoch"`, with high availability). Older bodies read with none.
 
 use crate::handle::{FileHandle, OperatorSubtaskState};
 use crate::kind::CheckpointKind;
@@ -29,7 +31,7 @@ use weir_types::{CheckpointId, JobId, OperatorUid, SubtaskIndex, VertexId};
 /// The first four bytes of every `_metadata` file.
 pub const METADATA_MAGIC: [u8; 4] = *b"WEIR";
 /// The format version this crate writes.
-pub const METADATA_VERSION: u16 = 3;
+pub const METADATA_VERSION: u16 = 4;
 
 /// The oldest format version this crate reads.
 pub const METADATA_OLDEST_READABLE_VERSION: u16 = 1;
@@ -74,6 +76,11 @@ pub struct CheckpointMetadata {
     /// without being told which job wrote it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_name: Option<String>,
+    /// The leader epoch of the JobManager that completed the snapshot (version 4 on, with
+    /// high availability): a leader ignores a `_metadata` written by a newer epoch than its
+    /// own, and a new leader knows which epoch each checkpoint came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_epoch: Option<u64>,
 }
 
 /// Why bytes are not a valid `_metadata` file.
@@ -102,7 +109,7 @@ pub enum MetadataError {
         expected: [u8; 4],
     },
     /// A format version this build cannot read.
-    #[error("unsupported metadata format version {0} (this build reads versions 1 to 3)")]
+    #[error("unsupported metadata format version {0} (this build reads versions 1 to 4)")]
     UnsupportedVersion(u16),
     /// The bytes changed after they were written.
     #[error("metadata CRC mismatch: trailer says {expected:#010x}, bytes give {actual:#010x}")]
@@ -237,6 +244,7 @@ mod tests {
             operators,
             self_contained: false,
             job_name: None,
+            leader_epoch: None,
         }
     }
 
@@ -261,13 +269,30 @@ mod tests {
     #[test]
     fn a_newer_version_is_reported_with_its_number() {
         let mut bytes = sample().encode().unwrap();
-        bytes[5] = 4;
+        bytes[5] = 5;
         let n = bytes.len() - 4;
         let crc = crc32fast::hash(&bytes[..n]).to_be_bytes();
         bytes[n..].copy_from_slice(&crc);
         let err = CheckpointMetadata::decode(&bytes).unwrap_err();
-        assert_eq!(err, MetadataError::UnsupportedVersion(4));
-        assert!(err.to_string().contains("version 4"));
+        assert_eq!(err, MetadataError::UnsupportedVersion(5));
+        assert!(err.to_string().contains("version 5"));
+    }
+
+    #[test]
+    fn the_leader_epoch_round_trips_and_a_version_3_body_reads_without_one() {
+        let m = CheckpointMetadata {
+            leader_epoch: Some(7),
+            ..sample()
+        };
+        let bytes = m.encode().unwrap();
+        assert!(String::from_utf8_lossy(&bytes).contains("\"leader_epoch\":7"));
+        assert_eq!(CheckpointMetadata::decode(&bytes).unwrap(), m);
+        let mut old = sample().encode().unwrap();
+        old[5] = 3;
+        let n = old.len() - 4;
+        let crc = crc32fast::hash(&old[..n]).to_be_bytes();
+        old[n..].copy_from_slice(&crc);
+        assert_eq!(CheckpointMetadata::decode(&old).unwrap().leader_epoch, None);
     }
 
     #[test]

@@ -190,6 +190,7 @@ impl PendingCheckpoint {
             operators,
             self_contained: false,
             job_name: None,
+            leader_epoch: None,
         };
         metadata.self_contained = metadata.computes_self_contained();
         Ok(metadata)

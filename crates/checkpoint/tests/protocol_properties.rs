@@ -492,6 +492,7 @@ fn metadata() -> impl Strategy<Value = CheckpointMetadata> {
                     .collect(),
                 self_contained: false,
                 job_name: None,
+                leader_epoch: None,
             };
             m.self_contained = m.computes_self_contained();
             m

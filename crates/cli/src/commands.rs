@@ -449,6 +449,12 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
         }
     }
     let config = Config::load(cli.config.as_deref(), std::env::vars(), &defines)?;
+    if let Some(file) = &config.fault_control_file {
+        if !matches!(cli.command, Command::Drill { .. }) {
+            weir_storage::control::install(file.clone(), &config.checkpoint_storage().0)
+                .map_err(|e| Failure::Usage(e.to_string()))?;
+        }
+    }
     match cli.command {
         Command::Jobs { json } => {
             list_jobs(catalog, json);

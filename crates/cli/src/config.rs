@@ -113,6 +113,9 @@ pub struct Config {
     /// `state.checkpoints.dir`; `None`: `<state.backend.rocksdb.localdir>/checkpoints` (see
     /// [`Config::checkpoint_storage`]).
     pub checkpoints_dir: Option<StorageUrl>,
+    /// `storage.fault-injection.control-file`: with it, this process's checkpoint storage fails
+    /// or slows down while that file says so (recovery drills; `weir_storage::control`).
+    pub fault_control_file: Option<PathBuf>,
     /// `execution.checkpointing.savepoint-dir`: where `weir savepoint` / `weir stop` put a
     /// savepoint's folder when they name no target; `None`: they must name one.
     pub savepoint_dir: Option<StorageUrl>,
@@ -389,6 +392,19 @@ pub static KEYS: &[KeySpec] = &[
             c.checkpoints_dir = match v.trim() {
                 "" | "auto" => None,
                 url => Some(StorageUrl::parse(url).map_err(|e| e.to_string())?),
+            };
+            Ok(())
+        },
+    },
+    KeySpec {
+        key: "storage.fault-injection.control-file",
+        default: || "none".into(),
+        help: "for recovery drills only: an absolute path whose `errors <rate>` and `delay <duration>` lines make this process's checkpoint storage requests fail or wait while they are there (none: never)",
+        apply: |c, v| {
+            c.fault_control_file = match v.trim() {
+                "" | "none" => None,
+                path if Path::new(path).is_absolute() => Some(PathBuf::from(path)),
+                _ => return Err("must be an absolute path".into()),
             };
             Ok(())
         },
@@ -713,6 +729,7 @@ const MACHINE_KEYS: &[&str] = &[
     "high-availability.storageDir",
     "high-availability.lease.duration",
     "high-availability.lease.renew-interval",
+    "storage.fault-injection.control-file",
 ];
 
 fn parse_positive(v: &str) -> Result<u64, String> {
@@ -840,6 +857,7 @@ impl Config {
             checkpoint_mode: CheckpointingMode::ExactlyOnce,
             checkpoints_num_retained: 0,
             checkpoints_dir: None,
+            fault_control_file: None,
             savepoint_dir: None,
             restart_strategy_type: None,
             fixed_delay_attempts: 0,
@@ -908,6 +926,10 @@ impl Config {
             },
             "state.checkpoints.num-retained" => self.checkpoints_num_retained.to_string(),
             "state.checkpoints.dir" => self.checkpoint_storage().0.to_string(),
+            "storage.fault-injection.control-file" => self
+                .fault_control_file
+                .as_ref()
+                .map_or_else(|| "none".into(), |p| p.display().to_string()),
             "execution.checkpointing.savepoint-dir" => self
                 .savepoint_dir
                 .as_ref()

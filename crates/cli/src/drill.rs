@@ -15,7 +15,11 @@
 //! `stop-tm` (SIGSTOP until the heartbeat timeout has passed, then SIGCONT), `kill-jm` (SIGKILL
 //! of the leading JobManager, then a replacement standby starts on a port the TaskManagers
 //! already know), `kill-during-recovery` (a TaskManager killed, and another one as soon as the
-//! job is restarting). The pure parts — the schedule, the output comparison, the id check and
+//! job is restarting), `storage-errors` (for [`STORAGE_FAULT_WINDOW`], every checkpoint storage
+//! put, get and delete of every member fails with probability [`STORAGE_ERROR_RATE`] before
+//! the store's own retries), `storage-slow` (for the same window, each of them waits
+//! [`STORAGE_DELAY`] first). Storage faults go through a control file that every member reads
+//! (`storage.fault-injection.control-file`, `weir_storage::control`). The pure parts — the schedule, the output comparison, the id check and
 //! the orphan check — are functions with unit tests; the processes are at the edge.
 
 use crate::catalog::Catalog;
@@ -36,14 +40,18 @@ pub(crate) enum Fault {
     StopTm,
     KillJm,
     KillDuringRecovery,
+    StorageErrors,
+    StorageSlow,
 }
 
 impl Fault {
-    const ALL: [Fault; 4] = [
+    const ALL: [Fault; 6] = [
         Fault::KillTm,
         Fault::StopTm,
         Fault::KillJm,
         Fault::KillDuringRecovery,
+        Fault::StorageErrors,
+        Fault::StorageSlow,
     ];
 
     fn name(self) -> &'static str {
@@ -52,6 +60,8 @@ impl Fault {
             Fault::StopTm => "stop-tm",
             Fault::KillJm => "kill-jm",
             Fault::KillDuringRecovery => "kill-during-recovery",
+            Fault::StorageErrors => "storage-errors",
+            Fault::StorageSlow => "storage-slow",
         }
     }
 
@@ -65,8 +75,7 @@ impl Fault {
                 .ok_or_else(|| {
                     let known: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
                     format!(
-                        "--faults: unknown fault '{name}' (this build injects: {}; storage \
-                         faults are not built yet)",
+                        "--faults: unknown fault '{name}' (known: {})",
                         known.join(", ")
                     )
                 })?;
@@ -189,6 +198,16 @@ pub(crate) fn orphans(listed: &[String], referenced: &BTreeSet<String>) -> Vec<S
         .collect()
 }
 
+/// How long a storage fault lasts.
+const STORAGE_FAULT_WINDOW: Duration = Duration::from_secs(2);
+/// The failure probability of each storage request during `storage-errors`.
+const STORAGE_ERROR_RATE: f64 = 0.5;
+/// The wait before each storage request during `storage-slow`.
+const STORAGE_DELAY: Duration = Duration::from_millis(300);
+
+/// How long the drill waits for the JobMaster's cleanup after the job ended.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Longest the reference run may take before the drill gives up on it.
 const REFERENCE_DEADLINE: Duration = Duration::from_secs(3600);
 
@@ -224,6 +243,8 @@ struct Members {
     forward: Vec<String>,
     /// `(rpc port, rest port, process)` per JobManager slot; spare slots start empty.
     jms: Vec<(u16, u16, Option<Child>)>,
+    /// The storage fault control file every member reads.
+    storage_faults: PathBuf,
     tms: Vec<(String, Child)>,
     next_tm: u32,
     slots: u32,
@@ -493,6 +514,12 @@ pub(crate) fn drill_command(
         forward.push("-D".into());
         forward.push(format!("{k}={v}"));
     }
+    let storage_faults = scratch.join("storage-faults");
+    forward.push("-D".into());
+    forward.push(format!(
+        "storage.fault-injection.control-file={}",
+        storage_faults.display()
+    ));
     let kill_jms = schedule(&options.faults, options.rounds, options.seed)
         .iter()
         .filter(|p| p.fault == Fault::KillJm)
@@ -519,6 +546,7 @@ pub(crate) fn drill_command(
         scratch: scratch.clone(),
         forward: forward.clone(),
         jms,
+        storage_faults,
         tms: Vec::new(),
         next_tm: 0,
         slots,
@@ -664,6 +692,7 @@ fn run_once(
     let mut injected = Vec::new();
     let mut next = plan.iter();
     let mut next_at: Option<Instant> = None;
+    let mut cleanup_wait: Option<Instant> = None;
     let view = loop {
         if submitted.elapsed() > deadline {
             return Err(Failure::Job(format!(
@@ -685,7 +714,14 @@ fn run_once(
             }
         }
         if view.details.state.is_terminal() {
-            break view;
+            // The JobMaster may still be deleting and sweeping: the folder is checked after.
+            if view.details.cleaned_up
+                || cleanup_wait.get_or_insert_with(Instant::now).elapsed() > CLEANUP_TIMEOUT
+            {
+                break view;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
         }
         if next_at.is_none() && !ids.is_empty() {
             next_at = Some(Instant::now() + options.interval);
@@ -802,6 +838,34 @@ fn inject(p: &Planned, members: &mut Members, view: &JobView) -> Result<String, 
             signal(&members.tms[i].1, libc::SIGCONT);
             Ok(members.tms[i].0.clone())
         }
+        Fault::StorageErrors | Fault::StorageSlow => {
+            let faults = if p.fault == Fault::StorageErrors {
+                weir_storage::StorageFaults {
+                    error_rate: STORAGE_ERROR_RATE,
+                    ..Default::default()
+                }
+            } else {
+                weir_storage::StorageFaults {
+                    delay: STORAGE_DELAY,
+                    ..Default::default()
+                }
+            };
+            let write = |f: &weir_storage::StorageFaults| {
+                weir_storage::control::write_control_file(&members.storage_faults, f).map_err(|e| {
+                    Failure::Job(format!(
+                        "cannot write '{}': {e}",
+                        members.storage_faults.display()
+                    ))
+                })
+            };
+            write(&faults)?;
+            std::thread::sleep(STORAGE_FAULT_WINDOW);
+            write(&weir_storage::StorageFaults::default())?;
+            Ok(format!(
+                "checkpoint storage of every member, {} ms",
+                STORAGE_FAULT_WINDOW.as_millis()
+            ))
+        }
         Fault::KillJm => {
             let Some(leader) = members.leader() else {
                 return Ok("no leader".into());
@@ -909,7 +973,7 @@ mod tests {
 
     #[test]
     fn an_unknown_fault_is_refused_naming_the_known_ones() {
-        let err = Fault::parse_list("kill-tm,storage-errors").unwrap_err();
+        let err = Fault::parse_list("kill-tm,storage-fire").unwrap_err();
         assert!(
             err.contains("storage-errors") && err.contains("kill-tm"),
             "{err}"

@@ -323,6 +323,9 @@ pub(crate) fn submit(
             if !spec.job_name.is_empty() {
                 coordinator.set_job_name(spec.job_name.clone());
             }
+            if let Some(epoch) = shared.ha.as_ref().and_then(|ha| ha.epoch()) {
+                coordinator.set_leader_epoch(epoch);
+            }
             let paths = CheckpointPaths::new(job);
             // A previous run of this id here may still be cleaning up after its end.
             await_previous_master(shared, job);
@@ -820,10 +823,16 @@ fn resume(
     let found = run_on(&shared.runtime, async move {
         // The folder is ours (leased): what checkpoints that never completed left behind —
         // e.g. the one in flight when a JobManager died — can go before anything is read.
-        if let Err(e) = weir_coordination::resume::sweep_incomplete(&store, &paths).await {
-            tracing::warn!(error = %e, "leftovers of incomplete checkpoints were not swept");
-        }
-        load_completed(&store, &paths).await
+        let swept = match weir_coordination::resume::sweep_unreferenced(&store, &paths).await {
+            Ok(s) => s.highest_id_seen,
+            Err(e) => {
+                tracing::warn!(error = %e, "leftovers of incomplete checkpoints were not swept");
+                None
+            }
+        };
+        load_completed(&store, &paths)
+            .await
+            .map(|(completed, highest)| (completed, highest.max(swept)))
     })?;
     let (completed, highest) = found.map_err(DispatchError::FailedPrecondition)?;
     if completed.is_empty() {

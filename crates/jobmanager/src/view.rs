@@ -203,6 +203,10 @@ pub struct JobDetails {
     /// there ended (zero while the first attempt runs).
     #[serde(default)]
     pub metrics: JobIoMetrics,
+    /// The job ended and its JobMaster is done with its checkpoint folder: deletions settled,
+    /// leftovers swept, the folder's lease released (a new run of the id may start).
+    #[serde(default)]
+    pub cleaned_up: bool,
 }
 
 /// Records and state of a job, over its attempts.

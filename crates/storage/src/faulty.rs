@@ -29,6 +29,7 @@ use object_store::{
     ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 
+use crate::control::FaultControl;
 use crate::store::Store;
 
 /// A test predicate over object paths.
@@ -244,6 +245,25 @@ fn injected(s: &mut FaultState, op: &'static str, path: &Path) -> object_store::
     }
 }
 
+async fn apply_control(
+    control: Option<&FaultControl>,
+    faults: &Faults,
+    op: &'static str,
+    path: &Path,
+) -> object_store::Result<()> {
+    let Some(control) = control else {
+        return Ok(());
+    };
+    let now = control.current();
+    if !now.delay.is_zero() {
+        tokio::time::sleep(now.delay).await;
+    }
+    if control.draw_failure(now.error_rate) {
+        return Err(injected(&mut faults.lock(), op, path));
+    }
+    Ok(())
+}
+
 /// Flips every bit of the middle byte (an empty object has nothing to flip).
 fn corrupt(bytes: Bytes) -> Bytes {
     let mut v = bytes.to_vec();
@@ -259,6 +279,8 @@ fn corrupt(bytes: Bytes) -> Bytes {
 pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
     faults: Faults,
+    /// Faults switched on from outside the process ([`crate::control`]), if any.
+    control: Option<Arc<FaultControl>>,
 }
 
 impl FaultyStore {
@@ -267,7 +289,22 @@ impl FaultyStore {
         Self {
             inner,
             faults: Faults::default(),
+            control: None,
         }
+    }
+
+    /// Wraps `inner` with the faults the control file of `control` asks for, besides any armed
+    /// through [`faults`](Self::faults).
+    pub fn controlled(inner: Arc<dyn ObjectStore>, control: Arc<FaultControl>) -> Self {
+        Self {
+            control: Some(control),
+            ..Self::new(inner)
+        }
+    }
+
+    /// Applies the control file's faults to one request: its delay, then maybe a failure.
+    async fn controlled_fault(&self, op: &'static str, path: &Path) -> object_store::Result<()> {
+        apply_control(self.control.as_deref(), &self.faults, op, path).await
     }
 
     /// The handle that arms this store's faults.
@@ -303,6 +340,7 @@ impl ObjectStore for FaultyStore {
         if let Some(delay) = self.faults.put_delay(location) {
             tokio::time::sleep(delay).await;
         }
+        self.controlled_fault("put", location).await?;
         let lose_answer = self.faults.on_put(location)?;
         let result = self.inner.put_opts(location, payload, opts).await?;
         if lose_answer {
@@ -316,6 +354,7 @@ impl ObjectStore for FaultyStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.controlled_fault("put", location).await?;
         // A lost answer applies to single puts only; a multipart upload just counts.
         let _ = self.faults.on_put(location)?;
         self.inner.put_multipart_opts(location, opts).await
@@ -329,6 +368,7 @@ impl ObjectStore for FaultyStore {
         if options.head {
             return self.inner.get_opts(location, options).await;
         }
+        self.controlled_fault("get", location).await?;
         let corrupt_it = self.faults.on_get(location)?;
         let result = self.inner.get_opts(location, options).await?;
         if !corrupt_it {
@@ -355,12 +395,15 @@ impl ObjectStore for FaultyStore {
     ) -> BoxStream<'static, object_store::Result<Path>> {
         let inner = Arc::clone(&self.inner);
         let faults = self.faults.clone();
+        let control = self.control.clone();
         locations
             .then(move |location| {
                 let inner = Arc::clone(&inner);
                 let faults = faults.clone();
+                let control = control.clone();
                 async move {
                     let location = location?;
+                    apply_control(control.as_deref(), &faults, "delete", &location).await?;
                     faults.on_delete(&location)?;
                     inner.delete(&location).await?;
                     Ok(location)

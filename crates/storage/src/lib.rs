@@ -14,7 +14,8 @@
 //!   names the damaged object) and bounded retries with exponential backoff ([`RetryPolicy`])
 //!   for failures whose [`RetryHint`] says a retry may help.
 //! - **Failure on demand**: [`FaultyStore`] wraps any object store and fails puts, gets and
-//!   deletes or flips bytes when a test asks it to ([`Faults`]).
+//!   deletes or flips bytes when a test asks it to ([`Faults`]), or when a control file
+//!   outside the process says so ([`control`], for recovery drills).
 //!
 //! Deciding what to write, when a checkpoint is complete, and what to delete is the
 //! `weir-checkpoint` crate's pure logic; the JobMaster's driver calls into this crate to do it.
@@ -25,6 +26,7 @@
 
 #![warn(missing_docs)]
 
+pub mod control;
 pub mod error;
 pub mod faulty;
 pub mod open;
@@ -34,6 +36,7 @@ pub mod store;
 pub mod url;
 
 pub use bytes::Bytes;
+pub use control::StorageFaults;
 pub use error::{PathError, RetryHint, StorageError, StorageOp};
 pub use faulty::{Faults, FaultyStore, InjectedFault};
 pub use object_store::path::Path as ObjectPath;

@@ -13,6 +13,7 @@ use object_store::prefix::PrefixStore;
 use object_store::ObjectStore;
 
 use crate::error::StorageError;
+use crate::faulty::FaultyStore;
 use crate::store::Store;
 use crate::url::{StorageUrl, UrlError};
 
@@ -72,6 +73,9 @@ impl fmt::Debug for S3Options {
 /// - `memory://name`: the process-wide in-memory store called `name` (created on first use and
 ///   kept for the life of the process).
 /// - `s3://bucket/prefix`: an S3 client configured from `s3`; no request is made here.
+///
+/// Inside the scope of an installed fault control ([`crate::control`]) the store fails or
+/// slows down requests while the control file says so.
 pub fn open_store(url: &StorageUrl, s3: &S3Options) -> Result<Store, StorageError> {
     let name = url.to_string();
     let open_err = |source| StorageError::Open {
@@ -119,6 +123,10 @@ pub fn open_store(url: &StorageUrl, s3: &S3Options) -> Result<Store, StorageErro
             })?;
             Arc::new(PrefixStore::new(base, prefix))
         }
+    };
+    let store: Arc<dyn ObjectStore> = match crate::control::for_url(url) {
+        Some(control) => Arc::new(FaultyStore::controlled(store, control)),
+        None => store,
     };
     tracing::debug!(url = %name, "opened object store");
     Ok(Store::from_object_store(store, name))

@@ -482,6 +482,7 @@ mod tests {
             ]),
             self_contained: true,
             job_name: None,
+            leader_epoch: None,
         };
         let point = RestorePoint {
             metadata,

@@ -291,6 +291,8 @@ pub(crate) struct JobMaster {
     stop: Option<Stop>,
     end_ms: Option<u64>,
     dirty: bool,
+    /// The job ended and [`JobMaster::finish`] is done with its checkpoint folder.
+    cleaned_up: bool,
     /// Checkpoint records before this index are settled and published.
     history_cursor: usize,
     aborted_notified: BTreeSet<CheckpointId>,
@@ -362,6 +364,7 @@ impl JobMaster {
             stop: None,
             end_ms: None,
             dirty: true,
+            cleaned_up: false,
             history_cursor: 0,
             aborted_notified: BTreeSet::new(),
             previous_hosts: None,
@@ -989,11 +992,34 @@ impl JobMaster {
                     tracing::warn!("checkpoint file deletions did not end within 30 s");
                 }
             }
+            // The job is over and the folder still ours: what aborted checkpoints left (an
+            // upload that landed after its checkpoint was aborted, a delete that failed) goes.
+            let ended_here = self.lease_lost.is_none() && !self.cluster.is_shutting_down();
+            if ended_here {
+                let (store, paths) = (cp.store.clone(), cp.paths.clone());
+                let swept = self.runtime.block_on(async {
+                    tokio::time::timeout(
+                        Duration::from_secs(30),
+                        weir_coordination::resume::sweep_unreferenced(&store, &paths),
+                    )
+                    .await
+                });
+                match swept {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "the job's checkpoint folder was not swept")
+                    }
+                    Err(_) => tracing::warn!(
+                        "the sweep of the job's checkpoint folder did not end within 30 s"
+                    ),
+                }
+            }
             // Last: the folder is free for a resume once every write of this job is done.
             if let Some(keeper) = cp.lease_keeper.take() {
                 keeper.release(&self.runtime);
             }
         }
+        self.cleaned_up = true;
         self.publish();
     }
 }

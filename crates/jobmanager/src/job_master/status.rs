@@ -33,6 +33,7 @@ pub(crate) fn initial_status(
             restored_from: None,
             vertices: vertex_details(plan, &BTreeMap::new(), 0),
             metrics: JobIoMetrics::default(),
+            cleaned_up: false,
         },
         tasks_total: plan.execution.subtasks.len() as u32,
         tasks_running: 0,
@@ -99,6 +100,7 @@ impl JobMaster {
         d.restarts = attempt;
         d.failure_cause = self.failure_cause.clone();
         d.restored_from = self.restored_from;
+        d.cleaned_up = self.cleaned_up;
         d.vertices = vertices;
         s.tasks_running = running;
         s.recoveries = self.recoveries.clone();
