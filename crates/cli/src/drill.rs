@@ -198,6 +198,52 @@ pub(crate) fn orphans(listed: &[String], referenced: &BTreeSet<String>) -> Vec<S
         .collect()
 }
 
+/// A `(time since submission in ms, records the sources emitted)` sample of a run.
+pub(crate) type Sample = (u64, u64);
+
+/// The window a live rate is measured over.
+const RATE_WINDOW_MS: u64 = 1000;
+
+/// Records per second over the window of `RATE_WINDOW_MS` ending at `t`, from the samples at
+/// or before each end of it; `None` before two samples span it.
+fn rate_at(samples: &[Sample], t: u64) -> Option<f64> {
+    let at = |when: u64| samples.iter().rev().find(|(ms, _)| *ms <= when).copied();
+    let (t0, c0) = at(t.checked_sub(RATE_WINDOW_MS)?)?;
+    let (t1, c1) = at(t)?;
+    (t1 > t0).then(|| c1.saturating_sub(c0) as f64 * 1000.0 / (t1 - t0) as f64)
+}
+
+/// The run's baseline rate: the median of its one-second rates while records flowed.
+pub(crate) fn baseline_rate(samples: &[Sample]) -> Option<f64> {
+    let mut rates: Vec<f64> = samples
+        .iter()
+        .filter_map(|&(t, _)| rate_at(samples, t))
+        .filter(|r| *r > 0.0)
+        .collect();
+    if rates.is_empty() {
+        return None;
+    }
+    rates.sort_by(f64::total_cmp);
+    Some(rates[rates.len() / 2])
+}
+
+/// How long after `from` (ms) the one-second rate first reached 90 % of `baseline` again,
+/// looking no further than `until`; `None` if it did not. The window must lie wholly after
+/// `from`, so a fault that cost nothing reports one window (1000 ms).
+pub(crate) fn caught_up_after(
+    samples: &[Sample],
+    baseline: f64,
+    from: u64,
+    until: u64,
+) -> Option<u64> {
+    samples
+        .iter()
+        .map(|&(t, _)| t)
+        .filter(|&t| t >= from + RATE_WINDOW_MS && t <= until)
+        .find(|&t| rate_at(samples, t).is_some_and(|r| r >= 0.9 * baseline))
+        .map(|t| t - from)
+}
+
 /// How long a storage fault lasts.
 const STORAGE_FAULT_WINDOW: Duration = Duration::from_secs(2);
 /// The failure probability of each storage request during `storage-errors`.
@@ -234,6 +280,11 @@ struct Injected {
     target: String,
     /// Since the drill run's submission.
     at_ms: u64,
+    /// How long injecting it took (a pause or a storage fault lasts a while).
+    lasted_ms: u64,
+    /// From the injection until the sources' one-second rate was back to 90 % of the reference
+    /// run's; `None` if not before the next fault or the end.
+    caught_up_ms: Option<u64>,
 }
 
 /// Child processes of the drill, killed and reaped when dropped.
@@ -447,6 +498,11 @@ struct RunEnd {
     /// Completed checkpoint ids in the order first seen.
     ids: Vec<u64>,
     injected: Vec<Injected>,
+    /// The sources' progress over the run.
+    samples: Vec<Sample>,
+    /// Every recovery any leader reported during the run, in the order they were detected (a
+    /// new leader knows only its own).
+    recoveries: Vec<weir_jobmanager::RecoveryRecord>,
 }
 
 /// Runs `weir drill`.
@@ -603,6 +659,19 @@ pub(crate) fn drill_command(
         &plan,
         deadline,
     )?;
+    let mut faulty = faulty;
+    if let Some(baseline) = baseline_rate(&reference.samples) {
+        let ends: Vec<u64> = faulty
+            .injected
+            .iter()
+            .skip(1)
+            .map(|f| f.at_ms)
+            .chain([u64::MAX])
+            .collect();
+        for (f, until) in faulty.injected.iter_mut().zip(ends) {
+            f.caught_up_ms = caught_up_after(&faulty.samples, baseline, f.at_ms, until);
+        }
+    }
     let output = compare_outputs(&reference.lines, &faulty.lines);
     let ids = ids_rising(&faulty.ids);
     let job_dir = checkpoints.join(&faulty.view.details.id);
@@ -617,7 +686,7 @@ pub(crate) fn drill_command(
         "seed": options.seed,
         "passed": passed,
         "faults": faulty.injected,
-        "recoveries": faulty.view.recoveries.recoveries,
+        "recoveries": faulty.recoveries,
         "checkpoints_completed": faulty.view.checkpoints.counts.completed,
         "checks": {
             "finished": { "passed": finished, "state": faulty.view.details.state },
@@ -693,6 +762,8 @@ fn run_once(
     let mut next = plan.iter();
     let mut next_at: Option<Instant> = None;
     let mut cleanup_wait: Option<Instant> = None;
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut recoveries: BTreeMap<(u64, u32), weir_jobmanager::RecoveryRecord> = BTreeMap::new();
     let view = loop {
         if submitted.elapsed() > deadline {
             return Err(Failure::Job(format!(
@@ -706,6 +777,13 @@ fn run_once(
                 continue;
             }
         };
+        samples.push((
+            submitted.elapsed().as_millis() as u64,
+            view.details.metrics.source_records,
+        ));
+        for r in &view.recoveries.recoveries {
+            recoveries.insert((r.detected_ms, r.id), r.clone());
+        }
         for r in &view.checkpoints.history {
             if r.status == weir_coordination::driver::CheckpointStatus::Completed
                 && seen.insert(r.id.0)
@@ -729,11 +807,14 @@ fn run_once(
         if next_at.is_some_and(|t| Instant::now() >= t) {
             match next.next() {
                 Some(p) => {
+                    let at_ms = submitted.elapsed().as_millis() as u64;
                     let target = inject(p, members, &view)?;
                     injected.push(Injected {
                         fault: p.fault,
                         target,
-                        at_ms: submitted.elapsed().as_millis() as u64,
+                        at_ms,
+                        lasted_ms: (submitted.elapsed().as_millis() as u64).saturating_sub(at_ms),
+                        caught_up_ms: None,
                     });
                     next_at = Some(Instant::now() + options.interval);
                 }
@@ -754,6 +835,8 @@ fn run_once(
         lines: committed_lines(out),
         ids,
         injected,
+        samples,
+        recoveries: recoveries.into_values().collect(),
     })
 }
 
@@ -891,16 +974,23 @@ fn print_report(
     orphans: &Result<Vec<String>, String>,
     finished: bool,
 ) {
-    println!("fault                   at        target");
+    println!("fault                   at          caught up   target");
     for f in &run.injected {
-        println!("{:<23} {:>7} ms {}", f.fault.name(), f.at_ms, f.target);
+        println!(
+            "{:<23} {:>7} ms  {:>9}  {}",
+            f.fault.name(),
+            f.at_ms,
+            f.caught_up_ms
+                .map_or("-".to_string(), |ms| format!("{ms} ms")),
+            f.target
+        );
     }
     println!();
     println!(
         "recovery  restored  detect  cancel  schedule  deploy  first record  local / downloaded"
     );
     let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
-    for r in &run.view.recoveries.recoveries {
+    for r in &run.recoveries {
         println!(
             "{:<9} {:<9} {:<7} {:<7} {:<9} {:<7} {:<13} {} / {} bytes",
             r.id,
@@ -959,6 +1049,31 @@ fn print_report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fault_is_caught_up_when_the_one_second_rate_is_back_near_the_baseline() {
+        // 1000 records/s, a stall from 3 s to 5 s, then 1000/s again.
+        let samples: Vec<Sample> = (0..=80)
+            .map(|i| {
+                let t = i * 100;
+                let c = match t {
+                    t if t <= 3000 => t,
+                    t if t <= 5000 => 3000,
+                    t => 3000 + (t - 5000),
+                };
+                (t, c)
+            })
+            .collect();
+        let baseline = baseline_rate(&samples).unwrap();
+        assert!((baseline - 1000.0).abs() < 1e-6, "{baseline}");
+        // The rate is back to 90 % once 0.9 s of the window is after the stall.
+        assert_eq!(
+            caught_up_after(&samples, baseline, 3000, u64::MAX),
+            Some(2900)
+        );
+        assert_eq!(caught_up_after(&samples, baseline, 3000, 5500), None);
+        assert_eq!(baseline_rate(&[(0, 0), (100, 0)]), None);
+    }
 
     #[test]
     fn the_same_seed_draws_the_same_schedule_and_another_seed_another() {
