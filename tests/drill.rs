@@ -135,6 +135,35 @@ fn a_drill_of_failing_and_slow_checkpoint_storage_passes_every_check() {
 }
 
 #[test]
+fn a_savepoint_round_trip_to_another_parallelism_between_faults_keeps_the_output_exact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (o, report) = drill(
+        dir.path(),
+        &[
+            "--rounds",
+            "2",
+            "--seed",
+            "8",
+            "--faults",
+            "kill-tm",
+            "--savepoint-round-trip",
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        faults(&report),
+        vec!["kill-tm", "savepoint-round-trip", "kill-tm"],
+        "{report}"
+    );
+    let trip = report["faults"][1]["target"].as_str().expect("target");
+    assert!(trip.contains("at p=2, resumed at p=1"), "{report}");
+}
+
+#[test]
 fn a_planted_lost_record_is_caught_with_its_seed_and_the_seed_replays_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let args = [

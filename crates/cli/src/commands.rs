@@ -236,9 +236,13 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         jobmanagers: u32,
         /// Faults to draw from, comma-separated: kill-tm, stop-tm, kill-jm,
-        /// kill-during-recovery.
+        /// kill-during-recovery, storage-errors, storage-slow.
         #[arg(long, default_value = "kill-tm,stop-tm")]
         faults: String,
+        /// Halfway through the faults, stop the job with a savepoint and resume it from the
+        /// savepoint at another parallelism (one less, or one more at -p 1).
+        #[arg(long)]
+        savepoint_round_trip: bool,
         /// Faults to inject, one per interval once the first checkpoint completed.
         #[arg(long, default_value_t = 3)]
         rounds: u32,
@@ -641,6 +645,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             interval,
             seed,
             json,
+            savepoint_round_trip,
             ..
         } => {
             let forward = forward_args(cli.config.as_deref(), &defines);
@@ -660,6 +665,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                         .map_or(1, |d| d.as_nanos() as u64)
                 }),
                 json,
+                savepoint_round_trip,
                 forward,
             };
             crate::drill::drill_command(catalog, &config, &options)

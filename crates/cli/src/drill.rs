@@ -251,6 +251,9 @@ const STORAGE_ERROR_RATE: f64 = 0.5;
 /// The wait before each storage request during `storage-slow`.
 const STORAGE_DELAY: Duration = Duration::from_millis(300);
 
+/// Savepoint round trips tried before the drill gives up.
+const MAX_ROUND_TRIP_TRIES: u32 = 10;
+
 /// How long the drill waits for the JobMaster's cleanup after the job ended.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -269,6 +272,8 @@ pub(crate) struct DrillOptions {
     pub interval: Duration,
     pub seed: u64,
     pub json: bool,
+    /// `--savepoint-round-trip`.
+    pub savepoint_round_trip: bool,
     /// `--config`/`-D` arguments for the children.
     pub forward: Vec<String>,
 }
@@ -276,7 +281,8 @@ pub(crate) struct DrillOptions {
 /// One injected fault, as it happened.
 #[derive(Debug, serde::Serialize)]
 struct Injected {
-    fault: Fault,
+    /// A [`Fault`]'s name, or `savepoint-round-trip`.
+    fault: &'static str,
     target: String,
     /// Since the drill run's submission.
     at_ms: u64,
@@ -494,6 +500,8 @@ fn referenced_files(dir: &Path) -> Result<BTreeSet<String>, String> {
 /// What one run of the job ended with.
 struct RunEnd {
     view: JobView,
+    /// The job's ids, in order: one, or two after a savepoint round trip.
+    job_ids: Vec<String>,
     lines: Vec<String>,
     /// Completed checkpoint ids in the order first seen.
     ids: Vec<u64>,
@@ -674,10 +682,20 @@ pub(crate) fn drill_command(
     }
     let output = compare_outputs(&reference.lines, &faulty.lines);
     let ids = ids_rising(&faulty.ids);
-    let job_dir = checkpoints.join(&faulty.view.details.id);
-    let mut listed = Vec::new();
-    list_files(&job_dir, "", &mut listed);
-    let orphan_check = referenced_files(&job_dir).map(|r| orphans(&listed, &r));
+    let mut orphan_check = Ok(Vec::new());
+    for id in &faulty.job_ids {
+        let job_dir = checkpoints.join(id);
+        let mut listed = Vec::new();
+        list_files(&job_dir, "", &mut listed);
+        let found = referenced_files(&job_dir).map(|r| orphans(&listed, &r));
+        orphan_check = match (orphan_check, found) {
+            (Ok(mut all), Ok(o)) => {
+                all.extend(o.into_iter().map(|f| format!("{id}/{f}")));
+                Ok(all)
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+    }
     let finished = faulty.view.details.state == weir_jobmanager::view::JobState::Finished;
     let orphan_ok = matches!(&orphan_check, Ok(o) if o.is_empty());
     let passed = finished && output.passed() && ids.is_ok() && orphan_ok;
@@ -746,7 +764,7 @@ fn run_once(
     let urls = members.rpc_urls();
     let mut client = connect(&rt, &urls)?;
     let plan_json = serde_json::to_vec(&job.plan).map_err(|e| Failure::Job(e.to_string()))?;
-    let job_id = rt
+    let mut job_id = rt
         .block_on(client.submit_job(v1::SubmitJobRequest {
             job: Some(job.spec),
             plan_json,
@@ -755,6 +773,11 @@ fn run_once(
         .map_err(|s| Failure::Job(format!("submit: {}", s.message())))?
         .into_inner()
         .job_id;
+    let mut job_ids = vec![job_id.clone()];
+    // The savepoint round trip comes after half of the faults (retried on the next tick if
+    // the job cannot take a savepoint then, e.g. while it restarts).
+    let mut round_trip_after = options.savepoint_round_trip.then_some(plan.len() / 2);
+    let mut round_trip_tries = 0;
     let submitted = Instant::now();
     let mut ids = Vec::new();
     let mut seen = BTreeSet::new();
@@ -804,13 +827,48 @@ fn run_once(
         if next_at.is_none() && !ids.is_empty() {
             next_at = Some(Instant::now() + options.interval);
         }
+        if next_at.is_some_and(|t| Instant::now() >= t) && round_trip_after == Some(injected.len())
+        {
+            let at_ms = submitted.elapsed().as_millis() as u64;
+            let step = RoundTrip {
+                rt: &rt,
+                urls: &urls,
+                catalog,
+                config,
+                options,
+                params: &params,
+                savepoints: &members.scratch.join("savepoints"),
+            };
+            match step.run(&mut client, &job_id, &view)? {
+                Some((new_id, target)) => {
+                    job_id = new_id;
+                    job_ids.push(job_id.clone());
+                    round_trip_after = None;
+                    injected.push(Injected {
+                        fault: "savepoint-round-trip",
+                        target,
+                        at_ms,
+                        lasted_ms: (submitted.elapsed().as_millis() as u64).saturating_sub(at_ms),
+                        caught_up_ms: None,
+                    });
+                }
+                None if round_trip_tries >= MAX_ROUND_TRIP_TRIES => {
+                    return Err(Failure::Job(format!(
+                        "the savepoint round trip failed {MAX_ROUND_TRIP_TRIES} times"
+                    )));
+                }
+                None => round_trip_tries += 1,
+            }
+            next_at = Some(Instant::now() + options.interval);
+            continue;
+        }
         if next_at.is_some_and(|t| Instant::now() >= t) {
             match next.next() {
                 Some(p) => {
                     let at_ms = submitted.elapsed().as_millis() as u64;
                     let target = inject(p, members, &view)?;
                     injected.push(Injected {
-                        fault: p.fault,
+                        fault: p.fault.name(),
                         target,
                         at_ms,
                         lasted_ms: (submitted.elapsed().as_millis() as u64).saturating_sub(at_ms),
@@ -832,6 +890,7 @@ fn run_once(
     }
     Ok(RunEnd {
         view,
+        job_ids,
         lines: committed_lines(out),
         ids,
         injected,
@@ -839,6 +898,136 @@ fn run_once(
         recoveries: recoveries.into_values().collect(),
     })
 }
+
+/// `--savepoint-round-trip`: stop the job with a canonical savepoint, resume it from there at
+/// another parallelism, same output.
+struct RoundTrip<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    urls: &'a str,
+    catalog: &'a Catalog,
+    config: &'a Config,
+    options: &'a DrillOptions,
+    params: &'a [String],
+    savepoints: &'a Path,
+}
+
+impl RoundTrip<'_> {
+    /// The resumed job's id and what was done; `None` when the job could not take the
+    /// savepoint now (it stays running; the drill tries again later).
+    fn run(
+        &self,
+        client: &mut weir_proto::v1::dispatcher_service_client::DispatcherServiceClient<
+            tonic::transport::Channel,
+        >,
+        job_id: &str,
+        view: &JobView,
+    ) -> Result<Option<(String, String)>, Failure> {
+        use weir_jobmanager::view::{SavepointOperation, SavepointState};
+        let target = format!("file://{}", self.savepoints.display());
+        let request_id =
+            match self
+                .rt
+                .block_on(client.trigger_savepoint(v1::TriggerSavepointRequest {
+                    job_id: job_id.to_string(),
+                    target,
+                    format: "canonical".into(),
+                    stop: true,
+                    drain: false,
+                })) {
+                Ok(r) => r.into_inner().request_id,
+                Err(s) => {
+                    eprintln!("drill: no savepoint now ({}); trying again", s.message());
+                    return Ok(None);
+                }
+            };
+        let started = Instant::now();
+        let op: SavepointOperation = loop {
+            if started.elapsed() > SAVEPOINT_TIMEOUT {
+                return Err(Failure::Job(format!(
+                    "savepoint {request_id} of job {job_id} did not end within {SAVEPOINT_TIMEOUT:?}"
+                )));
+            }
+            match self
+                .rt
+                .block_on(client.get_savepoint(v1::GetSavepointRequest {
+                    job_id: job_id.to_string(),
+                    request_id,
+                })) {
+                Ok(r) => {
+                    let op: SavepointOperation =
+                        serde_json::from_slice(&r.into_inner().status_json)
+                            .map_err(|e| Failure::Job(format!("a bad savepoint answer: {e}")))?;
+                    if op.status != SavepointState::InProgress {
+                        break op;
+                    }
+                }
+                Err(_) => {
+                    if let Ok(c) = connect(self.rt, self.urls) {
+                        *client = c;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let location = match (op.status, op.location) {
+            (SavepointState::Completed, Some(l)) => l,
+            _ => {
+                eprintln!(
+                    "drill: savepoint {request_id} failed ({}); trying again",
+                    op.failure_cause.unwrap_or_default()
+                );
+                return Ok(None);
+            }
+        };
+        // The stopped job ends, and its JobMaster lets go of its folder.
+        let started = Instant::now();
+        while !fetch(self.rt, client, self.urls, job_id)
+            .is_some_and(|v| v.details.state.is_terminal() && v.details.cleaned_up)
+        {
+            if started.elapsed() > CLEANUP_TIMEOUT {
+                return Err(Failure::Job(format!(
+                    "job {job_id} did not end after its stop with savepoint {request_id}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let p = view
+            .details
+            .vertices
+            .iter()
+            .map(|v| v.parallelism)
+            .max()
+            .unwrap_or(1);
+        let p2 = if p > 1 { p - 1 } else { p + 1 };
+        let job = resolve_job(
+            self.catalog,
+            self.config,
+            &self.options.job,
+            Some(p2),
+            self.params,
+            None,
+        )?;
+        let plan_json = serde_json::to_vec(&job.plan).map_err(|e| Failure::Job(e.to_string()))?;
+        let new_id = self
+            .rt
+            .block_on(client.submit_job(v1::SubmitJobRequest {
+                job: Some(job.spec),
+                plan_json,
+                restore_path: location.clone(),
+                ..Default::default()
+            }))
+            .map_err(|s| Failure::Job(format!("resuming from {location}: {}", s.message())))?
+            .into_inner()
+            .job_id;
+        Ok(Some((
+            new_id.clone(),
+            format!("savepoint {request_id} at p={p}, resumed at p={p2} as job {new_id}"),
+        )))
+    }
+}
+
+/// How long a savepoint of the round trip may take.
+const SAVEPOINT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The job as the current leader sees it; `None` while no leader knows it.
 fn fetch(
@@ -978,7 +1167,7 @@ fn print_report(
     for f in &run.injected {
         println!(
             "{:<23} {:>7} ms  {:>9}  {}",
-            f.fault.name(),
+            f.fault,
             f.at_ms,
             f.caught_up_ms
                 .map_or("-".to_string(), |ms| format!("{ms} ms")),
