@@ -312,3 +312,122 @@ fn a_standby_answers_with_the_leaders_address_and_takes_no_taskmanager() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(&c.jms[leader].rpc), "{err}");
 }
+
+#[test]
+fn taskmanagers_and_an_attached_run_that_know_only_the_ha_folder_follow_the_leader_across_a_takeover(
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ha = format!(
+        "high-availability.storageDir=file://{}",
+        dir.path().join("ha").display()
+    );
+    let defines = [
+        "high-availability.type=storage",
+        ha.as_str(),
+        "heartbeat.interval=100ms",
+        "heartbeat.timeout=2s",
+        "slot.request.timeout=20s",
+    ];
+    let d = |cmd: &mut std::process::Command| {
+        cmd.args(defines.iter().flat_map(|d| ["-D", d]));
+    };
+    // Before any JobManager led, a client without --jobmanager says where it looked.
+    let mut list = weir_cmd();
+    list.args(["list", "--json"]);
+    d(&mut list);
+    let o = list.output().expect("weir list");
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("high-availability.storageDir") && err.contains("no leader address"),
+        "{err}"
+    );
+    let mut jms: Vec<JobManager> = (0..2)
+        .map(|_| {
+            let (proc, rpc, rest) = start_jobmanager(&defines);
+            JobManager { proc, rpc, rest }
+        })
+        .collect();
+    let leader = |jms: &[JobManager], skip: Option<usize>| {
+        (0..jms.len())
+            .filter(|&i| Some(i) != skip)
+            .find(|&i| rest(&jms[i].rest, "/overview").get("error").is_none())
+    };
+    wait_for("a leader", Duration::from_secs(30), || {
+        leader(&jms, None).is_some()
+    });
+    let _tms: Vec<Proc> = (0..3)
+        .map(|i| {
+            let mut cmd = weir_cmd();
+            cmd.args(["taskmanager", "--slots", "2", "--id", &format!("tm-{i}")])
+                .arg("--state-dir")
+                .arg(dir.path().join(format!("tm-{i}")))
+                .env("WEIR_LOG", "warn")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            d(&mut cmd);
+            Proc {
+                name: format!("tm-{i}"),
+                child: cmd.spawn().expect("taskmanager starts"),
+            }
+        })
+        .collect();
+    let old = leader(&jms, None).expect("leader");
+    wait_for(
+        "3 TaskManagers found the leader",
+        Duration::from_secs(30),
+        || {
+            rest(&jms[old].rest, "/taskmanagers")["taskmanagers"]
+                .as_array()
+                .is_some_and(|t| t.len() == 3)
+        },
+    );
+    let out = dir.path().join("out");
+    let records = 120_000;
+    let mut run = weir_cmd();
+    run.args(["run", "keyed-agg", "-p", "4", "--json"])
+        .args(["--param", &format!("records={records}")])
+        .args(["--param", &format!("keys={KEYS}")])
+        .args(["--param", "rate=12000"])
+        .args(["--param", "emit=updates"])
+        .args(["--param", &format!("output={}", out.display())])
+        .args(["-D", "execution.checkpointing.interval=500ms"])
+        .args([
+            "-D",
+            &format!(
+                "state.checkpoints.dir=file://{}",
+                dir.path().join("checkpoints").display()
+            ),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    d(&mut run);
+    let attached = run.spawn().expect("weir run starts");
+    let mut id = String::new();
+    wait_for("the job to be listed", DEADLINE, || {
+        let o = list.output().expect("weir list");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        id = v["jobs"][0]["id"].as_str().unwrap_or_default().to_string();
+        !id.is_empty()
+    });
+    wait_for("two completed checkpoints", DEADLINE, || {
+        completed(&jms[old], &id).len() >= 2
+    });
+    jms[old].proc.signal("KILL");
+    jms[old].proc.child.wait().expect("reap");
+    let new = 1 - old;
+    wait_for("the standby to lead", Duration::from_secs(20), || {
+        leader(&jms, Some(old)) == Some(new)
+    });
+    let o = attached.wait_with_output().expect("weir run ends");
+    assert!(
+        o.status.success(),
+        "the attached run did not follow its job: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let end: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(end["details"]["state"], "FINISHED", "{end}");
+    assert_exactly_once(&out, records);
+}

@@ -520,6 +520,78 @@ pub(crate) fn connect(
     Err(Failure::Usage(problems.join("; ")))
 }
 
+/// The JobManager address when none is given and high availability is off.
+const DEFAULT_JOBMANAGER: &str = "http://127.0.0.1:6123";
+
+/// Where a client finds the JobManager: the addresses it was given, or the high-availability
+/// folder where the leader writes its own (read again whenever the client looks for the
+/// leader, so it follows takeovers).
+pub(crate) enum JobManagerAddr {
+    /// `--jobmanager`: one URL, or every JobManager's, comma-separated.
+    Urls(String),
+    /// `high-availability.storageDir`.
+    Ha {
+        /// The folder.
+        store: weir_storage::Store,
+        /// Its URL, for messages.
+        dir: String,
+    },
+}
+
+/// `--jobmanager` as given; without it, with `high-availability.type: storage`, the leader's
+/// address in `high-availability.storageDir`; otherwise the default local JobManager.
+pub(crate) fn jobmanager_addr(
+    given: Option<String>,
+    config: &Config,
+) -> Result<JobManagerAddr, Failure> {
+    if let Some(urls) = given {
+        return Ok(JobManagerAddr::Urls(urls));
+    }
+    match (&config.ha_storage_dir, config.ha_enabled) {
+        (Some(dir), true) => Ok(JobManagerAddr::Ha {
+            store: open_store(dir, &config.s3).map_err(|e| {
+                Failure::Usage(format!("high-availability.storageDir '{dir}': {e}"))
+            })?,
+            dir: dir.to_string(),
+        }),
+        _ => Ok(JobManagerAddr::Urls(DEFAULT_JOBMANAGER.to_string())),
+    }
+}
+
+impl JobManagerAddr {
+    /// The URLs to try now: the given ones, or the current leader's.
+    pub(crate) fn urls(&self, rt: &tokio::runtime::Runtime) -> Result<String, Failure> {
+        match self {
+            JobManagerAddr::Urls(urls) => Ok(urls.clone()),
+            JobManagerAddr::Ha { store, dir } => {
+                match rt.block_on(weir_coordination::leader::leader_address(store)) {
+                    Ok(Some(address)) => Ok(address.rpc),
+                    Ok(None) => Err(Failure::Usage(format!(
+                        "no JobManager has led yet: high-availability.storageDir '{dir}' holds \
+                         no leader address (or pass --jobmanager)"
+                    ))),
+                    Err(e) => Err(Failure::Job(format!(
+                        "cannot read the leader's address: {e}"
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// [`urls`](Self::urls) on a runtime of its own.
+    pub(crate) fn resolve(&self) -> Result<String, Failure> {
+        self.urls(&io_runtime()?)
+    }
+
+    /// Whether a lost JobManager may come back as another (a takeover to follow).
+    fn follows_leaders(&self) -> bool {
+        match self {
+            JobManagerAddr::Urls(urls) => urls.contains(','),
+            JobManagerAddr::Ha { .. } => true,
+        }
+    }
+}
+
 /// How long an attached client keeps looking for its job's leader after losing it.
 const FOLLOW_LEADER_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -528,10 +600,10 @@ const FOLLOW_LEADER_TIMEOUT: Duration = Duration::from_secs(60);
 fn fetch_following(
     rt: &tokio::runtime::Runtime,
     client: &mut DispatcherServiceClient<tonic::transport::Channel>,
-    urls: &str,
+    addr: &JobManagerAddr,
     job_id: &str,
 ) -> Result<JobView, String> {
-    let several = urls.contains(',');
+    let several = addr.follows_leaders();
     let started = Instant::now();
     loop {
         let answer = rt.block_on(client.get_job(v1::GetJobRequest {
@@ -550,7 +622,7 @@ fn fetch_following(
             return Err(status.message().to_string());
         }
         std::thread::sleep(Duration::from_millis(200));
-        if let Ok(c) = connect(rt, urls) {
+        if let Ok(c) = addr.urls(rt).and_then(|urls| connect(rt, &urls)) {
             *client = c;
         }
     }
@@ -660,11 +732,18 @@ fn jobmanager_options(
 pub(crate) fn taskmanager_command(
     catalog: &Catalog,
     config: &Config,
-    jobmanager: String,
+    jobmanager: Option<String>,
     slots: Option<u32>,
     id: Option<String>,
     data_bind: &str,
 ) -> Result<(), Failure> {
+    let (jobmanager, leader_store) = match jobmanager_addr(jobmanager, config)? {
+        JobManagerAddr::Urls(urls) => (urls, None),
+        JobManagerAddr::Ha { store, dir } => (
+            format!("the leader in high-availability.storageDir {dir}"),
+            Some(store),
+        ),
+    };
     let data_bind = data_bind
         .parse()
         .map_err(|e| Failure::Usage(format!("--data-bind '{data_bind}': {e}")))?;
@@ -675,6 +754,7 @@ pub(crate) fn taskmanager_command(
     let id = id.unwrap_or_else(|| format!("tm-{}", std::process::id()));
     let options = weir_taskmanager::TaskManagerOptions {
         jobmanager,
+        leader_store,
         id,
         slots,
         state_dir: config.state_dir.clone(),
@@ -730,7 +810,7 @@ impl StartFrom {
 
 /// `weir run`.
 pub(crate) fn run_command(
-    url: &str,
+    addr: &JobManagerAddr,
     spec: v1::JobSpec,
     plan: &weir_graph::Plan,
     start: &StartFrom,
@@ -738,7 +818,7 @@ pub(crate) fn run_command(
     json: bool,
 ) -> Result<(), Failure> {
     let rt = io_runtime()?;
-    let mut client = connect(&rt, url)?;
+    let mut client = connect(&rt, &addr.urls(&rt)?)?;
     let plan_json = serde_json::to_vec(plan).map_err(|e| Failure::Job(e.to_string()))?;
     let job_id = rt
         .block_on(client.submit_job(start.request(spec, plan_json)))
@@ -764,7 +844,7 @@ pub(crate) fn run_command(
     });
     let mut cancel_client = client.clone();
     let view = follow(
-        || fetch_following(&rt, &mut client, url, &job_id),
+        || fetch_following(&rt, &mut client, addr, &job_id),
         || {
             eprintln!("cancelling job {job_id}");
             let _ = rt.block_on(cancel_client.cancel_job(v1::CancelJobRequest {

@@ -88,9 +88,9 @@ enum Command {
     },
     /// Runs a TaskManager that registers its slots with a JobManager, until Ctrl-C.
     Taskmanager {
-        /// The JobManager's RPC URL; with high availability, every JobManager's, comma-separated (the leader is found and followed).
-        #[arg(long, default_value = "http://127.0.0.1:6123", value_name = "URL")]
-        jobmanager: String,
+        /// The JobManager's RPC URL; with high availability, every JobManager's, comma-separated (the leader is found and followed). Default: with high-availability.type storage, the leader's address from high-availability.storageDir; otherwise http://127.0.0.1:6123.
+        #[arg(long, value_name = "URL")]
+        jobmanager: Option<String>,
         /// Slots (overrides taskmanager.numberOfTaskSlots).
         #[arg(long)]
         slots: Option<u32>,
@@ -110,9 +110,9 @@ enum Command {
         /// Return once the job is submitted.
         #[arg(long)]
         detached: bool,
-        /// The JobManager's RPC URL; with high availability, every JobManager's, comma-separated (the leader is found and followed).
-        #[arg(long, default_value = "http://127.0.0.1:6123", value_name = "URL")]
-        jobmanager: String,
+        /// The JobManager's RPC URL; with high availability, every JobManager's, comma-separated (the leader is found and followed). Default: with high-availability.type storage, the leader's address from high-availability.storageDir; otherwise http://127.0.0.1:6123.
+        #[arg(long, value_name = "URL")]
+        jobmanager: Option<String>,
         /// Resume job JOB_ID from its latest intact checkpoint.
         #[arg(long, value_name = "JOB_ID")]
         restore: Option<String>,
@@ -142,18 +142,18 @@ enum Command {
         /// final snapshot is the savepoint.
         #[arg(long)]
         drain: bool,
-        /// The JobManager's RPC URL; with high availability, every JobManager's, comma-separated (the leader is found and followed).
-        #[arg(long, default_value = "http://127.0.0.1:6123", value_name = "URL")]
-        jobmanager: String,
+        /// The JobManager's RPC URL; with high availability, every JobManager's, comma-separated (the leader is found and followed). Default: with high-availability.type storage, the leader's address from high-availability.storageDir; otherwise http://127.0.0.1:6123.
+        #[arg(long, value_name = "URL")]
+        jobmanager: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Lists a JobManager's jobs.
     List {
-        /// The JobManager's RPC URL; with high availability, every JobManager's, comma-separated (the leader is found and followed).
-        #[arg(long, default_value = "http://127.0.0.1:6123", value_name = "URL")]
-        jobmanager: String,
+        /// The JobManager's RPC URL; with high availability, every JobManager's, comma-separated (the leader is found and followed). Default: with high-availability.type storage, the leader's address from high-availability.storageDir; otherwise http://127.0.0.1:6123.
+        #[arg(long, value_name = "URL")]
+        jobmanager: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -162,9 +162,9 @@ enum Command {
     Cancel {
         /// The job's id.
         job_id: String,
-        /// The JobManager's RPC URL; with high availability, every JobManager's, comma-separated (the leader is found and followed).
-        #[arg(long, default_value = "http://127.0.0.1:6123", value_name = "URL")]
-        jobmanager: String,
+        /// The JobManager's RPC URL; with high availability, every JobManager's, comma-separated (the leader is found and followed). Default: with high-availability.type storage, the leader's address from high-availability.storageDir; otherwise http://127.0.0.1:6123.
+        #[arg(long, value_name = "URL")]
+        jobmanager: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -316,9 +316,9 @@ struct SavepointArgs {
     /// Return once the savepoint is triggered (prints its request id).
     #[arg(long)]
     detached: bool,
-    /// The JobManager's RPC URL; with high availability, every JobManager's, comma-separated (the leader is found and followed).
-    #[arg(long, default_value = "http://127.0.0.1:6123", value_name = "URL")]
-    jobmanager: String,
+    /// The JobManager's RPC URL; with high availability, every JobManager's, comma-separated (the leader is found and followed). Default: with high-availability.type storage, the leader's address from high-availability.storageDir; otherwise http://127.0.0.1:6123.
+    #[arg(long, value_name = "URL")]
+    jobmanager: Option<String>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -533,7 +533,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                 restore.as_deref(),
             )?;
             crate::cluster::run_command(
-                &jobmanager,
+                &crate::cluster::jobmanager_addr(jobmanager, &config)?,
                 r.spec,
                 &r.plan,
                 &from.start(restore.is_some()),
@@ -541,12 +541,19 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                 json,
             )
         }
-        Command::List { jobmanager, json } => crate::cluster::list_command(&jobmanager, json),
+        Command::List { jobmanager, json } => crate::cluster::list_command(
+            &crate::cluster::jobmanager_addr(jobmanager, &config)?.resolve()?,
+            json,
+        ),
         Command::Cancel {
             job_id,
             jobmanager,
             json,
-        } => crate::cluster::cancel_command(&jobmanager, &job_id, json),
+        } => crate::cluster::cancel_command(
+            &crate::cluster::jobmanager_addr(jobmanager, &config)?.resolve()?,
+            &job_id,
+            json,
+        ),
         Command::Savepoint(a) => match a.action {
             Some(SavepointAction::Dispose { path, json }) => {
                 crate::savepoint::dispose_command(&config, &absolute_url(&path), json)
@@ -562,7 +569,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                 state.as_deref(),
             ),
             None => crate::savepoint::trigger_command(
-                &a.jobmanager,
+                &crate::cluster::jobmanager_addr(a.jobmanager.clone(), &config)?.resolve()?,
                 a.job_id.as_deref().unwrap_or_default(),
                 a.target.as_deref().map(absolute_url),
                 &a.format,
@@ -580,7 +587,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             jobmanager,
             json,
         } => crate::savepoint::trigger_command(
-            &jobmanager,
+            &crate::cluster::jobmanager_addr(jobmanager, &config)?.resolve()?,
             &job_id,
             savepoint_path.as_deref().map(absolute_url),
             &format,

@@ -111,6 +111,7 @@ impl MiniCluster {
     ) -> Result<Self, MiniClusterError> {
         let jobmanager = JobManager::start(options.jobmanager.clone(), resolver)?;
         let tm_options = TaskManagerOptions {
+            leader_store: None,
             jobmanager: "in-process".into(),
             id: TASKMANAGER_ID.into(),
             slots: options.slots,

@@ -49,6 +49,11 @@ pub struct TaskManagerOptions {
     /// every JobManager's, comma-separated: the TaskManager registers with whichever leads
     /// and moves to the next when its session breaks or a standby refuses it.
     pub jobmanager: String,
+    /// With high availability and no JobManager address given: the `high-availability.storageDir`
+    /// folder where the leader writes its address; read before every connection attempt, so
+    /// the TaskManager follows the leader across takeovers (`jobmanager` then only names the
+    /// folder in logs).
+    pub leader_store: Option<Store>,
     /// This TaskManager's id, unique in the cluster.
     pub id: String,
     /// Slots (`taskmanager.numberOfTaskSlots`).

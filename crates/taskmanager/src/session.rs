@@ -131,7 +131,7 @@ pub fn run(
         .map(|u| u.trim().to_string())
         .filter(|u| !u.is_empty())
         .collect();
-    if jobmanagers.is_empty() {
+    if jobmanagers.is_empty() && options.leader_store.is_none() {
         return Err(TaskManagerError::Setup(format!(
             "--jobmanager '{}' names no JobManager",
             options.jobmanager
@@ -142,10 +142,33 @@ pub fn run(
         if stop.load(Ordering::SeqCst) {
             break Ok(());
         }
-        let jobmanager = &jobmanagers[next % jobmanagers.len()];
-        next += 1;
-        // Wait only after every JobManager was tried: a standby refuses at once.
-        let cycle_done = next % jobmanagers.len() == 0;
+        let (jobmanager, cycle_done) = match &options.leader_store {
+            Some(store) => {
+                match core
+                    .runtime
+                    .block_on(weir_coordination::leader::leader_address(store))
+                {
+                    Ok(Some(address)) => (address.rpc, true),
+                    found => {
+                        let reason = match found {
+                            Err(e) => e.to_string(),
+                            _ => "no leader has written its address yet".to_string(),
+                        };
+                        tracing::warn!(ha = %options.jobmanager, %reason, retry_in_ms = backoff.as_millis() as u64, "no JobManager address in the high-availability folder; retrying");
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(options.max_backoff);
+                        continue;
+                    }
+                }
+            }
+            None => {
+                let jobmanager = jobmanagers[next % jobmanagers.len()].clone();
+                next += 1;
+                // Wait only after every JobManager was tried: a standby refuses at once.
+                (jobmanager, next % jobmanagers.len() == 0)
+            }
+        };
+        let jobmanager = &jobmanager;
         let outcome = core.runtime.block_on(session(
             &options,
             jobmanager,
