@@ -223,6 +223,20 @@ fn a_killed_leader_is_replaced_by_the_standby_and_the_job_ends_exactly_once() {
         after.iter().all(|&n| n > last_before),
         "checkpoint ids must rise across the takeover: before {before:?}, after {after:?}"
     );
+    // The new leader keeps the counter and the latest completed checkpoint in the HA folder.
+    let latest = *after.iter().max().expect("a checkpoint after the takeover");
+    let path = c.dir.path().join(format!("ha/jobs/{id}.checkpoints"));
+    let mut record = serde_json::Value::Null;
+    // Written off the JobMaster's thread, after the completion: give it a moment.
+    wait_for("the checkpoint record", Duration::from_secs(5), || {
+        record = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        record["latest_completed"] == latest
+    });
+    assert!(record["next_id"].as_u64() > Some(latest), "{record}");
+    assert_eq!(record["epoch"], 2, "{record}");
     assert!(
         running.duration_since(killed) < Duration::from_secs(10),
         "takeover took {:?}",

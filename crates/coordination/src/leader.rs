@@ -6,6 +6,8 @@
 //! leader/address.json      where the leader of that epoch listens ([`LeaderAddress`])
 //! jobs/<job-id>.request    the job as submitted (the SubmitJobRequest's protobuf bytes)
 //! jobs/<job-id>.state      its state as the leaders saw it ([`JobRecord`], JSON)
+//! jobs/<job-id>.checkpoints  its checkpoint id counter and latest completed checkpoint
+//!                          ([`CheckpointPointer`], JSON)
 //! ```
 //!
 //! 1. **Elect** — a JobManager reads the newest leader lease and takes the next epoch when the
@@ -75,6 +77,10 @@ fn address_path() -> ObjectPath {
     ObjectPath::from("leader/address.json")
 }
 
+fn checkpoints_path(job: JobId) -> ObjectPath {
+    ObjectPath::from(format!("jobs/{job}.checkpoints"))
+}
+
 fn request_path(job: JobId) -> ObjectPath {
     ObjectPath::from(format!("jobs/{job}.request"))
 }
@@ -135,6 +141,20 @@ pub struct LeaderAddress {
     pub rpc: String,
     /// Its REST address (`http://host:port`).
     pub rest: String,
+}
+
+/// A job's checkpoint counter and latest completed checkpoint, as a leader recorded them after
+/// a checkpoint completed: a new leader's ids continue above `next_id` even if the folder
+/// listing lost every trace of the ids below it, and it can tell when the newest intact
+/// checkpoint it finds is older than the one that completed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointPointer {
+    /// The epoch of the leader that wrote it.
+    pub epoch: u64,
+    /// The next checkpoint id the leader would have issued.
+    pub next_id: u64,
+    /// The latest completed checkpoint.
+    pub latest_completed: Option<u64>,
 }
 
 /// A job's state as recorded for the next leader.
@@ -337,6 +357,34 @@ pub async fn record_state(
         .map_err(|e| storage(format!("cannot write {path}"), e))
 }
 
+/// Records `job`'s checkpoint counter and latest completed checkpoint (overwriting the last).
+pub async fn record_checkpoints(
+    store: &Store,
+    job: JobId,
+    pointer: CheckpointPointer,
+) -> Result<(), HaError> {
+    let path = checkpoints_path(job);
+    let bytes = serde_json::to_vec(&pointer).map_err(|e| storage(&path, e))?;
+    store
+        .put(&path, Bytes::from(bytes))
+        .await
+        .map_err(|e| storage(format!("cannot write {path}"), e))
+}
+
+/// `job`'s recorded checkpoint counter and latest completed checkpoint, if any was recorded.
+pub async fn recorded_checkpoints(
+    store: &Store,
+    job: JobId,
+) -> Result<Option<CheckpointPointer>, HaError> {
+    let path = checkpoints_path(job);
+    let Some(bytes) = read(store, &path).await? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| storage(format!("{path} is not a checkpoint record"), e))
+}
+
 /// Where the current leader listens, when one has published its address.
 pub async fn leader_address(store: &Store) -> Result<Option<LeaderAddress>, HaError> {
     let Some(bytes) = read(store, &address_path()).await? else {
@@ -535,6 +583,27 @@ mod tests {
             assert_eq!(&find(running).request[..], b"req-1");
             assert_eq!(find(ended).record.state, RecordedState::Ended);
             assert_eq!(find(ended).record.epoch, 1);
+            assert_eq!(
+                recorded_checkpoints(&store, running).await.expect("read"),
+                None
+            );
+            let pointer = CheckpointPointer {
+                epoch: e,
+                next_id: 8,
+                latest_completed: Some(7),
+            };
+            record_checkpoints(&store, running, pointer)
+                .await
+                .expect("record");
+            assert_eq!(
+                recorded_checkpoints(&store, running).await.expect("read"),
+                Some(pointer)
+            );
+            assert_eq!(
+                recorded_jobs(&store).await.expect("list").len(),
+                2,
+                "a checkpoint record is not a job"
+            );
             let address = leader_address(&store)
                 .await
                 .expect("read")

@@ -343,7 +343,7 @@ pub(crate) fn submit(
                     JobLease::acquire(&store, &paths, &owner, now_ms(), lease_duration).await
                 })?
                 .map_err(|e| match e {
-                    e @ LeaseError::Held { .. } => DispatchError::FailedPrecondition(e.to_string()),
+                    e @ LeaseError::Held { .. } => DispatchError::FolderInUse(e.to_string()),
                     e => DispatchError::Internal(e.to_string()),
                 })?
             };
@@ -364,6 +364,8 @@ pub(crate) fn submit(
                 final_kind: weir_checkpoint::CheckpointKind::Checkpoint,
                 savepoint_dir: settings.savepoint_dir.clone(),
                 s3: settings.s3.clone(),
+                pointer: crate::ha::pointer_sink(shared, job),
+                pointer_sent: None,
             };
             let checked = probe_storage(shared, &spec, &cp.store, &cp.paths)
                 .and_then(|()| {
@@ -835,8 +837,26 @@ fn resume(
             .map(|(completed, highest)| (completed, highest.max(swept)))
     })?;
     let (completed, highest) = found.map_err(DispatchError::FailedPrecondition)?;
+    let recorded = crate::ha::recorded_checkpoints(shared, job);
+    let highest = match recorded {
+        Some(p) => highest.max(p.next_id.checked_sub(1).map(weir_types::CheckpointId)),
+        None => highest,
+    };
+    if let Some(latest) = recorded.and_then(|p| p.latest_completed) {
+        let newest = completed.iter().map(|c| c.id().0).max();
+        if newest.is_none_or(|n| n < latest) {
+            tracing::error!(
+                %job,
+                recorded = latest,
+                newest_intact = ?newest,
+                "the high-availability record says a newer checkpoint completed than the newest \
+                 intact one in storage: its _metadata is gone or damaged; resuming from an older \
+                 one replays records its committed output already holds"
+            );
+        }
+    }
     if completed.is_empty() {
-        return Err(DispatchError::FailedPrecondition(format!(
+        return Err(DispatchError::NothingToResume(format!(
             "job {job} has no intact completed checkpoint in {} to resume from",
             cp.store
         )));

@@ -51,6 +51,14 @@ pub enum DispatchError {
     /// of a finished job).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A resume found no intact completed checkpoint of the job (the message names where it
+    /// looked): a new leader starts such a job afresh from its recorded request.
+    #[error("{0}")]
+    NothingToResume(String),
+    /// Another JobMaster holds the job's checkpoint folder lease (the message names it): the
+    /// folder frees once that lease runs out.
+    #[error("{0}")]
+    FolderInUse(String),
     /// The JobManager is shutting down; submit to another one.
     #[error("the JobManager is shutting down")]
     ShuttingDown,
@@ -69,7 +77,9 @@ impl From<DispatchError> for tonic::Status {
             DispatchError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
             DispatchError::AlreadyRunning(_) => tonic::Status::already_exists(message),
             DispatchError::UnknownJob(_) => tonic::Status::not_found(message),
-            DispatchError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
+            DispatchError::FailedPrecondition(_)
+            | DispatchError::NothingToResume(_)
+            | DispatchError::FolderInUse(_) => tonic::Status::failed_precondition(message),
             DispatchError::ShuttingDown | DispatchError::Unavailable(_) => {
                 tonic::Status::unavailable(message)
             }

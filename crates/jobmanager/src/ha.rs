@@ -251,7 +251,7 @@ fn take_over(shared: &Arc<Shared>) {
             resumed.resume = true;
             resumed.restore_path.clear();
             let outcome = match crate::dispatcher::submit(shared, resumed) {
-                Err(DispatchError::FailedPrecondition(m)) if m.contains("no intact completed") => {
+                Err(DispatchError::NothingToResume(_)) => {
                     crate::dispatcher::submit(shared, original.clone())
                 }
                 other => other,
@@ -263,9 +263,7 @@ fn take_over(shared: &Arc<Shared>) {
                 }
                 Err(DispatchError::AlreadyRunning(_)) => break,
                 // The previous leader's lease on the job's checkpoint folder: wait it out.
-                Err(DispatchError::FailedPrecondition(m))
-                    if m.contains("in use by") && started.elapsed() < TAKEOVER_WAIT =>
-                {
+                Err(DispatchError::FolderInUse(_)) if started.elapsed() < TAKEOVER_WAIT => {
                     std::thread::sleep(Duration::from_millis(200));
                 }
                 Err(e) => {
@@ -294,6 +292,63 @@ pub(crate) fn record_job(
         leader::record_job(&store, epoch, job, bytes).await
     })?
     .map_err(|e| DispatchError::Internal(format!("job {job} was not recorded: {e}")))
+}
+
+/// With high availability: a sink that records `job`'s checkpoint counter and latest
+/// completed checkpoint in the HA folder, newest value last (one writer task; a value that
+/// arrives while a write is in flight replaces any older one still waiting). Nothing is
+/// written once this JobManager may no longer act.
+pub(crate) fn pointer_sink(
+    shared: &Shared,
+    job: JobId,
+) -> Option<crate::job_master::checkpoints::PointerSink> {
+    let ha = shared.ha.clone()?;
+    let (tx, mut rx) = tokio::sync::watch::channel::<Option<(u64, Option<u64>)>>(None);
+    let writer = Arc::clone(&ha);
+    shared.runtime.spawn(async move {
+        while rx.changed().await.is_ok() {
+            let Some((next_id, latest_completed)) = *rx.borrow_and_update() else {
+                continue;
+            };
+            if writer.may_act().is_err() {
+                return;
+            }
+            let pointer = leader::CheckpointPointer {
+                epoch: writer.epoch().unwrap_or(0),
+                next_id,
+                latest_completed,
+            };
+            if let Err(e) = leader::record_checkpoints(&writer.options.store, job, pointer).await {
+                tracing::warn!(%job, error = %e, "the checkpoint record for the next leader was not written");
+            }
+        }
+    });
+    Some(Arc::new(move |next_id, latest| {
+        let _ = tx.send(Some((next_id, latest)));
+    }))
+}
+
+/// `job`'s checkpoint record in the HA folder, if high availability is on and one is readable
+/// (an unreadable one is logged: the folder listing still guards the ids).
+pub(crate) fn recorded_checkpoints(
+    shared: &Shared,
+    job: JobId,
+) -> Option<leader::CheckpointPointer> {
+    let ha = shared.ha.as_ref()?;
+    let store = ha.options.store.clone();
+    match crate::dispatcher::run_on(&shared.runtime, async move {
+        leader::recorded_checkpoints(&store, job).await
+    }) {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            tracing::warn!(%job, error = %e, "the job's checkpoint record is unreadable");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(%job, error = %e, "the job's checkpoint record is unreadable");
+            None
+        }
+    }
 }
 
 /// Records that a job ended for good (not when this JobManager is shutting down or no longer

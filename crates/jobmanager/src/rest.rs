@@ -85,9 +85,10 @@ impl From<DispatchError> for ApiError {
         let code = match e {
             DispatchError::UnknownJob(_) => StatusCode::NOT_FOUND,
             DispatchError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            DispatchError::AlreadyRunning(_) | DispatchError::FailedPrecondition(_) => {
-                StatusCode::CONFLICT
-            }
+            DispatchError::AlreadyRunning(_)
+            | DispatchError::FailedPrecondition(_)
+            | DispatchError::NothingToResume(_)
+            | DispatchError::FolderInUse(_) => StatusCode::CONFLICT,
             DispatchError::ShuttingDown | DispatchError::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

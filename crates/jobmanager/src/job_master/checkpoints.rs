@@ -33,6 +33,32 @@ pub(crate) struct Checkpointing {
     pub savepoint_dir: Option<String>,
     /// How savepoint targets on `s3://` are reached.
     pub s3: weir_storage::S3Options,
+    /// With high availability: where the checkpoint counter and the latest completed
+    /// checkpoint go after each completion (the HA folder's `jobs/<id>.checkpoints`).
+    pub pointer: Option<PointerSink>,
+    /// The last `(next id, latest completed)` handed to `pointer`.
+    pub pointer_sent: Option<(u64, Option<u64>)>,
+}
+
+/// Takes `(next checkpoint id, latest completed checkpoint)` to record for the next leader.
+pub(crate) type PointerSink = Arc<dyn Fn(u64, Option<u64>) + Send + Sync>;
+
+impl Checkpointing {
+    /// Hands the counter and the latest completed checkpoint to the pointer sink when they
+    /// changed since the last time.
+    pub(crate) fn record_pointer(&mut self) {
+        let Some(sink) = &self.pointer else {
+            return;
+        };
+        let now = (
+            self.coordinator.next_checkpoint_id().0,
+            self.coordinator.store().latest().map(|c| c.id().0),
+        );
+        if self.pointer_sent != Some(now) {
+            sink(now.0, now.1);
+            self.pointer_sent = Some(now);
+        }
+    }
 }
 
 impl Checkpointing {
@@ -271,6 +297,9 @@ impl JobMaster {
                     }
                 }
             }
+        }
+        if let Some(cp) = self.cp.as_mut() {
+            cp.record_pointer();
         }
         self.sync_history();
     }

@@ -75,7 +75,7 @@ use weir_storage::{CheckpointPaths, Store};
 use weir_types::{AttemptId, Barrier, CheckpointId, JobId, SubtaskIndex, VertexId};
 
 mod adaptive;
-mod checkpoints;
+pub(crate) mod checkpoints;
 mod gateway;
 mod messages;
 mod phase;

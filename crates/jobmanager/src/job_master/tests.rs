@@ -202,6 +202,8 @@ impl Harness {
                 final_kind: weir_checkpoint::CheckpointKind::Checkpoint,
                 savepoint_dir: None,
                 s3: weir_storage::S3Options::default(),
+                pointer: None,
+                pointer_sent: None,
             }
         });
         let status = Arc::new(Mutex::new(initial_status(
