@@ -8,7 +8,8 @@
 //!   show as a duplicate or a stranger);
 //! - **checkpoint ids**: every completed checkpoint id the JobManagers reported, in the order
 //!   they were first seen, rises strictly (also across a JobManager takeover);
-//! - **orphans**: after the job ended, every file in its checkpoint folder belongs to a retained
+//! - **orphans**: once the JobMaster reports it is done with the folder, every file in the
+//!   job's checkpoint folder (both jobs' after a savepoint round trip) belongs to a retained
 //!   checkpoint (named by its `_metadata`), or is `_metadata` or a lease.
 //!
 //! Faults: `kill-tm` (SIGKILL of a TaskManager that runs tasks, then a replacement starts),
@@ -19,8 +20,14 @@
 //! put, get and delete of every member fails with probability [`STORAGE_ERROR_RATE`] before
 //! the store's own retries), `storage-slow` (for the same window, each of them waits
 //! [`STORAGE_DELAY`] first). Storage faults go through a control file that every member reads
-//! (`storage.fault-injection.control-file`, `weir_storage::control`). The pure parts — the schedule, the output comparison, the id check and
-//! the orphan check — are functions with unit tests; the processes are at the edge.
+//! (`storage.fault-injection.control-file`, `weir_storage::control`). With
+//! `--savepoint-round-trip`, halfway through the faults the job stops with a savepoint and
+//! resumes from it at another parallelism ([`RoundTrip`]).
+//!
+//! Per fault the report says when the sources' one-second rate was back to 90 % of the
+//! reference run's ([`caught_up_after`]). The pure parts — the schedule, the output comparison,
+//! the id check, the orphan check and the rates — are functions with unit tests; the processes
+//! are at the edge.
 
 use crate::catalog::Catalog;
 use crate::cluster::{connect, io_runtime, JobView};
