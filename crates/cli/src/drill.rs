@@ -518,6 +518,45 @@ struct RunEnd {
     /// Every recovery any leader reported during the run, in the order they were detected (a
     /// new leader knows only its own).
     recoveries: Vec<weir_jobmanager::RecoveryRecord>,
+    /// Every completed checkpoint any leader reported, by id.
+    checkpoints: BTreeMap<u64, weir_coordination::driver::CheckpointRecord>,
+    /// The submission, in ms since the Unix epoch (what recovery and checkpoint times use).
+    submitted_wall_ms: u64,
+}
+
+impl RunEnd {
+    /// Per recovery, the records the sources emitted again: those between the restored
+    /// checkpoint's trigger and the failure's detection, from the progress samples (`None`
+    /// when a sample is missing or a new leader's count started over in between).
+    fn replayed(&self) -> Vec<Option<u64>> {
+        self.recoveries
+            .iter()
+            .map(|r| {
+                let trigger = self.checkpoints.get(&r.restored_checkpoint?.0)?.trigger_ms;
+                let since = |wall: u64| wall.checked_sub(self.submitted_wall_ms);
+                records_between(&self.samples, since(trigger)?, since(r.detected_ms)?)
+            })
+            .collect()
+    }
+}
+
+/// The records the sources emitted from `from` to `to` (ms since submission), by the last
+/// samples at or before each; `None` without such samples, or when the count fell in between
+/// (a new leader counts from zero).
+pub(crate) fn records_between(samples: &[Sample], from: u64, to: u64) -> Option<u64> {
+    let at = |t: u64| samples.iter().rev().find(|(ms, _)| *ms <= t).map(|s| s.1);
+    let (a, b) = (at(from)?, at(to)?);
+    let monotone = samples
+        .windows(2)
+        .filter(|w| w[1].0 > from && w[0].0 <= to)
+        .all(|w| w[1].1 >= w[0].1);
+    (monotone && b >= a).then(|| b - a)
+}
+
+/// The median and the largest of `values` (`None` when empty).
+fn median_max(mut values: Vec<u64>) -> Option<(u64, u64)> {
+    values.sort_unstable();
+    Some((*values.get(values.len() / 2)?, *values.last()?))
 }
 
 /// Runs `weir drill`.
@@ -711,8 +750,21 @@ pub(crate) fn drill_command(
         "seed": options.seed,
         "passed": passed,
         "faults": faulty.injected,
-        "recoveries": faulty.recoveries,
-        "checkpoints_completed": faulty.view.checkpoints.counts.completed,
+        "recoveries": faulty
+            .recoveries
+            .iter()
+            .zip(faulty.replayed())
+            .map(|(r, replayed)| {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                v["replayed_records"] = serde_json::json!(replayed);
+                v
+            })
+            .collect::<Vec<_>>(),
+        "checkpoints_completed": faulty.checkpoints.len(),
+        "checkpoint_duration_ms": median_max(faulty.checkpoints.values().map(|c| c.duration_ms).collect())
+            .map(|(median, max)| serde_json::json!({ "median": median, "max": max })),
+        "checkpoint_size_bytes": median_max(faulty.checkpoints.values().map(|c| c.full_size).collect())
+            .map(|(median, max)| serde_json::json!({ "median": median, "max": max })),
         "checks": {
             "finished": { "passed": finished, "state": faulty.view.details.state },
             "output": { "passed": output.passed(), "detail": output },
@@ -794,6 +846,11 @@ fn run_once(
     let mut cleanup_wait: Option<Instant> = None;
     let mut samples: Vec<Sample> = Vec::new();
     let mut recoveries: BTreeMap<(u64, u32), weir_jobmanager::RecoveryRecord> = BTreeMap::new();
+    let mut checkpoints = BTreeMap::new();
+    let submitted_wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+        .saturating_sub(submitted.elapsed().as_millis() as u64);
     let view = loop {
         if submitted.elapsed() > deadline {
             return Err(Failure::Job(format!(
@@ -815,10 +872,11 @@ fn run_once(
             recoveries.insert((r.detected_ms, r.id), r.clone());
         }
         for r in &view.checkpoints.history {
-            if r.status == weir_coordination::driver::CheckpointStatus::Completed
-                && seen.insert(r.id.0)
-            {
-                ids.push(r.id.0);
+            if r.status == weir_coordination::driver::CheckpointStatus::Completed {
+                if seen.insert(r.id.0) {
+                    ids.push(r.id.0);
+                }
+                checkpoints.insert(r.id.0, r.clone());
             }
         }
         if view.details.state.is_terminal() {
@@ -903,6 +961,8 @@ fn run_once(
         injected,
         samples,
         recoveries: recoveries.into_values().collect(),
+        checkpoints,
+        submitted_wall_ms,
     })
 }
 
@@ -1183,12 +1243,12 @@ fn print_report(
     }
     println!();
     println!(
-        "recovery  restored  detect  cancel  schedule  deploy  first record  local / downloaded"
+        "recovery  restored  detect  cancel  schedule  deploy  first record  replayed  local / downloaded"
     );
     let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
-    for r in &run.recoveries {
+    for (r, replayed) in run.recoveries.iter().zip(run.replayed()) {
         println!(
-            "{:<9} {:<9} {:<7} {:<7} {:<9} {:<7} {:<13} {} / {} bytes",
+            "{:<9} {:<9} {:<7} {:<7} {:<9} {:<7} {:<13} {:<9} {} / {} bytes",
             r.id,
             r.restored_checkpoint.map_or("-".into(), |c| c.to_string()),
             ms(r.durations.detection_ms),
@@ -1196,8 +1256,17 @@ fn print_report(
             ms(r.durations.schedule_ms),
             ms(r.durations.deploy_ms),
             ms(r.durations.first_record_ms),
+            replayed.map_or("-".into(), |n| n.to_string()),
             r.bytes_local,
             r.bytes_downloaded
+        );
+    }
+    let durations = median_max(run.checkpoints.values().map(|c| c.duration_ms).collect());
+    let sizes = median_max(run.checkpoints.values().map(|c| c.full_size).collect());
+    if let (Some((d50, dmax)), Some((s50, smax))) = (durations, sizes) {
+        println!(
+            "\ncheckpoints: {} completed, duration median {d50} ms (max {dmax} ms), size median {s50} bytes (max {smax} bytes)",
+            run.checkpoints.len()
         );
     }
     println!();
@@ -1269,6 +1338,21 @@ mod tests {
         );
         assert_eq!(caught_up_after(&samples, baseline, 3000, 5500), None);
         assert_eq!(baseline_rate(&[(0, 0), (100, 0)]), None);
+    }
+
+    #[test]
+    fn replayed_records_are_counted_between_two_samples_unless_the_count_started_over() {
+        let samples: Vec<Sample> = vec![(0, 0), (100, 50), (200, 120), (300, 200), (400, 10)];
+        assert_eq!(records_between(&samples, 150, 320), Some(150));
+        assert_eq!(records_between(&samples, 100, 100), Some(0));
+        assert_eq!(
+            records_between(&samples, 150, 450),
+            None,
+            "a new leader counts from zero"
+        );
+        assert_eq!(records_between(&[], 0, 10), None);
+        assert_eq!(median_max(vec![5, 1, 9]), Some((5, 9)));
+        assert_eq!(median_max(Vec::new()), None);
     }
 
     #[test]
