@@ -548,7 +548,7 @@ pub(crate) fn records_between(samples: &[Sample], from: u64, to: u64) -> Option<
     let (a, b) = (at(from)?, at(to)?);
     let monotone = samples
         .windows(2)
-        .filter(|w| w[1].0 > from && w[0].0 <= to)
+        .filter(|w| w[1].0 > from && w[1].0 <= to)
         .all(|w| w[1].1 >= w[0].1);
     (monotone && b >= a).then(|| b - a)
 }
