@@ -58,13 +58,22 @@ fn ha_cluster() -> HaCluster {
         "high-availability.storageDir=file://{}",
         dir.path().join("ha").display()
     );
-    let defines = [
-        "high-availability.type=storage",
-        ha.as_str(),
-        "heartbeat.interval=100ms",
-        "heartbeat.timeout=2s",
-        "slot.request.timeout=20s",
+    let mut defines = vec![
+        "high-availability.type=storage".to_string(),
+        ha,
+        "heartbeat.interval=100ms".into(),
+        "heartbeat.timeout=2s".into(),
+        "slot.request.timeout=20s".into(),
     ];
+    // To measure other settings (later defines win), e.g. the fast takeover the README gives:
+    // WEIR_TEST_HA_DEFINES="high-availability.lease.duration=500ms ..." cargo test --test ha
+    defines.extend(
+        std::env::var("WEIR_TEST_HA_DEFINES")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(String::from),
+    );
+    let defines: Vec<&str> = defines.iter().map(String::as_str).collect();
     let jms: Vec<JobManager> = (0..2)
         .map(|_| {
             let (proc, rpc, rest) = start_jobmanager(&defines);

@@ -5,7 +5,7 @@ use crate::tasks::{now_ms, Outbox, TaskContext, Tasks};
 use crate::{JobFactory, TaskManagerError, TaskManagerOptions};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
 use tokio_stream::{Stream, StreamExt};
@@ -23,9 +23,21 @@ const SESSION_OPEN_TIMEOUT: Duration = Duration::from_secs(3);
 enum SessionEnd {
     /// Could not connect or the stream broke: try again after a backoff.
     Retry(String),
+    /// The JobManager went silent (no heartbeat answer, or no answer to the session request):
+    /// it hangs, is paused, or no longer leads. With several JobManagers, the others are tried
+    /// first for a while ([`SILENT_SKIP`]) — a standby about to take over is the one to ask.
+    Silent(String),
+    /// A standby refused (it names the leader): try again soon, without a growing backoff,
+    /// since it may lead any moment.
+    Standby(String),
     /// The JobManager announced its shutdown, then closed the session: try again (quietly).
     JobManagerStopped,
 }
+
+/// How long a TaskManager passes over a JobManager that went silent while another one
+/// answers (as a standby): a paused leader would otherwise hold each attempt for the whole
+/// session-open timeout while a standby takes over.
+const SILENT_SKIP: Duration = Duration::from_secs(30);
 
 /// What every TaskManager runs whatever its session: the I/O runtime, the control thread
 /// ([`Tasks`]) and the outbox its reports leave through.
@@ -138,6 +150,13 @@ pub fn run(
         )));
     }
     let mut next = 0usize;
+    // The JobManager this TaskManager left because it went silent, and when.
+    let mut silent: Option<(String, Instant)> = None;
+    let skip_silent = |url: &str, silent: &Option<(String, Instant)>| {
+        silent
+            .as_ref()
+            .is_some_and(|(s, since)| s == url && since.elapsed() < SILENT_SKIP)
+    };
     let result = loop {
         if stop.load(Ordering::SeqCst) {
             break Ok(());
@@ -148,6 +167,11 @@ pub fn run(
                     .runtime
                     .block_on(weir_coordination::leader::leader_address(store))
                 {
+                    Ok(Some(address)) if skip_silent(&address.rpc, &silent) => {
+                        // The leader recorded there went silent: wait for the next one's address.
+                        std::thread::sleep(options.initial_backoff);
+                        continue;
+                    }
                     Ok(Some(address)) => (address.rpc, true),
                     found => {
                         let reason = match found {
@@ -162,7 +186,11 @@ pub fn run(
                 }
             }
             None => {
-                let jobmanager = jobmanagers[next % jobmanagers.len()].clone();
+                let mut jobmanager = jobmanagers[next % jobmanagers.len()].clone();
+                if jobmanagers.len() > 1 && skip_silent(&jobmanager, &silent) {
+                    next += 1;
+                    jobmanager = jobmanagers[next % jobmanagers.len()].clone();
+                }
                 next += 1;
                 // Wait only after every JobManager was tried: a standby refuses at once.
                 (jobmanager, next % jobmanagers.len() == 0)
@@ -179,8 +207,28 @@ pub fn run(
             &mut backoff,
         ));
         core.outbox.set(None);
+        if matches!(outcome, Ok(SessionEnd::Silent(_))) {
+            silent = Some((jobmanager.clone(), Instant::now()));
+        } else if matches!(
+            outcome,
+            Ok(SessionEnd::Retry(_) | SessionEnd::JobManagerStopped)
+        ) {
+            // Registered and then lost, or unreachable: no longer the silent one to pass over.
+            if silent.as_ref().is_some_and(|(s, _)| s == jobmanager) {
+                silent = None;
+            }
+        }
         match outcome {
-            Ok(SessionEnd::Retry(reason)) => {
+            Ok(SessionEnd::Standby(reason)) => {
+                if stop.load(Ordering::SeqCst) {
+                    break Ok(());
+                }
+                tracing::info!(%jobmanager, %reason, "a standby refused; asking again soon");
+                if cycle_done {
+                    std::thread::sleep(options.initial_backoff);
+                }
+            }
+            Ok(SessionEnd::Retry(reason) | SessionEnd::Silent(reason)) => {
                 // Whatever ran belongs to a JobMaster that has given up on it.
                 let _ = core.control_tx.send(Down::Shutdown(v1::Shutdown {
                     reason: format!("lost the JobManager: {reason}"),
@@ -249,6 +297,12 @@ async fn session(
     .await;
     let inbound = match opened {
         Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+            return Ok(SessionEnd::Standby(format!(
+                "the session was refused: {}",
+                status.message()
+            )))
+        }
         Ok(Err(status)) => {
             return Ok(SessionEnd::Retry(format!(
                 "the session was refused: {}",
@@ -256,7 +310,7 @@ async fn session(
             )))
         }
         Err(_) => {
-            return Ok(SessionEnd::Retry(format!(
+            return Ok(SessionEnd::Silent(format!(
                 "no answer to the session request within {SESSION_OPEN_TIMEOUT:?}"
             )))
         }
@@ -368,7 +422,7 @@ where
         if next.is_ok() {
             last_heard = tokio::time::Instant::now();
         } else if last_heard.elapsed() > silence_limit {
-            break SessionEnd::Retry(format!("the JobManager sent nothing for {silence_limit:?}"));
+            break SessionEnd::Silent(format!("the JobManager sent nothing for {silence_limit:?}"));
         }
         match next {
             Err(_) => continue,
@@ -439,7 +493,11 @@ impl InProcessTaskManager {
                     &flag,
                 ));
                 match ended {
-                    Ok(SessionEnd::Retry(reason)) => {
+                    Ok(
+                        SessionEnd::Retry(reason)
+                        | SessionEnd::Silent(reason)
+                        | SessionEnd::Standby(reason),
+                    ) => {
                         tracing::debug!(id = %options.id, %reason, "in-process session ended")
                     }
                     Ok(SessionEnd::JobManagerStopped) => {
