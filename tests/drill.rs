@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::procs::weir_cmd;
+use common::procs::{start_jobmanager, start_taskmanager, weir_cmd};
 use std::process::Output;
 
 /// Runs `weir drill keyed-agg` with `extra` arguments and a state directory of its own.
@@ -215,4 +215,71 @@ fn a_drill_refuses_an_unknown_fault_and_kill_jm_without_a_standby() {
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("--jobmanagers 2"), "{err}");
+}
+
+#[test]
+fn a_drill_of_a_running_cluster_kills_and_pauses_its_taskmanagers_by_pid_and_passes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_jm, rpc, _rest) = start_jobmanager(&["heartbeat.interval=100ms", "heartbeat.timeout=1s"]);
+    let _tms: Vec<_> = (0..3)
+        .map(|i| {
+            start_taskmanager(
+                &rpc,
+                &format!("ext-tm-{i}"),
+                &dir.path().join(format!("tm-{i}")),
+            )
+        })
+        .collect();
+    let (o, report) = drill(
+        &dir.path().join("drill"),
+        &[
+            "--jobmanager",
+            &rpc,
+            "-D",
+            "heartbeat.timeout=1s",
+            "--rounds",
+            "2",
+            "--seed",
+            "4",
+            "--faults",
+            "kill-tm,stop-tm",
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let targets: Vec<&str> = report["faults"]
+        .as_array()
+        .expect("faults")
+        .iter()
+        .map(|f| f["target"].as_str().expect("target"))
+        .collect();
+    assert_eq!(targets.len(), 2, "{report}");
+    assert!(
+        targets
+            .iter()
+            .all(|t| t.starts_with("ext-tm-") && t.contains("pid ")),
+        "{report}"
+    );
+    let o = weir_cmd()
+        .args([
+            "drill",
+            "keyed-agg",
+            "--jobmanager",
+            &rpc,
+            "--faults",
+            "kill-jm",
+        ])
+        .arg("--state-dir")
+        .arg(dir.path())
+        .output()
+        .expect("weir drill runs");
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("kill-jm") && err.contains("own cluster"),
+        "{err}"
+    );
 }

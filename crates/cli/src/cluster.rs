@@ -261,7 +261,9 @@ impl Drop for LocalCluster {
 }
 
 pub(crate) fn signal(pid: u32, sig: libc::c_int) {
-    // SAFETY: kill(2) with a pid of a child we started and have not reaped.
+    // SAFETY: kill(2) reads and writes no memory of this process. Callers pass a child they
+    // started and have not reaped, or (`weir drill --jobmanager`) a TaskManager pid whose
+    // command line they checked.
     unsafe {
         libc::kill(pid as libc::pid_t, sig);
     }

@@ -243,6 +243,11 @@ enum Command {
         /// savepoint at another parallelism (one less, or one more at -p 1).
         #[arg(long)]
         savepoint_round_trip: bool,
+        /// Drill a running cluster on this host instead of starting one (its JobManager RPC
+        /// URLs, comma-separated): faults kill-tm, stop-tm and kill-during-recovery only, by the
+        /// pid each TaskManager registered with; killed TaskManagers are not replaced.
+        #[arg(long, value_name = "URL")]
+        jobmanager: Option<String>,
         /// Faults to inject, one per interval once the first checkpoint completed.
         #[arg(long, default_value_t = 3)]
         rounds: u32,
@@ -653,6 +658,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             seed,
             json,
             savepoint_round_trip,
+            jobmanager,
             ..
         } => {
             let forward = forward_args(cli.config.as_deref(), &defines);
@@ -673,6 +679,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                 }),
                 json,
                 savepoint_round_trip,
+                jobmanager,
                 forward,
             };
             crate::drill::drill_command(catalog, &config, &options)

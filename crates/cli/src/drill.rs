@@ -61,6 +61,15 @@ impl Fault {
         Fault::StorageSlow,
     ];
 
+    /// Whether the fault hits TaskManager processes only (what the drill can do to a cluster
+    /// it did not start).
+    fn hits_a_taskmanager(self) -> bool {
+        matches!(
+            self,
+            Fault::KillTm | Fault::StopTm | Fault::KillDuringRecovery
+        )
+    }
+
     fn name(self) -> &'static str {
         match self {
             Fault::KillTm => "kill-tm",
@@ -281,6 +290,8 @@ pub(crate) struct DrillOptions {
     pub json: bool,
     /// `--savepoint-round-trip`.
     pub savepoint_round_trip: bool,
+    /// `--jobmanager`: drill a running cluster on this host instead of starting one.
+    pub jobmanager: Option<String>,
     /// `--config`/`-D` arguments for the children.
     pub forward: Vec<String>,
 }
@@ -309,6 +320,11 @@ struct Members {
     jms: Vec<(u16, u16, Option<Child>)>,
     /// The storage fault control file every member reads.
     storage_faults: PathBuf,
+    /// How long `stop-tm` pauses a TaskManager: past the heartbeat timeout.
+    stop_pause: Duration,
+    /// `--jobmanager`: the URLs of a cluster the drill did not start (no JobManager or
+    /// TaskManager of its own; TaskManagers are found by the pid their JobManager shows).
+    external: Option<String>,
     tms: Vec<(String, Child)>,
     next_tm: u32,
     slots: u32,
@@ -333,6 +349,9 @@ fn signal(child: &Child, sig: libc::c_int) {
 
 impl Members {
     fn rpc_urls(&self) -> String {
+        if let Some(urls) = &self.external {
+            return urls.clone();
+        }
         self.jms
             .iter()
             .map(|(rpc, _, _)| format!("http://127.0.0.1:{rpc}"))
@@ -565,13 +584,23 @@ pub(crate) fn drill_command(
     config: &Config,
     options: &DrillOptions,
 ) -> Result<(), Failure> {
+    if options.rounds == 0 {
+        return Err(Failure::Usage("--rounds must be at least 1".into()));
+    }
+    if options.jobmanager.is_some() {
+        if let Some(f) = options.faults.iter().find(|f| !f.hits_a_taskmanager()) {
+            return Err(Failure::Usage(format!(
+                "--faults {} needs the drill's own cluster (without --jobmanager): it restarts \
+                 JobManagers or configures every member's storage; on an existing cluster the \
+                 drill injects kill-tm, stop-tm and kill-during-recovery",
+                f.name()
+            )));
+        }
+    }
     if options.faults.contains(&Fault::KillJm) && options.jobmanagers < 2 {
         return Err(Failure::Usage(
             "--faults kill-jm needs --jobmanagers 2 or more (a standby to take over)".into(),
         ));
-    }
-    if options.rounds == 0 {
-        return Err(Failure::Usage("--rounds must be at least 1".into()));
     }
     let entry = catalog
         .get(&options.job)
@@ -657,18 +686,29 @@ pub(crate) fn drill_command(
         forward: forward.clone(),
         jms,
         storage_faults,
+        external: options.jobmanager.clone(),
+        stop_pause: if options.jobmanager.is_some() {
+            config.heartbeat_timeout + Duration::from_millis(500)
+        } else {
+            Duration::from_millis(1500)
+        },
         tms: Vec::new(),
         next_tm: 0,
         slots,
     };
-    for i in 0..options.jobmanagers as usize {
-        members.start_jm(i)?;
-    }
-    for _ in 0..options.taskmanagers {
-        members.start_tm()?;
+    if let Some(urls) = &options.jobmanager {
+        // Someone else's cluster: it must answer now.
+        connect(&io_runtime()?, urls)?;
+    } else {
+        for i in 0..options.jobmanagers as usize {
+            members.start_jm(i)?;
+        }
+        for _ in 0..options.taskmanagers {
+            members.start_tm()?;
+        }
     }
     let started = Instant::now();
-    while members.leader().is_none() {
+    while members.external.is_none() && members.leader().is_none() {
         if started.elapsed() > Duration::from_secs(30) {
             return Err(Failure::Job(format!(
                 "no JobManager leads after 30 s (logs in {})",
@@ -680,10 +720,16 @@ pub(crate) fn drill_command(
     let runtime_config = config
         .with_job_config(&own)
         .map_err(|e| Failure::Usage(e.to_string()))?;
-    eprintln!(
-        "drill: {} JobManager(s), {} TaskManager(s) × {slots} slot(s); seed {}",
-        options.jobmanagers, options.taskmanagers, options.seed
-    );
+    match &options.jobmanager {
+        Some(urls) => eprintln!(
+            "drill: the cluster at {urls}; killed TaskManagers are not replaced by the drill; seed {}",
+            options.seed
+        ),
+        None => eprintln!(
+            "drill: {} JobManager(s), {} TaskManager(s) × {slots} slot(s); seed {}",
+            options.jobmanagers, options.taskmanagers, options.seed
+        ),
+    }
     let reference = run_once(
         catalog,
         &runtime_config,
@@ -1132,8 +1178,61 @@ fn busy_taskmanagers(view: &JobView) -> Vec<String> {
     out.into_iter().collect()
 }
 
+/// The running TaskManagers of an external cluster this job uses, with their pids, checked to
+/// be `weir taskmanager` processes of this host (never another process that reuses a pid).
+fn local_taskmanagers(view: &JobView) -> Vec<(String, u32)> {
+    let mut out: BTreeMap<String, u32> = BTreeMap::new();
+    for s in view.details.vertices.iter().flat_map(|v| &v.subtasks) {
+        if let (Some(tm), Some(pid)) = (&s.taskmanager, s.taskmanager_pid) {
+            out.insert(tm.clone(), pid);
+        }
+    }
+    out.into_iter()
+        .filter(|(id, pid)| is_taskmanager_process(*pid, id))
+        .collect()
+}
+
+/// Whether process `pid` of this host is `weir taskmanager` with id `id` (its `--id`, or the
+/// default `tm-<pid>`).
+fn is_taskmanager_process(pid: u32, id: &str) -> bool {
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<String> = raw
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let is_tm = args.iter().any(|a| a == "taskmanager");
+    let named = args.windows(2).any(|w| w[0] == "--id" && w[1] == id) || id == format!("tm-{pid}");
+    is_tm && named
+}
+
+/// Injects a TaskManager fault into a cluster the drill did not start: by pid, no replacement.
+fn inject_external(p: &Planned, view: &JobView, pause: Duration) -> String {
+    let tms = local_taskmanagers(view);
+    if tms.is_empty() {
+        return "no TaskManager of this job on this host".into();
+    }
+    let (id, pid) = &tms[(p.target_draw % tms.len() as u64) as usize];
+    match p.fault {
+        Fault::StopTm => {
+            crate::cluster::signal(*pid, libc::SIGSTOP);
+            std::thread::sleep(pause);
+            crate::cluster::signal(*pid, libc::SIGCONT);
+            format!("{id} (pid {pid})")
+        }
+        _ => {
+            crate::cluster::signal(*pid, libc::SIGKILL);
+            format!("{id} (pid {pid}; not replaced)")
+        }
+    }
+}
+
 /// Injects one fault; returns what it hit.
 fn inject(p: &Planned, members: &mut Members, view: &JobView) -> Result<String, Failure> {
+    if members.external.is_some() {
+        return Ok(inject_external(p, view, members.stop_pause));
+    }
     let pick_tm = |members: &Members, draw: u64| -> Option<usize> {
         let busy = busy_taskmanagers(view);
         let candidates: Vec<usize> = (0..members.tms.len())
@@ -1173,7 +1272,7 @@ fn inject(p: &Planned, members: &mut Members, view: &JobView) -> Result<String, 
             };
             signal(&members.tms[i].1, libc::SIGSTOP);
             // Past the heartbeat timeout (1 s): the JobManager declares it lost.
-            std::thread::sleep(Duration::from_millis(1500));
+            std::thread::sleep(members.stop_pause);
             signal(&members.tms[i].1, libc::SIGCONT);
             Ok(members.tms[i].0.clone())
         }

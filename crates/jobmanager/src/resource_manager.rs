@@ -253,6 +253,11 @@ impl ResourceManager {
     }
 
     /// The data address of live TaskManager `id`.
+    /// The process id `id` registered with, if it is registered.
+    pub fn pid(&self, id: &TaskManagerId) -> Option<u32> {
+        self.taskmanagers.get(id).map(|e| e.registration.pid)
+    }
+
     pub fn data_address(&self, id: &TaskManagerId) -> Option<&str> {
         self.taskmanagers
             .get(id)

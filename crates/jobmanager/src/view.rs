@@ -248,6 +248,9 @@ pub struct SubtaskDetails {
     pub taskmanager: Option<String>,
     /// The slot index on that TaskManager.
     pub slot: Option<u32>,
+    /// That TaskManager's process id, while it is registered.
+    #[serde(default)]
+    pub taskmanager_pid: Option<u32>,
     /// The attempt it belongs to.
     pub attempt: u32,
     /// FAILED only: the error.

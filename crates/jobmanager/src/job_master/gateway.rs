@@ -30,6 +30,11 @@ pub(crate) trait TaskManagers: Send + Sync {
     fn data_address(&self, tm: &TaskManagerId) -> Option<String>;
     /// The JobManager is stopping (late acks are not waited for).
     fn is_shutting_down(&self) -> bool;
+    /// The process id `tm` registered with, if it is registered (shown with its subtasks, so a
+    /// recovery drill on the same host can find the process).
+    fn pid(&self, _tm: &TaskManagerId) -> Option<u32> {
+        None
+    }
     /// Whether the JobManager may act (deploy); `Err` says why not (it no longer leads).
     fn may_act(&self) -> Result<(), String> {
         Ok(())
@@ -64,6 +69,10 @@ impl TaskManagers for Shared {
 
     fn is_shutting_down(&self) -> bool {
         Shared::is_shutting_down(self)
+    }
+
+    fn pid(&self, tm: &TaskManagerId) -> Option<u32> {
+        self.resources().pid(tm)
     }
 
     fn may_act(&self) -> Result<(), String> {

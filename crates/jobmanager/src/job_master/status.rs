@@ -69,6 +69,7 @@ pub(super) fn vertex_details(
                             .to_string(),
                         taskmanager: t.map(|t| t.taskmanager.to_string()),
                         slot: t.map(|t| t.slot),
+                        taskmanager_pid: None,
                         attempt,
                         failure: t.and_then(|t| t.failure.clone()),
                     }
@@ -82,7 +83,15 @@ impl JobMaster {
     pub(super) fn publish(&mut self) {
         self.dirty = false;
         let attempt = self.attempt.get();
-        let vertices = vertex_details(&self.plan, &self.tasks, attempt);
+        let mut vertices = vertex_details(&self.plan, &self.tasks, attempt);
+        for v in &mut vertices {
+            for s in &mut v.subtasks {
+                s.taskmanager_pid = self
+                    .tasks
+                    .get(&TaskId::new(VertexId(v.id), SubtaskIndex(s.subtask)))
+                    .and_then(|t| self.cluster.pid(&t.taskmanager));
+            }
+        }
         let running = self
             .tasks
             .values()
