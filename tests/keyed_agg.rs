@@ -135,3 +135,44 @@ fn keyed_agg_gives_the_same_output_on_an_in_process_taskmanager_and_on_two_proce
         "the two runs' final states differ"
     );
 }
+
+#[test]
+fn zipf_keys_give_the_per_key_totals_of_a_direct_computation_also_across_a_failure() {
+    let (seed, keys, records) = (5u64, 100_000u64, 200_000u64);
+    let dist = weir::connectors::KeyDistribution::parse("zipf:1.1", keys).expect("zipf");
+    let mut want: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for seq in 0..records {
+        let r = record_at(seed, keys, seq);
+        let e = want.entry(dist.key(seed, seq, r.key)).or_insert((0, 0));
+        e.0 += 1;
+        e.1 += r.value;
+    }
+    // Skewed: the hottest key has far more than its uniform share.
+    assert!(want[&0].0 > 20 * records / keys, "{:?}", want.get(&0));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let params = [
+        format!("keys={keys}"),
+        format!("records={records}"),
+        format!("seed={seed}"),
+        "key-distribution=zipf:1.1".to_string(),
+        "fail-after=50000".to_string(),
+        format!("output={}", out.display()),
+    ];
+    let mut args = vec!["local", "keyed-agg", "-p", "2"];
+    for param in &params {
+        args.extend(["--param", param.as_str()]);
+    }
+    let state = dir.path().join("state").display().to_string();
+    args.extend(["--state-dir", state.as_str()]);
+    args.extend(["-D", "execution.checkpointing.interval=100ms"]);
+    let o = weir(&args, Duration::from_secs(120));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(parse(&read_parts(&out)) == want, "zipf totals differ");
+    let o = weir(
+        &["local", "keyed-agg", "--param", "key-distribution=zipf:0"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("key-distribution"), "{}", stderr(&o));
+}

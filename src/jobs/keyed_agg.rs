@@ -5,7 +5,7 @@
 use crate::jobs::{check_output_dir, fail_after, fail_after_param, FailAfter};
 use std::path::PathBuf;
 use weir_cli::{JobSpec, ParamError, ParamSpec, Params, StateSchema};
-use weir_connectors::{BlackholeSink, FileSink, GeneratedRecord, GeneratorSource};
+use weir_connectors::{BlackholeSink, FileSink, GeneratedRecord, GeneratorSource, KeyDistribution};
 use weir_runtime::{
     Collector, EndOfInputContext, JobDefinition, KeyedContext, KeyedProcessFunction, OpenContext,
     StreamEnvironment, UserError,
@@ -152,6 +152,9 @@ pub struct KeyedAggOptions {
     pub padding: usize,
     /// The planted bug of [`CountSum::with_planted_loss`] (`weir drill`'s tests).
     pub drop_after_restore: bool,
+    /// How records are spread over the keys: the generator's own uniform keys, or skewed ones
+    /// (a `zipf-keys` map re-keys each record from its number, so the job stays deterministic).
+    pub key_distribution: KeyDistribution,
 }
 
 /// Builds `keyed-agg`.
@@ -165,9 +168,21 @@ pub fn keyed_agg(o: &KeyedAggOptions) -> Result<JobDefinition, UserError> {
         source = source.rate(rate);
     }
     source.check()?;
-    let aggregated = env
-        .add_source(source)
-        .uid("generator")
+    let generated = env.add_source(source).uid("generator");
+    let records = match o.key_distribution {
+        KeyDistribution::Uniform => generated,
+        skewed => {
+            let seed = o.seed;
+            generated
+                .map(move |r: GeneratedRecord| GeneratedRecord {
+                    key: skewed.key(seed, r.seq, r.key),
+                    ..r
+                })
+                .uid("zipf-keys")
+                .name("zipf keys")
+        }
+    };
+    let aggregated = records
         .key_by(|r: &GeneratedRecord| r.key)
         .process(
             CountSum::new(o.emit_updates)
@@ -219,6 +234,10 @@ pub fn keyed_agg_spec() -> JobSpec {
                 help: "bytes of incompressible state stored per key (default 0; state ≈ keys × padding)",
             },
             fail_after_param(),
+            ParamSpec {
+                name: "key-distribution",
+                help: "uniform (default) | zipf:S (key k drawn with weight (k+1)^-S, e.g. zipf:1.1)",
+            },
             ParamSpec {
                 name: "drop-after-restore",
                 help: "test-only planted bug: true drops the first record after a restore (weir drill must catch it)",
@@ -273,6 +292,11 @@ fn build_from_params(params: &Params) -> Result<JobDefinition, ParamError> {
             p => p,
         },
         drop_after_restore: params.get_or("drop-after-restore", false)?,
+        key_distribution: KeyDistribution::parse(
+            params.raw("key-distribution").unwrap_or("uniform"),
+            keys,
+        )
+        .map_err(|e| params.invalid("key-distribution", e))?,
     };
     keyed_agg(&options).map_err(|e| params.invalid("keys", e.to_string()))
 }

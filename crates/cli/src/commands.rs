@@ -216,6 +216,10 @@ enum Command {
         /// Bytes of incompressible state per key (state ≈ keys × padding).
         #[arg(long, default_value_t = 0)]
         padding: u64,
+        /// How records spread over the keys: uniform, or zipf:S (key k with weight
+        /// (k+1)^-S; e.g. zipf:1.1 puts a few hot keys in most records).
+        #[arg(long, default_value = "uniform", value_name = "DIST")]
+        key_distribution: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -694,6 +698,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             checkpoint_interval,
             savepoint,
             padding,
+            key_distribution,
             json,
             ..
         } => {
@@ -705,6 +710,9 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             ];
             if let Some(rate) = rate {
                 params.push(format!("rate={rate}"));
+            }
+            if key_distribution != "uniform" {
+                params.push(format!("key-distribution={key_distribution}"));
             }
             let plain_job = resolve_job(
                 catalog,
@@ -780,6 +788,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                         "state_backend": config.state_backend.as_str(),
                         "parallelism": p,
                         "keys": keys,
+                        "key_distribution": key_distribution,
                         "records": source_records,
                         "duration_s": secs,
                         "records_per_s": rate,
@@ -794,7 +803,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                     config.state_backend.as_str()
                 );
                 println!(
-                    "records         {} over {} keys in {:.2} s",
+                    "records         {} over {} keys ({key_distribution}) in {:.2} s",
                     source_records, keys, secs
                 );
                 println!("throughput      {:.0} records/s", rate);

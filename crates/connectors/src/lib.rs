@@ -54,6 +54,7 @@ mod file_sink;
 mod generator;
 mod sinks;
 mod socket;
+mod zipf;
 
 pub use error::ConnectorError;
 pub use file::{plan_splits, FileLinesReader, FileLinesSource, FileSplit, DEFAULT_MIN_SPLIT_BYTES};
@@ -61,6 +62,7 @@ pub use file_sink::{read_part_files, FileSink};
 pub use generator::{record_at, GeneratedRecord, GeneratorReader, GeneratorSource};
 pub use sinks::{BlackholeSink, CollectSink, PrintSink};
 pub use socket::{SocketTextReader, SocketTextSource};
+pub use zipf::{KeyDistribution, Zipf};
 
 use weir_runtime::SourceContext;
 
