@@ -36,7 +36,15 @@ fn entry_bytes(key_len: usize, value_len: usize) -> usize {
 struct Entry {
     value: Option<Box<[u8]>>,
     dirty_in: u32,
+    /// How often it was read or written since eviction passes last looked at it, up to
+    /// [`MAX_USES`] (a generalized CLOCK's counter): each pass evicts entries at 0 and counts
+    /// the others down, so an entry used by many records outlives one used by a single record
+    /// (whose read-then-write counts once: the read that loads it counts nothing).
+    uses: u8,
 }
+
+/// The most uses an entry's counter remembers.
+const MAX_USES: u8 = 3;
 
 /// [`Entry::dirty_in`] of an entry that is clean in every generation.
 const CLEAN: u32 = 0;
@@ -95,10 +103,11 @@ impl Cells {
         }
     }
 
-    fn clear(&mut self) {
+    /// Keeps the entries for which `f` says so.
+    fn retain(&mut self, mut f: impl FnMut(&[u8], &mut Entry) -> bool) {
         match self {
-            Cells::Hashed(m) => m.clear(),
-            Cells::Ordered(m) => m.clear(),
+            Cells::Hashed(m) => m.retain(|k, e| f(k, e)),
+            Cells::Ordered(m) => m.retain(|k, e| f(k, e)),
         }
     }
 
@@ -226,9 +235,12 @@ impl Drop for InstanceDir {
 ///    (`get_pinned`) and caches the result, present or absent, as clean.
 /// 2. [`put`](KeyedStateBackend::put) / [`delete`](KeyedStateBackend::delete): write the value
 ///    (or a tombstone) into the cache as dirty; RocksDB is not touched.
-/// 3. Before an entry would take the cache over budget, it **spills**: every dirty entry goes to
-///    RocksDB in one `WriteBatch` (WAL off), then the whole cache is dropped. A failed write is
-///    returned as the operation's error, and the cache is left as it was.
+/// 3. Before an entry would take the cache over budget, it **evicts** down to half the budget,
+///    keeping what is used most (a generalized CLOCK: a use counter per entry, counted down by
+///    each eviction pass): clean entries go, without any write, if they are enough; otherwise
+///    it **spills** first — every dirty entry goes to RocksDB in one `WriteBatch` (WAL off) and
+///    becomes clean.
+///    A failed write is returned as the operation's error, and the cache is left as it was.
 /// 4. [`flush`](KeyedStateBackend::flush) writes the dirty entries the same way but keeps them,
 ///    now clean. [`prefix_for_each`](KeyedStateBackend::prefix_for_each) and
 ///    [`scan`](KeyedStateBackend::scan) first write the dirty entries they would read (the
@@ -301,6 +313,8 @@ pub struct RocksDbStateBackend {
     cached_bytes: usize,
     budget_bytes: usize,
     spills: u64,
+    evictions: u64,
+    misses: u64,
     dir: InstanceDir,
 }
 
@@ -342,6 +356,8 @@ impl RocksDbStateBackend {
             cached_bytes: 0,
             budget_bytes,
             spills: 0,
+            evictions: 0,
+            misses: 0,
             dir,
         }
     }
@@ -381,9 +397,20 @@ impl RocksDbStateBackend {
         self.budget_bytes
     }
 
-    /// How many times the write-back cache has spilled to RocksDB and been dropped.
+    /// How many times the write-back cache wrote its dirty entries to RocksDB to make room.
     pub fn spill_count(&self) -> u64 {
         self.spills
+    }
+
+    /// Point reads the cache could not answer (they read RocksDB).
+    pub fn cache_misses(&self) -> u64 {
+        self.misses
+    }
+
+    /// How many times the write-back cache evicted entries to make room (with or without a
+    /// spill first).
+    pub fn eviction_count(&self) -> u64 {
+        self.evictions
     }
 
     /// Checks that `state` is known and `key` lies in the owned range; returns the state's
@@ -418,7 +445,8 @@ impl RocksDbStateBackend {
         Ok(idx)
     }
 
-    /// Spills if an entry of `size` bytes would take the cache over budget.
+    /// Evicts if an entry of `size` bytes would take the cache over budget (see
+    /// [`spill`](Self::spill)).
     fn make_room(&mut self, size: usize) -> Result<(), StateError> {
         if self.cached_bytes > 0 && self.cached_bytes + size > self.budget_bytes {
             self.spill()?;
@@ -426,22 +454,80 @@ impl RocksDbStateBackend {
         Ok(())
     }
 
-    /// Writes every dirty entry to RocksDB and drops the whole cache.
+    /// Brings the cache down to half its budget, keeping what is used most (a generalized
+    /// CLOCK, in passes):
+    ///
+    /// 1. If the clean entries nobody used since the last pass are enough to evict, nothing is
+    ///    written: only they go.
+    /// 2. Otherwise every dirty entry is written to RocksDB in one batch (a **spill**) and
+    ///    becomes clean (a hot dirty entry is worth more than a cold clean one).
+    /// 3. Passes over the cache evict clean entries whose use counter is 0 and count every other
+    ///    entry down, until the cache is at half its budget; after [`MAX_USES`] + 1 passes every
+    ///    clean entry could have gone, so it always gets there.
+    ///
+    /// A pass walks the cache, and the next eviction comes only after a quarter to half of the
+    /// budget was filled again, so the walks cost O(1) per cached entry.
     fn spill(&mut self) -> Result<(), StateError> {
-        let written = self.write_dirty(None)?;
+        let target = self.budget_bytes / 2;
+        // Clean entries nobody used since the last pass: they go first, and without a write
+        // when they are enough.
+        let mut cold_clean = 0usize;
+        for slot in &mut self.slots {
+            let generation = slot.generation;
+            slot.cells.for_each_mut(|key, e| {
+                if e.dirty_in != generation && e.uses == 0 {
+                    cold_clean += entry_bytes(key.len(), e.value.as_deref().map_or(0, <[u8]>::len));
+                }
+            });
+        }
+        let mut written = 0;
+        if self.cached_bytes.saturating_sub(cold_clean) > target {
+            written = self.write_dirty(None)?;
+            for slot in &mut self.slots {
+                let generation = slot.generation;
+                slot.cells.for_each_mut(|_, e| {
+                    if e.dirty_in == generation {
+                        e.dirty_in = CLEAN;
+                    }
+                });
+                slot.dirty = 0;
+                slot.dirty_log.clear();
+            }
+            self.spills += 1;
+        }
+        let before = self.cached_bytes;
+        let mut bytes = self.cached_bytes;
+        for _ in 0..=MAX_USES {
+            for slot in &mut self.slots {
+                let generation = slot.generation;
+                slot.cells.retain(|key, e| {
+                    if bytes <= target {
+                        return true;
+                    }
+                    if e.uses > 0 {
+                        e.uses -= 1;
+                        return true;
+                    }
+                    if e.dirty_in == generation {
+                        return true;
+                    }
+                    bytes -= entry_bytes(key.len(), e.value.as_deref().map_or(0, <[u8]>::len));
+                    false
+                });
+            }
+            if bytes <= target {
+                break;
+            }
+        }
         tracing::debug!(
             path = %self.dir.path().display(),
-            cached_bytes = self.cached_bytes,
+            before_bytes = before,
+            after_bytes = bytes,
             written,
-            "write-back cache spilled"
+            "write-back cache evicted"
         );
-        for slot in &mut self.slots {
-            slot.cells.clear();
-            slot.dirty = 0;
-            slot.dirty_log.clear();
-        }
-        self.cached_bytes = 0;
-        self.spills += 1;
+        self.cached_bytes = bytes;
+        self.evictions += 1;
         Ok(())
     }
 
@@ -748,7 +834,14 @@ impl KeyedStateBackend for RocksDbStateBackend {
 
     fn get(&mut self, state: StateId, key: &StateKey<'_>) -> Result<Option<&[u8]>, StateError> {
         let idx = self.prepare(state, key)?;
-        if self.slots[idx].cells.contains(&self.scratch) {
+        let hit = match self.slots[idx].cells.get_mut(&self.scratch) {
+            Some(entry) => {
+                entry.uses = (entry.uses + 1).min(MAX_USES);
+                true
+            }
+            None => false,
+        };
+        if hit {
             let entry = self.slots[idx].cells.get(&self.scratch);
             return Ok(entry.and_then(|e| e.value.as_deref()));
         }
@@ -773,6 +866,7 @@ impl KeyedStateBackend for RocksDbStateBackend {
                 .and_then(|cells| cells.get(&self.scratch));
             return Ok(entry.and_then(|e| e.value.as_deref()));
         }
+        self.misses += 1;
         let name = &self.descriptors[idx].name;
         let cf = column_family(&self.db, name)?;
         let loaded: Option<Box<[u8]>> = self
@@ -789,6 +883,7 @@ impl KeyedStateBackend for RocksDbStateBackend {
             Entry {
                 value: loaded,
                 dirty_in: CLEAN,
+                uses: 0,
             },
         );
         Ok(entry.value.as_deref())
@@ -805,6 +900,7 @@ impl KeyedStateBackend for RocksDbStateBackend {
             }
             let newly_dirty = entry.dirty_in != slot.generation;
             entry.dirty_in = slot.generation;
+            entry.uses = (entry.uses + 1).min(MAX_USES);
             if newly_dirty {
                 slot.log_dirty(&self.scratch);
             }
@@ -822,6 +918,7 @@ impl KeyedStateBackend for RocksDbStateBackend {
             Entry {
                 value: Some(value.into()),
                 dirty_in: slot.generation,
+                uses: 0,
             },
         );
         slot.log_dirty(&self.scratch);
@@ -832,6 +929,7 @@ impl KeyedStateBackend for RocksDbStateBackend {
         let idx = self.prepare(state, key)?;
         let slot = &mut self.slots[idx];
         if let Some(entry) = slot.cells.get_mut(&self.scratch) {
+            entry.uses = (entry.uses + 1).min(MAX_USES);
             // Already absent (clean) or deleted (dirty tombstone): nothing to do.
             if let Some(old) = entry.value.take() {
                 self.cached_bytes -= old.len();
@@ -851,6 +949,7 @@ impl KeyedStateBackend for RocksDbStateBackend {
             Entry {
                 value: None,
                 dirty_in: slot.generation,
+                uses: 0,
             },
         );
         slot.log_dirty(&self.scratch);

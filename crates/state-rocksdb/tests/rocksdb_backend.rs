@@ -192,3 +192,68 @@ fn an_operator_directory_that_cannot_be_created_is_an_error_naming_it() {
         "{message}"
     );
 }
+
+#[test]
+fn keys_read_again_and_again_stay_cached_while_a_stream_of_cold_keys_passes_through() {
+    const HOT: u32 = 500;
+    let root = tempfile::tempdir().expect("temp dir");
+    // A 2 MiB share of managed memory: ~4k cached entries of these sizes.
+    let factory = RocksDbStateBackendFactory::new(root.path(), 2 << 20).expect("factory");
+    let mut backend = factory.open(&scope("clock", 0, 1)).expect("open");
+    let s = value_state(&mut backend, "v");
+    let key_of = |i: u32| (KeyGroup((i % 128) as u16), i.to_be_bytes());
+    let touch_hot = |backend: &mut weir_state_rocksdb::RocksDbStateBackend| {
+        for i in 0..HOT {
+            let (kg, k) = key_of(i);
+            backend.get(s, &value_cell(kg, &k)).expect("get");
+        }
+    };
+    for i in 0..HOT {
+        let (kg, k) = key_of(i);
+        backend
+            .put(s, &value_cell(kg, &k), &value_for(i, 0, 100))
+            .expect("put");
+    }
+    // Cold keys stream through (each written once, read once), the hot ones are read between
+    // every batch of them: many evictions, spills included.
+    for batch in 0..100u32 {
+        touch_hot(&mut backend);
+        for j in 0..1_000u32 {
+            let i = HOT + batch * 1_000 + j;
+            let (kg, k) = key_of(i);
+            let cell = value_cell(kg, &k);
+            backend.put(s, &cell, &value_for(i, 0, 100)).expect("put");
+            backend.get(s, &cell).expect("get");
+        }
+    }
+    eprintln!(
+        "budget {} evictions {} spills {} misses {}",
+        backend.write_back_budget_bytes(),
+        backend.eviction_count(),
+        backend.spill_count(),
+        backend.cache_misses()
+    );
+    assert!(
+        backend.eviction_count() > 20,
+        "{}",
+        backend.eviction_count()
+    );
+    assert!(
+        backend.spill_count() > 0,
+        "the dirty cold keys were written"
+    );
+    let misses = backend.cache_misses();
+    touch_hot(&mut backend);
+    assert_eq!(
+        backend.cache_misses(),
+        misses,
+        "every hot key was still cached after {} evictions",
+        backend.eviction_count()
+    );
+    // And nothing was lost on the way.
+    for i in (0..HOT + 100_000).step_by(97) {
+        let (kg, k) = key_of(i);
+        let got = backend.get(s, &value_cell(kg, &k)).expect("get");
+        assert_eq!(got, Some(&value_for(i, 0, 100)[..]), "key {i}");
+    }
+}
