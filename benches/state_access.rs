@@ -5,7 +5,9 @@
 //!   family, WAL off, keys from `encode_state_key`, 256 MiB block cache): the ceiling a job
 //!   on RocksDB without a write-back cache is compared against.
 //! - `rocksdb_backend/*`: `RocksDbStateBackend` through the trait, with its write-back cache; with
-//!   512 MiB of managed memory every key fits the cache, with 64 MiB it spills.
+//!   512 MiB of managed memory every key fits the cache, with 64 MiB it evicts (and spills);
+//!   `…_zipf1.1` draws the keys from a Zipf distribution (exponent 1.1) instead, where keeping
+//!   the hot keys cached is what counts.
 //! - `heap_backend`: `HeapStateBackend` through the trait.
 //!
 //! Run with `cargo bench --bench state_access`; each benchmark takes a few seconds.
@@ -29,15 +31,34 @@ const KEYS: u64 = 1_000_000;
 const MAX_PARALLELISM: u32 = 128;
 const ALL_KEY_GROUPS: KeyGroupRange = KeyGroupRange { start: 0, end: 127 };
 
-/// xorshift64*: a cheap uniform key stream.
-struct Keys(u64);
+/// A key stream: xorshift64* (uniform), or Zipf ranks drawn from a counter.
+enum Keys {
+    Uniform(u64),
+    Zipf(weir::connectors::Zipf, u64),
+}
 
 impl Keys {
+    fn uniform() -> Self {
+        Keys::Uniform(0x1234_5678)
+    }
+
+    fn zipf(s: f64) -> Self {
+        Keys::Zipf(weir::connectors::Zipf::new(KEYS, s).expect("zipf"), 0)
+    }
+
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % KEYS
+        match self {
+            Keys::Uniform(x) => {
+                *x ^= *x >> 12;
+                *x ^= *x << 25;
+                *x ^= *x >> 27;
+                x.wrapping_mul(0x2545_F491_4F6C_DD1D) % KEYS
+            }
+            Keys::Zipf(z, seq) => {
+                *seq += 1;
+                z.sample(0x1234_5678, *seq) - 1
+            }
+        }
     }
 }
 
@@ -119,7 +140,7 @@ fn rocksdb_raw(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("state_access");
     configure(&mut group);
-    let mut keys = Keys(0x1234_5678);
+    let mut keys = Keys::uniform();
     group.bench_function("rocksdb_raw", |b| {
         b.iter(|| {
             let k = keys.next();
@@ -191,9 +212,10 @@ fn populate(backend: &mut dyn KeyedStateBackend) -> StateId {
 }
 
 fn rocksdb_backend(c: &mut Criterion) {
-    for (label, managed) in [
-        ("cache_fits_512MiB", 512u64 << 20),
-        ("cache_spills_64MiB", 64 << 20),
+    for (label, managed, zipf) in [
+        ("cache_fits_512MiB", 512u64 << 20, None),
+        ("cache_spills_64MiB", 64 << 20, None),
+        ("cache_spills_64MiB_zipf1.1", 64 << 20, Some(1.1)),
     ] {
         let dir = tempfile::tempdir().expect("temp dir");
         let factory = RocksDbStateBackendFactory::new(dir.path(), managed).expect("factory");
@@ -209,7 +231,8 @@ fn rocksdb_backend(c: &mut Criterion) {
         let s = populate(&mut backend);
         let mut group = c.benchmark_group("state_access");
         configure(&mut group);
-        let (mut keys, mut key, mut value) = (Keys(0x1234_5678), Vec::new(), Vec::new());
+        let mut keys = zipf.map_or_else(Keys::uniform, Keys::zipf);
+        let (mut key, mut value) = (Vec::new(), Vec::new());
         group.bench_function(format!("rocksdb_backend/{label}"), |b| {
             b.iter(|| record(&mut backend, s, &mut keys, &mut key, &mut value))
         });
@@ -223,7 +246,7 @@ fn heap_backend(c: &mut Criterion) {
     let s = populate(&mut backend);
     let mut group = c.benchmark_group("state_access");
     configure(&mut group);
-    let (mut keys, mut key, mut value) = (Keys(0x1234_5678), Vec::new(), Vec::new());
+    let (mut keys, mut key, mut value) = (Keys::uniform(), Vec::new(), Vec::new());
     group.bench_function("heap_backend", |b| {
         b.iter(|| record(&mut backend, s, &mut keys, &mut key, &mut value))
     });
