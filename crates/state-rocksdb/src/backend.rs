@@ -171,9 +171,15 @@ struct Slot {
     /// so writing the dirty entries costs O(dirty), not O(cache). Empty for ordered cells,
     /// which are walked in order instead.
     dirty_log: Vec<Box<[u8]>>,
+    /// What `dirty_log` is charged against the budget (part of the backend's cached bytes).
+    log_bytes: usize,
     /// This cache generation (never [`CLEAN`]).
     generation: u32,
 }
+
+/// What one logged dirty key costs beyond its bytes: the boxed slice's pointer and length, and
+/// the allocator's header.
+const LOG_OVERHEAD_BYTES: usize = 32;
 
 impl Slot {
     fn new(kind: StateKind, generation: u32) -> Self {
@@ -181,16 +187,30 @@ impl Slot {
             cells: Cells::for_kind(kind),
             dirty: 0,
             dirty_log: Vec::new(),
+            log_bytes: 0,
             generation,
         }
     }
 
-    /// Records that the entry at `key` just became dirty.
-    fn log_dirty(&mut self, key: &[u8]) {
+    /// Records that the entry at `key` just became dirty; returns the bytes the log grew by
+    /// (charged to the budget by the caller).
+    #[must_use]
+    fn log_dirty(&mut self, key: &[u8]) -> usize {
         self.dirty += 1;
         if matches!(self.cells, Cells::Hashed(_)) {
             self.dirty_log.push(Box::from(key));
+            let cost = key.len() + LOG_OVERHEAD_BYTES;
+            self.log_bytes += cost;
+            return cost;
         }
+        0
+    }
+
+    /// Empties the dirty-key log; returns the bytes it was charged.
+    #[must_use]
+    fn clear_log(&mut self) -> usize {
+        self.dirty_log.clear();
+        std::mem::take(&mut self.log_bytes)
     }
 }
 
@@ -491,7 +511,7 @@ impl RocksDbStateBackend {
                     }
                 });
                 slot.dirty = 0;
-                slot.dirty_log.clear();
+                self.cached_bytes -= slot.clear_log();
             }
             self.spills += 1;
         }
@@ -590,6 +610,8 @@ impl RocksDbStateBackend {
                 self.slots.push(cur);
                 continue;
             };
+            // The frozen generation's log is done with: its entries are clean.
+            bytes -= old.log_bytes;
             let (cells, dropped) = match (old.cells, cur.cells) {
                 (Cells::Hashed(b), Cells::Hashed(n)) => {
                     let (m, d) = merge_maps(b, n);
@@ -608,6 +630,7 @@ impl RocksDbStateBackend {
                 cells,
                 dirty: cur.dirty,
                 dirty_log: cur.dirty_log,
+                log_bytes: cur.log_bytes,
                 generation: cur.generation,
             });
         }
@@ -670,6 +693,7 @@ impl RocksDbStateBackend {
                 Cells::Ordered(_) => slot.cells.for_each_mut(|_, entry| entry.dirty_in = CLEAN),
             }
             slot.dirty = 0;
+            self.cached_bytes -= std::mem::take(&mut slot.log_bytes);
         }
     }
 
@@ -902,7 +926,7 @@ impl KeyedStateBackend for RocksDbStateBackend {
             entry.dirty_in = slot.generation;
             entry.uses = (entry.uses + 1).min(MAX_USES);
             if newly_dirty {
-                slot.log_dirty(&self.scratch);
+                self.cached_bytes += slot.log_dirty(&self.scratch);
             }
             self.cached_bytes = self.cached_bytes + value.len() - old_len;
             if self.cached_bytes > self.budget_bytes {
@@ -921,7 +945,7 @@ impl KeyedStateBackend for RocksDbStateBackend {
                 uses: 0,
             },
         );
-        slot.log_dirty(&self.scratch);
+        self.cached_bytes += slot.log_dirty(&self.scratch);
         Ok(())
     }
 
@@ -936,7 +960,7 @@ impl KeyedStateBackend for RocksDbStateBackend {
                 let newly_dirty = entry.dirty_in != slot.generation;
                 entry.dirty_in = slot.generation;
                 if newly_dirty {
-                    slot.log_dirty(&self.scratch);
+                    self.cached_bytes += slot.log_dirty(&self.scratch);
                 }
             }
             return Ok(());
@@ -952,7 +976,7 @@ impl KeyedStateBackend for RocksDbStateBackend {
                 uses: 0,
             },
         );
-        slot.log_dirty(&self.scratch);
+        self.cached_bytes += slot.log_dirty(&self.scratch);
         Ok(())
     }
 
