@@ -37,14 +37,15 @@ struct Entry {
     value: Option<Box<[u8]>>,
     dirty_in: u32,
     /// How often it was read or written since eviction passes last looked at it, up to
-    /// [`MAX_USES`] (a generalized CLOCK's counter): each pass evicts entries at 0 and counts
-    /// the others down, so an entry used by many records outlives one used by a single record
-    /// (whose read-then-write counts once: the read that loads it counts nothing).
+    /// [`MAX_USES`] (a generalized CLOCK's counter): each pass evicts entries used at most once
+    /// and counts the others down by two, so an entry used by many records outlives one used
+    /// by a single record (whose read-then-write counts once: the read that loads it counts
+    /// nothing).
     uses: u8,
 }
 
 /// The most uses an entry's counter remembers.
-const MAX_USES: u8 = 3;
+const MAX_USES: u8 = 7;
 
 /// [`Entry::dirty_in`] of an entry that is clean in every generation.
 const CLEAN: u32 = 0;
@@ -477,39 +478,41 @@ impl RocksDbStateBackend {
     /// Brings the cache down to half its budget, keeping what is used most (a generalized
     /// CLOCK, in passes):
     ///
-    /// 1. If the clean entries nobody used since the last pass are enough to evict, nothing is
-    ///    written: only they go.
-    /// 2. Otherwise every dirty entry is written to RocksDB in one batch (a **spill**) and
-    ///    becomes clean (a hot dirty entry is worth more than a cold clean one).
-    /// 3. Passes over the cache evict clean entries whose use counter is 0 and count every other
-    ///    entry down, until the cache is at half its budget; after [`MAX_USES`] + 1 passes every
-    ///    clean entry could have gone, so it always gets there.
+    /// 1. When most entries are dirty, or the clean ones that are not hot would not be enough,
+    ///    every dirty entry is written to RocksDB in one batch first (a **spill**) and becomes
+    ///    clean; otherwise nothing is written.
+    /// 2. A pass over the cache evicts clean entries used at most once since the last pass
+    ///    (a record that reads then writes a key it had to load uses it once) and counts the
+    ///    others down by two, until the cache is at half its budget; after a few passes every
+    ///    clean entry could have gone, so it always gets there. Dirty entries stay.
     ///
-    /// A pass walks the cache, and the next eviction comes only after a quarter to half of the
-    /// budget was filled again, so the walks cost O(1) per cached entry.
+    /// With uniform keys almost everything is used once, so one pass empties the cache much as
+    /// dropping it did; with skewed keys the hot ones stay. The next eviction comes only after
+    /// half the budget was filled again, so the walks cost O(1) per cached entry.
     fn spill(&mut self) -> Result<(), StateError> {
         let target = self.budget_bytes / 2;
-        // Clean entries nobody used since the last pass: they go first, and without a write
-        // when they are enough.
-        let mut cold_clean = 0usize;
-        for slot in &mut self.slots {
-            let generation = slot.generation;
-            slot.cells.for_each_mut(|key, e| {
-                if e.dirty_in != generation && e.uses == 0 {
-                    cold_clean += entry_bytes(key.len(), e.value.as_deref().map_or(0, <[u8]>::len));
-                }
-            });
-        }
-        let mut written = 0;
-        if self.cached_bytes.saturating_sub(cold_clean) > target {
-            written = self.write_dirty(None)?;
+        let (entries, dirty) = self
+            .slots
+            .iter()
+            .fold((0, 0), |(n, d), s| (n + s.cells.len(), d + s.dirty));
+        let write_first = dirty * 2 >= entries || {
+            // Clean entries that are not hot: they alone may be enough, and cost no write.
+            let mut cold_clean = 0usize;
             for slot in &mut self.slots {
                 let generation = slot.generation;
-                slot.cells.for_each_mut(|_, e| {
-                    if e.dirty_in == generation {
-                        e.dirty_in = CLEAN;
+                slot.cells.for_each_mut(|key, e| {
+                    if e.dirty_in != generation && e.uses <= 1 {
+                        cold_clean +=
+                            entry_bytes(key.len(), e.value.as_deref().map_or(0, <[u8]>::len));
                     }
                 });
+            }
+            self.cached_bytes.saturating_sub(cold_clean) > target
+        };
+        let mut written = 0;
+        if write_first {
+            written = self.write_dirty(None)?;
+            for slot in &mut self.slots {
                 slot.dirty = 0;
                 self.cached_bytes -= slot.clear_log();
             }
@@ -517,18 +520,19 @@ impl RocksDbStateBackend {
         }
         let before = self.cached_bytes;
         let mut bytes = self.cached_bytes;
-        for _ in 0..=MAX_USES {
+        for _ in 0..=MAX_USES / 2 {
             for slot in &mut self.slots {
                 let generation = slot.generation;
                 slot.cells.retain(|key, e| {
-                    if bytes <= target {
+                    // Written above: clean now (every entry is visited by the first pass).
+                    if write_first && e.dirty_in == generation {
+                        e.dirty_in = CLEAN;
+                    }
+                    if bytes <= target || e.dirty_in == generation {
                         return true;
                     }
-                    if e.uses > 0 {
-                        e.uses -= 1;
-                        return true;
-                    }
-                    if e.dirty_in == generation {
+                    if e.uses > 1 {
+                        e.uses -= 2;
                         return true;
                     }
                     bytes -= entry_bytes(key.len(), e.value.as_deref().map_or(0, <[u8]>::len));
