@@ -481,10 +481,11 @@ impl RocksDbStateBackend {
     /// 1. When most entries are dirty, or the clean ones that are not hot would not be enough,
     ///    every dirty entry is written to RocksDB in one batch first (a **spill**) and becomes
     ///    clean; otherwise nothing is written.
-    /// 2. A pass over the cache evicts clean entries used at most once since the last pass
+    /// 2. A pass over the cache evicts every clean entry used at most once since the last pass
     ///    (a record that reads then writes a key it had to load uses it once) and counts the
-    ///    others down by two, until the cache is at half its budget; after a few passes every
-    ///    clean entry could have gone, so it always gets there. Dirty entries stay.
+    ///    others down by two; more passes follow, stopping at half the budget, while the cache
+    ///    is above it; after a few every clean entry could have gone, so it always gets there.
+    ///    Dirty entries stay.
     ///
     /// With uniform keys almost everything is used once, so one pass empties the cache much as
     /// dropping it did; with skewed keys the hot ones stay. The next eviction comes only after
@@ -520,7 +521,7 @@ impl RocksDbStateBackend {
         }
         let before = self.cached_bytes;
         let mut bytes = self.cached_bytes;
-        for _ in 0..=MAX_USES / 2 {
+        for pass in 0..=MAX_USES / 2 {
             for slot in &mut self.slots {
                 let generation = slot.generation;
                 slot.cells.retain(|key, e| {
@@ -528,7 +529,9 @@ impl RocksDbStateBackend {
                     if write_first && e.dirty_in == generation {
                         e.dirty_in = CLEAN;
                     }
-                    if bytes <= target || e.dirty_in == generation {
+                    // The first pass takes every cold clean entry (the next eviction then comes
+                    // after a whole budget, not half of one); later ones stop at the target.
+                    if (pass > 0 && bytes <= target) || e.dirty_in == generation {
                         return true;
                     }
                     if e.uses > 1 {
