@@ -3,9 +3,10 @@
 //! 512 MiB of managed memory (every key fits the write-back cache), when 1% or 100% of the keys
 //! were updated since the previous snapshot.
 //!
-//! Only `snapshot()` is timed — writing the cache's dirty entries into RocksDB, the memtable
-//! flush and the hard links of the native checkpoint — not the updates before it, nor removing
-//! the snapshot directory after it. After each case, one line on stderr gives the last
+//! Only `snapshot()` is timed: the task's pause, which is the freeze of the write-back cache
+//! (one pointer swap per state). Its background part — writing the frozen dirty entries into
+//! RocksDB, the memtable flush and the hard links of the native checkpoint — is resolved
+//! outside the timing, as are the updates before it and removing the snapshot directory. After each case, one line on stderr gives the last
 //! snapshot's files and how many SST bytes were new (what an incremental upload would send).
 //!
 //! Run with `cargo bench --bench snapshot` (under a minute).
