@@ -1250,13 +1250,37 @@ where
     M: IntoIterator<Item = (Box<[u8]>, Entry)> + Extendable,
 {
     let mut replaced = 0;
+    let mut graveyard = Vec::new();
     for (key, entry) in from {
-        let key_len = key.len();
-        if let Some(old) = into.put(key, entry) {
-            replaced += entry_bytes(key_len, old.value.as_deref().map_or(0, <[u8]>::len));
+        // Replaced in place, so both the key and the old entry are freed later, elsewhere.
+        match into.slot(&key) {
+            Some(existing) => {
+                let old = std::mem::replace(existing, entry);
+                replaced += entry_bytes(key.len(), old.value.as_deref().map_or(0, <[u8]>::len));
+                graveyard.push((Some(key), old));
+            }
+            None => {
+                into.put(key, entry);
+            }
         }
     }
+    bury(graveyard);
     replaced
+}
+
+/// Frees replaced entries, off the task's thread when there are many (the frees of a million
+/// small boxes are a good part of a merge).
+fn bury(graveyard: Vec<(Option<Box<[u8]>>, Entry)>) {
+    const INLINE_ENTRIES: usize = 4096;
+    if graveyard.len() <= INLINE_ENTRIES {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("weir-rocksdb-release".into())
+        .spawn(move || drop(graveyard));
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "freeing replaced cache entries on the task thread");
+    }
 }
 
 /// Moves the entries of `from` that `into` lacks into it (dropping the others); returns the
@@ -1266,19 +1290,23 @@ where
     M: IntoIterator<Item = (Box<[u8]>, Entry)> + Extendable,
 {
     let mut dropped = 0;
+    let mut graveyard = Vec::new();
     for (key, entry) in from {
         if into.has(&key) {
             dropped += entry_bytes(key.len(), entry.value.as_deref().map_or(0, <[u8]>::len));
+            graveyard.push((Some(key), entry));
         } else {
             into.put(key, entry);
         }
     }
+    bury(graveyard);
     dropped
 }
 
 /// The two map types of [`Cells`], for [`move_entries`] and [`fill_gaps`].
 trait Extendable {
     fn put(&mut self, key: Box<[u8]>, entry: Entry) -> Option<Entry>;
+    fn slot(&mut self, key: &[u8]) -> Option<&mut Entry>;
     fn has(&self, key: &[u8]) -> bool;
     fn size(&self) -> usize;
 }
@@ -1286,6 +1314,9 @@ trait Extendable {
 impl Extendable for FxHashMap<Box<[u8]>, Entry> {
     fn put(&mut self, key: Box<[u8]>, entry: Entry) -> Option<Entry> {
         self.insert(key, entry)
+    }
+    fn slot(&mut self, key: &[u8]) -> Option<&mut Entry> {
+        self.get_mut(key)
     }
     fn has(&self, key: &[u8]) -> bool {
         self.contains_key(key)
@@ -1298,6 +1329,9 @@ impl Extendable for FxHashMap<Box<[u8]>, Entry> {
 impl Extendable for BTreeMap<Box<[u8]>, Entry> {
     fn put(&mut self, key: Box<[u8]>, entry: Entry) -> Option<Entry> {
         self.insert(key, entry)
+    }
+    fn slot(&mut self, key: &[u8]) -> Option<&mut Entry> {
+        self.get_mut(key)
     }
     fn has(&self, key: &[u8]) -> bool {
         self.contains_key(key)
