@@ -28,6 +28,24 @@ fn drill(state: &std::path::Path, extra: &[&str]) -> (Output, serde_json::Value)
     (o, report)
 }
 
+/// The drill exited 0 and its report says every check passed, each by name.
+fn assert_passed(o: &Output, report: &serde_json::Value) {
+    assert!(
+        o.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(report["passed"], true, "{report}");
+    for check in [
+        "finished",
+        "output",
+        "checkpoint_ids_rising",
+        "no_orphaned_files",
+    ] {
+        assert_eq!(report["checks"][check]["passed"], true, "{check}: {report}");
+    }
+}
+
 fn faults(report: &serde_json::Value) -> Vec<String> {
     report["faults"]
         .as_array()
@@ -51,22 +69,9 @@ fn a_drill_of_taskmanager_kills_and_pauses_passes_every_check() {
             "kill-tm,stop-tm,kill-during-recovery",
         ],
     );
-    assert!(
-        o.status.success(),
-        "{report}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert_eq!(report["passed"], true, "{report}");
+    assert_passed(&o, &report);
     assert_eq!(report["seed"], 7);
     assert_eq!(faults(&report).len(), 3, "{report}");
-    for check in [
-        "finished",
-        "output",
-        "checkpoint_ids_rising",
-        "no_orphaned_files",
-    ] {
-        assert_eq!(report["checks"][check]["passed"], true, "{check}: {report}");
-    }
     assert!(
         !report["recoveries"]
             .as_array()
@@ -92,16 +97,8 @@ fn a_killed_leader_jobmanager_leaves_no_orphan_and_the_output_exact() {
             "kill-jm",
         ],
     );
-    assert!(
-        o.status.success(),
-        "{report}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_passed(&o, &report);
     assert_eq!(faults(&report), vec!["kill-jm", "kill-jm"], "{report}");
-    assert_eq!(
-        report["checks"]["no_orphaned_files"]["passed"], true,
-        "{report}"
-    );
 }
 
 #[test]
@@ -118,18 +115,10 @@ fn a_drill_of_failing_and_slow_checkpoint_storage_passes_every_check() {
             "storage-errors,storage-slow",
         ],
     );
-    assert!(
-        o.status.success(),
-        "{report}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_passed(&o, &report);
     assert_eq!(
         faults(&report),
         vec!["storage-errors", "storage-slow"],
-        "{report}"
-    );
-    assert_eq!(
-        report["checks"]["no_orphaned_files"]["passed"], true,
         "{report}"
     );
 }
@@ -149,11 +138,7 @@ fn a_savepoint_round_trip_to_another_parallelism_between_faults_keeps_the_output
             "--savepoint-round-trip",
         ],
     );
-    assert!(
-        o.status.success(),
-        "{report}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_passed(&o, &report);
     assert_eq!(
         faults(&report),
         vec!["kill-tm", "savepoint-round-trip", "kill-tm"],
@@ -245,11 +230,7 @@ fn a_drill_of_a_running_cluster_kills_and_pauses_its_taskmanagers_by_pid_and_pas
             "kill-tm,stop-tm",
         ],
     );
-    assert!(
-        o.status.success(),
-        "{report}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_passed(&o, &report);
     let targets: Vec<&str> = report["faults"]
         .as_array()
         .expect("faults")

@@ -29,9 +29,28 @@ struct HaCluster {
     jms: Vec<JobManager>,
     _tms: Vec<Proc>,
     dir: tempfile::TempDir,
+    /// The `-D` settings every member got (the HA folder among them).
+    defines: Vec<String>,
+}
+
+/// How the TaskManagers find the leader.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TaskManagersKnow {
+    /// Every JobManager's address, in `--jobmanager`.
+    Addresses,
+    /// Only the HA folder, where the leader writes its address.
+    HaFolder,
 }
 
 impl HaCluster {
+    /// Adds the members' `-D` settings to `cmd` (a client that knows only the HA folder).
+    fn with_settings<'a>(
+        &self,
+        cmd: &'a mut std::process::Command,
+    ) -> &'a mut std::process::Command {
+        cmd.args(self.defines.iter().flat_map(|d| ["-D", d.as_str()]))
+    }
+
     fn rpc_urls(&self) -> String {
         self.jms
             .iter()
@@ -53,6 +72,10 @@ impl HaCluster {
 }
 
 fn ha_cluster() -> HaCluster {
+    ha_cluster_where(TaskManagersKnow::Addresses)
+}
+
+fn ha_cluster_where(tms_know: TaskManagersKnow) -> HaCluster {
     let dir = tempfile::tempdir().expect("tempdir");
     let ha = format!(
         "high-availability.storageDir=file://{}",
@@ -73,10 +96,10 @@ fn ha_cluster() -> HaCluster {
             .split_whitespace()
             .map(String::from),
     );
-    let defines: Vec<&str> = defines.iter().map(String::as_str).collect();
+    let strs: Vec<&str> = defines.iter().map(String::as_str).collect();
     let jms: Vec<JobManager> = (0..2)
         .map(|_| {
-            let (proc, rpc, rest) = start_jobmanager(&defines);
+            let (proc, rpc, rest) = start_jobmanager(&strs);
             JobManager { proc, rpc, rest }
         })
         .collect();
@@ -84,6 +107,7 @@ fn ha_cluster() -> HaCluster {
         jms,
         _tms: Vec::new(),
         dir,
+        defines,
     };
     wait_for("a leader", Duration::from_secs(30), || {
         c.leader(None).is_some()
@@ -91,11 +115,25 @@ fn ha_cluster() -> HaCluster {
     let urls = c.rpc_urls();
     c._tms = (0..3)
         .map(|i| {
-            start_taskmanager(
-                &urls,
-                &format!("tm-{i}"),
-                &c.dir.path().join(format!("tm-{i}")),
-            )
+            let (id, state) = (format!("tm-{i}"), c.dir.path().join(format!("tm-{i}")));
+            match tms_know {
+                TaskManagersKnow::Addresses => start_taskmanager(&urls, &id, &state),
+                TaskManagersKnow::HaFolder => {
+                    let mut cmd = weir_cmd();
+                    cmd.args(["taskmanager", "--slots", "2", "--id", &id])
+                        .arg("--state-dir")
+                        .arg(&state)
+                        .env("WEIR_LOG", "warn")
+                        .stdin(std::process::Stdio::null())
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null());
+                    c.with_settings(&mut cmd);
+                    Proc {
+                        name: id,
+                        child: cmd.spawn().expect("taskmanager starts"),
+                    }
+                }
+            }
         })
         .collect();
     let leader = c.leader(None).expect("leader");
@@ -337,76 +375,36 @@ fn a_standby_answers_with_the_leaders_address_and_takes_no_taskmanager() {
 }
 
 #[test]
-fn taskmanagers_and_an_attached_run_that_know_only_the_ha_folder_follow_the_leader_across_a_takeover(
-) {
+fn a_client_that_knows_only_an_ha_folder_no_jobmanager_led_in_says_where_it_looked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ha = format!(
         "high-availability.storageDir=file://{}",
         dir.path().join("ha").display()
     );
-    let defines = [
-        "high-availability.type=storage",
-        ha.as_str(),
-        "heartbeat.interval=100ms",
-        "heartbeat.timeout=2s",
-        "slot.request.timeout=20s",
-    ];
-    let d = |cmd: &mut std::process::Command| {
-        cmd.args(defines.iter().flat_map(|d| ["-D", d]));
-    };
-    // Before any JobManager led, a client without --jobmanager says where it looked.
-    let mut list = weir_cmd();
-    list.args(["list", "--json"]);
-    d(&mut list);
-    let o = list.output().expect("weir list");
+    let o = weir_cmd()
+        .args([
+            "list",
+            "--json",
+            "-D",
+            "high-availability.type=storage",
+            "-D",
+            &ha,
+        ])
+        .output()
+        .expect("weir list");
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("high-availability.storageDir") && err.contains("no leader address"),
         "{err}"
     );
-    let mut jms: Vec<JobManager> = (0..2)
-        .map(|_| {
-            let (proc, rpc, rest) = start_jobmanager(&defines);
-            JobManager { proc, rpc, rest }
-        })
-        .collect();
-    let leader = |jms: &[JobManager], skip: Option<usize>| {
-        (0..jms.len())
-            .filter(|&i| Some(i) != skip)
-            .find(|&i| rest(&jms[i].rest, "/overview").get("error").is_none())
-    };
-    wait_for("a leader", Duration::from_secs(30), || {
-        leader(&jms, None).is_some()
-    });
-    let _tms: Vec<Proc> = (0..3)
-        .map(|i| {
-            let mut cmd = weir_cmd();
-            cmd.args(["taskmanager", "--slots", "2", "--id", &format!("tm-{i}")])
-                .arg("--state-dir")
-                .arg(dir.path().join(format!("tm-{i}")))
-                .env("WEIR_LOG", "warn")
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null());
-            d(&mut cmd);
-            Proc {
-                name: format!("tm-{i}"),
-                child: cmd.spawn().expect("taskmanager starts"),
-            }
-        })
-        .collect();
-    let old = leader(&jms, None).expect("leader");
-    wait_for(
-        "3 TaskManagers found the leader",
-        Duration::from_secs(30),
-        || {
-            rest(&jms[old].rest, "/taskmanagers")["taskmanagers"]
-                .as_array()
-                .is_some_and(|t| t.len() == 3)
-        },
-    );
-    let out = dir.path().join("out");
+}
+
+#[test]
+fn taskmanagers_and_an_attached_run_that_know_only_the_ha_folder_follow_the_leader_across_a_takeover(
+) {
+    let mut c = ha_cluster_where(TaskManagersKnow::HaFolder);
+    let out = c.dir.path().join("out");
     let records = 120_000;
     let mut run = weir_cmd();
     run.args(["run", "keyed-agg", "-p", "4", "--json"])
@@ -420,14 +418,15 @@ fn taskmanagers_and_an_attached_run_that_know_only_the_ha_folder_follow_the_lead
             "-D",
             &format!(
                 "state.checkpoints.dir=file://{}",
-                dir.path().join("checkpoints").display()
+                c.checkpoint_dir().display()
             ),
         ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    d(&mut run);
-    let attached = run.spawn().expect("weir run starts");
+    let attached = c.with_settings(&mut run).spawn().expect("weir run starts");
+    let mut list = weir_cmd();
+    c.with_settings(list.args(["list", "--json"]));
     let mut id = String::new();
     wait_for("the job to be listed", DEADLINE, || {
         let o = list.output().expect("weir list");
@@ -435,14 +434,15 @@ fn taskmanagers_and_an_attached_run_that_know_only_the_ha_folder_follow_the_lead
         id = v["jobs"][0]["id"].as_str().unwrap_or_default().to_string();
         !id.is_empty()
     });
+    let old = c.leader(None).expect("leader");
     wait_for("two completed checkpoints", DEADLINE, || {
-        completed(&jms[old], &id).len() >= 2
+        completed(&c.jms[old], &id).len() >= 2
     });
-    jms[old].proc.signal("KILL");
-    jms[old].proc.child.wait().expect("reap");
+    c.jms[old].proc.signal("KILL");
+    c.jms[old].proc.child.wait().expect("reap");
     let new = 1 - old;
     wait_for("the standby to lead", Duration::from_secs(20), || {
-        leader(&jms, Some(old)) == Some(new)
+        c.leader(Some(old)) == Some(new)
     });
     let o = attached.wait_with_output().expect("weir run ends");
     assert!(

@@ -347,6 +347,15 @@ fn signal(child: &Child, sig: libc::c_int) {
     crate::cluster::signal(child.id(), sig);
 }
 
+/// Starts a member (its output to its log, nothing on stdin) that dies with the drill, so a
+/// killed drill leaves no cluster behind.
+fn spawn_member(mut cmd: Command, what: &str) -> Result<Child, Failure> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::null());
+    crate::cluster::die_with_parent(&mut cmd);
+    cmd.spawn()
+        .map_err(|e| Failure::Job(format!("cannot start {what}: {e}")))
+}
+
 impl Members {
     fn rpc_urls(&self) -> String {
         if let Some(urls) = &self.external {
@@ -375,15 +384,8 @@ impl Members {
             .args(&self.forward)
             .args(["-D", "high-availability.type=storage", "-D", &ha])
             .env("WEIR_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .stderr(log);
-        // A killed drill leaves no cluster behind.
-        crate::cluster::die_with_parent(&mut cmd);
-        let child = cmd
-            .spawn()
-            .map_err(|e| Failure::Job(format!("cannot start a JobManager: {e}")))?;
-        self.jms[i].2 = Some(child);
+        self.jms[i].2 = Some(spawn_member(cmd, "a JobManager")?);
         Ok(())
     }
 
@@ -400,14 +402,9 @@ impl Members {
             .arg(self.scratch.join(&id))
             .args(&self.forward)
             .env("WEIR_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .stderr(log);
-        crate::cluster::die_with_parent(&mut cmd);
-        let child = cmd
-            .spawn()
-            .map_err(|e| Failure::Job(format!("cannot start a TaskManager: {e}")))?;
-        self.tms.push((id.clone(), child));
+        self.tms
+            .push((id.clone(), spawn_member(cmd, "a TaskManager")?));
         Ok(id)
     }
 

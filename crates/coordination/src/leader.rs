@@ -23,7 +23,7 @@
 //!
 //! Must not depend on the JobManager: it is pure storage bookkeeping plus the pure [`decide`].
 
-use crate::lease::{decide, host_name, local_process_alive, LeaseDecision, LeaseRecord};
+use crate::lease::{decide, local_process_alive, LeaseDecision, LeaseRecord};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 use weir_storage::{Bytes, ObjectPath, StorageError, Store};
@@ -224,14 +224,7 @@ impl Leadership {
             LeaseDecision::Take { epoch } => epoch,
             LeaseDecision::Held(holder) => return Ok(Election::Standby(holder)),
         };
-        let record = LeaseRecord {
-            epoch,
-            owner: owner.to_string(),
-            host: host_name(),
-            pid: std::process::id(),
-            renewed_ms: now_ms,
-            released: false,
-        };
+        let record = LeaseRecord::of_this_process(epoch, owner, now_ms);
         let path = lease_path(epoch);
         let bytes = serde_json::to_vec(&record).map_err(|e| storage(&path, e))?;
         match store.put_create(&path, Bytes::from(bytes)).await {

@@ -36,6 +36,21 @@ pub struct LeaseRecord {
     pub released: bool,
 }
 
+impl LeaseRecord {
+    /// A fresh, unreleased lease `epoch` held by this process (`owner` is for people), renewed
+    /// at `now_ms`.
+    pub fn of_this_process(epoch: u64, owner: &str, now_ms: u64) -> Self {
+        Self {
+            epoch,
+            owner: owner.to_string(),
+            host: host_name(),
+            pid: std::process::id(),
+            renewed_ms: now_ms,
+            released: false,
+        }
+    }
+}
+
 /// What a newcomer may do about the current lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LeaseDecision {
@@ -156,14 +171,7 @@ impl JobLease {
                 });
             }
         };
-        let record = LeaseRecord {
-            epoch,
-            owner: owner.to_string(),
-            host: host_name(),
-            pid: std::process::id(),
-            renewed_ms: now_ms,
-            released: false,
-        };
+        let record = LeaseRecord::of_this_process(epoch, owner, now_ms);
         let path = paths.lease(epoch);
         let bytes = Bytes::from(serde_json::to_vec(&record).map_err(|e| storage(e.to_string()))?);
         match store.put_create(&path, bytes).await {

@@ -32,6 +32,10 @@ use crate::url::StorageUrl;
 /// How often a store re-reads the control file.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
+/// The most of the control file that is read: a path naming something endless (a device, a
+/// huge file) must not take the process's memory.
+const MAX_CONTROL_BYTES: u64 = 4096;
+
 /// The faults the control file asks for now.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct StorageFaults {
@@ -155,6 +159,22 @@ pub(crate) fn for_url(url: &StorageUrl) -> Option<Arc<FaultControl>> {
     within(&url.to_string(), &control.scope).then(|| Arc::clone(control))
 }
 
+/// The control file's text, refused when longer than [`MAX_CONTROL_BYTES`].
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONTROL_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_CONTROL_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("longer than {MAX_CONTROL_BYTES} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
 /// Whether the URL `url` is `scope` or below it.
 fn within(url: &str, scope: &str) -> bool {
     let scope = scope.trim_end_matches('/');
@@ -192,7 +212,7 @@ impl FaultControl {
         if c.read_at.is_some_and(|t| t.elapsed() < POLL_INTERVAL) {
             return c.faults;
         }
-        let (faults, problem) = match std::fs::read_to_string(&self.file) {
+        let (faults, problem) = match read_bounded(&self.file) {
             Ok(text) => match StorageFaults::parse(&text) {
                 Ok(f) => (f, None),
                 Err(e) => (StorageFaults::default(), Some(e)),
@@ -299,6 +319,15 @@ mod tests {
         std::fs::write(&file, "errors lots\n").unwrap();
         std::thread::sleep(POLL_INTERVAL + Duration::from_millis(20));
         assert!(control.current().is_none());
+        // Valid lines padded past the size bound: refused whole, not read without end.
+        let mut huge = String::from("errors 1\n");
+        huge.push_str(&"# padding\n".repeat(1000));
+        std::fs::write(&file, huge).unwrap();
+        std::thread::sleep(POLL_INTERVAL + Duration::from_millis(20));
+        assert!(control.current().is_none());
+        // A device that never ends is read only up to the bound.
+        let endless = FaultControl::new(PathBuf::from("/dev/zero"), &scope);
+        assert!(endless.current().is_none());
     }
 
     #[test]
