@@ -206,12 +206,18 @@ fn only_job_dir(root: &Path) -> PathBuf {
     dirs.into_iter().next().expect("one")
 }
 
-/// Every file below `dir`, relative, with `/` separators.
+/// Every file below `dir`, relative, with `/` separators. The job may be running: a
+/// subsumed checkpoint's folder that goes away during the walk is skipped, not an error.
 fn files_below(dir: &Path) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("read dir").flatten() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && d != dir => continue,
+            Err(e) => panic!("read dir {}: {e}", d.display()),
+        };
+        for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
@@ -232,7 +238,12 @@ fn completed(job_dir: &Path) -> BTreeMap<u64, CheckpointMetadata> {
             .strip_prefix("chk-")
             .and_then(|r| r.strip_suffix("/_metadata"))
         {
-            let bytes = std::fs::read(job_dir.join(&f)).expect("read _metadata");
+            let bytes = match std::fs::read(job_dir.join(&f)) {
+                Ok(bytes) => bytes,
+                // Subsumed and deleted since the walk (the job may be running).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => panic!("read {f}: {e}"),
+            };
             if let Ok(m) = CheckpointMetadata::decode(&bytes) {
                 out.insert(n.parse().expect("id"), m);
             }
