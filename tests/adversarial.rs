@@ -169,6 +169,7 @@ impl Impostor {
             data_address: "127.0.0.1:1".into(),
             pid: std::process::id(),
             build_id: weir_build(),
+            metrics_address: String::new(),
         };
         let (out, mut inbound, interval_ms) = open_session(url, register)
             .await
@@ -581,11 +582,28 @@ fn a_greedy_register_a_huge_plan_and_forged_acks_declines_and_ends_of_input_chan
             data_address: "127.0.0.1:1".into(),
             pid: std::process::id(),
             build_id: weir_build(),
+            metrics_address: String::new(),
         },
     ));
     match greedy {
         Ok(_) => panic!("a Register offering {} slots was accepted", u32::MAX),
         Err(reason) => assert!(reason.contains(&u32::MAX.to_string()), "{reason}"),
+    }
+    //    A metrics address that is markup or a URL (the UI and /taskmanagers show it): refused.
+    let marked = c.rt.block_on(open_session(
+        &c.rpc,
+        Register {
+            taskmanager_id: "tm-marked".into(),
+            slots: 1,
+            data_address: "127.0.0.1:1".into(),
+            pid: std::process::id(),
+            build_id: weir_build(),
+            metrics_address: "<img src=x onerror=alert(1)>".into(),
+        },
+    ));
+    match marked {
+        Ok(_) => panic!("a Register with a markup metrics_address was accepted"),
+        Err(reason) => assert!(reason.contains("metrics_address"), "{reason}"),
     }
     let tms = rest(&c.rest, "/taskmanagers");
     let ids: Vec<&str> = tms["taskmanagers"]

@@ -62,6 +62,7 @@ fn a_slow_sink_slows_an_unbounded_source_and_keeps_records_in_flight_bounded() {
         batch_size: 256,
         channel_capacity: 4,
         buffer_timeout: Duration::from_millis(50),
+        metrics: true,
     };
     let stop = Arc::new(AtomicBool::new(false));
     // Counted by the operator chained to the sources: what they emitted, record by record.

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod procs;
+pub mod webdriver;
 
 use std::collections::BTreeMap;
 use std::path::Path;

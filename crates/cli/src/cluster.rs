@@ -129,6 +129,7 @@ impl JobFactory for CatalogJobFactory {
                 batch_size: config.batch_size,
                 channel_capacity: config.channel_capacity,
                 buffer_timeout: config.buffer_timeout,
+                metrics: config.metrics_enabled,
             },
             state_backend,
             checkpointing,
@@ -763,6 +764,7 @@ pub(crate) fn taskmanager_command(
         data_bind,
         initial_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_secs(2),
+        metrics_bind: Some(config.metrics_bind),
     };
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s = stop.clone();

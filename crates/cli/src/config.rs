@@ -96,6 +96,10 @@ pub struct Config {
     pub batch_size: usize,
     /// `taskmanager.network.channel-capacity`: batches a channel holds before backpressure.
     pub channel_capacity: usize,
+    /// `metrics.enabled`: count each subtask's records, bytes and backpressure.
+    pub metrics_enabled: bool,
+    /// `metrics.bind-host` and `metrics.port`: where a TaskManager serves `/metrics`.
+    pub metrics_bind: std::net::SocketAddr,
     /// `execution.checkpointing.interval`: `None` when checkpointing is off (unset or 0).
     pub checkpoint_interval: Option<Duration>,
     /// `execution.checkpointing.timeout`.
@@ -293,6 +297,41 @@ pub static KEYS: &[KeySpec] = &[
             if c.buffer_timeout.is_zero() {
                 return Err("must be above 0".into());
             }
+            Ok(())
+        },
+    },
+    KeySpec {
+        key: "metrics.enabled",
+        default: || "true".into(),
+        help: "count each subtask's records in/out, bytes and backpressured time (per batch) for /metrics, the web UI and weir list",
+        apply: |c, v| {
+            c.metrics_enabled = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        key: "metrics.bind-host",
+        default: || "127.0.0.1".into(),
+        help: "the address a TaskManager serves its Prometheus /metrics endpoint on (the JobManager serves /metrics on its REST port)",
+        apply: |c, v| {
+            let ip: std::net::IpAddr = v
+                .trim()
+                .parse()
+                .map_err(|_| "expected an IP address such as 127.0.0.1 or ::1".to_string())?;
+            c.metrics_bind.set_ip(ip);
+            Ok(())
+        },
+    },
+    KeySpec {
+        key: "metrics.port",
+        default: || "0".into(),
+        help: "the port of a TaskManager's /metrics endpoint (0: one the OS picks; the TaskManager logs it and the JobManager's /taskmanagers lists it)",
+        apply: |c, v| {
+            let port: u16 = v
+                .trim()
+                .parse()
+                .map_err(|_| "expected a port from 0 to 65535".to_string())?;
+            c.metrics_bind.set_port(port);
             Ok(())
         },
     },
@@ -725,6 +764,8 @@ const MACHINE_KEYS: &[&str] = &[
     "state.backend.rocksdb.localdir",
     "taskmanager.memory.managed.size",
     "taskmanager.numberOfTaskSlots",
+    "metrics.bind-host",
+    "metrics.port",
     "high-availability.type",
     "high-availability.storageDir",
     "high-availability.lease.duration",
@@ -849,6 +890,8 @@ impl Config {
             buffer_timeout: Duration::ZERO,
             batch_size: 0,
             channel_capacity: 0,
+            metrics_enabled: true,
+            metrics_bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             checkpoint_interval: None,
             checkpoint_timeout: Duration::ZERO,
             checkpoint_min_pause: Duration::ZERO,
@@ -909,6 +952,9 @@ impl Config {
             "execution.buffer-timeout.interval" => format!("{}ms", self.buffer_timeout.as_millis()),
             "taskmanager.network.batch-size" => self.batch_size.to_string(),
             "taskmanager.network.channel-capacity" => self.channel_capacity.to_string(),
+            "metrics.enabled" => self.metrics_enabled.to_string(),
+            "metrics.bind-host" => self.metrics_bind.ip().to_string(),
+            "metrics.port" => self.metrics_bind.port().to_string(),
             "execution.checkpointing.interval" => self
                 .checkpoint_interval
                 .map_or("none".into(), format_duration),

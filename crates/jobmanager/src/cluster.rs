@@ -58,7 +58,23 @@ impl JobStatus {
             restarts: d.restarts,
             tasks_total: self.tasks_total,
             tasks_running: self.tasks_running,
+            records_per_s: if d.state.is_terminal() {
+                0
+            } else {
+                d.records_per_s
+            },
+            last_checkpoint_age_ms: self.last_checkpoint_age_ms(now),
         }
+    }
+
+    /// How long ago the latest completed checkpoint (this JobManager knows of) was triggered.
+    pub fn last_checkpoint_age_ms(&self, now: u64) -> Option<u64> {
+        let latest = self.latest_completed?;
+        self.checkpoints
+            .iter()
+            .rev()
+            .find(|c| c.id == latest)
+            .map(|c| now.saturating_sub(c.trigger_ms))
     }
 
     pub fn details(&self, now: u64) -> JobDetails {
@@ -107,6 +123,8 @@ pub(crate) struct Shared {
     pub probes: Mutex<BTreeMap<u64, ProbeWait>>,
     /// Leadership, with high availability on.
     pub ha: Option<Arc<crate::ha::HaState>>,
+    /// `/metrics`.
+    pub metrics: crate::metrics::JobManagerMetrics,
 }
 
 /// One submission's storage probe: who must answer, and where answers go.
@@ -136,7 +154,18 @@ impl Shared {
             resolver,
             shutting_down: AtomicBool::new(false),
             probes: Mutex::new(BTreeMap::new()),
+            metrics: crate::metrics::JobManagerMetrics::default(),
         }
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        let statuses: Vec<JobStatus> = {
+            let jobs = lock(&self.jobs);
+            jobs.values().map(|e| lock(&e.status).clone()).collect()
+        };
+        let taskmanagers = self.resources().view(now_ms());
+        self.metrics.render(&statuses, &taskmanagers, now_ms())
     }
 
     /// A TaskManager answered storage probe `probe_id`; an answer from one that was not asked

@@ -75,6 +75,8 @@ mod error;
 mod ha;
 mod ids;
 mod job_master;
+mod live;
+mod metrics;
 mod options;
 pub mod recovery;
 mod resource_manager;
@@ -82,6 +84,7 @@ mod rest;
 mod session;
 mod settings;
 mod slots;
+mod ui;
 pub mod view;
 
 pub use dispatcher::LEASE_DURATION;

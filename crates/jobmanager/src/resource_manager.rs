@@ -45,6 +45,8 @@ pub(crate) struct Registration {
     pub slots: u32,
     pub data_address: String,
     pub pid: u32,
+    /// Its `/metrics` endpoint, when it serves one.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 struct TaskManagerEntry {
@@ -317,6 +319,7 @@ impl ResourceManager {
                 .map(|e| TaskManagerInfo {
                     id: e.registration.id.to_string(),
                     data_address: e.registration.data_address.clone(),
+                    metrics_address: e.registration.metrics_address.map(|a| a.to_string()),
                     pid: e.registration.pid,
                     registered_ms: e.registered_ms,
                     uptime_ms: now_ms.saturating_sub(e.registered_ms),
@@ -366,6 +369,7 @@ mod tests {
             slots,
             data_address: format!("127.0.0.1:{}", 7000 + slots),
             pid: 1,
+            metrics_address: None,
         }
     }
 

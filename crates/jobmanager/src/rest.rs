@@ -12,6 +12,8 @@
 //! | `POST /jobs/{id}/savepoints`  | triggers a savepoint: 202 `{"request-id": n}`       |
 //! | `POST /jobs/{id}/stop`        | stops the job with a savepoint: 202, as above      |
 //! | `GET /jobs/{id}/savepoints/{n}` | [`SavepointOperation`](crate::view::SavepointOperation) |
+//! | `GET /metrics`                | Prometheus text format ([`crate::metrics`])         |
+//! | `GET /`, `GET /ui/{asset}`    | the web UI ([`crate::ui`])                          |
 //!
 //! The POST bodies are JSON, every field optional: `{"target-directory": url, "format-type":
 //! "canonical" | "native"}`, and for `/stop` also `"drain": bool`.
@@ -32,9 +34,10 @@ use axum::{Json, Router};
 use std::sync::Arc;
 use weir_coordination::driver::now_ms;
 
-/// The REST routes over `shared`.
+/// The REST routes over `shared`, with the web UI and `/metrics` (both answered by a standby
+/// too: the UI says who leads, and a standby's figures are its own).
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/overview", get(overview))
         .route("/taskmanagers", get(taskmanagers))
         .route("/jobs", get(jobs))
@@ -51,8 +54,19 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             only_when_leading,
-        ))
+        ));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .merge(crate::ui::routes())
+        .merge(api)
         .with_state(shared)
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, weir_metrics::CONTENT_TYPE)],
+        shared.metrics_text(),
+    )
 }
 
 /// Lets a request through when this JobManager may act; a standby answers 503 naming the

@@ -80,11 +80,22 @@ fn registration(r: Register, max_slots: u32) -> Result<Registration, Status> {
             "Register: TaskManager '{id}' has no data_address"
         )));
     }
+    // Shown in the UI and /taskmanagers: only an IP address and port, never a URL or text.
+    let metrics_address = match r.metrics_address.as_str() {
+        "" => None,
+        a => Some(a.parse::<std::net::SocketAddr>().map_err(|_| {
+            Status::invalid_argument(format!(
+                "Register: TaskManager '{id}' has a metrics_address that is not ip:port ({} bytes)",
+                a.len()
+            ))
+        })?),
+    };
     Ok(Registration {
         id,
         slots: r.slots,
         data_address: r.data_address,
         pid: r.pid,
+        metrics_address,
     })
 }
 
@@ -325,6 +336,7 @@ mod tests {
             data_address: "127.0.0.1:1".into(),
             pid: 1,
             build_id: build_id.into(),
+            metrics_address: String::new(),
         }
     }
 

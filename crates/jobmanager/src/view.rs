@@ -92,6 +92,9 @@ pub struct TaskManagerInfo {
     pub id: String,
     /// `host:port` of its data exchange service.
     pub data_address: String,
+    /// `ip:port` of its Prometheus `/metrics` endpoint, when it serves one.
+    #[serde(default)]
+    pub metrics_address: Option<String>,
     /// Its process id.
     pub pid: u32,
     /// When it registered.
@@ -166,6 +169,12 @@ pub struct JobSummary {
     pub tasks_total: u32,
     /// See `tasks_total`.
     pub tasks_running: u32,
+    /// Records per second its sources emit, over the last seconds of reports.
+    #[serde(default)]
+    pub records_per_s: u64,
+    /// How long ago its latest completed checkpoint was triggered.
+    #[serde(default)]
+    pub last_checkpoint_age_ms: Option<u64>,
 }
 
 /// `GET /jobs/{id}` (and `GetJob.job_json`).
@@ -199,6 +208,16 @@ pub struct JobDetails {
     pub restored_from: Option<CheckpointId>,
     /// Vertices in topological order.
     pub vertices: Vec<VertexDetails>,
+    /// State per operator uid in the latest completed checkpoint: bytes of its files and inline
+    /// state over its subtasks.
+    #[serde(default)]
+    pub operator_state_bytes: std::collections::BTreeMap<String, u64>,
+    /// The JobGraph's edges, between vertex ids.
+    #[serde(default)]
+    pub edges: Vec<EdgeDetails>,
+    /// Records per second its sources emit, over the last seconds of reports.
+    #[serde(default)]
+    pub records_per_s: u64,
     /// What the job's tasks did, as their TaskManagers reported it when each attempt's tasks
     /// there ended (zero while the first attempt runs).
     #[serde(default)]
@@ -235,6 +254,39 @@ pub struct VertexDetails {
     pub source: bool,
     /// One entry per subtask.
     pub subtasks: Vec<SubtaskDetails>,
+    /// What its subtasks of the current attempt reported (zeros with `metrics.enabled: false`).
+    #[serde(default)]
+    pub metrics: VertexMetrics,
+}
+
+/// A vertex's live figures (current attempt).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VertexMetrics {
+    /// Records its subtasks read from their input channels.
+    pub records_in: u64,
+    /// Records its subtasks wrote to their output channels.
+    pub records_out: u64,
+    /// Encoded bytes received from other TaskManagers.
+    pub bytes_in: u64,
+    /// Encoded bytes sent to other TaskManagers.
+    pub bytes_out: u64,
+    /// Records read per second over the last seconds.
+    pub records_in_per_s: u64,
+    /// Records written per second over the last seconds.
+    pub records_out_per_s: u64,
+    /// The busiest subtask's share of time waiting for room in its output, in percent.
+    pub backpressured_pct: u32,
+}
+
+/// A JobGraph edge of `/jobs/{id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeDetails {
+    /// The upstream vertex.
+    pub source: u32,
+    /// The downstream vertex.
+    pub target: u32,
+    /// FORWARD, HASH, REBALANCE, RESCALE or BROADCAST.
+    pub partitioner: String,
 }
 
 /// A subtask of `/jobs/{id}`.
@@ -255,6 +307,15 @@ pub struct SubtaskDetails {
     pub attempt: u32,
     /// FAILED only: the error.
     pub failure: Option<String>,
+    /// Records it read (current attempt, as last reported).
+    #[serde(default)]
+    pub records_in: u64,
+    /// Records it wrote.
+    #[serde(default)]
+    pub records_out: u64,
+    /// Its share of time waiting for room in its output, in percent.
+    #[serde(default)]
+    pub backpressured_pct: u32,
 }
 
 /// `GET /jobs/{id}/checkpoints` (and `GetJob.checkpoints_json`).

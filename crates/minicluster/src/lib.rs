@@ -35,7 +35,7 @@ use weir_runtime::{JobDefinition, RuntimeOptions};
 use weir_state::StateBackendFactory;
 use weir_storage::Store;
 use weir_taskmanager::session::{
-    register_message, InProcessLink, InProcessTaskManager, IN_PROCESS_DATA_ADDRESS,
+    register_message, Advertised, InProcessLink, InProcessTaskManager, IN_PROCESS_DATA_ADDRESS,
 };
 use weir_taskmanager::{BuiltJob, JobFactory, TaskManagerOptions};
 use weir_types::JobId;
@@ -119,10 +119,18 @@ impl MiniCluster {
             data_bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(1),
+            // Its subtasks' figures reach the JobManager in its reports; no endpoint of its own.
+            metrics_bind: None,
         };
         let (up, inbound) = tokio::sync::mpsc::unbounded_channel();
         // The channel is open and unbounded: the first message cannot fail to queue.
-        let _ = up.send(register_message(&tm_options, IN_PROCESS_DATA_ADDRESS));
+        let _ = up.send(register_message(
+            &tm_options,
+            &Advertised {
+                data: IN_PROCESS_DATA_ADDRESS.into(),
+                metrics: String::new(),
+            },
+        ));
         let down = jobmanager.connect_in_process(inbound)?;
         let taskmanager =
             InProcessTaskManager::start(tm_options, factory, InProcessLink { up, down })?;

@@ -71,6 +71,7 @@ fn env_of<'a>(ctx: &'a SubtaskCtx, ident: &'a OpIdent) -> LoopEnv<'a> {
         batch_size: ctx.options.batch_size,
         buffer_timeout: ctx.options.buffer_timeout,
         metrics: &ctx.metrics,
+        io: ctx.io.as_deref(),
         checkpointing: ctx.checkpointing.as_deref(),
     }
 }
@@ -187,15 +188,18 @@ impl<T: Data> ErasedEdge for EdgeNode<T> {
             Partitioning::Rescale => Router::Rescale,
             Partitioning::Broadcast => Router::Broadcast,
         };
-        let link: Box<dyn Link<T>> = Box::new(RecordWriter::new(
-            ctx.uid.to_string(),
-            ctx.subtask,
-            ctx.parallelism,
-            senders,
-            router,
-            ctx.options.batch_size,
-            ctx.options.buffer_timeout,
-        ));
+        let link: Box<dyn Link<T>> = Box::new(
+            RecordWriter::new(
+                ctx.uid.to_string(),
+                ctx.subtask,
+                ctx.parallelism,
+                senders,
+                router,
+                ctx.options.batch_size,
+                ctx.options.buffer_timeout,
+            )
+            .counting(ctx.io.clone()),
+        );
         Box::new(link)
     }
 }

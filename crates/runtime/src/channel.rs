@@ -7,9 +7,10 @@
 //! and always before a watermark or end of input, so in-band events never overtake records.
 
 use crate::link::Link;
+use crate::metrics::SubtaskIo;
 use crate::snapshot::ChainSnapshot;
 use crate::TaskError;
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Sender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir_types::{
@@ -83,6 +84,30 @@ pub(crate) struct RecordWriter<T> {
     key_buf: Vec<u8>,
     /// End of input was sent; nothing follows on these channels.
     ended: bool,
+    /// Records out and time blocked on full channels, when the job counts them.
+    io: Option<Arc<SubtaskIo>>,
+}
+
+/// Sends `element`, adding the time spent waiting for room to `io`'s backpressure (a channel
+/// with room costs one `try_send`, no clock read).
+fn send_counted<T>(
+    sender: &Sender<StreamElement<T>>,
+    element: StreamElement<T>,
+    io: Option<&SubtaskIo>,
+) -> Result<(), ()> {
+    let Some(io) = io else {
+        return sender.send(element).map_err(drop);
+    };
+    match sender.try_send(element) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Disconnected(_)) => Err(()),
+        Err(TrySendError::Full(element)) => {
+            let blocked = Instant::now();
+            let sent = sender.send(element).map_err(drop);
+            SubtaskIo::add(&io.backpressured_ns, blocked.elapsed().as_nanos() as u64);
+            sent
+        }
+    }
 }
 
 impl<T: Clone + Send> RecordWriter<T> {
@@ -115,7 +140,14 @@ impl<T: Clone + Send> RecordWriter<T> {
             rescale_range: (lo, hi),
             key_buf: Vec::with_capacity(64),
             ended: false,
+            io: None,
         }
+    }
+
+    /// Counts this writer's records and backpressure into `io`.
+    pub(crate) fn counting(mut self, io: Option<Arc<SubtaskIo>>) -> Self {
+        self.io = io;
+        self
     }
 
     fn send(&mut self, target: usize) -> Result<(), TaskError> {
@@ -123,9 +155,15 @@ impl<T: Clone + Send> RecordWriter<T> {
             &mut self.buffers[target],
             Vec::with_capacity(self.batch_size),
         );
-        self.senders[target]
-            .send(StreamElement::Batch(batch))
-            .map_err(|_| self.lost())
+        if let Some(io) = &self.io {
+            SubtaskIo::add(&io.records_out, batch.len() as u64);
+        }
+        send_counted(
+            &self.senders[target],
+            StreamElement::Batch(batch),
+            self.io.as_deref(),
+        )
+        .map_err(|()| self.lost())
     }
 
     fn lost(&self) -> TaskError {
@@ -156,11 +194,7 @@ impl<T: Clone + Send> RecordWriter<T> {
     fn broadcast_event(&mut self, event: StreamElement<T>) -> Result<(), TaskError> {
         self.flush_all()?;
         for s in &self.senders {
-            s.send(event.clone())
-                .map_err(|_| TaskError::DownstreamLost {
-                    uid: self.uid.clone(),
-                    subtask: self.subtask,
-                })?;
+            send_counted(s, event.clone(), self.io.as_deref()).map_err(|()| self.lost())?;
         }
         Ok(())
     }

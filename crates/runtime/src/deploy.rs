@@ -170,6 +170,9 @@ pub struct SubtaskEnv {
     pub keyed_subtasks_in_process: u32,
     /// The job's counters in this process.
     pub metrics: Arc<JobMetrics>,
+    /// This subtask's data-plane counters; `None` when the job runs with
+    /// `metrics.enabled: false` (nothing is counted).
+    pub io: Option<Arc<crate::metrics::SubtaskIo>>,
     /// Set to stop the task (cancel).
     pub cancelled: Arc<AtomicBool>,
     /// Data-plane tunables.
@@ -290,6 +293,7 @@ pub fn spawn_subtask(
         state_backend: env.state_backend,
         keyed_subtasks_in_process: env.keyed_subtasks_in_process,
         metrics: env.metrics,
+        io: env.io,
         cancelled: env.cancelled,
         options: env.options,
         attempt: env.attempt,

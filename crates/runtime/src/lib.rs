@@ -51,7 +51,7 @@ pub use function::{
     Collector, EndOfInputContext, KeyedContext, KeyedProcessFunction, OpenContext, Sink,
     SinkContext, SinkWriter, Source, SourceContext, SourcePoll, SourceReader, COLLECTOR_BATCH,
 };
-pub use metrics::JobMetrics;
+pub use metrics::{JobMetrics, SubtaskIo, SubtaskIoSample};
 pub use snapshot::{Control, Transfer, MAX_RECORDED_SYNC_PAUSES};
 pub use subtask::{Plan, RuntimeOptions};
 pub use weir_coordination::driver::TaskEvent;

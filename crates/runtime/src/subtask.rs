@@ -6,7 +6,7 @@
 use crate::api::NodeRuntime;
 use crate::function::SourceContext;
 use crate::link::AnyBox;
-use crate::metrics::JobMetrics;
+use crate::metrics::{JobMetrics, SubtaskIo};
 use crate::operators::OpIdent;
 use crate::snapshot::{TaskCheckpointing, TaskRestore};
 use crate::{JobDefinition, TaskError};
@@ -28,6 +28,8 @@ pub struct RuntimeOptions {
     pub channel_capacity: usize,
     /// Longest time a record waits in an output buffer (`execution.buffer-timeout.interval`).
     pub buffer_timeout: Duration,
+    /// Count each subtask's records, bytes and backpressure (`metrics.enabled`).
+    pub metrics: bool,
 }
 
 impl Default for RuntimeOptions {
@@ -36,6 +38,7 @@ impl Default for RuntimeOptions {
             batch_size: 1024,
             channel_capacity: 8,
             buffer_timeout: Duration::from_millis(100),
+            metrics: true,
         }
     }
 }
@@ -60,6 +63,7 @@ pub(crate) struct SubtaskCtx {
     pub state_backend: Arc<dyn StateBackendFactory>,
     pub keyed_subtasks_in_process: u32,
     pub metrics: Arc<JobMetrics>,
+    pub io: Option<Arc<SubtaskIo>>,
     pub cancelled: Arc<AtomicBool>,
     pub options: RuntimeOptions,
     pub attempt: u32,
@@ -138,6 +142,7 @@ pub(crate) struct BaseCtx {
     pub(crate) state_backend: Arc<dyn StateBackendFactory>,
     pub(crate) keyed_subtasks_in_process: u32,
     pub(crate) metrics: Arc<JobMetrics>,
+    pub(crate) io: Option<Arc<SubtaskIo>>,
     pub(crate) cancelled: Arc<AtomicBool>,
     pub(crate) options: RuntimeOptions,
     pub(crate) attempt: u32,
@@ -161,6 +166,7 @@ pub(crate) fn run_task(
         state_backend: base.state_backend.clone(),
         keyed_subtasks_in_process: base.keyed_subtasks_in_process,
         metrics: base.metrics.clone(),
+        io: base.io.clone(),
         cancelled: base.cancelled.clone(),
         options: base.options.clone(),
         attempt: base.attempt,

@@ -39,7 +39,7 @@
 use crate::align::Aligner;
 use crate::function::{SourcePoll, SourceReader};
 use crate::link::Link;
-use crate::metrics::JobMetrics;
+use crate::metrics::{JobMetrics, SubtaskIo};
 use crate::operators::OpIdent;
 use crate::snapshot::{
     BarrierOrder, ChainSnapshot, Control, OperatorPart, TaskCheckpointing, TaskEvent,
@@ -58,6 +58,7 @@ pub(crate) struct LoopEnv<'a> {
     pub batch_size: usize,
     pub buffer_timeout: Duration,
     pub metrics: &'a JobMetrics,
+    pub io: Option<&'a SubtaskIo>,
     pub checkpointing: Option<&'a TaskCheckpointing>,
 }
 
@@ -344,6 +345,9 @@ pub(crate) fn run_inputs<T: Send>(
             let index = active[slot];
             let due = match op.recv(&inputs[index]) {
                 Ok(StreamElement::Batch(batch)) => {
+                    if let Some(io) = env.io {
+                        SubtaskIo::add(&io.records_in, batch.len() as u64);
+                    }
                     chain.push_batch(batch)?;
                     chain.flush(false)?;
                     continue;

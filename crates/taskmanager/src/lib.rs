@@ -27,6 +27,7 @@
 
 #![warn(missing_docs)]
 
+pub mod metrics;
 pub mod session;
 pub mod tasks;
 
@@ -66,6 +67,9 @@ pub struct TaskManagerOptions {
     pub initial_backoff: Duration,
     /// Longest wait between connection attempts.
     pub max_backoff: Duration,
+    /// Where to serve Prometheus' `/metrics` (`metrics.bind-host`, `metrics.port`; port 0:
+    /// any free port, registered with the JobManager); `None`: no endpoint.
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 /// A job rebuilt on this TaskManager: the same builder, parameters and configuration as on

@@ -1,6 +1,7 @@
 //! The TaskManager's process loop: the data-exchange server, the session with the JobManager
 //! (register, heartbeats, messages), and reconnecting with backoff when it breaks.
 
+use crate::metrics::TaskManagerMetrics;
 use crate::tasks::{now_ms, Outbox, TaskContext, Tasks};
 use crate::{JobFactory, TaskManagerError, TaskManagerOptions};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +48,7 @@ struct Core {
     control_tx: crossbeam_channel::Sender<Down>,
     control: std::thread::JoinHandle<()>,
     exchange: ExchangeService,
+    metrics: Arc<TaskManagerMetrics>,
 }
 
 impl Core {
@@ -69,7 +71,9 @@ impl Core {
         let exchange = ExchangeService::new(ExchangeOptions::default());
         let outbox = Outbox::default();
         let (control_tx, control_rx) = crossbeam_channel::unbounded::<Down>();
+        let metrics = TaskManagerMetrics::new(options.slots);
         let tasks = Tasks::new(TaskContext {
+            metrics: metrics.clone(),
             id: options.id.clone(),
             runtime: runtime.handle().clone(),
             exchange: exchange.clone(),
@@ -90,6 +94,7 @@ impl Core {
             control_tx,
             control,
             exchange,
+            metrics,
         })
     }
 
@@ -135,7 +140,33 @@ pub fn run(
             tracing::error!(error = %e, "the data-exchange server stopped");
         }
     });
-    tracing::info!(id = %options.id, slots = options.slots, %data_address, jobmanager = %options.jobmanager, "TaskManager started");
+    let metrics_address = match options.metrics_bind {
+        Some(bind) => {
+            let listener = core
+                .runtime
+                .block_on(tokio::net::TcpListener::bind(bind))
+                .map_err(|e| {
+                    TaskManagerError::Setup(format!(
+                        "cannot bind the metrics port {bind} (metrics.bind-host, metrics.port): {e}"
+                    ))
+                })?;
+            let address = listener
+                .local_addr()
+                .map_err(|e| TaskManagerError::Setup(e.to_string()))?;
+            let metrics = core.metrics.clone();
+            core.runtime.spawn(weir_metrics::serve(
+                listener,
+                Arc::new(move || metrics.render()),
+            ));
+            address.to_string()
+        }
+        None => String::new(),
+    };
+    let advertised = Advertised {
+        data: data_address,
+        metrics: metrics_address,
+    };
+    tracing::info!(id = %options.id, slots = options.slots, data_address = %advertised.data, metrics = %advertised.metrics, jobmanager = %options.jobmanager, "TaskManager started");
     let mut backoff = options.initial_backoff;
     let jobmanagers: Vec<String> = options
         .jobmanager
@@ -200,7 +231,7 @@ pub fn run(
         let outcome = core.runtime.block_on(session(
             &options,
             jobmanager,
-            &data_address,
+            &advertised,
             &core.outbox,
             &core.control_tx,
             &stop,
@@ -262,7 +293,7 @@ pub fn run(
 async fn session(
     options: &TaskManagerOptions,
     jobmanager: &str,
-    data_address: &str,
+    advertised: &Advertised,
     outbox: &Outbox,
     control: &crossbeam_channel::Sender<Down>,
     stop: &Arc<AtomicBool>,
@@ -287,7 +318,7 @@ async fn session(
     };
     let mut client = JobManagerServiceClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let _ = tx.send(register_message(options, data_address));
+    let _ = tx.send(register_message(options, advertised));
     // Bounded: a JobManager that is paused (SIGSTOP) still completes TCP handshakes in the
     // kernel, but never answers; the next one must get its turn.
     let opened = tokio::time::timeout(
@@ -320,18 +351,25 @@ async fn session(
     Ok(end)
 }
 
+/// The addresses a TaskManager registers with.
+#[derive(Clone, Debug, Default)]
+pub struct Advertised {
+    /// `host:port` of its data-exchange service ([`IN_PROCESS_DATA_ADDRESS`] for none).
+    pub data: String,
+    /// `host:port` of its `/metrics` endpoint; empty when it serves none.
+    pub metrics: String,
+}
+
 /// The first message of every session.
-pub fn register_message(
-    options: &TaskManagerOptions,
-    data_address: &str,
-) -> v1::TaskManagerMessage {
+pub fn register_message(options: &TaskManagerOptions, at: &Advertised) -> v1::TaskManagerMessage {
     v1::TaskManagerMessage {
         kind: Some(Up::Register(v1::Register {
             taskmanager_id: options.id.clone(),
             slots: options.slots,
-            data_address: data_address.to_string(),
+            data_address: at.data.clone(),
             pid: std::process::id(),
             build_id: weir_proto::build_identity().to_string(),
+            metrics_address: at.metrics.clone(),
         })),
     }
 }

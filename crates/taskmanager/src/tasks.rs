@@ -11,6 +11,7 @@
 //! or inbound registration), keyed by job, attempt, edge and subtasks, so a stream of an old
 //! attempt never reaches a new one.
 
+use crate::metrics::TaskManagerMetrics;
 use crate::{BuiltJob, JobFactory, JobSpec};
 use crossbeam_channel::Sender;
 use std::collections::{BTreeMap, HashMap};
@@ -126,6 +127,8 @@ pub struct TaskContext {
     pub state_dir: PathBuf,
     /// Messages to the JobManager.
     pub outbox: Outbox,
+    /// The subtasks' counters (`/metrics`, progress reports).
+    pub metrics: Arc<TaskManagerMetrics>,
 }
 
 /// A job id and one of its attempts.
@@ -437,6 +440,7 @@ impl Tasks {
             }
         };
         let self_id = self.ctx.id.clone();
+        let tm_metrics = self.ctx.metrics.clone();
         let (runtime, exchange, connections, outbox, state_dir) = (
             self.ctx.runtime.clone(),
             self.ctx.exchange.clone(),
@@ -512,7 +516,7 @@ impl Tasks {
             let cancelled = Arc::new(AtomicBool::new(false));
             watch_first_record(&metrics, &cancelled, &outbox, &key.job_id, key.attempt);
             let live: Arc<AtomicUsize> = Arc::default();
-            report_progress(&metrics, &cancelled, &live, &outbox, key);
+            report_progress(&metrics, &tm_metrics, &cancelled, &live, &outbox, key);
             let events = entry.built.checkpointing.as_ref().map(|_| {
                 let (tx, rx) = crossbeam_channel::unbounded::<TaskEvent>();
                 forward_events(rx, outbox.clone(), key.job_id.clone(), key.attempt);
@@ -534,6 +538,15 @@ impl Tasks {
             return Err(format!("attempt {} was cancelled", key.attempt));
         }
         let capacity = entry.built.options.channel_capacity;
+        let io = entry.built.options.metrics.then(|| {
+            tm_metrics.register(
+                &key.job_id,
+                key.attempt,
+                key.vertex,
+                key.subtask,
+                &plan.job.vertices[vertex.0 as usize].name,
+            )
+        });
         let channels = subtask_channels(&plan, vertex, subtask);
         let location_of = |v: weir_types::VertexId, s: u32| {
             locations
@@ -564,6 +577,10 @@ impl Tasks {
                 }
             } else {
                 let (tx, next) = factory.outbound(capacity);
+                let next = match &io {
+                    Some(io) => crate::metrics::count_sent(next, io.clone()),
+                    None => next,
+                };
                 let handle = connections.spawn_outbound(&runtime, &address, channel_key(r), next);
                 attempt.outbound.push(handle);
                 tx
@@ -587,6 +604,10 @@ impl Tasks {
             } else {
                 let ck = channel_key(r);
                 let (push, rx) = factory.inbound(capacity, ck.to_string());
+                let push = match &io {
+                    Some(io) => crate::metrics::count_received(push, io.clone()),
+                    None => push,
+                };
                 let registration = exchange
                     .register_inbound(ck, push)
                     .map_err(|e| e.to_string())?;
@@ -646,6 +667,7 @@ impl Tasks {
             state_backend: entry.built.state_backend.clone(),
             keyed_subtasks_in_process: keyed_here,
             metrics: attempt.metrics.clone(),
+            io,
             cancelled: cancelled.clone(),
             options: entry.built.options.clone(),
             checkpointing,
@@ -657,6 +679,7 @@ impl Tasks {
         attempt.live.fetch_add(1, Ordering::SeqCst);
         let (key, live) = (key.clone(), attempt.live.clone());
         let (metrics, sync_pauses) = (attempt.metrics.clone(), attempt.sync_pauses.clone());
+        let tm_metrics = tm_metrics.clone();
         std::thread::Builder::new()
             .name(format!("wait-{}-{}", key.vertex, key.subtask))
             .spawn(move || {
@@ -666,7 +689,9 @@ impl Tasks {
                 // The last task of the attempt here reports the attempt's figures before its
                 // own end, so the JobMaster has them when the attempt ends.
                 if live.fetch_sub(1, Ordering::SeqCst) == 1 {
-                    outbox.send(attempt_metrics(&key, &metrics, &sync_pauses));
+                    let subtasks = tm_metrics.reports(&key.job_id, key.attempt);
+                    outbox.send(attempt_metrics(&key, &metrics, &sync_pauses, subtasks));
+                    tm_metrics.forget(&key.job_id, key.attempt);
                 }
                 match result {
                     Ok(()) => report_state(&outbox, &key, v1::ExecutionState::Finished, None),
@@ -803,7 +828,12 @@ impl Tasks {
 /// Longest read of a storage probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn attempt_metrics(key: &v1::TaskKey, metrics: &JobMetrics, sync_pauses: &Mutex<Vec<u64>>) -> Up {
+fn attempt_metrics(
+    key: &v1::TaskKey,
+    metrics: &JobMetrics,
+    sync_pauses: &Mutex<Vec<u64>>,
+    subtasks: Vec<v1::SubtaskIoReport>,
+) -> Up {
     let pauses = sync_pauses.lock().unwrap_or_else(PoisonError::into_inner);
     Up::AttemptMetrics(v1::AttemptMetrics {
         job_id: key.job_id.clone(),
@@ -816,6 +846,7 @@ fn attempt_metrics(key: &v1::TaskKey, metrics: &JobMetrics, sync_pauses: &Mutex<
             .take(weir_runtime::MAX_RECORDED_SYNC_PAUSES)
             .copied()
             .collect(),
+        subtasks,
     })
 }
 
@@ -934,13 +965,15 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
 /// here ended.
 fn report_progress(
     metrics: &Arc<JobMetrics>,
+    tm_metrics: &Arc<TaskManagerMetrics>,
     cancelled: &Arc<AtomicBool>,
     live: &Arc<AtomicUsize>,
     outbox: &Outbox,
     key: &v1::TaskKey,
 ) {
-    let (metrics, cancelled, live, outbox, key) = (
+    let (metrics, tm_metrics, cancelled, live, outbox, key) = (
         metrics.clone(),
+        tm_metrics.clone(),
         cancelled.clone(),
         live.clone(),
         outbox.clone(),
@@ -959,7 +992,8 @@ fn report_progress(
                 }
                 seen_live |= running;
                 if running {
-                    outbox.send(attempt_metrics(&key, &metrics, &none));
+                    let subtasks = tm_metrics.reports(&key.job_id, key.attempt);
+                    outbox.send(attempt_metrics(&key, &metrics, &none, subtasks));
                 }
             }
         });

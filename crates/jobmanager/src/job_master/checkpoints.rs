@@ -445,7 +445,29 @@ impl JobMaster {
         let mut status = lock(&self.status);
         status.checkpoints.truncate(from);
         status.checkpoints.extend_from_slice(&cp.history[from..]);
-        status.latest_completed = cp.coordinator.store().latest().map(|c| c.id());
+        let latest = cp.coordinator.store().latest();
+        if latest.map(|c| c.id()) != status.latest_completed {
+            status.details.operator_state_bytes = latest
+                .map(|c| {
+                    c.metadata()
+                        .operators
+                        .iter()
+                        .map(|(uid, op)| {
+                            let bytes = op
+                                .subtasks
+                                .values()
+                                .map(|s| {
+                                    s.files.iter().map(|f| f.size()).sum::<u64>()
+                                        + s.inline.as_ref().map_or(0, |i| i.len() as u64)
+                                })
+                                .sum();
+                            (uid.to_string(), bytes)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+        }
+        status.latest_completed = latest.map(|c| c.id());
         if cp.history.len() > MAX_HISTORY + MAX_HISTORY / 10 {
             let n = (cp.history.len() - MAX_HISTORY).min(cursor);
             cp.history.drain(..n);

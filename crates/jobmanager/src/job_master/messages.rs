@@ -182,6 +182,26 @@ impl JobMaster {
             tracing::warn!(taskmanager = %from, pauses = m.sync_pauses_us.len(), "attempt metrics with too many pauses dropped");
             return;
         }
+        // Every subtask reported must be one this TaskManager runs in this attempt, once.
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(r) = m.subtasks.iter().find(|r| {
+            !seen.insert((r.vertex, r.subtask))
+                || self
+                    .plan
+                    .job
+                    .vertices
+                    .get(r.vertex as usize)
+                    .is_none_or(|v| r.subtask >= v.parallelism)
+                || self
+                    .tasks
+                    .get(&TaskId::new(VertexId(r.vertex), SubtaskIndex(r.subtask)))
+                    .is_none_or(|t| &t.taskmanager != from)
+        }) {
+            tracing::warn!(taskmanager = %from, attempt = m.attempt, vertex = r.vertex, subtask = r.subtask, "attempt metrics naming a subtask this TaskManager does not run (or twice) dropped");
+            return;
+        }
+        let at = now_ms();
+        self.live.record(m.attempt, at, &m.subtasks);
         if self.io.attempt != self.attempt {
             // The first report of a new attempt: the earlier one's figures become totals, so
             // what is kept does not grow with the number of restarts.
@@ -230,8 +250,13 @@ impl JobMaster {
             let room = MAX_SYNC_PAUSES.saturating_sub(pauses.len());
             pauses.extend(m.sync_pauses_us.iter().take(room));
         }
+        self.live.source_records(at, metrics.source_records);
+        let mut vertices = lock(&self.status).details.vertices.clone();
+        self.live_figures_into(&mut vertices);
         let mut status = lock(&self.status);
         status.details.metrics = metrics;
+        status.details.records_per_s = self.live.records_per_s();
+        status.details.vertices = vertices;
         status.sync_pauses_us = pauses;
     }
 

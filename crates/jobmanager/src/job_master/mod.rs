@@ -46,7 +46,8 @@ use crate::recovery::{self, RecoveryRecord, RecoveryStatus};
 use crate::resource_manager::LostTaskManager;
 use crate::slots::Assignment;
 use crate::view::{
-    execution_state_name, JobDetails, JobIoMetrics, JobState, SubtaskDetails, VertexDetails,
+    execution_state_name, EdgeDetails, JobDetails, JobIoMetrics, JobState, SubtaskDetails,
+    VertexDetails, VertexMetrics,
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::{BTreeMap, BTreeSet};
@@ -301,6 +302,8 @@ pub(crate) struct JobMaster {
     previous_hosts: Option<(AttemptId, BTreeMap<TaskId, TaskManagerId>)>,
     /// What the job's tasks did, as their TaskManagers reported it.
     io: IoReports,
+    /// Live figures of the current attempt (records/s, backpressure).
+    live: crate::live::LiveFigures,
     /// Why the job's checkpoint folder is no longer this JobMaster's, if it was lost.
     lease_lost: Option<String>,
     /// Every savepoint request, by request id.
@@ -369,6 +372,7 @@ impl JobMaster {
             aborted_notified: BTreeSet::new(),
             previous_hosts: None,
             io: IoReports::default(),
+            live: crate::live::LiveFigures::default(),
             lease_lost: None,
             savepoint_ops: BTreeMap::new(),
             external: s.external,

@@ -32,6 +32,18 @@ pub(crate) fn initial_status(
             restart_strategy: restart.name().to_string(),
             restored_from: None,
             vertices: vertex_details(plan, &BTreeMap::new(), 0),
+            edges: plan
+                .job
+                .edges
+                .iter()
+                .map(|e| EdgeDetails {
+                    source: e.source.0,
+                    target: e.target.0,
+                    partitioner: e.partitioning.as_str().to_ascii_uppercase(),
+                })
+                .collect(),
+            records_per_s: 0,
+            operator_state_bytes: BTreeMap::new(),
             metrics: JobIoMetrics::default(),
             cleaned_up: false,
         },
@@ -72,14 +84,31 @@ pub(super) fn vertex_details(
                         taskmanager_pid: None,
                         attempt,
                         failure: t.and_then(|t| t.failure.clone()),
+                        records_in: 0,
+                        records_out: 0,
+                        backpressured_pct: 0,
                     }
                 })
                 .collect(),
+            metrics: VertexMetrics::default(),
         })
         .collect()
 }
 
 impl JobMaster {
+    /// Copies the live figures of the current attempt into `vertices`.
+    pub(super) fn live_figures_into(&self, vertices: &mut [VertexDetails]) {
+        for v in vertices {
+            v.metrics = self.live.vertex(v.id);
+            for s in &mut v.subtasks {
+                if let Some((records_in, records_out, pct)) = self.live.subtask(v.id, s.subtask) {
+                    (s.records_in, s.records_out, s.backpressured_pct) =
+                        (records_in, records_out, pct);
+                }
+            }
+        }
+    }
+
     pub(super) fn publish(&mut self) {
         self.dirty = false;
         let attempt = self.attempt.get();
@@ -92,6 +121,7 @@ impl JobMaster {
                     .and_then(|t| self.cluster.pid(&t.taskmanager));
             }
         }
+        self.live_figures_into(&mut vertices);
         let running = self
             .tasks
             .values()

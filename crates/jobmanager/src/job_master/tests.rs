@@ -596,6 +596,7 @@ fn attempt_metrics_add_records_over_restarts_keep_the_last_state_size_and_ignore
             sink_records: records / 2,
             state_bytes: state,
             sync_pauses_us: vec![7; 3],
+            subtasks: vec![],
         }),
     };
     let first = h.deployed(0);
@@ -635,5 +636,49 @@ fn attempt_metrics_add_records_over_restarts_keep_the_last_state_size_and_ignore
         "the last attempt's state"
     );
     assert_eq!(s.sync_pauses_us, vec![7; 6]);
+    h.end();
+}
+
+#[test]
+fn subtask_reports_reach_the_vertex_figures_and_ones_naming_a_subtask_not_run_there_are_dropped() {
+    let h = Harness::start(FakeCluster::with(&[("tm-a", 2)]), restarts(3));
+    let report = |from: &str, subtasks: Vec<weir_proto::v1::SubtaskIoReport>| {
+        JobMasterMsg::FromTaskManager {
+            from: tm(from),
+            kind: Up::AttemptMetrics(AttemptMetrics {
+                job_id: h.job.to_string(),
+                attempt: 0,
+                subtasks,
+                ..Default::default()
+            }),
+        }
+    };
+    let io = |vertex: u32, subtask: u32, records_out: u64| weir_proto::v1::SubtaskIoReport {
+        vertex,
+        subtask,
+        records_out,
+        ..Default::default()
+    };
+    let first = h.deployed(0);
+    h.all(&first, ExecutionState::Running);
+    let _ = h.inbox.send(report("tm-a", vec![io(0, 0, 10)]));
+    h.until("the vertex's records", |h| {
+        (h.status().details.vertices[0].metrics.records_out == 10).then_some(())
+    });
+    // A vertex the job lacks, a subtask twice, a TaskManager that runs none: all dropped.
+    let _ = h
+        .inbox
+        .send(report("tm-a", vec![io(0, 0, 50), io(99, 0, 50)]));
+    let _ = h
+        .inbox
+        .send(report("tm-a", vec![io(0, 0, 70), io(0, 0, 70)]));
+    let _ = h.inbox.send(report("tm-x", vec![io(0, 0, 90)]));
+    let _ = h.inbox.send(report("tm-a", vec![io(0, 0, 20)]));
+    let s = h.until("the next good report", |h| {
+        let s = h.status();
+        (s.details.vertices[0].metrics.records_out != 10).then_some(s)
+    });
+    assert_eq!(s.details.vertices[0].metrics.records_out, 20);
+    assert_eq!(s.details.vertices[0].subtasks[0].records_out, 20);
     h.end();
 }

@@ -264,6 +264,7 @@ impl FakeTm {
             pid: 4242,
             // The JobManager of these tests runs in this very process.
             build_id: weir_proto::build_identity().to_string(),
+            metrics_address: String::new(),
         })))
         .await
         .unwrap();
