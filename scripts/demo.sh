@@ -1,7 +1,17 @@
 #!/usr/bin/env bash
 # Sets up the machine, then runs the two example jobs on the embedded default (one process,
 # RocksDB keyed state) and shows their output.
+#
+#   scripts/demo.sh              # the demo, then everything stops
+#   scripts/demo.sh --keep-up    # then a cluster stays up for the web UI (its URL is printed)
+#                                # until Ctrl-C
 set -euo pipefail
+keep_up=""
+case "${1:-}" in
+  "") ;;
+  --keep-up) keep_up=1 ;;
+  *) echo "usage: scripts/demo.sh [--keep-up]" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 weir=target/debug/weir
@@ -50,3 +60,8 @@ WEIR="$weir" scripts/recovery-drill.sh 2>&1 | grep -E '^(job|SIGKILL|kill)|"(cau
 echo; echo "== weir checkpoints (the drill's checkpoint history)"
 "$weir" checkpoints --state-dir "$work/state" | awk 'NR<=8'
 echo; echo "demo: outputs are in $work" >&2
+if [ -n "$keep_up" ]; then
+  echo; echo "== a cluster left up for the web UI: the drill again (a TaskManager is killed after"
+  echo "   5 checkpoints), then a running keyed-agg; Ctrl-C stops it"
+  WEIR="$weir" KEEP_UP=1 KILL_AFTER=5 scripts/recovery-drill.sh
+fi

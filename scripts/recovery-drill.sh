@@ -9,6 +9,9 @@
 #   scripts/recovery-drill.sh                                   # small state
 #   KEYS=1000000 PADDING=1024 RECORDS=3000000 scripts/recovery-drill.sh   # ~1 GiB of RocksDB state
 #
+# KEEP_UP=1 prints the web UI's address as soon as the JobManager listens, and after the drill
+# leaves the cluster up, running one more (unbounded, rate-limited) keyed-agg, until Ctrl-C.
+#
 # Needs curl. WEIR=path/to/weir picks the binary (default: target/release/weir, else debug).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +46,7 @@ for _ in $(seq 100); do grep -q "RPC on" "$work/jm.log" && break; sleep 0.1; don
 rpc=$(sed -n 's/.*RPC on \([^,]*\),.*/\1/p' "$work/jm.log" | head -1)
 rest=$(sed -n 's|.*REST on http://\([^ ]*\).*|\1|p' "$work/jm.log" | head -1)
 [ -n "$rpc" ] && [ -n "$rest" ] || { cat "$work/jm.log" >&2; exit 1; }
+[ -z "${KEEP_UP:-}" ] || echo "web UI: http://$rest/ (Prometheus: http://$rest/metrics)"
 for i in 0 1 2; do
   "$weir" taskmanager --jobmanager "http://$rpc" --slots 2 --id "tm-$i" \
     --state-dir "$work/tm-$i" 2> "$work/tm-$i.log" &
@@ -72,3 +76,13 @@ echo "job $(state)"
 curl -s "http://$rest/jobs/$job/recoveries" | python3 -m json.tool 2>/dev/null \
   || curl -s "http://$rest/jobs/$job/recoveries"
 echo "kill → detect: $(( $(curl -s "http://$rest/jobs/$job/recoveries" | sed -n 's/.*"detected_ms":\([0-9]*\).*/\1/p' | head -1) - killed_ms )) ms"
+
+if [ -n "${KEEP_UP:-}" ]; then
+  "$weir" run keyed-agg -p 2 --detached --jobmanager "http://$rpc" \
+    --param keys=10000 --param records=unbounded --param rate=50000 \
+    -D execution.checkpointing.interval=1s -D state.checkpoints.dir="file://$work/checkpoints" \
+    -D restart-strategy.type=fixed-delay -D restart-strategy.fixed-delay.delay=0ms >/dev/null
+  echo "web UI: http://$rest/ shows the drill's job and a running keyed-agg; Ctrl-C stops the cluster"
+  trap 'exit 0' INT TERM
+  while true; do sleep 1; done
+fi

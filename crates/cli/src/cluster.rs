@@ -380,6 +380,7 @@ pub(crate) fn follow(
     use std::sync::atomic::Ordering;
     let mut last_state = None;
     let mut printed: BTreeMap<u32, String> = BTreeMap::new();
+    let progress = (!quiet).then(|| crate::progress::Progress::spinner("submitted"));
     let mut cancel_sent = false;
     let mut failures = 0;
     loop {
@@ -401,18 +402,22 @@ pub(crate) fn follow(
                 continue;
             }
         };
-        if !quiet {
+        if let Some(p) = &progress {
             if last_state != Some(view.details.state) {
-                eprintln!("job {} is {:?}", view.details.id, view.details.state);
+                p.line(&format!(
+                    "job {} is {:?}",
+                    view.details.id, view.details.state
+                ));
                 last_state = Some(view.details.state);
             }
             for r in &view.recoveries.recoveries {
                 let line = recovery_line(r);
                 if printed.get(&r.id) != Some(&line) {
-                    eprintln!("{line}");
+                    p.line(&line);
                     printed.insert(r.id, line);
                 }
             }
+            p.set(progress_message(&view));
         }
         if let Some((path, url)) = history {
             write_history(path, url, &view);
@@ -422,6 +427,56 @@ pub(crate) fn follow(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// What a followed job is doing, in one line: restoring (tasks running of all, state read so
+/// far), or running (records per second, the last checkpoint's age).
+fn progress_message(view: &JobView) -> String {
+    let d = &view.details;
+    let subtasks: Vec<&str> = d
+        .vertices
+        .iter()
+        .flat_map(|v| v.subtasks.iter().map(|s| s.state.as_str()))
+        .collect();
+    let running = subtasks.iter().filter(|s| **s == "RUNNING").count();
+    if running < subtasks.len() {
+        let restoring = view
+            .recoveries
+            .recoveries
+            .last()
+            .filter(|r| r.status == weir_jobmanager::recovery::RecoveryStatus::InProgress);
+        return match restoring {
+            Some(r) => format!(
+                "{:?}: restoring, {running}/{} tasks running, {} read locally, {} downloaded",
+                d.state,
+                subtasks.len(),
+                crate::commands::human_bytes(r.bytes_local),
+                crate::commands::human_bytes(r.bytes_downloaded)
+            ),
+            None => format!(
+                "{:?}: deploying, {running}/{} tasks running",
+                d.state,
+                subtasks.len()
+            ),
+        };
+    }
+    let checkpoint = view
+        .checkpoints
+        .latest_completed
+        .and_then(|id| view.checkpoints.history.iter().rev().find(|c| c.id == id))
+        .map(|c| {
+            let now = weir_coordination::driver::now_ms();
+            format!(
+                ", last checkpoint {} {:.1} s ago",
+                c.id,
+                now.saturating_sub(c.trigger_ms) as f64 / 1000.0
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "{:?}: {} records/s, {} records{checkpoint}",
+        d.state, d.records_per_s, d.metrics.source_records
+    )
 }
 
 /// Writes the job's checkpoint history where `weir checkpoints` reads it.
@@ -658,7 +713,7 @@ pub(crate) fn jobmanager_command(
     )
     .map_err(|e| Failure::Usage(e.to_string()))?;
     eprintln!(
-        "JobManager: RPC on {}, REST on http://{}{}",
+        "JobManager: RPC on {}, REST on http://{} (web UI at /, Prometheus at /metrics){}",
         handle.rpc_addr(),
         handle.rest_addr(),
         if with_ha {
@@ -937,19 +992,29 @@ pub(crate) fn list_command(url: &str, json: bool) -> Result<(), Failure> {
         return Ok(());
     }
     println!(
-        "{:<32}  {:<12} {:<11} {:>8} {:>9} {:>10}",
-        "JOB ID", "NAME", "STATE", "RESTARTS", "TASKS", "DURATION"
+        "{:<32}  {:<12} {:<11} {:>8} {:>9} {:>10} {:>10} {:>10}",
+        "JOB ID", "NAME", "STATE", "RESTARTS", "TASKS", "DURATION", "RECORDS/S", "CHECKPOINT"
     );
     for j in &jobs.jobs {
+        let rate = if j.state.is_terminal() {
+            "-".to_string()
+        } else {
+            j.records_per_s.to_string()
+        };
+        let checkpoint = j.last_checkpoint_age_ms.map_or("-".to_string(), |a| {
+            format!("{:.1}s ago", a as f64 / 1000.0)
+        });
         println!(
-            "{:<32}  {:<12} {:<11} {:>8} {:>4}/{:<4} {:>9.1}s",
+            "{:<32}  {:<12} {:<11} {:>8} {:>4}/{:<4} {:>9.1}s {:>10} {:>10}",
             j.id,
             j.name,
             format!("{:?}", j.state).to_uppercase(),
             j.restarts,
             j.tasks_running,
             j.tasks_total,
-            j.duration_ms as f64 / 1000.0
+            j.duration_ms as f64 / 1000.0,
+            rate,
+            checkpoint
         );
     }
     for j in &jobs.jobs {
@@ -1063,7 +1128,7 @@ pub(crate) fn local_command(
     if taskmanagers == 0 {
         let cluster = start_minicluster(catalog, config, slots, &root.join("tm-0"))?;
         eprintln!(
-            "local cluster: JobManager RPC {} REST http://{}, 1 in-process TaskManager × {} slot(s)",
+            "local cluster: JobManager RPC {} REST and web UI http://{}/, 1 in-process TaskManager × {} slot(s)",
             cluster.jobmanager().rpc_addr(),
             cluster.jobmanager().rest_addr(),
             slots
@@ -1095,7 +1160,7 @@ pub(crate) fn local_command(
         }
     };
     eprintln!(
-        "local cluster: JobManager RPC {} REST http://{}, {} TaskManager(s) × {} slot(s): {}",
+        "local cluster: JobManager RPC {} REST and web UI http://{}/, {} TaskManager(s) × {} slot(s): {}",
         handle.rpc_addr(),
         handle.rest_addr(),
         taskmanagers,

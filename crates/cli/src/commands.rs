@@ -755,6 +755,9 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                 &root,
             )?;
             let run = |job: ResolvedJob| {
+                let _progress = (!json).then(|| {
+                    crate::progress::Progress::spinner(format!("bench: {workload} running"))
+                });
                 let (spec, plan) = (job.spec, job.plan);
                 let plan_json =
                     serde_json::to_vec(&plan).map_err(|e| Failure::Job(e.to_string()))?;

@@ -890,6 +890,7 @@ fn run_once(
     let mut samples: Vec<Sample> = Vec::new();
     let mut recoveries: BTreeMap<(u64, u32), weir_jobmanager::RecoveryRecord> = BTreeMap::new();
     let mut checkpoints = BTreeMap::new();
+    let progress = crate::progress::Progress::bar(plan.len() as u64, "faults injected");
     let submitted_wall_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -910,6 +911,13 @@ fn run_once(
         samples.push((
             submitted.elapsed().as_millis() as u64,
             view.details.metrics.source_records,
+        ));
+        progress.at(injected.len() as u64);
+        progress.set(format!(
+            "faults; job {:?}, {} records, {} recoveries",
+            view.details.state,
+            view.details.metrics.source_records,
+            view.recoveries.recoveries.len()
         ));
         for r in &view.recoveries.recoveries {
             recoveries.insert((r.detected_ms, r.id), r.clone());

@@ -20,6 +20,7 @@ mod commands;
 mod config;
 mod drill;
 mod params;
+mod progress;
 mod render;
 mod rss;
 mod savepoint;

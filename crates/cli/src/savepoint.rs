@@ -59,6 +59,11 @@ pub(crate) fn trigger_command(
     }
     let started = Instant::now();
     let mut last_line = Instant::now();
+    let progress = (!json).then(|| {
+        crate::progress::Progress::spinner(format!(
+            "savepoint {request_id} of job {job_id}: tasks writing"
+        ))
+    });
     let op = loop {
         let r = rt
             .block_on(client.get_savepoint(v1::GetSavepointRequest {
@@ -78,7 +83,9 @@ pub(crate) fn trigger_command(
                  {FOLLOW_LIMIT:?}; follow it with GET /jobs/{job_id}/savepoints/{request_id}"
             )));
         }
-        if !json && last_line.elapsed() >= Duration::from_secs(1) {
+        if progress.as_ref().is_some_and(|p| !p.drawn())
+            && last_line.elapsed() >= Duration::from_secs(1)
+        {
             eprintln!(
                 "savepoint {request_id} of job {job_id}: in progress ({} s)",
                 started.elapsed().as_secs()
@@ -87,6 +94,7 @@ pub(crate) fn trigger_command(
         }
         std::thread::sleep(Duration::from_millis(200));
     };
+    drop(progress);
     if json {
         println!(
             "{}",

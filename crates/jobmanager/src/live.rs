@@ -13,6 +13,9 @@ use weir_proto::v1::SubtaskIoReport;
 /// How far back rates look.
 pub(crate) const WINDOW_MS: u64 = 3_000;
 
+/// The shortest span of readings a rate is computed over.
+pub(crate) const MIN_SPAN_MS: u64 = 400;
+
 /// A counter's recent readings, for its rate.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Rate {
@@ -35,10 +38,11 @@ impl Rate {
         }
     }
 
-    /// Increase per second over the readings kept; 0 with fewer than two.
+    /// Increase per second over the readings kept; 0 until they span [`MIN_SPAN_MS`] (two
+    /// readings a few milliseconds apart say nothing about a rate).
     pub fn per_second(&self) -> f64 {
         match (self.samples.front(), self.samples.back()) {
-            (Some(&(t0, v0)), Some(&(t1, v1))) if t1 > t0 => {
+            (Some(&(t0, v0)), Some(&(t1, v1))) if t1 >= t0 + MIN_SPAN_MS => {
                 (v1 - v0) as f64 * 1000.0 / (t1 - t0) as f64
             }
             _ => 0.0,
@@ -152,6 +156,10 @@ mod tests {
     fn a_rate_is_the_rise_over_the_window_and_starts_over_when_the_counter_does() {
         let mut r = Rate::default();
         assert_eq!(r.per_second(), 0.0);
+        r.push(0, 0);
+        r.push(5, 1000);
+        assert_eq!(r.per_second(), 0.0, "5 ms of readings make no rate");
+        r.samples.clear();
         for i in 0..=50u64 {
             r.push(i * 200, i * 1000);
         }
