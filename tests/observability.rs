@@ -186,6 +186,24 @@ fn the_ui_shows_the_graph_the_checkpoints_and_a_killed_taskmanagers_recovery_and
             .as_array()
             .is_some_and(|r| r.iter().any(|r| r["status"] == "completed"))
     });
+    // The recovery reaches /metrics: a restart and its phases, observed once.
+    let (_, text) = get_text(&c.rest, "/metrics");
+    promtool_check(&text);
+    let job_label = format!("job=\"{id}\"");
+    assert_eq!(
+        sample(&text, "weir_job_restarts_total", &[&job_label]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "weir_recovery_phase_seconds_count",
+            &[&job_label, "phase=\"total\""]
+        ),
+        Some(1.0),
+        "{text}"
+    );
     let (shots, _keep) = screenshots();
     let base = format!("http://{}", c.rest);
 
@@ -243,13 +261,13 @@ fn the_ui_shows_the_graph_the_checkpoints_and_a_killed_taskmanagers_recovery_and
                 .any(|t| !t.starts_with("0\n") && !t.starts_with("0 "))
         },
     );
-    browser.screenshot(&shots.join("job.png"));
+    browser.screenshot(&shots.join("ui-job.png"));
 
     browser.goto(&format!("{base}/#/"));
     browser.wait_for("the job's row", "[data-test=job-row]", DEADLINE, |t| {
         t.iter().any(|r| r.contains(&id) && r.contains("RUNNING"))
     });
-    browser.screenshot(&shots.join("overview.png"));
+    browser.screenshot(&shots.join("ui-overview.png"));
 
     browser.goto(&format!("{base}/#/taskmanagers"));
     browser.wait_for(
@@ -258,7 +276,7 @@ fn the_ui_shows_the_graph_the_checkpoints_and_a_killed_taskmanagers_recovery_and
         DEADLINE,
         |t| t.len() == 1 && !t[0].contains(&victim),
     );
-    browser.screenshot(&shots.join("taskmanagers.png"));
+    browser.screenshot(&shots.join("ui-taskmanagers.png"));
 
     // Cancel from the job's page: the first click arms the button, the second sends.
     browser.goto(&format!("{base}/#/jobs/{id}"));

@@ -233,7 +233,7 @@ pub const RECOVERY_PHASE: Metric = metric(
     "weir_recovery_phase_seconds",
     Kind::Histogram,
     &["job", "phase"],
-    "Finished recoveries by phase: detect, cancel, schedule, restore, first_record, total.",
+    "Finished recoveries by phase: detect, cancel, schedule, deploy (to every task running, restores included), restore (the slowest task's), first_record, total.",
 );
 
 /// Every metric a Weir process exports.
