@@ -46,14 +46,19 @@ for _ in $(seq 100); do grep -q "RPC on" "$work/jm.log" && break; sleep 0.1; don
 rpc=$(sed -n 's/.*RPC on \([^,]*\),.*/\1/p' "$work/jm.log" | head -1)
 rest=$(sed -n 's|.*REST on http://\([^ ]*\).*|\1|p' "$work/jm.log" | head -1)
 [ -n "$rpc" ] && [ -n "$rest" ] || { cat "$work/jm.log" >&2; exit 1; }
-[ -z "${KEEP_UP:-}" ] || echo "web UI: http://$rest/ (Prometheus: http://$rest/metrics)"
+# Every REST call presents the cluster's token (the JobManager created this user's token file
+# if there was none); the header goes through a private file, not a command line.
+token_file="${XDG_CONFIG_HOME:-$HOME/.config}/weir/auth-token"
+[ -r "$token_file" ] || { echo "no token file at $token_file" >&2; exit 1; }
+(umask 077; printf 'Authorization: Bearer %s\n' "$(cat "$token_file")" > "$work/auth")
+[ -z "${KEEP_UP:-}" ] || echo "web UI: http://$rest/ (Prometheus: http://$rest/metrics; the UI asks for the token in $token_file)"
 for i in 0 1 2; do
   "$weir" taskmanager --jobmanager "http://$rpc" --slots 2 --id "tm-$i" \
     --state-dir "$work/tm-$i" 2> "$work/tm-$i.log" &
   pids+=($!)
 done
 for _ in $(seq 100); do
-  [ "$(curl -s "http://$rest/overview" | sed -n 's/.*"taskmanagers":\([0-9]*\).*/\1/p')" = 3 ] && break
+  [ "$(curl -s -H @"$work/auth" "http://$rest/overview" | sed -n 's/.*"taskmanagers":\([0-9]*\).*/\1/p')" = 3 ] && break
   sleep 0.1
 done
 
@@ -63,19 +68,19 @@ job=$("$weir" run keyed-agg -p 4 --detached --jobmanager "http://$rpc" \
   -D restart-strategy.type=fixed-delay -D restart-strategy.fixed-delay.delay=0ms)
 echo "job $job: keys=$keys padding=$padding records=$records rate=$rate"
 
-completed() { curl -s "http://$rest/jobs/$job/checkpoints" | sed -n 's/.*"completed":\([0-9]*\).*/\1/p'; }
+completed() { curl -s -H @"$work/auth" "http://$rest/jobs/$job/checkpoints" | sed -n 's/.*"completed":\([0-9]*\).*/\1/p'; }
 until [ "$(completed)" -ge "$kill_after" ] 2>/dev/null; do sleep 0.1; done
 size=$(du -sh "$work/checkpoints" | cut -f1)
 killed_ms=$(date +%s%3N)
 kill "-$signal" "${pids[1]}"
 echo "SIG$signal tm-0 at $killed_ms ms (after $(completed) checkpoints; checkpoint dir $size)"
 
-state() { curl -s "http://$rest/jobs/$job" | sed -n 's/^{"id":"[0-9a-f]*","name":"[^"]*","state":"\([A-Z]*\)".*/\1/p'; }
+state() { curl -s -H @"$work/auth" "http://$rest/jobs/$job" | sed -n 's/^{"id":"[0-9a-f]*","name":"[^"]*","state":"\([A-Z]*\)".*/\1/p'; }
 until [[ "$(state)" =~ ^(FINISHED|FAILED|CANCELED)$ ]]; do sleep 0.2; done
 echo "job $(state)"
-curl -s "http://$rest/jobs/$job/recoveries" | python3 -m json.tool 2>/dev/null \
-  || curl -s "http://$rest/jobs/$job/recoveries"
-echo "kill → detect: $(( $(curl -s "http://$rest/jobs/$job/recoveries" | sed -n 's/.*"detected_ms":\([0-9]*\).*/\1/p' | head -1) - killed_ms )) ms"
+curl -s -H @"$work/auth" "http://$rest/jobs/$job/recoveries" | python3 -m json.tool 2>/dev/null \
+  || curl -s -H @"$work/auth" "http://$rest/jobs/$job/recoveries"
+echo "kill → detect: $(( $(curl -s -H @"$work/auth" "http://$rest/jobs/$job/recoveries" | sed -n 's/.*"detected_ms":\([0-9]*\).*/\1/p' | head -1) - killed_ms )) ms"
 
 if [ -n "${KEEP_UP:-}" ]; then
   "$weir" run keyed-agg -p 2 --detached --jobmanager "http://$rpc" \

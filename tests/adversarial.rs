@@ -110,6 +110,18 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// A channel to `url` that presents the cluster's token: these impostors hold the credential
+/// and are refused by the checks behind it.
+async fn authed(url: String) -> Result<weir_security::AuthChannel, tonic::transport::Error> {
+    let channel = tonic::transport::Endpoint::from_shared(url)?
+        .connect()
+        .await?;
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        channel,
+        weir_security::ClientAuth::new(Some(&common::procs::token())),
+    ))
+}
+
 /// Opens a session whose first message is `register`: `Ok` when the JobManager answers
 /// `Registered` (with the session's sender and inbound stream), `Err(text)` when it refuses
 /// (an error status, or `Refused` then the end of the stream).
@@ -124,10 +136,12 @@ async fn open_session(
     ),
     String,
 > {
-    let mut client = tokio::time::timeout(WAIT, JobManagerServiceClient::connect(url.to_string()))
-        .await
-        .expect("connect within the wait")
-        .expect("the JobManager accepts connections");
+    let mut client = JobManagerServiceClient::new(
+        tokio::time::timeout(WAIT, authed(url.to_string()))
+            .await
+            .expect("connect within the wait")
+            .expect("the JobManager accepts connections"),
+    );
     let (out, rx) = mpsc::channel(64);
     out.send(up(Up::Register(register))).await.unwrap();
     let opened = tokio::time::timeout(WAIT, client.session(ReceiverStream::new(rx)))
@@ -351,7 +365,7 @@ fn assert_undisturbed(job: &serde_json::Value) {
 /// first, then the processes (killed by PID and reaped), then the folder.
 struct Running {
     impostor: Option<Impostor>,
-    dispatcher: DispatcherServiceClient<tonic::transport::Channel>,
+    dispatcher: DispatcherServiceClient<weir_security::AuthChannel>,
     rt: tokio::runtime::Runtime,
     tm: Proc,
     jm: Proc,
@@ -382,12 +396,9 @@ impl Running {
             .enable_all()
             .build()
             .expect("a runtime");
-        let dispatcher = within(
-            &rt,
-            "connecting",
-            DispatcherServiceClient::connect(rpc.clone()),
-        )
-        .expect("the dispatcher accepts connections");
+        let dispatcher = within(&rt, "connecting", authed(rpc.clone()))
+            .map(DispatcherServiceClient::new)
+            .expect("the dispatcher accepts connections");
         let id = submit(&rpc, &out, &checkpoints);
         let mut c = Running {
             impostor: None,

@@ -80,13 +80,21 @@ fn submit(c: &Cluster, params: &[&str]) -> String {
     v["job_id"].as_str().expect("job id").to_string()
 }
 
-/// `GET path` on `addr`: the status line and the body as text.
+/// `GET path` on `addr` with the cluster's token: the status line and the body as text.
 fn get_text(addr: &str, path: &str) -> (String, String) {
+    get_as(addr, path, Some(&common::procs::token().bearer()))
+}
+
+/// `GET path` on `addr` with `authorization` (if any): the status line and the body.
+fn get_as(addr: &str, path: &str, authorization: Option<&str>) -> (String, String) {
     let mut s = std::net::TcpStream::connect(addr).expect("reachable");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut answer = String::new();
@@ -206,6 +214,18 @@ fn the_ui_shows_the_graph_the_checkpoints_and_a_killed_taskmanagers_recovery_and
     );
     let (shots, _keep) = screenshots();
     let base = format!("http://{}", c.rest);
+    // Without the token the page asks for it; a `#token=` link stores it in the tab.
+    browser.goto(&format!("{base}/#/"));
+    browser.wait_for("the token form", "[data-test=token-form]", DEADLINE, |t| {
+        t.len() == 1
+    });
+    browser.goto(&format!(
+        "{base}/#token={}",
+        common::procs::token().expose()
+    ));
+    browser.wait_for("the overview", "[data-test=job-row]", DEADLINE, |t| {
+        !t.is_empty()
+    });
 
     browser.goto(&format!("{base}/#/jobs/{id}"));
     let vertices = browser.wait_for(

@@ -131,13 +131,20 @@ pub fn start_taskmanager(jm: &str, id: &str, state: &Path) -> Proc {
     }
 }
 
-/// `GET path` on the REST API; the JSON body.
+/// The token every `weir` process of these tests uses: this user's default token file (the
+/// first process creates it).
+pub fn token() -> weir_security::Token {
+    weir_security::resolve(None, None).expect("the default token file")
+}
+
+/// `GET path` on the REST API (with the token); the JSON body.
 pub fn rest(addr: &str, path: &str) -> serde_json::Value {
     let mut s = std::net::TcpStream::connect(addr).expect("REST reachable");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+        token().bearer()
     )
     .unwrap();
     let mut body = String::new();

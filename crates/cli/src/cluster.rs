@@ -180,13 +180,15 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     /// Starts `n` TaskManagers with `slots` slots each, registering at `jobmanager`, with
-    /// state under `state_root/tm-<i>`; `forward` are the `--config`/`-D` arguments.
+    /// state under `state_root/tm-<i>`; `forward` are the `--config`/`-D` arguments. Each is
+    /// handed `token` in its environment (`WEIR_SECURITY_AUTH_TOKEN`: not on a command line
+    /// other users can read).
     pub fn start(
         n: u32,
         slots: u32,
         jobmanager: &str,
         state_root: &Path,
-        forward: &[String],
+        (forward, token): (&[String], &weir_security::Token),
     ) -> Result<Self, String> {
         let exe = std::env::current_exe()
             .map_err(|e| format!("cannot find this binary to start TaskManagers: {e}"))?;
@@ -207,6 +209,7 @@ impl LocalCluster {
                 .arg("--id")
                 .arg(&id)
                 .args(forward)
+                .env("WEIR_SECURITY_AUTH_TOKEN", token.expose())
                 .stdin(Stdio::null());
             // Its own process group: a Ctrl-C in the terminal reaches only `weir local`, which
             // cancels the job and then stops the TaskManagers itself.
@@ -537,12 +540,31 @@ pub(crate) fn io_runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|e| Failure::Job(format!("cannot start the client runtime: {e}")))
 }
 
+/// Where this process's clients find their token: `security.auth.token` and
+/// `security.auth.token-file` as configured (set once the configuration is loaded).
+static CLIENT_AUTH: std::sync::OnceLock<(Option<String>, Option<PathBuf>)> =
+    std::sync::OnceLock::new();
+
+/// Records where [`connect`] finds the token; only the first call counts.
+pub(crate) fn set_client_auth(config: &Config) {
+    let _ = CLIENT_AUTH.set((config.auth_token.clone(), config.auth_token_file.clone()));
+}
+
+/// The token this process's clients present (resolved when first needed, so commands that
+/// never connect never create the default token file).
+fn client_token() -> Result<weir_security::Token, Failure> {
+    let (token, file) = CLIENT_AUTH.get().cloned().unwrap_or_default();
+    weir_security::resolve(token.as_deref(), file.as_deref())
+        .map_err(|e| Failure::Usage(e.to_string()))
+}
+
 /// A Dispatcher client of the JobManager that leads among `urls` (comma-separated; one URL
 /// without high availability): each is tried in turn, and a standby's refusal moves on.
 pub(crate) fn connect(
     rt: &tokio::runtime::Runtime,
     urls: &str,
-) -> Result<DispatcherServiceClient<tonic::transport::Channel>, Failure> {
+) -> Result<DispatcherServiceClient<weir_security::AuthChannel>, Failure> {
+    let token = client_token()?;
     let list: Vec<&str> = urls
         .split(',')
         .map(str::trim)
@@ -566,7 +588,10 @@ pub(crate) fn connect(
                 continue;
             }
         };
-        let mut client = DispatcherServiceClient::new(channel);
+        let mut client = DispatcherServiceClient::with_interceptor(
+            channel,
+            weir_security::ClientAuth::new(Some(&token)),
+        );
         if list.len() == 1 {
             return Ok(client);
         }
@@ -657,7 +682,7 @@ const FOLLOW_LEADER_TIMEOUT: Duration = Duration::from_secs(60);
 /// asked is gone or stands by (high availability), for up to [`FOLLOW_LEADER_TIMEOUT`].
 fn fetch_following(
     rt: &tokio::runtime::Runtime,
-    client: &mut DispatcherServiceClient<tonic::transport::Channel>,
+    client: &mut DispatcherServiceClient<weir_security::AuthChannel>,
     addr: &JobManagerAddr,
     job_id: &str,
 ) -> Result<JobView, String> {
@@ -695,13 +720,29 @@ pub(crate) fn status_failure(what: &str, s: tonic::Status) -> Failure {
     }
 }
 
+/// The token of this process, or a usage error naming the key or file.
+pub(crate) fn auth_token(config: &Config) -> Result<weir_security::Token, Failure> {
+    config
+        .auth_token()
+        .map_err(|e| Failure::Usage(e.to_string()))
+}
+
+/// Refuses an address off loopback (TLS is not built yet) unless `--insecure`.
+fn check_bind(what: &str, addr: std::net::SocketAddr, insecure: bool) -> Result<(), Failure> {
+    weir_security::check_bind(what, addr, false, insecure)
+        .map_err(|e| Failure::Usage(e.to_string()))
+}
+
 /// `weir jobmanager`.
 pub(crate) fn jobmanager_command(
     config: &Config,
     rpc_bind: &str,
     rest_bind: &str,
+    insecure: bool,
 ) -> Result<(), Failure> {
     let options = jobmanager_options(config, rpc_bind, rest_bind)?;
+    check_bind("--rpc-bind", options.rpc_bind, insecure)?;
+    check_bind("--rest-bind", options.rest_bind, insecure)?;
     let ha = ha_options(config)?;
     let with_ha = ha.is_some();
     let handle = weir_jobmanager::JobManager::start_with_ha(
@@ -774,6 +815,7 @@ fn jobmanager_options(
             .map_err(|e| Failure::Usage(format!("{flag} '{v}': {e}")))
     };
     Ok(weir_jobmanager::JobManagerOptions {
+        auth: Some(auth_token(config)?),
         rpc_bind: addr("--rpc-bind", rpc_bind)?,
         rest_bind: addr("--rest-bind", rest_bind)?,
         heartbeat_interval: config.heartbeat_interval,
@@ -790,10 +832,9 @@ fn jobmanager_options(
 pub(crate) fn taskmanager_command(
     catalog: &Catalog,
     config: &Config,
-    jobmanager: Option<String>,
-    slots: Option<u32>,
-    id: Option<String>,
+    (jobmanager, slots, id): (Option<String>, Option<u32>, Option<String>),
     data_bind: &str,
+    insecure: bool,
 ) -> Result<(), Failure> {
     let (jobmanager, leader_store) = match jobmanager_addr(jobmanager, config)? {
         JobManagerAddr::Urls(urls) => (urls, None),
@@ -820,7 +861,10 @@ pub(crate) fn taskmanager_command(
         initial_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_secs(2),
         metrics_bind: Some(config.metrics_bind),
+        auth: Some(auth_token(config)?),
     };
+    check_bind("--data-bind", options.data_bind, insecure)?;
+    check_bind("metrics.bind-host", config.metrics_bind, insecure)?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s = stop.clone();
     let _ = ctrlc::set_handler(move || s.store(true, std::sync::atomic::Ordering::SeqCst));
@@ -833,7 +877,7 @@ pub(crate) fn taskmanager_command(
 
 fn fetch_grpc(
     rt: &tokio::runtime::Runtime,
-    client: &mut DispatcherServiceClient<tonic::transport::Channel>,
+    client: &mut DispatcherServiceClient<weir_security::AuthChannel>,
     job_id: &str,
 ) -> Result<JobView, String> {
     let r = rt
@@ -1146,12 +1190,13 @@ pub(crate) fn local_command(
         }),
     )
     .map_err(|e| Failure::Job(e.to_string()))?;
+    let token = auth_token(config)?;
     let mut cluster = match LocalCluster::start(
         taskmanagers,
         slots,
         &format!("http://{}", handle.rpc_addr()),
         &root,
-        forward,
+        (forward, &token),
     ) {
         Ok(c) => c,
         Err(e) => {

@@ -85,6 +85,9 @@ enum Command {
         /// REST API address.
         #[arg(long, default_value = "127.0.0.1:8081", value_name = "ADDR")]
         rest_bind: String,
+        /// Bind off loopback without TLS (logged as a warning at every start).
+        #[arg(long)]
+        insecure: bool,
     },
     /// Runs a TaskManager that registers its slots with a JobManager, until Ctrl-C.
     Taskmanager {
@@ -102,6 +105,9 @@ enum Command {
         /// Address of the data-exchange server (port 0: any free port).
         #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
         data_bind: String,
+        /// Bind off loopback without TLS (logged as a warning at every start).
+        #[arg(long)]
+        insecure: bool,
     },
     /// Submits a job to a JobManager and (unless --detached) follows it to its end.
     Run {
@@ -462,6 +468,7 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
         }
     }
     let config = Config::load(cli.config.as_deref(), std::env::vars(), &defines)?;
+    crate::cluster::set_client_auth(&config);
     if let Some(file) = &config.fault_control_file {
         if !matches!(cli.command, Command::Drill { .. }) {
             weir_storage::control::install(file.clone(), &config.checkpoint_storage().0)
@@ -515,16 +522,22 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
         Command::Jobmanager {
             rpc_bind,
             rest_bind,
-        } => crate::cluster::jobmanager_command(&config, &rpc_bind, &rest_bind),
+            insecure,
+        } => crate::cluster::jobmanager_command(&config, &rpc_bind, &rest_bind, insecure),
         Command::Taskmanager {
             jobmanager,
             slots,
             id,
             data_bind,
+            insecure,
             ..
-        } => {
-            crate::cluster::taskmanager_command(catalog, &config, jobmanager, slots, id, &data_bind)
-        }
+        } => crate::cluster::taskmanager_command(
+            catalog,
+            &config,
+            (jobmanager, slots, id),
+            &data_bind,
+            insecure,
+        ),
         Command::Run {
             job,
             detached,

@@ -152,6 +152,10 @@ pub struct Config {
     pub s3: S3Options,
     /// `s3.allow-http` as set; `None`: true iff the endpoint is `http://…`.
     s3_allow_http: Option<bool>,
+    /// `security.auth.token` (never printed, never sent with a job).
+    pub auth_token: Option<String>,
+    /// `security.auth.token-file`.
+    pub auth_token_file: Option<PathBuf>,
     /// `taskmanager.numberOfTaskSlots`.
     pub taskmanager_slots: u32,
     /// `heartbeat.interval`.
@@ -648,6 +652,34 @@ pub static KEYS: &[KeySpec] = &[
         },
     },
     KeySpec {
+        key: "security.auth.token",
+        default: || "(unset)".into(),
+        help: "the cluster's shared secret (16-512 printable characters); every RPC, REST call, data-plane stream and /metrics scrape must present it; weir config prints it as ******",
+        apply: |c, v| {
+            c.auth_token = match v.trim() {
+                "" | "(unset)" => None,
+                t => {
+                    weir_security::Token::new(t, "security.auth.token")
+                        .map_err(|e| e.to_string())?;
+                    Some(t.to_string())
+                }
+            };
+            Ok(())
+        },
+    },
+    KeySpec {
+        key: "security.auth.token-file",
+        default: || "(unset)".into(),
+        help: "a file holding the token (read at start); unset with no security.auth.token: ~/.config/weir/auth-token, created with a random token (mode 0600) by the first Weir process that needs it",
+        apply: |c, v| {
+            c.auth_token_file = match v.trim() {
+                "" | "(unset)" => None,
+                p => Some(PathBuf::from(p)),
+            };
+            Ok(())
+        },
+    },
+    KeySpec {
         key: "taskmanager.numberOfTaskSlots",
         default: || "2".into(),
         help: "slots per TaskManager (weir taskmanager --slots, weir local --slots)",
@@ -766,6 +798,8 @@ const MACHINE_KEYS: &[&str] = &[
     "taskmanager.numberOfTaskSlots",
     "metrics.bind-host",
     "metrics.port",
+    "security.auth.token",
+    "security.auth.token-file",
     "high-availability.type",
     "high-availability.storageDir",
     "high-availability.lease.duration",
@@ -916,6 +950,8 @@ impl Config {
             failure_rate_delay: Duration::ZERO,
             s3: S3Options::default(),
             s3_allow_http: None,
+            auth_token: None,
+            auth_token_file: None,
             taskmanager_slots: 2,
             heartbeat_interval: Duration::from_millis(200),
             heartbeat_timeout: Duration::from_secs(2),
@@ -1020,6 +1056,14 @@ impl Config {
                 None => "(unset)".into(),
             },
             "s3.path.style.access" => self.s3.path_style.to_string(),
+            "security.auth.token" => match self.auth_token {
+                Some(_) => "******".into(),
+                None => "(unset)".into(),
+            },
+            "security.auth.token-file" => self
+                .auth_token_file
+                .as_ref()
+                .map_or("(unset)".into(), |p| p.display().to_string()),
             "s3.allow-http" => self.s3.allow_http.to_string(),
             "taskmanager.numberOfTaskSlots" => self.taskmanager_slots.to_string(),
             "heartbeat.interval" => format_duration(self.heartbeat_interval),
@@ -1114,6 +1158,12 @@ impl Config {
         }
         c.check_across_keys(&given)?;
         Ok(c)
+    }
+
+    /// The cluster's token: `security.auth.token`, else `security.auth.token-file`, else the
+    /// user's default file (created with a random token when missing).
+    pub fn auth_token(&self) -> Result<weir_security::Token, weir_security::SecurityError> {
+        weir_security::resolve(self.auth_token.as_deref(), self.auth_token_file.as_deref())
     }
 
     /// The job's configuration as `key → value`, sent with a submitted job so the JobMaster

@@ -328,6 +328,9 @@ struct Members {
     tms: Vec<(String, Child)>,
     next_tm: u32,
     slots: u32,
+    /// The cluster's token: handed to every member in its environment, and presented to
+    /// their REST ports.
+    token: weir_security::Token,
 }
 
 fn free_port() -> Result<u16, Failure> {
@@ -383,6 +386,7 @@ impl Members {
             .arg(format!("127.0.0.1:{rest}"))
             .args(&self.forward)
             .args(["-D", "high-availability.type=storage", "-D", &ha])
+            .env("WEIR_SECURITY_AUTH_TOKEN", self.token.expose())
             .env("WEIR_LOG", "info")
             .stderr(log);
         self.jms[i].2 = Some(spawn_member(cmd, "a JobManager")?);
@@ -401,6 +405,7 @@ impl Members {
             .arg("--state-dir")
             .arg(self.scratch.join(&id))
             .args(&self.forward)
+            .env("WEIR_SECURITY_AUTH_TOKEN", self.token.expose())
             .env("WEIR_LOG", "warn")
             .stderr(log);
         self.tms
@@ -410,8 +415,9 @@ impl Members {
 
     /// The REST address of the JobManager that leads, if one answers as leader.
     fn leader(&self) -> Option<usize> {
-        (0..self.jms.len())
-            .find(|&i| self.jms[i].2.is_some() && rest_get(self.jms[i].1, "/overview").is_some())
+        (0..self.jms.len()).find(|&i| {
+            self.jms[i].2.is_some() && rest_get(self.jms[i].1, "/overview", &self.token).is_some()
+        })
     }
 }
 
@@ -429,14 +435,15 @@ impl Drop for Members {
     }
 }
 
-/// `GET path` on a local REST port; the body when the answer is 200.
-fn rest_get(port: u16, path: &str) -> Option<String> {
+/// `GET path` on a local REST port, with the token; the body when the answer is 200.
+fn rest_get(port: u16, path: &str, token: &weir_security::Token) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+        token.bearer()
     )
     .ok()?;
     let mut body = String::new();
@@ -692,6 +699,7 @@ pub(crate) fn drill_command(
         tms: Vec::new(),
         next_tm: 0,
         slots,
+        token: crate::cluster::auth_token(config)?,
     };
     if let Some(urls) = &options.jobmanager {
         // Someone else's cluster: it must answer now.
@@ -1035,7 +1043,7 @@ impl RoundTrip<'_> {
     fn run(
         &self,
         client: &mut weir_proto::v1::dispatcher_service_client::DispatcherServiceClient<
-            tonic::transport::Channel,
+            weir_security::AuthChannel,
         >,
         job_id: &str,
         view: &JobView,
@@ -1151,7 +1159,7 @@ const SAVEPOINT_TIMEOUT: Duration = Duration::from_secs(120);
 fn fetch(
     rt: &tokio::runtime::Runtime,
     client: &mut weir_proto::v1::dispatcher_service_client::DispatcherServiceClient<
-        tonic::transport::Channel,
+        weir_security::AuthChannel,
     >,
     urls: &str,
     job_id: &str,

@@ -58,6 +58,9 @@ pub struct ExchangeOptions {
     /// How long an incoming stream waits for its channel to be registered (the upstream may be
     /// deployed before the downstream) and for its `open` frame.
     pub open_timeout: Duration,
+    /// The cluster's token: a stream that does not present it is refused (`Unauthenticated`)
+    /// before it can name a channel. `None`: no check.
+    pub auth: Option<weir_security::Token>,
 }
 
 impl Default for ExchangeOptions {
@@ -65,6 +68,7 @@ impl Default for ExchangeOptions {
         Self {
             credits: 8,
             open_timeout: Duration::from_secs(10),
+            auth: None,
         }
     }
 }
@@ -183,9 +187,17 @@ impl ExchangeService {
     }
 
     /// The tonic service to add to the TaskManager's server. It accepts frames up to
-    /// [`MAX_FRAME_BYTES`].
-    pub fn server(&self) -> DataExchangeServiceServer<Self> {
-        DataExchangeServiceServer::new(self.clone()).max_decoding_message_size(MAX_FRAME_BYTES)
+    /// [`MAX_FRAME_BYTES`], from callers that present the token.
+    pub fn server(
+        &self,
+    ) -> tonic::service::interceptor::InterceptedService<
+        DataExchangeServiceServer<Self>,
+        weir_security::ServerAuth,
+    > {
+        tonic::service::interceptor::InterceptedService::new(
+            DataExchangeServiceServer::new(self.clone()).max_decoding_message_size(MAX_FRAME_BYTES),
+            weir_security::ServerAuth::new(self.inner.options.auth.clone()),
+        )
     }
 
     /// Registers a remote input channel of a subtask deployed here. The channel's stream (which

@@ -59,6 +59,8 @@ pub struct ConnectOptions {
     pub attempts: u32,
     /// The wait after the first failed attempt; it doubles after each further one.
     pub backoff: Duration,
+    /// The cluster's token, presented on every stream.
+    pub auth: Option<weir_security::Token>,
 }
 
 impl Default for ConnectOptions {
@@ -68,6 +70,7 @@ impl Default for ConnectOptions {
             connect_timeout: Duration::from_secs(1),
             attempts: 5,
             backoff: Duration::from_millis(100),
+            auth: None,
         }
     }
 }
@@ -342,7 +345,8 @@ impl Driver {
     /// Returns `Ok` when the receiver ended the stream with `OK`.
     async fn stream(&mut self) -> Result<(), ExchangeError> {
         let channel = self.connections.channel(&self.address).await?;
-        let mut client = DataExchangeServiceClient::new(channel)
+        let auth = weir_security::ClientAuth::new(self.connections.inner.options.auth.as_ref());
+        let mut client = DataExchangeServiceClient::with_interceptor(channel, auth)
             .max_encoding_message_size(MAX_FRAME_BYTES)
             .max_decoding_message_size(MAX_FRAME_BYTES);
 

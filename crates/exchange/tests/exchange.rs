@@ -67,15 +67,37 @@ fn key(job: &str) -> ChannelKey {
     }
 }
 
+/// The token of these tests' data plane: every server requires it, every client sends it.
+fn token() -> weir_security::Token {
+    weir_security::Token::new("exchange-tests-token-0123456789", "test").unwrap()
+}
+
+/// A bare client of the data plane that presents the token (and nothing else of `Connections`).
+async fn raw_client(address: String) -> DataExchangeServiceClient<weir_security::AuthChannel> {
+    let channel = tonic::transport::Endpoint::from_shared(address)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    DataExchangeServiceClient::with_interceptor(
+        channel,
+        weir_security::ClientAuth::new(Some(&token())),
+    )
+}
+
 fn options(credits: u32) -> ExchangeOptions {
     ExchangeOptions {
         credits,
         open_timeout: Duration::from_secs(5),
+        auth: Some(token()),
     }
 }
 
 fn connections() -> Connections {
-    Connections::new(ConnectOptions::default())
+    Connections::new(ConnectOptions {
+        auth: Some(token()),
+        ..ConnectOptions::default()
+    })
 }
 
 /// Reports on a oneshot when dropped; closures own one to show when they are dropped.
@@ -296,6 +318,7 @@ async fn an_unknown_channel_is_refused_after_the_open_timeout() {
     let service = ExchangeService::new(ExchangeOptions {
         credits: 4,
         open_timeout: Duration::from_millis(200),
+        auth: Some(token()),
     });
     let server = TestServer::start(&service).await;
     let (_output, next, next_dropped) = producer(2);
@@ -320,9 +343,7 @@ async fn an_unknown_channel_is_refused_after_the_open_timeout() {
 async fn a_first_frame_that_is_not_open_is_rejected_and_the_server_keeps_serving() {
     let service = ExchangeService::new(options(4));
     let server = TestServer::start(&service).await;
-    let mut client = DataExchangeServiceClient::connect(format!("http://{}", server.address))
-        .await
-        .unwrap();
+    let mut client = raw_client(format!("http://{}", server.address)).await;
 
     let wrong_firsts: [Vec<DataFrame>; 3] = [
         vec![DataFrame {
@@ -411,9 +432,7 @@ async fn a_frame_sent_without_credit_fails_the_stream_and_drops_the_consumers_in
     });
     let _registration = register(&service, key("greedy"), push);
 
-    let mut client = DataExchangeServiceClient::connect(format!("http://{}", server.address))
-        .await
-        .unwrap();
+    let mut client = raw_client(format!("http://{}", server.address)).await;
     let mut frames = vec![DataFrame {
         kind: Some(Kind::Open((&key("greedy")).into())),
     }];
@@ -511,7 +530,7 @@ async fn a_sender_that_dies_closes_the_receivers_channel() {
         .unwrap();
     let address = format!("http://{}", server.address);
     let credits = sender_process.spawn(async move {
-        let mut client = DataExchangeServiceClient::connect(address).await.unwrap();
+        let mut client = raw_client(address).await;
         let frames = [
             DataFrame {
                 kind: Some(Kind::Open((&key("vanished")).into())),
@@ -589,6 +608,7 @@ async fn an_unreachable_peer_fails_with_its_address_after_bounded_retries() {
         connect_timeout: Duration::from_millis(200),
         attempts: 3,
         backoff: Duration::from_millis(10),
+        auth: Some(token()),
     });
     let (_output, next, next_dropped) = producer(2);
     let pump = connections.spawn_outbound(
@@ -605,4 +625,38 @@ async fn an_unreachable_peer_fails_with_its_address_after_bounded_retries() {
         other => panic!("expected a connect failure, got {other:?}"),
     }
     dropped(next_dropped, "next").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_without_the_token_or_with_another_is_refused_before_it_names_a_channel() {
+    let service = ExchangeService::new(options(4));
+    let server = TestServer::start(&service).await;
+    let (push, _input, _push_dropped) = consumer();
+    let _registration = register(&service, key("guarded"), push);
+    let open = || {
+        tokio_stream::iter(vec![
+            DataFrame {
+                kind: Some(Kind::Open((&key("guarded")).into())),
+            },
+            weir_exchange::to_wire(batch(0)),
+        ])
+    };
+    let mut bare = DataExchangeServiceClient::connect(format!("http://{}", server.address))
+        .await
+        .unwrap();
+    let status = bare.transfer(open()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let other = weir_security::Token::new("another-token-of-another-cluster", "test").unwrap();
+    let mut impostor = DataExchangeServiceClient::with_interceptor(
+        channel,
+        weir_security::ClientAuth::new(Some(&other)),
+    );
+    let status = impostor.transfer(open()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    server.stop().await;
 }

@@ -162,6 +162,7 @@ impl JobManager {
                 source,
             })?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        use tonic::service::interceptor::InterceptedService;
         let grpc = {
             let mut stop = stop_rx.clone();
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(rpc).map(|s| {
@@ -169,13 +170,20 @@ impl JobManager {
                     let _ = s.set_nodelay(true);
                 })
             });
+            let auth = weir_security::ServerAuth::new(shared.options.auth.clone());
             let server = tonic::transport::Server::builder()
-                .add_service(JobManagerServiceServer::new(session::SessionService {
-                    shared: shared.clone(),
-                }))
-                .add_service(DispatcherServiceServer::new(dispatcher::DispatcherRpc {
-                    shared: shared.clone(),
-                }))
+                .add_service(InterceptedService::new(
+                    JobManagerServiceServer::new(session::SessionService {
+                        shared: shared.clone(),
+                    }),
+                    auth.clone(),
+                ))
+                .add_service(InterceptedService::new(
+                    DispatcherServiceServer::new(dispatcher::DispatcherRpc {
+                        shared: shared.clone(),
+                    }),
+                    auth,
+                ))
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.changed().await;
                 });

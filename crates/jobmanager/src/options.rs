@@ -56,6 +56,10 @@ pub struct JobManagerOptions {
     /// and scales back up once enough slots were available for this long. `None`: a job
     /// runs at its parallelism or not at all.
     pub adaptive: Option<Duration>,
+    /// The cluster's token (`security.auth.token`): every RPC and REST call must present it
+    /// (`authorization: Bearer …`); the web UI's page, script and style are served without it.
+    /// `None` (an embedder's choice, never the CLI's): no check.
+    pub auth: Option<weir_security::Token>,
 }
 
 impl Default for JobManagerOptions {
@@ -68,6 +72,7 @@ impl Default for JobManagerOptions {
             slot_request_timeout: Duration::from_secs(30),
             cancel_timeout: Duration::from_secs(10),
             adaptive: None,
+            auth: None,
         }
     }
 }

@@ -18,6 +18,9 @@
 //! The POST bodies are JSON, every field optional: `{"target-directory": url, "format-type":
 //! "canonical" | "native"}`, and for `/stop` also `"drain": bool`.
 //!
+//! Every path but the web UI's (`/`, `/ui/…`) needs `Authorization: Bearer <token>` when the
+//! JobManager has a token; without it the answer is 401 and nothing else.
+//!
 //! Errors are `{"error": "…"}`: 404 for an unknown job or path (naming it), 409 for
 //! cancelling a job that already ended. A standby JobManager (high availability) answers
 //! every path with 503, `{"error": "… stands by; the leader … is at …", "leader": {"epoch",
@@ -55,11 +58,47 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             shared.clone(),
             only_when_leading,
         ));
-    Router::new()
+    // Layers run outside in: the token is checked before anything else looks at a request.
+    let guarded = Router::new()
         .route("/metrics", get(metrics))
-        .merge(crate::ui::routes())
         .merge(api)
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            only_with_token,
+        ));
+    Router::new()
+        .merge(crate::ui::routes())
+        .merge(guarded)
         .with_state(shared)
+}
+
+/// Lets a request through when it carries the cluster's token (or none is configured);
+/// otherwise 401 and nothing else.
+async fn only_with_token(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let allowed = shared.options.auth.as_ref().is_none_or(|token| {
+        token.allows(
+            request
+                .headers()
+                .get(axum::http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        )
+    });
+    if allowed {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+        Json(ErrorBody {
+            error: "missing or wrong token: send Authorization: Bearer <security.auth.token>"
+                .into(),
+        }),
+    )
+        .into_response()
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

@@ -379,17 +379,35 @@ impl Exposition {
     }
 }
 
-/// Serves `GET /metrics` with what `render` returns, on `listener`, until the runtime stops.
-/// Any other path is 404.
+/// Who may scrape: given a request's `Authorization` header (if any), whether to answer.
+pub type Allow = Arc<dyn Fn(Option<&[u8]>) -> bool + Send + Sync>;
+
+/// Serves `GET /metrics` with what `render` returns, on `listener`, until the runtime stops,
+/// to requests `allow` lets through (401 to the others). Any other path is 404.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     render: Arc<dyn Fn() -> String + Send + Sync>,
+    allow: Allow,
 ) {
+    use axum::response::IntoResponse;
     let app = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(move || {
-            let render = render.clone();
-            async move { ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], render()) }
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
+            let (render, allow) = (render.clone(), allow.clone());
+            async move {
+                let authorization = headers
+                    .get(axum::http::header::AUTHORIZATION)
+                    .map(|v| v.as_bytes());
+                if !allow(authorization) {
+                    return (
+                        axum::http::StatusCode::UNAUTHORIZED,
+                        [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+                        "missing or wrong token: send Authorization: Bearer <security.auth.token>\n",
+                    )
+                        .into_response();
+                }
+                ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], render()).into_response()
+            }
         }),
     );
     if let Err(e) = axum::serve(listener, app).await {

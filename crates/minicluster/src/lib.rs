@@ -121,6 +121,8 @@ impl MiniCluster {
             max_backoff: Duration::from_secs(1),
             // Its subtasks' figures reach the JobManager in its reports; no endpoint of its own.
             metrics_bind: None,
+            // Its session and channels are in memory: no port of its own to guard.
+            auth: None,
         };
         let (up, inbound) = tokio::sync::mpsc::unbounded_channel();
         // The channel is open and unbounded: the first message cannot fail to queue.

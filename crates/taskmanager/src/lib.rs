@@ -70,6 +70,9 @@ pub struct TaskManagerOptions {
     /// Where to serve Prometheus' `/metrics` (`metrics.bind-host`, `metrics.port`; port 0:
     /// any free port, registered with the JobManager); `None`: no endpoint.
     pub metrics_bind: Option<SocketAddr>,
+    /// The cluster's token: presented to the JobManager and to other TaskManagers, and required
+    /// from every data-plane stream and `/metrics` call. `None`: neither sent nor checked.
+    pub auth: Option<weir_security::Token>,
 }
 
 /// A job rebuilt on this TaskManager: the same builder, parameters and configuration as on

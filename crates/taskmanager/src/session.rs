@@ -68,7 +68,10 @@ impl Core {
             .enable_all()
             .build()
             .map_err(|e| TaskManagerError::Setup(format!("cannot start the I/O runtime: {e}")))?;
-        let exchange = ExchangeService::new(ExchangeOptions::default());
+        let exchange = ExchangeService::new(ExchangeOptions {
+            auth: options.auth.clone(),
+            ..ExchangeOptions::default()
+        });
         let outbox = Outbox::default();
         let (control_tx, control_rx) = crossbeam_channel::unbounded::<Down>();
         let metrics = TaskManagerMetrics::new(options.slots);
@@ -77,7 +80,10 @@ impl Core {
             id: options.id.clone(),
             runtime: runtime.handle().clone(),
             exchange: exchange.clone(),
-            connections: Connections::new(ConnectOptions::default()),
+            connections: Connections::new(ConnectOptions {
+                auth: options.auth.clone(),
+                ..ConnectOptions::default()
+            }),
             factory,
             state_dir: options.state_dir.clone(),
             outbox: outbox.clone(),
@@ -154,9 +160,13 @@ pub fn run(
                 .local_addr()
                 .map_err(|e| TaskManagerError::Setup(e.to_string()))?;
             let metrics = core.metrics.clone();
+            let token = options.auth.clone();
             core.runtime.spawn(weir_metrics::serve(
                 listener,
                 Arc::new(move || metrics.render()),
+                Arc::new(move |authorization| {
+                    token.as_ref().is_none_or(|t| t.allows(authorization))
+                }),
             ));
             address.to_string()
         }
@@ -316,7 +326,10 @@ async fn session(
             )))
         }
     };
-    let mut client = JobManagerServiceClient::new(channel);
+    let mut client = JobManagerServiceClient::with_interceptor(
+        channel,
+        weir_security::ClientAuth::new(options.auth.as_ref()),
+    );
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let _ = tx.send(register_message(options, advertised));
     // Bounded: a JobManager that is paused (SIGSTOP) still completes TCP handshakes in the

@@ -83,10 +83,30 @@ function checkpointStatus(r) {
 // ---- REST --------------------------------------------------------------------------------
 
 class Standby extends Error {}
+class Unauthorized extends Error {}
+
+// The cluster's token lives in this tab's session storage only. A link may carry it once as
+// `#token=…`: it is stored and removed from the address at once.
+const TOKEN_KEY = "weir-token";
+function takeTokenFromAddress() {
+  if (location.hash.startsWith("#token=")) {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(location.hash.slice("#token=".length)));
+    history.replaceState(null, "", `${location.pathname}#/`);
+  }
+}
+takeTokenFromAddress();
+
+function headers(extra) {
+  const h = { Accept: "application/json", ...extra };
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) h.Authorization = `Bearer ${token}`;
+  return h;
+}
 
 async function get(path) {
-  const res = await fetch(path, { headers: { Accept: "application/json" } });
+  const res = await fetch(path, { headers: headers() });
   const body = await res.json().catch(() => ({}));
+  if (res.status === 401) throw new Unauthorized(body.error || "this JobManager needs its token");
   if (res.status === 503 && body.leader) throw new Standby(body.error);
   if (!res.ok) throw new Error(body.error || `${path}: HTTP ${res.status}`);
   return body;
@@ -95,12 +115,29 @@ async function get(path) {
 async function send(method, path, body) {
   const res = await fetch(path, {
     method,
-    headers: { "Content-Type": "application/json", Accept: "application/json" },
+    headers: headers({ "Content-Type": "application/json" }),
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const answer = await res.json().catch(() => ({}));
   if (!res.ok) throw new Error(answer.error || `${method} ${path}: HTTP ${res.status}`);
   return answer;
+}
+
+function tokenForm(message) {
+  const input = el("input", { type: "password", autocomplete: "off", "data-test": "token", size: 70 });
+  const form = el("form", { class: "token-form", "data-test": "token-form" },
+    el("p", null, message),
+    el("p", { class: "muted" }, "Paste the cluster's token: security.auth.token, or the file ",
+      el("code", null, "~/.config/weir/auth-token"), " of the user who runs the JobManager. ",
+      "It stays in this tab only."),
+    input, " ", el("button", { type: "submit" }, "Use token"));
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+    document.getElementById("main").dataset.page = "";
+    refresh();
+  });
+  return form;
 }
 
 // ---- pages -------------------------------------------------------------------------------
@@ -430,19 +467,30 @@ async function refresh() {
     // Phase widths are set here, not in markup: the style policy allows no inline style.
     for (const p of main.querySelectorAll(".phase[data-width]")) p.style.flexBasis = `${p.dataset.width}%`;
     window.scrollTo(0, scroll);
+    main.dataset.page = r.name;
     status.textContent = `updated ${new Date().toLocaleTimeString()}`;
     status.className = "status ok";
   } catch (e) {
     status.textContent = e instanceof Standby ? `standby: ${e.message}` : `error: ${e.message}`;
     status.className = "status error";
-    if (e instanceof Standby || main.dataset.page !== r.name) main.replaceChildren(el("p", { class: "failure box" }, e.message));
+    if (e instanceof Unauthorized) {
+      // Keep a form being typed into; draw it once.
+      if (main.dataset.page !== "token") main.replaceChildren(tokenForm(e.message));
+      main.dataset.page = "token";
+    } else {
+      if (e instanceof Standby || main.dataset.page !== r.name) main.replaceChildren(el("p", { class: "failure box" }, e.message));
+      main.dataset.page = r.name;
+    }
   } finally {
-    main.dataset.page = r.name;
     for (const a of document.querySelectorAll("nav a[data-nav]")) a.classList.toggle("active", a.dataset.nav === r.name);
     rendering = false;
   }
 }
 
-window.addEventListener("hashchange", () => { document.getElementById("main").dataset.page = ""; refresh(); });
+window.addEventListener("hashchange", () => {
+  takeTokenFromAddress();
+  document.getElementById("main").dataset.page = "";
+  refresh();
+});
 refresh();
 setInterval(refresh, REFRESH_MS);

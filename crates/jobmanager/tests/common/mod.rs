@@ -47,6 +47,7 @@ pub fn fast_options() -> JobManagerOptions {
         slot_request_timeout: Duration::from_secs(5),
         cancel_timeout: Duration::from_secs(3),
         adaptive: None,
+        auth: None,
     }
 }
 
