@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::procs::{rest, start_jobmanager, start_taskmanager, wait_for, weir_cmd, Proc};
+use common::procs::{rest, start_jobmanager, start_taskmanager_with, wait_for, weir_cmd, Proc};
 use common::{assert_keyed_agg_exactly_once, exactly_once_updates, read_parts};
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -26,18 +26,27 @@ struct Cluster {
 }
 
 fn cluster() -> Cluster {
+    cluster_with(&[], &[])
+}
+
+/// A cluster whose JobManager also gets `defines` and whose TaskManagers get `env` (each
+/// process's own credentials: they never travel with a job).
+fn cluster_with(defines: &[&str], env: &[(&str, &str)]) -> Cluster {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (jm, rpc, rest_addr) = start_jobmanager(&[
+    let mut all = vec![
         "heartbeat.timeout=3s",
         "heartbeat.interval=100ms",
         "slot.request.timeout=20s",
-    ]);
+    ];
+    all.extend_from_slice(defines);
+    let (jm, rpc, rest_addr) = start_jobmanager(&all);
     let tms: Vec<Proc> = (0..2)
         .map(|i| {
-            start_taskmanager(
+            start_taskmanager_with(
                 &rpc,
                 &format!("tm-{i}"),
                 &dir.path().join(format!("tm-{i}")),
+                env,
             )
         })
         .collect();
@@ -385,7 +394,18 @@ fn a_job_resumed_from_a_savepoint_on_s3_outlives_the_disposed_savepoint_and_a_ki
     ) else {
         return;
     };
-    let c = cluster();
+    // Every process reads its own S3 credentials; the client's never travel with the job.
+    let (access, secret) = (
+        format!("s3.access-key={}", server.access_key()),
+        format!("s3.secret-key={}", server.secret_key()),
+    );
+    let c = cluster_with(
+        &[&access, &secret],
+        &[
+            ("WEIR_S3_ACCESS_KEY", server.access_key()),
+            ("WEIR_S3_SECRET_KEY", server.secret_key()),
+        ],
+    );
     let out = c.dir.path().join("out");
     let s3 = s3_flags(&server);
     let s3: Vec<&str> = s3.iter().map(String::as_str).collect();

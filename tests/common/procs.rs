@@ -108,7 +108,13 @@ pub fn start_jobmanager(defines: &[&str]) -> (Proc, String, String) {
 }
 
 pub fn start_taskmanager(jm: &str, id: &str, state: &Path) -> Proc {
+    start_taskmanager_with(jm, id, state, &[])
+}
+
+/// A TaskManager with `env` added to its environment (its own credentials, say).
+pub fn start_taskmanager_with(jm: &str, id: &str, state: &Path, env: &[(&str, &str)]) -> Proc {
     let child = weir_cmd()
+        .envs(env.iter().copied())
         .args([
             "taskmanager",
             "--jobmanager",

@@ -800,6 +800,10 @@ const MACHINE_KEYS: &[&str] = &[
     "metrics.port",
     "security.auth.token",
     "security.auth.token-file",
+    // Credentials: each process reads its own from its configuration or environment; they
+    // never travel with a job (specs, deployments, the HA folder's job records).
+    "s3.access-key",
+    "s3.secret-key",
     "high-availability.type",
     "high-availability.storageDir",
     "high-availability.lease.duration",
@@ -1168,8 +1172,8 @@ impl Config {
 
     /// The job's configuration as `key → value`, sent with a submitted job so the JobMaster
     /// and every TaskManager use the submitter's settings. Machine-local keys (state
-    /// directory, memory, slots) and unset keys are left out; secrets are included (the
-    /// channel is the cluster's own RPC).
+    /// directory, memory, slots), credentials (S3 keys, the cluster's token) and unset keys are
+    /// left out: every process uses its own.
     pub fn job_config(&self) -> std::collections::BTreeMap<String, String> {
         KEYS.iter()
             .filter(|k| !MACHINE_KEYS.contains(&k.key))
@@ -1369,9 +1373,25 @@ mod tests {
             &["state.backend.rocksdb.localdir=/tm/1".into()],
         )
         .unwrap();
-        let received = machine.with_job_config(&client.job_config()).unwrap();
+        let sent = client.job_config();
+        for secret in [
+            "s3.access-key",
+            "s3.secret-key",
+            "security.auth.token",
+            "security.auth.token-file",
+        ] {
+            assert!(!sent.contains_key(secret), "{secret} travels with the job");
+        }
+        assert!(
+            !sent.values().any(|v| v.contains("hush")),
+            "no value carries the secret: {sent:?}"
+        );
+        let received = machine.with_job_config(&sent).unwrap();
         assert_eq!(received.job_config(), client.job_config());
-        assert_eq!(received.s3.secret_access_key.as_deref(), Some("hush"));
+        assert_eq!(
+            received.s3.secret_access_key, None,
+            "the receiver keeps its own credentials (none here)"
+        );
         assert_eq!(received.state_dir, PathBuf::from("/tm/1"));
         let defaults = Config::load(None, vec![], &[]).unwrap();
         assert_eq!(

@@ -341,6 +341,17 @@ async fn session(
     .await;
     let inbound = match opened {
         Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(status)) if status.code() == tonic::Code::Unauthenticated => {
+            // Retrying cannot help: this TaskManager's token is not the cluster's.
+            return Err(TaskManagerError::Refused {
+                id: options.id.clone(),
+                reason: format!(
+                    "{} (this TaskManager's token is not the JobManager's: check \
+                     security.auth.token or security.auth.token-file)",
+                    status.message()
+                ),
+            });
+        }
         Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
             return Ok(SessionEnd::Standby(format!(
                 "the session was refused: {}",
