@@ -14,6 +14,8 @@ export WEIR_REQUIRE_S3=1
 # Headless Chromium, chromedriver and promtool for the web UI and metrics tests; required too.
 scripts/install-test-tools.sh
 export WEIR_REQUIRE_BROWSER=1
+# Each fuzz target (a unit test beside its decoder, see crates/fuzz) runs this long.
+export WEIR_FUZZ_SECONDS="${WEIR_FUZZ_SECONDS:-5}"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace

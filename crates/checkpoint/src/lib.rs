@@ -51,3 +51,8 @@ pub use metadata::{
 };
 pub use pending::{AbortedCheckpoint, AckResult, NotFullyAcknowledged, PendingCheckpoint, TaskAck};
 pub use registry::SharedStateRegistry;
+
+/// Fuzz targets run in this binary: no single allocation may exceed 1 GiB.
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: weir_fuzz::Bounded = weir_fuzz::Bounded::new(1 << 30);

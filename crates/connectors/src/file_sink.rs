@@ -1615,6 +1615,34 @@ mod tests {
         PartNames::new(&ctx(uid, subtask, subtask + 1))
     }
 
+    #[test]
+    fn fuzzed_manifests_and_owner_markers_are_refused_or_read_never_a_panic_or_a_hang() {
+        let n = names("sink", 1);
+        let owner = Owner::Job("0123456789abcdef0123456789abcdef".into());
+        let transaction = |seq: u64| StagedTransaction {
+            checkpoint: CheckpointId(seq + 1),
+            seq,
+            pending: n.pending(0, seq),
+            committed: n.committed(seq),
+            size: 10,
+            crc32: 7,
+        };
+        let seeds = vec![
+            Manifest::encode(&n, &owner, 3, &[transaction(1), transaction(2)]),
+            Manifest::encode(&n, &Owner::SinkUid("sink".into()), 0, &[]),
+        ];
+        weir_fuzz::run("file sink manifest", &seeds, |bytes| {
+            let _ = Manifest::decode(&n, bytes);
+        });
+        let markers = vec![
+            OwnerMarker::encode(&owner),
+            OwnerMarker::encode(&Owner::SinkUid("s".into())),
+        ];
+        weir_fuzz::run("file sink owner marker", &markers, |bytes| {
+            let _ = OwnerMarker::decode(bytes);
+        });
+    }
+
     // --- without checkpointing ----------------------------------------------------------------
 
     #[test]

@@ -263,3 +263,8 @@ mod bounded_line_tests {
         assert!(overran(&line, 8));
     }
 }
+
+/// Fuzz targets run in this binary: no single allocation may exceed 1 GiB.
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: weir_fuzz::Bounded = weir_fuzz::Bounded::new(1 << 30);

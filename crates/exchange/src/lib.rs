@@ -243,10 +243,47 @@ impl ExchangeError {
     }
 }
 
+/// Fuzz targets run in this binary: no single allocation may exceed 1 GiB.
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: weir_fuzz::Bounded = weir_fuzz::Bounded::new(1 << 30);
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use weir_types::{Barrier, CheckpointId};
+
+    #[test]
+    fn fuzzed_wire_frames_are_refused_or_read_never_a_panic_a_hang_or_a_huge_allocation() {
+        use prost::Message;
+        let seeds: Vec<Vec<u8>> = [
+            to_wire(Frame::Batch(vec![1, 2, 3, 4, 5, 6, 7, 8])),
+            to_wire(Frame::Watermark(-5)),
+            to_wire(Frame::Barrier(Barrier {
+                checkpoint: CheckpointId(3),
+                base: Some(CheckpointId(2)),
+                savepoint: None,
+            })),
+            to_wire(Frame::EndOfInput),
+            DataFrame {
+                kind: Some(Kind::Open(ChannelId {
+                    job_id: "0123456789abcdef0123456789abcdef".into(),
+                    attempt: 2,
+                    edge: 1,
+                    upstream: 0,
+                    downstream: 3,
+                })),
+            },
+        ]
+        .into_iter()
+        .map(|f| f.encode_to_vec())
+        .collect();
+        weir_fuzz::run("data-plane frame", &seeds, |bytes| {
+            if let Ok(frame) = DataFrame::decode(bytes) {
+                let _ = from_wire(frame);
+            }
+        });
+    }
 
     #[test]
     fn every_frame_survives_the_wire_unchanged() {

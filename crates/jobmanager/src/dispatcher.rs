@@ -894,6 +894,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fuzzed_plan_json_is_refused_or_validated_never_a_panic_a_hang_or_a_huge_allocation() {
+        let seeds: Vec<Vec<u8>> = [1, 2, 4]
+            .into_iter()
+            .map(|p| serde_json::to_vec(&crate::recovery::tests::two_vertex_plan(p)).unwrap())
+            .collect();
+        weir_fuzz::run("plan_json", &seeds, |bytes| {
+            if let Ok(plan) = serde_json::from_slice::<Plan>(bytes) {
+                let _ = validate_plan(&plan);
+            }
+        });
+    }
+
+    #[test]
     fn a_plan_with_a_subtask_out_of_range_is_rejected() {
         let mut plan = crate::recovery::tests::two_vertex_plan(2);
         validate_plan(&plan).unwrap();

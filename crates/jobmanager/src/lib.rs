@@ -438,3 +438,8 @@ impl Drop for JobManagerHandle {
         self.stop_everything();
     }
 }
+
+/// Fuzz targets run in this binary: no single allocation may exceed 1 GiB.
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: weir_fuzz::Bounded = weir_fuzz::Bounded::new(1 << 30);

@@ -253,3 +253,30 @@ async fn unknown_path(uri: Uri) -> ApiError {
         format!("no such path: {}", uri.path()),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fuzzed_savepoint_bodies_and_job_paths_are_refused_or_read_never_a_panic() {
+        let bodies = vec![
+            br#"{"target-directory":"file:///tmp/sp","format-type":"native","drain":true}"#
+                .to_vec(),
+            br#"{}"#.to_vec(),
+            br#"{"format-type":"canonical"}"#.to_vec(),
+        ];
+        weir_fuzz::run("REST savepoint body", &bodies, |bytes| {
+            let _ = serde_json::from_slice::<SavepointBody>(bytes);
+        });
+        let ids = vec![
+            b"0123456789abcdef0123456789abcdef".to_vec(),
+            b"ffffffffffffffffffffffffffffffff".to_vec(),
+        ];
+        weir_fuzz::run("REST job id", &ids, |bytes| {
+            if let Ok(text) = std::str::from_utf8(bytes) {
+                let _ = weir_types::JobId::parse(text);
+            }
+        });
+    }
+}

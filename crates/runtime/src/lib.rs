@@ -60,3 +60,8 @@ pub use weir_coordination::restart;
 pub use weir_coordination::restart::{
     RestartDecision, RestartStrategy, RestartStrategyError, RestartTracker,
 };
+
+/// Fuzz targets run in this binary: no single allocation may exceed 1 GiB.
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: weir_fuzz::Bounded = weir_fuzz::Bounded::new(1 << 30);

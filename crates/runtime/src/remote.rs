@@ -92,6 +92,24 @@ mod tests {
     }
 
     #[test]
+    fn fuzzed_batches_are_refused_or_decoded_never_a_panic_a_hang_or_a_huge_allocation() {
+        let (tx, rx) = crossbeam_channel::unbounded::<StreamElement<(String, u64)>>();
+        let mut push = decoder(tx, "edge 0".into());
+        let seeds: Vec<Vec<u8>> = [
+            vec![("a".to_string(), 1u64), ("bcd".to_string(), u64::MAX)],
+            vec![],
+            (0..50).map(|i| (i.to_string(), i)).collect(),
+        ]
+        .iter()
+        .map(|batch| postcard::to_allocvec(batch).unwrap())
+        .collect();
+        weir_fuzz::run("data-plane batch (postcard)", &seeds, |bytes| {
+            let _ = push(EncodedElement::Batch(bytes.to_vec()));
+            while rx.try_recv().is_ok() {}
+        });
+    }
+
+    #[test]
     fn a_batch_that_does_not_decode_is_an_error_naming_the_channel() {
         let (tx, _rx) = crossbeam_channel::bounded::<StreamElement<u64>>(1);
         let mut push = decoder(tx, "edge 2 (1 -> 0)".into());

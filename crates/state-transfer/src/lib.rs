@@ -50,3 +50,8 @@ pub use error::TransferError;
 pub use local::{LocalCacheError, LocalStateCache};
 pub use meta::{KeyedFileMeta, KeyedStateMeta, MetaError, KEYED_STATE_META_VERSION};
 pub use uploader::{DownloadStats, SharedFiles, UploadedKeyed, Uploader, MAX_CONCURRENT_TRANSFERS};
+
+/// Fuzz targets run in this binary: no single allocation may exceed 1 GiB.
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: weir_fuzz::Bounded = weir_fuzz::Bounded::new(1 << 30);

@@ -196,6 +196,13 @@ mod tests {
     }
 
     #[test]
+    fn fuzzed_keyed_state_meta_is_refused_or_decoded_never_a_panic_or_a_hang() {
+        weir_fuzz::run("keyed-state meta", &[meta().encode().unwrap()], |bytes| {
+            let _ = KeyedStateMeta::decode(bytes);
+        });
+    }
+
+    #[test]
     fn keyed_state_meta_round_trips_through_json_with_version_one() {
         let m = meta();
         let bytes = m.encode().unwrap();

@@ -377,6 +377,17 @@ mod tests {
     }
 
     #[test]
+    fn fuzzed_canonical_files_are_refused_or_read_never_a_panic_or_a_hang() {
+        let seed = write_from(&mut filled()).unwrap();
+        let empty = write_from(&mut backend(KeyGroupRange { start: 0, end: 9 })).unwrap();
+        weir_fuzz::run("canonical savepoint file", &[seed, empty], |bytes| {
+            if let Ok(file) = CanonicalFile::parse(bytes) {
+                let _ = file.for_each(&mut |_| Ok(()));
+            }
+        });
+    }
+
+    #[test]
     fn a_canonical_file_restores_only_the_key_groups_the_new_backend_owns() {
         let bytes = write_from(&mut filled()).unwrap();
         let file = CanonicalFile::parse(&bytes).unwrap();

@@ -574,6 +574,47 @@ mod tests {
         result
     }
 
+    #[test]
+    fn fuzzed_heap_snapshot_files_are_refused_or_restored_never_a_panic_or_a_hang() {
+        let (_, small) = snapshot_bytes();
+        let mut b = HeapStateBackend::new(KeyGroupRange { start: 0, end: 9 });
+        let s = b
+            .register(&StateDescriptor {
+                name: "s".into(),
+                kind: StateKind::Value,
+            })
+            .unwrap();
+        for kg in 0..10u16 {
+            let key = StateKey {
+                key_group: weir_types::KeyGroup(kg),
+                key: b"key",
+                namespace: b"ns",
+                user_key: b"",
+            };
+            b.put(s, &key, &[kg as u8; 5]).unwrap();
+        }
+        let SnapshotContent::Bytes(big) = &b.snapshot(CheckpointId(4)).unwrap().files[0].content
+        else {
+            panic!("a heap snapshot is bytes")
+        };
+        let range = KeyGroupRange { start: 0, end: 9 };
+        let snapshot = RestoredSnapshot {
+            checkpoint: CheckpointId(4),
+            backend: "heap".into(),
+            format: 1,
+            key_groups: range,
+            descriptors: vec![StateDescriptor {
+                name: "s".into(),
+                kind: StateKind::Value,
+            }],
+            files: Vec::new(),
+            dir: std::env::temp_dir(),
+        };
+        weir_fuzz::run("heap snapshot", &[small, big.clone()], |bytes| {
+            let _ = HeapStateBackend::decode_snapshot(&snapshot, bytes);
+        });
+    }
+
     fn refusal(bytes: &[u8]) -> String {
         match restore_from(bytes) {
             Ok(_) => panic!("restored from damaged bytes"),

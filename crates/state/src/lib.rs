@@ -32,3 +32,8 @@ pub use heap::{
     HeapStateBackend, HeapStateBackendFactory, HEAP_SNAPSHOT_FILE, HEAP_SNAPSHOT_FORMAT,
 };
 pub use snapshot::{LocalSnapshot, PendingFiles, RestoredSnapshot, SnapshotContent, SnapshotFile};
+
+/// Fuzz targets run in this binary: no single allocation may exceed 1 GiB.
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: weir_fuzz::Bounded = weir_fuzz::Bounded::new(1 << 30);
