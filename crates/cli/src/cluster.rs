@@ -545,9 +545,22 @@ pub(crate) fn io_runtime() -> Result<tokio::runtime::Runtime, Failure> {
 static CLIENT_AUTH: std::sync::OnceLock<(Option<String>, Option<PathBuf>)> =
     std::sync::OnceLock::new();
 
-/// Records where [`connect`] finds the token; only the first call counts.
+/// This process's clients' TLS (`security.ssl.*`), or why it cannot load.
+static CLIENT_TLS: std::sync::OnceLock<Result<Option<weir_security::Tls>, String>> =
+    std::sync::OnceLock::new();
+
+/// Records where [`connect`] finds the token and its TLS settings; only the first call counts.
 pub(crate) fn set_client_auth(config: &Config) {
     let _ = CLIENT_AUTH.set((config.auth_token.clone(), config.auth_token_file.clone()));
+    let _ = CLIENT_TLS.set(config.tls());
+}
+
+fn client_tls() -> Result<Option<weir_security::Tls>, Failure> {
+    CLIENT_TLS
+        .get()
+        .cloned()
+        .unwrap_or(Ok(None))
+        .map_err(Failure::Usage)
 }
 
 /// The token this process's clients present (resolved when first needed, so commands that
@@ -565,6 +578,7 @@ pub(crate) fn connect(
     urls: &str,
 ) -> Result<DispatcherServiceClient<weir_security::AuthChannel>, Failure> {
     let token = client_token()?;
+    let tls = client_tls()?;
     let list: Vec<&str> = urls
         .split(',')
         .map(str::trim)
@@ -577,14 +591,27 @@ pub(crate) fn connect(
     }
     let mut problems = Vec::new();
     for url in &list {
-        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        let dialled = match &tls {
+            Some(_) => weir_security::Tls::url(url),
+            None => url.to_string(),
+        };
+        let endpoint = tonic::transport::Endpoint::from_shared(dialled)
             .map_err(|e| Failure::Usage(format!("--jobmanager '{url}' is not a URL: {e}")))?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(30));
+        let endpoint = match &tls {
+            Some(t) => endpoint
+                .tls_config(t.grpc_client())
+                .map_err(|e| Failure::Usage(format!("TLS (security.ssl.*): {e}")))?,
+            None => endpoint,
+        };
         let channel = match rt.block_on(endpoint.connect()) {
             Ok(c) => c,
             Err(e) => {
-                problems.push(format!("cannot reach the JobManager at {url}: {e}"));
+                problems.push(format!(
+                    "cannot reach the JobManager at {url}: {}",
+                    weir_runtime::error_chain(&e)
+                ));
                 continue;
             }
         };
@@ -716,7 +743,8 @@ pub(crate) fn status_failure(what: &str, s: tonic::Status) -> Failure {
         tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::AlreadyExists => {
             Failure::Usage(format!("{what}: {}", s.message()))
         }
-        _ => Failure::Job(format!("{what}: {}", s.message())),
+        // A transport failure (a refused TLS handshake, say) says why in its source chain.
+        _ => Failure::Job(format!("{what}: {}", weir_runtime::error_chain(&s))),
     }
 }
 
@@ -727,10 +755,15 @@ pub(crate) fn auth_token(config: &Config) -> Result<weir_security::Token, Failur
         .map_err(|e| Failure::Usage(e.to_string()))
 }
 
-/// Refuses an address off loopback (TLS is not built yet) unless `--insecure`.
-fn check_bind(what: &str, addr: std::net::SocketAddr, insecure: bool) -> Result<(), Failure> {
-    weir_security::check_bind(what, addr, false, insecure)
-        .map_err(|e| Failure::Usage(e.to_string()))
+/// Refuses an address off loopback unless TLS protects it (the token always does) or
+/// `--insecure`.
+fn check_bind(
+    what: &str,
+    addr: std::net::SocketAddr,
+    tls: bool,
+    insecure: bool,
+) -> Result<(), Failure> {
+    weir_security::check_bind(what, addr, tls, insecure).map_err(|e| Failure::Usage(e.to_string()))
 }
 
 /// `weir jobmanager`.
@@ -741,8 +774,9 @@ pub(crate) fn jobmanager_command(
     insecure: bool,
 ) -> Result<(), Failure> {
     let options = jobmanager_options(config, rpc_bind, rest_bind)?;
-    check_bind("--rpc-bind", options.rpc_bind, insecure)?;
-    check_bind("--rest-bind", options.rest_bind, insecure)?;
+    let tls = options.tls.is_some();
+    check_bind("--rpc-bind", options.rpc_bind, tls, insecure)?;
+    check_bind("--rest-bind", options.rest_bind, tls, insecure)?;
     let ha = ha_options(config)?;
     let with_ha = ha.is_some();
     let handle = weir_jobmanager::JobManager::start_with_ha(
@@ -816,6 +850,7 @@ fn jobmanager_options(
     };
     Ok(weir_jobmanager::JobManagerOptions {
         auth: Some(auth_token(config)?),
+        tls: config.tls().map_err(Failure::Usage)?,
         rpc_bind: addr("--rpc-bind", rpc_bind)?,
         rest_bind: addr("--rest-bind", rest_bind)?,
         heartbeat_interval: config.heartbeat_interval,
@@ -862,9 +897,11 @@ pub(crate) fn taskmanager_command(
         max_backoff: Duration::from_secs(2),
         metrics_bind: Some(config.metrics_bind),
         auth: Some(auth_token(config)?),
+        tls: config.tls().map_err(Failure::Usage)?,
     };
-    check_bind("--data-bind", options.data_bind, insecure)?;
-    check_bind("metrics.bind-host", config.metrics_bind, insecure)?;
+    let tls = options.tls.is_some();
+    check_bind("--data-bind", options.data_bind, tls, insecure)?;
+    check_bind("metrics.bind-host", config.metrics_bind, tls, insecure)?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s = stop.clone();
     let _ = ctrlc::set_handler(move || s.store(true, std::sync::atomic::Ordering::SeqCst));

@@ -156,6 +156,12 @@ pub struct Config {
     pub auth_token: Option<String>,
     /// `security.auth.token-file`.
     pub auth_token_file: Option<PathBuf>,
+    /// `security.ssl.enabled`.
+    pub ssl_enabled: bool,
+    /// `security.ssl.cert`, `security.ssl.key`, `security.ssl.ca`.
+    pub ssl_files: (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>),
+    /// `security.ssl.mutual`.
+    pub ssl_mutual: bool,
     /// `taskmanager.numberOfTaskSlots`.
     pub taskmanager_slots: u32,
     /// `heartbeat.interval`.
@@ -680,6 +686,60 @@ pub static KEYS: &[KeySpec] = &[
         },
     },
     KeySpec {
+        key: "security.ssl.enabled",
+        default: || "false".into(),
+        help: "TLS on every port (RPC, REST and the web UI, the data plane, /metrics); needs security.ssl.cert, .key and .ca",
+        apply: |c, v| {
+            c.ssl_enabled = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
+        key: "security.ssl.cert",
+        default: || "(unset)".into(),
+        help: "this process's certificate chain (PEM); its names must include the host peers dial (127.0.0.1, localhost)",
+        apply: |c, v| {
+            c.ssl_files.0 = match v.trim() {
+                "" | "(unset)" => None,
+                p => Some(PathBuf::from(p)),
+            };
+            Ok(())
+        },
+    },
+    KeySpec {
+        key: "security.ssl.key",
+        default: || "(unset)".into(),
+        help: "this process's private key (PEM)",
+        apply: |c, v| {
+            c.ssl_files.1 = match v.trim() {
+                "" | "(unset)" => None,
+                p => Some(PathBuf::from(p)),
+            };
+            Ok(())
+        },
+    },
+    KeySpec {
+        key: "security.ssl.ca",
+        default: || "(unset)".into(),
+        help: "the CA (PEM) every peer's certificate must chain to; clients trust only it",
+        apply: |c, v| {
+            c.ssl_files.2 = match v.trim() {
+                "" | "(unset)" => None,
+                p => Some(PathBuf::from(p)),
+            };
+            Ok(())
+        },
+    },
+    KeySpec {
+        key: "security.ssl.mutual",
+        default: || "false".into(),
+        help: "mutual TLS: servers also require a client certificate from security.ssl.ca, and clients present theirs",
+        apply: |c, v| {
+            c.ssl_mutual = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    KeySpec {
         key: "taskmanager.numberOfTaskSlots",
         default: || "2".into(),
         help: "slots per TaskManager (weir taskmanager --slots, weir local --slots)",
@@ -800,6 +860,11 @@ const MACHINE_KEYS: &[&str] = &[
     "metrics.port",
     "security.auth.token",
     "security.auth.token-file",
+    "security.ssl.enabled",
+    "security.ssl.cert",
+    "security.ssl.key",
+    "security.ssl.ca",
+    "security.ssl.mutual",
     // Credentials: each process reads its own from its configuration or environment; they
     // never travel with a job (specs, deployments, the HA folder's job records).
     "s3.access-key",
@@ -956,6 +1021,9 @@ impl Config {
             s3_allow_http: None,
             auth_token: None,
             auth_token_file: None,
+            ssl_enabled: false,
+            ssl_files: (None, None, None),
+            ssl_mutual: false,
             taskmanager_slots: 2,
             heartbeat_interval: Duration::from_millis(200),
             heartbeat_timeout: Duration::from_secs(2),
@@ -1064,6 +1132,23 @@ impl Config {
                 Some(_) => "******".into(),
                 None => "(unset)".into(),
             },
+            "security.ssl.enabled" => self.ssl_enabled.to_string(),
+            "security.ssl.mutual" => self.ssl_mutual.to_string(),
+            "security.ssl.cert" => self
+                .ssl_files
+                .0
+                .as_ref()
+                .map_or("(unset)".into(), |p| p.display().to_string()),
+            "security.ssl.key" => self
+                .ssl_files
+                .1
+                .as_ref()
+                .map_or("(unset)".into(), |p| p.display().to_string()),
+            "security.ssl.ca" => self
+                .ssl_files
+                .2
+                .as_ref()
+                .map_or("(unset)".into(), |p| p.display().to_string()),
             "security.auth.token-file" => self
                 .auth_token_file
                 .as_ref()
@@ -1168,6 +1253,26 @@ impl Config {
     /// user's default file (created with a random token when missing).
     pub fn auth_token(&self) -> Result<weir_security::Token, weir_security::SecurityError> {
         weir_security::resolve(self.auth_token.as_deref(), self.auth_token_file.as_deref())
+    }
+
+    /// TLS when `security.ssl.enabled`, loaded from its files; an error names the key or file.
+    pub fn tls(&self) -> Result<Option<weir_security::Tls>, String> {
+        if !self.ssl_enabled {
+            return Ok(None);
+        }
+        let need = |p: &Option<PathBuf>, key: &str| {
+            p.clone()
+                .ok_or_else(|| format!("security.ssl.enabled is true but {key} is not set"))
+        };
+        let files = weir_security::TlsFiles {
+            cert: need(&self.ssl_files.0, "security.ssl.cert")?,
+            key: need(&self.ssl_files.1, "security.ssl.key")?,
+            ca: need(&self.ssl_files.2, "security.ssl.ca")?,
+            mutual: self.ssl_mutual,
+        };
+        weir_security::Tls::load(&files)
+            .map(Some)
+            .map_err(|e| e.to_string())
     }
 
     /// The job's configuration as `key → value`, sent with a submitted job so the JobMaster

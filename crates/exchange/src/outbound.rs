@@ -61,6 +61,9 @@ pub struct ConnectOptions {
     pub backoff: Duration,
     /// The cluster's token, presented on every stream.
     pub auth: Option<weir_security::Token>,
+    /// TLS (`security.ssl.*`): peers are dialled over `https` and must present a certificate
+    /// from the cluster's CA.
+    pub tls: Option<weir_security::Tls>,
 }
 
 impl Default for ConnectOptions {
@@ -71,6 +74,7 @@ impl Default for ConnectOptions {
             attempts: 5,
             backoff: Duration::from_millis(100),
             auth: None,
+            tls: None,
         }
     }
 }
@@ -175,11 +179,18 @@ impl Connections {
 
 /// Step 1: connect with bounded retries.
 async fn connect(address: &str, options: &ConnectOptions) -> Result<Channel, ExchangeError> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|error| ExchangeError::InvalidAddress {
-            address: address.to_string(),
-            reason: error_chain(&error),
-        })?
+    let invalid = |error: tonic::transport::Error| ExchangeError::InvalidAddress {
+        address: address.to_string(),
+        reason: error_chain(&error),
+    };
+    let endpoint = match &options.tls {
+        Some(tls) => Endpoint::from_shared(weir_security::Tls::url(address))
+            .map_err(invalid)?
+            .tls_config(tls.grpc_client())
+            .map_err(invalid)?,
+        None => Endpoint::from_shared(format!("http://{address}")).map_err(invalid)?,
+    };
+    let endpoint = endpoint
         .connect_timeout(options.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)

@@ -609,6 +609,7 @@ async fn an_unreachable_peer_fails_with_its_address_after_bounded_retries() {
         attempts: 3,
         backoff: Duration::from_millis(10),
         auth: Some(token()),
+        tls: None,
     });
     let (_output, next, next_dropped) = producer(2);
     let pump = connections.spawn_outbound(

@@ -27,6 +27,9 @@ pub enum JobManagerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The TLS configuration (`security.ssl.*`) cannot serve.
+    #[error("TLS (security.ssl.*): {0}")]
+    Tls(String),
     /// The JobManager's tokio runtime could not start.
     #[error("cannot start the JobManager runtime: {0}")]
     Runtime(std::io::Error),

@@ -171,7 +171,13 @@ impl JobManager {
                 })
             });
             let auth = weir_security::ServerAuth::new(shared.options.auth.clone());
-            let server = tonic::transport::Server::builder()
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(tls) = &shared.options.tls {
+                builder = builder
+                    .tls_config(tls.grpc_server())
+                    .map_err(|e| JobManagerError::Tls(e.to_string()))?;
+            }
+            let server = builder
                 .add_service(InterceptedService::new(
                     JobManagerServiceServer::new(session::SessionService {
                         shared: shared.clone(),
@@ -196,16 +202,36 @@ impl JobManager {
         let rest_server = {
             let mut stop = stop_rx.clone();
             let app = rest::router(shared.clone());
-            runtime.spawn(async move {
-                let served = axum::serve(rest, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.changed().await;
+            let stopped = async move {
+                let _ = stop.changed().await;
+            };
+            match &shared.options.tls {
+                Some(tls) => {
+                    let config = tls.rustls_server().map_err(JobManagerError::Tls)?;
+                    let listener =
+                        weir_security::TlsListener::new(rest, config).map_err(|source| {
+                            JobManagerError::Bind {
+                                what: "REST",
+                                addr: rest_addr,
+                                source,
+                            }
+                        })?;
+                    runtime.spawn(async move {
+                        let served = axum::serve(listener, app)
+                            .with_graceful_shutdown(stopped)
+                            .await;
+                        if let Err(e) = served {
+                            tracing::error!(error = %e, "the REST server stopped");
+                        }
                     })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "the REST server stopped");
                 }
-            })
+                None => runtime.spawn(async move {
+                    let served = axum::serve(rest, app).with_graceful_shutdown(stopped).await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "the REST server stopped");
+                    }
+                }),
+            }
         };
         let heartbeats = runtime.spawn(session::check_heartbeats(shared.clone(), stop_rx));
         let mut tasks = vec![grpc, rest_server, heartbeats];

@@ -34,7 +34,7 @@ pub mod keys {
 /// The defaults are fast, for a recovery-first runtime: a hung TaskManager is declared lost
 /// after 2 s without a heartbeat (Flink: 10 s interval, 50 s timeout). A killed one is noticed
 /// at once anyway, through its broken control stream.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct JobManagerOptions {
     /// Where the gRPC services listen (TaskManager sessions, the Dispatcher); port 0 picks a
     /// free port. Default `127.0.0.1:6123`.
@@ -60,6 +60,8 @@ pub struct JobManagerOptions {
     /// (`authorization: Bearer …`); the web UI's page, script and style are served without it.
     /// `None` (an embedder's choice, never the CLI's): no check.
     pub auth: Option<weir_security::Token>,
+    /// TLS on the RPC and REST ports (`security.ssl.*`); `None`: plaintext.
+    pub tls: Option<weir_security::Tls>,
 }
 
 impl Default for JobManagerOptions {
@@ -73,6 +75,7 @@ impl Default for JobManagerOptions {
             cancel_timeout: Duration::from_secs(10),
             adaptive: None,
             auth: None,
+            tls: None,
         }
     }
 }

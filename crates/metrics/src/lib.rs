@@ -384,11 +384,11 @@ pub type Allow = Arc<dyn Fn(Option<&[u8]>) -> bool + Send + Sync>;
 
 /// Serves `GET /metrics` with what `render` returns, on `listener`, until the runtime stops,
 /// to requests `allow` lets through (401 to the others). Any other path is 404.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    render: Arc<dyn Fn() -> String + Send + Sync>,
-    allow: Allow,
-) {
+pub async fn serve<L>(listener: L, render: Arc<dyn Fn() -> String + Send + Sync>, allow: Allow)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     use axum::response::IntoResponse;
     let app = axum::Router::new().route(
         "/metrics",

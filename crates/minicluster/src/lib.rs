@@ -123,6 +123,7 @@ impl MiniCluster {
             metrics_bind: None,
             // Its session and channels are in memory: no port of its own to guard.
             auth: None,
+            tls: None,
         };
         let (up, inbound) = tokio::sync::mpsc::unbounded_channel();
         // The channel is open and unbounded: the first message cannot fail to queue.

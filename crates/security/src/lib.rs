@@ -19,6 +19,10 @@
 
 #![warn(missing_docs)]
 
+mod tls;
+
+pub use tls::{Tls, TlsFiles, TlsListener};
+
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -73,6 +73,8 @@ pub struct TaskManagerOptions {
     /// The cluster's token: presented to the JobManager and to other TaskManagers, and required
     /// from every data-plane stream and `/metrics` call. `None`: neither sent nor checked.
     pub auth: Option<weir_security::Token>,
+    /// TLS on the data plane, `/metrics` and the JobManager session (`security.ssl.*`).
+    pub tls: Option<weir_security::Tls>,
 }
 
 /// A job rebuilt on this TaskManager: the same builder, parameters and configuration as on

@@ -82,6 +82,7 @@ impl Core {
             exchange: exchange.clone(),
             connections: Connections::new(ConnectOptions {
                 auth: options.auth.clone(),
+                tls: options.tls.clone(),
                 ..ConnectOptions::default()
             }),
             factory,
@@ -137,8 +138,14 @@ pub fn run(
         .map_err(|e| TaskManagerError::Setup(e.to_string()))?
         .to_string();
     let server = core.exchange.server();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &options.tls {
+        builder = builder.tls_config(tls.grpc_server()).map_err(|e| {
+            TaskManagerError::Setup(format!("the data plane's TLS configuration: {e}"))
+        })?;
+    }
     core.runtime.spawn(async move {
-        let served = tonic::transport::Server::builder()
+        let served = builder
             .add_service(server)
             .serve_with_incoming(TcpListenerStream::new(listener))
             .await;
@@ -309,13 +316,23 @@ async fn session(
     stop: &Arc<AtomicBool>,
     backoff: &mut Duration,
 ) -> Result<SessionEnd, TaskManagerError> {
-    let endpoint = match tonic::transport::Endpoint::from_shared(jobmanager.to_string()) {
+    let url = match &options.tls {
+        Some(_) => weir_security::Tls::url(jobmanager),
+        None => jobmanager.to_string(),
+    };
+    let endpoint = match tonic::transport::Endpoint::from_shared(url) {
         Ok(e) => e.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true),
         Err(e) => {
             return Err(TaskManagerError::Setup(format!(
                 "--jobmanager '{jobmanager}' is not a URL: {e}"
             )))
         }
+    };
+    let endpoint = match &options.tls {
+        Some(tls) => endpoint.tls_config(tls.grpc_client()).map_err(|e| {
+            TaskManagerError::Setup(format!("the JobManager session's TLS configuration: {e}"))
+        })?,
+        None => endpoint,
     };
     let channel = match endpoint.connect().await {
         Ok(c) => c,

@@ -48,6 +48,7 @@ pub fn fast_options() -> JobManagerOptions {
         cancel_timeout: Duration::from_secs(3),
         adaptive: None,
         auth: None,
+        tls: None,
     }
 }
 
