@@ -169,6 +169,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fuzzed_restore_specs_are_refused_or_read_never_a_panic_a_hang_or_a_huge_allocation() {
+        let mut operators = BTreeMap::new();
+        operators.insert(
+            OperatorUid::new("agg").unwrap(),
+            OperatorSubtaskState {
+                files: vec![FileHandle::new("chk-3/agg/0/a.sst", 10, 7, false).unwrap()],
+                inline: Some(vec![1, 2, 3]),
+                finished: false,
+            },
+        );
+        let mut rescaled = BTreeMap::new();
+        rescaled.insert(
+            OperatorUid::new("src").unwrap(),
+            RescaledOperator {
+                old_parallelism: 2,
+                subtasks: BTreeMap::new(),
+            },
+        );
+        let spec = TaskRestoreSpec {
+            checkpoint: weir_types::CheckpointId(3),
+            operators,
+            location: Some("file:///tmp/sp".into()),
+            rescaled,
+        };
+        // `DeployTask.restore_json`: JSON a TaskManager receives from the JobMaster.
+        weir_fuzz::run(
+            "DeployTask.restore_json",
+            &[serde_json::to_vec(&spec).unwrap()],
+            |b| {
+                let _ = serde_json::from_slice::<TaskRestoreSpec>(b);
+            },
+        );
+    }
+
+    #[test]
     fn a_task_id_prints_vertex_and_subtask() {
         assert_eq!(
             TaskId::new(VertexId(3), SubtaskIndex(1)).to_string(),

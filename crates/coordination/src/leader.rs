@@ -447,6 +447,43 @@ async fn recorded_job(
 mod tests {
     use super::*;
 
+    #[test]
+    fn fuzzed_ha_records_are_refused_or_read_never_a_panic_a_hang_or_a_huge_allocation() {
+        let records: Vec<Vec<u8>> = vec![
+            serde_json::to_vec(&LeaderAddress {
+                epoch: 7,
+                rpc: "http://127.0.0.1:6123".into(),
+                rest: "http://127.0.0.1:8081".into(),
+            })
+            .unwrap(),
+            serde_json::to_vec(&CheckpointPointer {
+                epoch: 7,
+                next_id: 12,
+                latest_completed: Some(11),
+            })
+            .unwrap(),
+            serde_json::to_vec(&JobRecord {
+                job_id: "0123456789abcdef0123456789abcdef".into(),
+                state: RecordedState::Running,
+                epoch: 7,
+            })
+            .unwrap(),
+            serde_json::to_vec(&crate::lease::LeaseRecord::of_this_process(
+                7,
+                "jobmanager",
+                1,
+            ))
+            .unwrap(),
+        ];
+        // The HA folder is shared storage: every record may come from another process.
+        weir_fuzz::run("HA records", &records, |bytes| {
+            let _ = serde_json::from_slice::<LeaderAddress>(bytes);
+            let _ = serde_json::from_slice::<CheckpointPointer>(bytes);
+            let _ = serde_json::from_slice::<JobRecord>(bytes);
+            let _ = serde_json::from_slice::<crate::lease::LeaseRecord>(bytes);
+        });
+    }
+
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -22,3 +22,8 @@ pub mod leader;
 pub mod lease;
 pub mod restart;
 pub mod resume;
+
+/// Fuzz targets run in this binary: no single allocation may exceed 1 GiB.
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: weir_fuzz::Bounded = weir_fuzz::Bounded::new(1 << 30);
