@@ -197,7 +197,7 @@ fn the_ui_shows_the_graph_the_checkpoints_and_a_killed_taskmanagers_recovery_and
     // The recovery reaches /metrics: a restart and its phases, observed once.
     let (_, text) = get_text(&c.rest, "/metrics");
     promtool_check(&text);
-    let job_label = format!("job=\"{id}\"");
+    let job_label = format!("job_id=\"{id}\"");
     assert_eq!(
         sample(&text, "weir_job_restarts_total", &[&job_label]),
         Some(1.0),
@@ -410,7 +410,7 @@ fn the_metrics_endpoints_pass_promtool_and_count_the_jobs_actual_records() {
     promtool_check(&text);
     let written: u64 = common::read_parts(&out).len() as u64;
     assert_eq!(written, 500, "one final line per key");
-    let job_label = format!("job=\"{id}\"");
+    let job_label = format!("job_id=\"{id}\"");
     assert_eq!(
         sample(&text, "weir_job_source_records_total", &[&job_label]),
         Some(RECORDS as f64),

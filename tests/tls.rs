@@ -138,6 +138,49 @@ fn a_mutual_tls_cluster_runs_a_job_exactly_once_and_refuses_other_cas_and_plaint
     };
     let good = curl(&ours, true);
     assert_eq!(String::from_utf8_lossy(&good.stdout), "200");
+    // A TaskManager's /metrics is HTTPS too (a scrape carries the token): plain HTTP gets no
+    // answer, HTTPS with the CA, a certificate and the token gets the text.
+    let tms = Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(ours.join("ca.pem"))
+        .arg("--cert")
+        .arg(ours.join("node.pem"))
+        .arg("--key")
+        .arg(ours.join("node.key"))
+        .args(["-H", &format!("Authorization: {}", token().bearer())])
+        .arg(format!("https://{rest}/taskmanagers"))
+        .output()
+        .unwrap();
+    let tms: serde_json::Value = serde_json::from_slice(&tms.stdout).expect("JSON");
+    let metrics = tms["taskmanagers"][0]["metrics_address"]
+        .as_str()
+        .expect("a metrics address")
+        .to_string();
+    let plain = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://{metrics}/metrics"))
+        .output()
+        .unwrap();
+    assert_ne!(
+        String::from_utf8_lossy(&plain.stdout),
+        "200",
+        "plain HTTP was answered"
+    );
+    let scraped = Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(ours.join("ca.pem"))
+        .arg("--cert")
+        .arg(ours.join("node.pem"))
+        .arg("--key")
+        .arg(ours.join("node.key"))
+        .args(["-H", &format!("Authorization: {}", token().bearer())])
+        .arg(format!("https://{metrics}/metrics"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&scraped.stdout).contains("weir_taskmanager_slots"),
+        "{scraped:?}"
+    );
     let other = curl(&theirs, true);
     assert_eq!(other.status.code(), Some(60), "{other:?}");
     // Mutual TLS: without a client certificate the handshake fails.

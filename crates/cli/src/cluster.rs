@@ -542,7 +542,7 @@ pub(crate) fn io_runtime() -> Result<tokio::runtime::Runtime, Failure> {
 
 /// Where this process's clients find their token: `security.auth.token` and
 /// `security.auth.token-file` as configured (set once the configuration is loaded).
-static CLIENT_AUTH: std::sync::OnceLock<(Option<String>, Option<PathBuf>)> =
+static CLIENT_AUTH: std::sync::OnceLock<(Option<weir_security::Token>, Option<PathBuf>)> =
     std::sync::OnceLock::new();
 
 /// This process's clients' TLS (`security.ssl.*`), or why it cannot load.
@@ -567,7 +567,7 @@ fn client_tls() -> Result<Option<weir_security::Tls>, Failure> {
 /// never connect never create the default token file).
 fn client_token() -> Result<weir_security::Token, Failure> {
     let (token, file) = CLIENT_AUTH.get().cloned().unwrap_or_default();
-    weir_security::resolve(token.as_deref(), file.as_deref())
+    weir_security::resolve(token.as_ref().map(|t| t.expose()), file.as_deref())
         .map_err(|e| Failure::Usage(e.to_string()))
 }
 

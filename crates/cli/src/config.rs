@@ -152,8 +152,8 @@ pub struct Config {
     pub s3: S3Options,
     /// `s3.allow-http` as set; `None`: true iff the endpoint is `http://…`.
     s3_allow_http: Option<bool>,
-    /// `security.auth.token` (never printed, never sent with a job).
-    pub auth_token: Option<String>,
+    /// `security.auth.token` (never printed, `Debug` included; never sent with a job).
+    pub auth_token: Option<weir_security::Token>,
     /// `security.auth.token-file`.
     pub auth_token_file: Option<PathBuf>,
     /// `security.ssl.enabled`.
@@ -664,11 +664,10 @@ pub static KEYS: &[KeySpec] = &[
         apply: |c, v| {
             c.auth_token = match v.trim() {
                 "" | "(unset)" => None,
-                t => {
+                t => Some(
                     weir_security::Token::new(t, "security.auth.token")
-                        .map_err(|e| e.to_string())?;
-                    Some(t.to_string())
-                }
+                        .map_err(|e| e.to_string())?,
+                ),
             };
             Ok(())
         },
@@ -849,6 +848,9 @@ fn parse_nonzero_duration(v: &str) -> Result<Duration, String> {
     }
     Ok(d)
 }
+
+/// Keys whose values are secrets: printed as `******` wherever a value would be shown.
+const SECRET_KEYS: &[&str] = &["s3.secret-key", "security.auth.token"];
 
 /// Keys that describe the machine a process runs on (or the cluster's JobManagers), not the
 /// job: never sent with a job.
@@ -1188,7 +1190,12 @@ impl Config {
             })?;
         (spec.apply)(self, value).map_err(|reason| ConfigError::BadValue {
             key: key.to_string(),
-            value: value.to_string(),
+            // A secret that does not parse is still a secret: never repeat it.
+            value: if SECRET_KEYS.contains(&key) {
+                "******".to_string()
+            } else {
+                value.to_string()
+            },
             origin: origin.to_string(),
             reason,
         })
@@ -1252,7 +1259,10 @@ impl Config {
     /// The cluster's token: `security.auth.token`, else `security.auth.token-file`, else the
     /// user's default file (created with a random token when missing).
     pub fn auth_token(&self) -> Result<weir_security::Token, weir_security::SecurityError> {
-        weir_security::resolve(self.auth_token.as_deref(), self.auth_token_file.as_deref())
+        weir_security::resolve(
+            self.auth_token.as_ref().map(|t| t.expose()),
+            self.auth_token_file.as_deref(),
+        )
     }
 
     /// TLS when `security.ssl.enabled`, loaded from its files; an error names the key or file.
@@ -1453,6 +1463,15 @@ fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, String)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_that_does_not_parse_is_named_by_its_key_never_repeated() {
+        let e = Config::load(None, vec![], &["security.auth.token=short secret".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("security.auth.token"), "{e}");
+        assert!(!e.contains("short secret"), "{e}");
+    }
 
     #[test]
     fn a_jobs_configuration_arrives_unchanged_on_another_process() {

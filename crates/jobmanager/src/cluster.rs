@@ -58,10 +58,10 @@ impl JobStatus {
             restarts: d.restarts,
             tasks_total: self.tasks_total,
             tasks_running: self.tasks_running,
-            records_per_s: if d.state.is_terminal() {
-                0
-            } else {
+            records_per_s: if d.state == JobState::Running {
                 d.records_per_s
+            } else {
+                0
             },
             last_checkpoint_age_ms: self.last_checkpoint_age_ms(now),
         }

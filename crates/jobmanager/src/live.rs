@@ -83,6 +83,17 @@ impl LiveFigures {
         }
     }
 
+    /// The attempt stopped (cancelled, failed over): every rate reads 0 until reports come
+    /// again; the counters are kept.
+    pub fn stop_rates(&mut self) {
+        for s in self.subtasks.values_mut() {
+            s.records_in = Rate::default();
+            s.records_out = Rate::default();
+            s.backpressured_ms = Rate::default();
+        }
+        self.source_records = Rate::default();
+    }
+
     /// Takes the job's source records over every attempt at `at_ms`.
     pub fn source_records(&mut self, at_ms: u64, total: u64) {
         self.source_records.push(at_ms, total);
@@ -193,6 +204,23 @@ mod tests {
         assert_eq!(v.backpressured_pct, 25);
         assert_eq!(live.vertex(2).records_in, 7);
         assert_eq!(live.subtask(1, 0), Some((100, 200, 25)));
+    }
+
+    #[test]
+    fn a_stopped_attempt_shows_no_rate_but_keeps_its_counters() {
+        let mut live = LiveFigures::default();
+        live.record(0, 0, &[report(1, 0, 0, 0)]);
+        live.record(0, 1000, &[report(1, 0, 500, 100)]);
+        live.source_records(0, 0);
+        live.source_records(1000, 500);
+        assert_eq!(live.vertex(1).records_in_per_s, 500);
+        live.stop_rates();
+        let v = live.vertex(1);
+        assert_eq!(
+            (v.records_in, v.records_in_per_s, v.backpressured_pct),
+            (500, 0, 0)
+        );
+        assert_eq!(live.records_per_s(), 0);
     }
 
     #[test]

@@ -265,11 +265,11 @@ mod tests {
         );
         let text = e.render();
         assert!(
-            text.contains(r#"weir_checkpoint_duration_seconds_count{job="j"} 2"#),
+            text.contains(r#"weir_checkpoint_duration_seconds_count{job_id="j"} 2"#),
             "{text}"
         );
         assert!(
-            text.contains(r#"weir_checkpoint_size_bytes_bucket{job="j",le="4096"} 2"#),
+            text.contains(r#"weir_checkpoint_size_bytes_bucket{job_id="j",le="4096"} 2"#),
             "{text}"
         );
     }

@@ -58,7 +58,9 @@ const fn metric(
     }
 }
 
-const SUBTASK: &[&str] = &["job", "attempt", "vertex", "vertex_name", "subtask"];
+/// A job's id is `job_id`, never `job`: Prometheus gives every scraped series a `job` label
+/// of its own (the scrape job), which would rename ours to `exported_job`.
+const SUBTASK: &[&str] = &["job_id", "attempt", "vertex", "vertex_name", "subtask"];
 
 /// Records a subtask read from its input channels (its attempt's, from 0).
 pub const TASK_RECORDS_IN: Metric = metric(
@@ -141,98 +143,98 @@ pub const JOBS: Metric = metric(
 pub const JOB_RESTARTS: Metric = metric(
     "weir_job_restarts_total",
     Kind::Counter,
-    &["job", "job_name"],
+    &["job_id", "job_name"],
     "Attempts a job deployed after its first (failovers and rescales).",
 );
 /// Records a job's sources emitted over all attempts.
 pub const JOB_SOURCE_RECORDS: Metric = metric(
     "weir_job_source_records_total",
     Kind::Counter,
-    &["job", "job_name"],
+    &["job_id", "job_name"],
     "Records a job's sources emitted, over every attempt (replayed records count again).",
 );
 /// Records a job's sinks wrote over all attempts.
 pub const JOB_SINK_RECORDS: Metric = metric(
     "weir_job_sink_records_total",
     Kind::Counter,
-    &["job", "job_name"],
+    &["job_id", "job_name"],
     "Records a job's sinks wrote, over every attempt.",
 );
 /// Records per second through a vertex.
 pub const VERTEX_RECORDS_IN_RATE: Metric = metric(
     "weir_vertex_records_in_per_second",
     Kind::Gauge,
-    &["job", "vertex", "vertex_name"],
+    &["job_id", "vertex", "vertex_name"],
     "Records per second a vertex's subtasks read, over the last reports (current attempt).",
 );
 /// Share of time a vertex's subtasks were backpressured.
 pub const VERTEX_BACKPRESSURED: Metric = metric(
     "weir_vertex_backpressured_ratio",
     Kind::Gauge,
-    &["job", "vertex", "vertex_name"],
+    &["job_id", "vertex", "vertex_name"],
     "Share of the last reports' time a vertex's busiest subtask waited for room in its output (0 to 1).",
 );
 /// Age of a job's last completed checkpoint.
 pub const CHECKPOINT_AGE: Metric = metric(
     "weir_job_last_checkpoint_age_seconds",
     Kind::Gauge,
-    &["job", "job_name"],
+    &["job_id", "job_name"],
     "Time since a job's latest completed checkpoint was triggered.",
 );
 /// Checkpoints by outcome.
 pub const CHECKPOINTS: Metric = metric(
     "weir_checkpoints_total",
     Kind::Counter,
-    &["job", "status"],
+    &["job_id", "status"],
     "Checkpoints of a job by outcome (completed, aborted).",
 );
 /// Checkpoint duration.
 pub const CHECKPOINT_DURATION: Metric = metric(
     "weir_checkpoint_duration_seconds",
     Kind::Histogram,
-    &["job"],
+    &["job_id"],
     "Completed checkpoints: trigger to completion.",
 );
 /// Checkpoint size.
 pub const CHECKPOINT_SIZE: Metric = metric(
     "weir_checkpoint_size_bytes",
     Kind::Histogram,
-    &["job"],
+    &["job_id"],
     "Completed checkpoints: the full size of the state each references.",
 );
 /// Checkpoint upload.
 pub const CHECKPOINT_UPLOADED: Metric = metric(
     "weir_checkpoint_uploaded_bytes",
     Kind::Histogram,
-    &["job"],
+    &["job_id"],
     "Completed checkpoints: bytes uploaded (new files only).",
 );
 /// Checkpoint alignment.
 pub const CHECKPOINT_ALIGNMENT: Metric = metric(
     "weir_checkpoint_alignment_seconds",
     Kind::Histogram,
-    &["job"],
+    &["job_id"],
     "Completed checkpoints: the longest barrier alignment over the tasks.",
 );
 /// Task pause.
 pub const CHECKPOINT_PAUSE: Metric = metric(
     "weir_checkpoint_task_pause_seconds",
     Kind::Histogram,
-    &["job"],
+    &["job_id"],
     "Completed checkpoints: the longest synchronous snapshot pause over the tasks.",
 );
 /// State size per operator.
 pub const OPERATOR_STATE: Metric = metric(
     "weir_operator_state_bytes",
     Kind::Gauge,
-    &["job", "operator"],
+    &["job_id", "operator"],
     "Keyed and operator state per operator in the latest completed checkpoint (full size over its subtasks).",
 );
 /// Recovery phases.
 pub const RECOVERY_PHASE: Metric = metric(
     "weir_recovery_phase_seconds",
     Kind::Histogram,
-    &["job", "phase"],
+    &["job_id", "phase"],
     "Finished recoveries by phase: detect, cancel, schedule, deploy (to every task running, restores included), restore (the slowest task's), first_record, total.",
 );
 
@@ -482,11 +484,11 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"weir_checkpoint_duration_seconds_bucket{job="j1",le="0.25"} 1"#),
+            text.contains(r#"weir_checkpoint_duration_seconds_bucket{job_id="j1",le="0.25"} 1"#),
             "{text}"
         );
         assert!(
-            text.contains(r#"weir_checkpoint_duration_seconds_count{job="j1"} 2"#),
+            text.contains(r#"weir_checkpoint_duration_seconds_count{job_id="j1"} 2"#),
             "{text}"
         );
     }

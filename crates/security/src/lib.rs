@@ -206,9 +206,12 @@ pub fn read_or_create(path: &Path) -> Result<Token, SecurityError> {
         builder.create(dir).map_err(|e| file_error(e.to_string()))?;
     }
     let token = Token::generate()?;
-    // Written under a private name, then linked into place: the file appears whole or not at
-    // all, and a concurrent creator's link fails, so it reads the winner's.
-    let staging = path.with_extension(format!("tmp-{}", std::process::id()));
+    // Written under a name of its own (random: threads of one process, or processes with the
+    // same pid in different containers, never share it), then linked into place: the file
+    // appears whole or not at all, and a concurrent creator's link fails, so it reads the
+    // winner's.
+    let nonce = Token::generate()?;
+    let staging = path.with_extension(format!("tmp-{}", &nonce.expose()[..16]));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -228,7 +231,7 @@ pub fn read_or_create(path: &Path) -> Result<Token, SecurityError> {
             tracing::info!(file = %path.display(), "generated this user's Weir token");
             Ok(token)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_file(path),
+        Err(_) if path.exists() => read_file(path),
         Err(e) => Err(file_error(e.to_string())),
     }
 }

@@ -126,8 +126,10 @@ impl Tls {
 
     /// A gRPC server's configuration.
     pub fn grpc_server(&self) -> ServerTlsConfig {
-        let config =
-            ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
+        let config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            // A peer that connects and never completes the handshake lets go of it.
+            .timeout(HANDSHAKE_TIMEOUT);
         if self.mutual {
             config.client_ca_root(Certificate::from_pem(&self.ca_pem))
         } else {

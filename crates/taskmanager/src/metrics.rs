@@ -221,7 +221,7 @@ mod tests {
         let text = m.render();
         assert!(text.contains("weir_taskmanager_slots 3"), "{text}");
         assert!(
-            text.contains(r#"weir_task_records_out_total{job="abc",attempt="2",vertex="1",vertex_name="Keyed Aggregation",subtask="0"} 11"#),
+            text.contains(r#"weir_task_records_out_total{job_id="abc",attempt="2",vertex="1",vertex_name="Keyed Aggregation",subtask="0"} 11"#),
             "{text}"
         );
     }

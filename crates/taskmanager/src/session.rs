@@ -168,13 +168,27 @@ pub fn run(
                 .map_err(|e| TaskManagerError::Setup(e.to_string()))?;
             let metrics = core.metrics.clone();
             let token = options.auth.clone();
-            core.runtime.spawn(weir_metrics::serve(
-                listener,
-                Arc::new(move || metrics.render()),
-                Arc::new(move |authorization| {
-                    token.as_ref().is_none_or(|t| t.allows(authorization))
-                }),
-            ));
+            let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || metrics.render());
+            let allow: weir_metrics::Allow = Arc::new(move |authorization| {
+                token.as_ref().is_none_or(|t| t.allows(authorization))
+            });
+            // With TLS on, /metrics is HTTPS too: a scrape carries the token.
+            match &options.tls {
+                Some(tls) => {
+                    let config = tls.rustls_server().map_err(TaskManagerError::Setup)?;
+                    let listener = {
+                        let _entered = core.runtime.enter();
+                        weir_security::TlsListener::new(listener, config)
+                            .map_err(|e| TaskManagerError::Setup(e.to_string()))?
+                    };
+                    core.runtime
+                        .spawn(weir_metrics::serve(listener, render, allow));
+                }
+                None => {
+                    core.runtime
+                        .spawn(weir_metrics::serve(listener, render, allow));
+                }
+            }
             address.to_string()
         }
         None => String::new(),

@@ -874,6 +874,8 @@ impl JobMaster {
             }
         }
         tracing::info!(taskmanagers = live.len(), %reason, "cancelling the attempt");
+        // Its subtasks' rates stop here: nothing shows records flowing while the job is down.
+        self.live.stop_rates();
         self.publish();
         let timeout = self.cancel_timeout;
         let deadline = Instant::now() + timeout;

@@ -141,6 +141,7 @@ impl JobMaster {
         d.restored_from = self.restored_from;
         d.cleaned_up = self.cleaned_up;
         d.vertices = vertices;
+        d.records_per_s = self.live.records_per_s();
         s.tasks_running = running;
         s.recoveries = self.recoveries.clone();
         s.savepoints = self.savepoint_ops.values().cloned().collect();

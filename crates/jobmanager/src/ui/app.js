@@ -88,9 +88,21 @@ class Unauthorized extends Error {}
 // The cluster's token lives in this tab's session storage only. A link may carry it once as
 // `#token=…`: it is stored and removed from the address at once.
 const TOKEN_KEY = "weir-token";
+// A token is printable ASCII without spaces (it travels in a header); anything else is
+// not one, and is never stored.
+function usableToken(text) {
+  return /^[\x21-\x7e]{16,512}$/.test(text);
+}
+
 function takeTokenFromAddress() {
   if (location.hash.startsWith("#token=")) {
-    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(location.hash.slice("#token=".length)));
+    let token = "";
+    try {
+      token = decodeURIComponent(location.hash.slice("#token=".length));
+    } catch (e) {
+      token = "";
+    }
+    if (usableToken(token)) sessionStorage.setItem(TOKEN_KEY, token);
     history.replaceState(null, "", `${location.pathname}#/`);
   }
 }
@@ -104,7 +116,17 @@ function headers(extra) {
 }
 
 async function get(path) {
-  const res = await fetch(path, { headers: headers() });
+  let res;
+  try {
+    res = await fetch(path, { headers: headers() });
+  } catch (e) {
+    // A stored token the browser cannot send as a header: forget it and ask again.
+    if (e instanceof TypeError && sessionStorage.getItem(TOKEN_KEY)) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      throw new Unauthorized("the stored token cannot be sent; paste it again");
+    }
+    throw e;
+  }
   const body = await res.json().catch(() => ({}));
   if (res.status === 401) throw new Unauthorized(body.error || "this JobManager needs its token");
   if (res.status === 503 && body.leader) throw new Standby(body.error);
@@ -133,7 +155,13 @@ function tokenForm(message) {
     input, " ", el("button", { type: "submit" }, "Use token"));
   form.addEventListener("submit", (e) => {
     e.preventDefault();
-    sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+    const token = input.value.trim();
+    if (!usableToken(token)) {
+      input.setCustomValidity("a token has 16 to 512 printable characters, no spaces");
+      input.reportValidity();
+      return;
+    }
+    sessionStorage.setItem(TOKEN_KEY, token);
     document.getElementById("main").dataset.page = "";
     refresh();
   });
