@@ -20,11 +20,17 @@
 pub mod jobs;
 
 pub use weir_runtime::{
-    restart, CheckpointRecord, CheckpointStatus, Collector, Data, DataStream, DataStreamSink,
-    EndOfInputContext, JobDefinition, JobMetrics, KeyedContext, KeyedProcessFunction, KeyedStream,
-    OpenContext, Plan, RuntimeOptions, Sink, SinkContext, SinkWriter, Source, SourceContext,
-    SourcePoll, SourceReader, StreamEnvironment, UserError,
+    restart, BoundedOutOfOrderness, CheckpointRecord, CheckpointStatus, Collector, Data,
+    DataStream, DataStreamSink, EndOfInputContext, JobDefinition, JobMetrics, KeyedContext,
+    KeyedProcessFunction, KeyedStream, OpenContext, OutputTag, Plan, RuntimeOptions, Sink,
+    SinkContext, SinkWriter, Source, SourceContext, SourcePoll, SourceReader, StreamEnvironment,
+    TimeDomain, Timer, TimestampFn, UserError, WatermarkGenerator, WatermarkStrategy,
 };
+
+/// Windows on keyed streams (tumbling, sliding, session; triggers, lateness).
+pub mod window {
+    pub use weir_window::*;
+}
 
 /// Running jobs built in this process: a JobManager and an in-process TaskManager (the same
 /// JobMaster as a cluster's).

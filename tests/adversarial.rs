@@ -258,6 +258,7 @@ fn huge_plan_request(raise_max: bool) -> SubmitJobRequest {
                 source: NodeId(0),
                 target: NodeId(1),
                 partitioning: Some(Partitioning::Hash),
+                side_output: None,
             }],
             job_parallelism: None,
             max_parallelism: None,

@@ -2,20 +2,26 @@
 //! over the public API, the same way a user crate writes its own.
 
 mod keyed_agg;
+mod window_count;
 mod word_count;
 
 pub use keyed_agg::{keyed_agg, keyed_agg_spec, CountSum, KeyedAggOptions};
+pub use window_count::{
+    format_window, parse_line, window_count, window_count_spec, TimedKey, WindowCountOptions,
+    WindowShape,
+};
 pub use word_count::{word_count, word_count_spec, WordCountInput, WordCounter};
 
 use std::path::{Path, PathBuf};
 use weir_cli::{Catalog, ParamError, ParamSpec, Params};
 use weir_runtime::{OpenContext, UserError};
 
-/// The catalog of the `weir` binary: `word-count` and `keyed-agg`.
+/// The catalog of the `weir` binary: `word-count`, `keyed-agg` and `window-count`.
 pub fn catalog() -> Catalog {
     Catalog::new()
         .register(word_count_spec())
         .register(keyed_agg_spec())
+        .register(window_count_spec())
 }
 
 /// Checks, without creating anything, that `dir` can hold a job's output: it is a writable

@@ -26,7 +26,7 @@ mod rss;
 mod savepoint;
 
 pub use catalog::{Catalog, JobSpec, ParamSpec, StateSchema};
-pub use config::{Config, ConfigError, RestartStrategyType, StateBackendKind};
+pub use config::{parse_duration, Config, ConfigError, RestartStrategyType, StateBackendKind};
 pub use params::{ParamError, Params};
 pub use rss::peak_rss_bytes;
 

@@ -25,8 +25,13 @@ pub fn plan_text(plan: &Plan) -> String {
         let inputs: Vec<String> = g
             .inputs(n.id)
             .map(|e| {
+                let side = e
+                    .side_output
+                    .as_ref()
+                    .map(|t| format!(", side output '{t}'"))
+                    .unwrap_or_default();
                 format!(
-                    "{} ({})",
+                    "{} ({}{side})",
                     plan.uids[e.source.0 as usize],
                     e.partitioning.map(|p| p.as_str()).unwrap_or("forward")
                 )

@@ -436,6 +436,7 @@ fn kind_name(frame: &DataFrame) -> &'static str {
         Some(Kind::Open(_)) => "open",
         Some(Kind::Batch(_)) => "batch",
         Some(Kind::Watermark(_)) => "watermark",
+        Some(Kind::Idle(_)) => "watermark_status",
         Some(Kind::Barrier(_)) => "barrier",
         Some(Kind::EndOfInput(_)) => "end_of_input",
     }

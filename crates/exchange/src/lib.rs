@@ -111,6 +111,7 @@ pub fn to_wire(frame: Frame) -> DataFrame {
     let kind = match frame {
         Frame::Batch(bytes) => Kind::Batch(bytes),
         Frame::Watermark(ms) => Kind::Watermark(ms),
+        Frame::Status(s) => Kind::Idle(s == weir_types::WatermarkStatus::Idle),
         Frame::Barrier(barrier) => Kind::Barrier(barrier.into()),
         Frame::EndOfInput => Kind::EndOfInput(true),
     };
@@ -138,6 +139,11 @@ pub fn from_wire(frame: DataFrame) -> Result<Frame, FrameError> {
         Some(Kind::Open(_)) => Err(FrameError::UnexpectedOpen),
         Some(Kind::Batch(bytes)) => Ok(Frame::Batch(bytes)),
         Some(Kind::Watermark(ms)) => Ok(Frame::Watermark(ms)),
+        Some(Kind::Idle(idle)) => Ok(Frame::Status(if idle {
+            weir_types::WatermarkStatus::Idle
+        } else {
+            weir_types::WatermarkStatus::Active
+        })),
         Some(Kind::Barrier(barrier)) => Ok(Frame::Barrier(barrier.into())),
         Some(Kind::EndOfInput(true)) => Ok(Frame::EndOfInput),
         Some(Kind::EndOfInput(false)) => Err(FrameError::EndOfInputFalse),
@@ -259,6 +265,8 @@ mod tests {
         let seeds: Vec<Vec<u8>> = [
             to_wire(Frame::Batch(vec![1, 2, 3, 4, 5, 6, 7, 8])),
             to_wire(Frame::Watermark(-5)),
+            to_wire(Frame::Status(weir_types::WatermarkStatus::Idle)),
+            to_wire(Frame::Status(weir_types::WatermarkStatus::Active)),
             to_wire(Frame::Barrier(Barrier {
                 checkpoint: CheckpointId(3),
                 base: Some(CheckpointId(2)),
@@ -290,6 +298,8 @@ mod tests {
         let frames = [
             Frame::Batch(vec![1, 2, 3]),
             Frame::Watermark(-5),
+            Frame::Status(weir_types::WatermarkStatus::Idle),
+            Frame::Status(weir_types::WatermarkStatus::Active),
             Frame::Barrier(Barrier {
                 checkpoint: CheckpointId(3),
                 base: Some(CheckpointId(2)),

@@ -84,6 +84,7 @@ mod tests {
             source: NodeId(a),
             target: NodeId(b),
             partitioning: p,
+            side_output: None,
         }
     }
 

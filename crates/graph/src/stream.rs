@@ -79,6 +79,9 @@ pub struct StreamEdge {
     /// Partitioning the user asked for; `None` = forward when parallelism is equal, else
     /// rebalance (decided by [`StreamGraph::resolve`]).
     pub partitioning: Option<Partitioning>,
+    /// The upstream node's side output this edge reads (`None`: its main output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub side_output: Option<String>,
 }
 
 /// The parallelism settings that apply to a job, lowest precedence first.

@@ -211,6 +211,7 @@ pub(crate) mod tests {
                 source: NodeId(0),
                 target: NodeId(1),
                 partitioning: Some(Partitioning::Hash),
+                side_output: None,
             }],
             job_parallelism: None,
             max_parallelism: None,

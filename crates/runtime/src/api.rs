@@ -2,17 +2,25 @@
 //! per node and per edge.
 
 use crate::channel::{KeyBytesFn, RecordWriter, Router};
-use crate::function::{Collector, KeyedContext, KeyedProcessFunction, OpenContext, Sink, Source};
+use crate::function::{
+    Collector, KeyedContext, KeyedProcessFunction, OpenContext, Sink, Source, TimeState,
+};
 use crate::link::{combine, AnyBox, Link};
-use crate::operators::{encode_key, FilterOp, FlatMapOp, KeyedProcessOp, MapOp, OpIdent, SinkOp};
+use crate::operators::{
+    encode_key, FilterOp, FlatMapOp, KeyedProcessOp, MapOp, OpIdent, SinkOp, TryMapOp,
+};
 use crate::restore::SinkRestore;
+use crate::side::{make_side, MakeSide, OutputTag};
 use crate::subtask::SubtaskCtx;
 use crate::task::{run_inputs, run_source, LoopEnv};
+use crate::time::{TimestampFn, WatermarkStrategy, WatermarksOp};
+use crate::timers::TimerService;
 use crate::{TaskError, UserError};
 use crossbeam_channel::{Receiver, Sender};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -210,6 +218,8 @@ pub(crate) struct Builder {
     nodes: Vec<NodeRuntime>,
     /// One per `graph.edges` entry.
     edges: Vec<Arc<dyn ErasedEdge>>,
+    /// How each read side output's links become its collector, by node and tag.
+    sides: HashMap<(NodeId, String), MakeSide>,
 }
 
 /// A job as built by the DataStream API: its StreamGraph and the typed factories that make its
@@ -218,12 +228,20 @@ pub struct JobDefinition {
     pub(crate) graph: StreamGraph,
     pub(crate) nodes: Vec<NodeRuntime>,
     pub(crate) edges: Vec<Arc<dyn ErasedEdge>>,
+    pub(crate) sides: HashMap<(NodeId, String), MakeSide>,
 }
 
 impl JobDefinition {
     /// The StreamGraph as written (before parallelism is resolved).
     pub fn stream_graph(&self) -> &StreamGraph {
         &self.graph
+    }
+
+    /// The collector factory of `node`'s side output `tag`.
+    pub(crate) fn side_runtime(&self, node: NodeId, tag: &str) -> &MakeSide {
+        self.sides
+            .get(&(node, tag.to_string()))
+            .expect("a side output edge was made by side_output")
     }
 
     pub(crate) fn edge_runtime(&self, source: NodeId, target: NodeId) -> &Arc<dyn ErasedEdge> {
@@ -257,6 +275,7 @@ impl StreamEnvironment {
                 },
                 nodes: Vec::new(),
                 edges: Vec::new(),
+                sides: HashMap::new(),
             })),
         }
     }
@@ -288,6 +307,8 @@ impl StreamEnvironment {
             b: self.b.clone(),
             node,
             partitioning: None,
+            timestamps: None,
+            side: None,
             _t: PhantomData,
         }
     }
@@ -302,12 +323,14 @@ impl StreamEnvironment {
                     graph: b.graph.clone(),
                     nodes: std::mem::take(&mut b.nodes),
                     edges: std::mem::take(&mut b.edges),
+                    sides: std::mem::take(&mut b.sides),
                 }
             });
         JobDefinition {
             graph: b.graph,
             nodes: b.nodes,
             edges: b.edges,
+            sides: b.sides,
         }
     }
 }
@@ -322,11 +345,23 @@ enum NextEdge<T> {
 struct Input<T> {
     node: NodeId,
     edge: NextEdge<T>,
+    /// The side output of `node` read, if not its main output.
+    side: Option<String>,
 }
 
 fn add_node<T: Data>(
     b: &Rc<RefCell<Builder>>,
     input: Option<Input<T>>,
+    name: String,
+    kind: NodeKind,
+    rt: NodeRuntime,
+) -> NodeId {
+    add_node_with_inputs(b, input.into_iter().collect(), name, kind, rt)
+}
+
+fn add_node_with_inputs<T: Data>(
+    b: &Rc<RefCell<Builder>>,
+    inputs: Vec<Input<T>>,
     name: String,
     kind: NodeKind,
     rt: NodeRuntime,
@@ -342,16 +377,22 @@ fn add_node<T: Data>(
         resolved_parallelism: 0,
     });
     b.nodes.push(rt);
-    if let Some(input) = input {
+    for input in inputs {
         let (partitioning, key_bytes) = match input.edge {
             NextEdge::Forward => (None, None),
             NextEdge::Explicit(p) => (Some(p), None),
             NextEdge::Hash(k) => (Some(Partitioning::Hash), Some(k)),
         };
+        if let Some(tag) = &input.side {
+            b.sides
+                .entry((input.node, tag.clone()))
+                .or_insert_with(make_side::<T>);
+        }
         b.graph.edges.push(StreamEdge {
             source: input.node,
             target: id,
             partitioning,
+            side_output: input.side,
         });
         b.edges.push(Arc::new(EdgeNode { key_bytes }));
     }
@@ -363,6 +404,10 @@ pub struct DataStream<T> {
     b: Rc<RefCell<Builder>>,
     node: NodeId,
     partitioning: Option<NextEdge<T>>,
+    /// The records' event time, when declared.
+    timestamps: Option<TimestampFn<T>>,
+    /// The side output of `node` this stream is, if not its main output.
+    side: Option<String>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -400,6 +445,7 @@ impl<T: Data> DataStream<T> {
         Input {
             node: self.node,
             edge,
+            side: self.side.clone(),
         }
     }
 
@@ -415,6 +461,8 @@ impl<T: Data> DataStream<T> {
             b: self.b.clone(),
             node,
             partitioning: None,
+            timestamps: None,
+            side: None,
             _t: PhantomData,
         }
     }
@@ -424,6 +472,101 @@ impl<T: Data> DataStream<T> {
             b: self.b.clone(),
             node: self.node,
             partitioning: Some(p),
+            timestamps: self.timestamps.clone(),
+            side: self.side.clone(),
+            _t: PhantomData,
+        }
+    }
+
+    /// The same stream, its records' event time read by `timestamps`.
+    fn timed(mut self, timestamps: Option<TimestampFn<T>>) -> Self {
+        self.timestamps = timestamps;
+        self
+    }
+
+    /// Reads each record's event time with `strategy` and generates watermarks from it, in
+    /// an operator chained here (right after a source: per source subtask, i.e. per split).
+    /// Watermarks from upstream are replaced by these. `weir plan` shows the operator as
+    /// `Watermarks: …`.
+    pub fn assign_timestamps_and_watermarks(
+        &self,
+        strategy: WatermarkStrategy<T>,
+    ) -> DataStream<T> {
+        let name = strategy.describe();
+        let timestamps = strategy.timestamps.clone();
+        let strategy = Arc::new(strategy);
+        self.then(
+            &name,
+            NodeKind::Operator,
+            Arc::new(move |ctx, next| {
+                // Restored at the parallelism it was taken at: continue; else start afresh.
+                let restored = ctx
+                    .restore
+                    .as_ref()
+                    .and_then(|r| r.state_of(&ctx.uid))
+                    .and_then(|s| s.inline.as_deref());
+                Ok(Box::new(WatermarksOp::new(
+                    ctx.ident(),
+                    ctx.uid.clone(),
+                    &strategy,
+                    next,
+                    restored,
+                )?) as Box<dyn Link<T>>)
+            }),
+        )
+        .timed(Some(timestamps))
+    }
+
+    /// Declares the records' event time without generating watermarks (those from upstream
+    /// pass on): for streams whose type changed since the watermarks were assigned, such as
+    /// window results (`|w| w.end - 1`).
+    pub fn with_timestamps(
+        &self,
+        timestamp: impl Fn(&T) -> i64 + Send + Sync + 'static,
+    ) -> DataStream<T> {
+        DataStream {
+            b: self.b.clone(),
+            node: self.node,
+            partitioning: self.partitioning.as_ref().map(|p| match p {
+                NextEdge::Forward => NextEdge::Forward,
+                NextEdge::Explicit(p) => NextEdge::Explicit(*p),
+                NextEdge::Hash(k) => NextEdge::Hash(k.clone()),
+            }),
+            timestamps: Some(Arc::new(timestamp)),
+            side: self.side.clone(),
+            _t: PhantomData,
+        }
+    }
+
+    /// The side output `tag` of the operator that produces this stream (a keyed process
+    /// function or a window emits to it through its context).
+    pub fn side_output<X: Data>(&self, tag: &OutputTag<X>) -> DataStream<X> {
+        DataStream {
+            b: self.b.clone(),
+            node: self.node,
+            partitioning: None,
+            timestamps: None,
+            side: Some(tag.name().to_string()),
+            _t: PhantomData,
+        }
+    }
+
+    /// One stream of this stream's records and `others`' (all of one type), in no particular
+    /// order between the inputs; the watermark is their minimum. Event time carries over when
+    /// this stream has it.
+    pub fn union(&self, others: &[&DataStream<T>]) -> DataStream<T> {
+        let mut inputs = vec![self.input()];
+        inputs.extend(others.iter().map(|o| o.input()));
+        let make: MakeLink<T, T> = Arc::new(|_ctx, next| Ok(next));
+        let rt = NodeRuntime::Operator(Arc::new(OperatorNode { make }));
+        let node =
+            add_node_with_inputs(&self.b, inputs, "Union".to_string(), NodeKind::Operator, rt);
+        DataStream {
+            b: self.b.clone(),
+            node,
+            partitioning: None,
+            timestamps: self.timestamps.clone(),
+            side: None,
             _t: PhantomData,
         }
     }
@@ -444,6 +587,27 @@ impl<T: Data> DataStream<T> {
         )
     }
 
+    /// Applies `f` to every record; an error fails the job's attempt with the message and
+    /// this operator's uid (input that cannot be read, for instance).
+    pub fn try_map<OUT: Data>(
+        &self,
+        f: impl Fn(T) -> Result<OUT, UserError> + Send + Sync + 'static,
+    ) -> DataStream<OUT> {
+        let f = Arc::new(f);
+        self.then(
+            "Map",
+            NodeKind::Operator,
+            Arc::new(move |ctx, next| {
+                Ok(Box::new(TryMapOp {
+                    ident: ctx.ident(),
+                    f: f.clone(),
+                    next,
+                    _t: PhantomData,
+                }) as Box<dyn Link<T>>)
+            }),
+        )
+    }
+
     /// Keeps the records for which `f` is true.
     pub fn filter(&self, f: impl Fn(&T) -> bool + Send + Sync + 'static) -> DataStream<T> {
         let f = Arc::new(f);
@@ -454,6 +618,7 @@ impl<T: Data> DataStream<T> {
                 Ok(Box::new(FilterOp { f: f.clone(), next }) as Box<dyn Link<T>>)
             }),
         )
+        .timed(self.timestamps.clone())
     }
 
     /// Replaces every record with the records `f` returns (zero or more).
@@ -590,15 +755,24 @@ where
     T: Data,
     K: Serialize + DeserializeOwned + Send + 'static,
 {
+    /// Whether the stream's records have event time (see
+    /// [`DataStream::assign_timestamps_and_watermarks`]).
+    pub fn has_timestamps(&self) -> bool {
+        self.stream.timestamps.is_some()
+    }
+
     /// Runs `f` on every record with the state of the record's key.
     pub fn process<OUT: Data, F>(&self, f: F) -> DataStream<OUT>
     where
         F: KeyedProcessFunction<K, T, OUT> + Sync,
     {
         let key_fn = self.key.clone();
+        let timestamps = self.stream.timestamps.clone();
         let make: MakeLink<T, OUT> = Arc::new(move |ctx, next| {
             let ident = ctx.ident();
             let (mut backend, uploads) = crate::restore::keyed_backend(ctx, &ident)?;
+            let timers =
+                TimerService::restore(&mut *backend).map_err(|e| ident.incompatible(&e))?;
             let mut f = f.clone();
             f.open(&mut OpenContext {
                 states: StateRegistry::new(&mut *backend),
@@ -625,6 +799,9 @@ where
                     factory: ctx.state_backend.clone(),
                     scope: ctx.backend_scope(),
                 },
+                timestamps: timestamps.clone(),
+                time: TimeState::new(timers),
+                side: ctx.take_side_outputs(),
             }) as Box<dyn Link<T>>)
         });
         self.stream

@@ -244,6 +244,10 @@ impl<T: Clone + Send> Link<T> for RecordWriter<T> {
         self.broadcast_event(StreamElement::Watermark(wm))
     }
 
+    fn watermark_status(&mut self, status: weir_types::WatermarkStatus) -> Result<(), TaskError> {
+        self.broadcast_event(StreamElement::Status(status))
+    }
+
     fn end_of_input(&mut self) -> Result<(), TaskError> {
         self.ended = true;
         self.broadcast_event(StreamElement::EndOfInput)

@@ -2,13 +2,15 @@
 //! contexts the runtime hands them.
 
 use crate::link::Link;
+use crate::side::{OutputTag, SideOutputs};
+use crate::timers::{now_ms, TimeDomain, Timer, TimerService};
 use crate::{TaskError, UserError};
 use serde::de::DeserializeOwned;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
-use weir_state::{KeyedScope, KeyedStateBackend, StateRegistry, ValueState};
+use weir_state::{KeyedScope, KeyedStateBackend, StateError, StateRegistry, ValueState};
 use weir_types::{CheckpointId, JobId, OperatorUid, SubtaskIndex};
 
 /// Where a source or sink instance runs.
@@ -228,17 +230,112 @@ impl<T> Collector<T> {
     }
 }
 
-/// What a keyed process function sees for one record: the current key, and (through `Deref`)
-/// the [`KeyedScope`] that state handles read and write.
+/// A keyed operator's event time and timers.
+#[derive(Default)]
+pub(crate) struct TimeState {
+    pub timers: TimerService,
+    /// The operator's current watermark (`i64::MIN` before the first).
+    pub watermark: i64,
+}
+
+impl TimeState {
+    pub(crate) fn new(timers: TimerService) -> Self {
+        Self {
+            timers,
+            watermark: i64::MIN,
+        }
+    }
+}
+
+/// What a keyed process function sees for one record or timer: the current key, its event
+/// time, timers, side outputs, and (through `Deref`) the [`KeyedScope`] that state handles
+/// read and write.
 pub struct KeyedContext<'a, K> {
     pub(crate) key: &'a K,
     pub(crate) scope: KeyedScope<'a>,
+    pub(crate) timestamp: Option<i64>,
+    pub(crate) time: &'a mut TimeState,
+    pub(crate) side: &'a mut SideOutputs,
 }
 
 impl<K> KeyedContext<'_, K> {
-    /// The current record's key.
+    /// The current record's key (in `on_timer`: the timer's key).
     pub fn key(&self) -> &K {
         self.key
+    }
+
+    /// The current record's event time, when the stream has timestamps (see
+    /// [`crate::DataStream::assign_timestamps_and_watermarks`]); in `on_timer`, an event-time
+    /// timer's timestamp.
+    pub fn timestamp(&self) -> Option<i64> {
+        self.timestamp
+    }
+
+    /// The operator's current watermark: `i64::MIN` before the first one arrived.
+    pub fn current_watermark(&self) -> i64 {
+        self.time.watermark
+    }
+
+    /// The wall clock, in ms since the Unix epoch.
+    pub fn current_processing_time(&self) -> i64 {
+        now_ms()
+    }
+
+    /// Calls `on_timer` for the current key once the watermark reaches `timestamp`.
+    pub fn register_event_time_timer(&mut self, timestamp: i64) -> Result<(), StateError> {
+        self.register_timer(TimeDomain::EventTime, timestamp, &[])
+    }
+
+    /// Calls `on_timer` for the current key once the wall clock reaches `timestamp`.
+    pub fn register_processing_time_timer(&mut self, timestamp: i64) -> Result<(), StateError> {
+        self.register_timer(TimeDomain::ProcessingTime, timestamp, &[])
+    }
+
+    /// Deletes the current key's event-time timer at `timestamp` (if any).
+    pub fn delete_event_time_timer(&mut self, timestamp: i64) -> Result<(), StateError> {
+        self.delete_timer(TimeDomain::EventTime, timestamp, &[])
+    }
+
+    /// Deletes the current key's processing-time timer at `timestamp` (if any).
+    pub fn delete_processing_time_timer(&mut self, timestamp: i64) -> Result<(), StateError> {
+        self.delete_timer(TimeDomain::ProcessingTime, timestamp, &[])
+    }
+
+    /// Registers a timer of the current key in `namespace` (windows register one per
+    /// window). A timer that exists already is not registered twice.
+    pub fn register_timer(
+        &mut self,
+        domain: TimeDomain,
+        timestamp: i64,
+        namespace: &[u8],
+    ) -> Result<(), StateError> {
+        let (backend, kg, key) = self.scope.parts();
+        self.time
+            .timers
+            .register(backend, domain, kg, key, namespace, timestamp)
+    }
+
+    /// Deletes a timer of the current key in `namespace` (if any).
+    pub fn delete_timer(
+        &mut self,
+        domain: TimeDomain,
+        timestamp: i64,
+        namespace: &[u8],
+    ) -> Result<(), StateError> {
+        let (backend, kg, key) = self.scope.parts();
+        self.time
+            .timers
+            .delete(backend, domain, kg, key, namespace, timestamp)
+    }
+
+    /// Emits `record` to the side output `tag` (read with [`crate::DataStream::side_output`];
+    /// dropped when nothing reads it).
+    pub fn output<X: Send + 'static>(
+        &mut self,
+        tag: &OutputTag<X>,
+        record: X,
+    ) -> Result<(), UserError> {
+        self.side.emit(tag, record)
     }
 }
 
@@ -352,6 +449,19 @@ pub trait KeyedProcessFunction<K, IN, OUT>: Clone + Send + 'static {
         ctx: &mut KeyedContext<'_, K>,
         out: &mut Collector<OUT>,
     ) -> Result<(), UserError>;
+
+    /// A timer of the current key fired (registered through the context). Event-time timers
+    /// fire when the watermark reaches them and, at end of input, all that remain;
+    /// processing-time timers when the wall clock does, including after a restore whose time
+    /// has passed. Each fires once, across failures too.
+    fn on_timer(
+        &mut self,
+        _timer: &Timer,
+        _ctx: &mut KeyedContext<'_, K>,
+        _out: &mut Collector<OUT>,
+    ) -> Result<(), UserError> {
+        Ok(())
+    }
 
     /// Called once when every input has ended, before the end of input is passed downstream.
     fn end_of_input(

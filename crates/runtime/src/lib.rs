@@ -41,9 +41,12 @@ mod metrics;
 mod operators;
 pub mod remote;
 mod restore;
+mod side;
 mod snapshot;
 mod subtask;
 mod task;
+mod time;
+mod timers;
 
 pub use api::{Data, DataStream, DataStreamSink, JobDefinition, KeyedStream, StreamEnvironment};
 pub use error::{chain as error_chain, TaskError, UserError};
@@ -52,8 +55,14 @@ pub use function::{
     SinkContext, SinkWriter, Source, SourceContext, SourcePoll, SourceReader, COLLECTOR_BATCH,
 };
 pub use metrics::{JobMetrics, SubtaskIo, SubtaskIoSample};
+pub use side::{OutputTag, SideOutputs};
 pub use snapshot::{Control, Transfer, MAX_RECORDED_SYNC_PAUSES};
 pub use subtask::{Plan, RuntimeOptions};
+pub use time::{
+    BoundedOutOfOrderness, TimestampFn, WatermarkGenerator, WatermarkStrategy,
+    DEFAULT_WATERMARK_INTERVAL,
+};
+pub use timers::{TimeDomain, Timer, TIMERS_STATE};
 pub use weir_coordination::driver::TaskEvent;
 pub use weir_coordination::driver::{CheckpointRecord, CheckpointStatus};
 pub use weir_coordination::restart;

@@ -4,7 +4,7 @@
 use crate::snapshot::ChainSnapshot;
 use crate::TaskError;
 use std::any::Any;
-use weir_types::{Barrier, CheckpointId, Watermark};
+use weir_types::{Barrier, CheckpointId, Watermark, WatermarkStatus};
 
 /// A type-erased value at a factory boundary (a `Box<dyn Link<T>>`, a channel end, …).
 pub(crate) type AnyBox = Box<dyn Any + Send>;
@@ -24,6 +24,9 @@ pub(crate) trait Link<T>: Send {
 
     /// Handles a watermark (the minimum over the task's inputs).
     fn watermark(&mut self, wm: Watermark) -> Result<(), TaskError>;
+
+    /// The task's inputs went idle (every one of them) or one became active again.
+    fn watermark_status(&mut self, status: WatermarkStatus) -> Result<(), TaskError>;
 
     /// Every input has ended: finish, then pass the end downstream.
     fn end_of_input(&mut self) -> Result<(), TaskError>;
@@ -59,6 +62,12 @@ impl<T: Clone + Send> Link<T> for Fanout<T> {
         self.outputs.iter_mut().try_for_each(|o| o.watermark(wm))
     }
 
+    fn watermark_status(&mut self, status: WatermarkStatus) -> Result<(), TaskError> {
+        self.outputs
+            .iter_mut()
+            .try_for_each(|o| o.watermark_status(status))
+    }
+
     fn end_of_input(&mut self) -> Result<(), TaskError> {
         self.outputs.iter_mut().try_for_each(|o| o.end_of_input())
     }
@@ -91,6 +100,9 @@ impl<T> Link<T> for Discard {
         Ok(())
     }
     fn watermark(&mut self, _wm: Watermark) -> Result<(), TaskError> {
+        Ok(())
+    }
+    fn watermark_status(&mut self, _status: WatermarkStatus) -> Result<(), TaskError> {
         Ok(())
     }
     fn end_of_input(&mut self) -> Result<(), TaskError> {

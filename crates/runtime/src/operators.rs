@@ -1,22 +1,27 @@
 //! The built-in operators, each a [`Link`] that wraps the next link of its chain.
 
 use crate::error::chain;
+use crate::function::TimeState;
 use crate::function::{
     Collector, EndOfInputContext, KeyedContext, KeyedProcessFunction, SinkWriter,
 };
 use crate::link::Link;
 use crate::metrics::JobMetrics;
+use crate::side::{Event as SideEvent, SideOutputs};
 use crate::snapshot::{
     CanonicalSource, ChainSnapshot, KeyedUploads, OperatorPart, SINK_MANIFEST_FILE,
 };
+use crate::time::TimestampFn;
+use crate::timers::{now_ms, TimeDomain, Timer};
 use crate::{TaskError, UserError};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use weir_state::{KeyedScope, KeyedStateBackend};
 use weir_types::{
     key_group_for_key_bytes, Barrier, CheckpointId, KeyGroupRange, OperatorUid, SubtaskIndex,
-    Watermark,
+    Watermark, WatermarkStatus,
 };
 
 /// Who an operator is, for error messages.
@@ -69,6 +74,12 @@ macro_rules! forward_events {
         fn watermark(&mut self, wm: Watermark) -> Result<(), TaskError> {
             self.next.watermark(wm)
         }
+        fn watermark_status(
+            &mut self,
+            status: weir_types::WatermarkStatus,
+        ) -> Result<(), TaskError> {
+            self.next.watermark_status(status)
+        }
         fn end_of_input(&mut self) -> Result<(), TaskError> {
             self.next.end_of_input()
         }
@@ -107,6 +118,35 @@ where
         let f = &self.f;
         self.next
             .push_batch(batch.into_iter().map(|r| f(r)).collect())
+    }
+    forward_events!();
+}
+
+/// `try_map`: an error fails the task, naming the operator.
+pub(crate) struct TryMapOp<IN, OUT, F> {
+    pub ident: OpIdent,
+    pub f: Arc<F>,
+    pub next: Box<dyn Link<OUT>>,
+    pub _t: PhantomData<fn(IN)>,
+}
+
+impl<IN, OUT, F> Link<IN> for TryMapOp<IN, OUT, F>
+where
+    F: Fn(IN) -> Result<OUT, UserError> + Send + Sync,
+    OUT: Send,
+{
+    fn push(&mut self, record: IN) -> Result<(), TaskError> {
+        let out = (self.f)(record).map_err(|e| self.ident.user(e))?;
+        self.next.push(out)
+    }
+    fn push_batch(&mut self, batch: Vec<IN>) -> Result<(), TaskError> {
+        let f = &self.f;
+        let out = batch
+            .into_iter()
+            .map(|r| f(r))
+            .collect::<Result<Vec<OUT>, UserError>>()
+            .map_err(|e| self.ident.user(e))?;
+        self.next.push_batch(out)
     }
     forward_events!();
 }
@@ -185,11 +225,17 @@ pub(crate) struct KeyedProcessOp<K, IN, OUT, F> {
     pub restored_finished: bool,
     /// How a canonical savepoint reads this operator's snapshot back.
     pub canonical: CanonicalSource,
+    /// The input's event time, when the stream has timestamps.
+    pub timestamps: Option<TimestampFn<IN>>,
+    /// The watermark and the timers.
+    pub time: TimeState,
+    /// Side outputs the job reads.
+    pub side: SideOutputs,
 }
 
 impl<K, IN, OUT, F> KeyedProcessOp<K, IN, OUT, F>
 where
-    K: Serialize + Send,
+    K: Serialize + DeserializeOwned + Send,
     IN: Send,
     OUT: Send,
     F: KeyedProcessFunction<K, IN, OUT>,
@@ -211,39 +257,103 @@ where
                 ),
             });
         }
+        let timestamp = self.timestamps.as_ref().map(|f| f(&record));
         let scope = KeyedScope::new(&mut *self.backend, kg, &self.key_buf, &mut self.scratch);
-        let mut ctx = KeyedContext { key: &key, scope };
+        let mut ctx = KeyedContext {
+            key: &key,
+            scope,
+            timestamp,
+            time: &mut self.time,
+            side: &mut self.side,
+        };
         self.f
             .process_element(record, &mut ctx, &mut self.out)
             .map_err(|e| self.ident.user(e))
+    }
+
+    /// Fires every timer of `domain` due at `now`, earliest first (timers registered while
+    /// firing fire too when due).
+    fn fire(&mut self, domain: TimeDomain, now: i64) -> Result<(), TaskError> {
+        while self.time.timers.next_due(domain).is_some_and(|t| t <= now) {
+            let entry = self
+                .time
+                .timers
+                .pop_due(&mut *self.backend, domain, now)
+                .map_err(|e| self.ident.fail(chain(&e)))?
+                .expect("a due timer");
+            let key: K = postcard::from_bytes(&entry.key).map_err(|e| {
+                self.ident
+                    .fail(format!("a timer's key does not decode: {e}"))
+            })?;
+            let timer = Timer {
+                domain,
+                timestamp: entry.timestamp,
+                namespace: entry.namespace.into_vec(),
+            };
+            let scope = KeyedScope::new(
+                &mut *self.backend,
+                entry.key_group,
+                &entry.key,
+                &mut self.scratch,
+            );
+            let mut ctx = KeyedContext {
+                key: &key,
+                scope,
+                timestamp: (domain == TimeDomain::EventTime).then_some(timer.timestamp),
+                time: &mut self.time,
+                side: &mut self.side,
+            };
+            self.f
+                .on_timer(&timer, &mut ctx, &mut self.out)
+                .map_err(|e| self.ident.user(e))?;
+        }
+        Ok(())
+    }
+
+    /// Passes buffered output on, to the main and every side output.
+    fn drain(&mut self) -> Result<(), TaskError> {
+        self.out.drain()?;
+        self.side.drain()
     }
 }
 
 impl<K, IN, OUT, F> Link<IN> for KeyedProcessOp<K, IN, OUT, F>
 where
-    K: Serialize + Send,
+    K: Serialize + DeserializeOwned + Send,
     IN: Send,
     OUT: Send,
     F: KeyedProcessFunction<K, IN, OUT>,
 {
     fn push(&mut self, record: IN) -> Result<(), TaskError> {
         self.process(record)?;
-        self.out.drain()
+        self.drain()
     }
 
     fn push_batch(&mut self, batch: Vec<IN>) -> Result<(), TaskError> {
         for r in batch {
             self.process(r)?;
         }
-        self.out.drain()
+        self.drain()
     }
 
     fn watermark(&mut self, wm: Watermark) -> Result<(), TaskError> {
+        self.time.watermark = wm.0;
+        self.fire(TimeDomain::EventTime, wm.0)?;
+        self.drain()?;
+        self.side.event(SideEvent::Watermark(wm))?;
         self.out.next().watermark(wm)
+    }
+
+    fn watermark_status(&mut self, status: WatermarkStatus) -> Result<(), TaskError> {
+        self.side.event(SideEvent::Status(status))?;
+        self.out.next().watermark_status(status)
     }
 
     fn end_of_input(&mut self) -> Result<(), TaskError> {
         if !self.restored_finished {
+            // An ended input is the final watermark: every event-time timer fires.
+            self.time.watermark = i64::MAX;
+            self.fire(TimeDomain::EventTime, i64::MAX)?;
             let mut ctx = EndOfInputContext {
                 backend: &mut *self.backend,
             };
@@ -251,7 +361,7 @@ where
                 .end_of_input(&mut ctx, &mut self.out)
                 .map_err(|e| self.ident.user(e))?;
         }
-        self.out.drain()?;
+        self.drain()?;
         self.backend
             .flush()
             .map_err(|e| self.ident.fail(chain(&e)))?;
@@ -260,15 +370,26 @@ where
             .size_bytes()
             .map_err(|e| self.ident.fail(chain(&e)))?;
         JobMetrics::add(&self.metrics.state_bytes, bytes);
+        self.side.event(SideEvent::EndOfInput)?;
         self.out.next().end_of_input()
     }
 
     fn flush(&mut self, force: bool) -> Result<(), TaskError> {
+        if self
+            .time
+            .timers
+            .next_due(TimeDomain::ProcessingTime)
+            .is_some()
+        {
+            self.fire(TimeDomain::ProcessingTime, now_ms())?;
+            self.drain()?;
+        }
+        self.side.event(SideEvent::Flush(force))?;
         self.out.next().flush(force)
     }
 
     fn barrier(&mut self, barrier: Barrier, snapshot: &mut ChainSnapshot) -> Result<(), TaskError> {
-        self.out.drain()?;
+        self.drain()?;
         let local = self
             .backend
             .snapshot(barrier.checkpoint)
@@ -289,11 +410,13 @@ where
                     .map(|_| self.canonical.clone()),
             },
         );
+        self.side.event(SideEvent::Barrier(barrier, snapshot))?;
         self.out.next().barrier(barrier, snapshot)
     }
 
     fn checkpoint_complete(&mut self, id: CheckpointId) -> Result<(), TaskError> {
         self.uploads.completed(id);
+        self.side.event(SideEvent::Complete(id))?;
         self.out.next().checkpoint_complete(id)
     }
 }
@@ -369,6 +492,10 @@ impl<T: Send> Link<T> for SinkOp<T> {
     }
 
     fn watermark(&mut self, _wm: Watermark) -> Result<(), TaskError> {
+        Ok(())
+    }
+
+    fn watermark_status(&mut self, _status: weir_types::WatermarkStatus) -> Result<(), TaskError> {
         Ok(())
     }
 

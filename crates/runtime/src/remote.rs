@@ -32,6 +32,7 @@ pub(crate) fn encoder<T: crate::Data>(rx: Receiver<StreamElement<T>>) -> NextEnc
                 }
             },
             StreamElement::Watermark(w) => EncodedElement::Watermark(w.0),
+            StreamElement::Status(s) => EncodedElement::Status(s),
             StreamElement::Barrier(b) => EncodedElement::Barrier(b),
             StreamElement::EndOfInput => EncodedElement::EndOfInput,
         })
@@ -50,6 +51,7 @@ pub(crate) fn decoder<T: crate::Data>(tx: Sender<StreamElement<T>>, label: Strin
                 })?)
             }
             EncodedElement::Watermark(w) => StreamElement::Watermark(Watermark(w)),
+            EncodedElement::Status(s) => StreamElement::Status(s),
             EncodedElement::Barrier(b) => StreamElement::Barrier(b),
             EncodedElement::EndOfInput => StreamElement::EndOfInput,
         };
@@ -77,6 +79,8 @@ mod tests {
         let sent = vec![
             StreamElement::Batch(vec![("a".to_string(), 1), ("b".to_string(), 2)]),
             StreamElement::Watermark(Watermark(9)),
+            StreamElement::Status(weir_types::WatermarkStatus::Idle),
+            StreamElement::Status(weir_types::WatermarkStatus::Active),
             StreamElement::Barrier(barrier),
             StreamElement::EndOfInput,
         ];

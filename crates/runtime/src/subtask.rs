@@ -8,8 +8,10 @@ use crate::function::SourceContext;
 use crate::link::AnyBox;
 use crate::metrics::{JobMetrics, SubtaskIo};
 use crate::operators::OpIdent;
+use crate::side::{SideLink, SideOutputs};
 use crate::snapshot::{TaskCheckpointing, TaskRestore};
 use crate::{JobDefinition, TaskError};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -69,9 +71,16 @@ pub(crate) struct SubtaskCtx {
     pub attempt: u32,
     pub checkpointing: Option<Arc<TaskCheckpointing>>,
     pub restore: Option<Arc<TaskRestore>>,
+    /// The operator's side outputs that the job reads, until the operator takes them.
+    pub side_outputs: RefCell<Vec<(String, Box<dyn SideLink>)>>,
 }
 
 impl SubtaskCtx {
+    /// The operator's side outputs (each operator takes them once, when it is built).
+    pub(crate) fn take_side_outputs(&self) -> SideOutputs {
+        SideOutputs::new(std::mem::take(&mut *self.side_outputs.borrow_mut()))
+    }
+
     pub(crate) fn ident(&self) -> OpIdent {
         OpIdent {
             uid: self.uid.to_string(),
@@ -172,14 +181,30 @@ pub(crate) fn run_task(
         attempt: base.attempt,
         checkpointing: spec.checkpointing.clone(),
         restore: spec.restore.clone(),
+        side_outputs: RefCell::new(Vec::new()),
     };
     let mut built: HashMap<NodeId, AnyBox> = HashMap::new();
     for &node in vertex.nodes.iter().rev() {
         let ctx = ctx_for(node);
         let mut outputs = Vec::new();
+        let mut sides: Vec<(String, Vec<AnyBox>)> = Vec::new();
         for edge in plan.stream.outputs(node) {
+            // A side output's links go to its collector, the main output's to the chain.
+            let out = match &edge.side_output {
+                None => &mut outputs,
+                Some(tag) => {
+                    let i = match sides.iter().position(|(t, _)| t == tag) {
+                        Some(i) => i,
+                        None => {
+                            sides.push((tag.clone(), Vec::new()));
+                            sides.len() - 1
+                        }
+                    };
+                    &mut sides[i].1
+                }
+            };
             if let Some(link) = built.remove(&edge.target) {
-                outputs.push(link);
+                out.push(link);
                 continue;
             }
             let (e, je) = plan
@@ -193,12 +218,18 @@ pub(crate) fn run_task(
                 .senders
                 .remove(&e)
                 .expect("senders for every outgoing edge");
-            outputs.push(job.edge_runtime(node, edge.target).writer(
-                &ctx,
-                senders,
-                je.partitioning,
-            ));
+            out.push(
+                job.edge_runtime(node, edge.target)
+                    .writer(&ctx, senders, je.partitioning),
+            );
         }
+        *ctx.side_outputs.borrow_mut() = sides
+            .into_iter()
+            .map(|(tag, links)| {
+                let make = job.side_runtime(node, &tag);
+                (tag, make(links))
+            })
+            .collect();
         match &job.nodes[node.0 as usize] {
             NodeRuntime::Source(src) => {
                 debug_assert_eq!(node, vertex.head);

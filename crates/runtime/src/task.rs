@@ -49,7 +49,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Select};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use weir_checkpoint::CheckpointingMode;
-use weir_types::{Barrier, OperatorUid, StreamElement, Watermark};
+use weir_types::{Barrier, OperatorUid, StreamElement, Watermark, WatermarkStatus};
 
 /// What every task loop needs besides its chain.
 pub(crate) struct LoopEnv<'a> {
@@ -305,8 +305,7 @@ pub(crate) fn run_inputs<T: Send>(
     let control = env.checkpointing.map_or(&never, |cp| &cp.control);
     let mut aligner = Aligner::new(n, exactly_once);
     let mut open = n;
-    let mut watermarks = vec![Watermark(i64::MIN); n];
-    let mut emitted = Watermark(i64::MIN);
+    let mut clock = InputClock::new(n);
     while open > 0 {
         // Select over readable channels (rebuilt only when that set changes) and control.
         let active: Vec<usize> = (0..n).filter(|&i| aligner.readable(i)).collect();
@@ -353,21 +352,22 @@ pub(crate) fn run_inputs<T: Send>(
                     continue;
                 }
                 Ok(StreamElement::Watermark(wm)) => {
-                    if wm < watermarks[index] {
+                    if wm < clock.watermarks[index] {
                         return Err(invariant(
                             env,
                             format!(
                                 "watermark went back on input {index}: {wm:?} after {:?}",
-                                watermarks[index]
+                                clock.watermarks[index]
                             ),
                         ));
                     }
-                    watermarks[index] = wm;
-                    let min = *watermarks.iter().min().expect("at least one input");
-                    if min > emitted {
-                        emitted = min;
-                        chain.watermark(min)?;
-                    }
+                    clock.watermarks[index] = wm;
+                    clock.advance(chain)?;
+                    continue;
+                }
+                Ok(StreamElement::Status(status)) => {
+                    clock.idle[index] = status == WatermarkStatus::Idle;
+                    clock.advance(chain)?;
                     continue;
                 }
                 Ok(StreamElement::Barrier(b)) => {
@@ -385,7 +385,9 @@ pub(crate) fn run_inputs<T: Send>(
                         .map_err(|d| invariant(env, d))?
                 }
                 Ok(StreamElement::EndOfInput) => {
-                    watermarks[index] = Watermark::MAX;
+                    clock.watermarks[index] = Watermark::MAX;
+                    clock.idle[index] = false;
+                    clock.advance(chain)?;
                     open -= 1;
                     aligner
                         .on_end(index, Instant::now())
@@ -419,6 +421,56 @@ pub(crate) fn run_inputs<T: Send>(
     match env.checkpointing {
         None => Ok(()),
         Some(cp) => run_finished(env, cp, &mut aligner.into_order(), chain, &mut |_| Ok(())),
+    }
+}
+
+/// The event time of a task with several inputs: each channel's watermark and whether it is
+/// idle. The task's watermark is the minimum over the channels that are not idle (an ended
+/// channel holds [`Watermark::MAX`]); it only ever rises. When every open channel is idle the
+/// task is idle downstream too, until one becomes active.
+struct InputClock {
+    watermarks: Vec<Watermark>,
+    idle: Vec<bool>,
+    emitted: Watermark,
+    idle_downstream: bool,
+}
+
+impl InputClock {
+    fn new(n: usize) -> Self {
+        Self {
+            watermarks: vec![Watermark(i64::MIN); n],
+            idle: vec![false; n],
+            emitted: Watermark(i64::MIN),
+            idle_downstream: false,
+        }
+    }
+
+    /// Recomputes the task's watermark and status and tells the chain what changed.
+    fn advance<T>(&mut self, chain: &mut dyn Link<T>) -> Result<(), TaskError> {
+        let active: Vec<Watermark> = self
+            .watermarks
+            .iter()
+            .zip(&self.idle)
+            .filter(|(_, idle)| !**idle)
+            .map(|(w, _)| *w)
+            .collect();
+        let Some(min) = active.into_iter().min() else {
+            if !self.idle_downstream {
+                self.idle_downstream = true;
+                chain.watermark_status(WatermarkStatus::Idle)?;
+            }
+            return Ok(());
+        };
+        if self.idle_downstream {
+            self.idle_downstream = false;
+            chain.watermark_status(WatermarkStatus::Active)?;
+        }
+        // Every channel ended: end of input follows, and stands for the final watermark.
+        if min > self.emitted && min < Watermark::MAX {
+            self.emitted = min;
+            chain.watermark(min)?;
+        }
+        Ok(())
     }
 }
 

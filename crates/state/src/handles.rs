@@ -110,6 +110,24 @@ impl<'a> KeyedScope<'a> {
         Self { namespace, ..self }
     }
 
+    /// A scope for the same key in `namespace`, borrowing this one (a window's state, inside
+    /// a function that also uses the key's state outside any window).
+    pub fn namespaced<'b>(&'b mut self, namespace: &'b [u8]) -> KeyedScope<'b> {
+        KeyedScope {
+            backend: &mut *self.backend,
+            key_group: self.key_group,
+            key: self.key,
+            namespace,
+            scratch: &mut *self.scratch,
+        }
+    }
+
+    /// The backend, key group and key under this scope, for services that keep their own
+    /// entries beside the user's states (timers).
+    pub fn parts(&mut self) -> (&mut dyn KeyedStateBackend, KeyGroup, &[u8]) {
+        (&mut *self.backend, self.key_group, self.key)
+    }
+
     /// The serialised current key.
     pub fn key_bytes(&self) -> &[u8] {
         self.key

@@ -20,4 +20,6 @@ pub use key_group::{
     default_max_parallelism, key_group_for_key_bytes, key_group_range_for_subtask, stable_hash64,
     subtask_for_key_group, KeyGroup, KeyGroupRange, KEY_GROUP_HASH_VERSION, MAX_MAX_PARALLELISM,
 };
-pub use message::{Barrier, EncodedElement, SavepointBarrier, StreamElement, Watermark};
+pub use message::{
+    Barrier, EncodedElement, SavepointBarrier, StreamElement, Watermark, WatermarkStatus,
+};

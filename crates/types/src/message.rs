@@ -16,6 +16,18 @@ impl Watermark {
     pub const MAX: Watermark = Watermark(i64::MAX);
 }
 
+/// Whether a channel's producer is generating watermarks or is idle (Flink's watermark
+/// status). A consumer leaves idle channels out of its minimum watermark, so an input with
+/// no data does not hold event time back; a channel is active again with its next record or
+/// status.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WatermarkStatus {
+    /// The producer saw no record for its idle timeout.
+    Idle,
+    /// The producer generates watermarks again.
+    Active,
+}
+
 /// A checkpoint barrier, injected at the sources by the checkpoint coordinator.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Barrier {
@@ -62,6 +74,8 @@ pub enum StreamElement<T> {
     Batch(Vec<T>),
     /// An event-time watermark.
     Watermark(Watermark),
+    /// The producer went idle or became active again.
+    Status(WatermarkStatus),
     /// A checkpoint barrier.
     Barrier(Barrier),
     /// The producer has finished; it sends nothing after this.
@@ -77,6 +91,8 @@ pub enum EncodedElement {
     Batch(Vec<u8>),
     /// An event-time watermark (ms).
     Watermark(i64),
+    /// The producer went idle or became active again.
+    Status(WatermarkStatus),
     /// A checkpoint barrier.
     Barrier(Barrier),
     /// The producer finished; nothing follows.
@@ -89,6 +105,7 @@ impl EncodedElement {
         match self {
             EncodedElement::Batch(_) => "batch",
             EncodedElement::Watermark(_) => "watermark",
+            EncodedElement::Status(_) => "watermark_status",
             EncodedElement::Barrier(_) => "barrier",
             EncodedElement::EndOfInput => "end_of_input",
         }
