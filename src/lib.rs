@@ -20,11 +20,12 @@
 pub mod jobs;
 
 pub use weir_runtime::{
-    restart, BoundedOutOfOrderness, CheckpointRecord, CheckpointStatus, Collector, Data,
-    DataStream, DataStreamSink, EndOfInputContext, JobDefinition, JobMetrics, KeyedContext,
-    KeyedProcessFunction, KeyedStream, OpenContext, OutputTag, Plan, RuntimeOptions, Sink,
-    SinkContext, SinkWriter, Source, SourceContext, SourcePoll, SourceReader, StreamEnvironment,
-    TimeDomain, Timer, TimestampFn, UserError, WatermarkGenerator, WatermarkStrategy,
+    restart, BoundedOutOfOrderness, CheckpointRecord, CheckpointStatus, Collector,
+    ConnectedStreams, Data, DataStream, DataStreamSink, Either, EndOfInputContext, JobDefinition,
+    JobMetrics, KeyedCoProcessFunction, KeyedConnectedStreams, KeyedContext, KeyedProcessFunction,
+    KeyedStream, OpenContext, OutputTag, Plan, RuntimeOptions, Sink, SinkContext, SinkWriter,
+    Source, SourceContext, SourcePoll, SourceReader, StreamEnvironment, TimeDomain, Timer,
+    TimestampFn, UserError, WatermarkGenerator, WatermarkStrategy,
 };
 
 /// Windows on keyed streams (tumbling, sliding, session; triggers, lateness).

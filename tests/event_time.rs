@@ -19,9 +19,9 @@ use weir::state::{
 };
 use weir::window::{TimeWindow, WindowExt, Windowed, Windows};
 use weir::{
-    Collector, JobDefinition, KeyedContext, KeyedProcessFunction, OpenContext, OutputTag,
-    RuntimeOptions, Source, SourceContext, SourcePoll, SourceReader, StreamEnvironment, TimeDomain,
-    Timer, UserError, WatermarkStrategy,
+    Collector, JobDefinition, KeyedConnectedStreams, KeyedContext, KeyedProcessFunction,
+    OpenContext, OutputTag, RuntimeOptions, Source, SourceContext, SourcePoll, SourceReader,
+    StreamEnvironment, TimeDomain, Timer, UserError, WatermarkStrategy,
 };
 use weir_checkpoint::CheckpointConfig;
 use weir_storage::Store;
@@ -727,4 +727,96 @@ fn an_event_time_window_on_a_stream_without_timestamps_is_refused_at_build_time(
         err.to_string().contains("assign_timestamps_and_watermarks"),
         "{err}"
     );
+}
+
+/// Two inputs of `(timestamp, key)`: the first every 3 ms, the second every 5 ms from 1 ms,
+/// each from one ascending source subtask (so no record is ever late).
+fn two_inputs(env: &StreamEnvironment) -> KeyedConnectedStreams<(i64, u64), (i64, u64), u64> {
+    let side = |uid: &str, seed: u64, step: i64, from: i64| {
+        env.add_source(GeneratorSource::new(seed, 4).records(600))
+            .uid(uid)
+            .parallelism(1)
+            .map(move |r: GeneratedRecord| (from + step * r.seq as i64, r.key))
+            .uid(&format!("{uid}-events"))
+            .parallelism(1)
+            .assign_timestamps_and_watermarks(WatermarkStrategy::ascending(|e: &(i64, u64)| e.0))
+            .uid(&format!("{uid}-watermarks"))
+            .parallelism(1)
+    };
+    side("first", 21, 3, 0)
+        .connect(&side("second", 22, 5, 1))
+        .key_by(|a: &(i64, u64)| a.1, |b: &(i64, u64)| b.1)
+}
+
+fn inputs_model() -> (Vec<(i64, u64)>, Vec<(i64, u64)>) {
+    let first = (0..600u64)
+        .map(|s| (3 * s as i64, weir::connectors::record_at(21, 4, s).key))
+        .collect();
+    let second = (0..600u64)
+        .map(|s| (1 + 5 * s as i64, weir::connectors::record_at(22, 4, s).key))
+        .collect();
+    (first, second)
+}
+
+#[test]
+fn an_interval_join_matches_a_brute_force_join() {
+    use weir::window::JoinExt;
+    let env = StreamEnvironment::new("interval-join");
+    let sink = CollectSink::new();
+    let out = sink.handle();
+    two_inputs(&env)
+        .interval_join(-7, 4, |k: &u64, a: &(i64, u64), b: &(i64, u64)| {
+            (*k, a.0, b.0)
+        })
+        .unwrap()
+        .uid("join")
+        .sink_to(sink)
+        .uid("sink");
+    Run::new(2).go(env.build()).unwrap();
+    let mut got = out.lock().unwrap().clone();
+    got.sort();
+    let (first, second) = inputs_model();
+    let mut want = Vec::new();
+    for a in &first {
+        for b in &second {
+            if a.1 == b.1 && b.0 >= a.0 - 7 && b.0 <= a.0 + 4 {
+                want.push((a.1, a.0, b.0));
+            }
+        }
+    }
+    want.sort();
+    assert!(!want.is_empty());
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_window_join_pairs_the_records_of_each_key_and_window() {
+    use weir::window::JoinExt;
+    let env = StreamEnvironment::new("window-join");
+    let sink = CollectSink::new();
+    let out = sink.handle();
+    two_inputs(&env)
+        .window_join(
+            Windows::tumbling(Duration::from_millis(50)),
+            |k: &u64, w: TimeWindow, a: &(i64, u64), b: &(i64, u64)| (*k, w.start, a.0, b.0),
+        )
+        .unwrap()
+        .uid("join")
+        .sink_to(sink)
+        .uid("sink");
+    Run::new(2).go(env.build()).unwrap();
+    let mut got = out.lock().unwrap().clone();
+    got.sort();
+    let (first, second) = inputs_model();
+    let mut want = Vec::new();
+    for a in &first {
+        for b in &second {
+            if a.1 == b.1 && a.0.div_euclid(50) == b.0.div_euclid(50) {
+                want.push((a.1, a.0.div_euclid(50) * 50, a.0, b.0));
+            }
+        }
+    }
+    want.sort();
+    assert!(!want.is_empty());
+    assert_eq!(got, want);
 }

@@ -2,6 +2,7 @@
 //! per node and per edge.
 
 use crate::channel::{KeyBytesFn, RecordWriter, Router};
+use crate::connect::{either_timestamps, ConnectedStreams, Either};
 use crate::function::{
     Collector, KeyedContext, KeyedProcessFunction, OpenContext, Sink, Source, TimeState,
 };
@@ -549,6 +550,49 @@ impl<T: Data> DataStream<T> {
             side: Some(tag.name().to_string()),
             _t: PhantomData,
         }
+    }
+
+    /// Connects this stream with `other` (of another type) into one two-input operator (see
+    /// [`crate::ConnectedStreams`]). The watermark of the operator is the minimum of both.
+    pub fn connect<B: Data>(&self, other: &DataStream<B>) -> ConnectedStreams<T, B> {
+        let left = self.tag(Either::Left, "first");
+        let right = other.tag(Either::Right, "second");
+        let mut tagged = left.union(&[&right]).name("Connect");
+        if let (Some(l), Some(r)) = (self.uid_of(), other.uid_of()) {
+            tagged = tagged.uid(&format!("{l}-connect-{r}"));
+        }
+        ConnectedStreams {
+            tagged: tagged.timed(either_timestamps(
+                self.timestamps.clone(),
+                other.timestamps.clone(),
+            )),
+        }
+    }
+
+    /// The uid of the operator that produces this stream, once set.
+    fn uid_of(&self) -> Option<String> {
+        self.b.borrow().graph.nodes[self.node.0 as usize]
+            .uid
+            .clone()
+    }
+
+    /// This stream's records as the `which` input of a connected pair: a map chained to
+    /// this stream's operator (same parallelism setting), its uid derived from that one's.
+    fn tag<B: Data>(&self, f: fn(T) -> B, which: &str) -> DataStream<B> {
+        let parallelism = self.b.borrow().graph.nodes[self.node.0 as usize].parallelism;
+        let mut tagged = self.map(f).name(&format!("Connect: {which}"));
+        if let Some(uid) = self.uid_of() {
+            let side = self
+                .side
+                .as_deref()
+                .map(|s| format!("-{s}"))
+                .unwrap_or_default();
+            tagged = tagged.uid(&format!("{uid}{side}-as-{which}"));
+        }
+        if let Some(p) = parallelism {
+            tagged = tagged.parallelism(p);
+        }
+        tagged
     }
 
     /// One stream of this stream's records and `others`' (all of one type), in no particular

@@ -33,6 +33,7 @@
 mod align;
 mod api;
 mod channel;
+mod connect;
 pub mod deploy;
 mod error;
 mod function;
@@ -49,6 +50,7 @@ mod time;
 mod timers;
 
 pub use api::{Data, DataStream, DataStreamSink, JobDefinition, KeyedStream, StreamEnvironment};
+pub use connect::{ConnectedStreams, Either, KeyedCoProcessFunction, KeyedConnectedStreams};
 pub use error::{chain as error_chain, TaskError, UserError};
 pub use function::{
     Collector, EndOfInputContext, KeyedContext, KeyedProcessFunction, OpenContext, Sink,

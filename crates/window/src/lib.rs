@@ -21,11 +21,13 @@
 #![warn(missing_docs)]
 
 mod contents;
+mod join;
 mod operator;
 pub mod session;
 mod window;
 
 pub use contents::{AggregateFunction, Count, ProcessWindowFn, Reduce, Windowed};
+pub use join::JoinExt;
 pub use operator::Trigger;
 pub use window::{TimeWindow, WindowKind, WindowTime, Windows};
 
