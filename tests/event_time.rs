@@ -748,7 +748,10 @@ fn two_inputs(env: &StreamEnvironment) -> KeyedConnectedStreams<(i64, u64), (i64
         .key_by(|a: &(i64, u64)| a.1, |b: &(i64, u64)| b.1)
 }
 
-fn inputs_model() -> (Vec<(i64, u64)>, Vec<(i64, u64)>) {
+/// A record of either join input: timestamp and key.
+type Keyed = (i64, u64);
+
+fn inputs_model() -> (Vec<Keyed>, Vec<Keyed>) {
     let first = (0..600u64)
         .map(|s| (3 * s as i64, weir::connectors::record_at(21, 4, s).key))
         .collect();
