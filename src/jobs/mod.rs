@@ -2,10 +2,12 @@
 //! over the public API, the same way a user crate writes its own.
 
 mod keyed_agg;
+mod nexmark;
 mod window_count;
 mod word_count;
 
 pub use keyed_agg::{keyed_agg, keyed_agg_spec, CountSum, KeyedAggOptions};
+pub use nexmark::{euros, nexmark_query, nexmark_specs, QUERIES as NEXMARK_QUERIES};
 pub use window_count::{
     format_window, parse_line, window_count, window_count_spec, TimedKey, WindowCountOptions,
     WindowShape,
@@ -16,12 +18,17 @@ use std::path::{Path, PathBuf};
 use weir_cli::{Catalog, ParamError, ParamSpec, Params};
 use weir_runtime::{OpenContext, UserError};
 
-/// The catalog of the `weir` binary: `word-count`, `keyed-agg` and `window-count`.
+/// The catalog of the `weir` binary: `word-count`, `keyed-agg`, `window-count` and the
+/// Nexmark queries `nexmark-q0` … `nexmark-q8`.
 pub fn catalog() -> Catalog {
-    Catalog::new()
+    let mut c = Catalog::new()
         .register(word_count_spec())
         .register(keyed_agg_spec())
-        .register(window_count_spec())
+        .register(window_count_spec());
+    for spec in nexmark_specs() {
+        c = c.register(spec);
+    }
+    c
 }
 
 /// Checks, without creating anything, that `dir` can hold a job's output: it is a writable

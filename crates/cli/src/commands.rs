@@ -191,9 +191,15 @@ enum Command {
     },
     /// Runs a benchmark workload and reports throughput, peak memory and state size.
     Bench {
-        /// The workload.
-        #[arg(value_parser = ["keyed-agg"])]
+        /// The workload: keyed-agg, or nexmark (with --query).
+        #[arg(value_parser = ["keyed-agg", "nexmark"])]
         workload: String,
+        /// The Nexmark query (nexmark only).
+        #[arg(long, value_parser = ["q0", "q1", "q2", "q3", "q4", "q5", "q7", "q8"])]
+        query: Option<String>,
+        /// Nexmark events to generate (nexmark only).
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
         /// Parallelism.
         #[arg(short = 'p', long = "parallelism")]
         parallelism: Option<u32>,
@@ -713,20 +719,43 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
             padding,
             key_distribution,
             json,
+            query,
+            events,
             ..
         } => {
-            let mut params = vec![
-                format!("keys={keys}"),
-                format!("records={records}"),
-                format!("seed={seed}"),
-                format!("padding={padding}"),
-            ];
+            let nexmark = workload == "nexmark";
+            let mut params = if nexmark {
+                vec![format!("events={events}"), format!("seed={seed}")]
+            } else {
+                vec![
+                    format!("keys={keys}"),
+                    format!("records={records}"),
+                    format!("seed={seed}"),
+                    format!("padding={padding}"),
+                ]
+            };
             if let Some(rate) = rate {
                 params.push(format!("rate={rate}"));
             }
-            if key_distribution != "uniform" {
+            if key_distribution != "uniform" && !nexmark {
                 params.push(format!("key-distribution={key_distribution}"));
             }
+            // The catalog job the workload runs.
+            let workload = match (nexmark, &query) {
+                (true, Some(q)) => format!("nexmark-{q}"),
+                (true, None) => {
+                    return Err(Failure::Usage(
+                        "weir bench nexmark needs --query (q0, q1, q2, q3, q4, q5, q7 or q8)"
+                            .into(),
+                    ))
+                }
+                (false, Some(_)) => {
+                    return Err(Failure::Usage(
+                        "--query applies to weir bench nexmark only".into(),
+                    ))
+                }
+                (false, None) => workload,
+            };
             let plain_job = resolve_job(
                 catalog,
                 &plain_config(&config),
@@ -803,11 +832,12 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                         "workload": workload,
                         "state_backend": config.state_backend.as_str(),
                         "parallelism": p,
-                        "keys": keys,
-                        "key_distribution": key_distribution,
+                        "keys": if nexmark { None } else { Some(keys) },
+                        "key_distribution": if nexmark { None } else { Some(&key_distribution) },
                         "records": source_records,
                         "duration_s": secs,
                         "records_per_s": rate,
+                        "events_per_s": nexmark.then_some(rate),
                         "peak_rss_bytes": rss,
                         "state_bytes": state_bytes,
                         "managed_memory_bytes": config.managed_memory_bytes,
@@ -818,11 +848,16 @@ fn dispatch(catalog: &Catalog, cli: Cli) -> Result<(), Failure> {
                     "workload        {workload} (p={p}, state backend {})",
                     config.state_backend.as_str()
                 );
-                println!(
-                    "records         {} over {} keys ({key_distribution}) in {:.2} s",
-                    source_records, keys, secs
-                );
-                println!("throughput      {:.0} records/s", rate);
+                if nexmark {
+                    println!("events          {source_records} in {secs:.2} s");
+                    println!("throughput      {rate:.0} events/s");
+                } else {
+                    println!(
+                        "records         {} over {} keys ({key_distribution}) in {:.2} s",
+                        source_records, keys, secs
+                    );
+                    println!("throughput      {:.0} records/s", rate);
+                }
                 println!("peak RSS        {}", human_bytes(rss));
                 println!("state size      {}", human_bytes(state_bytes));
                 println!(

@@ -52,6 +52,7 @@ mod error;
 mod file;
 mod file_sink;
 mod generator;
+pub mod nexmark;
 mod sinks;
 mod socket;
 mod zipf;
@@ -60,6 +61,9 @@ pub use error::ConnectorError;
 pub use file::{plan_splits, FileLinesReader, FileLinesSource, FileSplit, DEFAULT_MIN_SPLIT_BYTES};
 pub use file_sink::{read_part_files, FileSink};
 pub use generator::{record_at, GeneratedRecord, GeneratorReader, GeneratorSource};
+pub use nexmark::{
+    event_at, Auction, Bid, NexmarkConfig, NexmarkEvent, NexmarkReader, NexmarkSource, Person,
+};
 pub use sinks::{BlackholeSink, CollectSink, PrintSink};
 pub use socket::{SocketTextReader, SocketTextSource};
 pub use zipf::{KeyDistribution, Zipf};
