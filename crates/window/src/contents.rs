@@ -46,8 +46,9 @@ pub trait WindowContents<K, T>: Clone + Send + Sync + 'static {
     fn describe(&self) -> &'static str;
     /// Declares the state.
     fn open(&mut self, ctx: &mut OpenContext<'_>) -> Result<(), UserError>;
-    /// Adds a record to the window of `scope`.
-    fn add(&self, scope: &mut KeyedScope<'_>, value: T) -> Result<(), UserError>;
+    /// Adds a record to the window of `scope`; true when it may be the window's first (its
+    /// timers are set then, and only then).
+    fn add(&self, scope: &mut KeyedScope<'_>, value: T) -> Result<bool, UserError>;
     /// Moves the contents under `from` into those under `into` (session windows merge).
     fn merge(&self, scope: &mut KeyedScope<'_>, from: &[u8], into: &[u8]) -> Result<(), UserError>;
     /// Emits the window of `scope`, as `window`.
@@ -105,13 +106,13 @@ where
         Ok(())
     }
 
-    fn add(&self, scope: &mut KeyedScope<'_>, value: T) -> Result<(), UserError> {
-        let acc = self
-            .state()
-            .get(scope)?
-            .unwrap_or_else(|| self.agg.create());
+    fn add(&self, scope: &mut KeyedScope<'_>, value: T) -> Result<bool, UserError> {
+        let (acc, first) = match self.state().get(scope)? {
+            Some(acc) => (acc, false),
+            None => (self.agg.create(), true),
+        };
         self.state().update(scope, &self.agg.add(acc, value))?;
-        Ok(())
+        Ok(first)
     }
 
     fn merge(&self, scope: &mut KeyedScope<'_>, from: &[u8], into: &[u8]) -> Result<(), UserError> {
@@ -195,8 +196,9 @@ where
         Ok(())
     }
 
-    fn add(&self, scope: &mut KeyedScope<'_>, value: T) -> Result<(), UserError> {
-        Ok(self.state().add(scope, &value)?)
+    fn add(&self, scope: &mut KeyedScope<'_>, value: T) -> Result<bool, UserError> {
+        self.state().add(scope, &value)?;
+        Ok(true)
     }
 
     fn merge(&self, scope: &mut KeyedScope<'_>, from: &[u8], into: &[u8]) -> Result<(), UserError> {

@@ -125,24 +125,28 @@ where
             .emit(&key, actual, &mut ctx.namespaced(&ns), out)
     }
 
-    /// A record was added to `actual` (whose state lives under `state`): set its timers and
+    /// A record was added to `actual` (whose state lives under `state`): set its timers
+    /// (when `first`: a window's timers never move, so later records need not set them) and
     /// let the trigger decide.
     fn on_element(
         &self,
         actual: TimeWindow,
         state: TimeWindow,
+        first: bool,
         ctx: &mut KeyedContext<'_, K>,
         out: &mut Collector<C::Out>,
     ) -> Result<(), UserError> {
         let ns = state.namespace();
         let domain = self.domain();
-        ctx.register_timer(domain, self.cleanup_time(&actual), &ns)?;
+        if first {
+            ctx.register_timer(domain, self.cleanup_time(&actual), &ns)?;
+        }
         let passed = actual.max_timestamp() <= self.now(ctx);
         match self.trigger {
             Trigger::Default => {
                 if passed && self.windows.time == WindowTime::Event {
                     self.fire(actual, state, ctx, out)?;
-                } else {
+                } else if first {
                     ctx.register_timer(domain, actual.max_timestamp(), &ns)?;
                 }
             }
@@ -225,7 +229,8 @@ where
         }
         sessions_state.update(ctx, &sessions)?;
         self.contents.add(&mut ctx.namespaced(&into), value)?;
-        self.on_element(merge.result.actual, merge.result.state, ctx, out)
+        // A session's window moves as it merges: its timers are set again every time.
+        self.on_element(merge.result.actual, merge.result.state, true, ctx, out)
     }
 }
 
@@ -272,13 +277,15 @@ where
             return self.late_record(value, ctx);
         };
         for w in rest {
-            self.contents
+            let first = self
+                .contents
                 .add(&mut ctx.namespaced(&w.namespace()), value.clone())?;
-            self.on_element(*w, *w, ctx, out)?;
+            self.on_element(*w, *w, first, ctx, out)?;
         }
-        self.contents
+        let first = self
+            .contents
             .add(&mut ctx.namespaced(&last.namespace()), value)?;
-        self.on_element(*last, *last, ctx, out)
+        self.on_element(*last, *last, first, ctx, out)
     }
 
     fn on_timer(
