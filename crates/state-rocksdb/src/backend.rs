@@ -47,6 +47,23 @@ struct Entry {
 /// The most uses an entry's counter remembers.
 const MAX_USES: u8 = 7;
 
+/// The options of a state's column family: a state with a TTL also gets a compaction filter
+/// that drops the entries whose expiry passed (see `weir_state::ttl`), so expired state
+/// leaves the disk as RocksDB compacts, without a scan of ours.
+pub(crate) fn options_for(cf_options: &rocksdb::Options, ttl: bool) -> rocksdb::Options {
+    let mut o = cf_options.clone();
+    if ttl {
+        o.set_compaction_filter("weir-ttl", |_level: u32, _key: &[u8], value: &[u8]| {
+            if weir_state::ttl::expired(value, weir_state::ttl::now_ms()) {
+                rocksdb::compaction_filter::Decision::Remove
+            } else {
+                rocksdb::compaction_filter::Decision::Keep
+            }
+        });
+    }
+    o
+}
+
 /// [`Entry::dirty_in`] of an entry that is clean in every generation.
 const CLEAN: u32 = 0;
 
@@ -842,7 +859,19 @@ impl KeyedStateBackend for RocksDbStateBackend {
                         "the database is shared with a snapshot still running",
                     )
                 })?
-                .create_cf(&descriptor.name, &self.cf_options)
+                .create_cf(&descriptor.name, {
+                    // `create_cf` does not keep the options' compaction filter alive (an open
+                    // with column family descriptors does), and RocksDB calls it for as long
+                    // as the database lives, which a snapshot thread may extend past this
+                    // backend: the options of a new TTL column family are kept for the
+                    // process's life (a few hundred bytes per TTL state created fresh; a
+                    // restored backend opens its families instead).
+                    if descriptor.kind.has_ttl() {
+                        &*Box::leak(Box::new(options_for(&self.cf_options, true)))
+                    } else {
+                        &self.cf_options
+                    }
+                })
                 .map_err(|e| {
                     backend_error(
                         format!(
@@ -1049,6 +1078,37 @@ impl KeyedStateBackend for RocksDbStateBackend {
     fn flush(&mut self) -> Result<(), StateError> {
         self.write_dirty(None)?;
         self.mark_clean(None);
+        Ok(())
+    }
+
+    fn compact(&mut self) -> Result<(), StateError> {
+        self.settle()?;
+        self.flush()?;
+        // Everything is written: drop the cached copies of expired values (the store drops
+        // its own in the compaction below), so no read or scan meets them again.
+        let now = weir_state::ttl::now_ms();
+        let mut freed = 0;
+        for (slot, d) in self.slots.iter_mut().zip(&self.descriptors) {
+            if !d.kind.has_ttl() {
+                continue;
+            }
+            slot.cells.retain(|key, e| {
+                let value = e.value.as_deref();
+                let keep = value.is_some_and(|v| !weir_state::ttl::expired(v, now));
+                if !keep {
+                    freed += entry_bytes(key.len(), value.map_or(0, <[u8]>::len));
+                }
+                keep
+            });
+        }
+        self.cached_bytes -= freed;
+        for d in &self.descriptors {
+            let cf = column_family(&self.db, &d.name)?;
+            self.db
+                .flush_cf(cf)
+                .map_err(|e| backend_error(format!("flush state '{}'", d.name), e))?;
+            self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        }
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! The per-process factory: state directory, memory plan, shared block cache and write buffer
 //! manager, and the options every instance opens with.
 
-use crate::backend::{is_sst, InstanceDir, RocksDbStateBackend};
+use crate::backend::{is_sst, options_for, InstanceDir, RocksDbStateBackend};
 use crate::{backend_error, BACKEND_NAME, SNAPSHOT_FORMAT};
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType,
@@ -225,9 +225,13 @@ impl RocksDbStateBackendFactory {
         let db = DB::open_cf_descriptors(
             &db_options,
             dir.path(),
-            families
-                .iter()
-                .map(|cf| ColumnFamilyDescriptor::new(cf, cf_options.clone())),
+            families.iter().map(|cf| {
+                let ttl = snapshot
+                    .descriptors
+                    .iter()
+                    .any(|d| &d.name == cf && d.kind.has_ttl());
+                ColumnFamilyDescriptor::new(cf, options_for(&cf_options, ttl))
+            }),
         )
         .map_err(|e| fail(format!("cannot open {}: {e}", dir.path().display())))?;
         tracing::debug!(

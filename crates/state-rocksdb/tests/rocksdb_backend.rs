@@ -257,3 +257,45 @@ fn keys_read_again_and_again_stay_cached_while_a_stream_of_cold_keys_passes_thro
         assert_eq!(got, Some(&value_for(i, 0, 100)[..]), "key {i}");
     }
 }
+
+#[test]
+fn compaction_removes_expired_ttl_state_from_disk_as_the_state_size_shows() {
+    use weir_state::{KeyedScope, StateRegistry, StateTtl};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let factory = RocksDbStateBackendFactory::new(dir.path(), 64 << 20).expect("factory");
+    let mut b = factory.create(&scope("ttl", 0, 1)).expect("create");
+    let short = StateTtl::after_write(std::time::Duration::from_millis(500));
+    let long = StateTtl::after_write(std::time::Duration::from_secs(3600));
+    let (s, l) = {
+        let mut r = StateRegistry::new(&mut *b);
+        (
+            r.value_state_with_ttl::<Vec<u8>>("short", short).unwrap(),
+            r.value_state_with_ttl::<Vec<u8>>("long", long).unwrap(),
+        )
+    };
+    let mut scratch = Vec::new();
+    for i in 0..20_000u32 {
+        let key = i.to_be_bytes();
+        let mut scope = KeyedScope::new(&mut *b, KeyGroup((i % 128) as u16), &key, &mut scratch);
+        s.update(&mut scope, &value_for(i, 0, 500)).unwrap();
+        if i < 1_000 {
+            l.update(&mut scope, &value_for(i, 1, 500)).unwrap();
+        }
+    }
+    b.compact().unwrap();
+    let before = b.size_bytes().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    b.compact().unwrap();
+    let after = b.size_bytes().unwrap();
+    eprintln!("TTL state on disk: {before} bytes before expiry, {after} after compaction");
+    // 21 000 values of 500 bytes before; the 1 000 long-lived ones after.
+    assert!(before > 8_000_000, "before: {before} bytes");
+    assert!(
+        after < before / 10,
+        "compaction kept expired state: {before} -> {after} bytes"
+    );
+    let key = 5u32.to_be_bytes();
+    let mut scope = KeyedScope::new(&mut *b, KeyGroup(5), &key, &mut scratch);
+    assert_eq!(s.get(&mut scope).unwrap(), None);
+    assert_eq!(l.get(&mut scope).unwrap(), Some(value_for(5, 1, 500)));
+}

@@ -15,13 +15,28 @@ pub enum StateKind {
     Map,
     /// One value per key and namespace, combined with a reduce function on add.
     Reducing,
+    /// A value with a time to live: its bytes start with the expiry ([`crate::ttl`]).
+    ValueTtl,
+    /// A list with a time to live: its cell starts with the expiry.
+    ListTtl,
+    /// A map with a time to live: each entry starts with its own expiry.
+    MapTtl,
 }
 
 impl StateKind {
     /// Whether entries of this kind carry a user key (map states) or not (all the others,
     /// which store exactly one cell per key and namespace, with an empty user key).
     pub fn has_user_keys(self) -> bool {
-        matches!(self, StateKind::Map)
+        matches!(self, StateKind::Map | StateKind::MapTtl)
+    }
+
+    /// Whether every stored value starts with its expiry ([`crate::ttl`]): backends may drop
+    /// those whose time passed.
+    pub fn has_ttl(self) -> bool {
+        matches!(
+            self,
+            StateKind::ValueTtl | StateKind::ListTtl | StateKind::MapTtl
+        )
     }
 }
 
@@ -163,6 +178,14 @@ pub trait KeyedStateBackend: Send {
 
     /// Writes everything buffered into the underlying store (see the trait docs).
     fn flush(&mut self) -> Result<(), StateError>;
+
+    /// Drops every expired entry of the states with a TTL now and reclaims its space (RocksDB:
+    /// a flush and a full compaction, which runs the TTL filter; heap: a sweep of the cleanup
+    /// queues). Backends drop expired entries on their own as they go; this is for tests,
+    /// measurements and operators that want the space back at once.
+    fn compact(&mut self) -> Result<(), StateError> {
+        Ok(())
+    }
 
     /// Approximate bytes the state occupies in the backend's store (after a flush: on disk for
     /// RocksDB, in memory for the heap backend).

@@ -1478,6 +1478,10 @@ pub const SNAPSHOT_CHECKS: &[(&str, SnapshotCheck)] = &[
         "a_snapshot_without_its_files_is_refused_naming_the_checkpoint",
         a_snapshot_without_its_files_is_refused_naming_the_checkpoint,
     ),
+    (
+        "ttl_state_never_returns_an_expired_value_before_or_after_a_restore_and_compaction_drops_it",
+        ttl_state_never_returns_an_expired_value_before_or_after_a_restore_and_compaction_drops_it,
+    ),
 ];
 
 /// Runs every check in [`SNAPSHOT_CHECKS`] on `factory`; panics at the first failure.
@@ -1518,6 +1522,7 @@ macro_rules! snapshot_conformance_tests {
             a_snapshot_of_another_format_is_refused_naming_the_checkpoint,
             a_snapshot_of_another_key_group_range_is_refused_naming_both_ranges,
             a_snapshot_without_its_files_is_refused_naming_the_checkpoint,
+            ttl_state_never_returns_an_expired_value_before_or_after_a_restore_and_compaction_drops_it,
         );
     };
     (@each ($run:expr) $($name:ident),* $(,)?) => {
@@ -1858,6 +1863,97 @@ pub fn a_restored_backend_takes_writes_and_snapshots_again(factory: &dyn StateBa
     let second = ScratchDir::new();
     let mut again = restore(factory, upload(snap, &second));
     assert!(scan_all(&mut *again) == expected, "{}", again.name());
+}
+
+/// TTL states ([`crate::ttl`]): a value, a list and a map entry with a short TTL are read while
+/// they live, through a snapshot and a restore too; once expired they are never returned, and
+/// [`KeyedStateBackend::compact`] removes them from the store while the long-lived ones stay.
+pub fn ttl_state_never_returns_an_expired_value_before_or_after_a_restore_and_compaction_drops_it(
+    factory: &dyn StateBackendFactory,
+) {
+    use crate::ttl::StateTtl;
+    use std::time::Duration;
+    let short = StateTtl::after_write(Duration::from_millis(300));
+    let long = StateTtl::after_write(Duration::from_secs(3600));
+    let declare = |b: &mut dyn KeyedStateBackend| {
+        let mut r = StateRegistry::new(b);
+        (
+            r.value_state_with_ttl::<u64>("short-value", short).unwrap(),
+            r.list_state_with_ttl::<u64>("short-list", short).unwrap(),
+            r.map_state_with_ttl::<u64, u64>("short-map", short)
+                .unwrap(),
+            r.value_state_with_ttl::<u64>("long-value", long).unwrap(),
+        )
+    };
+    let mut b = create(factory);
+    let (sv, sl, sm, lv) = declare(&mut *b);
+    let mut scratch = Vec::new();
+    for k in 0..200u64 {
+        let key = k.to_be_bytes();
+        let mut scope =
+            KeyedScope::new(&mut *b, KeyGroup(10 + (k % 10) as u16), &key, &mut scratch);
+        sv.update(&mut scope, &k).unwrap();
+        sl.add(&mut scope, &k).unwrap();
+        sm.insert(&mut scope, &k, &(k * 2)).unwrap();
+        lv.update(&mut scope, &k).unwrap();
+    }
+    let dir = ScratchDir::new();
+    let mut r = restore(factory, upload(snapshot(&mut *b, 9), &dir));
+    drop(b);
+    let (sv, sl, sm, lv) = declare(&mut *r);
+    let read = |r: &mut dyn KeyedStateBackend, k: u64, scratch: &mut Vec<u8>| {
+        let key = k.to_be_bytes();
+        let mut scope = KeyedScope::new(r, KeyGroup(10 + (k % 10) as u16), &key, scratch);
+        (
+            sv.get(&mut scope).unwrap(),
+            sl.get(&mut scope).unwrap(),
+            sm.get(&mut scope, &k).unwrap(),
+            sm.is_empty(&mut scope).unwrap(),
+            lv.get(&mut scope).unwrap(),
+        )
+    };
+    let name = factory.name();
+    assert_eq!(
+        read(&mut *r, 7, &mut scratch),
+        (Some(7), vec![7], Some(14), false, Some(7)),
+        "{name}: live TTL values survive the restore"
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    for k in [7u64, 8, 199] {
+        assert_eq!(
+            read(&mut *r, k, &mut scratch),
+            (None, vec![], None, true, Some(k)),
+            "{name}: an expired value was returned"
+        );
+    }
+    r.compact().unwrap();
+    let count = |r: &mut dyn KeyedStateBackend, state: &str| {
+        let id = StateId(
+            r.descriptors()
+                .iter()
+                .position(|d| d.name == state)
+                .unwrap() as u32,
+        );
+        let mut n = 0;
+        r.scan(id, &mut |_| {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        n
+    };
+    for state in ["short-value", "short-list", "short-map"] {
+        assert_eq!(
+            count(&mut *r, state),
+            0,
+            "{name}: '{state}' kept expired entries"
+        );
+    }
+    assert_eq!(
+        count(&mut *r, "long-value"),
+        200,
+        "{name}: live entries were dropped"
+    );
 }
 
 /// A backend without states snapshots and restores to one without states that takes new ones.

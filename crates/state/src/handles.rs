@@ -5,6 +5,7 @@
 //! (and namespace), so a handle only ever reads and writes the current key's state, as in Flink.
 //! Values are encoded with postcard; map keys are ordered by their encoded bytes.
 
+use crate::ttl::{self, StateTtl, TtlUpdate};
 use crate::{KeyedStateBackend, StateDescriptor, StateError, StateId, StateKey, StateKind};
 use serde::{de::DeserializeOwned, Serialize};
 use std::marker::PhantomData;
@@ -36,6 +37,23 @@ impl<'a> StateRegistry<'a> {
         Ok(ValueState {
             id,
             name,
+            ttl: None,
+            _t: PhantomData,
+        })
+    }
+
+    /// Declares a [`ValueState`] named `name` whose values expire `ttl` after their last
+    /// update (see [`crate::ttl`]).
+    pub fn value_state_with_ttl<T>(
+        &mut self,
+        name: &str,
+        ttl: StateTtl,
+    ) -> Result<ValueState<T>, StateError> {
+        let (id, name) = self.register(name, StateKind::ValueTtl)?;
+        Ok(ValueState {
+            id,
+            name,
+            ttl: Some(ttl),
             _t: PhantomData,
         })
     }
@@ -46,6 +64,22 @@ impl<'a> StateRegistry<'a> {
         Ok(ListState {
             id,
             name,
+            ttl: None,
+            _t: PhantomData,
+        })
+    }
+
+    /// Declares a [`ListState`] named `name` whose list expires `ttl` after its last update.
+    pub fn list_state_with_ttl<T>(
+        &mut self,
+        name: &str,
+        ttl: StateTtl,
+    ) -> Result<ListState<T>, StateError> {
+        let (id, name) = self.register(name, StateKind::ListTtl)?;
+        Ok(ListState {
+            id,
+            name,
+            ttl: Some(ttl),
             _t: PhantomData,
         })
     }
@@ -56,6 +90,23 @@ impl<'a> StateRegistry<'a> {
         Ok(MapState {
             id,
             name,
+            ttl: None,
+            _t: PhantomData,
+        })
+    }
+
+    /// Declares a [`MapState`] named `name` whose entries each expire `ttl` after their last
+    /// update.
+    pub fn map_state_with_ttl<K, V>(
+        &mut self,
+        name: &str,
+        ttl: StateTtl,
+    ) -> Result<MapState<K, V>, StateError> {
+        let (id, name) = self.register(name, StateKind::MapTtl)?;
+        Ok(MapState {
+            id,
+            name,
+            ttl: Some(ttl),
             _t: PhantomData,
         })
     }
@@ -174,6 +225,7 @@ pub type KeyValueVisitor<'a, T> = dyn FnMut(&[u8], T) -> Result<(), StateError> 
 pub struct ValueState<T> {
     id: StateId,
     name: Arc<str>,
+    ttl: Option<StateTtl>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -182,25 +234,69 @@ impl<T> Clone for ValueState<T> {
         Self {
             id: self.id,
             name: self.name.clone(),
+            ttl: self.ttl,
             _t: PhantomData,
         }
     }
 }
 
+/// Reads a TTL state's stored bytes: `None` when expired (or absent), else the payload and
+/// whether the read renews the expiry.
+fn live<'b>(
+    state: &str,
+    ttl: &StateTtl,
+    bytes: &'b [u8],
+) -> Result<Option<(&'b [u8], bool)>, StateError> {
+    let (expires, payload) = ttl::split(bytes).ok_or_else(|| StateError::Codec {
+        state: state.to_string(),
+        op: "decode",
+        detail: format!("a TTL value of {} bytes has no expiry", bytes.len()),
+    })?;
+    if expires <= ttl::now_ms() {
+        return Ok(None);
+    }
+    Ok(Some((payload, ttl.update == TtlUpdate::OnReadAndWrite)))
+}
+
 impl<T: Serialize + DeserializeOwned> ValueState<T> {
-    /// The current key's value, if set.
+    /// The current key's value, if set (and, with a TTL, not expired).
     pub fn get(&self, scope: &mut KeyedScope<'_>) -> Result<Option<T>, StateError> {
         let cell = scope.cell();
-        match scope.backend.get(self.id, &cell)? {
-            Some(bytes) => Ok(Some(decode(&self.name, bytes)?)),
-            None => Ok(None),
+        let Some(ttl) = &self.ttl else {
+            return match scope.backend.get(self.id, &cell)? {
+                Some(bytes) => Ok(Some(decode(&self.name, bytes)?)),
+                None => Ok(None),
+            };
+        };
+        let found = match scope.backend.get(self.id, &cell)? {
+            None => return Ok(None),
+            Some(bytes) => live(&self.name, ttl, bytes)?
+                .map(|(payload, renew)| Ok::<_, StateError>((decode(&self.name, payload)?, renew)))
+                .transpose()?,
+        };
+        match found {
+            None => {
+                scope.backend.delete(self.id, &cell)?;
+                Ok(None)
+            }
+            Some((value, renew)) => {
+                if renew {
+                    self.update(scope, &value)?;
+                }
+                Ok(Some(value))
+            }
         }
     }
 
-    /// Sets the current key's value.
+    /// Sets the current key's value (with a TTL: expiring `ttl` from now).
     pub fn update(&self, scope: &mut KeyedScope<'_>, value: &T) -> Result<(), StateError> {
         let cell = scope.cell();
         encode(&self.name, value, scope.scratch)?;
+        if let Some(ttl) = &self.ttl {
+            let mut wrapped = Vec::with_capacity(scope.scratch.len() + ttl::PREFIX);
+            ttl::wrap(ttl.expiry_from_now(), scope.scratch, &mut wrapped);
+            return scope.backend.put(self.id, &cell, &wrapped);
+        }
         scope.backend.put(self.id, &cell, scope.scratch)
     }
 
@@ -223,8 +319,13 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
         f: &mut KeyValueVisitor<'_, T>,
     ) -> Result<(), StateError> {
         let name = self.name.clone();
-        backend.scan(self.id, &mut |entry| {
-            f(entry.key.key, decode(&name, entry.value)?)
+        let ttl = self.ttl;
+        backend.scan(self.id, &mut |entry| match &ttl {
+            None => f(entry.key.key, decode(&name, entry.value)?),
+            Some(ttl) => match live(&name, ttl, entry.value)? {
+                Some((payload, _)) => f(entry.key.key, decode(&name, payload)?),
+                None => Ok(()),
+            },
         })
     }
 }
@@ -234,6 +335,7 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
 pub struct ListState<T> {
     id: StateId,
     name: Arc<str>,
+    ttl: Option<StateTtl>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -242,36 +344,67 @@ impl<T> Clone for ListState<T> {
         Self {
             id: self.id,
             name: self.name.clone(),
+            ttl: self.ttl,
             _t: PhantomData,
         }
     }
 }
 
 impl<T: Serialize + DeserializeOwned> ListState<T> {
-    /// Appends `value` to the current key's list.
-    pub fn add(&self, scope: &mut KeyedScope<'_>, value: &T) -> Result<(), StateError> {
+    /// The elements' bytes of the current key's list (empty when none or expired), and
+    /// whether a read renews a TTL.
+    fn joined(&self, scope: &mut KeyedScope<'_>) -> Result<(Vec<u8>, bool), StateError> {
         let cell = scope.cell();
-        let mut element = Vec::new();
-        encode(&self.name, value, &mut element)?;
-        let mut joined = scope
-            .backend
-            .get(self.id, &cell)?
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default();
-        append_element(&mut joined, &element);
-        scope.backend.put(self.id, &cell, &joined)
+        let Some(bytes) = scope.backend.get(self.id, &cell)? else {
+            return Ok((Vec::new(), false));
+        };
+        match &self.ttl {
+            None => Ok((bytes.to_vec(), false)),
+            Some(ttl) => Ok(live(&self.name, ttl, bytes)?
+                .map(|(p, renew)| (p.to_vec(), renew))
+                .unwrap_or_default()),
+        }
     }
 
-    /// The current key's list, oldest first (empty when none).
-    pub fn get(&self, scope: &mut KeyedScope<'_>) -> Result<Vec<T>, StateError> {
+    fn store(&self, scope: &mut KeyedScope<'_>, joined: &[u8]) -> Result<(), StateError> {
         let cell = scope.cell();
-        match scope.backend.get(self.id, &cell)? {
-            None => Ok(Vec::new()),
-            Some(bytes) => split_elements(&self.name, bytes)?
-                .into_iter()
-                .map(|e| decode(&self.name, e))
-                .collect(),
+        match &self.ttl {
+            None => scope.backend.put(self.id, &cell, joined),
+            Some(ttl) => {
+                let mut wrapped = Vec::with_capacity(joined.len() + ttl::PREFIX);
+                ttl::wrap(ttl.expiry_from_now(), joined, &mut wrapped);
+                scope.backend.put(self.id, &cell, &wrapped)
+            }
         }
+    }
+
+    /// Appends `value` to the current key's list.
+    pub fn add(&self, scope: &mut KeyedScope<'_>, value: &T) -> Result<(), StateError> {
+        let mut element = Vec::new();
+        encode(&self.name, value, &mut element)?;
+        let (mut joined, _) = self.joined(scope)?;
+        append_element(&mut joined, &element);
+        self.store(scope, &joined)
+    }
+
+    /// The current key's list, oldest first (empty when none or expired).
+    pub fn get(&self, scope: &mut KeyedScope<'_>) -> Result<Vec<T>, StateError> {
+        let (joined, renew) = self.joined(scope)?;
+        if joined.is_empty() {
+            if self.ttl.is_some() {
+                // Expired (or absent): drop what is stored.
+                let cell = scope.cell();
+                scope.backend.delete(self.id, &cell)?;
+            }
+            return Ok(Vec::new());
+        }
+        if renew {
+            self.store(scope, &joined)?;
+        }
+        split_elements(&self.name, &joined)?
+            .into_iter()
+            .map(|e| decode(&self.name, e))
+            .collect()
     }
 
     /// Replaces the current key's list with `values`.
@@ -286,7 +419,7 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
             encode(&self.name, v, &mut element)?;
             append_element(&mut joined, &element);
         }
-        scope.backend.put(self.id, &cell, &joined)
+        self.store(scope, &joined)
     }
 
     /// Empties the current key's list.
@@ -339,6 +472,7 @@ fn split_elements<'b>(state: &str, mut bytes: &'b [u8]) -> Result<Vec<&'b [u8]>,
 pub struct MapState<K, V> {
     id: StateId,
     name: Arc<str>,
+    ttl: Option<StateTtl>,
     _t: PhantomData<fn() -> (K, V)>,
 }
 
@@ -347,6 +481,7 @@ impl<K, V> Clone for MapState<K, V> {
         Self {
             id: self.id,
             name: self.name.clone(),
+            ttl: self.ttl,
             _t: PhantomData,
         }
     }
@@ -361,9 +496,29 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
             user_key: &uk,
             ..scope.cell()
         };
-        match scope.backend.get(self.id, &entry)? {
-            Some(bytes) => Ok(Some(decode(&self.name, bytes)?)),
-            None => Ok(None),
+        let Some(ttl) = &self.ttl else {
+            return match scope.backend.get(self.id, &entry)? {
+                Some(bytes) => Ok(Some(decode(&self.name, bytes)?)),
+                None => Ok(None),
+            };
+        };
+        let found = match scope.backend.get(self.id, &entry)? {
+            None => return Ok(None),
+            Some(bytes) => live(&self.name, ttl, bytes)?
+                .map(|(payload, renew)| Ok::<_, StateError>((decode(&self.name, payload)?, renew)))
+                .transpose()?,
+        };
+        match found {
+            None => {
+                scope.backend.delete(self.id, &entry)?;
+                Ok(None)
+            }
+            Some((value, renew)) => {
+                if renew {
+                    self.insert(scope, user_key, &value)?;
+                }
+                Ok(Some(value))
+            }
         }
     }
 
@@ -381,6 +536,11 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
             user_key: &uk,
             ..scope.cell()
         };
+        if let Some(ttl) = &self.ttl {
+            let mut wrapped = Vec::with_capacity(scope.scratch.len() + ttl::PREFIX);
+            ttl::wrap(ttl.expiry_from_now(), scope.scratch, &mut wrapped);
+            return scope.backend.put(self.id, &entry, &wrapped);
+        }
         scope.backend.put(self.id, &entry, scope.scratch)
     }
 
@@ -404,10 +564,18 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
     pub fn entries(&self, scope: &mut KeyedScope<'_>) -> Result<Vec<(K, V)>, StateError> {
         let cell = scope.cell();
         let name = self.name.clone();
+        let ttl = self.ttl;
         let mut out = Vec::new();
         scope
             .backend
             .prefix_for_each(self.id, &cell, &mut |uk, v| {
+                let v = match &ttl {
+                    None => v,
+                    Some(ttl) => match live(&name, ttl, v)? {
+                        Some((payload, _)) => payload,
+                        None => return Ok(()),
+                    },
+                };
                 out.push((decode(&name, uk)?, decode(&name, v)?));
                 Ok(())
             })?;
@@ -418,8 +586,10 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
     pub fn is_empty(&self, scope: &mut KeyedScope<'_>) -> Result<bool, StateError> {
         let cell = scope.cell();
         let mut any = false;
-        scope.backend.prefix_for_each(self.id, &cell, &mut |_, _| {
-            any = true;
+        let now = ttl::now_ms();
+        let with_ttl = self.ttl.is_some();
+        scope.backend.prefix_for_each(self.id, &cell, &mut |_, v| {
+            any |= !with_ttl || !ttl::expired(v, now);
             Ok(())
         })?;
         Ok(!any)

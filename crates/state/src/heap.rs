@@ -17,14 +17,14 @@
 
 use crate::backend::{lookup_descriptor, Registration};
 use crate::encoding;
+use crate::ttl;
 use crate::{
     BackendScope, KeyedStateBackend, LocalSnapshot, RestoredSnapshot, SnapshotContent,
     SnapshotFile, StateBackendFactory, StateDescriptor, StateEntry, StateError, StateId, StateKey,
-    StateKind,
 };
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::mem::size_of;
 use weir_types::{CheckpointId, KeyGroupRange};
 
@@ -66,8 +66,52 @@ pub struct HeapStateBackend {
     range: KeyGroupRange,
     descriptors: Vec<StateDescriptor>,
     states: Vec<HeapState>,
+    /// Per state with a TTL, its entries in about the order they expire (rebuilt on restore):
+    /// a few are checked on every access and dropped when expired (incremental cleanup).
+    ttl_queues: Vec<VecDeque<TtlEntry>>,
     /// Reused for encoding lookup keys.
     scratch: Vec<u8>,
+}
+
+/// One entry of a TTL state as its cleanup queue knows it.
+#[derive(Debug)]
+struct TtlEntry {
+    expires: i64,
+    cell: Box<[u8]>,
+    user_key: Box<[u8]>,
+}
+
+/// Entries of a TTL state checked per access.
+const TTL_CLEANUP_PER_ACCESS: usize = 2;
+
+/// The cleanup queues of `states`: every entry of each TTL state, earliest expiry first.
+fn ttl_queues(descriptors: &[StateDescriptor], states: &[HeapState]) -> Vec<VecDeque<TtlEntry>> {
+    descriptors
+        .iter()
+        .zip(states)
+        .map(|(d, state)| {
+            let mut q: Vec<TtlEntry> = Vec::new();
+            if d.kind.has_ttl() {
+                for (cell, c) in &state.cells {
+                    let mut push = |uk: &[u8], v: &[u8]| {
+                        if let Some((expires, _)) = ttl::split(v) {
+                            q.push(TtlEntry {
+                                expires,
+                                cell: cell.clone(),
+                                user_key: uk.into(),
+                            });
+                        }
+                    };
+                    match c {
+                        Cell::Value(v) => push(&[], v),
+                        Cell::Map(map) => map.iter().for_each(|(uk, v)| push(uk, v)),
+                    }
+                }
+            }
+            q.sort_by_key(|e| e.expires);
+            q.into()
+        })
+        .collect()
 }
 
 impl HeapStateBackend {
@@ -77,6 +121,7 @@ impl HeapStateBackend {
             range,
             descriptors: Vec::new(),
             states: Vec::new(),
+            ttl_queues: Vec::new(),
             scratch: Vec::with_capacity(64),
         }
     }
@@ -92,6 +137,49 @@ impl HeapStateBackend {
         self.scratch.clear();
         encoding::encode_prefix(&mut self.scratch, key);
         Ok(idx)
+    }
+
+    /// Incremental TTL cleanup of state `idx`: looks at the few entries that expire first
+    /// and drops those whose time passed; an entry renewed since goes back in the queue
+    /// with its new expiry.
+    fn clean_expired(&mut self, idx: usize) {
+        let now = ttl::now_ms();
+        for _ in 0..TTL_CLEANUP_PER_ACCESS {
+            let queue = &mut self.ttl_queues[idx];
+            if queue.front().is_none_or(|e| e.expires > now) {
+                return;
+            }
+            let entry = queue.pop_front().expect("checked above");
+            let cells = &mut self.states[idx].cells;
+            let current = match cells.get(&entry.cell) {
+                None => None,
+                Some(Cell::Value(v)) => Some(v),
+                Some(Cell::Map(map)) => map.get(&entry.user_key),
+            };
+            let Some(expires) = current.and_then(|v| ttl::split(v)).map(|(e, _)| e) else {
+                continue;
+            };
+            if expires > now {
+                queue.push_back(TtlEntry { expires, ..entry });
+                continue;
+            }
+            let now_empty = match cells.get_mut(&entry.cell) {
+                Some(Cell::Map(map)) => {
+                    map.remove(&entry.user_key);
+                    map.is_empty()
+                }
+                _ => true,
+            };
+            if now_empty {
+                cells.remove(&entry.cell);
+            }
+        }
+    }
+
+    /// How many entries of TTL states the cleanup queues track (tests).
+    #[cfg(test)]
+    fn ttl_tracked(&self) -> usize {
+        self.ttl_queues.iter().map(VecDeque::len).sum()
     }
 
     /// Checks that `state` is known and that `key` lies in the owned range.
@@ -219,10 +307,12 @@ impl HeapStateBackend {
             seen.push(&descriptor.name);
             check_cells(descriptor, state, body.key_groups).map_err(bad)?;
         }
+        let ttl_queues = ttl_queues(&body.descriptors, &body.states);
         Ok(Self {
             range: body.key_groups,
             descriptors: body.descriptors,
             states: body.states,
+            ttl_queues,
             scratch: Vec::with_capacity(64),
         })
     }
@@ -303,6 +393,7 @@ impl KeyedStateBackend for HeapStateBackend {
         };
         self.descriptors.push(descriptor.clone());
         self.states.push(HeapState::default());
+        self.ttl_queues.push(VecDeque::new());
         Ok(id)
     }
 
@@ -312,6 +403,9 @@ impl KeyedStateBackend for HeapStateBackend {
 
     fn get(&mut self, state: StateId, key: &StateKey<'_>) -> Result<Option<&[u8]>, StateError> {
         let idx = self.prepare(state, key)?;
+        if self.descriptors[idx].kind.has_ttl() {
+            self.clean_expired(idx);
+        }
         let cell = self.states[idx].cells.get(&self.scratch[..]);
         Ok(match cell {
             None => None,
@@ -322,14 +416,21 @@ impl KeyedStateBackend for HeapStateBackend {
 
     fn put(&mut self, state: StateId, key: &StateKey<'_>, value: &[u8]) -> Result<(), StateError> {
         let idx = self.prepare(state, key)?;
-        let is_map = self.descriptors[idx].kind == StateKind::Map;
+        let is_map = self.descriptors[idx].kind.has_user_keys();
         let cells = &mut self.states[idx].cells;
-        match cells.get_mut(&self.scratch[..]) {
-            Some(Cell::Value(slot)) => overwrite(slot, value),
+        let created = match cells.get_mut(&self.scratch[..]) {
+            Some(Cell::Value(slot)) => {
+                overwrite(slot, value);
+                false
+            }
             Some(Cell::Map(map)) => match map.get_mut(key.user_key) {
-                Some(slot) => overwrite(slot, value),
+                Some(slot) => {
+                    overwrite(slot, value);
+                    false
+                }
                 None => {
                     map.insert(key.user_key.into(), value.into());
+                    true
                 }
             },
             None => {
@@ -339,6 +440,32 @@ impl KeyedStateBackend for HeapStateBackend {
                     Cell::Value(value.into())
                 };
                 cells.insert(self.scratch[..].into(), cell);
+                true
+            }
+        };
+        if self.descriptors[idx].kind.has_ttl() {
+            if created {
+                if let Some((expires, _)) = ttl::split(value) {
+                    self.ttl_queues[idx].push_back(TtlEntry {
+                        expires,
+                        cell: self.scratch[..].into(),
+                        user_key: key.user_key.into(),
+                    });
+                }
+            }
+            self.clean_expired(idx);
+        }
+        Ok(())
+    }
+
+    fn compact(&mut self) -> Result<(), StateError> {
+        let now = ttl::now_ms();
+        for idx in 0..self.states.len() {
+            while self.ttl_queues[idx]
+                .front()
+                .is_some_and(|e| e.expires <= now)
+            {
+                self.clean_expired(idx);
             }
         }
         Ok(())
@@ -502,8 +629,41 @@ impl StateBackendFactory for HeapStateBackendFactory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::StateKind;
 
     crate::conformance_tests!(|range| Box::new(HeapStateBackend::new(range)));
+
+    #[test]
+    fn expired_ttl_entries_leave_the_heap_a_few_per_access_without_a_sweep() {
+        use crate::{KeyedScope, StateRegistry, StateTtl};
+        use weir_types::KeyGroup;
+        let mut b = HeapStateBackend::new(KeyGroupRange { start: 0, end: 9 });
+        let ttl = StateTtl::after_write(std::time::Duration::from_millis(100));
+        let v = StateRegistry::new(&mut b)
+            .value_state_with_ttl::<u64>("v", ttl)
+            .unwrap();
+        let mut scratch = Vec::new();
+        for k in 0..10u64 {
+            let key = k.to_be_bytes();
+            v.update(
+                &mut KeyedScope::new(&mut b, KeyGroup(1), &key, &mut scratch),
+                &k,
+            )
+            .unwrap();
+        }
+        assert_eq!(b.ttl_tracked(), 10);
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        // Writes of another key: each one checks two of the expired entries.
+        for round in 0..5u64 {
+            v.update(
+                &mut KeyedScope::new(&mut b, KeyGroup(2), b"fresh", &mut scratch),
+                &round,
+            )
+            .unwrap();
+        }
+        assert_eq!(b.states[0].cells.len(), 1, "only the fresh key is left");
+        assert_eq!(b.ttl_tracked(), 1);
+    }
 
     mod snapshots {
         use super::*;

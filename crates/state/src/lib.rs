@@ -21,6 +21,7 @@ pub mod error;
 pub mod handles;
 pub mod heap;
 pub mod snapshot;
+pub mod ttl;
 
 pub use backend::{
     lookup_descriptor, BackendScope, KeyedStateBackend, Registration, StateBackendFactory,
@@ -32,6 +33,7 @@ pub use heap::{
     HeapStateBackend, HeapStateBackendFactory, HEAP_SNAPSHOT_FILE, HEAP_SNAPSHOT_FORMAT,
 };
 pub use snapshot::{LocalSnapshot, PendingFiles, RestoredSnapshot, SnapshotContent, SnapshotFile};
+pub use ttl::{StateTtl, TtlUpdate};
 
 /// Fuzz targets run in this binary: no single allocation may exceed 1 GiB.
 #[cfg(test)]
