@@ -823,3 +823,141 @@ fn a_window_join_pairs_the_records_of_each_key_and_window() {
     assert!(!want.is_empty());
     assert_eq!(got, want);
 }
+
+/// `n` records `(ts, key 0)` with ts 0, 10, 20, …, one per batch, a watermark after each.
+fn ticking(env: &StreamEnvironment, n: u64) -> weir::KeyedStream<(i64, u8), u8> {
+    env.add_source(GeneratorSource::new(1, 1).records(n))
+        .uid("source")
+        .parallelism(1)
+        .map(|r: GeneratedRecord| (10 * r.seq as i64, 0u8))
+        .uid("events")
+        .parallelism(1)
+        .assign_timestamps_and_watermarks(
+            WatermarkStrategy::ascending(|e: &(i64, u8)| e.0).with_interval(Duration::ZERO),
+        )
+        .uid("watermarks")
+        .parallelism(1)
+        .key_by(|e: &(i64, u8)| e.1)
+}
+
+fn fired_per_window(trigger: weir::window::Trigger, n: u64) -> BTreeMap<i64, Vec<u64>> {
+    let env = StreamEnvironment::new("triggers");
+    let sink = CollectSink::new();
+    let out = sink.handle();
+    ticking(&env, n)
+        .window(Windows::tumbling(Duration::from_millis(100)))
+        .trigger(trigger)
+        .count()
+        .unwrap()
+        .uid("window")
+        .map(|w: Windowed<u8, u64>| (w.window.start, w.value))
+        .uid("flat")
+        .sink_to(sink)
+        .uid("sink");
+    let mut run = Run::new(1);
+    run.options.batch_size = 1;
+    run.go(env.build()).unwrap();
+    let mut per: BTreeMap<i64, Vec<u64>> = BTreeMap::new();
+    for (start, count) in out.lock().unwrap().iter() {
+        per.entry(*start).or_default().push(*count);
+    }
+    per
+}
+
+#[test]
+fn a_count_trigger_fires_every_n_records_and_never_on_time() {
+    let per = fired_per_window(weir::window::Trigger::Count(3), 50);
+    assert_eq!(per.len(), 5);
+    for (start, counts) in per {
+        assert_eq!(counts, vec![3, 6, 9], "window {start}");
+    }
+}
+
+#[test]
+fn a_continuous_trigger_fires_every_interval_of_event_time_and_at_the_end() {
+    let per = fired_per_window(
+        weir::window::Trigger::Continuous(Duration::from_millis(25)),
+        50,
+    );
+    // Each full window fires when the watermark passes 25, 50, 75 and its end (99): after
+    // the records 30, 60, 80 and the next window's first.
+    for start in [0, 100, 200] {
+        assert_eq!(per[&start], vec![4, 7, 9, 10], "window {start}");
+    }
+}
+
+/// Emits `n` records a millisecond apart, then idles 600 ms (so every processing-time window
+/// has ended), then finishes.
+struct Paced {
+    n: u64,
+}
+
+struct PacedReader {
+    sent: u64,
+    n: u64,
+    idle_since: Option<std::time::Instant>,
+}
+
+impl Source<u64> for Paced {
+    fn name(&self) -> String {
+        "paced".into()
+    }
+
+    fn parallel(&self) -> bool {
+        false
+    }
+
+    fn create_reader(
+        &self,
+        _ctx: &SourceContext,
+        _restored: Option<&[u8]>,
+    ) -> Result<Box<dyn SourceReader<u64>>, UserError> {
+        Ok(Box::new(PacedReader {
+            sent: 0,
+            n: self.n,
+            idle_since: None,
+        }))
+    }
+}
+
+impl SourceReader<u64> for PacedReader {
+    fn poll(&mut self, out: &mut Vec<u64>, _max: usize) -> Result<SourcePoll, UserError> {
+        if self.sent < self.n {
+            out.push(self.sent);
+            self.sent += 1;
+            std::thread::sleep(Duration::from_millis(1));
+            return Ok(SourcePoll::More);
+        }
+        let since = *self.idle_since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() >= Duration::from_millis(600) {
+            return Ok(SourcePoll::Finished);
+        }
+        Ok(SourcePoll::Idle(Duration::from_millis(20)))
+    }
+}
+
+#[test]
+fn processing_time_windows_count_every_record_once_in_aligned_windows() {
+    let env = StreamEnvironment::new("processing-time");
+    let sink = CollectSink::new();
+    let out = sink.handle();
+    let started = weir::state::ttl::now_ms();
+    env.add_source(Paced { n: 300 })
+        .uid("source")
+        .key_by(|v: &u64| v % 3)
+        .window(Windows::tumbling(Duration::from_millis(200)).on_processing_time())
+        .count()
+        .unwrap()
+        .uid("window")
+        .sink_to(sink)
+        .uid("sink");
+    Run::new(2).go(env.build()).unwrap();
+    let got = out.lock().unwrap().clone();
+    let ended = weir::state::ttl::now_ms();
+    assert_eq!(got.iter().map(|w| w.value).sum::<u64>(), 300);
+    for w in &got {
+        assert_eq!(w.window.end - w.window.start, 200);
+        assert_eq!(w.window.start % 200, 0);
+        assert!(w.window.end > started && w.window.start < ended, "{w:?}");
+    }
+}

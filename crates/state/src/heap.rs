@@ -634,6 +634,47 @@ mod tests {
     crate::conformance_tests!(|range| Box::new(HeapStateBackend::new(range)));
 
     #[test]
+    fn a_value_read_with_ttl_after_access_lives_on_and_one_only_written_expires() {
+        use crate::{KeyedScope, StateRegistry, StateTtl};
+        use std::time::Duration;
+        use weir_types::KeyGroup;
+        let mut b = HeapStateBackend::new(KeyGroupRange { start: 0, end: 9 });
+        let (read, written) = {
+            let mut r = StateRegistry::new(&mut b);
+            (
+                r.value_state_with_ttl::<u64>(
+                    "read",
+                    StateTtl::after_access(Duration::from_millis(300)),
+                )
+                .unwrap(),
+                r.value_state_with_ttl::<u64>(
+                    "written",
+                    StateTtl::after_write(Duration::from_millis(300)),
+                )
+                .unwrap(),
+            )
+        };
+        let mut scratch = Vec::new();
+        let mut scope = KeyedScope::new(&mut b, KeyGroup(1), b"k", &mut scratch);
+        read.update(&mut scope, &1).unwrap();
+        written.update(&mut scope, &2).unwrap();
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_millis(100));
+            assert_eq!(
+                read.get(&mut scope).unwrap(),
+                Some(1),
+                "each read renews it"
+            );
+            let _ = written.get(&mut scope).unwrap();
+        }
+        assert_eq!(
+            written.get(&mut scope).unwrap(),
+            None,
+            "reads do not renew it"
+        );
+    }
+
+    #[test]
     fn expired_ttl_entries_leave_the_heap_a_few_per_access_without_a_sweep() {
         use crate::{KeyedScope, StateRegistry, StateTtl};
         use weir_types::KeyGroup;
