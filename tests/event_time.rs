@@ -961,3 +961,28 @@ fn processing_time_windows_count_every_record_once_in_aligned_windows() {
         assert!(w.window.end > started && w.window.start < ended, "{w:?}");
     }
 }
+
+#[test]
+fn a_side_output_of_an_operator_that_has_none_and_a_self_union_are_refused_by_name() {
+    let env = StreamEnvironment::new("bad-side");
+    let tag = OutputTag::<u64>::new("odd");
+    let m = env
+        .add_source(GeneratorSource::new(1, 5).records(5))
+        .uid("s")
+        .map(|r: GeneratedRecord| r.value)
+        .uid("values");
+    m.side_output(&tag).sink_to(CollectSink::new()).uid("sink");
+    let err = Run::new(1).go(env.build()).unwrap_err();
+    assert!(err.contains("'values' has no side outputs"), "{err}");
+
+    let env = StreamEnvironment::new("self-union");
+    let s = env
+        .add_source(GeneratorSource::new(1, 5).records(5))
+        .uid("s");
+    s.union(&[&s])
+        .uid("u")
+        .sink_to(CollectSink::new())
+        .uid("sink");
+    let err = Run::new(1).go(env.build()).unwrap_err();
+    assert!(err.contains("two edges"), "{err}");
+}

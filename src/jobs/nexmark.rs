@@ -161,8 +161,11 @@ impl KeyedCoProcessFunction<u64, Auction, Bid, (u64, u64)> for Winners {
     fn open(&mut self, ctx: &mut OpenContext<'_>) -> Result<(), UserError> {
         self.auction = Some(ctx.value_state("auction")?);
         self.best = Some(ctx.value_state("best")?);
-        self.early = Some(ctx.list_state("early-bids")?);
-        self.closed = Some(ctx.value_state("closed")?);
+        // Bids of an unknown auction and the marks of closed ones are kept an hour of wall
+        // time at most, so neither grows with the number of auctions.
+        let hour = weir_state::StateTtl::after_write(Duration::from_secs(3600));
+        self.early = Some(ctx.list_state_with_ttl("early-bids", hour)?);
+        self.closed = Some(ctx.value_state_with_ttl("closed", hour)?);
         Ok(())
     }
 

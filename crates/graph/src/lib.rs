@@ -71,6 +71,23 @@ pub enum GraphError {
         /// The job's max parallelism.
         max_parallelism: u32,
     },
+    /// Two edges join the same two operators (a stream unioned with itself or with its own
+    /// side output).
+    #[error("operators '{source_uid}' and '{target_uid}' are joined by two edges (a stream unioned with itself or with its own side output); this is not supported")]
+    DuplicateEdge {
+        /// The upstream operator's uid.
+        source_uid: String,
+        /// The downstream operator's uid.
+        target_uid: String,
+    },
+    /// A side output read from an operator that cannot emit one.
+    #[error("operator '{uid}' has no side outputs (only keyed process functions and windows emit them), but its side output '{tag}' is read")]
+    NoSideOutputs {
+        /// The operator's uid.
+        uid: String,
+        /// The side output's name.
+        tag: String,
+    },
     /// A max parallelism of zero or above 2^15.
     #[error("max parallelism {0} is invalid; it must be between 1 and 32768")]
     BadMaxParallelism(u32),

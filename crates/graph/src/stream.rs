@@ -150,6 +150,26 @@ impl StreamGraph {
                 }
             }
         }
+        let uid_of = |id: NodeId| uids[id.0 as usize].to_string();
+        for (i, e) in self.edges.iter().enumerate() {
+            if self.edges[..i]
+                .iter()
+                .any(|f| f.source == e.source && f.target == e.target)
+            {
+                return Err(GraphError::DuplicateEdge {
+                    source_uid: uid_of(e.source),
+                    target_uid: uid_of(e.target),
+                });
+            }
+            if let Some(tag) = &e.side_output {
+                if self.nodes[e.source.0 as usize].kind != NodeKind::KeyedOperator {
+                    return Err(GraphError::NoSideOutputs {
+                        uid: uid_of(e.source),
+                        tag: tag.clone(),
+                    });
+                }
+            }
+        }
         if self.max_parallelism.is_none() {
             self.max_parallelism = settings.config_max_parallelism;
         }

@@ -363,11 +363,15 @@ pub(crate) fn run_inputs<T: Send>(
                     }
                     clock.watermarks[index] = wm;
                     clock.advance(chain)?;
+                    // Processing-time timers and timed-out buffers are served here too: a
+                    // stream of watermarks alone must not starve them.
+                    chain.flush(false)?;
                     continue;
                 }
                 Ok(StreamElement::Status(status)) => {
                     clock.idle[index] = status == WatermarkStatus::Idle;
                     clock.advance(chain)?;
+                    chain.flush(false)?;
                     continue;
                 }
                 Ok(StreamElement::Barrier(b)) => {
@@ -456,6 +460,14 @@ impl InputClock {
             .collect();
         let Some(min) = active.into_iter().min() else {
             if !self.idle_downstream {
+                // The last active channel went idle: as Flink's watermark valve does, event
+                // time moves to the largest watermark any channel reached (else a channel
+                // that went idle last would leave the others' progress behind for good).
+                let max = *self.watermarks.iter().max().expect("at least one input");
+                if max > self.emitted && max < Watermark::MAX {
+                    self.emitted = max;
+                    chain.watermark(max)?;
+                }
                 self.idle_downstream = true;
                 chain.watermark_status(WatermarkStatus::Idle)?;
             }
@@ -465,8 +477,10 @@ impl InputClock {
             self.idle_downstream = false;
             chain.watermark_status(WatermarkStatus::Active)?;
         }
-        // Every channel ended: end of input follows, and stands for the final watermark.
-        if min > self.emitted && min < Watermark::MAX {
+        // Every channel ended: end of input follows, and stands for the final watermark. The
+        // final watermark is passed on when the only channels left open are idle.
+        let idle_open = self.idle.iter().any(|i| *i);
+        if min > self.emitted && (min < Watermark::MAX || idle_open) {
             self.emitted = min;
             chain.watermark(min)?;
         }
@@ -479,5 +493,55 @@ fn invariant(env: &LoopEnv<'_>, detail: String) -> TaskError {
         uid: env.ident.uid.clone(),
         subtask: env.ident.subtask,
         detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::tests::Recorder;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn the_minimum_skips_idle_channels_and_the_final_watermark_passes_when_the_rest_is_idle() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut chain: Box<dyn Link<u8>> = Box::new(Recorder(seen.clone()));
+        let mut clock = InputClock::new(3);
+        clock.watermarks = vec![Watermark(10), Watermark(5), Watermark(7)];
+        clock.advance(&mut *chain).unwrap();
+        clock.idle[1] = true;
+        clock.advance(&mut *chain).unwrap();
+        clock.idle[2] = true;
+        clock.advance(&mut *chain).unwrap();
+        clock.watermarks[0] = Watermark::MAX; // the active channel ended
+        clock.advance(&mut *chain).unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec!["wm 5", "wm 7", "wm 10", &format!("wm {}", i64::MAX)]
+        );
+        clock.idle = vec![true; 3];
+        clock.watermarks[0] = Watermark(20);
+        // Every channel idle: event time moves to the largest watermark reached, then idle.
+        let mut quiet = InputClock::new(2);
+        quiet.watermarks = vec![Watermark(40), Watermark(3)];
+        quiet.advance(&mut *chain).unwrap();
+        quiet.idle = vec![false, true];
+        quiet.advance(&mut *chain).unwrap();
+        quiet.idle = vec![true, true];
+        let before = seen.lock().unwrap().len();
+        quiet.advance(&mut *chain).unwrap();
+        assert_eq!(seen.lock().unwrap()[before..], ["Idle".to_string()]);
+        let mut late_idle = InputClock::new(2);
+        late_idle.watermarks = vec![Watermark(989), Watermark(i64::MIN)];
+        late_idle.idle = vec![true, false];
+        late_idle.advance(&mut *chain).unwrap();
+        late_idle.idle = vec![true, true];
+        let before = seen.lock().unwrap().len();
+        late_idle.advance(&mut *chain).unwrap();
+        assert_eq!(
+            seen.lock().unwrap()[before..],
+            ["wm 989".to_string(), "Idle".to_string()],
+            "the channel that went idle first left its progress behind"
+        );
     }
 }

@@ -211,6 +211,9 @@ pub(crate) struct WatermarksOp<T> {
     pub interval: Duration,
     pub next: Box<dyn Link<T>>,
     emitted: Option<i64>,
+    /// A watermark restored from a checkpoint, sent downstream (whose operators start afresh)
+    /// before the first record or watermark of this attempt.
+    resend: Option<i64>,
     last_emit: Option<Instant>,
     last_record: Instant,
     idle: bool,
@@ -248,10 +251,19 @@ impl<T> WatermarksOp<T> {
             interval: strategy.interval,
             next,
             emitted,
+            resend: emitted,
             last_emit: None,
             last_record: Instant::now(),
             idle: false,
         })
+    }
+
+    /// Sends the restored watermark, once.
+    fn resend(&mut self) -> Result<(), TaskError> {
+        match self.resend.take() {
+            Some(wm) => self.next.watermark(Watermark(wm)),
+            None => Ok(()),
+        }
     }
 
     fn seen(&mut self, record: &T) {
@@ -296,6 +308,7 @@ impl<T> WatermarksOp<T> {
 
 impl<T: Send> Link<T> for WatermarksOp<T> {
     fn push(&mut self, record: T) -> Result<(), TaskError> {
+        self.resend()?;
         self.seen(&record);
         self.active()?;
         self.next.push(record)
@@ -305,6 +318,7 @@ impl<T: Send> Link<T> for WatermarksOp<T> {
         if batch.is_empty() {
             return Ok(());
         }
+        self.resend()?;
         for r in &batch {
             self.seen(r);
         }
@@ -326,6 +340,7 @@ impl<T: Send> Link<T> for WatermarksOp<T> {
     }
 
     fn flush(&mut self, force: bool) -> Result<(), TaskError> {
+        self.resend()?;
         self.maybe_emit()?;
         self.next.flush(force)
     }
@@ -349,8 +364,70 @@ impl<T: Send> Link<T> for WatermarksOp<T> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    /// A chain end that records the events it sees, for the event-time tests.
+    pub(crate) struct Recorder(pub Arc<Mutex<Vec<String>>>);
+
+    impl<T: std::fmt::Debug + Send> Link<T> for Recorder {
+        fn push(&mut self, record: T) -> Result<(), TaskError> {
+            self.0.lock().unwrap().push(format!("{record:?}"));
+            Ok(())
+        }
+        fn watermark(&mut self, wm: Watermark) -> Result<(), TaskError> {
+            self.0.lock().unwrap().push(format!("wm {}", wm.0));
+            Ok(())
+        }
+        fn watermark_status(&mut self, status: WatermarkStatus) -> Result<(), TaskError> {
+            self.0.lock().unwrap().push(format!("{status:?}"));
+            Ok(())
+        }
+        fn end_of_input(&mut self) -> Result<(), TaskError> {
+            self.0.lock().unwrap().push("end".into());
+            Ok(())
+        }
+        fn flush(&mut self, _force: bool) -> Result<(), TaskError> {
+            Ok(())
+        }
+        fn barrier(&mut self, _b: Barrier, _s: &mut ChainSnapshot) -> Result<(), TaskError> {
+            Ok(())
+        }
+        fn checkpoint_complete(&mut self, _id: CheckpointId) -> Result<(), TaskError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_restored_watermark_operator_sends_its_watermark_before_any_record() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let strategy = WatermarkStrategy::ascending(|t: &i64| *t);
+        let restored = postcard::to_allocvec(&GeneratorState {
+            emitted: Some(499),
+            generator: Some(500i64.to_be_bytes().to_vec()),
+        })
+        .unwrap();
+        let mut op = WatermarksOp::new(
+            OpIdent {
+                uid: "wm".into(),
+                subtask: weir_types::SubtaskIndex(0),
+                parallelism: 1,
+            },
+            OperatorUid::new("wm").unwrap(),
+            &strategy,
+            Box::new(Recorder(seen.clone())),
+            Some(&restored),
+        )
+        .unwrap();
+        op.push_batch(vec![501]).unwrap();
+        op.flush(false).unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec!["wm 499".to_string(), "501".into(), "wm 500".into()],
+            "downstream operators start afresh: they must get the restored watermark first"
+        );
+    }
 
     #[test]
     fn a_bounded_generator_trails_the_largest_timestamp_by_its_bound_and_one() {

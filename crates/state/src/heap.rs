@@ -22,7 +22,7 @@ use crate::{
     BackendScope, KeyedStateBackend, LocalSnapshot, RestoredSnapshot, SnapshotContent,
     SnapshotFile, StateBackendFactory, StateDescriptor, StateEntry, StateError, StateId, StateKey,
 };
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::mem::size_of;
@@ -69,6 +69,10 @@ pub struct HeapStateBackend {
     /// Per state with a TTL, its entries in about the order they expire (rebuilt on restore):
     /// a few are checked on every access and dropped when expired (incremental cleanup).
     ttl_queues: Vec<VecDeque<TtlEntry>>,
+    /// Per state, the entries (cell key ‖ user key) its cleanup queue holds: an entry is queued
+    /// once however often it is deleted and created again, so the queue never outgrows the
+    /// state.
+    ttl_queued: Vec<FxHashSet<Box<[u8]>>>,
     /// Reused for encoding lookup keys.
     scratch: Vec<u8>,
 }
@@ -79,6 +83,12 @@ struct TtlEntry {
     expires: i64,
     cell: Box<[u8]>,
     user_key: Box<[u8]>,
+}
+
+/// The key an entry is queued under: its cell key, then its user key (cell keys are
+/// self-delimiting, so the pair is unambiguous).
+fn queued_key(cell: &[u8], user_key: &[u8]) -> Box<[u8]> {
+    [cell, user_key].concat().into_boxed_slice()
 }
 
 /// Entries of a TTL state checked per access.
@@ -114,6 +124,14 @@ fn ttl_queues(descriptors: &[StateDescriptor], states: &[HeapState]) -> Vec<VecD
         .collect()
 }
 
+/// The membership sets of `queues` (see `HeapStateBackend::ttl_queued`).
+fn queued_sets(queues: &[VecDeque<TtlEntry>]) -> Vec<FxHashSet<Box<[u8]>>> {
+    queues
+        .iter()
+        .map(|q| q.iter().map(|e| queued_key(&e.cell, &e.user_key)).collect())
+        .collect()
+}
+
 impl HeapStateBackend {
     /// An empty backend owning the key groups in `range`.
     pub fn new(range: KeyGroupRange) -> Self {
@@ -122,6 +140,7 @@ impl HeapStateBackend {
             descriptors: Vec::new(),
             states: Vec::new(),
             ttl_queues: Vec::new(),
+            ttl_queued: Vec::new(),
             scratch: Vec::with_capacity(64),
         }
     }
@@ -157,6 +176,7 @@ impl HeapStateBackend {
                 Some(Cell::Map(map)) => map.get(&entry.user_key),
             };
             let Some(expires) = current.and_then(|v| ttl::split(v)).map(|(e, _)| e) else {
+                self.ttl_queued[idx].remove(&queued_key(&entry.cell, &entry.user_key));
                 continue;
             };
             if expires > now {
@@ -173,6 +193,7 @@ impl HeapStateBackend {
             if now_empty {
                 cells.remove(&entry.cell);
             }
+            self.ttl_queued[idx].remove(&queued_key(&entry.cell, &entry.user_key));
         }
     }
 
@@ -308,11 +329,13 @@ impl HeapStateBackend {
             check_cells(descriptor, state, body.key_groups).map_err(bad)?;
         }
         let ttl_queues = ttl_queues(&body.descriptors, &body.states);
+        let ttl_queued = queued_sets(&ttl_queues);
         Ok(Self {
             range: body.key_groups,
             descriptors: body.descriptors,
             states: body.states,
             ttl_queues,
+            ttl_queued,
             scratch: Vec::with_capacity(64),
         })
     }
@@ -394,6 +417,7 @@ impl KeyedStateBackend for HeapStateBackend {
         self.descriptors.push(descriptor.clone());
         self.states.push(HeapState::default());
         self.ttl_queues.push(VecDeque::new());
+        self.ttl_queued.push(FxHashSet::default());
         Ok(id)
     }
 
@@ -446,11 +470,14 @@ impl KeyedStateBackend for HeapStateBackend {
         if self.descriptors[idx].kind.has_ttl() {
             if created {
                 if let Some((expires, _)) = ttl::split(value) {
-                    self.ttl_queues[idx].push_back(TtlEntry {
-                        expires,
-                        cell: self.scratch[..].into(),
-                        user_key: key.user_key.into(),
-                    });
+                    let queued = queued_key(&self.scratch, key.user_key);
+                    if self.ttl_queued[idx].insert(queued) {
+                        self.ttl_queues[idx].push_back(TtlEntry {
+                            expires,
+                            cell: self.scratch[..].into(),
+                            user_key: key.user_key.into(),
+                        });
+                    }
                 }
             }
             self.clean_expired(idx);
@@ -672,6 +699,24 @@ mod tests {
             None,
             "reads do not renew it"
         );
+    }
+
+    #[test]
+    fn a_ttl_entry_cleared_and_written_again_on_every_record_is_queued_once() {
+        use crate::{KeyedScope, StateRegistry, StateTtl};
+        use weir_types::KeyGroup;
+        let mut b = HeapStateBackend::new(KeyGroupRange { start: 0, end: 9 });
+        let ttl = StateTtl::after_write(std::time::Duration::from_secs(3600));
+        let list = StateRegistry::new(&mut b)
+            .list_state_with_ttl::<u64>("l", ttl)
+            .unwrap();
+        let mut scratch = Vec::new();
+        for i in 0..1000u64 {
+            let mut scope = KeyedScope::new(&mut b, KeyGroup(1), b"hot", &mut scratch);
+            list.clear(&mut scope).unwrap();
+            list.add(&mut scope, &i).unwrap();
+        }
+        assert_eq!(b.ttl_tracked(), 1);
     }
 
     #[test]

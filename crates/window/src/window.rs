@@ -177,16 +177,18 @@ impl Windows {
     /// The windows `timestamp` belongs to, earliest first.
     pub fn assign(&self, timestamp: i64) -> Vec<TimeWindow> {
         match self.kind {
-            WindowKind::Tumbling { size, offset } => {
-                let start = window_start(timestamp, offset, size);
-                vec![TimeWindow::new(start, start.saturating_add(size))]
-            }
+            WindowKind::Tumbling { size, offset } => match window_start(timestamp, offset, size) {
+                Some(start) => vec![TimeWindow::new(start, start.saturating_add(size))],
+                None => Vec::new(),
+            },
             WindowKind::Sliding {
                 size,
                 slide,
                 offset,
             } => {
-                let last = window_start(timestamp, offset, slide);
+                let Some(last) = window_start(timestamp, offset, slide) else {
+                    return Vec::new();
+                };
                 let mut out = Vec::with_capacity((size / slide).max(1) as usize);
                 let mut start = last;
                 while start > timestamp.saturating_sub(size) {
@@ -207,10 +209,11 @@ impl Windows {
 }
 
 /// The start of the window of length `size` (aligned to `offset`) that holds `timestamp`;
-/// right for negative timestamps too.
-fn window_start(timestamp: i64, offset: i64, size: i64) -> i64 {
-    let rem = (timestamp - offset).rem_euclid(size);
-    timestamp - rem
+/// right for negative timestamps too. `None` when that start lies below `i64::MIN` (a
+/// timestamp at the very bottom of the range: it belongs to no window, so it counts as late).
+fn window_start(timestamp: i64, offset: i64, size: i64) -> Option<i64> {
+    let rem = (i128::from(timestamp) - i128::from(offset)).rem_euclid(i128::from(size));
+    i64::try_from(i128::from(timestamp) - rem).ok()
 }
 
 #[cfg(test)]
@@ -226,6 +229,14 @@ mod tests {
         assert_eq!(w.assign(-1), vec![TimeWindow::new(-10, 0)]);
         let shifted = w.with_offset(Duration::from_millis(3));
         assert_eq!(shifted.assign(2), vec![TimeWindow::new(-7, 3)]);
+        // The bottom of the range has no window start: no window, never an overflow.
+        assert_eq!(
+            Windows::tumbling(Duration::from_secs(60)).assign(i64::MIN),
+            vec![]
+        );
+        let sliding = Windows::sliding(Duration::from_secs(60), Duration::from_secs(7));
+        assert_eq!(sliding.assign(i64::MIN), vec![]);
+        assert!(!sliding.assign(i64::MAX).is_empty());
     }
 
     #[test]
