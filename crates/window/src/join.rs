@@ -211,23 +211,15 @@ where
         ctx: &mut KeyedContext<'_, K>,
         _out: &mut Collector<OUT>,
     ) -> Result<(), UserError> {
-        // Drops the records no future partner can reach: those of the left with
-        // ts + upper <= watermark, of the right with ts - lower <= watermark.
-        let wm = timer.timestamp;
+        // Each buffered timestamp set its own timer: the one that fired drops exactly that
+        // timestamp's records, which no future partner can reach any more (the left ones
+        // at `ts + upper`, the right ones at `ts - lower`).
         if timer.namespace == LEFT {
-            let left = self.left.as_ref().expect("opened");
-            for (ta, _) in left.entries(ctx)? {
-                if ta.saturating_add(self.upper) <= wm {
-                    left.remove(ctx, &ta)?;
-                }
-            }
+            let ta = timer.timestamp.saturating_sub(self.upper);
+            self.left.as_ref().expect("opened").remove(ctx, &ta)?;
         } else if timer.namespace == RIGHT {
-            let right = self.right.as_ref().expect("opened");
-            for (tb, _) in right.entries(ctx)? {
-                if tb.saturating_sub(self.lower) <= wm {
-                    right.remove(ctx, &tb)?;
-                }
-            }
+            let tb = timer.timestamp.saturating_add(self.lower);
+            self.right.as_ref().expect("opened").remove(ctx, &tb)?;
         }
         Ok(())
     }
