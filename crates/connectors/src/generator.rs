@@ -10,9 +10,10 @@
 //! generator is refused instead of producing other records (see
 //! [`GeneratorSource::resume`]).
 
+use crate::lanes::{check_lanes, poll_lanes, splitmix64, Lane, Pacing};
 use crate::{position, subtask_of, ConnectorError};
 use serde::{Deserialize, Serialize};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use weir_runtime::{Source, SourceContext, SourcePoll, SourceReader, UserError};
 
 /// One generated record.
@@ -24,14 +25,6 @@ pub struct GeneratedRecord {
     pub value: u64,
     /// The record's number, `0..records`.
     pub seq: u64,
-}
-
-/// The splitmix64 finaliser: a fixed, well-mixing bijection on `u64`.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Record number `seq` of a generator with this `seed` and `keys` (`keys` ≥ 1; 0 is treated as
@@ -138,11 +131,7 @@ impl GeneratorSource {
             next_seq: u64::from(subtask),
             exhausted: false,
             lanes: Vec::new(),
-            pacing: self.rate.map(|rate| Pacing {
-                per_second: rate as f64 / f64::from(parallelism),
-                started: None,
-                emitted: 0,
-            }),
+            pacing: self.rate.map(|rate| Pacing::share(rate, parallelism)),
         })
     }
 
@@ -215,20 +204,10 @@ impl GeneratorSource {
             let old_reader = self.resume(*old, old_parallelism, bytes)?;
             old_lanes.extend(old_reader.remaining_lanes());
         }
-        let p = u64::from(parallelism);
-        let j = u64::from(subtask);
-        let mut lanes = Vec::with_capacity(old_lanes.len());
-        for lane in old_lanes {
-            let (Some(stride), Some(next)) = (
-                lane.stride.checked_mul(p),
-                lane.stride
-                    .checked_mul(j)
-                    .and_then(|o| lane.next.checked_add(o)),
-            ) else {
-                continue; // beyond u64::MAX: nothing left there
-            };
-            lanes.push(Lane { next, stride });
-        }
+        let lanes = old_lanes
+            .into_iter()
+            .filter_map(|lane| lane.rescaled(subtask, parallelism))
+            .collect();
         reader.set_lanes(lanes)?;
         Ok(reader)
     }
@@ -319,32 +298,6 @@ impl Source<GeneratedRecord> for GeneratorSource {
     }
 }
 
-/// The rate limit of one reader: record `n` (counted from the reader's start) is due
-/// `n / per_second` seconds after the first poll.
-#[derive(Clone, Debug)]
-struct Pacing {
-    per_second: f64,
-    started: Option<Instant>,
-    emitted: u64,
-}
-
-impl Pacing {
-    /// How many records may be emitted now, or how long to wait for the next one.
-    fn allowance(&mut self, now: Instant) -> Result<u64, Duration> {
-        let started = *self.started.get_or_insert(now);
-        let elapsed = now.saturating_duration_since(started).as_secs_f64();
-        // Record n is due at n / per_second; all of 0..=floor(elapsed * per_second) are due.
-        let due = (elapsed * self.per_second).floor() as u64 + 1;
-        if due > self.emitted {
-            Ok(due - self.emitted)
-        } else {
-            let next_at = self.emitted as f64 / self.per_second;
-            Err(Duration::from_secs_f64((next_at - elapsed).max(0.0))
-                .max(Duration::from_micros(100)))
-        }
-    }
-}
-
 /// One subtask's generator: emits records `subtask, subtask + p, subtask + 2p, …`.
 #[derive(Clone, Debug)]
 pub struct GeneratorReader {
@@ -362,20 +315,8 @@ pub struct GeneratorReader {
     lanes: Vec<Lane>,
 }
 
-/// An arithmetic sequence of record numbers still to read: `next, next + stride, …` (below
-/// the total).
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Lane {
-    next: u64,
-    stride: u64,
-}
-
 /// The format version of [`LanesPosition`] bytes (a rescaled reader's position).
 const GENERATOR_LANES_VERSION: u8 = 2;
-
-/// Most lanes one reader may hold: each rescale multiplies the lanes over all subtasks by the
-/// new parallelism.
-const MAX_LANES: usize = 1 << 16;
 
 /// A rescaled reader's saved position: its split's identity and its unfinished lanes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -460,21 +401,7 @@ impl GeneratorReader {
 
     /// Makes the reader read `lanes` (none left: it is finished).
     fn set_lanes(&mut self, lanes: Vec<Lane>) -> Result<(), ConnectorError> {
-        if lanes.len() > MAX_LANES {
-            return Err(ConnectorError::BadPosition {
-                connector: "generator",
-                reason: format!(
-                    "{} lanes exceed {MAX_LANES}: the job was rescaled too many times",
-                    lanes.len()
-                ),
-            });
-        }
-        if lanes.iter().any(|l| l.stride == 0) {
-            return Err(ConnectorError::BadPosition {
-                connector: "generator",
-                reason: "a lane with stride 0".into(),
-            });
-        }
+        check_lanes("generator", &lanes)?;
         self.exhausted = lanes.is_empty();
         self.lanes = lanes;
         Ok(())
@@ -483,28 +410,12 @@ impl GeneratorReader {
     /// Polls the lanes: the lowest record number first. A lane whose next number would pass
     /// `u64::MAX` ends.
     fn poll_lanes(&mut self, out: &mut Vec<GeneratedRecord>, budget: u64) -> u64 {
-        let mut emitted = 0;
-        while emitted < budget {
-            let end = self.end;
-            let Some(i) = (0..self.lanes.len())
-                .filter(|&i| end.is_none_or(|e| self.lanes[i].next < e))
-                .min_by_key(|&i| self.lanes[i].next)
-            else {
-                break;
-            };
-            let lane = self.lanes[i];
-            out.push(record_at(self.seed, self.keys, lane.next));
-            emitted += 1;
-            match lane.next.checked_add(lane.stride) {
-                Some(next) => self.lanes[i].next = next,
-                None => {
-                    self.lanes.swap_remove(i);
-                    if self.lanes.is_empty() {
-                        self.exhausted = true;
-                        break;
-                    }
-                }
-            }
+        let (seed, keys) = (self.seed, self.keys);
+        let emitted = poll_lanes(&mut self.lanes, self.end, budget, |n| {
+            out.push(record_at(seed, keys, n))
+        });
+        if self.lanes.is_empty() {
+            self.exhausted = true;
         }
         emitted
     }
@@ -560,6 +471,7 @@ impl SourceReader<GeneratedRecord> for GeneratorReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use crate::test_util::{ctx, drain, read_with_restores};
 
     fn all_records(source: &GeneratorSource, parallelism: u32) -> Vec<GeneratedRecord> {

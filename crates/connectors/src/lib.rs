@@ -52,6 +52,7 @@ mod error;
 mod file;
 mod file_sink;
 mod generator;
+mod lanes;
 pub mod nexmark;
 mod sinks;
 mod socket;

@@ -21,9 +21,10 @@
 //! differently configured source is refused naming what differs; and a job restored at
 //! another parallelism splits the old readers' unread events over the new subtasks.
 
+use crate::lanes::{check_lanes, poll_lanes, splitmix64, Lane, Pacing};
 use crate::{position, subtask_of, ConnectorError};
 use serde::{Deserialize, Serialize};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use weir_runtime::{Source, SourceContext, SourcePoll, SourceReader, UserError};
 
 /// A person joining the auction site.
@@ -387,14 +388,6 @@ const HOT_CHANNELS: [&str; 4] = ["Google", "Facebook", "Baidu", "Apple"];
 /// The other half from `channel-K`, `K` below this.
 const CHANNELS: u64 = 10_000;
 
-/// The splitmix64 finaliser: a fixed, well-mixing bijection on `u64`.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// A small deterministic random number generator (the splitmix64 sequence).
 struct Rng(u64);
 
@@ -691,11 +684,10 @@ impl NexmarkSource {
                 next: u64::from(subtask),
                 stride: u64::from(parallelism),
             }],
-            pacing: self.config.rate.map(|rate| Pacing {
-                per_second: rate as f64 / f64::from(parallelism),
-                started: None,
-                emitted: 0,
-            }),
+            pacing: self
+                .config
+                .rate
+                .map(|rate| Pacing::share(rate, parallelism)),
         })
     }
 
@@ -737,21 +729,15 @@ impl NexmarkSource {
     ) -> Result<NexmarkReader, ConnectorError> {
         let mut reader = self.reader(subtask, parallelism)?;
         position::check_rescaled("nexmark", old_parallelism, positions)?;
-        let (p, j) = (u64::from(parallelism), u64::from(subtask));
         let mut lanes = Vec::new();
         for (old, bytes) in positions {
             let old_reader = self.resume(*old, old_parallelism, bytes)?;
-            for lane in old_reader.remaining_lanes() {
-                let (Some(stride), Some(next)) = (
-                    lane.stride.checked_mul(p),
-                    lane.stride
-                        .checked_mul(j)
-                        .and_then(|o| lane.next.checked_add(o)),
-                ) else {
-                    continue; // beyond u64::MAX: nothing left there
-                };
-                lanes.push(Lane { next, stride });
-            }
+            lanes.extend(
+                old_reader
+                    .remaining_lanes()
+                    .into_iter()
+                    .filter_map(|lane| lane.rescaled(subtask, parallelism)),
+            );
         }
         reader.set_lanes(lanes)?;
         Ok(reader)
@@ -793,10 +779,6 @@ impl Source<NexmarkEvent> for NexmarkSource {
 
 /// The format version of [`NexmarkPosition`] bytes.
 const NEXMARK_POSITION_VERSION: u8 = 1;
-
-/// Most lanes one reader may hold: each rescale multiplies the lanes over all subtasks by the
-/// new parallelism.
-const MAX_LANES: usize = 1 << 16;
 
 /// Every setting that decides which events a source produces: a position is only valid for
 /// a source with the same ones.
@@ -899,14 +881,6 @@ struct NexmarkPosition {
     lanes: Vec<Lane>,
 }
 
-/// An arithmetic sequence of event numbers still to read: `next, next + stride, …` (below
-/// the total).
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Lane {
-    next: u64,
-    stride: u64,
-}
-
 /// Refuses a position taken by a differently configured split, naming every difference.
 fn check_identity(saved: &NexmarkPosition, here: &NexmarkPosition) -> Result<(), ConnectorError> {
     let mut differences = Vec::new();
@@ -938,32 +912,6 @@ fn check_identity(saved: &NexmarkPosition, here: &NexmarkPosition) -> Result<(),
             differences.join("; ")
         ),
     })
-}
-
-/// The rate limit of one reader: event `k` (counted from the reader's start) is due
-/// `k / per_second` seconds after the first poll.
-#[derive(Clone, Debug)]
-struct Pacing {
-    per_second: f64,
-    started: Option<Instant>,
-    emitted: u64,
-}
-
-impl Pacing {
-    /// How many events may be emitted now, or how long to wait for the next one.
-    fn allowance(&mut self, now: Instant) -> Result<u64, Duration> {
-        let started = *self.started.get_or_insert(now);
-        let elapsed = now.saturating_duration_since(started).as_secs_f64();
-        // Event k is due at k / per_second; all of 0..=floor(elapsed * per_second) are due.
-        let due = (elapsed * self.per_second).floor() as u64 + 1;
-        if due > self.emitted {
-            Ok(due - self.emitted)
-        } else {
-            let next_at = self.emitted as f64 / self.per_second;
-            Err(Duration::from_secs_f64((next_at - elapsed).max(0.0))
-                .max(Duration::from_micros(100)))
-        }
-    }
 }
 
 /// One subtask's reader: emits events `subtask, subtask + p, subtask + 2p, …` in order (after
@@ -1024,48 +972,17 @@ impl NexmarkReader {
 
     /// Makes the reader read `lanes` (none left: it is finished).
     fn set_lanes(&mut self, lanes: Vec<Lane>) -> Result<(), ConnectorError> {
-        if lanes.len() > MAX_LANES {
-            return Err(ConnectorError::BadPosition {
-                connector: "nexmark",
-                reason: format!(
-                    "{} lanes exceed {MAX_LANES}: the job was rescaled too many times",
-                    lanes.len()
-                ),
-            });
-        }
-        if lanes.iter().any(|l| l.stride == 0) {
-            return Err(ConnectorError::BadPosition {
-                connector: "nexmark",
-                reason: "a lane with stride 0".into(),
-            });
-        }
+        check_lanes("nexmark", &lanes)?;
         self.lanes = lanes;
         Ok(())
     }
 
     /// Emits up to `budget` events, the lowest event number first; returns how many.
     fn emit(&mut self, out: &mut Vec<NexmarkEvent>, budget: u64) -> u64 {
-        let mut emitted = 0;
-        while emitted < budget {
-            let end = self.config.events;
-            let Some(i) = (0..self.lanes.len())
-                .filter(|&i| end.is_none_or(|e| self.lanes[i].next < e))
-                .min_by_key(|&i| self.lanes[i].next)
-            else {
-                break;
-            };
-            let lane = self.lanes[i];
-            out.push(event_at(&self.config, lane.next));
-            emitted += 1;
-            match lane.next.checked_add(lane.stride) {
-                Some(next) => self.lanes[i].next = next,
-                // Past u64::MAX an unbounded lane simply ends.
-                None => {
-                    self.lanes.swap_remove(i);
-                }
-            }
-        }
-        emitted
+        let config = &self.config;
+        poll_lanes(&mut self.lanes, config.events, budget, |n| {
+            out.push(event_at(config, n))
+        })
     }
 }
 
@@ -1100,6 +1017,7 @@ impl SourceReader<NexmarkEvent> for NexmarkReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use crate::test_util::{ctx, drain, read_with_restores};
     use std::collections::BTreeSet;
 
