@@ -471,8 +471,8 @@ impl SourceReader<GeneratedRecord> for GeneratorReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
     use crate::test_util::{ctx, drain, read_with_restores};
+    use std::time::Duration;
 
     fn all_records(source: &GeneratorSource, parallelism: u32) -> Vec<GeneratedRecord> {
         let mut all = Vec::new();

@@ -1017,9 +1017,9 @@ impl SourceReader<NexmarkEvent> for NexmarkReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
     use crate::test_util::{ctx, drain, read_with_restores};
     use std::collections::BTreeSet;
+    use std::time::Duration;
 
     /// Event `n` has timestamp `base + n`: events map back to their numbers.
     fn numbered(events: Option<u64>) -> NexmarkConfig {

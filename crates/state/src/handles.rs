@@ -240,6 +240,28 @@ impl<T> Clone for ValueState<T> {
     }
 }
 
+/// Reads and decodes the value at `key`, and whether reading it renews its TTL. A value of a
+/// TTL state whose time passed is deleted and read as `None`.
+fn read<T: DeserializeOwned>(
+    backend: &mut dyn KeyedStateBackend,
+    id: StateId,
+    key: &StateKey<'_>,
+    name: &str,
+    ttl: Option<&StateTtl>,
+) -> Result<Option<(T, bool)>, StateError> {
+    let found = match (backend.get(id, key)?, ttl) {
+        (None, _) => return Ok(None),
+        (Some(bytes), None) => return Ok(Some((decode(name, bytes)?, false))),
+        (Some(bytes), Some(ttl)) => live(name, ttl, bytes)?
+            .map(|(payload, renew)| Ok::<_, StateError>((decode(name, payload)?, renew)))
+            .transpose()?,
+    };
+    if found.is_none() {
+        backend.delete(id, key)?;
+    }
+    Ok(found)
+}
+
 /// Reads a TTL state's stored bytes: `None` when expired (or absent), else the payload and
 /// whether the read renews the expiry.
 fn live<'b>(
@@ -262,29 +284,12 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
     /// The current key's value, if set (and, with a TTL, not expired).
     pub fn get(&self, scope: &mut KeyedScope<'_>) -> Result<Option<T>, StateError> {
         let cell = scope.cell();
-        let Some(ttl) = &self.ttl else {
-            return match scope.backend.get(self.id, &cell)? {
-                Some(bytes) => Ok(Some(decode(&self.name, bytes)?)),
-                None => Ok(None),
-            };
-        };
-        let found = match scope.backend.get(self.id, &cell)? {
-            None => return Ok(None),
-            Some(bytes) => live(&self.name, ttl, bytes)?
-                .map(|(payload, renew)| Ok::<_, StateError>((decode(&self.name, payload)?, renew)))
-                .transpose()?,
-        };
-        match found {
-            None => {
-                scope.backend.delete(self.id, &cell)?;
-                Ok(None)
-            }
-            Some((value, renew)) => {
-                if renew {
-                    self.update(scope, &value)?;
-                }
+        match read(scope.backend, self.id, &cell, &self.name, self.ttl.as_ref())? {
+            Some((value, true)) => {
+                self.update(scope, &value)?;
                 Ok(Some(value))
             }
+            found => Ok(found.map(|(value, _)| value)),
         }
     }
 
@@ -496,29 +501,18 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
             user_key: &uk,
             ..scope.cell()
         };
-        let Some(ttl) = &self.ttl else {
-            return match scope.backend.get(self.id, &entry)? {
-                Some(bytes) => Ok(Some(decode(&self.name, bytes)?)),
-                None => Ok(None),
-            };
-        };
-        let found = match scope.backend.get(self.id, &entry)? {
-            None => return Ok(None),
-            Some(bytes) => live(&self.name, ttl, bytes)?
-                .map(|(payload, renew)| Ok::<_, StateError>((decode(&self.name, payload)?, renew)))
-                .transpose()?,
-        };
-        match found {
-            None => {
-                scope.backend.delete(self.id, &entry)?;
-                Ok(None)
-            }
-            Some((value, renew)) => {
-                if renew {
-                    self.insert(scope, user_key, &value)?;
-                }
+        match read(
+            scope.backend,
+            self.id,
+            &entry,
+            &self.name,
+            self.ttl.as_ref(),
+        )? {
+            Some((value, true)) => {
+                self.insert(scope, user_key, &value)?;
                 Ok(Some(value))
             }
+            found => Ok(found.map(|(value, _)| value)),
         }
     }
 

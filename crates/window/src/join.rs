@@ -250,16 +250,25 @@ where
     A: Data,
     B: Data,
 {
-    /// The windows of the current record that are not over yet.
-    fn windows_of<KK>(&self, ctx: &KeyedContext<'_, KK>) -> Result<Vec<TimeWindow>, UserError> {
+    /// Adds the current record to each of its windows that is not over yet, and sets the
+    /// window's timer.
+    fn buffer<T: Data, KK>(
+        &self,
+        state: &ListState<T>,
+        value: &T,
+        ctx: &mut KeyedContext<'_, KK>,
+    ) -> Result<(), UserError> {
         let ts = timestamp_of(ctx)?;
         let wm = ctx.current_watermark();
-        Ok(self
-            .windows
-            .assign(ts)
-            .into_iter()
-            .filter(|w| w.max_timestamp() > wm)
-            .collect())
+        for w in self.windows.assign(ts) {
+            if w.max_timestamp() <= wm {
+                continue;
+            }
+            let ns = w.namespace();
+            state.add(&mut ctx.namespaced(&ns), value)?;
+            ctx.register_timer(TimeDomain::EventTime, w.max_timestamp(), &ns)?;
+        }
+        Ok(())
     }
 }
 
@@ -282,15 +291,8 @@ where
         ctx: &mut KeyedContext<'_, K>,
         _out: &mut Collector<OUT>,
     ) -> Result<(), UserError> {
-        for w in self.windows_of(ctx)? {
-            let ns = w.namespace();
-            self.left
-                .as_ref()
-                .expect("opened")
-                .add(&mut ctx.namespaced(&ns), &a)?;
-            ctx.register_timer(TimeDomain::EventTime, w.max_timestamp(), &ns)?;
-        }
-        Ok(())
+        let state = self.left.as_ref().expect("opened");
+        self.buffer(state, &a, ctx)
     }
 
     fn process_element2(
@@ -299,15 +301,8 @@ where
         ctx: &mut KeyedContext<'_, K>,
         _out: &mut Collector<OUT>,
     ) -> Result<(), UserError> {
-        for w in self.windows_of(ctx)? {
-            let ns = w.namespace();
-            self.right
-                .as_ref()
-                .expect("opened")
-                .add(&mut ctx.namespaced(&ns), &b)?;
-            ctx.register_timer(TimeDomain::EventTime, w.max_timestamp(), &ns)?;
-        }
-        Ok(())
+        let state = self.right.as_ref().expect("opened");
+        self.buffer(state, &b, ctx)
     }
 
     fn on_timer(
