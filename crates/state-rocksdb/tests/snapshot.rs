@@ -106,7 +106,9 @@ fn ssts(snapshot: &LocalSnapshot) -> BTreeMap<String, PathBuf> {
         .filter(|f| f.shareable)
         .map(|f| match &f.content {
             SnapshotContent::Path(p) => (f.name.clone(), p.clone()),
-            SnapshotContent::Bytes(_) => panic!("{} is held in memory", f.name),
+            SnapshotContent::Bytes(_) | SnapshotContent::Shared(_) => {
+                panic!("{} is held in memory", f.name)
+            }
         })
         .collect()
 }

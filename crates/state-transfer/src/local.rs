@@ -147,6 +147,7 @@ impl From<SnapshotContent> for LocalBytes {
         match content {
             SnapshotContent::Path(path) => LocalBytes::File(path),
             SnapshotContent::Bytes(bytes) => LocalBytes::Bytes(Bytes::from(bytes)),
+            SnapshotContent::Shared(bytes) => LocalBytes::Bytes(Bytes::from_owner(bytes)),
         }
     }
 }

@@ -1482,6 +1482,14 @@ pub const SNAPSHOT_CHECKS: &[(&str, SnapshotCheck)] = &[
         "ttl_state_never_returns_an_expired_value_before_or_after_a_restore_and_compaction_drops_it",
         ttl_state_never_returns_an_expired_value_before_or_after_a_restore_and_compaction_drops_it,
     ),
+    (
+        "a_snapshot_finished_while_heavy_writes_go_on_holds_exactly_the_state_at_its_barrier",
+        a_snapshot_finished_while_heavy_writes_go_on_holds_exactly_the_state_at_its_barrier,
+    ),
+    (
+        "every_finished_snapshot_of_a_chain_with_dropped_ones_restores_exactly_its_state",
+        every_finished_snapshot_of_a_chain_with_dropped_ones_restores_exactly_its_state,
+    ),
 ];
 
 /// Runs every check in [`SNAPSHOT_CHECKS`] on `factory`; panics at the first failure.
@@ -1523,6 +1531,8 @@ macro_rules! snapshot_conformance_tests {
             a_snapshot_of_another_key_group_range_is_refused_naming_both_ranges,
             a_snapshot_without_its_files_is_refused_naming_the_checkpoint,
             ttl_state_never_returns_an_expired_value_before_or_after_a_restore_and_compaction_drops_it,
+            a_snapshot_finished_while_heavy_writes_go_on_holds_exactly_the_state_at_its_barrier,
+            every_finished_snapshot_of_a_chain_with_dropped_ones_restores_exactly_its_state,
         );
     };
     (@each ($run:expr) $($name:ident),* $(,)?) => {
@@ -1707,7 +1717,8 @@ fn assert_refused(
 }
 
 /// The snapshot names its checkpoint, the backend, its key groups and declared states, and has
-/// uniquely named files; a shareable file lives on disk.
+/// uniquely named files; a shareable file's bytes cannot change (on disk, or shared immutable
+/// bytes).
 pub fn a_snapshot_describes_the_backend_it_was_taken_from(factory: &dyn StateBackendFactory) {
     let mut b = create(factory);
     let states = declare_snapshot_states(&mut *b);
@@ -1730,8 +1741,8 @@ pub fn a_snapshot_describes_the_backend_it_was_taken_from(factory: &dyn StateBac
     for f in &snap.files {
         if f.shareable {
             assert!(
-                matches!(f.content, SnapshotContent::Path(_)),
-                "{name}: shareable file {} is not on disk",
+                !matches!(f.content, SnapshotContent::Bytes(_)),
+                "{name}: shareable file {} is held as bytes the uploader owns",
                 f.name
             );
         }
@@ -1968,6 +1979,100 @@ pub fn an_empty_backend_snapshots_and_restores(factory: &dyn StateBackendFactory
     assert_eq!(s, StateId(0));
     put(&mut *restored, s, &cell(10, b"k"), b"v");
     assert_eq!(scanned(&mut *restored, s).len(), 1, "{}", b.name());
+}
+
+/// A snapshot whose background part runs on another thread while the task goes on writing
+/// (several rounds over every state, enough to make a caching backend spill and evict
+/// meanwhile) restores exactly the state at its barrier; so does the next one, finished only
+/// after more writes.
+pub fn a_snapshot_finished_while_heavy_writes_go_on_holds_exactly_the_state_at_its_barrier(
+    factory: &dyn StateBackendFactory,
+) {
+    let mut b = create(factory);
+    let name = b.name();
+    let states = declare_snapshot_states(&mut *b);
+    fill(&mut *b, &states, 0);
+    let first = b
+        .snapshot(CheckpointId(21))
+        .unwrap_or_else(|e| panic!("{name}: snapshot: {e}"));
+    let at_first = scan_all(&mut *b);
+    let background = std::thread::spawn(move || first.resolve());
+    for round in 1..4 {
+        fill(&mut *b, &states, round);
+    }
+    for i in (0..MANY_KEYS).step_by(3) {
+        let k = (i + 3000).to_be_bytes();
+        delete(&mut *b, states[0], &cell(kg_of(i), &k));
+    }
+    let first = background
+        .join()
+        .expect("the background part does not panic")
+        .unwrap_or_else(|e| panic!("{name}: resolve: {e}"));
+    let second = b
+        .snapshot(CheckpointId(22))
+        .unwrap_or_else(|e| panic!("{name}: snapshot: {e}"));
+    let at_second = scan_all(&mut *b);
+    assert!(at_first != at_second, "{name}: the writes changed nothing");
+    fill(&mut *b, &states, 4);
+    let second = second
+        .resolve()
+        .unwrap_or_else(|e| panic!("{name}: resolve: {e}"));
+    for (snap, expected) in [(first, at_first), (second, at_second)] {
+        let checkpoint = snap.checkpoint;
+        let scratch = ScratchDir::new();
+        let mut restored = restore(factory, upload(snap, &scratch));
+        assert!(
+            scan_all(&mut *restored) == expected,
+            "{name}: {checkpoint} does not hold the state at its barrier"
+        );
+    }
+}
+
+/// Snapshots taken one after another, with writes to a few cells or to everything between
+/// them, some dropped before their background part ran (an aborted checkpoint): each finished
+/// one restores exactly the state at its barrier, whatever the backend shares between them.
+pub fn every_finished_snapshot_of_a_chain_with_dropped_ones_restores_exactly_its_state(
+    factory: &dyn StateBackendFactory,
+) {
+    let mut b = create(factory);
+    let name = b.name();
+    let states = declare_snapshot_states(&mut *b);
+    fill(&mut *b, &states, 0);
+    let mut kept = Vec::new();
+    for round in 1..9u32 {
+        if round % 3 == 0 {
+            fill(&mut *b, &states, round);
+        } else {
+            // A few cells in one key group, so most of the state is as the last snapshot saw it.
+            for i in 0..5u32 {
+                let k = (i + round * 1000).to_be_bytes();
+                put(&mut *b, states[0], &cell(12, &k), &value_of(i, round));
+            }
+            delete(&mut *b, states[1], &cell(kg_of(round), &round.to_be_bytes()));
+        }
+        let snap = b
+            .snapshot(CheckpointId(u64::from(30 + round)))
+            .unwrap_or_else(|e| panic!("{name}: snapshot: {e}"));
+        if round % 4 == 1 {
+            drop(snap);
+            continue;
+        }
+        let expected = scan_all(&mut *b);
+        let snap = snap
+            .resolve()
+            .unwrap_or_else(|e| panic!("{name}: resolve: {e}"));
+        let scratch = ScratchDir::new();
+        kept.push((upload(snap, &scratch), scratch, expected));
+    }
+    assert_eq!(kept.len(), 6, "{name}");
+    for (restored, _scratch, expected) in kept {
+        let checkpoint = restored.checkpoint;
+        let mut backend = restore(factory, restored);
+        assert!(
+            scan_all(&mut *backend) == expected,
+            "{name}: {checkpoint} does not hold the state at its barrier"
+        );
+    }
 }
 
 /// Snapshots a filled backend and uploads it, for the refusal checks.

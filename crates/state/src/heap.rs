@@ -1,41 +1,84 @@
 //! The in-memory keyed state backend: small state, tests, and the honest baseline the RocksDB
 //! backend is measured against.
 //!
-//! Layout: per state, one [`FxHashMap`] from the encoded cell prefix (`key group ‖ key ‖
-//! namespace`, see [`encoding::encode_prefix`]) to a cell: the single value of a value, list
-//! or reducing state, or a [`BTreeMap`] from user key to value for a map state. Point reads and
-//! writes are one hash lookup with the prefix encoded into a reused scratch buffer (a `get` hit
-//! allocates nothing); ordered iteration ([`KeyedStateBackend::scan`]) collects and sorts, since
-//! it is off the per-record path.
+//! Layout: the owned key groups are cut into at most [`MAX_SEGMENTS`] runs of consecutive key
+//! groups, *segments*. Per state and segment, one [`FxHashMap`] behind an [`Arc`] maps the
+//! encoded cell prefix (`key group ‖ key ‖ namespace`, see [`encoding::encode_prefix`]) to a
+//! cell: the single value of a value, list or reducing state, or a [`BTreeMap`] from user key to
+//! value for a map state. Point reads and writes are one hash lookup with the prefix encoded
+//! into a reused scratch buffer (a `get` hit allocates nothing); ordered iteration
+//! ([`KeyedStateBackend::scan`]) collects and sorts, since it is off the per-record path.
 //!
-//! # Snapshots
-//! [`KeyedStateBackend::snapshot`] serialises the whole state on the task thread into one
-//! private file, [`HEAP_SNAPSHOT_FILE`], held in memory: the magic `WHSS`, the format version
-//! ([`HEAP_SNAPSHOT_FORMAT`], u16 big-endian), then a postcard body with the key-group range,
-//! the descriptors and every cell of every state, exactly as the maps hold them.
-//! [`StateBackendFactory::restore`] reads it back and checks it cell by cell.
+//! # Snapshots: an O(segments) pause, incremental files
+//! [`KeyedStateBackend::snapshot`] copies no cell. For every segment written since the last
+//! snapshot it takes a new reference to each state's map of that segment (a *version*) and
+//! leaves the rest to the snapshot's background part ([`crate::PendingFiles`]), which writes
+//! each version into one shareable file and then lets the maps go. A write on the task thread
+//! to a map a version still holds copies that map first (copy on write, [`Arc::make_mut`]), so
+//! at most the segments written while the background part runs exist twice, and only until it
+//! has written them.
+//!
+//! A segment not written since the last snapshot keeps its version, and so its file: the
+//! uploader reuses it from the last completed checkpoint instead of uploading it again. The
+//! bytes of each segment's latest file stay in memory (the serialised form, a fraction of the
+//! maps' size), so a snapshot can always hand over every file, whether or not the checkpoint
+//! that first wrote it completed.
+//!
+//! Files of a snapshot:
+//! - [`HEAP_SNAPSHOT_FILE`] (private): the magic `WHSS`, the format version
+//!   ([`HEAP_SNAPSHOT_FORMAT`], u16 big-endian), then a postcard body with the key-group range,
+//!   the descriptors and the names of the segment files;
+//! - per non-empty segment, `heap-state-<segment>-<instance>-<checkpoint>` (shareable): the
+//!   magic `WHSG`, the segment format ([`SEGMENT_FORMAT`]), then a postcard body with the
+//!   segment's key-group range and, per state (in registration order; states declared after the
+//!   file was written are absent and empty), every cell exactly as the map holds it. `<instance>`
+//!   is random per backend instance, so a name is never reused for other bytes, also by
+//!   backends restored from the same snapshot.
+//!
+//! [`StateBackendFactory::restore`] reads them back and checks them cell by cell. Format 1 (one
+//! private file holding every cell) is still read.
 
 use crate::backend::{lookup_descriptor, Registration};
 use crate::encoding;
 use crate::ttl;
 use crate::{
-    BackendScope, KeyedStateBackend, LocalSnapshot, RestoredSnapshot, SnapshotContent,
-    SnapshotFile, StateBackendFactory, StateDescriptor, StateEntry, StateError, StateId, StateKey,
+    BackendScope, KeyedStateBackend, LocalSnapshot, PendingFiles, RestoredSnapshot,
+    SnapshotContent, SnapshotFile, StateBackendFactory, StateDescriptor, StateEntry, StateError,
+    StateId, StateKey,
 };
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::mem::size_of;
+use std::sync::{Arc, Mutex, PoisonError};
 use weir_types::{CheckpointId, KeyGroupRange};
 
-/// The name of the heap backend's one snapshot file.
+/// The name of the heap backend's snapshot manifest (one per snapshot, private).
 pub const HEAP_SNAPSHOT_FILE: &str = "heap-state";
 
-/// The heap snapshot's format version: [`LocalSnapshot::format`], and the file's header.
-pub const HEAP_SNAPSHOT_FORMAT: u16 = 1;
+/// The heap snapshot's format version: [`LocalSnapshot::format`], and the manifest's header.
+/// Format 1 (every cell in one private file) is still restored.
+pub const HEAP_SNAPSHOT_FORMAT: u16 = 2;
 
-/// The first bytes of a heap snapshot file.
+/// The one-file format that came before segments.
+const HEAP_SNAPSHOT_FORMAT_V1: u16 = 1;
+
+/// The format version of a segment file's header.
+pub const SEGMENT_FORMAT: u16 = 1;
+
+/// The most segments one backend cuts its key groups into: the unit of copy on write and of
+/// incremental upload. More segments mean smaller copies after a snapshot and finer uploads,
+/// but more files per checkpoint.
+pub const MAX_SEGMENTS: u32 = 128;
+
+/// The first bytes of a heap snapshot manifest (and of a format-1 snapshot file).
 const HEAP_SNAPSHOT_MAGIC: &[u8; 4] = b"WHSS";
+
+/// The first bytes of a segment file.
+const SEGMENT_MAGIC: &[u8; 4] = b"WHSG";
+
+/// The name every segment file starts with.
+const SEGMENT_FILE_PREFIX: &str = "heap-state-";
 
 /// What an allocator keeps per heap allocation beyond the requested bytes (header, rounding):
 /// a conservative figure for glibc malloc.
@@ -46,7 +89,7 @@ const ALLOC_OVERHEAD: usize = 16;
 const BTREE_ENTRY_OVERHEAD: usize = 24;
 
 /// One cell of a state: what lives under one `key group ‖ key ‖ namespace` prefix.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 enum Cell {
     /// The value of a value, list or reducing state.
     Value(Box<[u8]>),
@@ -54,18 +97,135 @@ enum Cell {
     Map(BTreeMap<Box<[u8]>, Box<[u8]>>),
 }
 
-/// One declared state's cells.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// The cells of one state in one segment, by cell prefix.
+type CellMap = FxHashMap<Box<[u8]>, Cell>;
+
+/// One declared state's cells, per segment. A snapshot version may share a segment's map until
+/// its file is written; writes go through [`Arc::make_mut`].
+#[derive(Debug)]
 struct HeapState {
-    cells: FxHashMap<Box<[u8]>, Cell>,
+    segments: Vec<Arc<CellMap>>,
+}
+
+impl HeapState {
+    fn new(segments: usize) -> Self {
+        Self {
+            segments: (0..segments).map(|_| Arc::default()).collect(),
+        }
+    }
+
+    fn cells(&self) -> impl Iterator<Item = (&Box<[u8]>, &Cell)> {
+        self.segments.iter().flat_map(|m| m.iter())
+    }
+}
+
+/// How the owned key groups are cut into segments: runs of `per` consecutive key groups.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+struct Segments {
+    range: KeyGroupRange,
+    per: u32,
+    count: usize,
+}
+
+impl Segments {
+    fn new(range: KeyGroupRange) -> Self {
+        let len = range.len();
+        let per = len.div_ceil(MAX_SEGMENTS).max(1);
+        Self {
+            range,
+            per,
+            count: len.div_ceil(per) as usize,
+        }
+    }
+
+    /// The segment of a key group in the range.
+    fn of(&self, key_group: u16) -> usize {
+        (u32::from(key_group - self.range.start) / self.per) as usize
+    }
+
+    /// The segment of an encoded cell prefix (it starts with the key group, big-endian).
+    fn of_prefix(&self, prefix: &[u8]) -> usize {
+        self.of(u16::from_be_bytes([prefix[0], prefix[1]]))
+    }
+
+    /// The key groups of segment `s`.
+    fn key_groups(&self, s: usize) -> KeyGroupRange {
+        let start = u32::from(self.range.start) + s as u32 * self.per;
+        let end = (start + self.per - 1).min(u32::from(self.range.end));
+        KeyGroupRange {
+            start: start as u16,
+            end: end as u16,
+        }
+    }
+}
+
+/// A segment as one snapshot saw it: the maps it shares with the backend until its file is
+/// written, then the file's bytes (kept for later snapshots that reuse the file).
+#[derive(Debug)]
+struct SegmentVersion {
+    /// The shareable file's name: unique over every backend instance.
+    name: String,
+    body: Mutex<VersionBody>,
+}
+
+#[derive(Debug)]
+enum VersionBody {
+    /// Not written yet: the segment's key groups and each state's map at the barrier.
+    Frozen {
+        key_groups: KeyGroupRange,
+        states: Vec<Arc<CellMap>>,
+    },
+    /// The file's bytes.
+    Written(Arc<[u8]>),
+}
+
+impl SegmentVersion {
+    /// The version's file, written now if no earlier call wrote it (the maps are let go then).
+    fn file(&self, checkpoint: CheckpointId) -> Result<SnapshotFile, StateError> {
+        let mut body = self.body.lock().unwrap_or_else(PoisonError::into_inner);
+        if let VersionBody::Frozen { key_groups, states } = &*body {
+            let bytes = encode_segment(*key_groups, states).map_err(|detail| {
+                StateError::Snapshot {
+                    checkpoint,
+                    backend: "heap",
+                    op: format!("serialise {}", self.name),
+                    detail,
+                }
+            })?;
+            *body = VersionBody::Written(bytes.into());
+        }
+        let VersionBody::Written(bytes) = &*body else {
+            unreachable!("written just above")
+        };
+        Ok(SnapshotFile {
+            name: self.name.clone(),
+            content: SnapshotContent::Shared(Arc::clone(bytes)),
+            shareable: true,
+        })
+    }
+
+    /// Bytes of memory the version keeps on its own (the written file; frozen maps are shared).
+    fn retained_bytes(&self) -> usize {
+        match &*self.body.lock().unwrap_or_else(PoisonError::into_inner) {
+            VersionBody::Frozen { .. } => 0,
+            VersionBody::Written(bytes) => bytes.len(),
+        }
+    }
 }
 
 /// Keyed state held in hash maps on the task's heap. See the [module docs](self).
 #[derive(Debug)]
 pub struct HeapStateBackend {
     range: KeyGroupRange,
+    segments: Segments,
     descriptors: Vec<StateDescriptor>,
     states: Vec<HeapState>,
+    /// Per segment: whether a cell of any state in it changed since its version was taken.
+    changed: Vec<bool>,
+    /// Per segment: the version the latest snapshot handed over (none for an empty segment).
+    versions: Vec<Option<Arc<SegmentVersion>>>,
+    /// Random per instance: part of every segment file's name.
+    instance: u64,
     /// Per state with a TTL, its entries in about the order they expire (rebuilt on restore):
     /// a few are checked on every access and dropped when expired (incremental cleanup).
     ttl_queues: Vec<VecDeque<TtlEntry>>,
@@ -102,7 +262,7 @@ fn ttl_queues(descriptors: &[StateDescriptor], states: &[HeapState]) -> Vec<VecD
         .map(|(d, state)| {
             let mut q: Vec<TtlEntry> = Vec::new();
             if d.kind.has_ttl() {
-                for (cell, c) in &state.cells {
+                for (cell, c) in state.cells() {
                     let mut push = |uk: &[u8], v: &[u8]| {
                         if let Some((expires, _)) = ttl::split(v) {
                             q.push(TtlEntry {
@@ -132,13 +292,35 @@ fn queued_sets(queues: &[VecDeque<TtlEntry>]) -> Vec<FxHashSet<Box<[u8]>>> {
         .collect()
 }
 
+/// A number that differs between backend instances, also across processes and restarts.
+fn instance_nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // `RandomState` is seeded randomly per process; the time, the process and a counter
+    // separate instances further.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    h.write_u128(now);
+    h.write_u32(std::process::id());
+    h.write_u64(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.finish()
+}
+
 impl HeapStateBackend {
     /// An empty backend owning the key groups in `range`.
     pub fn new(range: KeyGroupRange) -> Self {
+        let segments = Segments::new(range);
         Self {
             range,
+            segments,
             descriptors: Vec::new(),
             states: Vec::new(),
+            changed: vec![false; segments.count],
+            versions: vec![None; segments.count],
+            instance: instance_nonce(),
             ttl_queues: Vec::new(),
             ttl_queued: Vec::new(),
             scratch: Vec::with_capacity(64),
@@ -146,8 +328,8 @@ impl HeapStateBackend {
     }
 
     /// Checks `state` and `key` and encodes the cell prefix into `self.scratch`; returns the
-    /// state's index.
-    fn prepare(&mut self, state: StateId, key: &StateKey<'_>) -> Result<usize, StateError> {
+    /// state's index and the key's segment.
+    fn prepare(&mut self, state: StateId, key: &StateKey<'_>) -> Result<(usize, usize), StateError> {
         let idx = self.check(state, key)?;
         let desc = &self.descriptors[idx];
         if !desc.kind.has_user_keys() && !key.user_key.is_empty() {
@@ -155,7 +337,14 @@ impl HeapStateBackend {
         }
         self.scratch.clear();
         encoding::encode_prefix(&mut self.scratch, key);
-        Ok(idx)
+        Ok((idx, self.segments.of(key.key_group.0)))
+    }
+
+    /// The cells of state `idx` in segment `seg`, to change: marks the segment changed and
+    /// copies its map first if a snapshot version still shares it.
+    fn cells_mut(&mut self, idx: usize, seg: usize) -> &mut CellMap {
+        self.changed[seg] = true;
+        Arc::make_mut(&mut self.states[idx].segments[seg])
     }
 
     /// Incremental TTL cleanup of state `idx`: looks at the few entries that expire first
@@ -169,7 +358,8 @@ impl HeapStateBackend {
                 return;
             }
             let entry = queue.pop_front().expect("checked above");
-            let cells = &mut self.states[idx].cells;
+            let seg = self.segments.of_prefix(&entry.cell);
+            let cells = &self.states[idx].segments[seg];
             let current = match cells.get(&entry.cell) {
                 None => None,
                 Some(Cell::Value(v)) => Some(v),
@@ -180,9 +370,10 @@ impl HeapStateBackend {
                 continue;
             };
             if expires > now {
-                queue.push_back(TtlEntry { expires, ..entry });
+                self.ttl_queues[idx].push_back(TtlEntry { expires, ..entry });
                 continue;
             }
+            let cells = self.cells_mut(idx, seg);
             let now_empty = match cells.get_mut(&entry.cell) {
                 Some(Cell::Map(map)) => {
                     map.remove(&entry.user_key);
@@ -215,11 +406,11 @@ impl HeapStateBackend {
         Ok(idx)
     }
 
-    /// An estimate of the bytes one state's cells occupy, hash table included.
+    /// An estimate of the bytes one state's cells occupy, hash tables included.
     fn state_bytes(state: &HeapState) -> usize {
         let slot = size_of::<(Box<[u8]>, Cell)>() + 1; // + the table's control byte
-        let mut bytes = state.cells.capacity() * slot;
-        for (key, cell) in &state.cells {
+        let mut bytes: usize = state.segments.iter().map(|m| m.capacity() * slot).sum();
+        for (key, cell) in state.cells() {
             bytes += key.len() + ALLOC_OVERHEAD;
             bytes += match cell {
                 Cell::Value(v) => v.len() + ALLOC_OVERHEAD,
@@ -237,119 +428,288 @@ impl HeapStateBackend {
         }
         bytes
     }
+
+    /// The name of segment `seg`'s file written for `checkpoint` by this instance.
+    fn segment_file_name(&self, seg: usize, checkpoint: CheckpointId) -> String {
+        format!(
+            "{SEGMENT_FILE_PREFIX}{seg:04}-{:016x}-{}",
+            self.instance,
+            checkpoint.get()
+        )
+    }
 }
 
-/// A heap snapshot's body as written, borrowed from the backend.
-#[derive(Serialize)]
-struct SnapshotBodyRef<'a> {
-    key_groups: KeyGroupRange,
-    descriptors: &'a [StateDescriptor],
-    states: &'a [HeapState],
-}
-
-/// A heap snapshot's body as read back.
-#[derive(Deserialize)]
-struct SnapshotBody {
+/// A manifest's body as written and read.
+#[derive(Serialize, Deserialize)]
+struct Manifest {
     key_groups: KeyGroupRange,
     descriptors: Vec<StateDescriptor>,
-    states: Vec<HeapState>,
+    /// The segment files, in segment order.
+    segment_files: Vec<String>,
+}
+
+/// A segment file's body as written, borrowing the maps.
+#[derive(Serialize)]
+struct SegmentBodyRef<'a> {
+    key_groups: KeyGroupRange,
+    states: Vec<&'a CellMap>,
+}
+
+/// A segment file's body as read back.
+#[derive(Deserialize)]
+struct SegmentBody {
+    key_groups: KeyGroupRange,
+    states: Vec<CellMap>,
+}
+
+/// A format-1 snapshot's body.
+#[derive(Deserialize)]
+struct SnapshotBodyV1 {
+    key_groups: KeyGroupRange,
+    descriptors: Vec<StateDescriptor>,
+    states: Vec<StateV1>,
+}
+
+/// One state of a format-1 snapshot.
+#[derive(Deserialize)]
+struct StateV1 {
+    cells: CellMap,
+}
+
+/// `magic ‖ version (u16 BE) ‖ postcard(body)`.
+fn encode_framed(magic: &[u8; 4], version: u16, body: &impl Serialize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(1 << 12);
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&version.to_be_bytes());
+    postcard::to_extend(body, out).map_err(|e| e.to_string())
+}
+
+/// The bytes of a segment file holding `states`' maps of the segment `key_groups`.
+fn encode_segment(key_groups: KeyGroupRange, states: &[Arc<CellMap>]) -> Result<Vec<u8>, String> {
+    let body = SegmentBodyRef {
+        key_groups,
+        states: states.iter().map(|m| &**m).collect(),
+    };
+    encode_framed(SEGMENT_MAGIC, SEGMENT_FORMAT, &body)
+}
+
+/// Checks `magic` and returns the header's version and the rest.
+fn unframe<'a>(magic: &[u8; 4], what: &str, bytes: &'a [u8]) -> Result<(u16, &'a [u8]), String> {
+    let (head, rest) = bytes.split_at(bytes.len().min(magic.len()));
+    if head != magic {
+        return Err(format!("not a {what} (bad magic)"));
+    }
+    let version = rest
+        .get(..2)
+        .map(|v| u16::from_be_bytes([v[0], v[1]]))
+        .ok_or_else(|| "truncated header".to_string())?;
+    Ok((version, &rest[2..]))
+}
+
+/// Decodes a whole postcard body: nothing may follow it.
+fn decode_body<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, String> {
+    let (body, trailing): (T, &[u8]) =
+        postcard::take_from_bytes(bytes).map_err(|e| format!("cannot decode the body: {e}"))?;
+    if !trailing.is_empty() {
+        return Err(format!("{} bytes after the body", trailing.len()));
+    }
+    Ok(body)
+}
+
+/// Reads a manifest (format 2) or a format-1 snapshot: which one is the header's version.
+enum SnapshotHead {
+    Manifest(Manifest),
+    V1(SnapshotBodyV1),
+}
+
+fn decode_head(bytes: &[u8]) -> Result<SnapshotHead, String> {
+    let (version, body) = unframe(HEAP_SNAPSHOT_MAGIC, "heap snapshot", bytes)?;
+    match version {
+        HEAP_SNAPSHOT_FORMAT => decode_body(body).map(SnapshotHead::Manifest),
+        HEAP_SNAPSHOT_FORMAT_V1 => decode_body(body).map(SnapshotHead::V1),
+        other => Err(format!(
+            "file format {other} is not a supported format ({HEAP_SNAPSHOT_FORMAT_V1} or \
+             {HEAP_SNAPSHOT_FORMAT})"
+        )),
+    }
+}
+
+fn decode_segment(bytes: &[u8]) -> Result<SegmentBody, String> {
+    let (version, body) = unframe(SEGMENT_MAGIC, "heap segment file", bytes)?;
+    if version != SEGMENT_FORMAT {
+        return Err(format!(
+            "segment format {version} is not the supported format {SEGMENT_FORMAT}"
+        ));
+    }
+    decode_body(body)
+}
+
+/// Checks the descriptors a file declares against the snapshot's: equal, no name twice.
+fn check_descriptors(
+    declared: &[StateDescriptor],
+    snapshot: &RestoredSnapshot,
+) -> Result<(), String> {
+    if declared != snapshot.descriptors {
+        return Err(format!(
+            "the file declares states {declared:?} but the snapshot says {:?}",
+            snapshot.descriptors
+        ));
+    }
+    let mut seen = Vec::with_capacity(declared.len());
+    for d in declared {
+        if seen.contains(&&d.name) {
+            return Err(format!("state '{}' is declared twice", d.name));
+        }
+        seen.push(&d.name);
+    }
+    Ok(())
 }
 
 impl HeapStateBackend {
-    /// The bytes of [`HEAP_SNAPSHOT_FILE`]: magic, version, postcard body.
-    fn encode_snapshot(&self, checkpoint: CheckpointId) -> Result<Vec<u8>, StateError> {
-        let mut out = Vec::with_capacity(1 << 12);
-        out.extend_from_slice(HEAP_SNAPSHOT_MAGIC);
-        out.extend_from_slice(&HEAP_SNAPSHOT_FORMAT.to_be_bytes());
-        let body = SnapshotBodyRef {
-            key_groups: self.range,
-            descriptors: &self.descriptors,
-            states: &self.states,
-        };
-        postcard::to_extend(&body, out).map_err(|e| StateError::Snapshot {
-            checkpoint,
-            backend: "heap",
-            op: format!("serialise {HEAP_SNAPSHOT_FILE}"),
-            detail: e.to_string(),
-        })
+    /// An empty backend for `snapshot`'s range and descriptors, every segment marked changed.
+    fn empty_for(snapshot: &RestoredSnapshot) -> Self {
+        let mut b = Self::new(snapshot.key_groups);
+        b.descriptors = snapshot.descriptors.clone();
+        b.states = (0..b.descriptors.len())
+            .map(|_| HeapState::new(b.segments.count))
+            .collect();
+        b.changed.fill(true);
+        b
     }
 
-    /// Rebuilds a backend from a snapshot's [`HEAP_SNAPSHOT_FILE`], checking the header, that
-    /// the body matches `snapshot`'s description, and that every cell lies in the range and has
-    /// its state's shape.
-    fn decode_snapshot(snapshot: &RestoredSnapshot, bytes: &[u8]) -> Result<Self, StateError> {
-        let bad =
-            |detail: String| snapshot.error("heap", format!("{HEAP_SNAPSHOT_FILE}: {detail}"));
-        let (magic, rest) = bytes.split_at(bytes.len().min(HEAP_SNAPSHOT_MAGIC.len()));
-        if magic != HEAP_SNAPSHOT_MAGIC {
-            return Err(bad("not a heap snapshot (bad magic)".into()));
+    /// Rebuilds the TTL cleanup queues from the cells (after a restore).
+    fn rebuild_ttl_queues(&mut self) {
+        self.ttl_queues = ttl_queues(&self.descriptors, &self.states);
+        self.ttl_queued = queued_sets(&self.ttl_queues);
+    }
+
+    /// Moves `cells` (state `idx`'s, checked) into their segments. `Err` names a cell already
+    /// held (a key group in two files).
+    fn absorb(&mut self, idx: usize, cells: CellMap) -> Result<(), String> {
+        let segments = self.segments;
+        for (prefix, cell) in cells {
+            let seg = segments.of_prefix(&prefix);
+            let map = Arc::make_mut(&mut self.states[idx].segments[seg]);
+            if map.insert(prefix, cell).is_some() {
+                return Err(format!(
+                    "state '{}' holds a cell twice",
+                    self.descriptors[idx].name
+                ));
+            }
         }
-        let version = rest
-            .get(..2)
-            .map(|v| u16::from_be_bytes([v[0], v[1]]))
-            .ok_or_else(|| bad("truncated header".into()))?;
-        if version != HEAP_SNAPSHOT_FORMAT {
-            return Err(bad(format!(
-                "file format {version} is not the supported format {HEAP_SNAPSHOT_FORMAT}"
-            )));
-        }
-        let (body, trailing): (SnapshotBody, &[u8]) = postcard::take_from_bytes(&rest[2..])
-            .map_err(|e| bad(format!("cannot decode the body: {e}")))?;
-        if !trailing.is_empty() {
-            return Err(bad(format!("{} bytes after the body", trailing.len())));
-        }
+        Ok(())
+    }
+
+    /// Rebuilds a backend from a format-1 snapshot's body.
+    fn from_v1(snapshot: &RestoredSnapshot, body: SnapshotBodyV1) -> Result<Self, String> {
         if body.key_groups != snapshot.key_groups {
-            return Err(bad(format!(
+            return Err(format!(
                 "the file covers key groups {} but the snapshot says {}",
                 body.key_groups, snapshot.key_groups
-            )));
+            ));
         }
-        if body.descriptors != snapshot.descriptors {
-            return Err(bad(format!(
-                "the file declares states {:?} but the snapshot says {:?}",
-                body.descriptors, snapshot.descriptors
-            )));
-        }
+        check_descriptors(&body.descriptors, snapshot)?;
         if body.states.len() != body.descriptors.len() {
-            return Err(bad(format!(
+            return Err(format!(
                 "{} states for {} descriptors",
                 body.states.len(),
                 body.descriptors.len()
-            )));
+            ));
         }
-        let mut seen = Vec::with_capacity(body.descriptors.len());
-        for (descriptor, state) in body.descriptors.iter().zip(&body.states) {
-            if seen.contains(&&descriptor.name) {
-                return Err(bad(format!(
-                    "state '{}' is declared twice",
-                    descriptor.name
+        let mut b = Self::empty_for(snapshot);
+        for (idx, state) in body.states.into_iter().enumerate() {
+            check_cells(&b.descriptors[idx], &state.cells, body.key_groups)?;
+            b.absorb(idx, state.cells)?;
+        }
+        b.rebuild_ttl_queues();
+        Ok(b)
+    }
+
+    /// Rebuilds a backend from a manifest and its segment files (`read` returns a file's
+    /// bytes by name). A file whose key groups are exactly one of this backend's segments
+    /// becomes that segment's version, so the next snapshot reuses it if the segment is not
+    /// written meanwhile.
+    fn from_manifest(
+        snapshot: &RestoredSnapshot,
+        manifest: Manifest,
+        mut read: impl FnMut(&str) -> Result<Vec<u8>, String>,
+    ) -> Result<Self, String> {
+        if manifest.key_groups != snapshot.key_groups {
+            return Err(format!(
+                "the manifest covers key groups {} but the snapshot says {}",
+                manifest.key_groups, snapshot.key_groups
+            ));
+        }
+        check_descriptors(&manifest.descriptors, snapshot)?;
+        let mut b = Self::empty_for(snapshot);
+        let mut covered: Vec<KeyGroupRange> = Vec::with_capacity(manifest.segment_files.len());
+        for name in &manifest.segment_files {
+            let in_file = |e: String| format!("{name}: {e}");
+            let bytes = read(name)?;
+            let body = decode_segment(&bytes).map_err(in_file)?;
+            let kgs = body.key_groups;
+            if kgs.is_empty() || kgs.start < b.range.start || kgs.end > b.range.end {
+                return Err(in_file(format!(
+                    "covers key groups {kgs}, not a part of {}",
+                    b.range
                 )));
             }
-            seen.push(&descriptor.name);
-            check_cells(descriptor, state, body.key_groups).map_err(bad)?;
+            if let Some(other) = covered
+                .iter()
+                .find(|o| o.start <= kgs.end && kgs.start <= o.end)
+            {
+                return Err(in_file(format!(
+                    "covers key groups {kgs}, which another file ({other}) covers too"
+                )));
+            }
+            covered.push(kgs);
+            if body.states.len() > b.descriptors.len() {
+                return Err(in_file(format!(
+                    "{} states for {} descriptors",
+                    body.states.len(),
+                    b.descriptors.len()
+                )));
+            }
+            // A file of exactly one segment (the usual case) becomes its maps as they are: no
+            // other file can hold a cell of that segment (the ranges are disjoint).
+            let seg = b.segments.of(kgs.start);
+            let exact = b.segments.key_groups(seg) == kgs;
+            for (idx, cells) in body.states.into_iter().enumerate() {
+                check_cells(&b.descriptors[idx], &cells, kgs).map_err(in_file)?;
+                if exact {
+                    b.states[idx].segments[seg] = Arc::new(cells);
+                } else {
+                    b.absorb(idx, cells).map_err(in_file)?;
+                }
+            }
+            if exact {
+                b.changed[seg] = false;
+                b.versions[seg] = Some(Arc::new(SegmentVersion {
+                    name: name.clone(),
+                    body: Mutex::new(VersionBody::Written(bytes.into())),
+                }));
+            }
         }
-        let ttl_queues = ttl_queues(&body.descriptors, &body.states);
-        let ttl_queued = queued_sets(&ttl_queues);
-        Ok(Self {
-            range: body.key_groups,
-            descriptors: body.descriptors,
-            states: body.states,
-            ttl_queues,
-            ttl_queued,
-            scratch: Vec::with_capacity(64),
-        })
+        // A segment without a file is empty in the snapshot: nothing to write until it changes.
+        for seg in 0..b.segments.count {
+            if b.versions[seg].is_none() && b.states.iter().all(|s| s.segments[seg].is_empty()) {
+                b.changed[seg] = false;
+            }
+        }
+        b.rebuild_ttl_queues();
+        Ok(b)
     }
 }
 
-/// Checks that every cell of `state` has a well-formed prefix in `range` and the shape of
+/// Checks that every cell of `cells` has a well-formed prefix in `range` and the shape of
 /// `descriptor`'s kind.
 fn check_cells(
     descriptor: &StateDescriptor,
-    state: &HeapState,
+    cells: &CellMap,
     range: KeyGroupRange,
 ) -> Result<(), String> {
     let name = &descriptor.name;
-    for (prefix, cell) in &state.cells {
+    for (prefix, cell) in cells {
         let key = encoding::decode_state_key(prefix)
             .filter(|k| k.user_key.is_empty())
             .ok_or_else(|| format!("state '{name}' holds a malformed cell key"))?;
@@ -415,7 +775,7 @@ impl KeyedStateBackend for HeapStateBackend {
             Registration::New(id) => id,
         };
         self.descriptors.push(descriptor.clone());
-        self.states.push(HeapState::default());
+        self.states.push(HeapState::new(self.segments.count));
         self.ttl_queues.push(VecDeque::new());
         self.ttl_queued.push(FxHashSet::default());
         Ok(id)
@@ -426,11 +786,11 @@ impl KeyedStateBackend for HeapStateBackend {
     }
 
     fn get(&mut self, state: StateId, key: &StateKey<'_>) -> Result<Option<&[u8]>, StateError> {
-        let idx = self.prepare(state, key)?;
+        let (idx, seg) = self.prepare(state, key)?;
         if self.descriptors[idx].kind.has_ttl() {
             self.clean_expired(idx);
         }
-        let cell = self.states[idx].cells.get(&self.scratch[..]);
+        let cell = self.states[idx].segments[seg].get(&self.scratch[..]);
         Ok(match cell {
             None => None,
             Some(Cell::Value(v)) => Some(&v[..]),
@@ -439,9 +799,10 @@ impl KeyedStateBackend for HeapStateBackend {
     }
 
     fn put(&mut self, state: StateId, key: &StateKey<'_>, value: &[u8]) -> Result<(), StateError> {
-        let idx = self.prepare(state, key)?;
+        let (idx, seg) = self.prepare(state, key)?;
         let is_map = self.descriptors[idx].kind.has_user_keys();
-        let cells = &mut self.states[idx].cells;
+        self.changed[seg] = true;
+        let cells = Arc::make_mut(&mut self.states[idx].segments[seg]);
         let created = match cells.get_mut(&self.scratch[..]) {
             Some(Cell::Value(slot)) => {
                 overwrite(slot, value);
@@ -499,9 +860,19 @@ impl KeyedStateBackend for HeapStateBackend {
     }
 
     fn delete(&mut self, state: StateId, key: &StateKey<'_>) -> Result<(), StateError> {
-        let idx = self.prepare(state, key)?;
-        let cells = &mut self.states[idx].cells;
-        let now_empty = match cells.get_mut(&self.scratch[..]) {
+        let (idx, seg) = self.prepare(state, key)?;
+        // Look before changing: deleting what is not there must not copy a shared map.
+        let present = match self.states[idx].segments[seg].get(&self.scratch[..]) {
+            None => false,
+            Some(Cell::Value(_)) => true,
+            Some(Cell::Map(map)) => map.contains_key(key.user_key),
+        };
+        if !present {
+            return Ok(());
+        }
+        let prefix = std::mem::take(&mut self.scratch);
+        let cells = self.cells_mut(idx, seg);
+        let now_empty = match cells.get_mut(&prefix[..]) {
             None => false,
             Some(Cell::Value(_)) => true,
             Some(Cell::Map(map)) => {
@@ -510,8 +881,9 @@ impl KeyedStateBackend for HeapStateBackend {
             }
         };
         if now_empty {
-            cells.remove(&self.scratch[..]);
+            cells.remove(&prefix[..]);
         }
+        self.scratch = prefix;
         Ok(())
     }
 
@@ -524,7 +896,8 @@ impl KeyedStateBackend for HeapStateBackend {
         let idx = self.check(state, prefix)?;
         self.scratch.clear();
         encoding::encode_prefix(&mut self.scratch, prefix);
-        match self.states[idx].cells.get(&self.scratch[..]) {
+        let seg = self.segments.of(prefix.key_group.0);
+        match self.states[idx].segments[seg].get(&self.scratch[..]) {
             None => Ok(()),
             Some(Cell::Value(v)) => f(&[], v),
             Some(Cell::Map(map)) => map.iter().try_for_each(|(uk, v)| f(uk, v)),
@@ -535,7 +908,13 @@ impl KeyedStateBackend for HeapStateBackend {
         let idx = self.check(state, prefix)?;
         self.scratch.clear();
         encoding::encode_prefix(&mut self.scratch, prefix);
-        self.states[idx].cells.remove(&self.scratch[..]);
+        let seg = self.segments.of(prefix.key_group.0);
+        if !self.states[idx].segments[seg].contains_key(&self.scratch[..]) {
+            return Ok(());
+        }
+        let key = std::mem::take(&mut self.scratch);
+        self.cells_mut(idx, seg).remove(&key[..]);
+        self.scratch = key;
         Ok(())
     }
 
@@ -550,8 +929,7 @@ impl KeyedStateBackend for HeapStateBackend {
         // cells by prefix and then walking each map in user-key order yields ascending
         // encoded-key order.
         let mut cells: Vec<(&[u8], &Cell)> = self.states[idx]
-            .cells
-            .iter()
+            .cells()
             .map(|(k, c)| (&k[..], c))
             .collect();
         cells.sort_unstable_by(|a, b| a.0.cmp(b.0));
@@ -579,27 +957,72 @@ impl KeyedStateBackend for HeapStateBackend {
     }
 
     fn size_bytes(&mut self) -> Result<u64, StateError> {
-        let bytes: usize = self.states.iter().map(Self::state_bytes).sum();
-        Ok(bytes as u64)
+        let cells: usize = self.states.iter().map(Self::state_bytes).sum();
+        let files: usize = self
+            .versions
+            .iter()
+            .flatten()
+            .map(|v| v.retained_bytes())
+            .sum();
+        Ok((cells + files) as u64)
     }
 
-    /// Serialises every state into one private in-memory file, [`HEAP_SNAPSHOT_FILE`] (see the
-    /// [module docs](self#snapshots)).
+    /// Takes a version of every segment changed since the last snapshot (new references to its
+    /// maps, no copy) and writes the small manifest; the segment files are written by the
+    /// snapshot's background part (see the [module docs](self#snapshots-an-osegments-pause-incremental-files)).
     fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<LocalSnapshot, StateError> {
-        let bytes = self.encode_snapshot(checkpoint)?;
+        let mut versions = Vec::with_capacity(self.segments.count);
+        for seg in 0..self.segments.count {
+            if self.changed[seg] {
+                self.changed[seg] = false;
+                self.versions[seg] = if self.states.iter().all(|s| s.segments[seg].is_empty()) {
+                    None
+                } else {
+                    Some(Arc::new(SegmentVersion {
+                        name: self.segment_file_name(seg, checkpoint),
+                        body: Mutex::new(VersionBody::Frozen {
+                            key_groups: self.segments.key_groups(seg),
+                            states: self
+                                .states
+                                .iter()
+                                .map(|s| Arc::clone(&s.segments[seg]))
+                                .collect(),
+                        }),
+                    }))
+                };
+            }
+            if let Some(v) = &self.versions[seg] {
+                versions.push(Arc::clone(v));
+            }
+        }
+        let manifest = Manifest {
+            key_groups: self.range,
+            descriptors: self.descriptors.clone(),
+            segment_files: versions.iter().map(|v| v.name.clone()).collect(),
+        };
+        let bytes = encode_framed(HEAP_SNAPSHOT_MAGIC, HEAP_SNAPSHOT_FORMAT, &manifest).map_err(
+            |detail| StateError::Snapshot {
+                checkpoint,
+                backend: "heap",
+                op: format!("serialise {HEAP_SNAPSHOT_FILE}"),
+                detail,
+            },
+        )?;
         Ok(LocalSnapshot {
             checkpoint,
             backend: "heap",
             format: u32::from(HEAP_SNAPSHOT_FORMAT),
             key_groups: self.range,
-            descriptors: self.descriptors.clone(),
+            descriptors: manifest.descriptors,
             files: vec![SnapshotFile {
                 name: HEAP_SNAPSHOT_FILE.to_string(),
                 content: SnapshotContent::Bytes(bytes),
                 shareable: false,
             }],
             cleanup_dir: None,
-            pending: None,
+            pending: Some(PendingFiles::new(move || {
+                versions.iter().map(|v| v.file(checkpoint)).collect()
+            })),
         })
     }
 }
@@ -627,29 +1050,52 @@ impl StateBackendFactory for HeapStateBackendFactory {
         Ok(Box::new(HeapStateBackend::new(scope.key_group_range)))
     }
 
-    /// Reads [`HEAP_SNAPSHOT_FILE`] (the snapshot's only file) back into maps; the restored
-    /// backend hands out the snapshot's state ids.
+    /// Reads the manifest [`HEAP_SNAPSHOT_FILE`] and the segment files it names (or a format-1
+    /// snapshot's one file) back into maps; the restored backend hands out the snapshot's
+    /// state ids.
     fn restore(
         &self,
         scope: &BackendScope,
         snapshot: RestoredSnapshot,
     ) -> Result<Box<dyn KeyedStateBackend>, StateError> {
-        snapshot.check_compatible(
-            "heap",
-            u32::from(HEAP_SNAPSHOT_FORMAT),
-            scope.key_group_range,
-        )?;
-        if let Some((name, _)) = snapshot.files.iter().find(|(n, _)| n != HEAP_SNAPSHOT_FILE) {
-            return Err(snapshot.error("heap", format!("unexpected file '{name}'")));
-        }
-        let path = snapshot.file(HEAP_SNAPSHOT_FILE).ok_or_else(|| {
-            snapshot.error("heap", format!("the file {HEAP_SNAPSHOT_FILE} is missing"))
-        })?;
-        let bytes = std::fs::read(path)
-            .map_err(|e| snapshot.error("heap", format!("cannot read {}: {e}", path.display())))?;
-        Ok(Box::new(HeapStateBackend::decode_snapshot(
-            &snapshot, &bytes,
-        )?))
+        let format = if snapshot.format == u32::from(HEAP_SNAPSHOT_FORMAT_V1) {
+            HEAP_SNAPSHOT_FORMAT_V1
+        } else {
+            HEAP_SNAPSHOT_FORMAT
+        };
+        snapshot.check_compatible("heap", u32::from(format), scope.key_group_range)?;
+        let read = |name: &str| -> Result<Vec<u8>, String> {
+            let path = snapshot
+                .file(name)
+                .ok_or_else(|| format!("the file {name} is missing"))?;
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        };
+        let head = read(HEAP_SNAPSHOT_FILE).map_err(|e| snapshot.error("heap", e))?;
+        let in_head = |e: String| snapshot.error("heap", format!("{HEAP_SNAPSHOT_FILE}: {e}"));
+        let backend = match decode_head(&head).map_err(in_head)? {
+            SnapshotHead::V1(body) if format == HEAP_SNAPSHOT_FORMAT_V1 => {
+                if let Some((name, _)) = snapshot.files.iter().find(|(n, _)| n != HEAP_SNAPSHOT_FILE)
+                {
+                    return Err(snapshot.error("heap", format!("unexpected file '{name}'")));
+                }
+                HeapStateBackend::from_v1(&snapshot, body).map_err(in_head)?
+            }
+            SnapshotHead::Manifest(manifest) if format == HEAP_SNAPSHOT_FORMAT => {
+                if let Some((name, _)) = snapshot.files.iter().find(|(n, _)| {
+                    n != HEAP_SNAPSHOT_FILE && !manifest.segment_files.contains(n)
+                }) {
+                    return Err(snapshot.error("heap", format!("unexpected file '{name}'")));
+                }
+                HeapStateBackend::from_manifest(&snapshot, manifest, read)
+                    .map_err(|e| snapshot.error("heap", e))?
+            }
+            _ => {
+                return Err(in_head(format!(
+                    "the file's format is not the snapshot's format {format}"
+                )))
+            }
+        };
+        Ok(Box::new(backend))
     }
 }
 
@@ -747,7 +1193,7 @@ mod tests {
             )
             .unwrap();
         }
-        assert_eq!(b.states[0].cells.len(), 1, "only the fresh key is left");
+        assert_eq!(b.states[0].cells().count(), 1, "only the fresh key is left");
         assert_eq!(b.ttl_tracked(), 1);
     }
 
@@ -757,54 +1203,85 @@ mod tests {
         crate::snapshot_conformance_tests!(|check| check(&HeapStateBackendFactory::new()));
     }
 
-    /// A heap backend with one value state holding one cell, and its snapshot's bytes.
-    fn snapshot_bytes() -> (HeapStateBackend, Vec<u8>) {
-        let mut b = HeapStateBackend::new(KeyGroupRange { start: 0, end: 9 });
-        let s = b
-            .register(&StateDescriptor {
-                name: "s".into(),
-                kind: StateKind::Value,
-            })
-            .unwrap();
-        let key = StateKey {
-            key_group: weir_types::KeyGroup(3),
-            key: b"k",
-            namespace: b"",
-            user_key: b"",
-        };
-        b.put(s, &key, b"v").unwrap();
-        let snapshot = b.snapshot(CheckpointId(4)).unwrap();
-        let [file] = &snapshot.files[..] else {
-            panic!("{snapshot:?}")
-        };
-        assert_eq!(file.name, HEAP_SNAPSHOT_FILE);
-        assert!(!file.shareable);
-        let SnapshotContent::Bytes(bytes) = &file.content else {
-            panic!("{snapshot:?}")
-        };
-        (b, bytes.clone())
+    const RANGE: KeyGroupRange = KeyGroupRange { start: 0, end: 9 };
+
+    fn value_descriptor() -> StateDescriptor {
+        StateDescriptor {
+            name: "s".into(),
+            kind: StateKind::Value,
+        }
     }
 
-    /// Restores a snapshot of [`snapshot_bytes`]'s backend whose file holds `bytes`.
-    fn restore_from(bytes: &[u8]) -> Result<Box<dyn KeyedStateBackend>, StateError> {
+    fn at(kg: u16, key: &[u8]) -> StateKey<'_> {
+        StateKey {
+            key_group: weir_types::KeyGroup(kg),
+            key,
+            namespace: b"",
+            user_key: b"",
+        }
+    }
+
+    /// A heap backend over key groups 0..=9 with one value state.
+    fn backend() -> (HeapStateBackend, StateId) {
+        let mut b = HeapStateBackend::new(RANGE);
+        let s = b.register(&value_descriptor()).unwrap();
+        (b, s)
+    }
+
+    /// `(name, bytes)` of every file of a resolved snapshot.
+    fn files_of(snapshot: LocalSnapshot) -> Vec<(String, Vec<u8>)> {
+        snapshot
+            .resolve()
+            .unwrap()
+            .files
+            .into_iter()
+            .map(|f| {
+                let bytes = match f.content {
+                    SnapshotContent::Bytes(b) => b,
+                    SnapshotContent::Shared(b) => b.to_vec(),
+                    SnapshotContent::Path(p) => panic!("a heap file on disk: {}", p.display()),
+                };
+                (f.name, bytes)
+            })
+            .collect()
+    }
+
+    /// A backend with one value state holding one cell in key group 3, and its snapshot's
+    /// files: the manifest, then the one segment's file.
+    fn snapshot_files() -> (HeapStateBackend, Vec<(String, Vec<u8>)>) {
+        let (mut b, s) = backend();
+        b.put(s, &at(3, b"k"), b"v").unwrap();
+        let files = files_of(b.snapshot(CheckpointId(4)).unwrap());
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert_eq!(files[0].0, HEAP_SNAPSHOT_FILE);
+        assert!(files[1].0.starts_with("heap-state-0003-"), "{}", files[1].0);
+        assert!(files[1].0.ends_with("-4"), "{}", files[1].0);
+        (b, files)
+    }
+
+    /// Restores a snapshot of checkpoint 4 in `format` with one value state from `files`.
+    fn restore_files(
+        format: u32,
+        files: &[(String, Vec<u8>)],
+    ) -> Result<Box<dyn KeyedStateBackend>, StateError> {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir =
             std::env::temp_dir().join(format!("weir-heap-restore-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(HEAP_SNAPSHOT_FILE);
-        std::fs::write(&path, bytes).unwrap();
-        let range = KeyGroupRange { start: 0, end: 9 };
+        let mut listed = Vec::new();
+        for (name, bytes) in files {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            listed.push((name.clone(), path));
+        }
         let snapshot = RestoredSnapshot {
             checkpoint: CheckpointId(4),
             backend: "heap".into(),
-            format: 1,
-            key_groups: range,
-            descriptors: vec![StateDescriptor {
-                name: "s".into(),
-                kind: StateKind::Value,
-            }],
-            files: vec![(HEAP_SNAPSHOT_FILE.into(), path)],
+            format,
+            key_groups: RANGE,
+            descriptors: vec![value_descriptor()],
+            files: listed,
             dir: dir.clone(),
         };
         let scope = BackendScope {
@@ -812,7 +1289,7 @@ mod tests {
             subtask: weir_types::SubtaskIndex(0),
             parallelism: 1,
             max_parallelism: 10,
-            key_group_range: range,
+            key_group_range: RANGE,
             keyed_subtasks_in_process: 1,
         };
         let result = HeapStateBackendFactory::new().restore(&scope, snapshot);
@@ -820,112 +1297,257 @@ mod tests {
         result
     }
 
-    #[test]
-    fn fuzzed_heap_snapshot_files_are_refused_or_restored_never_a_panic_or_a_hang() {
-        let (_, small) = snapshot_bytes();
-        let mut b = HeapStateBackend::new(KeyGroupRange { start: 0, end: 9 });
-        let s = b
-            .register(&StateDescriptor {
-                name: "s".into(),
-                kind: StateKind::Value,
-            })
-            .unwrap();
-        for kg in 0..10u16 {
-            let key = StateKey {
-                key_group: weir_types::KeyGroup(kg),
-                key: b"key",
-                namespace: b"ns",
-                user_key: b"",
-            };
-            b.put(s, &key, &[kg as u8; 5]).unwrap();
-        }
-        let SnapshotContent::Bytes(big) = &b.snapshot(CheckpointId(4)).unwrap().files[0].content
-        else {
-            panic!("a heap snapshot is bytes")
-        };
-        let range = KeyGroupRange { start: 0, end: 9 };
-        let snapshot = RestoredSnapshot {
-            checkpoint: CheckpointId(4),
-            backend: "heap".into(),
-            format: 1,
-            key_groups: range,
-            descriptors: vec![StateDescriptor {
-                name: "s".into(),
-                kind: StateKind::Value,
-            }],
-            files: Vec::new(),
-            dir: std::env::temp_dir(),
-        };
-        weir_fuzz::run("heap snapshot", &[small, big.clone()], |bytes| {
-            let _ = HeapStateBackend::decode_snapshot(&snapshot, bytes);
-        });
-    }
-
-    fn refusal(bytes: &[u8]) -> String {
-        match restore_from(bytes) {
-            Ok(_) => panic!("restored from damaged bytes"),
+    fn refusal(format: u32, files: &[(String, Vec<u8>)]) -> String {
+        match restore_files(format, files) {
+            Ok(_) => panic!("restored from damaged files"),
             Err(e @ StateError::Restore { .. }) => e.to_string(),
             Err(e) => panic!("expected a restore error, got {e:?}"),
         }
     }
 
     #[test]
-    fn a_heap_snapshot_file_starts_with_the_magic_and_the_format_version() {
-        let (_, bytes) = snapshot_bytes();
+    fn a_snapshot_shares_the_maps_until_its_background_part_wrote_them_and_copies_none() {
+        let (mut b, s) = backend();
+        for kg in 0..10u16 {
+            b.put(s, &at(kg, b"k"), b"v").unwrap();
+        }
+        let snapshot = b.snapshot(CheckpointId(1)).unwrap();
+        assert!(
+            b.states[0].segments.iter().all(|m| Arc::strong_count(m) == 2),
+            "every segment map is shared with the snapshot, none copied"
+        );
+        // A write to key group 2 copies that segment's map only.
+        b.put(s, &at(2, b"k"), b"new").unwrap();
+        let shared: Vec<usize> = b.states[0]
+            .segments
+            .iter()
+            .map(|m| Arc::strong_count(m))
+            .collect();
+        assert_eq!(shared, [2, 2, 1, 2, 2, 2, 2, 2, 2, 2]);
+        let files = files_of(snapshot);
+        assert!(
+            b.states[0].segments.iter().all(|m| Arc::strong_count(m) == 1),
+            "once written, the snapshot lets the maps go"
+        );
+        let mut restored = restore_files(2, &files).unwrap();
+        assert_eq!(restored.get(s, &at(2, b"k")).unwrap(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn segments_not_written_since_the_last_snapshot_hand_over_the_same_file() {
+        let (mut b, s) = backend();
+        for kg in 0..10u16 {
+            b.put(s, &at(kg, b"k"), b"v").unwrap();
+        }
+        let first = files_of(b.snapshot(CheckpointId(1)).unwrap());
+        b.put(s, &at(7, b"k"), b"w").unwrap();
+        b.delete(s, &at(5, b"missing")).unwrap();
+        let second = files_of(b.snapshot(CheckpointId(2)).unwrap());
+        let names = |files: &[(String, Vec<u8>)]| -> Vec<String> {
+            files.iter().skip(1).map(|(n, _)| n.clone()).collect()
+        };
+        let (a, z) = (names(&first), names(&second));
+        assert_eq!(a.len(), 10);
+        let differ: Vec<usize> = (0..10).filter(|&i| a[i] != z[i]).collect();
+        assert_eq!(differ, [7], "only key group 7's file is new: {a:?} {z:?}");
+        assert!(z[7].ends_with("-2"));
+        assert_eq!(first[9], second[9], "a reused file has the same bytes");
+    }
+
+    #[test]
+    fn a_snapshot_dropped_before_its_background_part_ran_leaves_the_next_one_whole() {
+        let (mut b, s) = backend();
+        b.put(s, &at(1, b"a"), b"1").unwrap();
+        b.put(s, &at(6, b"b"), b"2").unwrap();
+        drop(b.snapshot(CheckpointId(1)).unwrap());
+        b.put(s, &at(6, b"b"), b"3").unwrap();
+        let files = files_of(b.snapshot(CheckpointId(2)).unwrap());
+        let mut restored = restore_files(2, &files).unwrap();
+        assert_eq!(restored.get(s, &at(1, b"a")).unwrap(), Some(&b"1"[..]));
+        assert_eq!(restored.get(s, &at(6, b"b")).unwrap(), Some(&b"3"[..]));
+        assert!(
+            files[1].0.ends_with("-1"),
+            "key group 1's version of checkpoint 1 is written now: {}",
+            files[1].0
+        );
+    }
+
+    #[test]
+    fn a_restored_backend_reuses_the_restored_files_for_segments_it_did_not_write() {
+        let (mut b, s) = backend();
+        for kg in 0..10u16 {
+            b.put(s, &at(kg, b"k"), b"v").unwrap();
+        }
+        let files = files_of(b.snapshot(CheckpointId(4)).unwrap());
+        let mut restored = restore_files(2, &files).unwrap();
+        restored.put(s, &at(0, b"k"), b"w").unwrap();
+        let again = files_of(restored.snapshot(CheckpointId(5)).unwrap());
+        assert_ne!(files[1].0, again[1].0, "key group 0 was written");
+        assert_eq!(files[2..], again[2..], "the rest is reused as restored");
+    }
+
+    #[test]
+    fn two_backends_never_name_a_segment_file_alike() {
+        let (mut a, s) = backend();
+        let (mut b, _) = backend();
+        a.put(s, &at(3, b"k"), b"v").unwrap();
+        b.put(s, &at(3, b"k"), b"v").unwrap();
+        let fa = files_of(a.snapshot(CheckpointId(4)).unwrap());
+        let fb = files_of(b.snapshot(CheckpointId(4)).unwrap());
+        assert_ne!(fa[1].0, fb[1].0);
+    }
+
+    #[test]
+    fn many_key_groups_share_at_most_max_segments_files() {
+        let range = KeyGroupRange {
+            start: 100,
+            end: 100 + 1000 - 1,
+        };
+        let seg = Segments::new(range);
+        assert_eq!(seg.per, 8);
+        assert_eq!(seg.count, 125);
+        assert_eq!(seg.of(100), 0);
+        assert_eq!(seg.of(1099), 124);
+        assert_eq!(seg.key_groups(124), KeyGroupRange { start: 1092, end: 1099 });
+        let odd = Segments::new(KeyGroupRange { start: 0, end: 128 });
+        assert_eq!((odd.per, odd.count), (2, 65));
+        assert_eq!(odd.key_groups(64), KeyGroupRange { start: 128, end: 128 });
+    }
+
+    #[test]
+    fn a_format_1_snapshot_still_restores() {
+        #[derive(Serialize)]
+        struct StateRef<'a> {
+            cells: &'a CellMap,
+        }
+        #[derive(Serialize)]
+        struct BodyV1<'a> {
+            key_groups: KeyGroupRange,
+            descriptors: Vec<StateDescriptor>,
+            states: Vec<StateRef<'a>>,
+        }
+        let mut prefix = Vec::new();
+        encoding::encode_prefix(&mut prefix, &at(3, b"k"));
+        let cells: CellMap = [(prefix.into(), Cell::Value(Box::from(&b"v"[..])))]
+            .into_iter()
+            .collect();
+        let body = BodyV1 {
+            key_groups: RANGE,
+            descriptors: vec![value_descriptor()],
+            states: vec![StateRef { cells: &cells }],
+        };
+        let bytes = encode_framed(HEAP_SNAPSHOT_MAGIC, 1, &body).unwrap();
         assert_eq!(&bytes[..6], b"WHSS\x00\x01");
-        assert!(restore_from(&bytes).is_ok());
+        let mut b = restore_files(1, &[(HEAP_SNAPSHOT_FILE.into(), bytes)]).unwrap();
+        assert_eq!(b.get(StateId(0), &at(3, b"k")).unwrap(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn fuzzed_heap_snapshot_files_are_refused_or_restored_never_a_panic_or_a_hang() {
+        let (_, small) = snapshot_files();
+        let (mut b, s) = backend();
+        for kg in 0..10u16 {
+            b.put(s, &at(kg, b"key"), &[kg as u8; 5]).unwrap();
+        }
+        let big = files_of(b.snapshot(CheckpointId(4)).unwrap());
+        let snapshot = RestoredSnapshot {
+            checkpoint: CheckpointId(4),
+            backend: "heap".into(),
+            format: 2,
+            key_groups: RANGE,
+            descriptors: vec![value_descriptor()],
+            files: Vec::new(),
+            dir: std::env::temp_dir(),
+        };
+        let manifests = vec![small[0].1.clone(), big[0].1.clone()];
+        weir_fuzz::run("heap snapshot manifest", &manifests, |bytes| {
+            if let Ok(SnapshotHead::Manifest(m)) = decode_head(bytes) {
+                let _ = HeapStateBackend::from_manifest(&snapshot, m, |name| {
+                    big.iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, b)| b.clone())
+                        .ok_or_else(|| "missing".to_string())
+                });
+            }
+        });
+        let segments = vec![small[1].1.clone(), big[5].1.clone()];
+        weir_fuzz::run("heap segment file", &segments, |bytes| {
+            let manifest = Manifest {
+                key_groups: RANGE,
+                descriptors: vec![value_descriptor()],
+                segment_files: vec!["f".into()],
+            };
+            let _ = HeapStateBackend::from_manifest(&snapshot, manifest, |_| Ok(bytes.to_vec()));
+        });
+    }
+
+    #[test]
+    fn a_heap_manifest_starts_with_the_magic_and_the_format_version() {
+        let (_, files) = snapshot_files();
+        assert_eq!(&files[0].1[..6], b"WHSS\x00\x02");
+        assert_eq!(&files[1].1[..6], b"WHSG\x00\x01");
+        assert!(restore_files(2, &files).is_ok());
     }
 
     #[test]
     fn a_damaged_heap_snapshot_is_refused_naming_the_checkpoint_and_the_file() {
-        let (_, bytes) = snapshot_bytes();
-        let mut bad_magic = bytes.clone();
-        bad_magic[0] = b'X';
-        let mut other_version = bytes.clone();
-        other_version[5] = 2;
-        let mut trailing = bytes.clone();
-        trailing.push(0);
-        let truncated = &bytes[..bytes.len() - 1];
-        for (case, damaged) in [
-            ("bad magic", &bad_magic[..]),
-            ("format 2", &other_version[..]),
-            ("after the body", &trailing[..]),
-            ("decode", truncated),
-            ("header", &bytes[..5]),
-        ] {
-            let message = refusal(damaged);
-            assert!(message.contains("chk-4"), "{case}: {message}");
-            assert!(message.contains(HEAP_SNAPSHOT_FILE), "{case}: {message}");
-            assert!(message.contains(case), "{case}: {message}");
+        let (_, files) = snapshot_files();
+        for which in [0, 1] {
+            let name = files[which].0.clone();
+            let bytes = &files[which].1;
+            let mut bad_magic = bytes.clone();
+            bad_magic[0] = b'X';
+            let mut other_version = bytes.clone();
+            other_version[5] = 9;
+            let mut trailing = bytes.clone();
+            trailing.push(0);
+            let truncated = bytes[..bytes.len() - 1].to_vec();
+            for (case, damaged) in [
+                ("bad magic", bad_magic),
+                ("format 9", other_version),
+                ("after the body", trailing),
+                ("decode", truncated),
+                ("header", bytes[..5].to_vec()),
+            ] {
+                let mut broken = files.clone();
+                broken[which].1 = damaged;
+                let message = refusal(2, &broken);
+                assert!(message.contains("chk-4"), "{case}: {message}");
+                assert!(message.contains(&name), "{case}: {message}");
+                assert!(message.contains(case), "{case}: {message}");
+            }
         }
+        let message = refusal(2, &files[..1]);
+        assert!(message.contains(&files[1].0), "{message}");
+        assert!(message.contains("missing"), "{message}");
+        let mut extra = files.clone();
+        extra.push(("heap-state-9999-x-4".into(), Vec::new()));
+        assert!(refusal(2, &extra).contains("unexpected file"));
     }
 
     #[test]
-    fn a_heap_snapshot_with_a_cell_outside_its_range_is_refused() {
-        let (b, _) = snapshot_bytes();
-        // The same state with one more cell, in key group 50: outside the file's 0..=9.
-        let mut states = b.states;
+    fn a_segment_file_with_a_cell_outside_its_key_groups_is_refused() {
+        let (_, files) = snapshot_files();
         let mut prefix = Vec::new();
-        encoding::encode_prefix(
-            &mut prefix,
-            &StateKey {
-                key_group: weir_types::KeyGroup(50),
-                key: b"k",
-                namespace: b"",
-                user_key: b"",
-            },
-        );
-        states[0]
-            .cells
-            .insert(prefix.into(), Cell::Value(Box::from(&b"v"[..])));
-        let body = SnapshotBodyRef {
-            key_groups: KeyGroupRange { start: 0, end: 9 },
-            descriptors: &b.descriptors,
-            states: &states,
-        };
-        let bytes = [&b"WHSS\x00\x01"[..], &postcard::to_stdvec(&body).unwrap()].concat();
-        let message = refusal(&bytes);
-        assert!(message.contains("kg-50"), "{message}");
+        encoding::encode_prefix(&mut prefix, &at(4, b"k"));
+        let cells: CellMap = [(prefix.into(), Cell::Value(Box::from(&b"v"[..])))]
+            .into_iter()
+            .collect();
+        // The file says it holds key group 3, but its cell is in key group 4.
+        let bytes = encode_segment(
+            KeyGroupRange { start: 3, end: 3 },
+            &[Arc::new(cells)],
+        )
+        .unwrap();
+        let mut broken = files.clone();
+        broken[1].1 = bytes;
+        let message = refusal(2, &broken);
+        assert!(message.contains("kg-4"), "{message}");
+        assert!(message.contains(&files[1].0), "{message}");
+        // And a file claiming key groups outside the snapshot's range.
+        let far = encode_segment(KeyGroupRange { start: 50, end: 50 }, &[]).unwrap();
+        broken[1].1 = far;
+        assert!(refusal(2, &broken).contains("not a part of"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! - **synchronous** — [`KeyedStateBackend::snapshot`](crate::KeyedStateBackend::snapshot) runs
 //!   on the task thread while records wait: it makes the backend's current state immutable on
 //!   local disk or in memory (RocksDB: flush the write-back cache, then a native checkpoint that
-//!   hard-links the SST files; heap: serialise every entry) and returns a [`LocalSnapshot`];
+//!   hard-links the SST files; heap: take a new reference to each segment written since the last snapshot) and returns a [`LocalSnapshot`];
 //! - **asynchronous** — an uploader (not this crate: it knows no storage) writes the snapshot's
 //!   [`SnapshotFile`]s to object storage, reusing *shareable* files already uploaded for the
 //!   last completed checkpoint, then removes [`LocalSnapshot::cleanup_dir`].
@@ -24,8 +24,11 @@ pub enum SnapshotContent {
     /// A file on local disk (a hard link into a RocksDB native checkpoint). Immutable until
     /// the snapshot's cleanup directory is removed.
     Path(PathBuf),
-    /// Bytes in memory (a heap backend's serialised state).
+    /// Bytes in memory (a heap backend's manifest, an operator's state).
     Bytes(Vec<u8>),
+    /// Bytes in memory that the backend keeps too (a heap backend's segment file, handed over
+    /// again by later snapshots that reuse it).
+    Shared(std::sync::Arc<[u8]>),
 }
 
 /// One file of a snapshot.
@@ -99,6 +102,7 @@ impl LocalSnapshot {
             .iter()
             .map(|f| match &f.content {
                 SnapshotContent::Bytes(b) => b.len() as u64,
+                SnapshotContent::Shared(b) => b.len() as u64,
                 SnapshotContent::Path(p) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
             })
             .sum()
@@ -143,6 +147,8 @@ impl LocalSnapshot {
                 })
                 .map_err(|e| failed(format!("copy {} to {}", from.display(), to.display()), e)),
                 SnapshotContent::Bytes(bytes) => std::fs::write(&to, bytes)
+                    .map_err(|e| failed(format!("write {}", to.display()), e)),
+                SnapshotContent::Shared(bytes) => std::fs::write(&to, &bytes[..])
                     .map_err(|e| failed(format!("write {}", to.display()), e)),
             }?;
             files.push((file.name.clone(), to));
