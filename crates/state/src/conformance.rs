@@ -2048,7 +2048,11 @@ pub fn every_finished_snapshot_of_a_chain_with_dropped_ones_restores_exactly_its
                 let k = (i + round * 1000).to_be_bytes();
                 put(&mut *b, states[0], &cell(12, &k), &value_of(i, round));
             }
-            delete(&mut *b, states[1], &cell(kg_of(round), &round.to_be_bytes()));
+            delete(
+                &mut *b,
+                states[1],
+                &cell(kg_of(round), &round.to_be_bytes()),
+            );
         }
         let snap = b
             .snapshot(CheckpointId(u64::from(30 + round)))

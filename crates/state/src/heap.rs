@@ -11,12 +11,13 @@
 //!
 //! # Snapshots: an O(segments) pause, incremental files
 //! [`KeyedStateBackend::snapshot`] copies no cell. For every segment written since the last
-//! snapshot it takes a new reference to each state's map of that segment (a *version*) and
-//! leaves the rest to the snapshot's background part ([`crate::PendingFiles`]), which writes
-//! each version into one shareable file and then lets the maps go. A write on the task thread
-//! to a map a version still holds copies that map first (copy on write, [`Arc::make_mut`]), so
-//! at most the segments written while the background part runs exist twice, and only until it
-//! has written them.
+//! snapshot it moves each state's map of that segment behind an [`Arc`] it shares with a
+//! *version*, and leaves the rest to the snapshot's background part ([`crate::PendingFiles`]),
+//! which writes each version into one shareable file and then lets the maps go. While a map is
+//! shared (*frozen*) it is read-only: the task's writes to it go to a small overlay (changed
+//! cells, and deletions), and reads look there first. The first access after the version let go
+//! applies the overlay to the map, which is the task's alone again. So what exists twice is only
+//! what was written while the background part ran.
 //!
 //! A segment not written since the last snapshot keeps its version, and so its file: the
 //! uploader reuses it from the last completed checkpoint instead of uploading it again. The
@@ -100,22 +101,190 @@ enum Cell {
 /// The cells of one state in one segment, by cell prefix.
 type CellMap = FxHashMap<Box<[u8]>, Cell>;
 
-/// One declared state's cells, per segment. A snapshot version may share a segment's map until
-/// its file is written; writes go through [`Arc::make_mut`].
+/// One state's cells in one segment.
+#[derive(Debug)]
+enum Segment {
+    /// The task's alone.
+    Live(CellMap),
+    /// Shared with a snapshot version that has not written its file yet, and read-only until
+    /// it has: changes go to `overlay` (`None`: deleted), which reads consult first.
+    Frozen {
+        base: Arc<CellMap>,
+        overlay: FxHashMap<Box<[u8]>, Option<Cell>>,
+    },
+}
+
+impl Default for Segment {
+    fn default() -> Self {
+        Segment::Live(CellMap::default())
+    }
+}
+
+impl Segment {
+    /// The cell at `prefix`.
+    fn get(&self, prefix: &[u8]) -> Option<&Cell> {
+        match self {
+            Segment::Live(map) => map.get(prefix),
+            Segment::Frozen { base, overlay } => match overlay.get(prefix) {
+                Some(changed) => changed.as_ref(),
+                None => base.get(prefix),
+            },
+        }
+    }
+
+    /// Makes a frozen segment live again once no version holds its map: applies the overlay
+    /// (O(overlay)). A cheap check otherwise.
+    fn thaw(&mut self) {
+        let Segment::Frozen { base, .. } = self else {
+            return;
+        };
+        if Arc::strong_count(base) != 1 {
+            return;
+        }
+        let Segment::Frozen { base, overlay } = std::mem::take(self) else {
+            unreachable!("matched above")
+        };
+        let mut map = Arc::try_unwrap(base).unwrap_or_else(|shared| (*shared).clone());
+        apply(&mut map, overlay);
+        *self = Segment::Live(map);
+    }
+
+    /// The cell at `prefix`, to change in place (a frozen cell is copied into the overlay).
+    fn get_mut(&mut self, prefix: &[u8]) -> Option<&mut Cell> {
+        self.thaw();
+        match self {
+            Segment::Live(map) => map.get_mut(prefix),
+            Segment::Frozen { base, overlay } => {
+                if !overlay.contains_key(prefix) {
+                    let cell = base.get(prefix)?.clone();
+                    overlay.insert(prefix.into(), Some(cell));
+                }
+                overlay.get_mut(prefix).and_then(Option::as_mut)
+            }
+        }
+    }
+
+    /// Stores `cell` at `prefix`.
+    fn insert(&mut self, prefix: &[u8], cell: Cell) {
+        self.thaw();
+        match self {
+            Segment::Live(map) => {
+                map.insert(prefix.into(), cell);
+            }
+            Segment::Frozen { overlay, .. } => {
+                overlay.insert(prefix.into(), Some(cell));
+            }
+        }
+    }
+
+    /// Removes the cell at `prefix`, if any.
+    fn remove(&mut self, prefix: &[u8]) {
+        self.thaw();
+        match self {
+            Segment::Live(map) => {
+                map.remove(prefix);
+            }
+            Segment::Frozen { base, overlay } => {
+                if base.contains_key(prefix) {
+                    overlay.insert(prefix.into(), None);
+                } else {
+                    overlay.remove(prefix);
+                }
+            }
+        }
+    }
+
+    /// Every cell, in no particular order.
+    fn iter(&self) -> Box<dyn Iterator<Item = (&Box<[u8]>, &Cell)> + '_> {
+        match self {
+            Segment::Live(map) => Box::new(map.iter()),
+            Segment::Frozen { base, overlay } => Box::new(
+                overlay
+                    .iter()
+                    .filter_map(|(k, c)| c.as_ref().map(|c| (k, c)))
+                    .chain(base.iter().filter(|(k, _)| !overlay.contains_key(&k[..]))),
+            ),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+
+    /// Hash-table slots allocated (for size estimates).
+    fn capacity(&self) -> usize {
+        match self {
+            Segment::Live(map) => map.capacity(),
+            Segment::Frozen { base, overlay } => base.capacity() + overlay.capacity(),
+        }
+    }
+
+    /// Shares the segment's cells with a new snapshot version: O(1) when live (or when the
+    /// previous version let go); a copy only when an older version still holds the map, i.e.
+    /// its file is still being written (a snapshot taken before the previous one finished).
+    fn freeze(&mut self) -> Arc<CellMap> {
+        self.thaw();
+        let map = match std::mem::take(self) {
+            Segment::Live(map) => map,
+            Segment::Frozen { base, overlay } => {
+                let mut map = (*base).clone();
+                apply(&mut map, overlay);
+                map
+            }
+        };
+        let base = Arc::new(map);
+        *self = Segment::Frozen {
+            base: Arc::clone(&base),
+            overlay: FxHashMap::default(),
+        };
+        base
+    }
+
+    /// The segment's map, made live (copied if a version still holds it; restore builds live
+    /// segments only, so it never copies there).
+    fn live(&mut self) -> &mut CellMap {
+        self.thaw();
+        if let Segment::Frozen { base, overlay } = self {
+            let mut map = (**base).clone();
+            apply(&mut map, std::mem::take(overlay));
+            *self = Segment::Live(map);
+        }
+        match self {
+            Segment::Live(map) => map,
+            Segment::Frozen { .. } => unreachable!("made live above"),
+        }
+    }
+}
+
+/// Applies an overlay's changes to `map`.
+fn apply(map: &mut CellMap, overlay: FxHashMap<Box<[u8]>, Option<Cell>>) {
+    for (prefix, change) in overlay {
+        match change {
+            Some(cell) => {
+                map.insert(prefix, cell);
+            }
+            None => {
+                map.remove(&prefix);
+            }
+        }
+    }
+}
+
+/// One declared state's cells, per segment.
 #[derive(Debug)]
 struct HeapState {
-    segments: Vec<Arc<CellMap>>,
+    segments: Vec<Segment>,
 }
 
 impl HeapState {
     fn new(segments: usize) -> Self {
         Self {
-            segments: (0..segments).map(|_| Arc::default()).collect(),
+            segments: (0..segments).map(|_| Segment::default()).collect(),
         }
     }
 
     fn cells(&self) -> impl Iterator<Item = (&Box<[u8]>, &Cell)> {
-        self.segments.iter().flat_map(|m| m.iter())
+        self.segments.iter().flat_map(Segment::iter)
     }
 }
 
@@ -184,14 +353,13 @@ impl SegmentVersion {
     fn file(&self, checkpoint: CheckpointId) -> Result<SnapshotFile, StateError> {
         let mut body = self.body.lock().unwrap_or_else(PoisonError::into_inner);
         if let VersionBody::Frozen { key_groups, states } = &*body {
-            let bytes = encode_segment(*key_groups, states).map_err(|detail| {
-                StateError::Snapshot {
+            let bytes =
+                encode_segment(*key_groups, states).map_err(|detail| StateError::Snapshot {
                     checkpoint,
                     backend: "heap",
                     op: format!("serialise {}", self.name),
                     detail,
-                }
-            })?;
+                })?;
             *body = VersionBody::Written(bytes.into());
         }
         let VersionBody::Written(bytes) = &*body else {
@@ -329,7 +497,11 @@ impl HeapStateBackend {
 
     /// Checks `state` and `key` and encodes the cell prefix into `self.scratch`; returns the
     /// state's index and the key's segment.
-    fn prepare(&mut self, state: StateId, key: &StateKey<'_>) -> Result<(usize, usize), StateError> {
+    fn prepare(
+        &mut self,
+        state: StateId,
+        key: &StateKey<'_>,
+    ) -> Result<(usize, usize), StateError> {
         let idx = self.check(state, key)?;
         let desc = &self.descriptors[idx];
         if !desc.kind.has_user_keys() && !key.user_key.is_empty() {
@@ -340,11 +512,10 @@ impl HeapStateBackend {
         Ok((idx, self.segments.of(key.key_group.0)))
     }
 
-    /// The cells of state `idx` in segment `seg`, to change: marks the segment changed and
-    /// copies its map first if a snapshot version still shares it.
-    fn cells_mut(&mut self, idx: usize, seg: usize) -> &mut CellMap {
+    /// The cells of state `idx` in segment `seg`, to change: marks the segment changed.
+    fn cells_mut(&mut self, idx: usize, seg: usize) -> &mut Segment {
         self.changed[seg] = true;
-        Arc::make_mut(&mut self.states[idx].segments[seg])
+        &mut self.states[idx].segments[seg]
     }
 
     /// Incremental TTL cleanup of state `idx`: looks at the few entries that expire first
@@ -589,7 +760,7 @@ impl HeapStateBackend {
         let segments = self.segments;
         for (prefix, cell) in cells {
             let seg = segments.of_prefix(&prefix);
-            let map = Arc::make_mut(&mut self.states[idx].segments[seg]);
+            let map = self.states[idx].segments[seg].live();
             if map.insert(prefix, cell).is_some() {
                 return Err(format!(
                     "state '{}' holds a cell twice",
@@ -677,7 +848,7 @@ impl HeapStateBackend {
             for (idx, cells) in body.states.into_iter().enumerate() {
                 check_cells(&b.descriptors[idx], &cells, kgs).map_err(in_file)?;
                 if exact {
-                    b.states[idx].segments[seg] = Arc::new(cells);
+                    b.states[idx].segments[seg] = Segment::Live(cells);
                 } else {
                     b.absorb(idx, cells).map_err(in_file)?;
                 }
@@ -790,8 +961,9 @@ impl KeyedStateBackend for HeapStateBackend {
         if self.descriptors[idx].kind.has_ttl() {
             self.clean_expired(idx);
         }
-        let cell = self.states[idx].segments[seg].get(&self.scratch[..]);
-        Ok(match cell {
+        let segment = &mut self.states[idx].segments[seg];
+        segment.thaw();
+        Ok(match segment.get(&self.scratch[..]) {
             None => None,
             Some(Cell::Value(v)) => Some(&v[..]),
             Some(Cell::Map(map)) => map.get(key.user_key).map(|v| &v[..]),
@@ -802,7 +974,7 @@ impl KeyedStateBackend for HeapStateBackend {
         let (idx, seg) = self.prepare(state, key)?;
         let is_map = self.descriptors[idx].kind.has_user_keys();
         self.changed[seg] = true;
-        let cells = Arc::make_mut(&mut self.states[idx].segments[seg]);
+        let cells = &mut self.states[idx].segments[seg];
         let created = match cells.get_mut(&self.scratch[..]) {
             Some(Cell::Value(slot)) => {
                 overwrite(slot, value);
@@ -824,7 +996,7 @@ impl KeyedStateBackend for HeapStateBackend {
                 } else {
                     Cell::Value(value.into())
                 };
-                cells.insert(self.scratch[..].into(), cell);
+                cells.insert(&self.scratch, cell);
                 true
             }
         };
@@ -872,7 +1044,7 @@ impl KeyedStateBackend for HeapStateBackend {
         }
         let prefix = std::mem::take(&mut self.scratch);
         let cells = self.cells_mut(idx, seg);
-        let now_empty = match cells.get_mut(&prefix[..]) {
+        let now_empty = match cells.get_mut(&prefix) {
             None => false,
             Some(Cell::Value(_)) => true,
             Some(Cell::Map(map)) => {
@@ -881,7 +1053,7 @@ impl KeyedStateBackend for HeapStateBackend {
             }
         };
         if now_empty {
-            cells.remove(&prefix[..]);
+            cells.remove(&prefix);
         }
         self.scratch = prefix;
         Ok(())
@@ -909,11 +1081,11 @@ impl KeyedStateBackend for HeapStateBackend {
         self.scratch.clear();
         encoding::encode_prefix(&mut self.scratch, prefix);
         let seg = self.segments.of(prefix.key_group.0);
-        if !self.states[idx].segments[seg].contains_key(&self.scratch[..]) {
+        if self.states[idx].segments[seg].get(&self.scratch).is_none() {
             return Ok(());
         }
         let key = std::mem::take(&mut self.scratch);
-        self.cells_mut(idx, seg).remove(&key[..]);
+        self.cells_mut(idx, seg).remove(&key);
         self.scratch = key;
         Ok(())
     }
@@ -928,10 +1100,8 @@ impl KeyedStateBackend for HeapStateBackend {
         // Prefixes are self-delimiting (no cell's prefix is a prefix of another's), so sorting
         // cells by prefix and then walking each map in user-key order yields ascending
         // encoded-key order.
-        let mut cells: Vec<(&[u8], &Cell)> = self.states[idx]
-            .cells()
-            .map(|(k, c)| (&k[..], c))
-            .collect();
+        let mut cells: Vec<(&[u8], &Cell)> =
+            self.states[idx].cells().map(|(k, c)| (&k[..], c)).collect();
         cells.sort_unstable_by(|a, b| a.0.cmp(b.0));
         for (prefix, cell) in cells {
             let key = encoding::decode_state_key_checked(name, prefix)?;
@@ -975,18 +1145,23 @@ impl KeyedStateBackend for HeapStateBackend {
         for seg in 0..self.segments.count {
             if self.changed[seg] {
                 self.changed[seg] = false;
+                // Let go of the old version first: unless a snapshot still being written holds
+                // it, its maps are then the task's alone and freezing them copies nothing.
+                self.versions[seg] = None;
                 self.versions[seg] = if self.states.iter().all(|s| s.segments[seg].is_empty()) {
                     None
                 } else {
+                    let name = self.segment_file_name(seg, checkpoint);
+                    let states = self
+                        .states
+                        .iter_mut()
+                        .map(|s| s.segments[seg].freeze())
+                        .collect();
                     Some(Arc::new(SegmentVersion {
-                        name: self.segment_file_name(seg, checkpoint),
+                        name,
                         body: Mutex::new(VersionBody::Frozen {
                             key_groups: self.segments.key_groups(seg),
-                            states: self
-                                .states
-                                .iter()
-                                .map(|s| Arc::clone(&s.segments[seg]))
-                                .collect(),
+                            states,
                         }),
                     }))
                 };
@@ -1072,29 +1247,31 @@ impl StateBackendFactory for HeapStateBackendFactory {
         };
         let head = read(HEAP_SNAPSHOT_FILE).map_err(|e| snapshot.error("heap", e))?;
         let in_head = |e: String| snapshot.error("heap", format!("{HEAP_SNAPSHOT_FILE}: {e}"));
-        let backend = match decode_head(&head).map_err(in_head)? {
-            SnapshotHead::V1(body) if format == HEAP_SNAPSHOT_FORMAT_V1 => {
-                if let Some((name, _)) = snapshot.files.iter().find(|(n, _)| n != HEAP_SNAPSHOT_FILE)
-                {
-                    return Err(snapshot.error("heap", format!("unexpected file '{name}'")));
+        let backend =
+            match decode_head(&head).map_err(in_head)? {
+                SnapshotHead::V1(body) if format == HEAP_SNAPSHOT_FORMAT_V1 => {
+                    if let Some((name, _)) =
+                        snapshot.files.iter().find(|(n, _)| n != HEAP_SNAPSHOT_FILE)
+                    {
+                        return Err(snapshot.error("heap", format!("unexpected file '{name}'")));
+                    }
+                    HeapStateBackend::from_v1(&snapshot, body).map_err(in_head)?
                 }
-                HeapStateBackend::from_v1(&snapshot, body).map_err(in_head)?
-            }
-            SnapshotHead::Manifest(manifest) if format == HEAP_SNAPSHOT_FORMAT => {
-                if let Some((name, _)) = snapshot.files.iter().find(|(n, _)| {
-                    n != HEAP_SNAPSHOT_FILE && !manifest.segment_files.contains(n)
-                }) {
-                    return Err(snapshot.error("heap", format!("unexpected file '{name}'")));
+                SnapshotHead::Manifest(manifest) if format == HEAP_SNAPSHOT_FORMAT => {
+                    if let Some((name, _)) = snapshot.files.iter().find(|(n, _)| {
+                        n != HEAP_SNAPSHOT_FILE && !manifest.segment_files.contains(n)
+                    }) {
+                        return Err(snapshot.error("heap", format!("unexpected file '{name}'")));
+                    }
+                    HeapStateBackend::from_manifest(&snapshot, manifest, read)
+                        .map_err(|e| snapshot.error("heap", e))?
                 }
-                HeapStateBackend::from_manifest(&snapshot, manifest, read)
-                    .map_err(|e| snapshot.error("heap", e))?
-            }
-            _ => {
-                return Err(in_head(format!(
-                    "the file's format is not the snapshot's format {format}"
-                )))
-            }
-        };
+                _ => {
+                    return Err(in_head(format!(
+                        "the file's format is not the snapshot's format {format}"
+                    )))
+                }
+            };
         Ok(Box::new(backend))
     }
 }
@@ -1305,6 +1482,15 @@ mod tests {
         }
     }
 
+    /// Whether segment `seg` of state 0 is shared with a snapshot version, and its overlay's
+    /// size.
+    fn frozen(b: &HeapState, seg: usize) -> Option<usize> {
+        match &b.segments[seg] {
+            Segment::Live(_) => None,
+            Segment::Frozen { overlay, .. } => Some(overlay.len()),
+        }
+    }
+
     #[test]
     fn a_snapshot_shares_the_maps_until_its_background_part_wrote_them_and_copies_none() {
         let (mut b, s) = backend();
@@ -1313,24 +1499,60 @@ mod tests {
         }
         let snapshot = b.snapshot(CheckpointId(1)).unwrap();
         assert!(
-            b.states[0].segments.iter().all(|m| Arc::strong_count(m) == 2),
+            b.states[0].segments.iter().all(|m| match m {
+                Segment::Frozen { base, overlay } =>
+                    Arc::strong_count(base) == 2 && overlay.is_empty(),
+                Segment::Live(_) => false,
+            }),
             "every segment map is shared with the snapshot, none copied"
         );
-        // A write to key group 2 copies that segment's map only.
+        // Writes to a frozen segment go to its overlay; reads see them.
         b.put(s, &at(2, b"k"), b"new").unwrap();
-        let shared: Vec<usize> = b.states[0]
-            .segments
-            .iter()
-            .map(|m| Arc::strong_count(m))
-            .collect();
-        assert_eq!(shared, [2, 2, 1, 2, 2, 2, 2, 2, 2, 2]);
+        b.put(s, &at(2, b"other"), b"x").unwrap();
+        b.delete(s, &at(3, b"k")).unwrap();
+        assert_eq!(frozen(&b.states[0], 2), Some(2));
+        assert_eq!(frozen(&b.states[0], 3), Some(1));
+        assert_eq!(b.get(s, &at(2, b"k")).unwrap(), Some(&b"new"[..]));
+        assert_eq!(b.get(s, &at(3, b"k")).unwrap(), None);
         let files = files_of(snapshot);
-        assert!(
-            b.states[0].segments.iter().all(|m| Arc::strong_count(m) == 1),
-            "once written, the snapshot lets the maps go"
-        );
+        // Once the files are written the maps are the task's again: the next access to a
+        // segment applies its overlay.
+        assert_eq!(b.get(s, &at(2, b"other")).unwrap(), Some(&b"x"[..]));
+        assert_eq!(frozen(&b.states[0], 2), None);
+        b.put(s, &at(3, b"k"), b"again").unwrap();
+        assert_eq!(frozen(&b.states[0], 3), None);
+        assert_eq!(b.get(s, &at(3, b"k")).unwrap(), Some(&b"again"[..]));
         let mut restored = restore_files(2, &files).unwrap();
         assert_eq!(restored.get(s, &at(2, b"k")).unwrap(), Some(&b"v"[..]));
+        assert_eq!(restored.get(s, &at(3, b"k")).unwrap(), Some(&b"v"[..]));
+        assert_eq!(restored.get(s, &at(2, b"other")).unwrap(), None);
+    }
+
+    #[test]
+    fn a_snapshot_taken_while_the_previous_one_is_still_being_written_holds_its_own_state() {
+        let (mut b, s) = backend();
+        b.put(s, &at(4, b"k"), b"1").unwrap();
+        let first = b.snapshot(CheckpointId(1)).unwrap();
+        b.put(s, &at(4, b"k"), b"2").unwrap();
+        // The first snapshot's background part has not run: the second copies segment 4.
+        let second = b.snapshot(CheckpointId(2)).unwrap();
+        b.put(s, &at(4, b"k"), b"3").unwrap();
+        let (second, first) = (files_of(second), files_of(first));
+        assert_eq!(
+            restore_files(2, &first)
+                .unwrap()
+                .get(s, &at(4, b"k"))
+                .unwrap(),
+            Some(&b"1"[..])
+        );
+        assert_eq!(
+            restore_files(2, &second)
+                .unwrap()
+                .get(s, &at(4, b"k"))
+                .unwrap(),
+            Some(&b"2"[..])
+        );
+        assert_eq!(b.get(s, &at(4, b"k")).unwrap(), Some(&b"3"[..]));
     }
 
     #[test]
@@ -1408,10 +1630,22 @@ mod tests {
         assert_eq!(seg.count, 125);
         assert_eq!(seg.of(100), 0);
         assert_eq!(seg.of(1099), 124);
-        assert_eq!(seg.key_groups(124), KeyGroupRange { start: 1092, end: 1099 });
+        assert_eq!(
+            seg.key_groups(124),
+            KeyGroupRange {
+                start: 1092,
+                end: 1099
+            }
+        );
         let odd = Segments::new(KeyGroupRange { start: 0, end: 128 });
         assert_eq!((odd.per, odd.count), (2, 65));
-        assert_eq!(odd.key_groups(64), KeyGroupRange { start: 128, end: 128 });
+        assert_eq!(
+            odd.key_groups(64),
+            KeyGroupRange {
+                start: 128,
+                end: 128
+            }
+        );
     }
 
     #[test]
@@ -1534,11 +1768,7 @@ mod tests {
             .into_iter()
             .collect();
         // The file says it holds key group 3, but its cell is in key group 4.
-        let bytes = encode_segment(
-            KeyGroupRange { start: 3, end: 3 },
-            &[Arc::new(cells)],
-        )
-        .unwrap();
+        let bytes = encode_segment(KeyGroupRange { start: 3, end: 3 }, &[Arc::new(cells)]).unwrap();
         let mut broken = files.clone();
         broken[1].1 = bytes;
         let message = refusal(2, &broken);
