@@ -70,7 +70,7 @@ pub const SEGMENT_FORMAT: u16 = 1;
 /// The most segments one backend cuts its key groups into: the unit of copy on write and of
 /// incremental upload. More segments mean smaller copies after a snapshot and finer uploads,
 /// but more files per checkpoint.
-pub const MAX_SEGMENTS: u32 = 128;
+pub const MAX_SEGMENTS: u32 = 16;
 
 /// The first bytes of a heap snapshot manifest (and of a format-1 snapshot file).
 const HEAP_SNAPSHOT_MAGIC: &[u8; 4] = b"WHSS";
