@@ -1,13 +1,16 @@
-//! The synchronous part of a RocksDB snapshot (DESIGN.md §5, step 3): `snapshot()` of a
-//! `RocksDbStateBackend` holding 1M keys of `(count, sum)` cells (postcard `(u64, u64)`), with
-//! 512 MiB of managed memory (every key fits the write-back cache), when 1% or 100% of the keys
+//! The synchronous part of a snapshot (DESIGN.md §5, step 3): `snapshot()` of a RocksDB or a heap
+//! backend holding 1M keys of `(count, sum)` cells (postcard `(u64, u64)`), with 512 MiB of
+//! managed memory for RocksDB (every key fits the write-back cache), when 1% or 100% of the keys
 //! were updated since the previous snapshot.
 //!
-//! Only `snapshot()` is timed: the task's pause, which is the freeze of the write-back cache
-//! (one pointer swap per state). Its background part — writing the frozen dirty entries into
-//! RocksDB, the memtable flush and the hard links of the native checkpoint — is resolved
-//! outside the timing, as are the updates before it and removing the snapshot directory. After each case, one line on stderr gives the last
-//! snapshot's files and how many SST bytes were new (what an incremental upload would send).
+//! Only `snapshot()` is timed: the task's pause. For RocksDB it is the freeze of the write-back
+//! cache (one pointer swap per state); for the heap backend, the freeze of each segment written
+//! since the last snapshot (a move behind an `Arc`). The background part — RocksDB: writing the
+//! frozen dirty entries, the memtable flush and the hard links of the native checkpoint; heap:
+//! serialising the frozen segments — is resolved outside the timing, as are the updates before
+//! it and removing the snapshot directory. After each case, one line on stderr gives the last
+//! snapshot's files and how many shareable bytes were new (what an incremental upload would
+//! send).
 //!
 //! Run with `cargo bench --bench snapshot` (under a minute).
 
@@ -18,9 +21,10 @@ use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use weir_state::{
-    BackendScope, KeyedStateBackend, LocalSnapshot, StateDescriptor, StateId, StateKey, StateKind,
+    BackendScope, HeapStateBackend, KeyedStateBackend, LocalSnapshot, SnapshotContent,
+    StateDescriptor, StateId, StateKey, StateKind,
 };
-use weir_state_rocksdb::{RocksDbStateBackend, RocksDbStateBackendFactory};
+use weir_state_rocksdb::RocksDbStateBackendFactory;
 use weir_types::{
     key_group_for_key_bytes, CheckpointId, KeyGroup, KeyGroupRange, OperatorUid, SubtaskIndex,
 };
@@ -74,7 +78,7 @@ struct Bufs {
 
 /// A backend and what the next round needs.
 struct Case {
-    backend: RocksDbStateBackend,
+    backend: Box<dyn KeyedStateBackend>,
     state: StateId,
     next_checkpoint: u64,
     keys: Keys,
@@ -86,16 +90,7 @@ struct Case {
 }
 
 impl Case {
-    fn new(factory: &RocksDbStateBackendFactory) -> Self {
-        let scope = BackendScope {
-            operator_uid: OperatorUid::new("bench").expect("uid"),
-            subtask: SubtaskIndex(0),
-            parallelism: 1,
-            max_parallelism: MAX_PARALLELISM,
-            key_group_range: KeyGroupRange { start: 0, end: 127 },
-            keyed_subtasks_in_process: 1,
-        };
-        let mut backend = factory.open(&scope).expect("open");
+    fn new(mut backend: Box<dyn KeyedStateBackend>) -> Self {
         let state = backend
             .register(&StateDescriptor {
                 name: "counts".into(),
@@ -112,7 +107,7 @@ impl Case {
             last: (0, 0, 0),
         };
         for k in 0..KEYS {
-            update(&mut case.backend, state, k, 0, &mut case.bufs);
+            update(&mut *case.backend, state, k, 0, &mut case.bufs);
         }
         case.snapshot_and_discard();
         case
@@ -123,12 +118,12 @@ impl Case {
         let round = self.next_checkpoint;
         if every_key {
             for k in 0..KEYS {
-                update(&mut self.backend, self.state, k, round, &mut self.bufs);
+                update(&mut *self.backend, self.state, k, round, &mut self.bufs);
             }
         } else {
             for _ in 0..KEYS / 100 {
                 let k = self.keys.next();
-                update(&mut self.backend, self.state, k, round, &mut self.bufs);
+                update(&mut *self.backend, self.state, k, round, &mut self.bufs);
             }
         }
     }
@@ -140,10 +135,12 @@ impl Case {
         let started = Instant::now();
         let snapshot = self.backend.snapshot(checkpoint).expect("snapshot");
         let took = started.elapsed();
-        // The background part (batch write, native checkpoint) is not the task's pause.
+        // The background part is not the task's pause.
         let snapshot = snapshot.resolve().expect("the snapshot's background part");
         self.account(&snapshot);
-        std::fs::remove_dir_all(snapshot.cleanup_dir.expect("a cleanup dir")).expect("cleanup");
+        if let Some(dir) = &snapshot.cleanup_dir {
+            std::fs::remove_dir_all(dir).expect("cleanup");
+        }
         took
     }
 
@@ -151,10 +148,11 @@ impl Case {
         let mut ssts = BTreeSet::new();
         let (mut sst_bytes, mut new_bytes) = (0, 0);
         for f in snapshot.files.iter().filter(|f| f.shareable) {
-            let weir_state::SnapshotContent::Path(p) = &f.content else {
-                continue;
+            let len = match &f.content {
+                SnapshotContent::Path(p) => std::fs::metadata(p).expect("stat").len(),
+                SnapshotContent::Shared(bytes) => bytes.len() as u64,
+                SnapshotContent::Bytes(bytes) => bytes.len() as u64,
             };
-            let len = std::fs::metadata(p).expect("stat").len();
             sst_bytes += len;
             if !self.previous.contains(&f.name) {
                 new_bytes += len;
@@ -166,13 +164,36 @@ impl Case {
     }
 }
 
+const RANGE: KeyGroupRange = KeyGroupRange { start: 0, end: 127 };
+
 fn rocksdb_snapshot(c: &mut Criterion) {
     for (label, every_key) in [("updated_1pct", false), ("updated_100pct", true)] {
         let dir = tempfile::tempdir().expect("temp dir");
         let factory =
             RocksDbStateBackendFactory::new(dir.path(), MANAGED_MEMORY_BYTES).expect("factory");
-        let mut case = Case::new(&factory);
-        let mut group = c.benchmark_group("rocksdb_snapshot_1M_keys");
+        let scope = BackendScope {
+            operator_uid: OperatorUid::new("bench").expect("uid"),
+            subtask: SubtaskIndex(0),
+            parallelism: 1,
+            max_parallelism: MAX_PARALLELISM,
+            key_group_range: RANGE,
+            keyed_subtasks_in_process: 1,
+        };
+        let case = Case::new(Box::new(factory.open(&scope).expect("open")));
+        run_case(c, "rocksdb_snapshot_1M_keys", label, every_key, case);
+    }
+}
+
+fn heap_snapshot(c: &mut Criterion) {
+    for (label, every_key) in [("updated_1pct", false), ("updated_100pct", true)] {
+        let case = Case::new(Box::new(HeapStateBackend::new(RANGE)));
+        run_case(c, "heap_snapshot_1M_keys", label, every_key, case);
+    }
+}
+
+fn run_case(c: &mut Criterion, name: &str, label: &str, every_key: bool, mut case: Case) {
+    {
+        let mut group = c.benchmark_group(name);
         group
             .sampling_mode(SamplingMode::Flat)
             .sample_size(10)
@@ -191,13 +212,12 @@ fn rocksdb_snapshot(c: &mut Criterion) {
         group.finish();
         let (files, sst_bytes, new_bytes) = case.last;
         eprintln!(
-            "rocksdb_snapshot_1M_keys/{label}: last snapshot {files} files, {:.1} MiB of SSTs, \
-             {:.1} MiB new",
+            "{name}/{label}: last snapshot {files} files, {:.1} MiB shareable, {:.1} MiB new",
             sst_bytes as f64 / f64::from(1 << 20),
             new_bytes as f64 / f64::from(1 << 20),
         );
     }
 }
 
-criterion_group!(benches, rocksdb_snapshot);
+criterion_group!(benches, rocksdb_snapshot, heap_snapshot);
 criterion_main!(benches);
