@@ -431,7 +431,10 @@ mod tests {
                         dir,
                     }
                 } else {
-                    let local = b.snapshot(weir_types::CheckpointId(1)).expect("snapshot");
+                    let local = b
+                        .snapshot(weir_types::CheckpointId(1))
+                        .and_then(weir_state::LocalSnapshot::resolve)
+                        .expect("snapshot");
                     local.copy_to_dir(&tmp.path().join(format!("old-{i}"))).expect("copy")
                 };
                 snapshots.push(snap);
