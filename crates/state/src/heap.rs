@@ -1626,26 +1626,29 @@ mod tests {
             end: 100 + 1000 - 1,
         };
         let seg = Segments::new(range);
-        assert_eq!(seg.per, 8);
-        assert_eq!(seg.count, 125);
+        assert_eq!(seg.per, 63);
+        assert_eq!(seg.count, 16);
+        assert_eq!(seg.count as u32, MAX_SEGMENTS);
         assert_eq!(seg.of(100), 0);
-        assert_eq!(seg.of(1099), 124);
+        assert_eq!(seg.of(1099), 15);
         assert_eq!(
-            seg.key_groups(124),
+            seg.key_groups(15),
             KeyGroupRange {
-                start: 1092,
+                start: 1045,
                 end: 1099
             }
         );
         let odd = Segments::new(KeyGroupRange { start: 0, end: 128 });
-        assert_eq!((odd.per, odd.count), (2, 65));
+        assert_eq!((odd.per, odd.count), (9, 15));
         assert_eq!(
-            odd.key_groups(64),
+            odd.key_groups(14),
             KeyGroupRange {
-                start: 128,
+                start: 126,
                 end: 128
             }
         );
+        let few = Segments::new(KeyGroupRange { start: 7, end: 9 });
+        assert_eq!((few.per, few.count), (1, 3));
     }
 
     #[test]
