@@ -24,6 +24,12 @@ const BLOOM_BITS_PER_KEY: f64 = 10.0;
 /// Size of one index or filter partition.
 const METADATA_BLOCK_BYTES: usize = 4096;
 
+/// The memtable's bloom filter, as a share of the memtable's size: a point read of a key the
+/// memtable does not hold (most reads, with keys spread over far more than a memtable holds)
+/// skips the skip-list search, which otherwise was the largest single cost of a cache-missing
+/// read (16 % of the CPU at 10M uniform keys).
+const MEMTABLE_BLOOM_RATIO: f64 = 0.1;
+
 /// Numbers instance directories uniquely within this process.
 static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(0);
 
@@ -270,7 +276,8 @@ impl RocksDbStateBackendFactory {
 
     /// Options for every column family, in [`open`](Self::open) and
     /// [`open_restored`](Self::open_restored) alike: the shared block cache with index and
-    /// filter blocks in it, bloom filters, LZ4, and the planned memtable size.
+    /// filter blocks in it, bloom filters (also on the memtable), LZ4, and the planned memtable
+    /// size.
     ///
     /// Index and filters are **partitioned** (as Flink's `partitioned-index-filters`): an SST of
     /// a million small entries has a ~1 MiB filter, larger than one shard of a cache of a few
@@ -291,6 +298,8 @@ impl RocksDbStateBackendFactory {
         let mut options = Options::default();
         options.set_block_based_table_factory(&table);
         options.set_write_buffer_size(self.plan.write_buffer_bytes);
+        options.set_memtable_whole_key_filtering(true);
+        options.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
         options.set_compression_type(DBCompressionType::Lz4);
         options
     }
