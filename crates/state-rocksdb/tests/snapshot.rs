@@ -469,7 +469,7 @@ fn a_column_family_without_a_declared_state_is_refused() {
 #[test]
 fn writes_spills_and_flushes_while_the_background_part_runs_stay_out_of_the_snapshot() {
     // A 4 MiB budget (2 MiB of write-back cache): the writes below spill several times while
-    // the snapshot's batch write and native checkpoint may still be running.
+    // the snapshot's ingestion and native checkpoint may still be running.
     let fx = Fixture::new(4 << 20);
     let mut backend = fx.open();
     let s = declare(&mut backend, &["a"]);

@@ -1139,7 +1139,8 @@ impl KeyedStateBackend for HeapStateBackend {
 
     /// Takes a version of every segment changed since the last snapshot (new references to its
     /// maps, no copy) and writes the small manifest; the segment files are written by the
-    /// snapshot's background part (see the [module docs](self#snapshots-an-osegments-pause-incremental-files)).
+    /// snapshot's background part (see the [module
+    /// docs](self#snapshots-an-osegments-pause-incremental-files)).
     fn snapshot(&mut self, checkpoint: CheckpointId) -> Result<LocalSnapshot, StateError> {
         let mut versions = Vec::with_capacity(self.segments.count);
         for seg in 0..self.segments.count {

@@ -2,9 +2,10 @@
 //!
 //! A snapshot has two parts (DESIGN.md §5):
 //! - **synchronous** — [`KeyedStateBackend::snapshot`](crate::KeyedStateBackend::snapshot) runs
-//!   on the task thread while records wait: it makes the backend's current state immutable on
-//!   local disk or in memory (RocksDB: flush the write-back cache, then a native checkpoint that
-//!   hard-links the SST files; heap: take a new reference to each segment written since the last snapshot) and returns a [`LocalSnapshot`];
+//!   on the task thread while records wait: it makes the backend's current state immutable
+//!   (RocksDB: freeze the write-back cache; heap: freeze each segment written since the last
+//!   snapshot), leaves the writing of files to a background part, and returns a
+//!   [`LocalSnapshot`];
 //! - **asynchronous** — an uploader (not this crate: it knows no storage) writes the snapshot's
 //!   [`SnapshotFile`]s to object storage, reusing *shareable* files already uploaded for the
 //!   last completed checkpoint, then removes [`LocalSnapshot::cleanup_dir`].
@@ -63,8 +64,9 @@ pub struct LocalSnapshot {
     /// A local directory to remove once the files are uploaded (or the checkpoint aborted).
     pub cleanup_dir: Option<PathBuf>,
     /// Files the backend is still producing in the background when `snapshot` returned
-    /// (RocksDB writes the snapshot's batch and creates its native checkpoint off the task
-    /// thread); [`LocalSnapshot::resolve`] waits for them. `None` when `files` is complete.
+    /// (RocksDB ingests the snapshot's dirty entries and creates its native checkpoint off the
+    /// task thread; the heap backend serialises its frozen segments);
+    /// [`LocalSnapshot::resolve`] waits for them. `None` when `files` is complete.
     pub pending: Option<PendingFiles>,
 }
 
