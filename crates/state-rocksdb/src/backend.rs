@@ -317,7 +317,10 @@ impl Drop for InstanceDir {
 ///    read, size query, registration and the next snapshot joins it first (and merges). So a
 ///    write made after the barrier can never reach the checkpoint, and "clean" still means
 ///    "RocksDB holds it" whenever RocksDB is looked at. If writing or ingesting failed, the
-///    backend is poisoned: every later operation fails, and the task restores from a checkpoint.
+///    backend is poisoned: every later operation that joins the thread (a spill or flush, a
+///    scan or prefix read, a size query, the next snapshot) fails, and the task restores from
+///    a checkpoint. Point reads meanwhile stay right: the frozen generation still answers
+///    for the barrier's entries.
 ///
 /// The frozen generation is not charged to the budget while the background part runs: the
 /// write-back memory may then reach twice the budget (the frozen generation and the new
@@ -427,6 +430,14 @@ impl RocksDbStateBackend {
         let mut name = self.dir.path().as_os_str().to_owned();
         name.push(format!(".chk-{}", checkpoint.0));
         PathBuf::from(name)
+    }
+
+    /// Where the background part of the snapshot for `checkpoint` builds the SST of state
+    /// `state`'s dirty entries before RocksDB ingests it:
+    /// `<instance dir>.ingest-<id>-<state>.sst`, a sibling like [`snapshot_dir`](Self::snapshot_dir),
+    /// gone once ingested (or once ingesting failed).
+    pub fn ingest_file(&self, checkpoint: CheckpointId, state: StateId) -> PathBuf {
+        ingest_file(self.dir.path(), checkpoint, state.0 as usize)
     }
 
     /// Bytes the write-back cache is charged for now.
@@ -617,7 +628,7 @@ impl RocksDbStateBackend {
         match &self.poisoned {
             Some(detail) => Err(backend_error(
                 format!(
-                    "use {} after a snapshot failed to write its batch",
+                    "use {} after a snapshot failed to write its dirty entries",
                     self.dir.path().display()
                 ),
                 detail,
@@ -1188,16 +1199,14 @@ impl KeyedStateBackend for RocksDbStateBackend {
         let db = self.db.clone();
         let target = dir.clone();
         let sst_options = self.cf_options.clone();
-        let ingest_stem = {
-            let mut stem = self.dir.path().as_os_str().to_owned();
-            stem.push(format!(".ingest-{}", checkpoint.0));
-            PathBuf::from(stem)
-        };
+        let instance = self.dir.path().to_path_buf();
         let (files_tx, files_rx) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("weir-rocksdb-snapshot".into())
             .spawn(move || -> Result<(), String> {
-                let written = ingest_dirty(&db, &descriptors, &frozen, &sst_options, &ingest_stem);
+                let written = ingest_dirty(&db, &descriptors, &frozen, &sst_options, |idx| {
+                    ingest_file(&instance, checkpoint, idx)
+                });
                 drop(frozen);
                 if written.is_ok() {
                     // RocksDB holds every frozen value now: the task may take it back.
@@ -1484,16 +1493,23 @@ fn dirty_entries<'a>(slot: &'a Slot, dirty: &mut Vec<(&'a [u8], Option<&'a [u8]>
     }
 }
 
-/// Writes the dirty entries of `slots` into RocksDB as one SST file per state, built beside the
-/// instance (`<file_stem>-<state index>.sst`) and ingested (moved in): no memtable insert and no
-/// flush for them, so a snapshot's background part is shorter than with a write batch.
-/// Ingested files are newer than everything in the database, as the batch would be.
+/// See [`RocksDbStateBackend::ingest_file`].
+fn ingest_file(instance: &Path, checkpoint: CheckpointId, state: usize) -> PathBuf {
+    let mut name = instance.as_os_str().to_owned();
+    name.push(format!(".ingest-{}-{state}.sst", checkpoint.0));
+    PathBuf::from(name)
+}
+
+/// Writes the dirty entries of `slots` into RocksDB as one SST file per state, built at
+/// `file_of(state index)` and ingested (moved in): no memtable insert and no flush for them, so
+/// a snapshot's background part is shorter than with a write batch. Ingested files are newer
+/// than everything in the database, as the batch would be.
 fn ingest_dirty(
     db: &DB,
     descriptors: &[StateDescriptor],
     slots: &[Slot],
     sst_options: &Options,
-    file_stem: &Path,
+    file_of: impl Fn(usize) -> PathBuf,
 ) -> Result<(), String> {
     let mut dirty: Vec<(&[u8], Option<&[u8]>)> = Vec::new();
     let mut ingest = rocksdb::IngestExternalFileOptions::default();
@@ -1508,9 +1524,7 @@ fn ingest_dirty(
         }
         let name = &descriptors[idx].name;
         let cf = column_family(db, name).map_err(|e| e.to_string())?;
-        let mut path = file_stem.as_os_str().to_owned();
-        path.push(format!("-{idx}.sst"));
-        let path = PathBuf::from(path);
+        let path = file_of(idx);
         let written = (|| {
             let mut writer = rocksdb::SstFileWriter::create(sst_options);
             writer.open(&path)?;

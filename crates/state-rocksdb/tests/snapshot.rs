@@ -225,6 +225,36 @@ fn a_second_snapshot_for_the_same_checkpoint_is_refused_and_leaves_the_first_int
         .expect("the next snapshot");
 }
 
+#[test]
+fn a_snapshot_whose_dirty_entries_cannot_be_written_fails_naming_the_file_and_the_backend_is_refused_afterwards(
+) {
+    let fx = Fixture::new(MANAGED_MEMORY_BYTES);
+    let mut backend = fx.open();
+    let s = declare(&mut backend, &["a"]);
+    write(&mut backend, s[0], 0..100, 0);
+    // Something (here a directory) already sits where the SST of the dirty entries goes, as a
+    // full disk or a broken file system would make its creation fail.
+    let blocked = backend.ingest_file(CheckpointId(3), s[0]);
+    std::fs::create_dir_all(&blocked).expect("block the ingest file");
+    let failed = backend
+        .snapshot(CheckpointId(3))
+        .and_then(LocalSnapshot::resolve)
+        .expect_err("the snapshot cannot write its entries");
+    let message = failed.to_string();
+    assert!(message.contains("chk-3"), "{message}");
+    assert!(
+        message.contains(&blocked.display().to_string()) && message.contains("state 'a'"),
+        "the error names the file and the state: {message}"
+    );
+    // RocksDB lacks the barrier's entries: from the next operation that goes to RocksDB on, the
+    // backend refuses (the task restores from the last checkpoint instead).
+    match backend.flush() {
+        Err(e) => assert!(e.to_string().contains("dirty entries"), "{e}"),
+        Ok(()) => panic!("a backend whose snapshot lost its entries flushed"),
+    }
+    assert!(backend.snapshot(CheckpointId(4)).is_err());
+}
+
 /// The value [`write`] stores for key `i` in round `round`.
 fn read_round(i: u32, round: u32) -> Option<Vec<u8>> {
     Some([i.to_le_bytes(), round.to_le_bytes(), [7; 4], [9; 4]].concat())
