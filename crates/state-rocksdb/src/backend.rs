@@ -434,8 +434,8 @@ impl RocksDbStateBackend {
 
     /// Where the background part of the snapshot for `checkpoint` builds the SST of state
     /// `state`'s dirty entries before RocksDB ingests it:
-    /// `<instance dir>.ingest-<id>-<state>.sst`, a sibling like [`snapshot_dir`](Self::snapshot_dir),
-    /// gone once ingested (or once ingesting failed).
+    /// `<instance dir>.ingest-<id>-<state>.sst`, a sibling like
+    /// [`snapshot_dir`](Self::snapshot_dir), gone once ingested (or once ingesting failed).
     pub fn ingest_file(&self, checkpoint: CheckpointId, state: StateId) -> PathBuf {
         ingest_file(self.dir.path(), checkpoint, state.0 as usize)
     }

@@ -226,8 +226,7 @@ fn a_second_snapshot_for_the_same_checkpoint_is_refused_and_leaves_the_first_int
 }
 
 #[test]
-fn a_snapshot_whose_dirty_entries_cannot_be_written_fails_naming_the_file_and_the_backend_is_refused_afterwards(
-) {
+fn a_snapshot_that_cannot_write_its_dirty_entries_fails_naming_the_file_and_poisons_the_backend() {
     let fx = Fixture::new(MANAGED_MEMORY_BYTES);
     let mut backend = fx.open();
     let s = declare(&mut backend, &["a"]);
