@@ -164,6 +164,39 @@ impl Segment {
         }
     }
 
+    /// Stores the value `value` at `prefix` (a value, list or reducing state), in place when
+    /// the cell is live or already in the overlay; returns whether the cell is new. Unlike
+    /// `get_mut`, a frozen cell is not copied into the overlay only to be overwritten.
+    fn set_value(&mut self, prefix: &[u8], value: &[u8]) -> bool {
+        self.thaw();
+        match self {
+            Segment::Live(map) => match map.get_mut(prefix) {
+                Some(Cell::Value(slot)) => {
+                    overwrite(slot, value);
+                    false
+                }
+                _ => map
+                    .insert(prefix.into(), Cell::Value(value.into()))
+                    .is_none(),
+            },
+            Segment::Frozen { base, overlay } => match overlay.get_mut(prefix) {
+                Some(Some(Cell::Value(slot))) => {
+                    overwrite(slot, value);
+                    false
+                }
+                Some(change) => {
+                    let created = change.is_none();
+                    *change = Some(Cell::Value(value.into()));
+                    created
+                }
+                None => {
+                    overlay.insert(prefix.into(), Some(Cell::Value(value.into())));
+                    !base.contains_key(prefix)
+                }
+            },
+        }
+    }
+
     /// Stores `cell` at `prefix`.
     fn insert(&mut self, prefix: &[u8], cell: Cell) {
         self.thaw();
@@ -240,18 +273,11 @@ impl Segment {
         base
     }
 
-    /// The segment's map, made live (copied if a version still holds it; restore builds live
-    /// segments only, so it never copies there).
+    /// The map of a segment no snapshot froze: restore builds only such segments.
     fn live(&mut self) -> &mut CellMap {
-        self.thaw();
-        if let Segment::Frozen { base, overlay } = self {
-            let mut map = (**base).clone();
-            apply(&mut map, std::mem::take(overlay));
-            *self = Segment::Live(map);
-        }
         match self {
             Segment::Live(map) => map,
-            Segment::Frozen { .. } => unreachable!("made live above"),
+            Segment::Frozen { .. } => unreachable!("a backend being restored took no snapshot"),
         }
     }
 }
@@ -975,29 +1001,29 @@ impl KeyedStateBackend for HeapStateBackend {
         let is_map = self.descriptors[idx].kind.has_user_keys();
         self.changed[seg] = true;
         let cells = &mut self.states[idx].segments[seg];
-        let created = match cells.get_mut(&self.scratch[..]) {
-            Some(Cell::Value(slot)) => {
-                overwrite(slot, value);
-                false
-            }
-            Some(Cell::Map(map)) => match map.get_mut(key.user_key) {
-                Some(slot) => {
+        let created = if !is_map {
+            cells.set_value(&self.scratch, value)
+        } else {
+            match cells.get_mut(&self.scratch[..]) {
+                Some(Cell::Value(slot)) => {
                     overwrite(slot, value);
                     false
                 }
+                Some(Cell::Map(map)) => match map.get_mut(key.user_key) {
+                    Some(slot) => {
+                        overwrite(slot, value);
+                        false
+                    }
+                    None => {
+                        map.insert(key.user_key.into(), value.into());
+                        true
+                    }
+                },
                 None => {
-                    map.insert(key.user_key.into(), value.into());
+                    let cell = Cell::Map(BTreeMap::from([(key.user_key.into(), value.into())]));
+                    cells.insert(&self.scratch, cell);
                     true
                 }
-            },
-            None => {
-                let cell = if is_map {
-                    Cell::Map(BTreeMap::from([(key.user_key.into(), value.into())]))
-                } else {
-                    Cell::Value(value.into())
-                };
-                cells.insert(&self.scratch, cell);
-                true
             }
         };
         if self.descriptors[idx].kind.has_ttl() {
@@ -1043,15 +1069,17 @@ impl KeyedStateBackend for HeapStateBackend {
             return Ok(());
         }
         let prefix = std::mem::take(&mut self.scratch);
+        let is_map = self.descriptors[idx].kind.has_user_keys();
         let cells = self.cells_mut(idx, seg);
-        let now_empty = match cells.get_mut(&prefix) {
-            None => false,
-            Some(Cell::Value(_)) => true,
-            Some(Cell::Map(map)) => {
-                map.remove(key.user_key);
-                map.is_empty()
-            }
-        };
+        // A value cell goes whole: no need to take it into a frozen segment's overlay first.
+        let now_empty = !is_map
+            || match cells.get_mut(&prefix) {
+                Some(Cell::Map(map)) => {
+                    map.remove(key.user_key);
+                    map.is_empty()
+                }
+                _ => false,
+            };
         if now_empty {
             cells.remove(&prefix);
         }
